@@ -1,0 +1,107 @@
+"""Conversion between schedules (DESIGN.md section 3).
+
+For a source A and a target B: the time map tau(s) solves snr_A(tau) = snr_B(s) and the
+scale is c(s) = (alpha_B + beta_B)(s) / (alpha_A + beta_A)(tau(s)), so that in law
+I^B_s = c(s) I^A_tau(s).  A diffusion eps_A on the source corresponds to
+eps_B(s) = c(s)^2 tau'(s) eps_A(tau(s)) on the target.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import sympy as sp
+
+from .errors import SpecError
+from .formulas import derive, simplify
+from .limits import TimeLimit, time_limit
+from .schedule import ScheduleSpec
+from .symbols import t
+
+__all__ = ["Conversion", "convert", "snr_inverse"]
+
+#: how long SymPy may look for a closed-form inverse of the snr before the numeric fallback
+SOLVE_SECONDS = 5.0
+_S = sp.Symbol("S", positive=True)
+_tau = sp.Symbol("tau", positive=True)
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """Time map and scale from a target schedule's time t to a source schedule's time.
+
+    ``time_map`` is None when SymPy finds no closed-form inverse of the source snr; the
+    runtime then inverts ``source_log_snr`` numerically (``note`` says so).
+    """
+
+    source: ScheduleSpec
+    target: ScheduleSpec
+    time_map: sp.Expr | None
+    scale: sp.Expr | None
+    source_log_snr: sp.Expr     # log snr_A as a function of the source time t
+    target_log_snr: sp.Expr     # log snr_B as a function of t
+    note: str = ""
+
+    @property
+    def closed_form(self) -> bool:
+        return self.time_map is not None
+
+    def target_eps(self, source_eps: sp.Expr) -> sp.Expr:
+        """eps_B(t) = c(t)^2 tau'(t) eps_A(tau(t)) for a source diffusion eps_A(t)."""
+        if self.time_map is None:
+            raise SpecError(f"{self.note}; the corresponding diffusion has no closed form")
+        return simplify(self.scale**2 * sp.diff(self.time_map, t) * source_eps.subs(t, self.time_map))
+
+
+def snr_inverse(spec: ScheduleSpec) -> sp.Expr | None:
+    """t as a function of S = snr(t) (an expression in the symbol S), or None if not found."""
+    return _snr_inverse(derive(spec).snr)
+
+
+@lru_cache(maxsize=128)
+def _snr_inverse(snr: sp.Expr) -> sp.Expr | None:
+    try:
+        with time_limit(SOLVE_SECONDS):
+            roots = sp.solve(sp.Eq(snr.subs(t, _tau), _S), _tau)
+    except (NotImplementedError, ValueError, TimeLimit):
+        return None
+    probes = (0.25, 1.0, 4.0)
+    for root in roots:
+        ok = True
+        for s_value in probes:
+            value = complex(sp.N(root.subs(_S, s_value)))
+            if abs(value.imag) > 1e-9 or not 0 < value.real < 1:
+                ok = False
+                break
+            back = complex(sp.N(snr.subs(t, value.real)))
+            if abs(back - s_value) > 1e-8 * max(1.0, s_value):
+                ok = False
+                break
+        if ok:
+            return simplify(root)
+    return None
+
+
+@lru_cache(maxsize=256)
+def convert(source: ScheduleSpec, target: ScheduleSpec) -> Conversion:
+    """Derive the conversion of a model trained on ``source`` to sampling in ``target``."""
+    fa, fb = derive(source), derive(target)
+    inverse = _snr_inverse(fa.snr)
+    if inverse is None:
+        return Conversion(source, target, None, None, fa.log_snr, fb.log_snr,
+                          note=f"SymPy found no closed-form inverse of the snr of {source.name!r}; "
+                               "the runtime inverts it numerically")
+    tau = simplify(inverse.subs(_S, fb.snr))
+    scale = simplify((fb.alpha + fb.beta) / (fa.alpha + fa.beta).subs(t, tau))
+    _check_map(fa.snr, fb.snr, tau)
+    return Conversion(source, target, tau, scale, fa.log_snr, fb.log_snr)
+
+
+def _check_map(snr_a: sp.Expr, snr_b: sp.Expr, tau: sp.Expr) -> None:
+    """Guard against a wrong branch: snr_A(tau(s)) must equal snr_B(s) on a few points."""
+    for s_value in np.linspace(0.1, 0.9, 5):
+        lhs = complex(sp.N(snr_a.subs(t, tau.subs(t, s_value))))
+        rhs = complex(sp.N(snr_b.subs(t, s_value)))
+        if abs(lhs - rhs) > 1e-8 * max(1.0, abs(rhs)):
+            raise SpecError(f"time map check failed at t = {s_value}: snr_A(tau) = {lhs}, snr_B = {rhs}")

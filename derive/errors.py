@@ -1,0 +1,9 @@
+"""Errors raised by the derivation engine; each message says what is wrong."""
+
+
+class SpecError(ValueError):
+    """A schedule specification, expression or request that is refused, with the reason."""
+
+
+class ExpressionError(SpecError):
+    """A user expression that cannot be accepted (syntax, unknown symbol or function, ...)."""

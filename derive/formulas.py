@@ -1,0 +1,114 @@
+"""Every formula the package needs, derived by SymPy from a :class:`ScheduleSpec`.
+
+Conventions (DESIGN.md section 2): I_t = alpha Z + beta X, eta_Z = E[Z|I_t=x], eta_X = E[X|I_t=x],
+velocity b = alpha' eta_Z + beta' eta_X, score s = -eta_Z/alpha, drift b^eps = b + eps s with
+eps = sigma^2/2, optimal diffusion eps* = alpha^2 (log snr)'.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import sympy as sp
+
+from .errors import SpecError
+from .schedule import ScheduleSpec
+from .symbols import eta_X, eta_Z, m, t, v, x
+
+__all__ = ["Formulas", "derive", "PREDICTIONS", "simplify"]
+
+#: network parameterizations and the relation each output m has to (eta_Z, eta_X)
+PREDICTIONS = ("velocity", "x", "noise", "score")
+
+
+def simplify(expr: sp.Expr) -> sp.Expr:
+    """Simplify, keeping whichever of a few cheap forms is shortest."""
+    expr = sp.sympify(expr)
+    if expr.is_Number:
+        return expr
+    candidates = [expr, sp.cancel(expr), sp.simplify(expr)]
+    if candidates[-1].has(sp.Abs, sp.sign):
+        # t lies in (0, 1): tell SymPy that 1 - t > 0 as well
+        candidates.append(sp.simplify(sp.refine(candidates[-1], sp.Q.positive(1 - t))))
+    return min(candidates, key=sp.count_ops)
+
+
+@dataclass(frozen=True)
+class Formulas:
+    """Derived expressions of one schedule; all in the schedule's own time t."""
+
+    spec: ScheduleSpec
+    alpha: sp.Expr
+    beta: sp.Expr
+    d_alpha: sp.Expr
+    d_beta: sp.Expr
+    eps: sp.Expr
+    sigma: sp.Expr
+    eps_star: sp.Expr
+    snr: sp.Expr
+    log_snr: sp.Expr
+    velocity: sp.Expr          # in eta_Z, eta_X
+    score: sp.Expr             # in eta_Z
+    drift: sp.Expr             # in x, eta_X
+    drift_x: sp.Expr           # K_x: coefficient of x in the drift
+    drift_eta: sp.Expr         # K_e: coefficient of eta_X in the drift
+    gaussian_drift: sp.Expr    # k(t): b = k x for data N(0, v I), v = spec.data_var
+
+    def to_eta(self, prediction: str) -> tuple[sp.Expr, sp.Expr]:
+        """(eta_X, eta_Z) as expressions in x and the network output m."""
+        return _to_eta(self.alpha, self.beta, prediction)
+
+    def as_dict(self) -> dict[str, sp.Expr]:
+        """The keys printed by ``lazyflow derive``."""
+        return {"alpha": self.alpha, "beta": self.beta, "sigma": self.sigma, "snr": self.snr,
+                "eps": self.eps, "eps_star": self.eps_star, "velocity": self.velocity,
+                "score": self.score, "drift": self.drift, "gaussian_drift": self.gaussian_drift}
+
+
+def diffusion_eps(spec: ScheduleSpec, alpha: sp.Expr, beta: sp.Expr, eps_star: sp.Expr) -> sp.Expr:
+    """eps(t) for the spec's diffusion: 0, eps*, r'/2 with r = alpha^2 + v beta^2, or sigma^2/2."""
+    if spec.diffusion == "ode":
+        return sp.Integer(0)
+    if spec.diffusion == "optimal":
+        return eps_star
+    if spec.diffusion == "lazy":
+        return simplify(sp.diff(alpha**2 + spec.data_var * beta**2, t) / 2)
+    return simplify(spec.sigma**2 / 2)
+
+
+@lru_cache(maxsize=256)
+def derive(spec: ScheduleSpec) -> Formulas:
+    """Derive every formula of ``spec`` (cached per spec)."""
+    alpha, beta = spec.alpha, spec.beta
+    da, db = simplify(sp.diff(alpha, t)), simplify(sp.diff(beta, t))
+    snr = simplify(beta / alpha)
+    log_snr = simplify(sp.log(beta) - sp.log(alpha))
+    eps_star = simplify(alpha**2 * sp.diff(sp.log(beta) - sp.log(alpha), t))
+    eps = diffusion_eps(spec, alpha, beta, eps_star)
+    sigma = simplify(sp.sqrt(2 * eps))
+    velocity = da * eta_Z + db * eta_X
+    score = -eta_Z / alpha
+    # drift b + eps s with eta_Z eliminated through x = alpha eta_Z + beta eta_X
+    drift_full = (velocity + eps * score).subs(eta_Z, (x - beta * eta_X) / alpha)
+    k_x = simplify(sp.diff(drift_full, x))
+    k_e = simplify(sp.diff(drift_full, eta_X))
+    drift = k_x * x + k_e * eta_X
+    # Gaussian data N(0, v I): eta_X = v beta x / (alpha^2 + v beta^2)
+    gaussian = simplify((k_x + k_e * v * beta / (alpha**2 + v * beta**2)).subs(v, spec.data_var))
+    return Formulas(spec, alpha, beta, da, db, eps, sigma, eps_star, snr, log_snr, velocity, score,
+                    drift, k_x, k_e, gaussian)
+
+
+def _to_eta(alpha: sp.Expr, beta: sp.Expr, prediction: str) -> tuple[sp.Expr, sp.Expr]:
+    """Solve x = alpha eta_Z + beta eta_X together with the prediction's defining relation."""
+    relations = {
+        "velocity": sp.diff(alpha, t) * eta_Z + sp.diff(beta, t) * eta_X,
+        "x": eta_X,
+        "noise": eta_Z,
+        "score": -eta_Z / alpha,
+    }
+    if prediction not in relations:
+        raise SpecError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+    solution = sp.solve([sp.Eq(x, alpha * eta_Z + beta * eta_X), sp.Eq(m, relations[prediction])],
+                        [eta_X, eta_Z], dict=True)[0]
+    return simplify(solution[eta_X]), simplify(solution[eta_Z])

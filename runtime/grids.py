@@ -1,0 +1,88 @@
+"""Time grids in the target schedule's own time t (noise at 0, data at 1).
+
+Grids: ``uniform`` in t; ``logsnr``, uniform in the target's log snr between clip values;
+``edm``, Karras et al.'s rho-spacing of the noise level 1/snr; or an explicit sequence.
+Log-snr values are frame-invariant (snr_target(t) = snr_source(tau(t))), so a logsnr or edm grid
+calls the model at the same source times whatever the target schedule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Sequence, Union
+
+import torch
+
+__all__ = ["Uniform", "LogSNR", "EDM", "GridSpec", "make_grid", "invert_log_snr"]
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """t_k = k / N."""
+
+
+@dataclass(frozen=True)
+class LogSNR:
+    """Interior points uniform in log snr over [lo, hi]; the ends are t = 0 and t = 1."""
+
+    lo: float = -5.0
+    hi: float = 5.0
+
+
+@dataclass(frozen=True)
+class EDM:
+    """Interior points at noise levels 1/snr rho-spaced from sigma_max to sigma_min (Karras et al. 2022)."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+
+GridSpec = Union[str, Uniform, LogSNR, EDM, Sequence[float], torch.Tensor]
+_NAMED = {"uniform": Uniform(), "logsnr": LogSNR(), "edm": EDM()}
+
+
+def invert_log_snr(log_snr_fn, target: torch.Tensor, iterations: int = 80) -> torch.Tensor:
+    """t in [0, 1] with log_snr_fn(t) = target, by vectorised bisection (log snr increasing)."""
+    lo = torch.zeros_like(target)
+    hi = torch.ones_like(target)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        below = log_snr_fn(mid) < target
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return (lo + hi) / 2
+
+
+def make_grid(kernel: ModuleType, steps: int, grid: GridSpec = "uniform") -> torch.Tensor:
+    """An increasing float64 CPU tensor of ``steps + 1`` times from the start (0) to 1."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(grid, str):
+        if grid not in _NAMED:
+            raise ValueError(f"unknown grid {grid!r}; choose one of {', '.join(_NAMED)} or give a sequence of times")
+        grid = _NAMED[grid]
+    if isinstance(grid, Uniform):
+        return torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if isinstance(grid, (LogSNR, EDM)):
+        if isinstance(grid, LogSNR):
+            if not grid.lo < grid.hi:
+                raise ValueError(f"logsnr grid needs lo < hi, got {grid}")
+            lam = torch.linspace(grid.lo, grid.hi, steps + 1, dtype=torch.float64)
+        else:
+            k = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+            s = (grid.sigma_max ** (1 / grid.rho) + k * (grid.sigma_min ** (1 / grid.rho) - grid.sigma_max ** (1 / grid.rho))) ** grid.rho
+            lam = -torch.log(s)
+        times = invert_log_snr(kernel.log_snr, lam)
+        times[0], times[-1] = 0.0, 1.0
+        return times
+    times = torch.as_tensor(grid, dtype=torch.float64).flatten().cpu()
+    if times.numel() != steps + 1:
+        raise ValueError(f"an explicit grid for {steps} steps needs {steps + 1} times, got {times.numel()}")
+    if not torch.isfinite(times).all() or (times[1:] <= times[:-1]).any():
+        raise ValueError("an explicit grid must be finite and strictly increasing")
+    if times[0] < 0 or times[-1] > 1:
+        raise ValueError(f"an explicit grid must lie in [0, 1], got [{times[0].item()}, {times[-1].item()}]")
+    if kernel.POINT_MASS and times[0] != 0:
+        raise ValueError("a point-mass schedule starts at x = 0 at t = 0: the grid must start at 0")
+    return times

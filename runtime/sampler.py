@@ -1,0 +1,153 @@
+"""``sample``: run a pretrained model under any generated schedule.
+
+The integrators are small functions over (model, x, plan) with the noise given; each step is one
+affine update from a coefficient table built before the loop, so the loop has no host
+synchronisation and no branching on tensor values.
+"""
+from __future__ import annotations
+
+import contextlib
+from types import ModuleType
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import kernels
+from .grids import GridSpec, make_grid
+from .noise import per_sample_normal
+from .tables import Plan, SamplingError, build_plan
+
+__all__ = ["sample", "run_plan", "SamplingError", "DEFAULT_FINAL_STEP"]
+
+#: default last step per integrator, chosen by measurement on the digits model (see README)
+DEFAULT_FINAL_STEP = {"euler": "euler", "heun": "euler", "exponential": "euler"}
+
+Model = Callable[..., torch.Tensor]
+
+
+def _affine(x: torch.Tensor, m: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+            xi: torch.Tensor) -> torch.Tensor:
+    """x' = a x + b m + c xi."""
+    return a * x + b * m + c * xi
+
+
+def _corrector(x: torch.Tensor, m: torch.Tensor, x2: torch.Tensor, m2: torch.Tensor, a: torch.Tensor,
+               b: torch.Tensor, d: torch.Tensor, e: torch.Tensor, c: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+    """x' = a x + b m + d x~ + e m~ + c xi."""
+    return a * x + b * m + d * x2 + e * m2 + c * xi
+
+
+class _Evaluator:
+    """Calls the model at table entry k on x / c(t_k), checks its output shape, records non-finite output."""
+
+    def __init__(self, model: Model, plan: Plan, model_kwargs: dict[str, Any]):
+        self.model, self.plan, self.kwargs = model, plan, model_kwargs
+        self.first_bad: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, k: int, step: int) -> torch.Tensor:
+        time = self.plan.tau[k].expand(x.shape[0])
+        out = self.model(x * self.plan.in_scale[k], time, **self.kwargs)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise SamplingError(f"model output at step {step} (t = {self.plan.times[k].item():.6g}) has shape {got}, "
+                                f"expected {tuple(x.shape)}")
+        bad = ~torch.isfinite(out).all()
+        step_t = torch.tensor(step, device=out.device)
+        if self.first_bad is None:
+            self.first_bad = torch.where(bad, step_t, torch.tensor(-1, device=out.device))
+        else:
+            self.first_bad = torch.where(bad & (self.first_bad < 0), step_t, self.first_bad)
+        return out
+
+    def raise_if_bad(self) -> None:
+        """The one host synchronisation after the loop."""
+        if self.first_bad is not None and int(self.first_bad) >= 0:
+            k = int(self.first_bad)
+            raise SamplingError(f"the model returned NaN or inf at step {k} (t = {self.plan.times[k].item():.6g}, "
+                                f"model time {self.plan.tau[k].item():.6g})")
+
+
+def run_plan(model: Model, x: torch.Tensor, plan: Plan, noise: torch.Tensor, *, model_kwargs: dict[str, Any] | None = None,
+             compile: bool = False, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Integrate from ``x`` along ``plan``; ``noise[:, k]`` is step k's xi (zeros for an ODE)."""
+    evaluate = _Evaluator(model, plan, model_kwargs or {})
+    affine, corrector = (torch.compile(_affine), torch.compile(_corrector)) if compile else (_affine, _corrector)
+    steps = plan.steps
+    for k in range(steps):
+        xi = noise[:, k]
+        m = evaluate(x, k, k)
+        if plan.integrator == "heun" and k < steps - 1:
+            x2 = affine(x, m, plan.a1[k], plan.b1[k], plan.c[k], xi)
+            m2 = evaluate(x2, k + 1, k)
+            x = corrector(x, m, x2, m2, plan.a[k], plan.b[k], plan.d[k], plan.e[k], plan.c[k], xi)
+        else:
+            x = affine(x, m, plan.a[k], plan.b[k], plan.c[k], xi)
+        if progress is not None:
+            progress(1)
+    evaluate.raise_if_bad()
+    if not torch.isfinite(x).all():
+        raise SamplingError("the samples are not finite after the last step (the integrator diverged); "
+                            "use more steps, another integrator or a logsnr grid")
+    return x
+
+
+def sample(model: Model, shape: Sequence[int], *, schedule: str | ModuleType = "pointmass", steps: int = 8,
+           integrator: str = "euler", final_step: str | None = None, grid: GridSpec = "uniform",
+           source: str = "linear", prediction: str = "velocity", seed: int = 0, batch_size: int | None = None,
+           device: torch.device | str | None = None, dtype: torch.dtype = torch.float32, compile: bool = False,
+           model_kwargs: dict[str, Any] | None = None, progress: bool = False) -> torch.Tensor:
+    """Draw ``shape[0]`` samples of shape ``shape[1:]`` from a pretrained ``model``.
+
+    ``model(x, t, **model_kwargs)`` is the network trained on the ``source`` schedule, t of shape
+    (batch,) in the source's time, returning a ``prediction`` (velocity, x, noise or score).
+    The run integrates in the ``schedule`` frame (a kernel name or module) over a ``grid`` of
+    ``steps`` steps.  Sample i depends only on (seed, i).
+    """
+    kernel = kernels.load(schedule)
+    if source != kernel.SOURCE:
+        raise ValueError(f"kernel {kernel.NAME!r} was generated for source schedule {kernel.SOURCE!r}, not {source!r}; "
+                         f"emit one with `lazyflow emit --schedule ... --source {source}`")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or min(shape) < 1:
+        raise ValueError(f"shape must be (n, *data_shape) with positive sizes, got {shape}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    final_step = DEFAULT_FINAL_STEP.get(integrator, "euler") if final_step is None else final_step
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    times = make_grid(kernel, steps, grid)
+    plan = build_plan(kernel, times, integrator=integrator, final_step=final_step, prediction=prediction,
+                      device=device, dtype=dtype)
+    n, data_shape = shape[0], shape[1:]
+    chunk = batch_size or n
+    draws = (0 if kernel.POINT_MASS else 1) + (steps if kernel.STOCHASTIC else 0)
+    bar = _progress_bar(total=steps * ((n + chunk - 1) // chunk), enabled=progress)
+    outputs = []
+    with bar as update, torch.no_grad():
+        for start in range(0, n, chunk):
+            indices = range(start, min(start + chunk, n))
+            draws_cpu = per_sample_normal(seed, indices, max(draws, 1), data_shape)
+            draws_dev = draws_cpu.to(device=device, dtype=dtype)
+            if kernel.POINT_MASS:
+                x = torch.zeros((len(indices), *data_shape), device=device, dtype=dtype)
+                step_noise = draws_dev
+            else:
+                x, step_noise = draws_dev[:, 0], draws_dev[:, 1:]
+            if not kernel.STOCHASTIC:
+                step_noise = torch.zeros((len(indices), steps, *data_shape), device=device, dtype=dtype)
+            outputs.append(run_plan(model, x, plan, step_noise, model_kwargs=model_kwargs, compile=compile,
+                                    progress=update))
+    return torch.cat(outputs)
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        yield None
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional: no bar
+        yield None
+        return
+    with tqdm(total=total, desc="sampling", unit="step") as bar:
+        yield bar.update
