@@ -20,7 +20,8 @@ from .tables import Plan, SamplingError, build_plan
 __all__ = ["sample", "run_plan", "SamplingError", "DEFAULT_FINAL_STEP"]
 
 #: default last step per integrator, chosen by measurement on the digits model (see README)
-DEFAULT_FINAL_STEP = {"euler": "euler", "heun": "euler", "exponential": "euler"}
+DEFAULT_FINAL_STEP = {"euler": "euler", "heun": "euler", "midpoint": "euler", "exponential": "euler",
+                      "exp-midpoint": "euler", "multistep": "euler"}
 
 Model = Callable[..., torch.Tensor]
 
@@ -38,18 +39,17 @@ def _corrector(x: torch.Tensor, m: torch.Tensor, x2: torch.Tensor, m2: torch.Ten
 
 
 class _Evaluator:
-    """Calls the model at table entry k on x / c(t_k), checks its output shape, records non-finite output."""
+    """Calls the model at (tau, x * in_scale), checks its output shape, records non-finite output."""
 
     def __init__(self, model: Model, plan: Plan, model_kwargs: dict[str, Any]):
         self.model, self.plan, self.kwargs = model, plan, model_kwargs
         self.first_bad: torch.Tensor | None = None
 
-    def __call__(self, x: torch.Tensor, k: int, step: int) -> torch.Tensor:
-        time = self.plan.tau[k].expand(x.shape[0])
-        out = self.model(x * self.plan.in_scale[k], time, **self.kwargs)
+    def __call__(self, x: torch.Tensor, tau: torch.Tensor, in_scale: torch.Tensor, step: int) -> torch.Tensor:
+        out = self.model(x * in_scale, tau.expand(x.shape[0]), **self.kwargs)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise SamplingError(f"model output at step {step} (t = {self.plan.times[k].item():.6g}) has shape {got}, "
+            raise SamplingError(f"model output at step {step} (t = {self.plan.times[step].item():.6g}) has shape {got}, "
                                 f"expected {tuple(x.shape)}")
         bad = ~torch.isfinite(out).all()
         step_t = torch.tensor(step, device=out.device)
@@ -72,13 +72,18 @@ def run_plan(model: Model, x: torch.Tensor, plan: Plan, noise: torch.Tensor, *, 
     """Integrate from ``x`` along ``plan``; ``noise[:, k]`` is step k's xi (zeros for an ODE)."""
     evaluate = _Evaluator(model, plan, model_kwargs or {})
     affine, corrector = (torch.compile(_affine), torch.compile(_corrector)) if compile else (_affine, _corrector)
-    steps = plan.steps
-    for k in range(steps):
+    multistep = plan.integrator == "multistep"
+    eta_prev = torch.zeros_like(x)
+    for k in range(plan.steps):
         xi = noise[:, k]
-        m = evaluate(x, k, k)
-        if plan.integrator == "heun" and k < steps - 1:
-            x2 = affine(x, m, plan.a1[k], plan.b1[k], plan.c[k], xi)
-            m2 = evaluate(x2, k + 1, k)
+        m = evaluate(x, plan.tau[k], plan.in_scale[k], k)
+        if multistep:
+            eta = plan.p[k] * x + plan.q[k] * m
+            x = affine(x, m, plan.a[k], plan.b[k], plan.c[k], xi) - plan.u[k] * eta_prev
+            eta_prev = eta
+        elif plan.two_stage[k]:
+            x2 = affine(x, m, plan.a1[k], plan.b1[k], plan.c1[k], xi)
+            m2 = evaluate(x2, plan.tau2[k], plan.in_scale2[k], k)
             x = corrector(x, m, x2, m2, plan.a[k], plan.b[k], plan.d[k], plan.e[k], plan.c[k], xi)
         else:
             x = affine(x, m, plan.a[k], plan.b[k], plan.c[k], xi)

@@ -7,7 +7,14 @@ F = K_x + K_e P, G = K_e Q.  Then, with h = t' - t:
 
 - euler:       x' = (1 + h F) x + h G m + sigma sqrt(h) xi
 - heun:        x~ = euler step;  x' = (1 + h F/2) x + (h G/2) m + (h F'/2) x~ + (h G'/2) m~ + sigma sqrt(h) xi
+- midpoint:    x~ = x + h/2 b(t, x) + sigma sqrt(h/2) xi;  x' = x + h b(t + h/2, x~) + sigma sqrt(h) xi
 - exponential: x' = (A + B P) x + B Q m + C xi  with (A, B, C) from ``kernel.exponential``
+- exp-midpoint: an exponential step to the log-snr midpoint, then the full exponential step with
+               the midpoint's eta_X (second order, as DPM-Solver-2)
+- multistep:   the exponential step with eta_X extrapolated linearly in log snr from the previous
+               step (second order, as DPM-Solver++(2M)): eta~ = (1 + 1/2r) eta_k - 1/2r eta_{k-1},
+               r = h_{k-1}/h_k in log snr; first order on the first and last steps.
+               x' = (A + B w P) x + B w Q m - B u eta_{k-1} + C xi,  eta_k = P x + Q m
 - denoise:     x' = P x + Q m  (the last step returns eta_X)
 
 Where the diffusion is infinite at t = 0 (eps* of a standard schedule) the first step is the
@@ -22,10 +29,11 @@ import torch
 
 from .grids import invert_log_snr
 
-__all__ = ["Plan", "build_plan", "INTEGRATORS", "FINAL_STEPS", "SamplingError"]
+__all__ = ["Plan", "build_plan", "INTEGRATORS", "FINAL_STEPS", "TWO_STAGE", "SamplingError"]
 
-INTEGRATORS = ("euler", "heun", "exponential")
+INTEGRATORS = ("euler", "heun", "midpoint", "exponential", "exp-midpoint", "multistep")
 FINAL_STEPS = ("euler", "denoise")
+TWO_STAGE = ("heun", "midpoint", "exp-midpoint")
 
 
 class SamplingError(RuntimeError):
@@ -34,20 +42,32 @@ class SamplingError(RuntimeError):
 
 @dataclass(frozen=True)
 class Plan:
-    """Tables for one run (each of length ``steps``; Heun's second-stage columns hold the k+1 evaluation)."""
+    """Tables for one run, each of length ``steps``.
+
+    Step k calls the model at (tau[k], x * in_scale[k]) -> m.  A one-stage step is
+    x' = a x + b m + c xi (- u eta_prev for multistep, with eta = p x + q m).  A two-stage step
+    first predicts x2 = a1 x + b1 m + c1 xi, calls the model at (tau2[k], x2 * in_scale2[k]) -> m2,
+    and sets x' = a x + b m + d x2 + e m2 + c xi.
+    """
 
     integrator: str
     times: torch.Tensor          # (steps + 1,) target times, float64 on CPU (for messages)
-    tau: torch.Tensor            # (steps + 1,) source times at which the model is called
-    in_scale: torch.Tensor       # (steps + 1,) 1 / c(t): the model sees x / c
-    a: torch.Tensor              # coefficient of x
-    b: torch.Tensor              # coefficient of the model output at t_k
-    c: torch.Tensor              # coefficient of the noise
-    # Heun only: predictor coefficients and the corrector's x~ and m~ coefficients
-    a1: torch.Tensor | None = None
-    b1: torch.Tensor | None = None
-    d: torch.Tensor | None = None
-    e: torch.Tensor | None = None
+    two_stage: tuple[bool, ...]
+    tau: torch.Tensor
+    in_scale: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    c: torch.Tensor
+    tau2: torch.Tensor
+    in_scale2: torch.Tensor
+    a1: torch.Tensor
+    b1: torch.Tensor
+    c1: torch.Tensor
+    d: torch.Tensor
+    e: torch.Tensor
+    p: torch.Tensor
+    q: torch.Tensor
+    u: torch.Tensor
 
     @property
     def steps(self) -> int:
@@ -56,11 +76,11 @@ class Plan:
     @property
     def nfe(self) -> int:
         """Network evaluations the plan makes."""
-        return 2 * self.steps - 1 if self.integrator == "heun" else self.steps
+        return self.steps + sum(self.two_stage)
 
 
 def _conversion(kernel: ModuleType, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tau, c) on the grid, from the closed forms or by numeric inversion of the source snr."""
+    """(tau, c) at times t, from the closed forms or by numeric inversion of the source snr."""
     if kernel.time_map is not None:
         tau, c = kernel.time_map(t), kernel.scale(t)
     else:
@@ -73,6 +93,56 @@ def _conversion(kernel: ModuleType, t: torch.Tensor) -> tuple[torch.Tensor, torc
     return tau, c
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """Everything a step needs at a set of times: model time and input scale, eta_X = P x + Q m,
+    drift b = F x + G m, and sigma; ``zero`` marks the point-mass start where x = 0."""
+
+    t: torch.Tensor
+    tau: torch.Tensor
+    in_scale: torch.Tensor
+    P: torch.Tensor
+    Q: torch.Tensor
+    F: torch.Tensor
+    G: torch.Tensor
+    sigma: torch.Tensor
+    zero: torch.Tensor
+
+
+def _frame(kernel: ModuleType, t: torch.Tensor, prediction: str, *, ode: torch.Tensor) -> _Frame:
+    tau, c = _conversion(kernel, t)
+    zero = (t <= 0) & bool(kernel.POINT_MASS)
+    in_scale = torch.where(zero, torch.zeros_like(c), 1 / c)
+    p, q = getattr(kernel, f"eta_{prediction}")(tau)
+    P = torch.where(zero, torch.zeros_like(p), p * in_scale)
+    K_x, K_e = kernel.drift(t)
+    if ode.any():
+        K_x0, K_e0 = kernel.ode_drift(t)
+        K_x, K_e = torch.where(ode, K_x0, K_x), torch.where(ode, K_e0, K_e)
+    sigma = torch.where(ode, torch.zeros_like(t), kernel.schedule(t)[4])
+    F = torch.where(zero, torch.zeros_like(K_x), K_x + K_e * P)
+    return _Frame(t, tau, in_scale, P, q, F, K_e * q, sigma, zero)
+
+
+def _exponential(kernel: ModuleType, t0: torch.Tensor, t1: torch.Tensor, ode: torch.Tensor):
+    A, B, C = kernel.exponential(t0, t1)
+    if ode.any():
+        A0, B0, C0 = kernel.ode_exponential(t0, t1)
+        A, B, C = torch.where(ode, A0, A), torch.where(ode, B0, B), torch.where(ode, C0, C)
+    return A, B, C
+
+
+def _midpoint_times(kernel: ModuleType, t0: torch.Tensor, t1: torch.Tensor, in_log_snr: bool) -> torch.Tensor:
+    """Midpoints in t, or in log snr where both ends have a finite log snr."""
+    mid = (t0 + t1) / 2
+    if not in_log_snr:
+        return mid
+    lam0, lam1 = kernel.log_snr(t0), kernel.log_snr(t1)
+    finite = torch.isfinite(lam0) & torch.isfinite(lam1)
+    lam_mid = torch.where(finite, (lam0 + lam1) / 2, torch.zeros_like(lam0))
+    return torch.where(finite, invert_log_snr(kernel.log_snr, lam_mid), mid)
+
+
 def build_plan(kernel: ModuleType, times: torch.Tensor, *, integrator: str, final_step: str, prediction: str,
                device: torch.device | str | None, dtype: torch.dtype) -> Plan:
     """Coefficient tables for ``integrator`` on ``times`` (float64 math, cast to ``dtype`` on ``device``)."""
@@ -82,55 +152,76 @@ def build_plan(kernel: ModuleType, times: torch.Tensor, *, integrator: str, fina
         raise ValueError(f"unknown final_step {final_step!r}; choose one of {', '.join(FINAL_STEPS)}")
     if prediction not in kernel.PREDICTIONS:
         raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(kernel.PREDICTIONS)}")
-    if integrator == "exponential" and kernel.exponential is None:
+    if integrator in ("exponential", "exp-midpoint", "multistep") and kernel.exponential is None:
         raise ValueError(f"{kernel.EXPONENTIAL}")
     work = torch.float64 if torch.device(device or "cpu").type != "mps" else torch.float32
     t = times.to(device=device, dtype=work)
     t0, t1 = t[:-1], t[1:]
     h = t1 - t0
     steps = h.numel()
-    tau, c = _conversion(kernel, t)
-    start_at_zero = torch.zeros_like(t, dtype=torch.bool)
-    if kernel.POINT_MASS:
-        start_at_zero[0] = True
-    in_scale = torch.where(start_at_zero, torch.zeros_like(c), 1 / c)
-    p, q = getattr(kernel, f"eta_{prediction}")(tau)
-    P, Q = p * in_scale, q
-    K_x, K_e = kernel.drift(t)
+    # where eps is infinite at t = 0 (eps* of a standard schedule) the first step is the ODE step
+    ode = torch.zeros_like(t0, dtype=torch.bool)
     if kernel.SINGULAR_START:
-        K_x0, K_e0 = kernel.ode_drift(t[:1])
-        K_x, K_e = torch.cat([K_x0, K_x[1:]]), torch.cat([K_e0, K_e[1:]])
-    F = torch.where(start_at_zero, torch.zeros_like(K_x), K_x + K_e * P)
-    G = K_e * Q
-    sigma = kernel.schedule(t0)[4]
-    if kernel.SINGULAR_START:
-        sigma = torch.cat([torch.zeros_like(sigma[:1]), sigma[1:]])
-    noise = sigma * torch.sqrt(h)
-    extra: dict[str, torch.Tensor] = {}
-    if integrator == "exponential":
-        A, B, C = kernel.exponential(t0, t1)
-        if kernel.SINGULAR_START:
-            A0, B0, C0 = kernel.ode_exponential(t0[:1], t1[:1])
-            A, B, C = torch.cat([A0, A[1:]]), torch.cat([B0, B[1:]]), torch.cat([C0, C[1:]])
-        a = torch.where(start_at_zero[:-1], torch.zeros_like(A), A + B * P[:-1])
-        b, cc = B * Q[:-1], C
+        ode = t0 <= 0
+    now = _frame(kernel, t0, prediction, ode=ode)
+    zeros = torch.zeros_like(h)
+    col = {name: zeros.clone() for name in ("a", "b", "c", "a1", "b1", "c1", "d", "e", "p", "q", "u")}
+    col["tau2"], col["in_scale2"] = now.tau.clone(), now.in_scale.clone()
+    two_stage = [integrator in TWO_STAGE] * steps
+    if integrator in ("euler", "heun", "midpoint"):
+        noise = now.sigma * torch.sqrt(h)
+        col["a"], col["b"], col["c"] = 1 + h * now.F, h * now.G, noise
+        if integrator == "heun":
+            # the last step (into t = 1, where the model may be singular) stays a plain Euler step
+            two_stage[-1] = False
+            nxt = _frame(kernel, t1, prediction, ode=torch.zeros_like(ode))
+            col["a1"], col["b1"], col["c1"] = col["a"].clone(), col["b"].clone(), noise
+            col["tau2"], col["in_scale2"] = nxt.tau, nxt.in_scale
+            col["d"], col["e"] = h / 2 * nxt.F, h / 2 * nxt.G
+            col["a"], col["b"] = 1 + h / 2 * now.F, h / 2 * now.G
+            col["a"][-1], col["b"][-1] = 1 + h[-1] * now.F[-1], h[-1] * now.G[-1]
+        elif integrator == "midpoint":
+            mid = _frame(kernel, (t0 + t1) / 2, prediction, ode=ode)
+            col["a1"], col["b1"], col["c1"] = 1 + h / 2 * now.F, h / 2 * now.G, now.sigma * torch.sqrt(h / 2)
+            col["tau2"], col["in_scale2"] = mid.tau, mid.in_scale
+            col["a"], col["b"], col["d"], col["e"] = torch.ones_like(h), zeros, h * mid.F, h * mid.G
     else:
-        a, b, cc = 1 + h * F[:-1], h * G[:-1], noise
-        if integrator == "heun":
-            extra = {"a1": a.clone(), "b1": b.clone(), "d": h / 2 * F[1:], "e": h / 2 * G[1:]}
-            a, b = 1 + h / 2 * F[:-1], h / 2 * G[:-1]
-            # the last step (to t = 1, where the model may be singular) is a plain Euler step
-            extra["d"][-1], extra["e"][-1] = 0.0, 0.0
-            a[-1], b[-1] = extra["a1"][-1], extra["b1"][-1]
+        A, B, C = _exponential(kernel, t0, t1, ode)
+        col["c"] = C
+        if integrator == "exp-midpoint":
+            tm = _midpoint_times(kernel, t0, t1, in_log_snr=True)
+            mid = _frame(kernel, tm, prediction, ode=ode)
+            A1, B1, C1 = _exponential(kernel, t0, tm, ode)
+            col["a1"], col["b1"], col["c1"] = A1 + B1 * now.P, B1 * now.Q, C1
+            col["tau2"], col["in_scale2"] = mid.tau, mid.in_scale
+            col["a"], col["b"], col["d"], col["e"] = A, zeros, B * mid.P, B * mid.Q
+        else:
+            w = torch.ones_like(A)
+            if integrator == "multistep":
+                lam = kernel.log_snr(t)
+                h_lam = lam[1:] - lam[:-1]
+                ratio = torch.ones_like(h_lam)
+                ratio[1:] = h_lam[:-1] / h_lam[1:]
+                u = 1 / (2 * ratio)
+                usable = torch.isfinite(u) & torch.isfinite(ratio) & (ratio > 0)
+                usable[0] = False      # no previous evaluation
+                usable[-1] = False     # lower order on the last step, into t = 1
+                u = torch.where(usable, u, zeros)
+                w = 1 + u
+                col["p"], col["q"], col["u"] = now.P, now.Q, B * u
+            col["a"], col["b"] = A + B * w * now.P, B * w * now.Q
     if final_step == "denoise":
-        a[-1], b[-1], cc[-1] = torch.where(start_at_zero[-2], 0.0, P[-2]), Q[-2], 0.0
-        if integrator == "heun":
-            extra["d"][-1], extra["e"][-1] = 0.0, 0.0
-    a = torch.where(start_at_zero[:-1], torch.zeros_like(a), a)
-    columns = {"a": a, "b": b, "c": cc, **extra}
-    _check_finite({**columns, "model time": tau[:steps], "input scale": in_scale[:steps]}, times, steps, integrator)
-    cast = {k: v.to(dtype) for k, v in columns.items()}
-    return Plan(integrator, times, tau.to(dtype), in_scale.to(dtype), **cast)
+        two_stage[-1] = False
+        col["a"][-1], col["b"][-1], col["c"][-1], col["u"][-1] = now.P[-1], now.Q[-1], 0.0, 0.0
+    col["a"] = torch.where(now.zero, zeros, col["a"])
+    col["a1"] = torch.where(now.zero, zeros, col["a1"])
+    used = dict(col)
+    used["model time"], used["input scale"] = now.tau, now.in_scale
+    for name in ("tau2", "in_scale2", "a1", "b1", "c1", "d", "e"):
+        used[name] = torch.where(torch.tensor(two_stage, device=h.device), col[name], zeros)
+    _check_finite(used, times, steps, integrator)
+    cast = {k: v.to(dtype) for k, v in col.items()}
+    return Plan(integrator, times, tuple(two_stage), now.tau.to(dtype), now.in_scale.to(dtype), **cast)
 
 
 def _check_finite(columns: dict[str, torch.Tensor], times: torch.Tensor, steps: int, integrator: str) -> None:
