@@ -4,7 +4,7 @@
     >>> derive(preset("linear")).eps_star
     (1 - t)/t
 """
-from .convert import Conversion, convert
+from .conversion import Conversion, convert
 from .errors import ExpressionError, SpecError
 from .formulas import PREDICTIONS, Formulas, derive
 from .lazy import solve_lazy, zero_drift_residual

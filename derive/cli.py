@@ -7,7 +7,7 @@ import sys
 
 import sympy as sp
 
-from .convert import convert
+from .conversion import convert
 from .errors import SpecError
 from .formulas import derive
 from .lazy import solve_lazy

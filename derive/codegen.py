@@ -17,7 +17,7 @@ from pathlib import Path
 import sympy as sp
 from sympy.printing.pytorch import TorchPrinter
 
-from .convert import convert
+from .conversion import convert
 from .errors import SpecError
 from .formulas import PREDICTIONS, derive, simplify
 from .limits import TimeLimit, time_limit

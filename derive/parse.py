@@ -99,6 +99,8 @@ class _Converter:
             if not isinstance(node.func, ast.Name):
                 raise self.fail("only calls of whitelisted functions by name are allowed")
             name = node.func.id
+            if name.startswith("__"):
+                raise self.fail(f"dunder name {name!r} is not allowed")
             if name not in ALLOWED_FUNCTIONS:
                 allowed = ", ".join(sorted(ALLOWED_FUNCTIONS))
                 raise self.fail(f"unknown function {name!r} (allowed: {allowed})")

@@ -72,13 +72,13 @@ def validate(spec: ScheduleSpec) -> Validation:
         snr0 = boundary_value(f.snr, 0)
         if not _close(snr0, 0, 0):
             raise SpecError(f"point-mass schedule {spec.name!r}: snr -> {snr0} as t -> 0, must tend to 0")
-    elif _close(a0, base, tol) and _close(b0, 0, tol):
+    elif (_close(a0, 1, tol) or _close(a0, base, tol)) and _close(b0, 0, tol):
         kind = "standard"
-        if not (_close(a0, base, 0) and _close(b0, 0, 0)):
+        if not ((_close(a0, 1, 0) or _close(a0, base, 0)) and _close(b0, 0, 0)):
             notes.append(f"alpha_0 = {sp.N(a0, 4)}, beta_0 = {sp.N(b0, 4)} are within the declared tolerance "
                          f"{tol}; sampling starts from N(0, alpha_0^2 I) as an approximation")
     else:
-        want = "1" if base == 1 else f"sqrt({spec.data_var})"
+        want = "1" if base == 1 else f"1 or sqrt(v) = sqrt({spec.data_var})"
         raise SpecError(f"schedule {spec.name!r}: boundary values at t = 0 are alpha_0 = {a0}, beta_0 = {b0}; "
                         f"need alpha_0 = {want}, beta_0 = 0 (standard) or alpha_0 = beta_0 = 0 (point mass)")
     if not (_close(a1, 0, tol) and _close(b1, 1, tol)):

@@ -40,7 +40,7 @@ class OurMethod:
         return f"{self.schedule}/{self.integrator}/{self.grid}{last}"
 
     def steps_for(self, nfe: int) -> int:
-        if self.integrator == "heun":
+        if self.integrator == "heun":  # the last step is a plain step: 2 steps - 1 evaluations
             return max(1, (nfe + 1) // 2)
         return max(1, nfe // 2) if self.integrator in ("midpoint", "exp-midpoint") else nfe
 
@@ -52,14 +52,14 @@ def our_methods(full: bool = True) -> list[OurMethod]:
     """The samplers the bench compares: each schedule with each integrator and grid that applies."""
     methods = []
     for schedule in ("linear", "vp", "pointmass", "linear-sde", "vp-sde"):
-        for integrator in ("euler", "heun", "midpoint", "exponential", "exp-midpoint", "multistep"):
-            if schedule == "linear" and integrator in ("exponential", "exp-midpoint"):
-                continue  # identical to Euler / midpoint on the linear schedule
+        for integrator in ("euler", "heun", "midpoint", "exponential", "exp-midpoint", "multistep", "multistep-pc"):
+            if schedule == "linear" and integrator == "exponential":
+                continue  # identical to Euler on the linear schedule
             for grid in ("uniform", "logsnr") if full else ("uniform",):
                 methods.append(OurMethod(schedule, integrator, grid))
-    if full:
-        methods += [OurMethod("pointmass", "exponential", "logsnr", "denoise"),
-                    OurMethod("pointmass", "euler", "logsnr", "denoise")]
+    if full:  # the last step: a plain step or the denoised mean eta_X
+        methods += [OurMethod("pointmass", integrator, grid, "denoise") for integrator in ("euler", "midpoint", "multistep-pc")
+                    for grid in ("uniform", "logsnr")]
     return methods
 
 
@@ -75,6 +75,7 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
     """Every method at every NFE budget on ``n`` samples; FD against the digits dataset."""
     from . import models
     from .metrics import digits_fd, split_floor
+    from .noise import per_sample_normal
     from .peers import available_peers
     from .sampler import sample
     from .tables import SamplingError
@@ -102,7 +103,7 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
         for name, (stochastic, fn) in peers.items():
             for budget in nfes:
                 counter = CountingModel(model)
-                x0 = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+                x0 = per_sample_normal(seed, range(n), 1, shape[1:])[:, 0]  # the same start as ours: paired
                 start = time.perf_counter()
                 try:
                     x = fn(counter, x0, budget, seed)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -23,12 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; bad input prints one line on stderr and exits non-zero."""
+    """Run the command; bad input prints one line on stderr and exits 2 (LAZYFLOW_DEBUG=1 shows the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
+    except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError) as err:
+        if os.environ.get("LAZYFLOW_DEBUG"):
+            raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"lazyflow {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -25,8 +25,8 @@ class Uniform:
 class LogSNR:
     """Interior points uniform in log snr over [lo, hi]; the ends are t = 0 and t = 1."""
 
-    lo: float = -5.0
-    hi: float = 5.0
+    lo: float = -3.0
+    hi: float = 3.0
 
 
 @dataclass(frozen=True)

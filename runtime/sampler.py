@@ -15,13 +15,13 @@ import torch
 from . import kernels
 from .grids import GridSpec, make_grid
 from .noise import per_sample_normal
-from .tables import Plan, SamplingError, build_plan
+from .tables import MULTISTEP, Plan, SamplingError, build_plan
 
 __all__ = ["sample", "run_plan", "SamplingError", "DEFAULT_FINAL_STEP"]
 
 #: default last step per integrator, chosen by measurement on the digits model (see README)
 DEFAULT_FINAL_STEP = {"euler": "euler", "heun": "euler", "midpoint": "euler", "exponential": "euler",
-                      "exp-midpoint": "euler", "multistep": "euler"}
+                      "exp-midpoint": "euler", "multistep": "euler", "multistep-pc": "euler"}
 
 Model = Callable[..., torch.Tensor]
 
@@ -72,16 +72,12 @@ def run_plan(model: Model, x: torch.Tensor, plan: Plan, noise: torch.Tensor, *, 
     """Integrate from ``x`` along ``plan``; ``noise[:, k]`` is step k's xi (zeros for an ODE)."""
     evaluate = _Evaluator(model, plan, model_kwargs or {})
     affine, corrector = (torch.compile(_affine), torch.compile(_corrector)) if compile else (_affine, _corrector)
-    multistep = plan.integrator == "multistep"
-    eta_prev = torch.zeros_like(x)
+    if plan.integrator in MULTISTEP:
+        return _run_multistep(evaluate, x, plan, noise, affine, progress)
     for k in range(plan.steps):
         xi = noise[:, k]
         m = evaluate(x, plan.tau[k], plan.in_scale[k], k)
-        if multistep:
-            eta = plan.p[k] * x + plan.q[k] * m
-            x = affine(x, m, plan.a[k], plan.b[k], plan.c[k], xi) - plan.u[k] * eta_prev
-            eta_prev = eta
-        elif plan.two_stage[k]:
+        if plan.two_stage[k]:
             x2 = affine(x, m, plan.a1[k], plan.b1[k], plan.c1[k], xi)
             m2 = evaluate(x2, plan.tau2[k], plan.in_scale2[k], k)
             x = corrector(x, m, x2, m2, plan.a[k], plan.b[k], plan.d[k], plan.e[k], plan.c[k], xi)
@@ -93,6 +89,31 @@ def run_plan(model: Model, x: torch.Tensor, plan: Plan, noise: torch.Tensor, *, 
     if not torch.isfinite(x).all():
         raise SamplingError("the samples are not finite after the last step (the integrator diverged); "
                             "use more steps, another integrator or a logsnr grid")
+    return x
+
+
+def _run_multistep(evaluate: _Evaluator, x: torch.Tensor, plan: Plan, noise: torch.Tensor, affine,
+                   progress: Callable[[int], None] | None) -> torch.Tensor:
+    """Multistep exponential steps x' = a x + b (w eta - u eta_prev) + c xi; with ``multistep-pc`` each
+    predicted point's model call also corrects the step just taken: x' = a x + b (eta + v (eta_next - eta)) + c xi."""
+    correct = plan.integrator == "multistep-pc"
+    eta_prev = torch.zeros_like(x)
+    eta = plan.p[0] * x + plan.q[0] * evaluate(x, plan.tau[0], plan.in_scale[0], 0)
+    for k in range(plan.steps):
+        xi = noise[:, k]
+        x_next = affine(x, plan.w[k] * eta - plan.u[k] * eta_prev, plan.a[k], plan.b[k], plan.c[k], xi)
+        if k + 1 < plan.steps:
+            m = evaluate(x_next, plan.tau[k + 1], plan.in_scale[k + 1], k + 1)
+            eta_next = plan.p[k + 1] * x_next + plan.q[k + 1] * m
+            if correct:
+                x_next = affine(x, eta + plan.v[k] * (eta_next - eta), plan.a[k], plan.b[k], plan.c[k], xi)
+            eta_prev, eta = eta, eta_next
+        x = x_next
+        if progress is not None:
+            progress(1)
+    evaluate.raise_if_bad()
+    if not torch.isfinite(x).all():
+        raise SamplingError("the samples are not finite after the last step (the integrator diverged)")
     return x
 
 
@@ -123,6 +144,7 @@ def sample(model: Model, shape: Sequence[int], *, schedule: str | ModuleType = "
     plan = build_plan(kernel, times, integrator=integrator, final_step=final_step, prediction=prediction,
                       device=device, dtype=dtype)
     n, data_shape = shape[0], shape[1:]
+    start_scale = float(kernel.schedule(times[:1])[0][0])
     chunk = batch_size or n
     draws = (0 if kernel.POINT_MASS else 1) + (steps if kernel.STOCHASTIC else 0)
     bar = _progress_bar(total=steps * ((n + chunk - 1) // chunk), enabled=progress)
@@ -135,8 +157,8 @@ def sample(model: Model, shape: Sequence[int], *, schedule: str | ModuleType = "
             if kernel.POINT_MASS:
                 x = torch.zeros((len(indices), *data_shape), device=device, dtype=dtype)
                 step_noise = draws_dev
-            else:
-                x, step_noise = draws_dev[:, 0], draws_dev[:, 1:]
+            else:  # I_t0 = alpha(t0) Z (exact at t0 = 0; the data term beta(t0) X is dropped if t0 > 0)
+                x, step_noise = draws_dev[:, 0] * start_scale, draws_dev[:, 1:]
             if not kernel.STOCHASTIC:
                 step_noise = torch.zeros((len(indices), steps, *data_shape), device=device, dtype=dtype)
             outputs.append(run_plan(model, x, plan, step_noise, model_kwargs=model_kwargs, compile=compile,

@@ -12,9 +12,12 @@ F = K_x + K_e P, G = K_e Q.  Then, with h = t' - t:
 - exp-midpoint: an exponential step to the log-snr midpoint, then the full exponential step with
                the midpoint's eta_X (second order, as DPM-Solver-2)
 - multistep:   the exponential step with eta_X extrapolated linearly in log snr from the previous
-               step (second order, as DPM-Solver++(2M)): eta~ = (1 + 1/2r) eta_k - 1/2r eta_{k-1},
-               r = h_{k-1}/h_k in log snr; first order on the first and last steps.
-               x' = (A + B w P) x + B w Q m - B u eta_{k-1} + C xi,  eta_k = P x + Q m
+               step (second order, as DPM-Solver++(2M) but with the exact weight phi instead of 1/2):
+               x' = A x + B (w eta_k - u eta_{k-1}) + C xi, u = phi h_k / h_{k-1}, w = 1 + u,
+               eta_k = P x + Q m; first order on the first and last steps.
+- multistep-pc: the multistep predictor, then a corrector that reuses the next step's model call:
+               x' = A x + B (eta_k + phi (eta_{k+1} - eta_k)) + C xi, eta_{k+1} from the predicted point
+               (eta_X linear in log snr over the step, as UniPC's corrector; no extra network evaluation)
 - denoise:     x' = P x + Q m  (the last step returns eta_X)
 
 Where the diffusion is infinite at t = 0 (eps* of a standard schedule) the first step is the
@@ -29,9 +32,10 @@ import torch
 
 from .grids import invert_log_snr
 
-__all__ = ["Plan", "build_plan", "INTEGRATORS", "FINAL_STEPS", "TWO_STAGE", "SamplingError"]
+__all__ = ["Plan", "build_plan", "INTEGRATORS", "FINAL_STEPS", "TWO_STAGE", "MULTISTEP", "SamplingError"]
 
-INTEGRATORS = ("euler", "heun", "midpoint", "exponential", "exp-midpoint", "multistep")
+INTEGRATORS = ("euler", "heun", "midpoint", "exponential", "exp-midpoint", "multistep", "multistep-pc")
+MULTISTEP = ("multistep", "multistep-pc")
 FINAL_STEPS = ("euler", "denoise")
 TWO_STAGE = ("heun", "midpoint", "exp-midpoint")
 
@@ -45,7 +49,8 @@ class Plan:
     """Tables for one run, each of length ``steps``.
 
     Step k calls the model at (tau[k], x * in_scale[k]) -> m.  A one-stage step is
-    x' = a x + b m + c xi (- u eta_prev for multistep, with eta = p x + q m).  A two-stage step
+    x' = a x + b m + c xi; a multistep step is x' = a x + b (w eta - u eta_prev) + c xi with
+    eta = p x + q m (the corrector of multistep-pc uses b (eta + eta_next) / 2).  A two-stage step
     first predicts x2 = a1 x + b1 m + c1 xi, calls the model at (tau2[k], x2 * in_scale2[k]) -> m2,
     and sets x' = a x + b m + d x2 + e m2 + c xi.
     """
@@ -68,6 +73,8 @@ class Plan:
     p: torch.Tensor
     q: torch.Tensor
     u: torch.Tensor
+    w: torch.Tensor
+    v: torch.Tensor              # multistep-pc: corrector weight of eta_next
 
     @property
     def steps(self) -> int:
@@ -88,8 +95,9 @@ def _conversion(kernel: ModuleType, t: torch.Tensor) -> tuple[torch.Tensor, torc
         alpha, beta = kernel.schedule(t)[:2]
         alpha_s, beta_s = kernel.source_schedule(tau)
         c = (alpha + beta) / (alpha_s + beta_s)
-    # ends of the grid: the limits, not 0/0
-    tau = torch.where(t <= 0, torch.zeros_like(tau), torch.where(t >= 1, torch.ones_like(tau), tau))
+    # a 0/0 at an end of [0, 1] takes its limit (tau = 0 at snr 0, tau = 1 at snr infinity)
+    bad = ~torch.isfinite(tau)
+    tau = torch.where(bad & (t <= 0), torch.zeros_like(tau), torch.where(bad & (t >= 1), torch.ones_like(tau), tau))
     return tau, c
 
 
@@ -143,6 +151,34 @@ def _midpoint_times(kernel: ModuleType, t0: torch.Tensor, t1: torch.Tensor, in_l
     return torch.where(finite, invert_log_snr(kernel.log_snr, lam_mid), mid)
 
 
+_GAUSS_NODES = 12
+
+
+def _slope_weight(kernel: ModuleType, t0: torch.Tensor, t1: torch.Tensor, lam: torch.Tensor, B: torch.Tensor,
+                  ode: torch.Tensor) -> torch.Tensor:
+    """phi_k = B2 / (B h) with B2 = int B(t(l), t_k+1) dl over [lam_k, lam_k+1]; NaN where lam is infinite.
+
+    For small h, phi -> 1/2 (DPM-Solver++'s approximation); it is exact for any frame and diffusion."""
+    import numpy as np
+
+    nodes, weights = np.polynomial.legendre.leggauss(_GAUSS_NODES)
+    nodes = torch.as_tensor(nodes, dtype=t0.dtype, device=t0.device)
+    weights = torch.as_tensor(weights, dtype=t0.dtype, device=t0.device)
+    lam0, lam1 = lam[:-1], lam[1:]
+    finite = torch.isfinite(lam0) & torch.isfinite(lam1)
+    lo = torch.where(finite, lam0, torch.zeros_like(lam0))
+    hi = torch.where(finite, lam1, torch.ones_like(lam1))
+    h = hi - lo
+    points = lo[:, None] + (nodes[None, :] + 1) / 2 * h[:, None]            # (steps, nodes) in log snr
+    times = invert_log_snr(kernel.log_snr, points)
+    ends = t1[:, None].expand_as(times)
+    step_ode = ode[:, None].expand_as(times)
+    B_inner = _exponential(kernel, times.reshape(-1), ends.reshape(-1), step_ode.reshape(-1))[1].reshape(times.shape)
+    B2 = (B_inner * weights[None, :]).sum(1) * h / 2
+    phi = B2 / (B * h)
+    return torch.where(finite, phi, torch.full_like(phi, float("nan")))
+
+
 def build_plan(kernel: ModuleType, times: torch.Tensor, *, integrator: str, final_step: str, prediction: str,
                device: torch.device | str | None, dtype: torch.dtype) -> Plan:
     """Coefficient tables for ``integrator`` on ``times`` (float64 math, cast to ``dtype`` on ``device``)."""
@@ -152,7 +188,7 @@ def build_plan(kernel: ModuleType, times: torch.Tensor, *, integrator: str, fina
         raise ValueError(f"unknown final_step {final_step!r}; choose one of {', '.join(FINAL_STEPS)}")
     if prediction not in kernel.PREDICTIONS:
         raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(kernel.PREDICTIONS)}")
-    if integrator in ("exponential", "exp-midpoint", "multistep") and kernel.exponential is None:
+    if integrator in ("exponential", "exp-midpoint", *MULTISTEP) and kernel.exponential is None:
         raise ValueError(f"{kernel.EXPONENTIAL}")
     work = torch.float64 if torch.device(device or "cpu").type != "mps" else torch.float32
     t = times.to(device=device, dtype=work)
@@ -165,7 +201,7 @@ def build_plan(kernel: ModuleType, times: torch.Tensor, *, integrator: str, fina
         ode = t0 <= 0
     now = _frame(kernel, t0, prediction, ode=ode)
     zeros = torch.zeros_like(h)
-    col = {name: zeros.clone() for name in ("a", "b", "c", "a1", "b1", "c1", "d", "e", "p", "q", "u")}
+    col = {name: zeros.clone() for name in ("a", "b", "c", "a1", "b1", "c1", "d", "e", "p", "q", "u", "w", "v")}
     col["tau2"], col["in_scale2"] = now.tau.clone(), now.in_scale.clone()
     two_stage = [integrator in TWO_STAGE] * steps
     if integrator in ("euler", "heun", "midpoint"):
@@ -195,24 +231,30 @@ def build_plan(kernel: ModuleType, times: torch.Tensor, *, integrator: str, fina
             col["a1"], col["b1"], col["c1"] = A1 + B1 * now.P, B1 * now.Q, C1
             col["tau2"], col["in_scale2"] = mid.tau, mid.in_scale
             col["a"], col["b"], col["d"], col["e"] = A, zeros, B * mid.P, B * mid.Q
+        elif integrator == "exponential":
+            col["a"], col["b"] = A + B * now.P, B * now.Q
         else:
-            w = torch.ones_like(A)
-            if integrator == "multistep":
-                lam = kernel.log_snr(t)
-                h_lam = lam[1:] - lam[:-1]
-                ratio = torch.ones_like(h_lam)
-                ratio[1:] = h_lam[:-1] / h_lam[1:]
-                u = 1 / (2 * ratio)
-                usable = torch.isfinite(u) & torch.isfinite(ratio) & (ratio > 0)
-                usable[0] = False      # no previous evaluation
-                usable[-1] = False     # lower order on the last step, into t = 1
-                u = torch.where(usable, u, zeros)
-                w = 1 + u
-                col["p"], col["q"], col["u"] = now.P, now.Q, B * u
-            col["a"], col["b"] = A + B * w * now.P, B * w * now.Q
+            lam = kernel.log_snr(t)
+            h_lam = lam[1:] - lam[:-1]
+            # phi = B2 / (B h): eta_X linear in log snr over a step adds B2 * slope, where by parts
+            # B2 = int_{lam_k}^{lam_k+1} B(t(lam), t_k+1) dlam (exact for any kernel; Gauss-Legendre)
+            phi = _slope_weight(kernel, t0, t1, lam, B, ode)
+            u = torch.zeros_like(h_lam)
+            u[1:] = phi[1:] * h_lam[1:] / h_lam[:-1]
+            usable = torch.isfinite(u) & torch.isfinite(phi)
+            usable[0] = False      # no previous evaluation
+            usable[-1] = False     # lower order on the last step, into t = 1
+            u = torch.where(usable, u, zeros)
+            col["v"] = torch.where(torch.isfinite(phi), phi, torch.full_like(phi, 0.5))
+            col["p"], col["q"], col["u"], col["w"] = now.P, now.Q, u, 1 + u
+            col["a"], col["b"] = A, B
     if final_step == "denoise":
         two_stage[-1] = False
-        col["a"][-1], col["b"][-1], col["c"][-1], col["u"][-1] = now.P[-1], now.Q[-1], 0.0, 0.0
+        if integrator in MULTISTEP:
+            col["a"][-1], col["b"][-1], col["w"][-1] = 0.0, 1.0, 1.0
+        else:
+            col["a"][-1], col["b"][-1] = now.P[-1], now.Q[-1]
+        col["c"][-1], col["u"][-1] = 0.0, 0.0
     col["a"] = torch.where(now.zero, zeros, col["a"])
     col["a1"] = torch.where(now.zero, zeros, col["a1"])
     used = dict(col)

@@ -1,0 +1,94 @@
+"""The derivation commands: JSON in the documented keys, parsable by SymPy, and clean refusals."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sympy as sp
+from sympy.parsing.sympy_parser import parse_expr
+
+from runtime.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SYMBOLS = {name: sp.Symbol(name) for name in ("t", "x", "eta_X", "eta_Z")}
+
+
+def run_json(capsys, *argv):
+    assert main(list(argv)) == 0
+    out = json.loads(capsys.readouterr().out)
+    return {k: parse_expr(v, local_dict=SYMBOLS) for k, v in out.items()}
+
+
+def close(expr, expected, **values):
+    subs = {SYMBOLS[k]: v for k, v in values.items()}
+    assert complex(sp.N(expr.subs(subs))) == pytest.approx(complex(sp.N(expected.subs(subs))), abs=1e-10)
+
+
+def test_derive_json_keys_and_values(capsys):
+    out = run_json(capsys, "derive", "--schedule", "linear", "--sigma", "optimal", "--json")
+    assert set(out) == {"alpha", "beta", "sigma", "snr", "eps", "eps_star", "velocity", "score", "drift",
+                        "gaussian_drift"}
+    for value in out.values():
+        assert value.free_symbols <= set(SYMBOLS.values())
+    t, x, ex, ez = (SYMBOLS[k] for k in ("t", "x", "eta_X", "eta_Z"))
+    close(out["eps_star"], (1 - t) / t, t=0.3)
+    close(out["velocity"], ex - ez, t=0.3, eta_X=0.2, eta_Z=-0.5)
+    close(out["score"], -ez / (1 - t), t=0.3, eta_Z=0.4)
+    # drift with eps*: K_x = -(1 + t)/(t (1 - t)), K_e = 2/(1 - t)
+    close(out["drift"], -(1 + t) / (t * (1 - t)) * x + 2 / (1 - t) * ex, t=0.4, x=0.3, eta_X=-0.2)
+
+
+def test_derive_custom_expressions_with_params(capsys):
+    out = run_json(capsys, "derive", "--alpha", "cos(k*pi*t/2)", "--beta", "sin(k*pi*t/2)", "--param", "k=1",
+                   "--json")
+    assert out["gaussian_drift"] == 0
+
+
+def test_lazy_json(capsys):
+    out = run_json(capsys, "lazy", "--beta", "t", "--sigma", "optimal", "--json")
+    t = SYMBOLS["t"]
+    close(out["alpha"] ** 2, t * (1 - t), t=0.3)
+    close(out["sigma"], sp.Integer(1), t=0.3)
+
+
+def test_convert_json(capsys):
+    out = run_json(capsys, "convert", "--source", "linear", "--target", "vp", "--json")
+    t = SYMBOLS["t"]
+    close(out["time_map"], sp.sin(sp.pi * t / 2) / (sp.sin(sp.pi * t / 2) + sp.cos(sp.pi * t / 2)), t=0.3)
+    close(out["scale"], sp.sin(sp.pi * t / 2) + sp.cos(sp.pi * t / 2), t=0.3)
+
+
+def test_latex_and_text(capsys):
+    assert main(["derive", "--schedule", "vp", "--latex"]) == 0
+    assert "\\frac" in capsys.readouterr().out
+    assert main(["derive", "--schedule", "pointmass"]) == 0
+    assert "pointmass: pointmass schedule" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["derive", "--schedule", "nope"], "unknown schedule 'nope'"),
+    (["derive", "--alpha", "1 - t", "--beta", "__import__('os')"], "dunder name"),
+    (["derive", "--alpha", "1 - t", "--beta", "2*t"], "beta_1 = 2"),
+    (["derive", "--alpha", "1 - t"], "give --schedule NAME, or both --alpha and --beta"),
+    (["lazy", "--alpha", "1 - t", "--beta", "t"], "lazy diffusion would be negative"),
+    (["derive", "--schedule", "missing.toml"], "does not exist"),
+])
+def test_bad_input_is_one_line_without_traceback(argv, fragment):
+    proc = subprocess.run([sys.executable, "-m", "runtime.cli", *argv], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert fragment in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_toml_schedule(tmp_path, capsys):
+    path = tmp_path / "mine.toml"
+    path.write_text('name = "mine"\nalpha = "cos(pi*t/2)**k"\nbeta = "sin(pi*t/2)"\nsigma = "optimal"\n[params]\nk = 1\n')
+    out = run_json(capsys, "derive", "--schedule", str(path), "--json")
+    t = SYMBOLS["t"]
+    close(out["eps_star"], sp.pi / 2 * sp.cot(sp.pi * t / 2), t=0.4)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('alpha = "1 - t"\nbeta = "t"\nextra = 1\n')
+    assert main(["derive", "--schedule", str(bad)]) == 2
+    assert "unknown keys ['extra']" in capsys.readouterr().err
