@@ -55,7 +55,10 @@ def our_methods(full: bool = True) -> list[OurMethod]:
         for integrator in ("euler", "heun", "midpoint", "exponential", "exp-midpoint", "multistep", "multistep-pc"):
             if schedule == "linear" and integrator == "exponential":
                 continue  # identical to Euler on the linear schedule
-            for grid in ("uniform", "logsnr") if full else ("uniform",):
+            grids = ("uniform", "source", "logsnr") if full else ("uniform",)
+            for grid in grids:
+                if grid == "source" and schedule in ("linear", "linear-sde"):
+                    continue  # the source frame itself: the same as uniform
                 methods.append(OurMethod(schedule, integrator, grid))
     if full:  # the last step: a plain step or the denoised mean eta_X
         methods += [OurMethod("pointmass", integrator, grid, "denoise") for integrator in ("euler", "midpoint", "multistep-pc")
@@ -63,8 +66,11 @@ def our_methods(full: bool = True) -> list[OurMethod]:
     return methods
 
 
-def _row(method: str, peer: bool, stochastic: bool, nfe: int, fd: float | None, seconds: float, error: str = "") -> dict:
-    row = {"method": method, "peer": peer, "stochastic": stochastic, "nfe": nfe, "fd": fd, "seconds": round(seconds, 3)}
+def _row(method: str, peer: bool, stochastic: bool, budget: int, nfe: int, fd: float | None, seconds: float,
+         error: str = "") -> dict:
+    """One bench row; ``nfe`` is what the counting wrapper saw, ``budget`` the column it competes in (nfe <= budget)."""
+    row = {"method": method, "peer": peer, "stochastic": stochastic, "nfe": nfe, "budget": budget, "fd": fd,
+           "seconds": round(seconds, 3)}
     if error:
         row["error"] = error
     return row
@@ -75,15 +81,33 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
     """Every method at every NFE budget on ``n`` samples; FD against the digits dataset."""
     from . import models
     from .metrics import digits_fd, split_floor
+    from .peers import available_peers
+    from .sampler import sample
+
+    model = models.load(model_name)
+    shape = (n, *model.data_shape)
+    with torch.no_grad():
+        rows = _run_all(model, shape, nfes, seed, include_peers, full, log)
+    skipped = available_peers()[1] if include_peers else []
+    reference = CountingModel(model)
+    with torch.no_grad():
+        ref = digits_fd(sample(reference, shape, schedule="linear", steps=250, integrator="heun", seed=seed))
+    return {"rows": rows, "model": model_name, "n": n, "seed": seed, "nfe_budgets": nfes,
+            "floor_split_fd": split_floor(), "reference": {"method": "linear/heun/uniform", "nfe": reference.calls,
+                                                           "fd": ref},
+            "skipped": skipped, "machine": machine(), "date": datetime.date.today().isoformat(),
+            "command": "lazyflow " + " ".join(sys.argv[1:])}
+
+
+def _run_all(model, shape, nfes, seed, include_peers, full, log) -> list[dict]:
+    """One row per (method, budget): ours, then the installed peers from the same initial noise."""
+    from .metrics import digits_fd
     from .noise import per_sample_normal
     from .peers import available_peers
     from .sampler import sample
     from .tables import SamplingError
 
-    model = models.load(model_name)
-    shape = (n, *model.data_shape)
-    rows = []
-    torch.set_grad_enabled(False)
+    n, rows = shape[0], []
     for method in our_methods(full):
         for budget in nfes:
             counter = CountingModel(model)
@@ -94,12 +118,11 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
                 fd, error = digits_fd(x), ""
             except (SamplingError, ValueError) as err:
                 fd, error = None, str(err)
-            rows.append(_row(method.name, False, STOCHASTIC[method.schedule], counter.calls, fd,
+            rows.append(_row(method.name, False, STOCHASTIC[method.schedule], budget, counter.calls, fd,
                              time.perf_counter() - start, error))
         log(f"  {method.name}: " + ", ".join(f"{r['nfe']}->{_fmt(r['fd'])}" for r in rows[-len(nfes):]))
-    skipped: list[str] = []
     if include_peers:
-        peers, skipped = available_peers()
+        peers = available_peers()[0]
         for name, (stochastic, fn) in peers.items():
             for budget in nfes:
                 counter = CountingModel(model)
@@ -110,15 +133,9 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
                     fd, error = (digits_fd(x), "") if torch.isfinite(x).all() else (None, "non-finite samples")
                 except Exception as err:  # noqa: BLE001 - a peer failing must not stop the bench
                     fd, error = None, f"{type(err).__name__}: {err}"
-                rows.append(_row(name, True, stochastic, counter.calls, fd, time.perf_counter() - start, error))
+                rows.append(_row(name, True, stochastic, budget, counter.calls, fd, time.perf_counter() - start, error))
             log(f"  {name}: " + ", ".join(f"{r['nfe']}->{_fmt(r['fd'])}" for r in rows[-len(nfes):]))
-    reference = CountingModel(model)
-    ref = digits_fd(sample(reference, shape, schedule="linear", steps=250, integrator="heun", seed=seed))
-    return {"rows": rows, "model": model_name, "n": n, "seed": seed, "nfe_budgets": nfes,
-            "floor_split_fd": split_floor(), "reference": {"method": "linear/heun/uniform", "nfe": reference.calls,
-                                                           "fd": ref},
-            "skipped": skipped, "machine": machine(), "date": datetime.date.today().isoformat(),
-            "command": "lazyflow " + " ".join(sys.argv[1:])}
+    return rows
 
 
 def machine() -> str:
@@ -165,7 +182,7 @@ def best_by_kind(result: dict) -> str:
         for stochastic in (False, True):
             for peer in (False, True):
                 rows = [r for r in result["rows"] if r["peer"] == peer and r["stochastic"] == stochastic
-                        and r["fd"] is not None and r["nfe"] <= budget and r["nfe"] >= budget - 1]
+                        and r["fd"] is not None and r["budget"] == budget]
                 best = min(rows, key=lambda r: r["fd"], default=None)
                 cells.append(f"{_fmt(best['fd'])} {best['method']}" if best else "-")
         lines.append(f"  nfe {budget:>3}: " + " | ".join(cells))
@@ -210,7 +227,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-overhead", help="sampler time per step beyond the model's forward, eager and compiled")
     p.add_argument("--device", default=None)
     p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-compile", action="store_true")
     p.set_defaults(handler=run_overhead)

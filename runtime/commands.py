@@ -15,7 +15,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="digits", help="embedded model name (digits) or a model file")
     p.add_argument("--schedule", default="pointmass", help="kernel name in runtime/kernels")
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--integrator", default="euler", choices=["euler", "heun", "exponential"])
+    p.add_argument("--integrator", default="euler",
+                   choices=["euler", "heun", "midpoint", "exponential", "exp-midpoint", "multistep", "multistep-pc"])
     p.add_argument("--final-step", default=None, choices=["euler", "denoise"])
     p.add_argument("--grid", default="uniform", help="uniform, logsnr, edm or comma-separated times")
     p.add_argument("--prediction", default=None, help="velocity, x, noise or score (default: the model's own)")
@@ -92,8 +93,8 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def save_image_grid(x, path: Path, columns: int | None = None) -> None:
-    """Samples (n, C, H, W) in [-1, 1] as a PNG grid."""
+def save_image_grid(x, path: Path, columns: int | None = None, zoom: int = 4) -> None:
+    """Samples (n, C, H, W) in [-1, 1] as a PNG grid (each pixel drawn ``zoom`` x ``zoom``)."""
     import math
 
     import matplotlib
@@ -107,12 +108,12 @@ def save_image_grid(x, path: Path, columns: int | None = None) -> None:
     columns = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
     h, w = x.shape[2], x.shape[3]
-    canvas = np.ones((rows * (h + 1) + 1, columns * (w + 1) + 1))
+    canvas = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1), 0.3)  # light grey borders
     images = ((x[:, 0].clamp(-1, 1) + 1) / 2).numpy()
     for i in range(n):
         r, c = divmod(i, columns)
         canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = images[i]
-    plt.imsave(path, canvas, cmap="gray_r", vmin=0, vmax=1)
+    plt.imsave(path, np.kron(canvas, np.ones((zoom, zoom))), cmap="gray_r", vmin=0, vmax=1)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """Time grids in the target schedule's own time t (noise at 0, data at 1).
 
-Grids: ``uniform`` in t; ``logsnr``, uniform in the target's log snr between clip values;
+Grids: ``uniform`` in t; ``source``, uniform in the source schedule's time; ``logsnr``, uniform in the target's log snr between clip values;
 ``edm``, Karras et al.'s rho-spacing of the noise level 1/snr; or an explicit sequence.
 Log-snr values are frame-invariant (snr_target(t) = snr_source(tau(t))), so a logsnr or edm grid
 calls the model at the same source times whatever the target schedule.
@@ -13,12 +13,18 @@ from typing import Sequence, Union
 
 import torch
 
-__all__ = ["Uniform", "LogSNR", "EDM", "GridSpec", "make_grid", "invert_log_snr"]
+__all__ = ["Uniform", "SourceUniform", "LogSNR", "EDM", "GridSpec", "make_grid", "invert_log_snr"]
 
 
 @dataclass(frozen=True)
 class Uniform:
     """t_k = k / N."""
+
+
+@dataclass(frozen=True)
+class SourceUniform:
+    """Uniform in the source schedule's time: the model is called where a source-frame uniform grid
+    would call it (same log snr), whatever frame the integrator works in."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,8 @@ class EDM:
     rho: float = 7.0
 
 
-GridSpec = Union[str, Uniform, LogSNR, EDM, Sequence[float], torch.Tensor]
-_NAMED = {"uniform": Uniform(), "logsnr": LogSNR(), "edm": EDM()}
+GridSpec = Union[str, Uniform, SourceUniform, LogSNR, EDM, Sequence[float], torch.Tensor]
+_NAMED = {"uniform": Uniform(), "source": SourceUniform(), "logsnr": LogSNR(), "edm": EDM()}
 
 
 def invert_log_snr(log_snr_fn, target: torch.Tensor, iterations: int = 80) -> torch.Tensor:
@@ -64,8 +70,10 @@ def make_grid(kernel: ModuleType, steps: int, grid: GridSpec = "uniform") -> tor
         grid = _NAMED[grid]
     if isinstance(grid, Uniform):
         return torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    if isinstance(grid, (LogSNR, EDM)):
-        if isinstance(grid, LogSNR):
+    if isinstance(grid, (LogSNR, EDM, SourceUniform)):
+        if isinstance(grid, SourceUniform):
+            lam = kernel.source_log_snr(torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64))
+        elif isinstance(grid, LogSNR):
             if not grid.lo < grid.hi:
                 raise ValueError(f"logsnr grid needs lo < hi, got {grid}")
             lam = torch.linspace(grid.lo, grid.hi, steps + 1, dtype=torch.float64)

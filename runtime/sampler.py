@@ -43,7 +43,8 @@ class _Evaluator:
 
     def __init__(self, model: Model, plan: Plan, model_kwargs: dict[str, Any]):
         self.model, self.plan, self.kwargs = model, plan, model_kwargs
-        self.first_bad: torch.Tensor | None = None
+        self.finite: list[torch.Tensor] = []   # one 0-d flag per call, read once after the loop
+        self.steps: list[int] = []
 
     def __call__(self, x: torch.Tensor, tau: torch.Tensor, in_scale: torch.Tensor, step: int) -> torch.Tensor:
         out = self.model(x * in_scale, tau.expand(x.shape[0]), **self.kwargs)
@@ -51,18 +52,17 @@ class _Evaluator:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise SamplingError(f"model output at step {step} (t = {self.plan.times[step].item():.6g}) has shape {got}, "
                                 f"expected {tuple(x.shape)}")
-        bad = ~torch.isfinite(out).all()
-        step_t = torch.tensor(step, device=out.device)
-        if self.first_bad is None:
-            self.first_bad = torch.where(bad, step_t, torch.tensor(-1, device=out.device))
-        else:
-            self.first_bad = torch.where(bad & (self.first_bad < 0), step_t, self.first_bad)
+        self.finite.append(torch.isfinite(out).all())
+        self.steps.append(step)
         return out
 
     def raise_if_bad(self) -> None:
         """The one host synchronisation after the loop."""
-        if self.first_bad is not None and int(self.first_bad) >= 0:
-            k = int(self.first_bad)
+        if not self.finite:
+            return
+        flags = torch.stack(self.finite).cpu()
+        if not bool(flags.all()):
+            k = self.steps[int((~flags).nonzero()[0, 0])]
             raise SamplingError(f"the model returned NaN or inf at step {k} (t = {self.plan.times[k].item():.6g}, "
                                 f"model time {self.plan.tau[k].item():.6g})")
 

@@ -1,0 +1,1 @@
+"""Plots comparing schedules and samplers; ``lazyflow plot ...`` writes them into this folder."""

@@ -1,0 +1,346 @@
+"""``lazyflow plot``: pictures that compare schedules and samplers.
+
+Each plot is a function returning a matplotlib Figure (tests inspect its axes and lines), with
+``main()`` as the command-line entry.  Colours: the Okabe-Ito colour-blind-safe palette.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+__all__ = ["plot_schedules", "plot_drift", "plot_trajectories", "plot_samples", "plot_bench", "add_plot_command",
+           "main", "PALETTE"]
+
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+#: peers get their own colours, dashed lines and square markers, so they never pass for ours
+PEER_PALETTE = ["#CC79A7", "#56B4E9", "#D55E00", "#000000", "#999999", "#882255"]
+STYLES = ["-", "--", "-.", ":"]
+
+
+def _specs(names: Sequence[str]):
+    from derive import resolve, validate
+
+    specs = [resolve(name) for name in names]
+    for spec in specs:
+        validate(spec)
+    return specs
+
+
+def _numeric(expr, ts: np.ndarray) -> np.ndarray:
+    import sympy as sp
+
+    from derive.symbols import t
+
+    fn = sp.lambdify(t, expr, "numpy")
+    with np.errstate(all="ignore"):
+        values = np.asarray(fn(ts), dtype=float) * np.ones_like(ts)
+    return values
+
+
+def _time_map_numeric(source, target, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """tau(t) and c(t) from the closed forms, or by bisection on the source log snr."""
+    from derive import convert, derive
+
+    conv = convert(source, target)
+    if conv.closed_form:
+        return _numeric(conv.time_map, ts), _numeric(conv.scale, ts)
+    fa, fb = derive(source), derive(target)
+    lam_b = _numeric(fb.log_snr, ts)
+    lo, hi = np.zeros_like(ts), np.ones_like(ts)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        below = _numeric(fa.log_snr, mid) < lam_b
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    tau = (lo + hi) / 2
+    scale = (_numeric(fb.alpha, ts) + _numeric(fb.beta, ts)) / (_numeric(fa.alpha, tau) + _numeric(fa.beta, tau))
+    return tau, scale
+
+
+def plot_schedules(names: Sequence[str], source: str = "linear"):
+    """alpha, beta, log snr, sigma, eps* and the time map and scale to ``source``: one panel each."""
+    from derive import derive, resolve
+
+    specs, src = _specs(names), resolve(source)
+    ts = np.linspace(1e-3, 1 - 1e-3, 400)
+    panels = [("alpha(t)", "alpha"), ("beta(t)", "beta"), ("log snr = log(beta/alpha)", "log_snr"),
+              ("sigma(t) of the sampler", "sigma"), ("optimal diffusion eps*(t)", "eps_star"),
+              (f"time map tau(t) to {source!r}", "tau"), (f"scale c(t) to {source!r}", "scale")]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5), constrained_layout=True)
+    for index, spec in enumerate(specs):
+        f = derive(spec)
+        tau, scale = _time_map_numeric(src, spec, ts)
+        values = {"alpha": _numeric(f.alpha, ts), "beta": _numeric(f.beta, ts), "log_snr": _numeric(f.log_snr, ts),
+                  "sigma": _numeric(f.sigma, ts), "eps_star": _numeric(f.eps_star, ts), "tau": tau, "scale": scale}
+        for ax, (title, key) in zip(axes.flat, panels):
+            ax.plot(ts, values[key], color=PALETTE[index % len(PALETTE)], linestyle=STYLES[index % len(STYLES)],
+                    label=spec.name, linewidth=2.2 if index % len(STYLES) else 2.8)
+    for ax, (title, key) in zip(axes.flat, panels):
+        ax.set_title(title)
+        ax.set_xlabel("t (0 = noise, 1 = data)")
+        ax.grid(alpha=0.3)
+        if key in ("eps_star", "sigma"):
+            ax.set_yscale("symlog", linthresh=0.1)
+            ax.set_ylabel("value (symlog: linear below 0.1)")
+        else:
+            ax.set_ylabel("value")
+    legend_ax = axes.flat[-1]
+    legend_ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    legend_ax.legend(handles, labels, loc="center", title="schedule", fontsize=11)
+    fig.suptitle(f"Schedules compared (time map and scale to the source schedule {source!r})")
+    return fig
+
+
+def _gmm_model():
+    """The exact linear-schedule velocity of the 2D mixture in runtime.data.gmm_2d."""
+    from runtime.data import gmm_2d
+
+    weights, means, stds = gmm_2d()
+
+    def model(x, t):
+        t = t.reshape(-1, 1).to(x.dtype)
+        alpha, beta = 1 - t, t
+        var = alpha**2 + beta**2 * stds[None, :].to(x.dtype) ** 2
+        diff = x[:, None, :] - beta[:, :, None] * means[None].to(x.dtype)
+        log_p = torch.log(weights.to(x.dtype))[None] - torch.log(var) - 0.5 * (diff**2).sum(-1) / var
+        post = torch.softmax(log_p, 1)
+        cond = means[None].to(x.dtype) + (beta * stds[None].to(x.dtype) ** 2 / var)[:, :, None] * diff
+        eta = (post[:, :, None] * cond).sum(1)
+        return (eta - x) / (1 - t).clamp_min(1e-12)
+
+    return model
+
+
+def _moons_model():
+    from runtime import models
+
+    model = models.load("moons")
+    return lambda x, t: model(x.float(), t.float()).to(x.dtype)
+
+
+def _trajectories(model, schedule: str, steps: int, n: int, seed: int, grid: str = "uniform"):
+    """Euler(-Maruyama) paths in the schedule's own frame and the drift norm |b(t_k, x_k)| at each step."""
+    from runtime import kernels
+    from runtime.grids import make_grid
+    from runtime.noise import per_sample_normal
+    from runtime.tables import build_plan
+
+    kernel = kernels.load(schedule)
+    times = make_grid(kernel, steps, grid)
+    plan = build_plan(kernel, times, integrator="euler", final_step="euler", prediction="velocity", device="cpu",
+                      dtype=torch.float64)
+    draws = per_sample_normal(seed, range(n), steps + 1, (2,)).double()
+    x = torch.zeros(n, 2, dtype=torch.float64) if kernel.POINT_MASS else draws[:, 0]
+    noise = draws if kernel.POINT_MASS else draws[:, 1:]
+    path, drift_norm = [x], []
+    with torch.no_grad():
+        for k in range(steps):
+            h = (times[k + 1] - times[k]).item()
+            m = model(x * plan.in_scale[k], plan.tau[k].expand(n))
+            drift = ((plan.a[k] - 1) * x + plan.b[k] * m) / h
+            drift_norm.append(drift.norm(dim=1).mean().item())
+            x = plan.a[k] * x + plan.b[k] * m + plan.c[k] * noise[:, k]
+            path.append(x)
+    return times.numpy(), torch.stack(path).numpy(), np.array(drift_norm)
+
+
+def plot_drift(names: Sequence[str], steps: int = 64, n: int = 512, seed: int = 0):
+    """k(t) of Gaussian data (zero for the lazy schedules) and the mean drift norm along paths
+    of a 2D Gaussian mixture (exact model) and of two moons (the shipped model)."""
+    from derive import derive
+
+    specs = _specs(names)
+    ts = np.linspace(1e-3, 1 - 1e-3, 400)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), constrained_layout=True)
+    for index, spec in enumerate(specs):
+        style = dict(color=PALETTE[index % len(PALETTE)], linestyle=STYLES[index % len(STYLES)], label=spec.name,
+                     linewidth=2.2)
+        axes[0].plot(ts, _numeric(derive(spec).gaussian_drift, ts), **style)
+        for ax, model in ((axes[1], _gmm_model()), (axes[2], _moons_model())):
+            times, _, norms = _trajectories(model, spec.name, steps, n, seed)
+            ax.plot(times[:-1], norms, **style)
+    axes[0].set_title("Gaussian data: drift coefficient k(t)")
+    axes[0].set_ylabel("k(t), drift b = k(t) x")
+    axes[0].set_ylim(-6, 6)
+    axes[1].set_title("2D Gaussian mixture (exact model)")
+    axes[2].set_title("two moons (shipped model)")
+    for ax in axes[1:]:
+        ax.set_ylabel(f"mean |b(t, x_t)| along {steps}-step paths")
+        ax.set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("t in each schedule's own time")
+        ax.grid(alpha=0.3)
+    axes[0].legend(title="schedule")
+    fig.suptitle("How much work is left to the integrator: drift of each frame")
+    return fig
+
+
+def plot_trajectories(names: Sequence[str], data: str = "gmm", steps: int = 16, n: int = 48, seed: int = 0):
+    """2D sample paths from the same seeds under each schedule, side by side (each in its own frame)."""
+    if data not in ("gmm", "moons"):
+        raise ValueError(f"--data must be gmm or moons, got {data!r}")
+    specs = _specs(names)
+    model = _gmm_model() if data == "gmm" else _moons_model()
+    fig, axes = plt.subplots(1, len(specs), figsize=(4.6 * len(specs), 4.6), constrained_layout=True, squeeze=False)
+    for ax, spec in zip(axes[0], specs):
+        times, path, _ = _trajectories(model, spec.name, steps, n, seed)
+        for i in range(n):
+            ax.plot(path[:, i, 0], path[:, i, 1], color=PALETTE[0], alpha=0.35, linewidth=0.8)
+        ax.scatter(path[0, :, 0], path[0, :, 1], s=10, color=PALETTE[1], label="start", zorder=3)
+        ax.scatter(path[-1, :, 0], path[-1, :, 1], s=10, color=PALETTE[5], label="end", zorder=3)
+        ax.set_title(f"{spec.name} ({steps} Euler steps)")
+        ax.set_xlabel("x1")
+        ax.set_ylabel("x2")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(loc="upper left")
+    fig.suptitle(f"Sample paths on {'a 2D Gaussian mixture' if data == 'gmm' else 'two moons'}, same seeds")
+    return fig
+
+
+def plot_samples(names: Sequence[str], nfes: Sequence[int], model: str = "digits", per_cell: int = 16,
+                 integrators: Sequence[str] = ("euler", "multistep-pc"), seed: int = 0):
+    """Digit grids: rows = (schedule, integrator), columns = NFE, same seeds everywhere."""
+    from runtime import models, sample
+
+    net = models.load(model)
+    rows = [(name, integrator) for name in names for integrator in integrators]
+    side = int(np.ceil(np.sqrt(per_cell)))
+    fig, axes = plt.subplots(len(rows), len(nfes), figsize=(1.9 * len(nfes) + 1.5, 1.9 * len(rows)),
+                             constrained_layout=True, squeeze=False)
+    for r, (name, integrator) in enumerate(rows):
+        for c, nfe in enumerate(nfes):
+            steps = max(1, nfe // 2) if integrator in ("midpoint", "exp-midpoint") else (
+                max(1, (nfe + 1) // 2) if integrator == "heun" else nfe)
+            with torch.no_grad():
+                x = sample(net, (per_cell, *net.data_shape), schedule=name, steps=steps, integrator=integrator, seed=seed)
+            images = ((x[:, 0].clamp(-1, 1) + 1) / 2).numpy()
+            canvas = np.full((side * 9 + 1, side * 9 + 1), 0.3)
+            for i, image in enumerate(images):
+                a, b = divmod(i, side)
+                canvas[1 + a * 9:1 + a * 9 + 8, 1 + b * 9:1 + b * 9 + 8] = image
+            ax = axes[r][c]
+            ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"NFE {nfe}")
+            if c == 0:
+                ax.set_ylabel(f"{name}\n{integrator}", fontsize=9)
+    fig.suptitle(f"Samples of the {model!r} model, same seeds (uniform grids)")
+    return fig
+
+
+def _best(rows: list[dict], budgets: list[int]) -> list[float]:
+    """Best FD per NFE budget (every row competes in the budget it was run for, nfe <= budget)."""
+    by_budget: dict[int, list[float]] = {}
+    for row in rows:
+        if row["fd"] is not None:
+            by_budget.setdefault(row["budget"], []).append(row["fd"])
+    return [min(by_budget.get(b, [np.nan])) for b in budgets]
+
+
+def plot_bench(result: dict | str | Path, out: str | Path | None = None):
+    """FD against NFE: ours (solid, circles) and peers (dashed, squares); ODE and SDE panels.
+
+    Ours are grouped by schedule (the best integrator and grid of that schedule at each NFE), so the
+    legend stays readable; every peer is drawn as it is."""
+    if not isinstance(result, dict):
+        result = json.loads(Path(result).read_text())
+    rows = result["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(15, 7.5), constrained_layout=True, sharey=True)
+    for ax, stochastic in zip(axes, (False, True)):
+        colour = 0
+        ours = sorted({r["method"].split("/")[0] for r in rows if not r["peer"] and r["stochastic"] == stochastic})
+        for schedule in ours:
+            group = [r for r in rows if not r["peer"] and r["method"].split("/")[0] == schedule]
+            nfes = sorted({r["budget"] for r in group})
+            ax.plot(nfes, _best(group, nfes), marker="o", linestyle="-", color=PALETTE[colour % 3],
+                    label=f"lazyflow {schedule} (best integrator/grid)", linewidth=2.4)
+            colour += 1
+        peers = sorted({r["method"] for r in rows if r["peer"] and r["stochastic"] == stochastic})
+        for index, name in enumerate(peers):
+            group = [r for r in rows if r["method"] == name]
+            nfes = [r["budget"] for r in group]
+            fds = [r["fd"] if r["fd"] is not None else np.nan for r in group]
+            ax.plot(nfes, fds, marker="s", linestyle="--", color=PEER_PALETTE[index % len(PEER_PALETTE)],
+                    label=f"peer: {name}", linewidth=1.4, alpha=0.9)
+        ref = result["reference"]
+        ax.axhline(ref["fd"], color="grey", linestyle=":", label=f"reference: {ref['method']}, {ref['nfe']} NFE")
+        ax.set_title("deterministic samplers (ODE)" if not stochastic else "stochastic samplers (SDE)")
+        ax.set_xlabel("network evaluations per sample (NFE budget; counted calls never exceed it)")
+        ax.set_yscale("log")
+        ax.set_ylim(0.3, 300)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    axes[0].set_ylabel(f"Fréchet distance, classifier features ({result['n']} samples; lower is better)")
+    fig.suptitle(f"Quality against NFE on the {result['model']!r} model ({result['machine']}, {result['date']}); "
+                 "points above 300 lie off the chart")
+    if out is not None:
+        fig.savefig(out, dpi=110)
+    return fig
+
+
+def add_plot_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="draw comparison figures into figures/")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="PNG file to write")
+    common.add_argument("--schedules", default="linear,vp,pointmass",
+                        help="comma-separated presets or .toml files")
+    q = kinds.add_parser("schedules", parents=[common], help="alpha, beta, log snr, sigma, eps*, time map, scale")
+    q.add_argument("--source", default="linear")
+    q = kinds.add_parser("drift", parents=[common], help="Gaussian drift and drift norm along 2D paths")
+    q.add_argument("--steps", type=int, default=64)
+    q = kinds.add_parser("trajectories", parents=[common], help="2D sample paths side by side")
+    q.add_argument("--data", default="gmm", choices=["gmm", "moons"])
+    q.add_argument("--steps", type=int, default=16)
+    q = kinds.add_parser("samples", parents=[common], help="digit grids: rows schedule/integrator, columns NFE")
+    q.add_argument("--model", default="digits")
+    q.add_argument("--nfe", default="2,4,8,16")
+    q.add_argument("--integrators", default="euler,multistep-pc")
+    q = kinds.add_parser("bench", help="quality against NFE from a bench JSON")
+    q.add_argument("--from", dest="source_json", required=True, help="JSON written by lazyflow bench --json/--save")
+    q.add_argument("--out", required=True)
+    p.set_defaults(handler=run_plot)
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    names = [n.strip() for n in getattr(args, "schedules", "").split(",") if n.strip()]
+    if args.kind == "schedules":
+        fig = plot_schedules(names, source=args.source)
+    elif args.kind == "drift":
+        fig = plot_drift(names, steps=args.steps)
+    elif args.kind == "trajectories":
+        fig = plot_trajectories(names, data=args.data, steps=args.steps)
+    elif args.kind == "samples":
+        fig = plot_samples(names, [int(v) for v in args.nfe.split(",")], model=args.model,
+                           integrators=[i.strip() for i in args.integrators.split(",")])
+    else:
+        fig = plot_bench(args.source_json)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    plt.close(fig)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m figures.plots KIND ...``: the same as ``lazyflow plot KIND ...``."""
+    from runtime.cli import main as lazyflow_main
+
+    return lazyflow_main(["plot", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Equivalence with the peers where both apply (optional extra: pip install -e .[peers])."""
+import pytest
+import torch
+
+from runtime import kernels, sample
+from runtime.noise import per_sample_normal
+from runtime.tables import build_plan
+
+from exact import GMMVelocity
+
+F64 = torch.float64
+MODEL = GMMVelocity(torch.tensor([0.6, 0.4], dtype=F64), torch.tensor([[-1.0, 0.5], [1.0, -0.5]], dtype=F64),
+                    torch.tensor([0.2, 0.4], dtype=F64))
+
+
+def test_linear_euler_equals_diffusers_flow_match_euler():
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
+    steps = 7
+    scheduler.set_timesteps(num_inference_steps=steps)
+    sigmas = scheduler.sigmas.double()
+    x = per_sample_normal(0, range(16), 1, (2,))[:, 0].double()
+    for timestep in scheduler.timesteps:
+        t = 1.0 - float(timestep) / scheduler.config.num_train_timesteps
+        output = -MODEL(x, torch.full((16,), t, dtype=F64))           # diffusers predicts Z - X
+        x = scheduler.step(output, timestep, x, return_dict=False)[0]
+    ours = sample(MODEL, (16, 2), schedule="linear", steps=steps, grid=(1 - sigmas).tolist(), dtype=F64)
+    assert torch.allclose(ours, x.double(), atol=1e-6)
+
+
+def test_converted_velocity_equals_flow_matching_schedule_transform():
+    """Our velocity in the cosine (vp) frame equals flow_matching's ScheduleTransformedModel."""
+    pytest.importorskip("flow_matching")
+    from flow_matching.path.scheduler import CondOTScheduler, CosineScheduler, ScheduleTransformedModel
+    from flow_matching.utils import ModelWrapper
+
+    class Wrapped(ModelWrapper):
+        def forward(self, x, t, **extras):
+            return MODEL(x, t.reshape(-1).expand(x.shape[0]))
+
+    theirs = ScheduleTransformedModel(Wrapped(None), CondOTScheduler(), CosineScheduler())
+    kernel = kernels.load("vp")
+    times = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9, 1.0], dtype=F64)
+    plan = build_plan(kernel, times, integrator="euler", final_step="euler", prediction="velocity", device="cpu",
+                      dtype=F64)
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    for k in range(5):
+        h = (times[k + 1] - times[k]).item()
+        m = MODEL(x * plan.in_scale[k], plan.tau[k].expand(32))
+        ours = ((plan.a[k] - 1) * x + plan.b[k] * m) / h
+        expected = theirs(x, torch.full((32, 1), times[k].item(), dtype=F64))
+        assert torch.allclose(ours, expected, atol=1e-8)
