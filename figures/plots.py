@@ -81,7 +81,7 @@ def plot_schedules(names: Sequence[str], source: str = "linear"):
         tau, scale = _time_map_numeric(src, spec, ts)
         values = {"alpha": _numeric(f.alpha, ts), "beta": _numeric(f.beta, ts), "log_snr": _numeric(f.log_snr, ts),
                   "sigma": _numeric(f.sigma, ts), "eps_star": _numeric(f.eps_star, ts), "tau": tau, "scale": scale}
-        for ax, (title, key) in zip(axes.flat, panels):
+        for ax, (_, key) in zip(axes.flat, panels):
             ax.plot(ts, values[key], color=PALETTE[index % len(PALETTE)], linestyle=STYLES[index % len(STYLES)],
                     label=spec.name, linewidth=2.2 if index % len(STYLES) else 2.8)
     for ax, (title, key) in zip(axes.flat, panels):

@@ -19,9 +19,9 @@ from .tables import MULTISTEP, Plan, SamplingError, build_plan
 
 __all__ = ["sample", "run_plan", "SamplingError", "DEFAULT_FINAL_STEP"]
 
-#: default last step per integrator, chosen by measurement on the digits model (see README)
-DEFAULT_FINAL_STEP = {"euler": "euler", "heun": "euler", "midpoint": "euler", "exponential": "euler",
-                      "exp-midpoint": "euler", "multistep": "euler", "multistep-pc": "euler"}
+#: the default last step, chosen by measurement on the digits model (README: a plain step was better
+#: than returning eta_X for point-mass Euler, 8.7 against 13.4 FD at 8 NFE, and about equal elsewhere)
+DEFAULT_FINAL_STEP = "euler"
 
 Model = Callable[..., torch.Tensor]
 
@@ -138,7 +138,7 @@ def sample(model: Model, shape: Sequence[int], *, schedule: str | ModuleType = "
         raise ValueError(f"shape must be (n, *data_shape) with positive sizes, got {shape}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    final_step = DEFAULT_FINAL_STEP.get(integrator, "euler") if final_step is None else final_step
+    final_step = DEFAULT_FINAL_STEP if final_step is None else final_step
     device = torch.device(device) if device is not None else torch.device("cpu")
     times = make_grid(kernel, steps, grid)
     plan = build_plan(kernel, times, integrator=integrator, final_step=final_step, prediction=prediction,

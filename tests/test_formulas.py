@@ -7,7 +7,7 @@ import pytest
 import sympy as sp
 
 from derive import derive, preset
-from derive.symbols import eta_X, eta_Z, m, t, x
+from derive.symbols import eta_X, t, x
 
 from schedules import ALL
 

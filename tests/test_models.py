@@ -8,7 +8,7 @@ import torch
 from runtime import data, models, sample
 from runtime.bench import our_methods, run_quality_bench
 from runtime.cli import main
-from runtime.metrics import digits_fd, feature_stats, frechet_distance
+from runtime.metrics import digits_fd, frechet_distance
 
 
 @pytest.fixture(scope="module")
