@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-
 __all__ = ["add_bench_commands", "CountingModel", "our_methods", "run_quality_bench"]
 
 
@@ -84,6 +82,8 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
     from .peers import available_peers
     from .sampler import sample
 
+    import torch
+
     model = models.load(model_name)
     shape = (n, *model.data_shape)
     with torch.no_grad():
@@ -101,6 +101,8 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
 
 def _run_all(model, shape, nfes, seed, include_peers, full, log) -> list[dict]:
     """One row per (method, budget): ours, then the installed peers from the same initial noise."""
+    import torch
+
     from .metrics import digits_fd
     from .noise import per_sample_normal
     from .peers import available_peers
@@ -139,6 +141,8 @@ def _run_all(model, shape, nfes, seed, include_peers, full, log) -> list[dict]:
 
 
 def machine() -> str:
+    import torch
+
     threads = torch.get_num_threads()
     return f"{platform.processor() or platform.machine()}, {threads} torch threads, torch {torch.__version__}"
 
@@ -205,7 +209,7 @@ def run_bench(args: argparse.Namespace) -> int:
         with open(args.save, "w") as handle:
             json.dump(result, handle, indent=1)
     if args.plot:
-        from figures.plots import plot_bench
+        from figures.plots import plot_bench  # noqa: PLC0415
 
         plot_bench(result, args.plot)
     return 0

@@ -38,8 +38,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     from .bench import add_bench_commands
     add_bench_commands(sub)
     try:
-        from figures.plots import add_plot_command
-    except ImportError:
+        from figures.cli import add_plot_command
+    except ImportError:  # an install without the figures package
         return
     add_plot_command(sub)
 

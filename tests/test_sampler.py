@@ -256,3 +256,14 @@ def test_nan_from_the_model_names_the_step_and_time():
 def test_diverging_run_is_refused_not_returned():
     with pytest.raises(SamplingError, match="not finite|NaN or inf"):
         sample(lambda x, t: 1e30 * (x + 1), (2, 2), schedule="linear", steps=3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_runs(dtype):
+    """Half-precision sampling keeps its dtype and stays finite (tables are built in float64, then cast)."""
+    from runtime.models import VelocityMLP
+
+    torch.manual_seed(0)
+    net = VelocityMLP((2,), width=32, depth=2, time_freqs=2).to(dtype)
+    x = sample(net, (8, 2), schedule="pointmass", steps=4, integrator="multistep-pc", dtype=dtype)
+    assert x.dtype == dtype and torch.isfinite(x).all()
