@@ -127,7 +127,8 @@ def sample(model: Model, shape: Sequence[int], *, schedule: str | ModuleType = "
     ``model(x, t, **model_kwargs)`` is the network trained on the ``source`` schedule, t of shape
     (batch,) in the source's time, returning a ``prediction`` (velocity, x, noise or score).
     The run integrates in the ``schedule`` frame (a kernel name or module) over a ``grid`` of
-    ``steps`` steps.  Sample i depends only on (seed, i).
+    ``steps`` steps.  Sample i depends only on (seed, i).  Tensors in ``model_kwargs`` whose first
+    dimension is ``shape[0]`` are per-sample conditioning and follow their samples into each batch.
     """
     kernel = kernels.load(schedule)
     if source != kernel.SOURCE:
@@ -161,9 +162,19 @@ def sample(model: Model, shape: Sequence[int], *, schedule: str | ModuleType = "
                 x, step_noise = draws_dev[:, 0] * start_scale, draws_dev[:, 1:]
             if not kernel.STOCHASTIC:
                 step_noise = torch.zeros((len(indices), steps, *data_shape), device=device, dtype=dtype)
-            outputs.append(run_plan(model, x, plan, step_noise, model_kwargs=model_kwargs, compile=compile,
-                                    progress=update))
+            outputs.append(run_plan(model, x, plan, step_noise, model_kwargs=_chunk_kwargs(model_kwargs, n, indices),
+                                    compile=compile, progress=update))
     return torch.cat(outputs)
+
+
+def _chunk_kwargs(model_kwargs: dict[str, Any] | None, n: int, indices: range) -> dict[str, Any]:
+    """Per-sample conditioning: tensors whose first dimension is n are cut to the chunk's samples."""
+    if not model_kwargs:
+        return {}
+    if len(indices) == n:
+        return dict(model_kwargs)
+    return {key: value[indices.start:indices.stop] if isinstance(value, torch.Tensor) and value.dim() > 0
+            and value.shape[0] == n else value for key, value in model_kwargs.items()}
 
 
 @contextlib.contextmanager
