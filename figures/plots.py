@@ -275,6 +275,9 @@ def plot_bench(result: dict | str | Path, out: str | Path | None = None):
                     label=f"peer: {name}", linewidth=1.4, alpha=0.9)
         ref = result["reference"]
         ax.axhline(ref["fd"], color="grey", linestyle=":", label=f"reference: {ref['method']}, {ref['nfe']} NFE")
+        if "floor_bootstrap_fd" in result:
+            ax.axhline(result["floor_bootstrap_fd"], color="grey", linestyle="-.",
+                       label=f"floor: {result['n']} images drawn from the data itself")
         ax.set_title("deterministic samplers (ODE)" if not stochastic else "stochastic samplers (SDE)")
         ax.set_xlabel("network evaluations per sample (NFE budget; counted calls never exceed it)")
         ax.set_yscale("log")

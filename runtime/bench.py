@@ -78,7 +78,7 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
                       full: bool = True, log=print) -> dict:
     """Every method at every NFE budget on ``n`` samples; FD against the digits dataset."""
     from . import models
-    from .metrics import digits_fd, split_floor
+    from .metrics import bootstrap_floor, digits_fd, split_floor
     from .peers import available_peers
     from .sampler import sample
 
@@ -93,8 +93,8 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
     with torch.no_grad():
         ref = digits_fd(sample(reference, shape, schedule="linear", steps=250, integrator="heun", seed=seed))
     return {"rows": rows, "model": model_name, "n": n, "seed": seed, "nfe_budgets": nfes,
-            "floor_split_fd": split_floor(), "reference": {"method": "linear/heun/uniform", "nfe": reference.calls,
-                                                           "fd": ref},
+            "floor_split_fd": split_floor(), "floor_bootstrap_fd": bootstrap_floor(n, seed),
+            "reference": {"method": "linear/heun/uniform", "nfe": reference.calls, "fd": ref},
             "skipped": skipped, "machine": machine(), "date": datetime.date.today().isoformat(),
             "command": "lazyflow " + " ".join(sys.argv[1:])}
 
@@ -170,7 +170,8 @@ def format_table(result: dict) -> str:
         lines.append(f"{method.ljust(width)}{'yes' if peer else '':>5}{'yes' if stochastic else '':>5}" + "".join(cells))
     ref = result["reference"]
     lines.append("")
-    lines.append(f"FD on {result['n']} samples vs the 1,797 digits; floor (two dataset halves): {result['floor_split_fd']:.3f}; "
+    lines.append(f"FD on {result['n']} samples vs the 1,797 digits; floors: two dataset halves {result['floor_split_fd']:.3f}, "
+                 f"{result['n']} images drawn from the dataset itself {result.get('floor_bootstrap_fd', float('nan')):.3f}; "
                  f"reference {ref['method']} at {ref['nfe']} NFE: {ref['fd']:.3f}")
     lines.append(f"machine: {result['machine']}; date {result['date']}")
     if result["skipped"]:

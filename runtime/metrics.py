@@ -9,7 +9,7 @@ import torch
 from . import data
 from .models import load_classifier
 
-__all__ = ["frechet_distance", "digits_fd", "feature_stats", "split_floor"]
+__all__ = ["frechet_distance", "digits_fd", "feature_stats", "split_floor", "bootstrap_floor"]
 
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
@@ -51,3 +51,11 @@ def split_floor(seed: int = 0) -> float:
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     half = len(images) // 2
     return frechet_distance(*feature_stats(images[order[:half]]), *feature_stats(images[order[half:]]))
+
+
+def bootstrap_floor(n: int, seed: int = 0) -> float:
+    """FD of n images drawn with replacement from the dataset itself: what a perfect sampler scores at
+    this sample size (the finite-sample bias of the measure)."""
+    images = data.digits()
+    index = torch.randint(len(images), (n,), generator=torch.Generator().manual_seed(seed))
+    return digits_fd(images[index])
