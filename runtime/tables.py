@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
+import numpy as np
 import torch
 
 from .grids import invert_log_snr
@@ -140,18 +141,17 @@ def _exponential(kernel: ModuleType, t0: torch.Tensor, t1: torch.Tensor, ode: to
     return A, B, C
 
 
-def _midpoint_times(kernel: ModuleType, t0: torch.Tensor, t1: torch.Tensor, in_log_snr: bool) -> torch.Tensor:
-    """Midpoints in t, or in log snr where both ends have a finite log snr."""
+def _log_snr_midpoints(kernel: ModuleType, t0: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
+    """Midpoints in log snr where both ends have a finite log snr, else in t."""
     mid = (t0 + t1) / 2
-    if not in_log_snr:
-        return mid
     lam0, lam1 = kernel.log_snr(t0), kernel.log_snr(t1)
     finite = torch.isfinite(lam0) & torch.isfinite(lam1)
     lam_mid = torch.where(finite, (lam0 + lam1) / 2, torch.zeros_like(lam0))
     return torch.where(finite, invert_log_snr(kernel.log_snr, lam_mid), mid)
 
 
-_GAUSS_NODES = 12
+#: Gauss-Legendre nodes and weights on [-1, 1] for the slope weight
+_GAUSS = np.polynomial.legendre.leggauss(12)
 
 
 def _slope_weight(kernel: ModuleType, t0: torch.Tensor, t1: torch.Tensor, lam: torch.Tensor, B: torch.Tensor,
@@ -159,11 +159,7 @@ def _slope_weight(kernel: ModuleType, t0: torch.Tensor, t1: torch.Tensor, lam: t
     """phi_k = B2 / (B h) with B2 = int B(t(l), t_k+1) dl over [lam_k, lam_k+1]; NaN where lam is infinite.
 
     For small h, phi -> 1/2 (DPM-Solver++'s approximation); it is exact for any frame and diffusion."""
-    import numpy as np
-
-    nodes, weights = np.polynomial.legendre.leggauss(_GAUSS_NODES)
-    nodes = torch.as_tensor(nodes, dtype=t0.dtype, device=t0.device)
-    weights = torch.as_tensor(weights, dtype=t0.dtype, device=t0.device)
+    nodes, weights = (torch.as_tensor(v, dtype=t0.dtype, device=t0.device) for v in _GAUSS)
     lam0, lam1 = lam[:-1], lam[1:]
     finite = torch.isfinite(lam0) & torch.isfinite(lam1)
     lo = torch.where(finite, lam0, torch.zeros_like(lam0))
@@ -225,7 +221,7 @@ def build_plan(kernel: ModuleType, times: torch.Tensor, *, integrator: str, fina
         A, B, C = _exponential(kernel, t0, t1, ode)
         col["c"] = C
         if integrator == "exp-midpoint":
-            tm = _midpoint_times(kernel, t0, t1, in_log_snr=True)
+            tm = _log_snr_midpoints(kernel, t0, t1)
             mid = _frame(kernel, tm, prediction, ode=ode)
             A1, B1, C1 = _exponential(kernel, t0, tm, ode)
             col["a1"], col["b1"], col["c1"] = A1 + B1 * now.P, B1 * now.Q, C1
@@ -245,7 +241,8 @@ def build_plan(kernel: ModuleType, times: torch.Tensor, *, integrator: str, fina
             usable[0] = False      # no previous evaluation
             usable[-1] = False     # lower order on the last step, into t = 1
             u = torch.where(usable, u, zeros)
-            col["v"] = torch.where(torch.isfinite(phi), phi, torch.full_like(phi, 0.5))
+            # an infinite log-snr step (from snr = 0) puts all the weight at its far end: phi -> 1
+            col["v"] = torch.where(torch.isfinite(phi), phi, torch.ones_like(phi))
             col["p"], col["q"], col["u"], col["w"] = now.P, now.Q, u, 1 + u
             col["a"], col["b"] = A, B
     if final_step == "denoise":
