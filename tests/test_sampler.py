@@ -267,3 +267,21 @@ def test_low_precision_runs(dtype):
     net = VelocityMLP((2,), width=32, depth=2, time_freqs=2).to(dtype)
     x = sample(net, (8, 2), schedule="pointmass", steps=4, integrator="multistep-pc", dtype=dtype)
     assert x.dtype == dtype and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("schedule, closed_form", [
+    # ODE: B2/B = ((h - 1) + e^-h) / (1 - e^-h);  optimal SDE: B2/B = (h - 1/2 + e^-2h / 2) / (1 - e^-2h)
+    ("vp", lambda h: ((h - 1) + torch.exp(-h)) / (1 - torch.exp(-h)) / h),
+    ("vp-sde", lambda h: (h - 0.5 + torch.exp(-2 * h) / 2) / (1 - torch.exp(-2 * h)) / h),
+    ("pointmass", lambda h: (h - 0.5 + torch.exp(-2 * h) / 2) / (1 - torch.exp(-2 * h)) / h),
+])
+def test_multistep_slope_weight_matches_its_closed_form(schedule, closed_form):
+    """The quadrature weight phi = B2 / (B h) against the integrals done by hand (h = step in log snr)."""
+    kernel = kernels.load(schedule)
+    times = torch.tensor([0.0, 0.1, 0.3, 0.6, 0.8, 0.95, 1.0], dtype=F64)
+    plan = build_plan(kernel, times, integrator="multistep-pc", final_step="euler", prediction="velocity",
+                      device="cpu", dtype=F64)
+    lam = kernel.log_snr(times)
+    h = lam[2:-1] - lam[1:-2]
+    assert torch.allclose(plan.v[1:-1], closed_form(h), rtol=1e-8)
+    assert plan.v[0] == 1.0   # the step from snr = 0: all weight at its far end
