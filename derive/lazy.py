@@ -15,7 +15,7 @@ from .formulas import derive, simplify
 from .limits import TimeLimit, time_limit
 from .schedule import ScheduleSpec
 from .symbols import t
-from .validate import validate
+from .validate import evaluate_on_grid, validate
 
 __all__ = ["solve_lazy", "zero_drift_residual", "DSOLVE_SECONDS"]
 
@@ -165,10 +165,8 @@ def _dsolve_with_boundary(equation: sp.Eq, *, at: int, value: sp.Expr, what: str
 
 def _require_nonnegative(expr: sp.Expr, label: str, reason: str) -> None:
     expr = expr.subs({s: 1 for s in expr.free_symbols - {t}})  # a symbolic v is checked at v = 1
-    fn = sp.lambdify(t, expr, modules="numpy")
     grid = np.linspace(0, 1, 2001)[1:-1]
-    with np.errstate(all="ignore"):
-        values = np.asarray(fn(grid.astype(complex)), dtype=complex) * np.ones_like(grid)
+    values = evaluate_on_grid(expr, grid)
     bad = (~np.isfinite(values)) | (np.abs(values.imag) > 1e-12) | (values.real < -1e-12)
     if bad.any():
         raise SpecError(f"{reason} ({label} = {sp.sstr(expr)} at t = {grid[bad][0]:.4g})")

@@ -12,7 +12,7 @@ from .formulas import derive
 from .schedule import ScheduleSpec
 from .symbols import t
 
-__all__ = ["Validation", "validate", "boundary_value", "GRID_POINTS"]
+__all__ = ["Validation", "validate", "boundary_value", "evaluate_on_grid", "GRID_POINTS"]
 
 GRID_POINTS = 4001
 _u = sp.Symbol("u", positive=True)
@@ -47,10 +47,15 @@ def _close(value: sp.Expr, target: sp.Expr, tol: float) -> bool:
         return False
 
 
-def _grid_values(expr: sp.Expr, grid: np.ndarray, label: str) -> np.ndarray:
+def evaluate_on_grid(expr: sp.Expr, grid: np.ndarray) -> np.ndarray:
+    """``expr`` (in t) at every grid point, as complex numbers so that a non-real value shows as such."""
     fn = sp.lambdify(t, expr, modules="numpy")
     with np.errstate(all="ignore"):
-        values = np.asarray(fn(grid.astype(complex)), dtype=complex) * np.ones_like(grid)
+        return np.asarray(fn(grid.astype(complex)), dtype=complex) * np.ones_like(grid)
+
+
+def _grid_values(expr: sp.Expr, grid: np.ndarray, label: str) -> np.ndarray:
+    values = evaluate_on_grid(expr, grid)
     bad = ~np.isfinite(values)
     if bad.any():
         raise SpecError(f"{label} = {sp.sstr(expr)} is not finite at t = {grid[bad][0]:.6g} inside (0, 1)")

@@ -35,14 +35,9 @@ def _specs(names: Sequence[str]):
 
 
 def _numeric(expr, ts: np.ndarray) -> np.ndarray:
-    import sympy as sp
+    from derive.validate import evaluate_on_grid
 
-    from derive.symbols import t
-
-    fn = sp.lambdify(t, expr, "numpy")
-    with np.errstate(all="ignore"):
-        values = np.asarray(fn(ts), dtype=float) * np.ones_like(ts)
-    return values
+    return evaluate_on_grid(expr, ts).real
 
 
 def _time_map_numeric(source, target, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,22 +96,9 @@ def plot_schedules(names: Sequence[str], source: str = "linear"):
 
 def _gmm_model():
     """The exact linear-schedule velocity of the 2D mixture in runtime.data.gmm_2d."""
-    from runtime.data import gmm_2d
+    from runtime.data import gmm_2d, gmm_velocity
 
-    weights, means, stds = gmm_2d()
-
-    def model(x, t):
-        t = t.reshape(-1, 1).to(x.dtype)
-        alpha, beta = 1 - t, t
-        var = alpha**2 + beta**2 * stds[None, :].to(x.dtype) ** 2
-        diff = x[:, None, :] - beta[:, :, None] * means[None].to(x.dtype)
-        log_p = torch.log(weights.to(x.dtype))[None] - torch.log(var) - 0.5 * (diff**2).sum(-1) / var
-        post = torch.softmax(log_p, 1)
-        cond = means[None].to(x.dtype) + (beta * stds[None].to(x.dtype) ** 2 / var)[:, :, None] * diff
-        eta = (post[:, :, None] * cond).sum(1)
-        return (eta - x) / (1 - t).clamp_min(1e-12)
-
-    return model
+    return gmm_velocity(*gmm_2d())
 
 
 def _moons_model():
@@ -210,6 +192,7 @@ def plot_samples(names: Sequence[str], nfes: Sequence[int], model: str = "digits
                  integrators: Sequence[str] = ("euler", "multistep-pc"), seed: int = 0):
     """Digit grids: rows = (schedule, integrator), columns = NFE, same seeds everywhere."""
     from runtime import models, sample
+    from runtime.tables import steps_for_nfe
 
     net = models.load(model)
     rows = [(name, integrator) for name in names for integrator in integrators]
@@ -218,8 +201,7 @@ def plot_samples(names: Sequence[str], nfes: Sequence[int], model: str = "digits
                              constrained_layout=True, squeeze=False)
     for r, (name, integrator) in enumerate(rows):
         for c, nfe in enumerate(nfes):
-            steps = max(1, nfe // 2) if integrator in ("midpoint", "exp-midpoint") else (
-                max(1, (nfe + 1) // 2) if integrator == "heun" else nfe)
+            steps = steps_for_nfe(integrator, nfe)
             with torch.no_grad():
                 x = sample(net, (per_cell, *net.data_shape), schedule=name, steps=steps, integrator=integrator, seed=seed)
             images = ((x[:, 0].clamp(-1, 1) + 1) / 2).numpy()

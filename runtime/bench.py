@@ -37,13 +37,6 @@ class OurMethod:
         last = f"/{self.final_step}" if self.final_step else ""
         return f"{self.schedule}/{self.integrator}/{self.grid}{last}"
 
-    def steps_for(self, nfe: int) -> int:
-        if self.integrator == "heun":  # the last step is a plain step: 2 steps - 1 evaluations
-            return max(1, (nfe + 1) // 2)
-        return max(1, nfe // 2) if self.integrator in ("midpoint", "exp-midpoint") else nfe
-
-
-STOCHASTIC = {"linear": False, "vp": False, "sd3": False, "pointmass": True, "linear-sde": True, "vp-sde": True}
 
 
 def our_methods(full: bool = True) -> list[OurMethod]:
@@ -106,8 +99,9 @@ def _run_all(model, shape, nfes, seed, include_peers, full, log) -> list[dict]:
     from .metrics import digits_fd
     from .noise import per_sample_normal
     from .peers import available_peers
+    from . import kernels
     from .sampler import sample
-    from .tables import SamplingError
+    from .tables import SamplingError, steps_for_nfe
 
     n, rows = shape[0], []
     for method in our_methods(full):
@@ -115,12 +109,12 @@ def _run_all(model, shape, nfes, seed, include_peers, full, log) -> list[dict]:
             counter = CountingModel(model)
             start = time.perf_counter()
             try:
-                x = sample(counter, shape, schedule=method.schedule, steps=method.steps_for(budget),
+                x = sample(counter, shape, schedule=method.schedule, steps=steps_for_nfe(method.integrator, budget),
                            integrator=method.integrator, grid=method.grid, final_step=method.final_step, seed=seed)
                 fd, error = digits_fd(x), ""
             except (SamplingError, ValueError) as err:
                 fd, error = None, str(err)
-            rows.append(_row(method.name, False, STOCHASTIC[method.schedule], budget, counter.calls, fd,
+            rows.append(_row(method.name, False, kernels.load(method.schedule).STOCHASTIC, budget, counter.calls, fd,
                              time.perf_counter() - start, error))
         log(f"  {method.name}: " + ", ".join(f"{r['nfe']}->{_fmt(r['fd'])}" for r in rows[-len(nfes):]))
     if include_peers:

@@ -1,10 +1,13 @@
-"""Data the package trains and measures on: scikit-learn's bundled digits, 2D toy sets."""
+"""Data the package trains and measures on: scikit-learn's bundled digits, 2D toy sets, and the exact
+linear-schedule velocity of an isotropic Gaussian mixture."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
-__all__ = ["digits", "digits_labels", "two_moons", "gmm_2d"]
+__all__ = ["digits", "digits_labels", "two_moons", "gmm_2d", "gmm_eta_x", "gmm_velocity"]
 
 
 def digits() -> torch.Tensor:
@@ -36,3 +39,28 @@ def gmm_2d() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     means = torch.tensor([[-1.0, -0.5], [1.2, 0.3], [0.0, 1.4]], dtype=torch.float64)
     stds = torch.tensor([0.15, 0.3, 0.08], dtype=torch.float64)
     return weights, means, stds
+
+
+def gmm_eta_x(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, weights: torch.Tensor, means: torch.Tensor,
+              stds: torch.Tensor) -> torch.Tensor:
+    """E[X | alpha Z + beta X = x] for X ~ sum_j w_j N(mu_j, s_j^2 I); x (n, d), alpha and beta (n, 1).
+
+    Given component j, I is N(beta mu_j, (alpha^2 + beta^2 s_j^2) I) and
+    E[X | I = x, j] = mu_j + beta s_j^2 / (alpha^2 + beta^2 s_j^2) (x - beta mu_j)."""
+    d = x.shape[1]
+    var = alpha**2 + beta**2 * stds[None, :] ** 2                                  # (n, J)
+    diff = x[:, None, :] - beta[:, :, None] * means[None, :, :]                     # (n, J, d)
+    log_p = (torch.log(weights)[None, :] - 0.5 * d * torch.log(2 * math.pi * var)
+             - 0.5 * (diff**2).sum(-1) / var)
+    post = torch.softmax(log_p, dim=1)
+    cond = means[None] + (beta * stds[None, :] ** 2 / var)[:, :, None] * diff
+    return (post[:, :, None] * cond).sum(1)
+
+
+def gmm_velocity(weights: torch.Tensor, means: torch.Tensor, stds: torch.Tensor):
+    """The exact linear-schedule velocity b = (eta_X - x) / (1 - t) of the mixture, as model(x, t)."""
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(-1, 1).to(x.dtype).expand(x.shape[0], 1)
+        eta = gmm_eta_x(x, 1 - t, t, *(v.to(x.dtype) for v in (weights, means, stds)))
+        return (eta - x) / (1 - t)
+    return model

@@ -85,6 +85,11 @@ def run_plan(model: Model, x: torch.Tensor, plan: Plan, noise: torch.Tensor, *, 
             x = affine(x, m, plan.a[k], plan.b[k], plan.c[k], xi)
         if progress is not None:
             progress(1)
+    return _checked(evaluate, x)
+
+
+def _checked(evaluate: _Evaluator, x: torch.Tensor) -> torch.Tensor:
+    """After the loop: refuse NaN/inf from the model (naming the step) or in the samples."""
     evaluate.raise_if_bad()
     if not torch.isfinite(x).all():
         raise SamplingError("the samples are not finite after the last step (the integrator diverged); "
@@ -111,10 +116,7 @@ def _run_multistep(evaluate: _Evaluator, x: torch.Tensor, plan: Plan, noise: tor
         x = x_next
         if progress is not None:
             progress(1)
-    evaluate.raise_if_bad()
-    if not torch.isfinite(x).all():
-        raise SamplingError("the samples are not finite after the last step (the integrator diverged)")
-    return x
+    return _checked(evaluate, x)
 
 
 def sample(model: Model, shape: Sequence[int], *, schedule: str | ModuleType = "pointmass", steps: int = 8,

@@ -33,12 +33,21 @@ import torch
 
 from .grids import invert_log_snr
 
-__all__ = ["Plan", "build_plan", "INTEGRATORS", "FINAL_STEPS", "TWO_STAGE", "MULTISTEP", "SamplingError"]
+__all__ = ["Plan", "build_plan", "steps_for_nfe", "INTEGRATORS", "FINAL_STEPS", "TWO_STAGE", "MULTISTEP",
+           "SamplingError"]
 
 INTEGRATORS = ("euler", "heun", "midpoint", "exponential", "exp-midpoint", "multistep", "multistep-pc")
 MULTISTEP = ("multistep", "multistep-pc")
 FINAL_STEPS = ("euler", "denoise")
 TWO_STAGE = ("heun", "midpoint", "exp-midpoint")
+
+
+def steps_for_nfe(integrator: str, nfe: int) -> int:
+    """The most steps whose network evaluations fit in ``nfe`` (final_step="euler"): Heun makes
+    2 steps - 1 calls (its last step is a plain step), midpoint and exp-midpoint 2 per step."""
+    if integrator == "heun":
+        return max(1, (nfe + 1) // 2)
+    return max(1, nfe // 2) if integrator in TWO_STAGE else nfe
 
 
 class SamplingError(RuntimeError):
