@@ -1,17 +1,17 @@
 """lazyflow.derive: SymPy derivations for any interpolant schedule (never imports torch).
 
-    >>> from derive import preset, derive
+    >>> from lazyflow.derive import preset, derive
     >>> derive(preset("linear")).eps_star
     (1 - t)/t
 """
 from .conversion import Conversion, convert
-from .errors import ExpressionError, SpecError
+from .errors import ExpressionError, LazyflowError, SpecError
 from .formulas import PREDICTIONS, Formulas, derive
 from .lazy import solve_lazy, zero_drift_residual
 from .parse import parse_expression
 from .schedule import PRESETS, ScheduleSpec, from_expressions, from_toml, preset, resolve
 from .validate import Validation, validate
 
-__all__ = ["Conversion", "convert", "ExpressionError", "SpecError", "PREDICTIONS", "Formulas", "derive",
+__all__ = ["Conversion", "convert", "ExpressionError", "LazyflowError", "SpecError", "PREDICTIONS", "Formulas", "derive",
            "solve_lazy", "zero_drift_residual", "parse_expression", "PRESETS", "ScheduleSpec",
            "from_expressions", "from_toml", "preset", "resolve", "Validation", "validate"]

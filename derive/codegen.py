@@ -1,49 +1,172 @@
-"""Code generation: SymPy formulas -> a plain-PyTorch kernel module in ``runtime/kernels``.
+"""Code generation: one schedule's SymPy formulas -> a plain-PyTorch kernel module.
 
-A kernel holds, for one (target schedule, source schedule) pair, vectorised functions of a
-time tensor: the target's alpha, beta, their derivatives and sigma; log snr of both schedules;
-the time map tau(t) and scale c(t) to the source (DESIGN.md section 3); the drift coefficients
-K_x, K_e of b = K_x x + K_e eta_X; the source parameterizations eta_X = p x + q m; and the
-exponential-integrator step (A, B, C) over [t, t_next] with eta_X frozen, when SymPy finds a
-closed form.  The runtime composes each integrator's affine update x' = A x + B m + C xi from these.
+A kernel holds the closed forms of ONE schedule, as vectorised functions of a time tensor whose
+parameters (sd3's ``shift``, ...) are keyword-only arguments defaulting to the spec's values:
+alpha, beta, their derivatives and sigma; log snr and its inverse; the drift coefficients K_x, K_e
+of b = K_x x + K_e eta_X for the schedule's own diffusion and for sigma = 0; the parameterizations
+eta_X = p x + q m when this schedule is the one a network was trained on; and the exponential-
+integrator step (A, B, C) over [t, t_next] with eta_X frozen, when SymPy finds a closed form.
+The runtime composes conversions between two kernels at run time: tau(t) = source.time_of_log_snr(
+target.log_snr(t)) and c = (alpha_B + beta_B)(t) / (alpha_A + beta_A)(tau).
+
+The module's ``SPEC`` literal is what :func:`derive.schedule.spec_from_kernel_file` reads back
+(with :mod:`ast`, never importing the file); :func:`spec_key` names cached kernels.
 """
 from __future__ import annotations
 
+import difflib
+import hashlib
+import io
+import json
 import keyword
+import pprint
 import re
+import token
+import tokenize
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import sympy as sp
 from sympy.printing.pytorch import TorchPrinter
 
-from .conversion import convert
+from .conversion import _S, _snr_inverse
 from .errors import SpecError
 from .formulas import PREDICTIONS, derive, simplify
 from .limits import TimeLimit, time_limit
-from .schedule import ScheduleSpec
+from .parse import parse_expression
+from .schedule import ScheduleSpec, preset
 from .symbols import m, t, t_next, x
 from .validate import boundary_value, validate
 
 __all__ = ["KernelPrinter", "ExponentialStep", "exponential_step", "render_kernel", "write_kernel", "kernel_name",
-           "INTEGRATE_SECONDS"]
+           "kernel_spec", "spec_key", "check_shipped", "update_shipped", "SHIPPED", "SHIPPED_COMMAND", "FORMAT",
+           "INTEGRATE_SECONDS", "LINE_LENGTH"]
 
+#: version of the kernel contract (module attributes and function signatures)
+FORMAT = 2
 INTEGRATE_SECONDS = 20.0
+LINE_LENGTH = 110
+#: the presets whose kernels ship in runtime/kernels
+SHIPPED = ("linear", "linear-sde", "vp", "vp-sde", "pointmass", "sd3", "score-vp", "poly")
+SHIPPED_COMMAND = "lazyflow emit --schedule {schedule} --out-dir runtime/kernels --force"
+
+#: the argument of time_of_log_snr
+lam = sp.Symbol("lam", real=True)
 
 
 class KernelPrinter(TorchPrinter):
-    """TorchPrinter that prints numeric constants as float literals (``torch.sqrt(2)`` fails on ints)."""
+    """TorchPrinter for kernels: numeric constants as float literals (``torch.sqrt(2)`` fails on ints),
+    parameters as plain names, and the functions SymPy may produce from the parser's whitelist."""
 
     def _print(self, expr, **kwargs):
-        if isinstance(expr, sp.Expr) and expr.is_number and not expr.is_Integer and expr.is_real:
+        if _is_float_constant(expr):
             return repr(float(sp.N(expr, 20)))
         return super()._print(expr, **kwargs)
 
+    def parenthesize(self, item, level, strict=False):
+        # a positive float literal binds like an atom: 0.5*t, not (0.5)*t
+        if _is_float_constant(item) and item.is_positive:
+            return self._print(item)
+        return super().parenthesize(item, level, strict)
+
+    def _call(self, function: str, arg) -> str:
+        return f"torch.{function}({self._print(arg)})"
+
+    def _reciprocal(self, function: str, arg) -> str:
+        return f"torch.reciprocal(torch.{function}({self._print(arg)}))"
+
+    def _inverse_of_reciprocal(self, function: str, arg) -> str:
+        return f"torch.{function}(torch.reciprocal({self._print(arg)}))"
+
     def _print_Abs(self, expr):
-        return f"torch.abs({self._print(expr.args[0])})"
+        return self._call("abs", expr.args[0])
 
     def _print_sign(self, expr):
-        return f"torch.sign({self._print(expr.args[0])})"
+        return self._call("sign", expr.args[0])
+
+    def _print_exp(self, expr):
+        return self._call("exp", expr.args[0])
+
+    def _print_log(self, expr):
+        return self._call("log", expr.args[0])
+
+    def _print_atan(self, expr):
+        return self._call("atan", expr.args[0])
+
+    def _print_erf(self, expr):
+        return self._call("erf", expr.args[0])
+
+    def _print_erfc(self, expr):
+        return self._call("erfc", expr.args[0])
+
+    def _print_erfinv(self, expr):
+        return self._call("erfinv", expr.args[0])
+
+    def _print_sinh(self, expr):
+        return self._call("sinh", expr.args[0])
+
+    def _print_cosh(self, expr):
+        return self._call("cosh", expr.args[0])
+
+    def _print_tanh(self, expr):
+        return self._call("tanh", expr.args[0])
+
+    def _print_cot(self, expr):
+        return self._reciprocal("tan", expr.args[0])
+
+    def _print_sec(self, expr):
+        return self._reciprocal("cos", expr.args[0])
+
+    def _print_csc(self, expr):
+        return self._reciprocal("sin", expr.args[0])
+
+    def _print_coth(self, expr):
+        return self._reciprocal("tanh", expr.args[0])
+
+    def _print_sech(self, expr):
+        return self._reciprocal("cosh", expr.args[0])
+
+    def _print_csch(self, expr):
+        return self._reciprocal("sinh", expr.args[0])
+
+    def _print_acot(self, expr):
+        return self._inverse_of_reciprocal("atan", expr.args[0])
+
+    def _print_asec(self, expr):
+        return self._inverse_of_reciprocal("acos", expr.args[0])
+
+    def _print_acsc(self, expr):
+        return self._inverse_of_reciprocal("asin", expr.args[0])
+
+    def _print_acoth(self, expr):
+        return self._inverse_of_reciprocal("atanh", expr.args[0])
+
+    def _print_asech(self, expr):
+        return self._inverse_of_reciprocal("acosh", expr.args[0])
+
+    def _print_acsch(self, expr):
+        return self._inverse_of_reciprocal("asinh", expr.args[0])
+
+    def _extremum(self, expr, function: str, clamp: str) -> str:
+        numbers = [a for a in expr.args if a.is_number]
+        tensors = [self._print(a) for a in expr.args if not a.is_number]
+        text = tensors[0]
+        for other in tensors[1:]:
+            text = f"torch.{function}({text}, {other})"
+        if numbers:
+            text = f"torch.clamp({text}, {clamp}={self._print(numbers[0])})"
+        return text
+
+    def _print_Max(self, expr):
+        return self._extremum(expr, "maximum", "min")
+
+    def _print_Min(self, expr):
+        return self._extremum(expr, "minimum", "max")
+
+
+def _is_float_constant(expr) -> bool:
+    return isinstance(expr, sp.Expr) and expr.is_number and not expr.is_Integer and bool(expr.is_real)
 
 
 @dataclass(frozen=True)
@@ -70,7 +193,7 @@ def exponential_step(spec: ScheduleSpec) -> ExponentialStep:
     With G = int eps/alpha^2 dt (G = log snr for the optimal diffusion, 0 for an ODE) the drift is
     K_x = alpha'/alpha - G', and exp(-int K_x) K_e = (snr e^G)'.  With D = exp(G(t) - G(t')):
     A = alpha(t')/alpha(t) D,  B = beta(t') - alpha(t') snr(t) D,  C = alpha(t') sqrt(1 - D^2).
-    (G = 0: the DDIM step; point mass: the Brownian-bridge step.)
+    (G = 0: the DDIM step; point mass: the Brownian-bridge step.)  Parameters stay symbols.
     """
     f = derive(spec)
     if f.eps == 0:
@@ -91,7 +214,8 @@ def exponential_step(spec: ScheduleSpec) -> ExponentialStep:
                 f"exponential integrator unavailable for {spec.name!r}: SymPy found no closed form of "
                 f"int eps/alpha^2 dt = int {sp.sstr(simplify(f.eps / f.alpha**2))} dt ({reason})"))
     # log(a) with a < 0 on (0, 1) differs from log(-a) by a constant, which cancels in G(t) - G(t')
-    G = G.replace(sp.log, lambda arg: sp.log(-arg) if _negative_inside(arg) else sp.log(arg))
+    defaults = spec.param_values
+    G = G.replace(sp.log, lambda arg: sp.log(-arg) if _negative_inside(arg, defaults) else sp.log(arg))
     later = {t: t_next}
     D = simplify(sp.exp(G - G.subs(later)))
     A = simplify(f.alpha.subs(later) / f.alpha * D)
@@ -100,8 +224,8 @@ def exponential_step(spec: ScheduleSpec) -> ExponentialStep:
     return ExponentialStep(A, B, C)
 
 
-def _negative_inside(expr: sp.Expr) -> bool:
-    value = expr.subs(t, sp.Rational(1, 2))
+def _negative_inside(expr: sp.Expr, defaults: dict) -> bool:
+    value = expr.xreplace(defaults).subs(t, sp.Rational(1, 2))
     return bool(value.is_number and value.is_negative)
 
 
@@ -123,111 +247,320 @@ def _singular_at_start(spec: ScheduleSpec) -> bool:
     return not (value.is_finite and value.is_real)
 
 
-def _function(printer: KernelPrinter, name: str, args: str, doc: str, outputs: list[sp.Expr]) -> str:
-    """A torch function of the given tensor arguments returning ``outputs`` after CSE."""
-    replacements, reduced = sp.cse([sp.sympify(e) for e in outputs], symbols=sp.numbered_symbols("_c"))
-    lines = [f"def {name}({args}):", f'    """{doc}"""']
-    first = args.split(",")[0].strip()
-    for symbol, value in replacements:
-        lines.append(f"    {symbol} = {printer.doprint(value)}")
-    printed = []
-    for expr in reduced:
-        text = printer.doprint(expr)
-        printed.append(text if expr.free_symbols else f"_full({text}, {first})")
-    lines.append(f"    return {printed[0]}" if len(printed) == 1 else f"    return ({', '.join(printed)})")
-    return "\n".join(lines) + "\n"
+# --- the SPEC literal ---------------------------------------------------------------------------
+
+def kernel_spec(spec: ScheduleSpec) -> dict:
+    """The ``SPEC`` dict of a kernel: strings the safe parser reads back into ``spec``.
+
+    Refuses (:class:`SpecError` naming the field) when a string would not parse back to the same
+    expression, e.g. for a float inside an expression built outside the parser.
+    """
+    if spec.data_var.free_symbols:
+        raise SpecError(f"schedule {spec.name!r}: a kernel needs a numeric data variance, got {spec.data_var}")
+    symbols = spec.param_symbols
+    strings = {"alpha": sp.sstr(spec.alpha), "beta": sp.sstr(spec.beta)}
+    if spec.sigma is not None:
+        strings["sigma"] = sp.sstr(spec.sigma)
+    for field, text in strings.items():
+        try:
+            back = parse_expression(text, symbols, what=field)
+        except SpecError as err:
+            raise SpecError(f"schedule {spec.name!r}: {field} = {text!r} does not parse back ({err})") from None
+        if back != getattr(spec, field):
+            raise SpecError(f"schedule {spec.name!r}: {field} = {text!r} parses back to a different expression "
+                            f"({sp.srepr(back)} != {sp.srepr(getattr(spec, field))})")
+    data_var = sp.sstr(spec.data_var)
+    if parse_expression(data_var, {}, variables={}, what="data_var") != spec.data_var:
+        raise SpecError(f"schedule {spec.name!r}: data_var = {data_var!r} does not parse back to itself")
+    params = {name: float(value) for name, value in spec.params}
+    for name, value in spec.params:
+        if sp.Rational(repr(params[name])) != value:
+            raise SpecError(f"schedule {spec.name!r}: parameter {name!r} = {value} is not a float64 number")
+    return {"name": spec.name, "alpha": strings["alpha"], "beta": strings["beta"],
+            "sigma": spec.diffusion if spec.sigma is None else strings["sigma"], "data_var": data_var,
+            "params": params, "boundary_tol": float(spec.boundary_tol), "description": spec.description}
 
 
-def _spec_strings(spec: ScheduleSpec) -> dict[str, str]:
-    return {"alpha": sp.sstr(spec.alpha), "beta": sp.sstr(spec.beta), "diffusion": spec.diffusion,
-            "sigma": sp.sstr(derive(spec).sigma)}
+def spec_key(spec: ScheduleSpec) -> str:
+    """A hex key (16 characters) of the kernel a spec gives: its SPEC, FORMAT and SymPy's major.minor."""
+    minor = ".".join(sp.__version__.split(".")[:2])
+    payload = json.dumps({"spec": kernel_spec(spec), "format": FORMAT, "sympy": minor}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def render_kernel(target: ScheduleSpec, source: ScheduleSpec, *, name: str, command: str) -> str:
-    """The source text of the kernel module for sampling a ``source``-trained model in ``target``."""
-    report = validate(target)
-    validate(source)
-    ft, fs = derive(target), derive(source)
-    conversion = convert(source, target)
-    printer = KernelPrinter()
-    expo = exponential_step(target)
-    ode_expo = exponential_step(target.with_diffusion("ode")) if ft.eps != 0 else expo
-    ode_drift = derive(target.with_diffusion("ode"))
-    parts = [_HEADER.format(name=name, version=sp.__version__, command=command)]
+# --- rendering ----------------------------------------------------------------------------------
+
+def render_kernel(spec: ScheduleSpec, *, name: str, command: str) -> str:
+    """The source text of the kernel module of ``spec``; ``command`` regenerates it (header)."""
+    return _render(spec, name, command)
+
+
+@lru_cache(maxsize=64)
+def _render(spec: ScheduleSpec, name: str, command: str) -> str:
+    spec_dict = kernel_spec(spec)
+    report = validate(spec)                     # at the parameter defaults
+    at_defaults = spec.substituted()
+    f, f0 = derive(spec), derive(at_defaults)
+    defaults = tuple(spec.param_values.items())
+    stochastic = f0.eps != 0
+    expo = exponential_step(spec)
+    ode_expo = exponential_step(spec.with_diffusion("ode")) if f.eps != 0 else expo
+    ode = derive(spec.with_diffusion("ode"))
+    inverse = _snr_inverse(f.snr, defaults)
+    params = [(pname, float(value)) for pname, value in spec.params]
+
     meta = {
+        "FORMAT": repr(FORMAT),
         "NAME": repr(name),
-        "SOURCE": repr(source.name),
-        "TARGET": repr(target.name),
+        "SPEC": _literal("SPEC = ", spec_dict),
+        "PARAMS": repr(dict(params)),
         "PREDICTIONS": repr(PREDICTIONS),
-        "DIFFUSION": repr(target.diffusion),
-        "STOCHASTIC": repr(ft.eps != 0),
+        "DIFFUSION": repr(spec.diffusion),
+        "STOCHASTIC": repr(bool(stochastic)),
         "POINT_MASS": repr(report.kind == "pointmass"),
-        "SINGULAR_START": repr(_singular_at_start(target)),
-        "TIME_MAP": repr("closed form" if conversion.closed_form else "numeric"),
-        "EXPONENTIAL": repr(expo.reason or "closed form"),
-        "SPEC": repr(_spec_strings(target)),
-        "SOURCE_SPEC": repr(_spec_strings(source)),
+        "SINGULAR_START": repr(_singular_at_start(at_defaults)),
+        "SNR_INVERSE": repr("closed form" if inverse is not None else "numeric"),
+        "EXPONENTIAL": _literal("EXPONENTIAL = ", expo.reason or "closed form"),
     }
-    parts.append("\n".join(f"{key} = {value}" for key, value in meta.items()) + "\n\n")
-    parts.append(_HELPERS)
+    lines = []
+    for key, value in meta.items():
+        lines.append(value if value.startswith(f"{key} = ") else f"{key} = {value}")
+    parts = [_header(name, command), "\n".join(lines) + "\n", _HELPERS]
+
+    printer = KernelPrinter()
+    params_doc = " Parameters are keyword-only." if params else ""
+
+    def fn(fname: str, args: tuple[sp.Symbol, ...], doc: str, outputs: list[sp.Expr]) -> str:
+        return _function(printer, fname, args, params, doc, outputs)
+
     fns = [
-        _function(printer, "schedule", "t", "Target (alpha, beta, alpha', beta', sigma) at times t.",
-                  [ft.alpha, ft.beta, ft.d_alpha, ft.d_beta, ft.sigma]),
-        _function(printer, "log_snr", "t", "Target log snr = log(beta/alpha).", [ft.log_snr]),
-        _function(printer, "source_schedule", "t", "Source (alpha, beta) at source times t.", [fs.alpha, fs.beta]),
-        _function(printer, "source_log_snr", "t", "Source log snr at source times t.", [fs.log_snr]),
-        _function(printer, "drift", "t", "(K_x, K_e): drift b = K_x x + K_e eta_X of the target diffusion.",
-                  [ft.drift_x, ft.drift_eta]),
-        _function(printer, "ode_drift", "t", "(K_x, K_e) of the probability-flow ODE (sigma = 0).",
-                  [ode_drift.drift_x, ode_drift.drift_eta]),
+        fn("schedule", (t,), f"(alpha, beta, alpha', beta', sigma) at times t.{params_doc}",
+           [f.alpha, f.beta, f.d_alpha, f.d_beta, f.sigma]),
+        fn("log_snr", (t,), "log snr = log(beta/alpha) at times t.", [f.log_snr]),
     ]
-    if conversion.closed_form:
-        fns.append(_function(printer, "time_map", "t", "Source time tau(t) with snr_source(tau) = snr_target(t).",
-                             [conversion.time_map]))
-        fns.append(_function(printer, "scale", "t", "Scale c(t): I_target(t) = c(t) I_source(tau(t)) in law.",
-                             [conversion.scale]))
+    if inverse is not None:
+        fns.append(fn("time_of_log_snr", (lam,), "The time t with log_snr(t) = lam.", [inverse.subs(_S, sp.exp(lam))]))
     else:
-        fns.append("time_map = None  # no closed form: the runtime inverts source_log_snr numerically\n"
-                   "scale = None\n")
+        fns.append("time_of_log_snr = None  # SymPy found no closed-form inverse of the snr within "
+                   f"{_solve_seconds()} s: the runtime inverts log_snr numerically\n")
+    fns += [
+        fn("drift", (t,), "(K_x, K_e): drift b = K_x x + K_e eta_X of this schedule's diffusion.",
+           [f.drift_x, f.drift_eta]),
+        fn("ode_drift", (t,), "(K_x, K_e) of the probability-flow ODE (sigma = 0).", [ode.drift_x, ode.drift_eta]),
+    ]
     for prediction in PREDICTIONS:
-        p, q = _eta_coefficients(source, prediction)
-        fns.append(_function(printer, f"eta_{prediction}", "t",
-                             f"(p, q): eta_X = p x + q m for a {prediction}-prediction source model at source times t.",
-                             [p, q]))
+        p, q = _eta_coefficients(spec, prediction)
+        fns.append(fn(f"eta_{prediction}", (t,),
+                      f"(p, q): eta_X = p x + q m for a model trained on this schedule, {prediction} output m.",
+                      [p, q]))
     for fname, step in (("exponential", expo), ("ode_exponential", ode_expo)):
         if step.reason:
-            fns.append(f"{fname} = None  # {step.reason}\n")
+            fns.append(_comment_line(f"{fname} = None", step.reason))
         else:
-            fns.append(_function(printer, fname, "t, t_next",
-                                 "(A, B, C): x(t_next) = A x(t) + B eta_X + C xi, eta_X frozen over the step.",
-                                 [step.A, step.B, step.C]))
+            fns.append(fn(fname, (t, t_next), "(A, B, C): x(t_next) = A x(t) + B eta_X + C xi, eta_X frozen.",
+                          [step.A, step.B, step.C]))
     parts.append("\n\n".join(fns))
-    return "".join(parts)
+    text = "".join(parts)
+    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 
 
-def write_kernel(target: ScheduleSpec, source: ScheduleSpec, out_dir: str | Path, *, name: str | None = None,
-                 command: str) -> Path:
-    """Render and write ``<out_dir>/<name>.py``; returns the path."""
-    module = kernel_name(name or target.name)
-    path = Path(out_dir) / f"{module}.py"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_kernel(target, source, name=module, command=command))
-    return path
+def _solve_seconds() -> float:
+    from . import conversion
+
+    return conversion.SOLVE_SECONDS
 
 
-_HEADER = '''# Generated by lazyflow's derive.codegen with SymPy {version}. DO NOT EDIT.
-# Regenerate with:
-#   {command}
-"""Kernel {name!r}: coefficient functions for the lazyflow runtime (plain PyTorch, no SymPy)."""
-import torch
+def _header(name: str, command: str) -> str:
+    doc = f'"""Kernel {name!r}: one schedule\'s closed forms for the lazyflow runtime (plain PyTorch, no SymPy)."""'
+    if len(doc) > LINE_LENGTH:
+        doc = (f'"""Kernel {name!r}: one schedule\'s closed forms for the lazyflow runtime\n'
+               '(plain PyTorch, no SymPy)."""')
+    return (f"# Generated by lazyflow.derive.codegen (format {FORMAT}) with SymPy {sp.__version__}. DO NOT EDIT.\n"
+            "# Regenerate with:\n"
+            f"{_command_comment(command)}\n"
+            f"{doc}\n"
+            "import torch\n\n")
 
-'''
+
+def _command_comment(command: str) -> str:
+    """``#   command`` broken before its options (with shell continuations) to fit the line length."""
+    words = re.split(r" (?=--)", command)
+    lines, current = [], "#   " + words[0]
+    for word in words[1:]:
+        if len(current) + 1 + len(word) + 2 > LINE_LENGTH:
+            lines.append(current + " \\")
+            current = "#     " + word
+        else:
+            current += " " + word
+    return "\n".join([*lines, current])
+
+
+def _comment_line(code: str, reason: str) -> str:
+    """``code  # reason``, the reason continued on comment lines when long."""
+    words = reason.split(" ")
+    lines, current = [], f"{code}  # {words[0]}"
+    for word in words[1:]:
+        if len(current) + 1 + len(word) > LINE_LENGTH:
+            lines.append(current)
+            current = "# " + word
+        else:
+            current += " " + word
+    return "\n".join([*lines, current]) + "\n"
+
+
+def _literal(prefix: str, value) -> str:
+    """``prefix`` followed by the literal, wrapped by pprint to the line length."""
+    text = pprint.pformat(value, width=LINE_LENGTH - len(prefix), sort_dicts=False)
+    return prefix + text.replace("\n", "\n" + " " * len(prefix))
+
 
 _HELPERS = '''
 
 def _full(value, like):
-    """A constant broadcast to the shape, dtype and device of ``like``."""
-    return torch.full_like(like, float(value))
+    """``value`` (a number or a parameter tensor) broadcast to the shape, dtype and device of ``like``."""
+    return torch.zeros_like(like) + value
+
+
+def _param(value, like):
+    """A parameter as a tensor of the dtype and device of ``like`` (it broadcasts against ``like``)."""
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
 '''
+
+
+def _function(printer: KernelPrinter, name: str, args: tuple[sp.Symbol, ...], params: list[tuple[str, float]],
+              doc: str, outputs: list[sp.Expr]) -> str:
+    """A torch function of tensor ``args`` (and keyword-only ``params``) returning ``outputs`` after CSE."""
+    outputs = [sp.sympify(e) for e in outputs]
+    replacements, reduced = sp.cse(outputs, symbols=sp.numbered_symbols("_c"))
+    first = str(args[0])
+    names = [str(a) for a in args]
+    if params:
+        names += ["*", *(f"{pname}={value!r}" for pname, value in params)]
+    signature = f"def {name}({', '.join(names)}):"
+    if len(signature) > LINE_LENGTH:
+        signature = "\n".join([f"def {name}(", *(f"    {n}," for n in names), "):"])
+    lines = [signature, f'    """{doc}"""']
+    used = set().union(*(e.free_symbols for e in reduced), *(v.free_symbols for _, v in replacements))
+    for pname, _ in params:
+        if any(s.name == pname for s in used):
+            lines.append(f"    {pname} = _param({pname}, {first})")
+    timed = set(args)     # symbols whose value depends on the tensor arguments
+    for symbol, value in replacements:
+        if value.free_symbols & timed:
+            timed.add(symbol)
+        lines += _statement(f"    {symbol} = ", printer.doprint(value))
+    printed = []
+    for expr in reduced:
+        text = printer.doprint(expr)
+        printed.append(text if expr.free_symbols & timed else f"_full({text}, {first})")
+    if len(printed) == 1:
+        lines += _statement("    return ", printed[0])
+    else:
+        one_line = f"    return ({', '.join(printed)})"
+        if len(one_line) <= LINE_LENGTH:
+            lines.append(one_line)
+        else:
+            lines.append("    return (")
+            for text in printed:
+                wrapped = _wrap(text, LINE_LENGTH - 8 - 1, LINE_LENGTH - 12)
+                lines.append("        " + wrapped[0])
+                lines += ["            " + rest for rest in wrapped[1:]]
+                lines[-1] += ","
+            lines.append("    )")
+    return "\n".join(lines) + "\n"
+
+
+def _statement(prefix: str, text: str) -> list[str]:
+    """``prefix + text``; when too long, ``prefix (`` with ``text`` wrapped inside the parentheses."""
+    if len(prefix) + len(text) <= LINE_LENGTH:
+        return [prefix + text]
+    indent = " " * (len(prefix) - len(prefix.lstrip()))
+    inner = indent + "    "
+    wrapped = _wrap(text, LINE_LENGTH - len(inner), LINE_LENGTH - len(inner))
+    return [prefix + "(", *(inner + line for line in wrapped), indent + ")"]
+
+
+def _wrap(text: str, first_width: int, width: int) -> list[str]:
+    """Break printed code (meant to sit inside parentheses) between tokens into lines of at most
+    ``first_width`` then ``width`` characters, preferring breaks before + and - at a shallow depth."""
+    if len(text) <= first_width:
+        return [text]
+    points = []       # (position, depth, rank): a line may start at ``position``
+    depth = 0
+    previous = None
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type in (token.NEWLINE, token.NL, token.ENDMARKER, token.INDENT, token.DEDENT):
+            continue
+        col = tok.start[1]
+        if tok.string in ")]}":
+            depth -= 1
+        elif col > 0 and previous not in ("(", "[", "{", ".") and tok.string not in (",", "(", "**", "."):
+            if tok.string in ("+", "-") and previous is not None and previous not in ("*", "/", "**", ","):
+                rank = 0
+            elif previous == ",":
+                rank = 1
+            elif tok.string in ("*", "/"):
+                rank = 2
+            else:
+                rank = 3
+            if previous != "**":
+                points.append((col, depth, rank))
+        if tok.string in "([{" and tok.type == token.OP:
+            depth += 1
+        previous = tok.string
+    lines, start, limit = [], 0, first_width
+    while len(text) - start > limit:
+        window = [p for p in points if start < p[0] <= start + limit]
+        if not window:
+            break
+        late = [p for p in window if p[0] >= start + limit // 2] or window
+        pos = min(late, key=lambda p: (p[1], p[2], -p[0]))[0]
+        lines.append(text[start:pos].rstrip())
+        start = pos
+        limit = width
+    lines.append(text[start:].strip())
+    return lines
+
+
+# --- writing and the shipped kernels --------------------------------------------------------------
+
+def write_kernel(spec: ScheduleSpec, out_dir: str | Path, *, name: str | None = None, command: str,
+                 force: bool = False) -> Path:
+    """Render and write ``<out_dir>/<module>.py`` (module = :func:`kernel_name` of ``name or spec.name``).
+
+    Refuses to overwrite an existing file unless ``force``; returns the path.
+    """
+    module = kernel_name(name or spec.name)
+    path = Path(out_dir) / f"{module}.py"
+    if path.exists() and not force:
+        raise SpecError(f"kernel file {str(path)!r} exists; pass --force to overwrite")
+    text = render_kernel(spec, name=module, command=command)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _shipped_text(schedule: str) -> str:
+    return render_kernel(preset(schedule), name=kernel_name(schedule), command=SHIPPED_COMMAND.format(schedule=schedule))
+
+
+def check_shipped(folder: str | Path) -> dict[str, str]:
+    """{module: unified diff} for each shipped kernel in ``folder`` that differs from what the generator
+    writes today (the first header line, which names SymPy's patch version, is not compared)."""
+    diffs = {}
+    for schedule in SHIPPED:
+        module = kernel_name(schedule)
+        path = Path(folder) / f"{module}.py"
+        want = _shipped_text(schedule).splitlines(keepends=True)[1:]
+        have = path.read_text().splitlines(keepends=True)[1:] if path.exists() else []
+        if want != have:
+            diffs[module] = "".join(difflib.unified_diff(have, want, f"{path} (committed)", f"{path} (generated)"))
+    return diffs
+
+
+def update_shipped(folder: str | Path) -> list[Path]:
+    """Write every shipped kernel into ``folder``; returns the paths."""
+    return [write_kernel(preset(schedule), folder, name=kernel_name(schedule),
+                         command=SHIPPED_COMMAND.format(schedule=schedule), force=True) for schedule in SHIPPED]

@@ -3,7 +3,8 @@
 For a source A and a target B: the time map tau(s) solves snr_A(tau) = snr_B(s) and the
 scale is c(s) = (alpha_B + beta_B)(s) / (alpha_A + beta_A)(tau(s)), so that in law
 I^B_s = c(s) I^A_tau(s).  A diffusion eps_A on the source corresponds to
-eps_B(s) = c(s)^2 tau'(s) eps_A(tau(s)) on the target.
+eps_B(s) = c(s)^2 tau'(s) eps_A(tau(s)) on the target.  Schedules with parameters are
+converted at their values (:meth:`ScheduleSpec.substituted`).
 """
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from .limits import TimeLimit, time_limit
 from .schedule import ScheduleSpec
 from .symbols import t
 
-__all__ = ["Conversion", "convert", "snr_inverse"]
+__all__ = ["Conversion", "convert", "SOLVE_SECONDS"]
 
 #: how long SymPy may look for a closed-form inverse of the snr before the numeric fallback
 SOLVE_SECONDS = 5.0
-_S = sp.Symbol("S", positive=True)
-_tau = sp.Symbol("tau", positive=True)
+# leading underscores: a parameter name never starts with one, so these never clash with a parameter
+_S = sp.Symbol("_S", positive=True)
+_tau = sp.Symbol("_tau", positive=True)
 
 
 @dataclass(frozen=True)
@@ -54,38 +56,56 @@ class Conversion:
         return simplify(self.scale**2 * sp.diff(self.time_map, t) * source_eps.subs(t, self.time_map))
 
 
-def snr_inverse(spec: ScheduleSpec) -> sp.Expr | None:
-    """t as a function of S = snr(t) (an expression in the symbol S), or None if not found."""
-    return _snr_inverse(derive(spec).snr)
-
-
 @lru_cache(maxsize=128)
-def _snr_inverse(snr: sp.Expr) -> sp.Expr | None:
-    try:
-        with time_limit(SOLVE_SECONDS):
-            roots = sp.solve(sp.Eq(snr.subs(t, _tau), _S), _tau)
-    except (NotImplementedError, ValueError, TimeLimit):
-        return None
-    probes = (0.25, 1.0, 4.0)
-    for root in roots:
-        ok = True
-        for s_value in probes:
-            value = complex(sp.N(root.subs(_S, s_value)))
-            if abs(value.imag) > 1e-9 or not 0 < value.real < 1:
-                ok = False
-                break
-            back = complex(sp.N(snr.subs(t, value.real)))
-            if abs(back - s_value) > 1e-8 * max(1.0, s_value):
-                ok = False
-                break
-        if ok:
-            return simplify(root)
+def _snr_inverse(snr: sp.Expr, at: tuple[tuple[sp.Symbol, sp.Expr], ...] = ()) -> sp.Expr | None:
+    """t as a function of S = snr(t) (an expression in the symbol ``_S``), or None if not found.
+
+    ``snr`` may contain parameter symbols; the branch of each root is checked numerically with
+    the parameters at the values ``at`` ((symbol, value) pairs), which is why SymPy's own checks
+    and simplification of the roots are skipped (they are slow on exponential schedules).  SymPy
+    tries snr(t) = S, then the equivalent 1/snr(t)^2 = 1/S^2, each within ``SOLVE_SECONDS``.
+    """
+    values = dict(at)
+    snr_at = snr.xreplace(values)
+    tau_snr = snr.subs(t, _tau)
+    attempts = (lambda: sp.Eq(tau_snr, _S), lambda: sp.Eq(simplify(1 / tau_snr**2), 1 / _S**2))
+    for equation in attempts:
+        try:
+            with time_limit(SOLVE_SECONDS):
+                roots = sp.solve(equation(), _tau, check=False, simplify=False)
+        except (NotImplementedError, ValueError, TimeLimit):
+            continue
+        for root in roots:
+            if not _is_inverse(root, snr_at, values):
+                continue
+            # log(((S^2 + 1)/S^2)^a) -> a (log(S^2 + 1) - 2 log S): the same for S > 0, and no overflow
+            for form in (sp.expand_log(simplify(root), force=True), simplify(root), root):
+                if _is_inverse(form, snr_at, values):
+                    return form
     return None
+
+
+def _is_inverse(root: sp.Expr, snr_at: sp.Expr, values: dict) -> bool:
+    """snr(root(S)) = S with root(S) in (0, 1) at a few S (parameters at ``values``)."""
+    root_at = root.xreplace(values)
+    for s_value in (0.25, 1.0, 4.0):
+        try:
+            value = complex(sp.N(root_at.subs(_S, s_value)))
+        except TypeError:
+            return False
+        if abs(value.imag) > 1e-9 or not 0 < value.real < 1:
+            return False
+        back = complex(sp.N(snr_at.subs(t, value.real)))
+        if abs(back - s_value) > 1e-8 * max(1.0, s_value):
+            return False
+    return True
 
 
 @lru_cache(maxsize=256)
 def convert(source: ScheduleSpec, target: ScheduleSpec) -> Conversion:
-    """Derive the conversion of a model trained on ``source`` to sampling in ``target``."""
+    """Derive the conversion of a model trained on ``source`` to sampling in ``target``
+    (parameters at their values)."""
+    source, target = source.substituted(), target.substituted()
     fa, fb = derive(source), derive(target)
     inverse = _snr_inverse(fa.snr)
     if inverse is None:

@@ -1,7 +1,10 @@
 """Errors raised by the derivation engine; each message says what is wrong."""
+from ..errors import LazyflowError
+
+__all__ = ["LazyflowError", "SpecError", "ExpressionError"]
 
 
-class SpecError(ValueError):
+class SpecError(LazyflowError):
     """A schedule specification, expression or request that is refused, with the reason."""
 
 

@@ -3,12 +3,18 @@
 A :class:`ScheduleSpec` holds alpha(t), beta(t) and the diffusion as SymPy expressions.
 The diffusion is given as ``"ode"`` (sigma = 0), ``"optimal"`` (eps = eps*),
 ``"lazy"`` (eps = r'/2, zero drift on Gaussian data of variance v) or an expression
-for sigma(t).  Building a spec never evaluates user text: see :mod:`derive.parse`.
+for sigma(t).  Named parameters (sd3's ``shift``, a TOML ``[params]`` table) stay SymPy
+symbols in the expressions, each with the sign of its default value; :meth:`ScheduleSpec.substituted`
+replaces them by their values.  Building a spec never evaluates user text: see :mod:`derive.parse`,
+and a kernel file is read with :mod:`ast`, never imported (:func:`spec_from_kernel_file`).
 """
 from __future__ import annotations
 
+import ast
+import keyword
+import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -19,9 +25,20 @@ from .parse import parse_expression
 from .symbols import t, v
 
 __all__ = ["ScheduleSpec", "SpecError", "PRESETS", "preset", "from_expressions", "from_toml",
-           "resolve", "DIFFUSION_KEYWORDS"]
+           "spec_from_kernel_file", "resolve", "param_symbol", "DIFFUSION_KEYWORDS", "RESERVED_NAMES"]
 
 DIFFUSION_KEYWORDS = ("ode", "optimal", "lazy")
+#: names a parameter may not take: the derivation's symbols and the names a generated kernel uses
+RESERVED_NAMES = frozenset({"t", "v", "t_next", "lam", "x", "m", "eta_X", "eta_Z", "torch", "math"})
+
+
+def param_symbol(name: str, value: sp.Expr) -> sp.Symbol:
+    """The symbol of a parameter: positive, negative or (for 0) real, after the sign of its default value."""
+    if value.is_positive:
+        return sp.Symbol(name, positive=True)
+    if value.is_negative:
+        return sp.Symbol(name, negative=True)
+    return sp.Symbol(name, real=True)
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,9 @@ class ScheduleSpec:
     (used by ``"lazy"`` and by the base variance alpha_0^2 = v of a standard schedule).
     ``boundary_tol`` lets a preset such as the score-SDE VP schedule, whose beta_0 is small
     but not zero, pass validation; it is reported, never hidden.
+
+    ``params`` holds (name, default value) pairs; alpha, beta and sigma may contain the
+    parameters as symbols (see :func:`param_symbol`).
     """
 
     name: str
@@ -50,12 +70,65 @@ class ScheduleSpec:
             raise SpecError(f"diffusion must be one of {DIFFUSION_KEYWORDS} or an expression, got {self.diffusion!r}")
         if (self.diffusion == "sigma") != (self.sigma is not None):
             raise SpecError("sigma expression given without diffusion='sigma' (or the reverse)")
+        names = [name for name, _ in self.params]
+        if len(set(names)) != len(names):
+            raise SpecError(f"parameter names repeat: {names}")
+        for name, value in self.params:
+            _check_param_name(name)
+            if not (isinstance(value, sp.Expr) and value.is_number and value.is_real and value.is_finite):
+                raise SpecError(f"parameter {name!r}: default value {value!r} is not a finite real number")
+        seen: dict[str, sp.Symbol] = {}
         for label, expr in (("alpha", self.alpha), ("beta", self.beta), ("sigma", self.sigma)):
             if expr is None:
                 continue
-            extra = expr.free_symbols - {t, v}
+            extra = {s for s in expr.free_symbols - {t, v} if s.name not in names}
             if extra:
-                raise SpecError(f"{label} depends on {sorted(map(str, extra))}: only t (and the data variance v) is allowed")
+                allowed = ", ".join(["t", "the data variance v", *(f"parameter {n}" for n in names)])
+                raise SpecError(f"{label} depends on {sorted(map(str, extra))}: only {allowed} allowed")
+            for symbol in expr.free_symbols - {t, v}:
+                if seen.setdefault(symbol.name, symbol) != symbol:
+                    raise SpecError(f"parameter {symbol.name!r} appears as two different symbols "
+                                    f"({seen[symbol.name].assumptions0} and {symbol.assumptions0})")
+
+    @property
+    def param_symbols(self) -> dict[str, sp.Symbol]:
+        """{name: symbol} of the parameters, as they appear in alpha, beta and sigma."""
+        found = {s.name: s for e in (self.alpha, self.beta, self.sigma) if e is not None for s in e.free_symbols}
+        return {name: found.get(name, param_symbol(name, value)) for name, value in self.params}
+
+    @property
+    def param_values(self) -> dict[sp.Symbol, sp.Expr]:
+        """{symbol: default value}, the substitution :meth:`substituted` makes."""
+        symbols = self.param_symbols
+        return {symbols[name]: value for name, value in self.params}
+
+    def bind(self, **values: float | int | str) -> "ScheduleSpec":
+        """The same schedule (same symbols) with new default values of some parameters."""
+        known = dict(self.params)
+        symbols = self.param_symbols
+        for name, value in values.items():
+            if name not in known:
+                listed = ", ".join(known) or "none"
+                raise SpecError(f"schedule {self.name!r} has no parameter {name!r}; its parameters: {listed}")
+            number = _param_value(value, f"parameter {name!r}")
+            symbol = symbols[name]
+            if (symbol.is_positive and not number.is_positive) or (symbol.is_negative and not number.is_negative):
+                sign = "positive" if symbol.is_positive else "negative"
+                raise SpecError(f"parameter {name!r} of {self.name!r} was declared {sign} (its formulas were "
+                                f"derived so); {value!r} is not: declare the schedule with that default instead")
+            known[name] = number
+        return replace(self, params=tuple(known.items()))
+
+    def substituted(self) -> "ScheduleSpec":
+        """The schedule with its parameters replaced by their values (``params == ()``)."""
+        if not self.params:
+            return self
+        values = self.param_values
+
+        def sub(expr: sp.Expr | None) -> sp.Expr | None:
+            return None if expr is None else expr.xreplace(values)
+
+        return replace(self, alpha=sub(self.alpha), beta=sub(self.beta), sigma=sub(self.sigma), params=())
 
     def with_diffusion(self, diffusion: str, sigma: sp.Expr | None = None, name: str | None = None) -> "ScheduleSpec":
         """The same schedule with another diffusion."""
@@ -76,26 +149,50 @@ def _spec(name: str, alpha: str, beta: str, sigma: str = "ode", params: Mapping[
 def from_expressions(alpha: str, beta: str, sigma: str = "ode", *, params: Mapping[str, float | str] | None = None,
                      name: str = "custom", data_var: float | str = 1, description: str = "",
                      boundary_tol: float = 0.0) -> ScheduleSpec:
-    """Build a spec from user text, parsed safely; ``params`` are named numeric constants."""
+    """Build a spec from user text, parsed safely; ``params`` are named numbers (default values),
+    kept as symbols in the expressions."""
     values = {}
     for key, value in (params or {}).items():
-        if not key.isidentifier() or key.startswith("_"):
-            raise SpecError(f"parameter name {key!r} is not a plain identifier")
-        values[key] = _number(value, f"parameter {key!r}")
-    a = parse_expression(alpha, values, what="alpha")
-    b = parse_expression(beta, values, what="beta")
+        _check_param_name(key)
+        values[key] = _param_value(value, f"parameter {key!r}")
+    symbols = {key: param_symbol(key, value) for key, value in values.items()}
+    a = parse_expression(alpha, symbols, what="alpha")
+    b = parse_expression(beta, symbols, what="beta")
     sigma_text = str(sigma).strip()
     if sigma_text in DIFFUSION_KEYWORDS:
         diffusion, s = sigma_text, None
     else:
-        diffusion, s = "sigma", parse_expression(sigma_text, values, what="sigma")
+        diffusion, s = "sigma", parse_expression(sigma_text, symbols, what="sigma")
+    if isinstance(boundary_tol, bool) or not isinstance(boundary_tol, (int, float)) or not 0 <= boundary_tol < 1:
+        raise SpecError(f"boundary_tol must be a number in [0, 1), got {boundary_tol!r}")
     return ScheduleSpec(name, a, b, diffusion, s, _number(data_var, "data variance"),
-                        tuple(sorted(values.items())), boundary_tol, description)
+                        tuple(sorted(values.items())), float(boundary_tol), description)
+
+
+def _check_param_name(name: str) -> None:
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") or keyword.iskeyword(name):
+        raise SpecError(f"parameter name {name!r} is not a plain identifier")
+    if name in RESERVED_NAMES:
+        raise SpecError(f"parameter name {name!r} is reserved (reserved: {', '.join(sorted(RESERVED_NAMES))})")
+
+
+def _param_value(value: float | int | str, what: str) -> sp.Expr:
+    """A parameter value: a finite real number (int, float or a constant expression)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{what}: {value!r} is not finite")
+    if isinstance(value, str) and value.strip() == "v":
+        raise SpecError(f"{what}: expected a number, got 'v'")
+    number = _number(value, what)
+    if not (number.is_number and number.is_real and number.is_finite):
+        raise SpecError(f"{what}: {value!r} is not a finite real number")
+    return number
 
 
 def _number(value: float | int | str, what: str) -> sp.Expr:
     if isinstance(value, bool):
         raise SpecError(f"{what}: expected a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{what}: {value!r} is not finite")
     if isinstance(value, (int, float)):
         return sp.Integer(value) if isinstance(value, int) else sp.Rational(repr(value))
     if isinstance(value, str):
@@ -157,7 +254,7 @@ def from_toml(path: str | Path) -> ScheduleSpec:
         raise SpecError(f"schedule file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"schedule file {str(path)!r} is not valid TOML: {err}") from None
-    allowed = {"name", "alpha", "beta", "sigma", "data_var", "params", "description"}
+    allowed = {"name", "alpha", "beta", "sigma", "data_var", "params", "description", "boundary_tol"}
     unknown = set(data) - allowed
     if unknown:
         raise SpecError(f"schedule file {str(path)!r}: unknown keys {sorted(unknown)} (allowed: {sorted(allowed)})")
@@ -169,11 +266,60 @@ def from_toml(path: str | Path) -> ScheduleSpec:
         raise SpecError(f"schedule file {str(path)!r}: [params] must be a table of numbers")
     return from_expressions(data["alpha"], data["beta"], str(data.get("sigma", "ode")), params=params,
                             name=str(data.get("name", path.stem)), data_var=data.get("data_var", 1),
-                            description=str(data.get("description", "")))
+                            description=str(data.get("description", "")),
+                            boundary_tol=data.get("boundary_tol", 0.0))
 
 
-def resolve(name_or_path: str) -> ScheduleSpec:
-    """A preset name or the path of a ``.toml`` file."""
-    if name_or_path.endswith(".toml"):
-        return from_toml(name_or_path)
-    return preset(name_or_path)
+_KERNEL_SPEC_KEYS = {"name": str, "alpha": str, "beta": str, "sigma": str, "data_var": str, "params": dict,
+                     "boundary_tol": (int, float), "description": str}
+
+
+def spec_from_kernel_file(path: str | Path) -> ScheduleSpec:
+    """The spec a generated kernel was made from, read from its ``SPEC = {...}`` literal.
+
+    The file is parsed with :mod:`ast` and the literal read with :func:`ast.literal_eval`: the
+    kernel is never imported or executed, and its strings go through the safe expression parser.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"schedule file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"schedule file {str(path)!r} cannot be read: {err}") from None
+    try:
+        tree = ast.parse(text, filename=str(path))
+    except SyntaxError as err:
+        raise SpecError(f"kernel file {str(path)!r} is not valid Python: {err.msg} (line {err.lineno})") from None
+    literal = None
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == "SPEC"):
+            literal = node.value
+    if literal is None:
+        raise SpecError(f"kernel file {str(path)!r} has no top-level SPEC = {{...}} assignment")
+    try:
+        data = ast.literal_eval(literal)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise SpecError(f"kernel file {str(path)!r}: SPEC is not a plain literal") from None
+    if not isinstance(data, dict) or set(data) != set(_KERNEL_SPEC_KEYS):
+        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise SpecError(f"kernel file {str(path)!r}: SPEC must be a dict with keys {sorted(_KERNEL_SPEC_KEYS)}, "
+                        f"got {keys}")
+    for key, kind in _KERNEL_SPEC_KEYS.items():
+        if isinstance(data[key], bool) or not isinstance(data[key], kind):
+            raise SpecError(f"kernel file {str(path)!r}: SPEC[{key!r}] has the wrong type "
+                            f"({type(data[key]).__name__})")
+    return from_expressions(data["alpha"], data["beta"], data["sigma"], params=data["params"], name=data["name"],
+                            data_var=data["data_var"], description=data["description"],
+                            boundary_tol=data["boundary_tol"])
+
+
+def resolve(identity: str | Path) -> ScheduleSpec:
+    """A preset name, the path of a ``.toml`` schedule file or of a generated ``.py`` kernel."""
+    text = str(identity)
+    if text.endswith(".toml"):
+        return from_toml(text)
+    if text.endswith(".py"):
+        return spec_from_kernel_file(text)
+    return preset(text)

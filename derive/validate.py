@@ -63,7 +63,11 @@ def _grid_values(expr: sp.Expr, grid: np.ndarray, label: str) -> np.ndarray:
 
 
 def validate(spec: ScheduleSpec) -> Validation:
-    """Check ``spec``; return a :class:`Validation` or raise :class:`SpecError` naming the problem."""
+    """Check ``spec``; return a :class:`Validation` or raise :class:`SpecError` naming the problem.
+
+    A spec with parameters is checked at their values (:meth:`ScheduleSpec.substituted`).
+    """
+    spec = spec.substituted()
     f = derive(spec)
     notes: list[str] = []
     free = (f.alpha.free_symbols | f.beta.free_symbols) - {t}

@@ -1,1 +1,1 @@
-"""Plots comparing schedules and samplers; ``lazyflow plot ...`` writes them into this folder."""
+"""lazyflow.figures: plots that compare schedules and samplers (``lazyflow plot ...``); uses only the runtime."""

@@ -6,7 +6,8 @@ Each plot is a function returning a matplotlib Figure (tests inspect its axes an
 from __future__ import annotations
 
 import json
-import sys
+import math
+from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["plot_schedules", "plot_drift", "plot_trajectories", "plot_samples", "plot_bench", "main", "PALETTE"]
+from ..errors import LazyflowError  # noqa: E402
+
+__all__ = ["plot_schedules", "plot_drift", "plot_trajectories", "plot_samples", "plot_bench", "tile_images",
+           "save_image_grid", "PALETTE"]
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 #: peers get their own colours, dashed lines and square markers, so they never pass for ours
@@ -25,58 +29,37 @@ PEER_PALETTE = ["#CC79A7", "#56B4E9", "#D55E00", "#000000", "#999999", "#882255"
 STYLES = ["-", "--", "-.", ":"]
 
 
-def _specs(names: Sequence[str]):
-    from derive import resolve, validate
+def _schedules(names: Sequence[str]):
+    from ..runtime.schedule import load_schedule
 
-    specs = [resolve(name) for name in names]
-    for spec in specs:
-        validate(spec)
-    return specs
+    return [load_schedule(name) for name in names]
 
 
-def _numeric(expr, ts: np.ndarray) -> np.ndarray:
-    from derive.validate import evaluate_on_grid
-
-    return evaluate_on_grid(expr, ts).real
-
-
-def _time_map_numeric(source, target, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """tau(t) and c(t) from the closed forms, or by bisection on the source log snr."""
-    from derive import convert, derive
-
-    conv = convert(source, target)
-    if conv.closed_form:
-        return _numeric(conv.time_map, ts), _numeric(conv.scale, ts)
-    fa, fb = derive(source), derive(target)
-    lam_b = _numeric(fb.log_snr, ts)
-    lo, hi = np.zeros_like(ts), np.ones_like(ts)
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        below = _numeric(fa.log_snr, mid) < lam_b
-        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-    tau = (lo + hi) / 2
-    scale = (_numeric(fb.alpha, ts) + _numeric(fb.beta, ts)) / (_numeric(fa.alpha, tau) + _numeric(fa.beta, tau))
-    return tau, scale
+def _data_var(schedule) -> float:
+    """The data variance v the schedule was written for (its spec's data_var; 1 when not given)."""
+    return float(Fraction(str(schedule.kernel.SPEC.get("data_var", "1"))))
 
 
 def plot_schedules(names: Sequence[str], source: str = "linear"):
     """alpha, beta, log snr, sigma, eps* and the time map and scale to ``source``: one panel each."""
-    from derive import derive, resolve
+    from ..runtime.frames import conversion
+    from ..runtime.schedule import load_schedule
 
-    specs, src = _specs(names), resolve(source)
-    ts = np.linspace(1e-3, 1 - 1e-3, 400)
+    schedules, src = _schedules(names), load_schedule(source)
+    ts = torch.linspace(1e-3, 1 - 1e-3, 400, dtype=torch.float64)
     panels = [("alpha(t)", "alpha"), ("beta(t)", "beta"), ("log snr = log(beta/alpha)", "log_snr"),
               ("sigma(t) of the sampler", "sigma"), ("optimal diffusion eps*(t)", "eps_star"),
               (f"time map tau(t) to {source!r}", "tau"), (f"scale c(t) to {source!r}", "scale")]
     fig, axes = plt.subplots(2, 4, figsize=(16, 7.5), constrained_layout=True)
-    for index, spec in enumerate(specs):
-        f = derive(spec)
-        tau, scale = _time_map_numeric(src, spec, ts)
-        values = {"alpha": _numeric(f.alpha, ts), "beta": _numeric(f.beta, ts), "log_snr": _numeric(f.log_snr, ts),
-                  "sigma": _numeric(f.sigma, ts), "eps_star": _numeric(f.eps_star, ts), "tau": tau, "scale": scale}
+    for index, schedule in enumerate(schedules):
+        v = schedule.values(ts)
+        tau, scale = conversion(schedule, src, ts)
+        values = {"alpha": v.alpha, "beta": v.beta, "log_snr": schedule.log_snr(ts), "sigma": v.sigma,
+                  "eps_star": v.eps_star, "tau": tau, "scale": scale}
         for ax, (_, key) in zip(axes.flat, panels):
-            ax.plot(ts, values[key], color=PALETTE[index % len(PALETTE)], linestyle=STYLES[index % len(STYLES)],
-                    label=spec.name, linewidth=2.2 if index % len(STYLES) else 2.8)
+            ax.plot(ts.numpy(), values[key].numpy(), color=PALETTE[index % len(PALETTE)],
+                    linestyle=STYLES[index % len(STYLES)], label=schedule.name,
+                    linewidth=2.2 if index % len(STYLES) else 2.8)
     for ax, (title, key) in zip(axes.flat, panels):
         ax.set_title(title)
         ax.set_xlabel("t (0 = noise, 1 = data)")
@@ -96,58 +79,51 @@ def plot_schedules(names: Sequence[str], source: str = "linear"):
 
 def _gmm_model():
     """The exact linear-schedule velocity of the 2D mixture in runtime.data.gmm_2d."""
-    from runtime.data import gmm_2d, gmm_velocity
+    from ..runtime.data import gmm_2d, gmm_velocity
 
     return gmm_velocity(*gmm_2d())
 
 
 def _moons_model():
-    from runtime import models
+    from ..runtime import models
 
     model = models.load("moons")
     return lambda x, t: model(x.float(), t.float()).to(x.dtype)
 
 
-def _trajectories(model, schedule: str, steps: int, n: int, seed: int, grid: str = "uniform"):
-    """Euler(-Maruyama) paths in the schedule's own frame and the drift norm |b(t_k, x_k)| at each step."""
-    from runtime import kernels
-    from runtime.grids import make_grid
-    from runtime.noise import per_sample_normal
-    from runtime.tables import build_plan
+def _trajectories(model, schedule, steps: int, n: int, seed: int, grid: str = "uniform"):
+    """Euler(-Maruyama) paths in the schedule's own frame and the mean drift norm |b(t_k, x_k)| at each
+    step, observed through the sampler's per-step callback."""
+    from ..runtime.sampler import sample
 
-    kernel = kernels.load(schedule)
-    times = make_grid(kernel, steps, grid)
-    plan = build_plan(kernel, times, integrator="euler", final_step="euler", prediction="velocity", device="cpu",
-                      dtype=torch.float64)
-    draws = per_sample_normal(seed, range(n), steps + 1, (2,)).double()
-    x = torch.zeros(n, 2, dtype=torch.float64) if kernel.POINT_MASS else draws[:, 0]
-    noise = draws if kernel.POINT_MASS else draws[:, 1:]
-    path, drift_norm = [x], []
+    times, path, drift_norm = [], [], []
+
+    def observe(info) -> None:
+        times.append(info.t)
+        path.append(info.x.clone())
+        drift_norm.append(info.drift.norm(dim=1).mean().item())
+
     with torch.no_grad():
-        for k in range(steps):
-            h = (times[k + 1] - times[k]).item()
-            m = model(x * plan.in_scale[k], plan.tau[k].expand(n))
-            drift = ((plan.a[k] - 1) * x + plan.b[k] * m) / h
-            drift_norm.append(drift.norm(dim=1).mean().item())
-            x = plan.a[k] * x + plan.b[k] * m + plan.c[k] * noise[:, k]
-            path.append(x)
-    return times.numpy(), torch.stack(path).numpy(), np.array(drift_norm)
+        end = sample(model, (n, 2), schedule=schedule, steps=steps, integrator="euler", grid=grid, seed=seed,
+                     dtype=torch.float64, callback=observe)
+    return np.array([*times, 1.0]), torch.stack([*path, end]).numpy(), np.array(drift_norm)
 
 
 def plot_drift(names: Sequence[str], steps: int = 64, n: int = 512, seed: int = 0):
     """k(t) of Gaussian data (zero for the lazy schedules) and the mean drift norm along paths
     of a 2D Gaussian mixture (exact model) and of two moons (the shipped model)."""
-    from derive import derive
-
-    specs = _specs(names)
-    ts = np.linspace(1e-3, 1 - 1e-3, 400)
+    schedules = _schedules(names)
+    ts = torch.linspace(1e-3, 1 - 1e-3, 400, dtype=torch.float64)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), constrained_layout=True)
-    for index, spec in enumerate(specs):
-        style = dict(color=PALETTE[index % len(PALETTE)], linestyle=STYLES[index % len(STYLES)], label=spec.name,
+    for index, schedule in enumerate(schedules):
+        style = dict(color=PALETTE[index % len(PALETTE)], linestyle=STYLES[index % len(STYLES)], label=schedule.name,
                      linewidth=2.2)
-        axes[0].plot(ts, _numeric(derive(spec).gaussian_drift, ts), **style)
+        # data N(0, v I): eta_X = v beta x / (alpha^2 + v beta^2), so b = k x with k = K_x + K_e v beta / r
+        v, var = schedule.values(ts), _data_var(schedule)
+        k_x, k_e = schedule.drift(ts)
+        axes[0].plot(ts.numpy(), (k_x + k_e * var * v.beta / (v.alpha**2 + var * v.beta**2)).numpy(), **style)
         for ax, model in ((axes[1], _gmm_model()), (axes[2], _moons_model())):
-            times, _, norms = _trajectories(model, spec.name, steps, n, seed)
+            times, _, norms = _trajectories(model, schedule, steps, n, seed)
             ax.plot(times[:-1], norms, **style)
     axes[0].set_title("Gaussian data: drift coefficient k(t)")
     axes[0].set_ylabel("k(t), drift b = k(t) x")
@@ -168,17 +144,18 @@ def plot_drift(names: Sequence[str], steps: int = 64, n: int = 512, seed: int = 
 def plot_trajectories(names: Sequence[str], data: str = "gmm", steps: int = 16, n: int = 48, seed: int = 0):
     """2D sample paths from the same seeds under each schedule, side by side (each in its own frame)."""
     if data not in ("gmm", "moons"):
-        raise ValueError(f"--data must be gmm or moons, got {data!r}")
-    specs = _specs(names)
+        raise LazyflowError(f"--data must be gmm or moons, got {data!r}")
+    schedules = _schedules(names)
     model = _gmm_model() if data == "gmm" else _moons_model()
-    fig, axes = plt.subplots(1, len(specs), figsize=(4.6 * len(specs), 4.6), constrained_layout=True, squeeze=False)
-    for ax, spec in zip(axes[0], specs):
-        times, path, _ = _trajectories(model, spec.name, steps, n, seed)
+    fig, axes = plt.subplots(1, len(schedules), figsize=(4.6 * len(schedules), 4.6), constrained_layout=True,
+                             squeeze=False)
+    for ax, schedule in zip(axes[0], schedules):
+        times, path, _ = _trajectories(model, schedule, steps, n, seed)
         for i in range(n):
             ax.plot(path[:, i, 0], path[:, i, 1], color=PALETTE[0], alpha=0.35, linewidth=0.8)
         ax.scatter(path[0, :, 0], path[0, :, 1], s=10, color=PALETTE[1], label="start", zorder=3)
         ax.scatter(path[-1, :, 0], path[-1, :, 1], s=10, color=PALETTE[5], label="end", zorder=3)
-        ax.set_title(f"{spec.name} ({steps} Euler steps)")
+        ax.set_title(f"{schedule.name} ({steps} Euler steps)")
         ax.set_xlabel("x1")
         ax.set_ylabel("x2")
         ax.set_aspect("equal", adjustable="datalim")
@@ -191,26 +168,21 @@ def plot_trajectories(names: Sequence[str], data: str = "gmm", steps: int = 16, 
 def plot_samples(names: Sequence[str], nfes: Sequence[int], model: str = "digits", per_cell: int = 16,
                  integrators: Sequence[str] = ("euler", "multistep-pc"), seed: int = 0):
     """Digit grids: rows = (schedule, integrator), columns = NFE, same seeds everywhere."""
-    from runtime import models, sample
-    from runtime.tables import steps_for_nfe
+    from ..runtime import models
+    from ..runtime.integrators import get_integrator
+    from ..runtime.sampler import sample
 
     net = models.load(model)
     rows = [(name, integrator) for name in names for integrator in integrators]
-    side = int(np.ceil(np.sqrt(per_cell)))
     fig, axes = plt.subplots(len(rows), len(nfes), figsize=(1.9 * len(nfes) + 1.5, 1.9 * len(rows)),
                              constrained_layout=True, squeeze=False)
     for r, (name, integrator) in enumerate(rows):
         for c, nfe in enumerate(nfes):
-            steps = steps_for_nfe(integrator, nfe)
+            steps = get_integrator(integrator).steps_for_nfe(nfe)
             with torch.no_grad():
                 x = sample(net, (per_cell, *net.data_shape), schedule=name, steps=steps, integrator=integrator, seed=seed)
-            images = ((x[:, 0].clamp(-1, 1) + 1) / 2).numpy()
-            canvas = np.full((side * 9 + 1, side * 9 + 1), 0.3)
-            for i, image in enumerate(images):
-                a, b = divmod(i, side)
-                canvas[1 + a * 9:1 + a * 9 + 8, 1 + b * 9:1 + b * 9 + 8] = image
             ax = axes[r][c]
-            ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1)
+            ax.imshow(tile_images(x), cmap="gray_r", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -274,13 +246,22 @@ def plot_bench(result: dict | str | Path, out: str | Path | None = None):
     return fig
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m figures.plots KIND ...``: the same as ``lazyflow plot KIND ...``."""
-    from runtime.cli import main as lazyflow_main
+def tile_images(x: torch.Tensor, columns: int | None = None) -> np.ndarray:
+    """Samples (n, C, H, W) in [-1, 1] (first channel) tiled into one array in [0, 1], 1-pixel grey borders."""
+    if x.dim() != 4:
+        raise LazyflowError(f"an image grid needs image samples (n, C, H, W), got shape {tuple(x.shape)}")
+    n, h, w = x.shape[0], x.shape[2], x.shape[3]
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    canvas = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1), 0.3)
+    images = ((x[:, 0].float().clamp(-1, 1) + 1) / 2).cpu().numpy()
+    for i in range(n):
+        r, c = divmod(i, columns)
+        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = images[i]
+    return canvas
 
 
-    return lazyflow_main(["plot", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def save_image_grid(x: torch.Tensor, path: str | Path, columns: int | None = None, zoom: int = 4) -> None:
+    """Write samples (n, C, H, W) in [-1, 1] as a PNG grid, each pixel drawn ``zoom`` x ``zoom``."""
+    canvas = tile_images(x, columns)
+    plt.imsave(path, np.kron(canvas, np.ones((zoom, zoom))), cmap="gray_r", vmin=0, vmax=1, format="png")

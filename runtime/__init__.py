@@ -1,16 +1,16 @@
 """lazyflow.runtime: sample pretrained flow models with generated kernels (PyTorch only, no SymPy).
 
-    >>> import runtime
-    >>> x = runtime.sample(model, (16, 64), schedule="pointmass", steps=8)
+    >>> from lazyflow.runtime import sample, models
+    >>> x = sample(models.load("digits"), (16, 1, 8, 8), schedule="pointmass", steps=8)
 
 Names are imported on first use, so that ``lazyflow derive`` starts without loading torch.
 """
 from importlib import import_module
 
-__all__ = ["sample", "SamplingError", "make_grid", "Uniform", "SourceUniform", "LogSNR", "EDM", "ScheduleValues"]
-
-_WHERE = {"sample": "sampler", "SamplingError": "tables", "make_grid": "grids", "Uniform": "grids",
-          "SourceUniform": "grids", "LogSNR": "grids", "EDM": "grids", "ScheduleValues": "values"}
+_WHERE = {"sample": "sampler", "SamplingError": "errors", "LazyflowError": "errors", "load_schedule": "schedule",
+          "Schedule": "schedule", "ScheduleValues": "schedule", "INTEGRATORS": "integrators", "StepInfo": "integrators",
+          "make_grid": "grids", "Uniform": "grids", "SourceUniform": "grids", "LogSNR": "grids", "EDM": "grids"}
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str):

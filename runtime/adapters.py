@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 import torch
 
+from .errors import LazyflowError
+
 __all__ = ["from_diffusers_flow"]
 
 
@@ -23,7 +25,7 @@ def from_diffusers_flow(transformer: Callable[..., Any], *, timestep_scale: floa
     ...) goes through ``sample(..., model_kwargs=...)``; use with ``source="linear"``.
     """
     if timestep_scale <= 0:
-        raise ValueError(f"timestep_scale must be positive, got {timestep_scale}")
+        raise LazyflowError(f"timestep_scale must be positive, got {timestep_scale}")
 
     def model(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         sigma = (1 - t).to(x.dtype)

@@ -1,17 +1,22 @@
-"""Benchmarks that print tables: ``lazyflow bench`` (quality at equal NFE, ours and peers side by
-side on one model) and ``lazyflow bench-overhead`` (sampler time beyond the model's own)."""
+"""The quality benchmark behind ``lazyflow bench``: every sampler at equal numbers of network
+evaluations, ours and the peers' side by side on one model, from the same initial noise.  It returns
+data (and formats tables); the command line prints and plots them."""
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
 import platform
 import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["add_bench_commands", "CountingModel", "our_methods", "run_quality_bench"]
+from .integrators import INTEGRATORS
+
+__all__ = ["CountingModel", "OurMethod", "our_methods", "run_quality_bench", "format_table", "best_by_kind",
+           "BENCH_SCHEDULES"]
+
+#: the frames the bench compares
+BENCH_SCHEDULES = ("linear", "vp", "pointmass", "linear-sde", "vp-sde")
 
 
 class CountingModel:
@@ -42,8 +47,8 @@ class OurMethod:
 def our_methods(full: bool = True) -> list[OurMethod]:
     """The samplers the bench compares: each schedule with each integrator and grid that applies."""
     methods = []
-    for schedule in ("linear", "vp", "pointmass", "linear-sde", "vp-sde"):
-        for integrator in ("euler", "heun", "midpoint", "exponential", "exp-midpoint", "multistep", "multistep-pc"):
+    for schedule in BENCH_SCHEDULES:
+        for integrator in INTEGRATORS:
             if schedule == "linear" and integrator == "exponential":
                 continue  # identical to Euler on the linear schedule
             grids = ("uniform", "source", "logsnr") if full else ("uniform",)
@@ -70,12 +75,12 @@ def _row(method: str, peer: bool, stochastic: bool, budget: int, nfe: int, fd: f
 def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, include_peers: bool = True,
                       full: bool = True, log=print) -> dict:
     """Every method at every NFE budget on ``n`` samples; FD against the digits dataset."""
+    import torch
+
     from . import models
     from .metrics import bootstrap_floor, digits_fd, split_floor
     from .peers import available_peers
     from .sampler import sample
-
-    import torch
 
     model = models.load(model_name)
     shape = (n, *model.data_shape)
@@ -96,25 +101,26 @@ def _run_all(model, shape, nfes, seed, include_peers, full, log) -> list[dict]:
     """One row per (method, budget): ours, then the installed peers from the same initial noise."""
     import torch
 
+    from .errors import LazyflowError
     from .metrics import digits_fd
     from .noise import per_sample_normal
     from .peers import available_peers
-    from . import kernels
     from .sampler import sample
-    from .tables import SamplingError, steps_for_nfe
+    from .schedule import load_schedule
 
     n, rows = shape[0], []
     for method in our_methods(full):
+        integrator = INTEGRATORS[method.integrator]
         for budget in nfes:
             counter = CountingModel(model)
             start = time.perf_counter()
             try:
-                x = sample(counter, shape, schedule=method.schedule, steps=steps_for_nfe(method.integrator, budget),
+                x = sample(counter, shape, schedule=method.schedule, steps=integrator.steps_for_nfe(budget),
                            integrator=method.integrator, grid=method.grid, final_step=method.final_step, seed=seed)
                 fd, error = digits_fd(x), ""
-            except (SamplingError, ValueError) as err:
+            except LazyflowError as err:
                 fd, error = None, str(err)
-            rows.append(_row(method.name, False, kernels.load(method.schedule).STOCHASTIC, budget, counter.calls, fd,
+            rows.append(_row(method.name, False, load_schedule(method.schedule).stochastic, budget, counter.calls, fd,
                              time.perf_counter() - start, error))
         log(f"  {method.name}: " + ", ".join(f"{r['nfe']}->{_fmt(r['fd'])}" for r in rows[-len(nfes):]))
     if include_peers:
@@ -186,55 +192,3 @@ def best_by_kind(result: dict) -> str:
                 cells.append(f"{_fmt(best['fd'])} {best['method']}" if best else "-")
         lines.append(f"  nfe {budget:>3}: " + " | ".join(cells))
     return "\n".join(lines)
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    nfes = sorted({int(v) for v in args.nfe.split(",")})
-    if min(nfes) < 1:
-        raise ValueError("--nfe values must be >= 1")
-    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
-    result = run_quality_bench(args.model, nfes, args.n, args.seed, include_peers=not args.no_peers,
-                               full=not args.quick, log=log)
-    if args.json:
-        print(json.dumps(result, indent=1))
-    else:
-        print(format_table(result))
-        print(best_by_kind(result))
-    if args.save:
-        with open(args.save, "w") as handle:
-            json.dump(result, handle, indent=1)
-    if args.plot:
-        from figures.plots import plot_bench  # noqa: PLC0415
-
-        plot_bench(result, args.plot)
-    return 0
-
-
-def add_bench_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="sample quality (FD) against NFE, ours and peers side by side")
-    p.add_argument("--model", default="digits")
-    p.add_argument("--nfe", default="2,4,6,8,12,16")
-    p.add_argument("--n", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--save", default=None, help="also write the JSON result to this file")
-    p.add_argument("--plot", default=None, help="write the quality-vs-NFE plot to this PNG")
-    p.add_argument("--no-peers", action="store_true")
-    p.add_argument("--quick", action="store_true", help="uniform grids only")
-    p.set_defaults(handler=run_bench)
-
-    p = sub.add_parser("bench-overhead", help="sampler time per step beyond the model's forward, eager and compiled")
-    p.add_argument("--device", default=None)
-    p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--no-compile", action="store_true")
-    p.set_defaults(handler=run_overhead)
-
-
-def run_overhead(args: argparse.Namespace) -> int:
-    from .overhead import overhead_table
-
-    print(overhead_table(device=args.device, steps=args.steps, batch=args.batch, repeats=args.repeats,
-                         compile=not args.no_compile))
-    return 0

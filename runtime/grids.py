@@ -7,13 +7,16 @@ calls the model at the same source times whatever the target schedule.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Sequence, Union
 
 import torch
 
-__all__ = ["Uniform", "SourceUniform", "LogSNR", "EDM", "GridSpec", "make_grid", "invert_log_snr"]
+from .errors import LazyflowError
+from .schedule import Schedule
+
+__all__ = ["Uniform", "SourceUniform", "LogSNR", "EDM", "GridSpec", "GRIDS", "make_grid"]
 
 
 @dataclass(frozen=True)
@@ -45,52 +48,46 @@ class EDM:
 
 
 GridSpec = Union[str, Uniform, SourceUniform, LogSNR, EDM, Sequence[float], torch.Tensor]
-_NAMED = {"uniform": Uniform(), "source": SourceUniform(), "logsnr": LogSNR(), "edm": EDM()}
+#: the named grids (the CLI's choices)
+GRIDS = {"uniform": Uniform(), "source": SourceUniform(), "logsnr": LogSNR(), "edm": EDM()}
 
 
-def invert_log_snr(log_snr_fn, target: torch.Tensor, iterations: int = 80) -> torch.Tensor:
-    """t in [0, 1] with log_snr_fn(t) = target, by vectorised bisection (log snr increasing)."""
-    lo = torch.zeros_like(target)
-    hi = torch.ones_like(target)
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        below = log_snr_fn(mid) < target
-        lo = torch.where(below, mid, lo)
-        hi = torch.where(below, hi, mid)
-    return (lo + hi) / 2
-
-
-def make_grid(kernel: ModuleType, steps: int, grid: GridSpec = "uniform") -> torch.Tensor:
-    """An increasing float64 CPU tensor of ``steps + 1`` times from the start (0) to 1."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+def make_grid(target: Schedule, source: Schedule, steps: int, grid: GridSpec = "uniform") -> torch.Tensor:
+    """An increasing float64 CPU tensor of ``steps + 1`` times of ``target`` from the start (0) to 1
+    (MATH.md §7); ``source`` is the model's schedule (for the ``source`` grid)."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise LazyflowError(f"steps must be an integer >= 1, got {steps!r}")
+    steps = int(steps)
     if isinstance(grid, str):
-        if grid not in _NAMED:
-            raise ValueError(f"unknown grid {grid!r}; choose one of {', '.join(_NAMED)} or give a sequence of times")
-        grid = _NAMED[grid]
+        if grid not in GRIDS:
+            raise LazyflowError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)} or give a sequence of times")
+        grid = GRIDS[grid]
     if isinstance(grid, Uniform):
         return torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     if isinstance(grid, (LogSNR, EDM, SourceUniform)):
         if isinstance(grid, SourceUniform):
-            lam = kernel.source_log_snr(torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64))
+            lam = source.log_snr(torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64))
         elif isinstance(grid, LogSNR):
             if not grid.lo < grid.hi:
-                raise ValueError(f"logsnr grid needs lo < hi, got {grid}")
+                raise LazyflowError(f"logsnr grid needs lo < hi, got {grid}")
             lam = torch.linspace(grid.lo, grid.hi, steps + 1, dtype=torch.float64)
         else:
             k = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
             s = (grid.sigma_max ** (1 / grid.rho) + k * (grid.sigma_min ** (1 / grid.rho) - grid.sigma_max ** (1 / grid.rho))) ** grid.rho
             lam = -torch.log(s)
-        times = invert_log_snr(kernel.log_snr, lam)
+        times = target.time_of_log_snr(lam)
         times[0], times[-1] = 0.0, 1.0
         return times
-    times = torch.as_tensor(grid, dtype=torch.float64).flatten().cpu()
+    try:
+        times = torch.as_tensor(grid, dtype=torch.float64).flatten().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise LazyflowError(f"a grid is a name ({', '.join(GRIDS)}) or a sequence of times, got {grid!r}") from None
     if times.numel() != steps + 1:
-        raise ValueError(f"an explicit grid for {steps} steps needs {steps + 1} times, got {times.numel()}")
+        raise LazyflowError(f"an explicit grid for {steps} steps needs {steps + 1} times, got {times.numel()}")
     if not torch.isfinite(times).all() or (times[1:] <= times[:-1]).any():
-        raise ValueError("an explicit grid must be finite and strictly increasing")
+        raise LazyflowError("an explicit grid must be finite and strictly increasing")
     if times[0] < 0 or times[-1] > 1:
-        raise ValueError(f"an explicit grid must lie in [0, 1], got [{times[0].item()}, {times[-1].item()}]")
-    if kernel.POINT_MASS and times[0] != 0:
-        raise ValueError("a point-mass schedule starts at x = 0 at t = 0: the grid must start at 0")
+        raise LazyflowError(f"an explicit grid must lie in [0, 1], got [{times[0].item()}, {times[-1].item()}]")
+    if target.point_mass and times[0] != 0:
+        raise LazyflowError("a point-mass schedule starts at x = 0 at t = 0: the grid must start at 0")
     return times

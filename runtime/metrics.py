@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from . import data
+from .errors import LazyflowError
 from .models import load_classifier
 
 __all__ = ["frechet_distance", "digits_fd", "feature_stats", "split_floor", "bootstrap_floor"]
@@ -41,7 +42,7 @@ def _dataset_stats() -> tuple[np.ndarray, np.ndarray]:
 def digits_fd(samples: torch.Tensor) -> float:
     """Fréchet distance of ``samples`` to the whole digits dataset; NaN/inf samples are refused."""
     if not torch.isfinite(samples).all():
-        raise ValueError("samples contain NaN or inf")
+        raise LazyflowError("samples contain NaN or inf")
     return frechet_distance(*feature_stats(samples.reshape(len(samples), 1, 8, 8)), *_dataset_stats())
 
 

@@ -1,8 +1,9 @@
 """Models: the shipped digits velocity network and loaders for user models.
 
 ``load("digits")`` returns the embedded flow model (linear schedule, velocity prediction,
-data shape (1, 8, 8) in [-1, 1]).  A path loads a ``.safetensors`` file with a ``.json`` config
-beside it (same stem) or a TorchScript ``.pt``.  Weights never go through pickle.
+data shape (1, 8, 8) in [-1, 1]); ``load("moons")`` a 2D model for the figures.  A path loads a
+``.safetensors`` file with a ``.json`` config beside it (same stem) or a TorchScript ``.pt``.
+Weights never go through pickle; nothing here writes into the package's ``weights/`` folder.
 """
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import LazyflowError
+
 __all__ = ["VelocityMLP", "Classifier", "load", "load_classifier", "save", "WEIGHTS", "EMBEDDED"]
 
+#: the shipped weights (read-only: ``lazyflow train`` writes elsewhere)
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-#: embedded models by name
-EMBEDDED = {"digits": "digits", "moons": "moons"}
+#: names of the embedded models (each WEIGHTS/<name>.safetensors with its .json)
+EMBEDDED = ("digits", "moons")
 
 
 def time_features(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -87,11 +91,11 @@ def _from_safetensors(path: Path) -> nn.Module:
 
     config_path = path.with_suffix(".json")
     if not config_path.exists():
-        raise FileNotFoundError(f"{path} needs its config {config_path.name} beside it")
+        raise LazyflowError(f"{path} needs its config {config_path.name} beside it")
     config = json.loads(config_path.read_text())
     kind = config.get("kind")
     if kind not in _KINDS:
-        raise ValueError(f"{config_path}: unknown model kind {kind!r} (known: {', '.join(_KINDS)})")
+        raise LazyflowError(f"{config_path}: unknown model kind {kind!r} (known: {', '.join(_KINDS)})")
     signature = _KINDS[kind].__init__.__code__.co_varnames[1:_KINDS[kind].__init__.__code__.co_argcount]
     model = _KINDS[kind](**{k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in signature})
     model.load_state_dict(load_file(str(path)))
@@ -103,18 +107,19 @@ def load(name_or_path: str | Path) -> nn.Module:
     """The embedded model by name (``digits``) or a model file (.safetensors + .json, or TorchScript .pt)."""
     text = str(name_or_path)
     if text in EMBEDDED:
-        path = WEIGHTS / f"{EMBEDDED[text]}.safetensors"
-        if not path.exists():
-            raise FileNotFoundError(f"embedded model {text!r} is missing ({path}); run `lazyflow train {text}`")
-        return _from_safetensors(path)
+        return _from_safetensors(WEIGHTS / f"{text}.safetensors")
     path = Path(text)
     if not path.exists():
-        raise FileNotFoundError(f"no model {text!r}: not an embedded name ({', '.join(EMBEDDED)}) nor an existing file")
+        raise LazyflowError(f"no model {text!r}: not an embedded name ({', '.join(EMBEDDED)}) nor an existing file")
     if path.suffix == ".safetensors":
         return _from_safetensors(path)
     if path.suffix in (".pt", ".pth", ".ts"):
-        return torch.jit.load(str(path), map_location="cpu").eval()
-    raise ValueError(f"{path}: unsupported model file (use .safetensors with a .json config, or TorchScript .pt)")
+        try:
+            return torch.jit.load(str(path), map_location="cpu").eval()
+        except RuntimeError as err:
+            raise LazyflowError(f"{path}: not a TorchScript model ({str(err).splitlines()[0]}); pickled models are "
+                                "not loaded: save TorchScript, or safetensors with a .json config") from None
+    raise LazyflowError(f"{path}: unsupported model file (use .safetensors with a .json config, or TorchScript .pt)")
 
 
 def load_classifier() -> Classifier:

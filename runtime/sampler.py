@@ -1,41 +1,31 @@
-"""``sample``: run a pretrained model under any generated schedule.
+"""``sample``: run a pretrained model under any schedule.
 
-The integrators are small functions over (model, x, plan) with the noise given; each step is one
-affine update from a coefficient table built before the loop, so the loop has no host
-synchronisation and no branching on tensor values.
+The model was trained on a ``source`` schedule; the run integrates in the ``schedule`` frame with one
+of the registered integrators (:mod:`lazyflow.runtime.integrators`).  Each step is one affine update
+from a coefficient table built before the loop, so the loop has no host synchronisation and no
+branching on tensor values; NaN or inf from the model is reported after the loop, naming the step.
 """
 from __future__ import annotations
 
-import contextlib
-from types import ModuleType
+import numbers
 from typing import Any, Callable, Sequence
 
 import torch
 
-from . import kernels
+from .errors import LazyflowError, SamplingError
 from .grids import GridSpec, make_grid
+from .integrators import Callback, Plan, build_plan, get_integrator
 from .noise import per_sample_normal
-from .tables import MULTISTEP, Plan, SamplingError, build_plan
+from .progress import progress_bar
+from .schedule import Schedule, load_schedule
 
-__all__ = ["sample", "run_plan", "SamplingError", "DEFAULT_FINAL_STEP"]
+__all__ = ["sample", "run_plan", "resolve_device", "resolve_dtype", "DEFAULT_FINAL_STEP"]
 
 #: the default last step, chosen by measurement on the digits model (README: a plain step was better
 #: than returning eta_X for point-mass Euler, 8.7 against 13.4 FD at 8 NFE, and about equal elsewhere)
 DEFAULT_FINAL_STEP = "euler"
 
 Model = Callable[..., torch.Tensor]
-
-
-def _affine(x: torch.Tensor, m: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-            xi: torch.Tensor) -> torch.Tensor:
-    """x' = a x + b m + c xi."""
-    return a * x + b * m + c * xi
-
-
-def _corrector(x: torch.Tensor, m: torch.Tensor, x2: torch.Tensor, m2: torch.Tensor, a: torch.Tensor,
-               b: torch.Tensor, d: torch.Tensor, e: torch.Tensor, c: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-    """x' = a x + b m + d x~ + e m~ + c xi."""
-    return a * x + b * m + d * x2 + e * m2 + c * xi
 
 
 class _Evaluator:
@@ -67,29 +57,13 @@ class _Evaluator:
                                 f"model time {self.plan.tau[k].item():.6g})")
 
 
-def run_plan(model: Model, x: torch.Tensor, plan: Plan, noise: torch.Tensor, *, model_kwargs: dict[str, Any] | None = None,
-             compile: bool = False, progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Integrate from ``x`` along ``plan``; ``noise[:, k]`` is step k's xi (zeros for an ODE)."""
+def run_plan(model: Model, x: torch.Tensor, plan: Plan, noise: Callable[[int], torch.Tensor], *,
+             model_kwargs: dict[str, Any] | None = None, compile: bool = False, callback: Callback | None = None,
+             progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Integrate from ``x`` along ``plan``; ``noise(k)`` is step k's xi (zeros for an ODE)."""
     evaluate = _Evaluator(model, plan, model_kwargs or {})
-    affine, corrector = (torch.compile(_affine), torch.compile(_corrector)) if compile else (_affine, _corrector)
-    if plan.integrator in MULTISTEP:
-        return _run_multistep(evaluate, x, plan, noise, affine, progress)
-    for k in range(plan.steps):
-        xi = noise[:, k]
-        m = evaluate(x, plan.tau[k], plan.in_scale[k], k)
-        if plan.two_stage[k]:
-            x2 = affine(x, m, plan.a1[k], plan.b1[k], plan.c1[k], xi)
-            m2 = evaluate(x2, plan.tau2[k], plan.in_scale2[k], k)
-            x = corrector(x, m, x2, m2, plan.a[k], plan.b[k], plan.d[k], plan.e[k], plan.c[k], xi)
-        else:
-            x = affine(x, m, plan.a[k], plan.b[k], plan.c[k], xi)
-        if progress is not None:
-            progress(1)
-    return _checked(evaluate, x)
-
-
-def _checked(evaluate: _Evaluator, x: torch.Tensor) -> torch.Tensor:
-    """After the loop: refuse NaN/inf from the model (naming the step) or in the samples."""
+    ops = _compiled_ops() if compile else (_affine, _two_point)
+    x = plan.integrator.run(evaluate, x, plan, noise, ops, callback, progress)
     evaluate.raise_if_bad()
     if not torch.isfinite(x).all():
         raise SamplingError("the samples are not finite after the last step (the integrator diverged); "
@@ -97,76 +71,129 @@ def _checked(evaluate: _Evaluator, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _run_multistep(evaluate: _Evaluator, x: torch.Tensor, plan: Plan, noise: torch.Tensor, affine,
-                   progress: Callable[[int], None] | None) -> torch.Tensor:
-    """Multistep exponential steps x' = a x + b (w eta - u eta_prev) + c xi; with ``multistep-pc`` each
-    predicted point's model call also corrects the step just taken: x' = a x + b (eta + v (eta_next - eta)) + c xi."""
-    correct = plan.integrator == "multistep-pc"
-    eta_prev = torch.zeros_like(x)
-    eta = plan.p[0] * x + plan.q[0] * evaluate(x, plan.tau[0], plan.in_scale[0], 0)
-    for k in range(plan.steps):
-        xi = noise[:, k]
-        x_next = affine(x, plan.w[k] * eta - plan.u[k] * eta_prev, plan.a[k], plan.b[k], plan.c[k], xi)
-        if k + 1 < plan.steps:
-            m = evaluate(x_next, plan.tau[k + 1], plan.in_scale[k + 1], k + 1)
-            eta_next = plan.p[k + 1] * x_next + plan.q[k + 1] * m
-            if correct:
-                x_next = affine(x, eta + plan.v[k] * (eta_next - eta), plan.a[k], plan.b[k], plan.c[k], xi)
-            eta_prev, eta = eta, eta_next
-        x = x_next
-        if progress is not None:
-            progress(1)
-    return _checked(evaluate, x)
+def _affine(x, m, a, b, c, xi):
+    """x' = a x + b m + c xi."""
+    return a * x + b * m + c * xi
 
 
-def sample(model: Model, shape: Sequence[int], *, schedule: str | ModuleType = "pointmass", steps: int = 8,
+def _two_point(x, m, x2, m2, a, b, d, e, c, xi):
+    """x' = a x + b m + d x~ + e m~ + c xi."""
+    return a * x + b * m + d * x2 + e * m2 + c * xi
+
+
+def _compiled_ops():
+    return torch.compile(_affine), torch.compile(_two_point)
+
+
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "float64": torch.float64, "double": torch.float64,
+           "float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating torch dtype from a dtype or its name (``"float64"``, ``"torch.bfloat16"``, ...)."""
+    if isinstance(dtype, str):
+        key = dtype.strip().removeprefix("torch.")
+        if key not in _DTYPES:
+            raise LazyflowError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+        dtype = _DTYPES[key]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise LazyflowError(f"dtype must be a floating-point torch dtype (float32, float64, bfloat16, float16), "
+                            f"got {dtype!r}")
+    return dtype
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """A torch device that this build and machine can use, else one specific error."""
+    try:
+        device = torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError):
+        raise LazyflowError(f"unknown device {device!r} (use cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LazyflowError(f"device {str(device)!r}: this torch build or machine has no CUDA "
+                                f"(torch {torch.__version__}); use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise LazyflowError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise LazyflowError("device 'mps' is not available on this machine")
+    return device
+
+
+def _check_model_dtype(model: Model, dtype: torch.dtype) -> None:
+    """A module whose floating parameters have another dtype than the run's cannot take its inputs."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    kinds = {p.dtype for p in model.parameters() if p.dtype.is_floating_point}
+    if kinds and dtype not in kinds:
+        have = ", ".join(sorted(str(k).removeprefix("torch.") for k in kinds))
+        raise LazyflowError(f"dtype {str(dtype).removeprefix('torch.')} does not match the model's parameters ({have}): "
+                            f"pass that dtype, or convert the model with model.to(torch.{str(dtype).removeprefix('torch.')})")
+
+
+def sample(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", source: Any = "linear", steps: int = 8,
            integrator: str = "euler", final_step: str | None = None, grid: GridSpec = "uniform",
-           source: str = "linear", prediction: str = "velocity", seed: int = 0, batch_size: int | None = None,
-           device: torch.device | str | None = None, dtype: torch.dtype = torch.float32, compile: bool = False,
-           model_kwargs: dict[str, Any] | None = None, progress: bool = False) -> torch.Tensor:
+           prediction: str = "velocity", seed: int = 0, batch_size: int | None = None,
+           device: torch.device | str | None = None, dtype: torch.dtype | str = torch.float32, compile: bool = False,
+           model_kwargs: dict[str, Any] | None = None, callback: Callback | None = None,
+           progress: bool = False) -> torch.Tensor:
     """Draw ``shape[0]`` samples of shape ``shape[1:]`` from a pretrained ``model``.
 
     ``model(x, t, **model_kwargs)`` is the network trained on the ``source`` schedule, t of shape
-    (batch,) in the source's time, returning a ``prediction`` (velocity, x, noise or score).
-    The run integrates in the ``schedule`` frame (a kernel name or module) over a ``grid`` of
-    ``steps`` steps.  Sample i depends only on (seed, i).  Tensors in ``model_kwargs`` whose first
-    dimension is ``shape[0]`` are per-sample conditioning and follow their samples into each batch.
+    (batch,) in the source's time, returning a ``prediction`` (velocity, x, noise or score).  The run
+    integrates in the ``schedule`` frame over a ``grid`` of ``steps`` steps with ``integrator``.
+    ``schedule`` and ``source`` are anything :func:`load_schedule` resolves (a preset name, a .toml or
+    kernel path, a :class:`Schedule` such as ``load_schedule("sd3", shift=1.7)``).  Sample i depends
+    only on (seed, i).  Tensors in ``model_kwargs`` whose first dimension is ``shape[0]`` are
+    per-sample conditioning and follow their samples into each batch.  ``callback(StepInfo)`` sees
+    every step (t, x, eta_X, drift).  Bad input raises :class:`LazyflowError`; a run that meets NaN or
+    inf raises :class:`SamplingError` naming the step.
     """
-    kernel = kernels.load(schedule)
-    if source != kernel.SOURCE:
-        raise ValueError(f"kernel {kernel.NAME!r} was generated for source schedule {kernel.SOURCE!r}, not {source!r}; "
-                         f"emit one with `lazyflow emit --schedule ... --source {source}`")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2 or min(shape) < 1:
-        raise ValueError(f"shape must be (n, *data_shape) with positive sizes, got {shape}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    target, src = load_schedule(schedule), load_schedule(source)
+    method = get_integrator(integrator)
+    try:
+        shape = tuple(_count(s, "shape entries") for s in shape)
+    except TypeError:
+        raise LazyflowError(f"shape must be a sequence of positive integers, got {shape!r}") from None
+    if len(shape) < 2:
+        raise LazyflowError(f"shape must be (n, *data_shape) with positive sizes, got {shape}")
+    if batch_size is not None:
+        batch_size = _count(batch_size, "batch_size")
     final_step = DEFAULT_FINAL_STEP if final_step is None else final_step
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    times = make_grid(kernel, steps, grid)
-    plan = build_plan(kernel, times, integrator=integrator, final_step=final_step, prediction=prediction,
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    _check_model_dtype(model, dtype)
+    times = make_grid(target, src, steps, grid)
+    steps = times.numel() - 1
+    plan = build_plan(target, src, times, integrator=method, final_step=final_step, prediction=prediction,
                       device=device, dtype=dtype)
     n, data_shape = shape[0], shape[1:]
-    start_scale = float(kernel.schedule(times[:1])[0][0])
+    start_scale = float(target.values(times[:1]).alpha[0])
     chunk = batch_size or n
-    draws = (0 if kernel.POINT_MASS else 1) + (steps if kernel.STOCHASTIC else 0)
-    bar = _progress_bar(total=steps * ((n + chunk - 1) // chunk), enabled=progress)
+    draws = (0 if target.point_mass else 1) + (steps if target.stochastic else 0)
     outputs = []
-    with bar as update, torch.no_grad():
+    with progress_bar(steps * ((n + chunk - 1) // chunk), enabled=progress, desc="sampling") as update, torch.no_grad():
         for start in range(0, n, chunk):
             indices = range(start, min(start + chunk, n))
-            draws_cpu = per_sample_normal(seed, indices, max(draws, 1), data_shape)
-            draws_dev = draws_cpu.to(device=device, dtype=dtype)
-            if kernel.POINT_MASS:
+            draws_dev = per_sample_normal(seed, indices, max(draws, 1), data_shape).to(device=device, dtype=dtype)
+            if target.point_mass:
                 x = torch.zeros((len(indices), *data_shape), device=device, dtype=dtype)
                 step_noise = draws_dev
             else:  # I_t0 = alpha(t0) Z (exact at t0 = 0; the data term beta(t0) X is dropped if t0 > 0)
                 x, step_noise = draws_dev[:, 0] * start_scale, draws_dev[:, 1:]
-            if not kernel.STOCHASTIC:
-                step_noise = torch.zeros((len(indices), steps, *data_shape), device=device, dtype=dtype)
-            outputs.append(run_plan(model, x, plan, step_noise, model_kwargs=_chunk_kwargs(model_kwargs, n, indices),
-                                    compile=compile, progress=update))
+            if target.stochastic:
+                noise = (lambda k, s=step_noise: s[:, k])
+            else:
+                zeros = torch.zeros_like(x)
+                noise = (lambda k, z=zeros: z)
+            outputs.append(run_plan(model, x, plan, noise, model_kwargs=_chunk_kwargs(model_kwargs, n, indices),
+                                    compile=compile, callback=callback, progress=update))
     return torch.cat(outputs)
+
+
+def _count(value: Any, what: str) -> int:
+    """A positive integer (Python or NumPy), else a specific error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise LazyflowError(f"{what} must be positive integers, got {value!r}")
+    return int(value)
 
 
 def _chunk_kwargs(model_kwargs: dict[str, Any] | None, n: int, indices: range) -> dict[str, Any]:
@@ -177,17 +204,3 @@ def _chunk_kwargs(model_kwargs: dict[str, Any] | None, n: int, indices: range) -
         return dict(model_kwargs)
     return {key: value[indices.start:indices.stop] if isinstance(value, torch.Tensor) and value.dim() > 0
             and value.shape[0] == n else value for key, value in model_kwargs.items()}
-
-
-@contextlib.contextmanager
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        yield None
-        return
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional: no bar
-        yield None
-        return
-    with tqdm(total=total, desc="sampling", unit="step") as bar:
-        yield bar.update

@@ -2,6 +2,7 @@
 
 Flow matching on the linear schedule: x_t = (1 - t) z + t x, target velocity x - z, t ~ U(0, 1);
 Adam with cosine decay and an exponential moving average of the weights.  Fixed seeds; CPU.
+Weights go to the folder the caller names, never into the package's own ``weights/``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import torch
 from torch import nn
 
 from . import data
-from .models import WEIGHTS, Classifier, VelocityMLP, save
+from .models import Classifier, VelocityMLP, save
+from .progress import progress_bar
 
 __all__ = ["train_flow", "train_digits", "train_moons", "train_classifier", "DIGITS_RECIPE", "MOONS_RECIPE"]
 
@@ -33,27 +35,26 @@ def train_flow(points: torch.Tensor, *, steps: int, batch: int, lr: float, width
     averaged = copy.deepcopy(model).requires_grad_(False)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
-    bar = _bar(steps, progress, "training")
-    for _ in range(steps):
-        x = points[torch.randint(len(points), (batch,), generator=generator)]
-        z = torch.randn(x.shape, generator=generator)
-        t = torch.rand(batch, generator=generator)
-        tb = t.view(-1, *([1] * (x.dim() - 1)))
-        loss = ((model((1 - tb) * z + tb * x, t) - (x - z)) ** 2).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        with torch.no_grad():
-            for p_avg, p in zip(averaged.parameters(), model.parameters()):
-                p_avg.lerp_(p, 1 - ema)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    bar.close()
+    with progress_bar(steps, enabled=progress, desc="training") as update:
+        for _ in range(steps):
+            x = points[torch.randint(len(points), (batch,), generator=generator)]
+            z = torch.randn(x.shape, generator=generator)
+            t = torch.rand(batch, generator=generator)
+            tb = t.view(-1, *([1] * (x.dim() - 1)))
+            loss = ((model((1 - tb) * z + tb * x, t) - (x - z)) ** 2).mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            with torch.no_grad():
+                for p_avg, p in zip(averaged.parameters(), model.parameters()):
+                    p_avg.lerp_(p, 1 - ema)
+            if update is not None:
+                update(1, loss=f"{loss.item():.4f}")
     return averaged.eval()
 
 
-def train_digits(out_dir: Path = WEIGHTS, progress: bool = True, **overrides) -> Path:
+def train_digits(out_dir: Path, progress: bool = True, **overrides) -> Path:
     recipe = {**DIGITS_RECIPE, **overrides}
     start = time.time()
     model = train_flow(data.digits(), progress=progress, **recipe)
@@ -63,7 +64,7 @@ def train_digits(out_dir: Path = WEIGHTS, progress: bool = True, **overrides) ->
                  "command": "lazyflow train digits"})
 
 
-def train_moons(out_dir: Path = WEIGHTS, progress: bool = True, **overrides) -> Path:
+def train_moons(out_dir: Path, progress: bool = True, **overrides) -> Path:
     recipe = {**MOONS_RECIPE, **overrides}
     model = train_flow(data.two_moons(8000, seed=1), progress=progress, **recipe)
     return save(model, Path(out_dir) / "moons.safetensors",
@@ -71,7 +72,7 @@ def train_moons(out_dir: Path = WEIGHTS, progress: bool = True, **overrides) -> 
                  "recipe": recipe, "command": "lazyflow train moons"})
 
 
-def train_classifier(out_dir: Path = WEIGHTS, seed: int = 0, epochs: int = 60, progress: bool = True) -> Path:
+def train_classifier(out_dir: Path, seed: int = 0, epochs: int = 60, progress: bool = True) -> Path:
     """Train the digits classifier on 80% of the data; report accuracy on the other 20%."""
     torch.manual_seed(seed)
     images, labels = data.digits(), data.digits_labels()
@@ -81,34 +82,20 @@ def train_classifier(out_dir: Path = WEIGHTS, seed: int = 0, epochs: int = 60, p
     model = Classifier()
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
-    bar = _bar(epochs, progress, "classifier")
-    for _ in range(epochs):
-        perm = train_idx[torch.randperm(len(train_idx), generator=generator)]
-        for batch in perm.split(64):
-            # light augmentation: pixel noise keeps features smooth for imperfect samples
-            x = images[batch] + 0.1 * torch.randn(images[batch].shape, generator=generator)
-            loss = nn.functional.cross_entropy(model(x), labels[batch])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-        bar.update(1)
-    bar.close()
+    with progress_bar(epochs, enabled=progress, desc="classifier", unit="epoch") as update:
+        for _ in range(epochs):
+            perm = train_idx[torch.randperm(len(train_idx), generator=generator)]
+            for batch in perm.split(64):
+                # light augmentation: pixel noise keeps features smooth for imperfect samples
+                x = images[batch] + 0.1 * torch.randn(images[batch].shape, generator=generator)
+                loss = nn.functional.cross_entropy(model(x), labels[batch])
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+            if update is not None:
+                update(1)
     model.eval()
     with torch.no_grad():
         accuracy = (model(images[test_idx]).argmax(1) == labels[test_idx]).float().mean().item()
     return save(model, Path(out_dir) / "digits_classifier.safetensors",
                 {"test_accuracy": round(accuracy, 4), "split": "80/20, seed 0", "command": "lazyflow train classifier"})
-
-
-class _NoBar:
-    def update(self, n: int) -> None: ...
-    def set_postfix(self, **kw) -> None: ...
-    def close(self) -> None: ...
-
-
-def _bar(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", mininterval=1.0)

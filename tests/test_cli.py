@@ -8,7 +8,7 @@ import pytest
 import sympy as sp
 from sympy.parsing.sympy_parser import parse_expr
 
-from runtime.cli import main
+from lazyflow.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = {name: sp.Symbol(name) for name in ("t", "x", "eta_X", "eta_Z")}
@@ -75,7 +75,7 @@ def test_latex_and_text(capsys):
     (["derive", "--schedule", "missing.toml"], "does not exist"),
 ])
 def test_bad_input_is_one_line_without_traceback(argv, fragment):
-    proc = subprocess.run([sys.executable, "-m", "runtime.cli", *argv], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "lazyflow", *argv], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -6,8 +6,8 @@ import pytest
 
 matplotlib.use("Agg")
 
-from figures import plots  # noqa: E402
-from runtime.cli import main  # noqa: E402
+from lazyflow.figures import plots  # noqa: E402
+from lazyflow.cli import main  # noqa: E402
 
 
 def titles(fig):

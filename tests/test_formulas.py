@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from derive import derive, preset
-from derive.symbols import eta_X, t, x
+from lazyflow.derive import derive, preset
+from lazyflow.derive.symbols import eta_X, t, x
 
 from schedules import ALL
 
@@ -114,10 +114,24 @@ def test_gaussian_drift_general_form():
             assert num(f.gaussian_drift, t=s) == pytest.approx(expected, rel=1e-8, abs=1e-10)
 
 
+@pytest.mark.parametrize("name", ["sd3", "score-vp", "poly"])
+def test_symbolic_parameters_agree_with_their_values(name):
+    """Formulas derived with the parameters as symbols equal those derived at the values."""
+    spec = preset(name)
+    assert spec.params and spec.param_symbols
+    symbolic, at_values = derive(spec), derive(spec.substituted())
+    values = spec.param_values
+    for key in ("alpha", "beta", "d_alpha", "d_beta", "eps", "eps_star", "log_snr", "drift_x", "drift_eta",
+                "gaussian_drift"):
+        expr = getattr(symbolic, key).xreplace(values)
+        for s in POINTS:
+            assert num(expr, t=s) == pytest.approx(num(getattr(at_values, key), t=s), rel=1e-10, abs=1e-12), key
+
+
 def test_derivation_is_fast_and_cached():
     import time
 
-    from derive.formulas import derive as cached
+    from lazyflow.derive.formulas import derive as cached
     spec = preset("linear-sde")
     cached.cache_clear()
     start = time.perf_counter()

@@ -6,14 +6,30 @@ import math
 import pytest
 import torch
 
-import runtime
-from runtime import kernels, sample
-from runtime.tables import SamplingError, build_plan
-from runtime.grids import make_grid
+from lazyflow import LazyflowError, SamplingError, load_schedule, sample
+from lazyflow.runtime.frames import conversion
+from lazyflow.runtime.grids import make_grid
+from lazyflow.runtime.integrators import INTEGRATORS, build_plan
+from lazyflow.runtime.noise import per_sample_normal
 
 from exact import GMMVelocity, gaussian_velocity
 
 F64 = torch.float64
+LINEAR = load_schedule("linear")
+
+
+def plan_for(schedule, times, integrator="euler", **kwargs):
+    options = dict(final_step="euler", prediction="velocity", device="cpu", dtype=F64)
+    options.update(kwargs)
+    return build_plan(load_schedule(schedule), LINEAR, times, integrator=integrator, **options)
+
+
+def observed(schedule, model, times, **kwargs):
+    """Every step's StepInfo of a run on an explicit grid."""
+    seen = []
+    sample(model, (40, 2), schedule=schedule, steps=len(times) - 1, grid=times, dtype=F64, callback=seen.append,
+           **kwargs)
+    return seen
 
 
 def cov(x):
@@ -29,7 +45,7 @@ def test_lazy_vp_ode_is_exact_in_one_euler_step():
     x = sample(gaussian_velocity(1.0), (64, 3), schedule="vp", steps=1, dtype=F64, seed=3)
     z = sample(lambda x, t: torch.zeros_like(x), (64, 3), schedule="vp", steps=1, dtype=F64, seed=3)
     # with the zero model the same run is not the identity: it returns eta_X-driven output
-    start = runtime.noise.per_sample_normal(3, range(64), 1, (3,))[:, 0].to(F64)
+    start = per_sample_normal(3, range(64), 1, (3,))[:, 0].to(F64)
     assert torch.allclose(x, start, atol=1e-12)
     assert not torch.allclose(z, start, atol=1e-3)
 
@@ -56,22 +72,20 @@ def test_linear_sde_is_not_exact_with_few_steps():
 
 
 def test_a_generated_lazy_vp_kernel_for_other_variances(tmp_path):
-    """alpha^2 + v beta^2 = v is lazy for N(0, v I): emit it for v = 0.3 and sample in one step."""
-    import importlib.util
-
-    from derive import preset, solve_lazy
-    from derive.codegen import write_kernel
-    from derive.symbols import t
+    """alpha^2 + v beta^2 = v is lazy for N(0, v I): solve it for v = 0.3, emit it, and sample in one step,
+    from the spec (generated into the cache on first use) and from the emitted file alike."""
     import sympy as sp
 
+    from lazyflow.derive import solve_lazy
+    from lazyflow.derive.codegen import write_kernel
+    from lazyflow.derive.symbols import t
+
     spec = solve_lazy(beta=sp.sin(sp.pi * t / 2), sigma="ode", data_var=sp.Rational(3, 10), name="vp_v03")
-    path = write_kernel(spec, preset("linear"), tmp_path, command="test")
-    module_spec = importlib.util.spec_from_file_location("vp_v03", path)
-    kernel = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(kernel)
+    path = write_kernel(spec, tmp_path, command="test")
     n = 40_000
-    x = sample(gaussian_velocity(0.3), (n, 2), schedule=kernel, steps=1, dtype=F64)
+    x = sample(gaussian_velocity(0.3), (n, 2), schedule=str(path), steps=1, dtype=F64)
     assert torch.allclose(cov(x), 0.3 * torch.eye(2, dtype=F64), atol=4 * 0.3 * math.sqrt(2 / n))
+    assert torch.equal(sample(gaussian_velocity(0.3), (n, 2), schedule=spec, steps=1, dtype=F64), x)
 
 
 # --- Gaussian mixture: convergence of every preset ----------------------------------------------
@@ -107,38 +121,34 @@ def test_converted_eta_equals_the_target_frames_own():
     """eta_X in the target frame from the source model (time map, scale, parameterization) equals the
     exact eta_X computed directly with the target's alpha and beta."""
     model = GMMVelocity(WEIGHTS, MEANS, STDS)
-    gen = torch.Generator().manual_seed(0)
+    times = torch.tensor([0.0, 0.2, 0.5, 0.8, 0.97, 1.0], dtype=F64)
     for name in ("vp", "pointmass", "sd3", "score-vp", "poly"):
-        kernel = kernels.load(name)
-        times = torch.tensor([0.0, 0.2, 0.5, 0.8, 0.97, 1.0], dtype=F64)
-        plan = build_plan(kernel, times, integrator="multistep", final_step="euler", prediction="velocity",
-                          device="cpu", dtype=F64)
-        for k, s in enumerate(times[:-1].tolist()):
-            if kernel.POINT_MASS and s == 0:
-                continue
-            alpha, beta = (v.reshape(1, 1) for v in kernel.schedule(torch.tensor([s], dtype=F64))[:2])
-            x = torch.randn(50, 2, generator=gen, dtype=F64) * 1.5
-            m = model(x * plan.in_scale[k], plan.tau[k].expand(50))
-            eta = plan.p[k] * x + plan.q[k] * m
-            assert torch.allclose(eta, model.eta_x(x, alpha, beta), atol=1e-9), (name, s)
+        schedule = load_schedule(name)
+        for integrator in ("euler", "multistep"):
+            for info in observed(name, model, times, integrator=integrator):
+                if schedule.point_mass and info.t == 0:
+                    continue
+                v = schedule.values(torch.tensor([info.t], dtype=F64))
+                expected = model.eta_x(info.x, v.alpha.reshape(1, 1), v.beta.reshape(1, 1))
+                assert torch.allclose(info.eta_x, expected, atol=1e-9), (name, integrator, info.t)
 
 
 def test_converted_drift_equals_the_direct_drift():
     """The converted ODE drift in the cosine frame is the target's own velocity (alpha' eta_Z + beta' eta_X)."""
     model = GMMVelocity(WEIGHTS, MEANS, STDS)
-    kernel = kernels.load("vp")
-    times = torch.linspace(0.1, 0.9, 5, dtype=F64)
-    plan = build_plan(kernel, torch.cat([times, torch.ones(1, dtype=F64)]), integrator="euler", final_step="euler",
-                      prediction="velocity", device="cpu", dtype=F64)
-    x = torch.randn(40, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
-    for k, s in enumerate(times.tolist()):
-        h = (plan.times[k + 1] - plan.times[k]).item()
-        m = model(x * plan.in_scale[k], plan.tau[k].expand(40))
-        drift = ((plan.a[k] - 1) * x + plan.b[k] * m) / h
-        alpha, beta, d_alpha, d_beta = (v.reshape(1, 1) for v in kernel.schedule(torch.tensor([s], dtype=F64))[:4])
-        eta_x = model.eta_x(x, alpha, beta)
-        eta_z = (x - beta * eta_x) / alpha
-        assert torch.allclose(drift, d_alpha * eta_z + d_beta * eta_x, atol=1e-9)
+    schedule = load_schedule("vp")
+    times = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
+    seen = observed("vp", model, times)
+    assert [info.step for info in seen] == list(range(6))
+    for info in seen[1:]:
+        v = schedule.values(torch.tensor([info.t], dtype=F64))
+        alpha, beta, d_alpha, d_beta = (u.reshape(1, 1) for u in (v.alpha, v.beta, v.d_alpha, v.d_beta))
+        eta_x = model.eta_x(info.x, alpha, beta)
+        eta_z = (info.x - beta * eta_x) / alpha
+        assert torch.allclose(info.drift, d_alpha * eta_z + d_beta * eta_x, atol=1e-9)
+    # and the Euler step is x + h b: the next observed state
+    for info, nxt in zip(seen[1:-1], seen[2:]):
+        assert torch.allclose(nxt.x, info.x + (nxt.t - info.t) * info.drift, atol=1e-12)
 
 
 # --- convergence order ----------------------------------------------------------------------------
@@ -153,11 +163,9 @@ def test_measured_order(schedule, integrator, order):
     x(s) = c(s) sqrt(r(tau(s))) x_0 with r(tau) = (1 - tau)^2 + v tau^2 (DESIGN.md section 3).
     (The grid stops short of t = 1, where every log-snr method takes a first-order denoising step.)"""
     v, end = 0.25, 0.9
-    kernel = kernels.load(schedule)
-    s_end = torch.tensor([end], dtype=F64)
-    tau, c = kernel.time_map(s_end), kernel.scale(s_end)
+    tau, c = conversion(load_schedule(schedule), LINEAR, torch.tensor([end], dtype=F64))
     exact_factor = (c * torch.sqrt((1 - tau) ** 2 + v * tau**2)).item()
-    x0 = runtime.noise.per_sample_normal(0, range(8), 1, (2,))[:, 0].to(F64)
+    x0 = per_sample_normal(0, range(8), 1, (2,))[:, 0].to(F64)
     errors = []
     for steps in (16, 32, 64):
         grid = torch.linspace(0, end, steps + 1, dtype=F64)
@@ -191,20 +199,26 @@ def test_compile_matches_eager():
     assert torch.allclose(eager, compiled, atol=1e-5)
 
 
-def test_nfe_is_what_the_plan_says():
+@pytest.mark.parametrize("name", list(INTEGRATORS))
+@pytest.mark.parametrize("final_step", ["euler", "denoise"])
+def test_nfe_is_what_the_registry_says(name, final_step):
+    """Counted calls = the plan's NFE = the registry's accounting; steps_for_nfe never exceeds a budget."""
     calls = []
 
     def model(x, t):
         calls.append(1)
         return -x
 
-    for integrator, steps, nfe in [("euler", 5, 5), ("heun", 5, 9), ("midpoint", 4, 8), ("multistep-pc", 6, 6)]:
+    integrator, vp = INTEGRATORS[name], load_schedule("vp")
+    for steps in (1, 2, 5):
         calls.clear()
-        kernel = kernels.load("vp")
-        sample(model, (2, 2), schedule="vp", steps=steps, integrator=integrator)
-        plan = build_plan(kernel, make_grid(kernel, steps), integrator=integrator, final_step="euler",
+        sample(model, (2, 2), schedule="vp", steps=steps, integrator=name, final_step=final_step)
+        plan = build_plan(vp, LINEAR, make_grid(vp, LINEAR, steps), integrator=name, final_step=final_step,
                           prediction="velocity", device="cpu", dtype=torch.float32)
-        assert len(calls) == nfe == plan.nfe
+        assert len(calls) == plan.nfe == integrator.nfe(steps, final_step), steps
+    for budget in range(2, 17):
+        assert integrator.nfe(integrator.steps_for_nfe(budget)) <= budget
+        assert integrator.nfe(integrator.steps_for_nfe(budget) + 1) > budget
 
 
 def test_point_mass_starts_at_zero_and_calls_the_source_at_snr_zero():
@@ -219,21 +233,30 @@ def test_point_mass_starts_at_zero_and_calls_the_source_at_snr_zero():
 
 
 @pytest.mark.parametrize("kwargs, error, fragment", [
-    (dict(schedule="nope"), ValueError, "unknown schedule 'nope'"),
-    (dict(steps=0), ValueError, "steps must be an integer >= 1"),
-    (dict(integrator="rk45"), ValueError, "unknown integrator"),
-    (dict(grid="weird"), ValueError, "unknown grid"),
-    (dict(grid=[0.0, 0.7, 0.5], steps=2), ValueError, "strictly increasing"),
-    (dict(grid=[0.0, 0.5, 1.0]), ValueError, "an explicit grid for 8 steps needs 9 times, got 3"),
-    (dict(prediction="eps"), ValueError, "unknown prediction"),
-    (dict(source="vp"), ValueError, "generated for source schedule 'linear'"),
+    (dict(schedule="nope"), LazyflowError, "unknown schedule 'nope'"),
+    (dict(source="nope.toml"), LazyflowError, "schedule file 'nope.toml' does not exist"),
+    (dict(schedule="missing/kernel.py"), LazyflowError, "does not exist"),
+    (dict(schedule=3), LazyflowError, "a schedule is a name"),
+    (dict(steps=0), LazyflowError, "steps must be an integer >= 1"),
+    (dict(integrator="rk45"), LazyflowError, "unknown integrator"),
+    (dict(grid="weird"), LazyflowError, "unknown grid"),
+    (dict(grid=[0.0, 0.7, 0.5], steps=2), LazyflowError, "strictly increasing"),
+    (dict(grid=[0.0, 0.5, 1.0]), LazyflowError, "an explicit grid for 8 steps needs 9 times, got 3"),
+    (dict(prediction="eps"), LazyflowError, "unknown prediction"),
+    (dict(final_step="last"), LazyflowError, "unknown final_step"),
+    (dict(dtype="float128"), LazyflowError, "unknown dtype 'float128'"),
+    (dict(dtype=torch.int32), LazyflowError, "floating-point torch dtype"),
+    (dict(device="tpu:0"), LazyflowError, "unknown device"),
+    (dict(batch_size=0), LazyflowError, "batch_size must be positive"),
     (dict(schedule="score_vp", integrator="exponential", steps=2), None, ""),
+    (dict(source="vp", steps=2), None, ""),
+    (dict(steps=__import__("numpy").int64(3)), None, ""),
     (dict(unknown_option=1), TypeError, "unknown_option"),
 ])
 def test_bad_input(kwargs, error, fragment):
     model = gaussian_velocity(1.0)
     if error is None:
-        sample(model, (2, 2), **kwargs)
+        assert torch.isfinite(sample(model, (2, 2), **kwargs)).all()
         return
     with pytest.raises(error) as info:
         sample(model, (2, 2), **kwargs)
@@ -261,7 +284,7 @@ def test_diverging_run_is_refused_not_returned():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_runs(dtype):
     """Half-precision sampling keeps its dtype and stays finite (tables are built in float64, then cast)."""
-    from runtime.models import VelocityMLP
+    from lazyflow.runtime.models import VelocityMLP
 
     torch.manual_seed(0)
     net = VelocityMLP((2,), width=32, depth=2, time_freqs=2).to(dtype)
@@ -277,11 +300,9 @@ def test_low_precision_runs(dtype):
 ])
 def test_multistep_slope_weight_matches_its_closed_form(schedule, closed_form):
     """The quadrature weight phi = B2 / (B h) against the integrals done by hand (h = step in log snr)."""
-    kernel = kernels.load(schedule)
     times = torch.tensor([0.0, 0.1, 0.3, 0.6, 0.8, 0.95, 1.0], dtype=F64)
-    plan = build_plan(kernel, times, integrator="multistep-pc", final_step="euler", prediction="velocity",
-                      device="cpu", dtype=F64)
-    lam = kernel.log_snr(times)
+    plan = plan_for(schedule, times, "multistep-pc")
+    lam = load_schedule(schedule).log_snr(times)
     h = lam[2:-1] - lam[1:-2]
-    assert torch.allclose(plan.v[1:-1], closed_form(h), rtol=1e-8)
-    assert plan.v[0] == 1.0   # the step from snr = 0: all weight at its far end
+    assert torch.allclose(plan["v"][1:-1], closed_form(h), rtol=1e-8)
+    assert plan["v"][0] == 1.0   # the step from snr = 0: all weight at its far end

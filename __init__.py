@@ -1,0 +1,33 @@
+"""lazyflow: sample pretrained flow and diffusion models in fewer steps, in a lazy schedule.
+
+    >>> from lazyflow import sample, load_schedule
+    >>> from lazyflow.runtime import models
+    >>> x = sample(models.load("digits"), (16, 1, 8, 8), schedule="pointmass", steps=8, integrator="multistep-pc")
+
+Layers, each importing only the ones below it: ``lazyflow.derive`` (SymPy: formulas and code
+generation) -> ``lazyflow.runtime`` (PyTorch: kernels, sampler) -> ``lazyflow.figures`` (plots) ->
+``lazyflow.cli`` (the command-line shell).  Names here are imported on first use, so that
+``import lazyflow`` loads neither SymPy nor torch.
+"""
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_WHERE = {
+    "sample": "runtime.sampler", "load_schedule": "runtime.schedule", "Schedule": "runtime.schedule",
+    "ScheduleValues": "runtime.schedule", "SamplingError": "runtime.errors", "LazyflowError": "errors",
+    "INTEGRATORS": "runtime.integrators", "StepInfo": "runtime.integrators",
+}
+__all__ = ["__version__", "derive", "runtime", "figures", *_WHERE]
+
+
+def __getattr__(name: str):
+    if name in ("derive", "runtime", "figures", "cli"):
+        return import_module(f"{__name__}.{name}")
+    if name in _WHERE:
+        return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,496 @@
+"""The ``lazyflow`` command (also ``python -m lazyflow``): the shell on top of derive, runtime and figures.
+
+Every subcommand names schedules the same way (a preset, a ``.toml`` file, a kernel ``.py`` file, or
+``--alpha/--beta/--sigma`` expressions).  Refused input (:class:`LazyflowError`) prints one line on
+stderr and exits 2; anything else is a bug and keeps its traceback.  Subcommands import SymPy or torch
+only when they run, so ``lazyflow derive`` does not load torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from .errors import LazyflowError
+
+__all__ = ["main", "build_parser"]
+
+OUTPUT_SUFFIXES = (".npy", ".png", ".pt")  # raw samples, an image grid, a torch tensor
+
+
+# --- schedules: one identity for every subcommand ----------------------------------------------------
+
+def _schedule_args(p: argparse.ArgumentParser, *, default: str | None = None) -> None:
+    p.add_argument("--schedule", default=default,
+                   help="preset name, a .toml schedule or a kernel .py file" + (f" (default {default})" if default else ""))
+    p.add_argument("--alpha", help="alpha(t), e.g. 'cos(pi*t/2)' (with --beta, instead of --schedule)")
+    p.add_argument("--beta", help="beta(t), e.g. 'sin(pi*t/2)'")
+    p.add_argument("--sigma", help="ode, optimal, lazy or an expression for sigma(t)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a schedule parameter, e.g. shift=1.7 for sd3 (repeatable)")
+    p.add_argument("--data-var", default=None, help="data variance v of the Gaussian oracle (default 1)")
+    p.add_argument("--name", default=None, help="a name for a schedule given by expressions")
+
+
+def _params(items: list[str], flag: str = "--param") -> dict[str, str]:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LazyflowError(f"{flag} expects NAME=VALUE, got {item!r}")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def _numbers(params: dict[str, str], flag: str) -> dict[str, float]:
+    try:
+        return {key: float(value) for key, value in params.items()}
+    except ValueError:
+        raise LazyflowError(f"{flag}: values must be numbers, got {params}") from None
+
+
+def schedule_spec(args: argparse.Namespace):
+    """The ScheduleSpec the schedule arguments name (SymPy)."""
+    from .derive import ScheduleSpec, from_expressions, parse_expression, resolve
+    from .derive.schedule import DIFFUSION_KEYWORDS
+    from .derive.symbols import v
+
+    if args.schedule and (args.alpha or args.beta):
+        raise LazyflowError("give either --schedule or --alpha/--beta, not both")
+    params = _params(args.param)
+    if args.schedule:
+        spec = resolve(args.schedule)
+        if params:
+            spec = spec.bind(**_numbers(params, "--param"))
+        if args.sigma:
+            sigma = args.sigma.strip()
+            if sigma in DIFFUSION_KEYWORDS:
+                spec = spec.with_diffusion(sigma)
+            else:
+                symbols = {name: symbol for name, symbol in spec.param_symbols.items()}
+                spec = spec.with_diffusion("sigma", parse_expression(sigma, symbols, what="sigma"))
+    elif args.alpha and args.beta:
+        spec = from_expressions(args.alpha, args.beta, args.sigma or "ode", params=params, name=args.name or "custom")
+    else:
+        raise LazyflowError("give --schedule NAME, or both --alpha and --beta")
+    if args.data_var is not None:
+        spec = ScheduleSpec(spec.name, spec.alpha, spec.beta, spec.diffusion, spec.sigma,
+                            v if args.data_var.strip() == "v" else _data_var(args.data_var),
+                            spec.params, spec.boundary_tol, spec.description)
+    return spec
+
+
+def _data_var(text: str):
+    from .derive import parse_expression
+
+    value = parse_expression(text, {}, variables={}, what="--data-var")
+    if not value.is_number or not value.is_positive:
+        raise LazyflowError(f"--data-var must be a positive number or v, got {text!r}")
+    return value
+
+
+def schedule(args: argparse.Namespace):
+    """The runtime Schedule the schedule arguments name; SymPy only for expressions, TOML files or a
+    changed diffusion (generated once into the user cache)."""
+    from .runtime.schedule import load_schedule
+
+    if args.alpha or args.beta or args.sigma or args.data_var is not None:
+        return load_schedule(schedule_spec(args))
+    return load_schedule(args.schedule, **_numbers(_params(args.param), "--param"))
+
+
+# --- derive, lazy, convert, emit -------------------------------------------------------------------
+
+def _output_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--json", action="store_true", help="one JSON object of SymPy-parsable strings")
+    group.add_argument("--latex", action="store_true", help="print LaTeX")
+
+
+def _print_formulas(values: dict, args: argparse.Namespace, notes: list[str] = ()) -> None:
+    import sympy as sp
+
+    if args.json:
+        print(json.dumps({k: sp.sstr(e) for k, e in values.items()}, indent=2))
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        return
+    width = max(map(len, values))
+    for key, expr in values.items():
+        print(f"{key.ljust(width)} = {sp.latex(expr) if args.latex else sp.sstr(expr)}")
+    for note in notes:
+        print(f"note: {note}")
+
+
+def run_derive(args: argparse.Namespace) -> int:
+    from .derive import derive, validate
+
+    spec = schedule_spec(args).substituted()
+    report = validate(spec) if not spec.data_var.free_symbols else None
+    notes = [f"{spec.name}: {report.kind} schedule; snr monotone {report.snr_monotone}", *report.notes] if report else []
+    _print_formulas(derive(spec).as_dict(), args, notes)
+    return 0
+
+
+def run_lazy(args: argparse.Namespace) -> int:
+    from .derive import derive, parse_expression, solve_lazy
+
+    def expr(text: str | None, what: str):
+        return None if text is None else parse_expression(text, {}, what=what)
+
+    sigma = args.sigma
+    if sigma is not None and sigma.strip() not in ("ode", "optimal"):
+        sigma = expr(sigma, "sigma")
+    elif sigma is not None:
+        sigma = sigma.strip()
+    data_var = args.data_var.strip()
+    if data_var == "v":
+        from .derive.symbols import v as data_var
+    else:
+        data_var = _data_var(data_var)
+    spec = solve_lazy(expr(args.alpha, "alpha"), expr(args.beta, "beta"), sigma, data_var=data_var)
+    f = derive(spec)
+    _print_formulas({"alpha": f.alpha, "beta": f.beta, "sigma": f.sigma}, args,
+                    [f"zero drift on data N(0, {spec.data_var} I); diffusion: {spec.diffusion}"])
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from .derive import convert, derive, resolve
+
+    source, target = resolve(args.source).substituted(), resolve(args.target).substituted()
+    conv = convert(source, target)
+    if conv.closed_form:
+        values = {"time_map": conv.time_map, "scale": conv.scale, "diffusion": conv.target_eps(derive(source).eps)}
+        notes = [f"source time tau = time_map(t) of {source.name!r} for target time t of {target.name!r}; "
+                 f"diffusion is the target eps corresponding to the source's ({source.diffusion})"]
+    else:
+        values = {"source_log_snr": conv.source_log_snr, "target_log_snr": conv.target_log_snr}
+        notes = [f"{conv.note}: tau(t) solves source_log_snr(tau) = target_log_snr(t), found by bisection at run "
+                 "time; scale c = (alpha + beta)_target(t) / (alpha + beta)_source(tau)"]
+    _print_formulas(values, args, notes)
+    return 0
+
+
+def _emit_command(args: argparse.Namespace) -> str:
+    """The command that regenerates an emitted kernel (written into its header)."""
+    words = ["lazyflow", "emit"]
+    if args.schedule:
+        words += ["--schedule", args.schedule]
+    else:
+        words += ["--alpha", args.alpha, "--beta", args.beta]
+    for item in args.param:
+        words += ["--param", item]
+    if args.sigma:
+        words += ["--sigma", args.sigma]
+    if args.data_var is not None:
+        words += ["--data-var", args.data_var]
+    if args.name:
+        words += ["--name", args.name]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def run_emit(args: argparse.Namespace) -> int:
+    from .derive.codegen import write_kernel
+
+    spec = schedule_spec(args)
+    path = write_kernel(spec, args.out_dir, name=args.name or spec.name, command=_emit_command(args), force=args.force)
+    print(f"wrote {path}")
+    return 0
+
+
+# --- sample, train -------------------------------------------------------------------------------
+
+def parse_grid(text: str):
+    """A named grid or comma-separated explicit times."""
+    if "," in text:
+        try:
+            return [float(v) for v in text.split(",")]
+        except ValueError:
+            raise LazyflowError(f"--grid: cannot read {text!r} as comma-separated times") from None
+    return text
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .runtime import models
+    from .runtime.sampler import sample
+    from .runtime.schedule import load_schedule
+
+    out = Path(args.out)
+    if out.suffix not in OUTPUT_SUFFIXES:
+        raise LazyflowError(f"--out must end in .npy, .png or .pt, got {out.name!r}")
+    if args.num_samples < 1:
+        raise LazyflowError(f"--num-samples must be >= 1, got {args.num_samples}")
+    target = schedule(args)
+    model = models.load(args.model)
+    meta = getattr(model, "metadata", {})
+    source = load_schedule(args.source or meta.get("schedule", "linear"),
+                           **_numbers(_params(args.source_param, "--source-param"), "--source-param"))
+    if args.shape:
+        try:
+            shape = tuple(int(s) for s in args.shape.split(","))
+        except ValueError:
+            raise LazyflowError(f"--shape: cannot read {args.shape!r} as comma-separated sizes") from None
+    elif hasattr(model, "data_shape"):
+        shape = tuple(model.data_shape)
+    else:
+        raise LazyflowError("--shape is needed for this model (its data shape is not recorded)")
+    if args.device:
+        model = model.to(args.device)
+    x = sample(model, (args.num_samples, *shape), schedule=target, source=source, steps=args.steps,
+               integrator=args.integrator, final_step=args.final_step, grid=parse_grid(args.grid),
+               prediction=args.prediction or meta.get("prediction", "velocity"), seed=args.seed,
+               batch_size=args.batch_size, device=args.device, compile=args.compile,
+               progress=args.num_samples * args.steps > 2000)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    x = x.float().cpu()
+    if out.suffix == ".npy":
+        np.save(out, x.numpy())
+    elif out.suffix == ".pt":
+        torch.save(x, out)
+    else:
+        from .figures.plots import save_image_grid
+
+        save_image_grid(x, out)
+    print(f"wrote {out} ({args.num_samples} samples of shape {tuple(shape)}, schedule {target.describe()}, "
+          f"{args.steps} steps, {args.integrator}, grid {args.grid})")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .runtime import train
+
+    overrides = {"steps": args.steps} if args.steps else {}
+    if args.what == "digits":
+        path = train.train_digits(args.out_dir, **overrides)
+    elif args.what == "moons":
+        path = train.train_moons(args.out_dir, **overrides)
+    else:
+        path = train.train_classifier(args.out_dir)
+    print(f"wrote {path} and {path.with_suffix('.json').name}")
+    card = json.loads(path.with_suffix(".json").read_text())
+    print(json.dumps({k: v for k, v in card.items() if k in ("test_accuracy", "train_seconds")}))
+    return 0
+
+
+# --- bench, plot -------------------------------------------------------------------------------------
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .runtime.bench import best_by_kind, format_table, run_quality_bench
+
+    try:
+        nfes = sorted({int(v) for v in args.nfe.split(",")})
+    except ValueError:
+        raise LazyflowError(f"--nfe: cannot read {args.nfe!r} as comma-separated integers") from None
+    if min(nfes) < 1:
+        raise LazyflowError("--nfe values must be >= 1")
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    result = run_quality_bench(args.model, nfes, args.n, args.seed, include_peers=not args.no_peers,
+                               full=not args.quick, log=log)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(format_table(result))
+        print(best_by_kind(result))
+    if args.save:
+        Path(args.save).write_text(json.dumps(result, indent=1))
+    if args.plot:
+        _save_figure(_figures().plot_bench(result), args.plot)
+    return 0
+
+
+def run_overhead(args: argparse.Namespace) -> int:
+    from .runtime.overhead import overhead_table
+
+    print(overhead_table(device=args.device, steps=args.steps, batch=args.batch, repeats=args.repeats,
+                         compile=not args.no_compile))
+    return 0
+
+
+def _figures():
+    from .figures import plots
+
+    return plots
+
+
+def _save_figure(fig, out: str) -> None:
+    import matplotlib.pyplot as plt
+
+    path = Path(out)
+    if path.suffix.lower() != ".png":
+        raise LazyflowError(f"--out must be a .png file, got {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    plots = _figures()
+    names = [n.strip() for n in getattr(args, "schedules", "").split(",") if n.strip()]
+    if args.kind == "schedules":
+        fig = plots.plot_schedules(names, source=args.source)
+    elif args.kind == "drift":
+        fig = plots.plot_drift(names, steps=args.steps)
+    elif args.kind == "trajectories":
+        fig = plots.plot_trajectories(names, data=args.data, steps=args.steps)
+    elif args.kind == "samples":
+        fig = plots.plot_samples(names, [int(v) for v in args.nfe.split(",")], model=args.model,
+                                 integrators=[i.strip() for i in args.integrators.split(",")])
+    else:
+        try:
+            result = json.loads(Path(args.source_json).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise LazyflowError(f"--from {args.source_json}: cannot read a bench result ({err})") from None
+        if not isinstance(result, dict) or "rows" not in result:
+            raise LazyflowError(f"--from {args.source_json}: not a bench result (written by lazyflow bench --save)")
+        fig = plots.plot_bench(result)
+    _save_figure(fig, args.out)
+    return 0
+
+
+# --- the parser ------------------------------------------------------------------------------------
+
+class _Registry:
+    """Choices read from a runtime registry when argparse first checks a value, so that building the
+    parser (and ``lazyflow derive``) does not import torch."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def _names(self) -> list[str]:
+        from importlib import import_module
+
+        return list(getattr(import_module(f"{__package__}.runtime.{self.module}"), self.name))
+
+    def __contains__(self, value) -> bool:
+        return value in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lazyflow", description="Sample pretrained flow models in fewer steps "
+                                     "by integrating them in a lazy schedule.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("derive", help="derive the formulas of a schedule")
+    _schedule_args(p)
+    _output_args(p)
+    p.set_defaults(handler=run_derive)
+
+    p = sub.add_parser("lazy", help="solve the zero-drift condition for the missing one of alpha, beta, sigma")
+    p.add_argument("--alpha")
+    p.add_argument("--beta")
+    p.add_argument("--sigma", help="ode, optimal, or an expression for sigma(t)")
+    p.add_argument("--data-var", default="1", help="data variance v (a number, or v for a symbol)")
+    _output_args(p)
+    p.set_defaults(handler=run_lazy)
+
+    p = sub.add_parser("convert", help="time map and scale from a target schedule to a source schedule")
+    p.add_argument("--source", required=True, help="schedule the model was trained on (preset, .toml or kernel .py)")
+    p.add_argument("--target", required=True, help="schedule to sample in (preset, .toml or kernel .py)")
+    _output_args(p)
+    p.set_defaults(handler=run_convert)
+
+    p = sub.add_parser("emit", help="generate a PyTorch kernel module for a schedule")
+    _schedule_args(p)
+    p.add_argument("--out-dir", default=".", help="folder to write <name>.py into (default: the current directory)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(handler=run_emit)
+
+    p = sub.add_parser("sample", help="sample a pretrained model in few steps")
+    p.add_argument("--model", default="digits", help="embedded model name (digits) or a model file")
+    _schedule_args(p, default="pointmass")
+    p.add_argument("--source", default=None, help="schedule the model was trained on (default: the model's own, "
+                                                  "else linear)")
+    p.add_argument("--source-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a parameter of the source schedule, e.g. shift=3 (repeatable)")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--integrator", default="euler", choices=_Registry("integrators", "INTEGRATORS"), metavar="NAME",
+                   help="euler, heun, midpoint, exponential, exp-midpoint, multistep, multistep-pc (default euler)")
+    p.add_argument("--final-step", default=None, choices=("euler", "denoise"))
+    p.add_argument("--grid", default="uniform", help="uniform, source, logsnr, edm, or comma-separated times")
+    p.add_argument("--prediction", default=None, choices=("velocity", "x", "noise", "score"),
+                   help="the model's output (default: the model's own, else velocity)")
+    p.add_argument("--shape", default=None, help="data shape, e.g. 1,8,8 (default: the model's own)")
+    p.add_argument("--num-samples", "--n", dest="num_samples", type=int, default=64, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile the step")
+    p.add_argument("--out", required=True, help="FILE.npy (raw samples), FILE.png (image grid) or FILE.pt")
+    p.set_defaults(handler=run_sample)
+
+    p = sub.add_parser("train", help="reproduce an embedded model's weights")
+    p.add_argument("what", choices=["digits", "moons", "classifier"])
+    p.add_argument("--out-dir", default=".", help="folder for the weights (default: the current directory)")
+    p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
+    p.set_defaults(handler=run_train)
+
+    p = sub.add_parser("bench", help="sample quality (FD) against NFE, ours and peers side by side")
+    p.add_argument("--model", default="digits")
+    p.add_argument("--nfe", default="2,4,6,8,12,16")
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--save", default=None, help="also write the JSON result to this file")
+    p.add_argument("--plot", default=None, help="write the quality-vs-NFE plot to this PNG")
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--quick", action="store_true", help="uniform grids only")
+    p.set_defaults(handler=run_bench)
+
+    p = sub.add_parser("bench-overhead", help="sampler time per step beyond the model's forward, eager and compiled")
+    p.add_argument("--device", default=None)
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-compile", action="store_true")
+    p.set_defaults(handler=run_overhead)
+
+    p = sub.add_parser("plot", help="draw comparison figures")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="PNG file to write")
+    common.add_argument("--schedules", default="linear,vp,pointmass",
+                        help="comma-separated presets, .toml or kernel .py files")
+    q = kinds.add_parser("schedules", parents=[common], help="alpha, beta, log snr, sigma, eps*, time map, scale")
+    q.add_argument("--source", default="linear")
+    q = kinds.add_parser("drift", parents=[common], help="Gaussian drift and drift norm along 2D paths")
+    q.add_argument("--steps", type=int, default=64)
+    q = kinds.add_parser("trajectories", parents=[common], help="2D sample paths side by side")
+    q.add_argument("--data", default="gmm", choices=["gmm", "moons"])
+    q.add_argument("--steps", type=int, default=16)
+    q = kinds.add_parser("samples", parents=[common], help="digit grids: rows schedule/integrator, columns NFE")
+    q.add_argument("--model", default="digits")
+    q.add_argument("--nfe", default="2,4,8,16")
+    q.add_argument("--integrators", default="euler,multistep-pc")
+    q = kinds.add_parser("bench", help="quality against NFE from a bench JSON")
+    q.add_argument("--from", dest="source_json", required=True, help="JSON written by lazyflow bench --save")
+    q.add_argument("--out", required=True)
+    p.set_defaults(handler=run_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; refused input prints one line on stderr and exits 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except LazyflowError as err:
+        print(f"lazyflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lazyflow: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""What a step needs at a set of times: the source model's time and input scale, eta_X and the drift
+as affine functions of the state x and the network output m (derive/MATH.md §2-3).
+
+The model was trained on the ``source`` schedule; the sampler integrates in the ``target`` schedule.
+At target time t the model is called at source time tau(t) (snr_source(tau) = snr_target(t)) on
+x / c(t), with c = (alpha + beta)_target(t) / (alpha + beta)_source(tau).  Then
+eta_X = P x + Q m with P = p(tau) / c, Q = q(tau), and the drift b = K_x x + K_e eta_X is
+b = F x + G m with F = K_x + K_e P, G = K_e Q.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .schedule import Schedule
+
+__all__ = ["Frame", "frame", "conversion"]
+
+
+def conversion(target: Schedule, source: Schedule, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tau, c) at target times t, composed from the two kernels (the identity for the same path)."""
+    if target.same_path(source):
+        return t.clone(), torch.ones_like(t)
+    tau = source.time_of_log_snr(target.log_snr(t))
+    now, then = target.values(t), source.values(tau)
+    return tau, (now.alpha + now.beta) / (then.alpha + then.beta)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Per-time coefficients; ``zero`` marks the point-mass start, where x = 0."""
+
+    t: torch.Tensor
+    tau: torch.Tensor
+    in_scale: torch.Tensor
+    P: torch.Tensor
+    Q: torch.Tensor
+    F: torch.Tensor
+    G: torch.Tensor
+    K_x: torch.Tensor
+    K_e: torch.Tensor
+    sigma: torch.Tensor
+    zero: torch.Tensor
+
+
+def frame(target: Schedule, source: Schedule, prediction: str, t: torch.Tensor, *,
+          ode: torch.Tensor | None = None) -> Frame:
+    """The :class:`Frame` at times t; where ``ode`` is set, the drift and sigma of the probability-flow ODE."""
+    ode = torch.zeros_like(t, dtype=torch.bool) if ode is None else ode
+    tau, c = conversion(target, source, t)
+    zero = (t <= 0) & target.point_mass
+    in_scale = torch.where(zero, torch.zeros_like(c), 1 / c)
+    p, q = source.eta(prediction, tau)
+    P = torch.where(zero, torch.zeros_like(p), p * in_scale)
+    K_x, K_e = target.drift(t)
+    if ode.any():
+        K_x0, K_e0 = target.drift(t, ode=True)
+        K_x, K_e = torch.where(ode, K_x0, K_x), torch.where(ode, K_e0, K_e)
+    sigma = torch.where(ode, torch.zeros_like(t), target.values(t).sigma)
+    F = torch.where(zero, torch.zeros_like(K_x), K_x + K_e * P)
+    return Frame(t, tau, in_scale, P, q, F, K_e * q, K_x, K_e, sigma, zero)

@@ -1,0 +1,272 @@
+"""One schedule identity for the whole runtime: ``load_schedule`` and the :class:`Schedule` it returns.
+
+A schedule is named the same way everywhere (``sample``, the CLI, figures, bench): a preset name
+(``linear``, ``pointmass``, ...: the kernels shipped in ``runtime/kernels``), the path of a kernel
+file written by ``lazyflow emit``, the path of a ``.toml`` schedule, a ``ScheduleSpec`` or a dict of
+expressions.  A TOML or expression schedule without a kernel is generated once into the user cache
+(:func:`cache_dir`), keyed by a hash of its parsed spec and the generator version, so an edited file
+never meets a stale kernel; only that step needs SymPy.  Parameters (sd3's ``shift``, ...) are
+run-time arguments: ``load_schedule("sd3", shift=1.7)`` needs no new file.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Mapping
+
+import torch
+
+from . import kernels
+from .errors import LazyflowError
+
+__all__ = ["Schedule", "ScheduleValues", "load_schedule", "cache_dir", "invert_log_snr", "PREDICTIONS"]
+
+PREDICTIONS = ("velocity", "x", "noise", "score")
+
+
+@dataclass(frozen=True)
+class ScheduleValues:
+    """alpha, beta, their derivatives and sigma of a schedule at times ``t`` (tensors of one shape)."""
+
+    t: torch.Tensor
+    alpha: torch.Tensor
+    beta: torch.Tensor
+    d_alpha: torch.Tensor
+    d_beta: torch.Tensor
+    sigma: torch.Tensor
+
+    @property
+    def snr(self) -> torch.Tensor:
+        """beta / alpha."""
+        return self.beta / self.alpha
+
+    @property
+    def eps(self) -> torch.Tensor:
+        """sigma^2 / 2."""
+        return self.sigma**2 / 2
+
+    @property
+    def eps_star(self) -> torch.Tensor:
+        """The optimal diffusion alpha^2 (log snr)' = alpha^2 beta'/beta - alpha alpha' (MATH.md §1)."""
+        return self.alpha**2 * self.d_beta / self.beta - self.alpha * self.d_alpha
+
+
+def invert_log_snr(log_snr_fn, target: torch.Tensor, iterations: int = 80) -> torch.Tensor:
+    """t in [0, 1] with log_snr_fn(t) = target, by vectorised bisection (log snr is increasing)."""
+    lo = torch.zeros_like(target)
+    hi = torch.ones_like(target)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        below = log_snr_fn(mid) < target
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return (lo + hi) / 2
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A kernel module with its parameters bound: the schedule's values and derivatives at any times.
+
+    Build it with :func:`load_schedule`.  Two schedules are equal when they use the same kernel with
+    the same parameters."""
+
+    kernel: ModuleType
+    params: tuple[tuple[str, float], ...] = ()
+    origin: str = ""
+
+    # --- what the kernel says about itself ----------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.kernel.NAME
+
+    @property
+    def stochastic(self) -> bool:
+        return bool(self.kernel.STOCHASTIC)
+
+    @property
+    def point_mass(self) -> bool:
+        return bool(self.kernel.POINT_MASS)
+
+    @property
+    def singular_start(self) -> bool:
+        return bool(self.kernel.SINGULAR_START)
+
+    @property
+    def has_exponential(self) -> bool:
+        return self.kernel.exponential is not None
+
+    def describe(self) -> str:
+        """``name`` plus its parameters, e.g. ``sd3(shift=1.7)``."""
+        if not self.params:
+            return self.name
+        return f"{self.name}(" + ", ".join(f"{k}={v:g}" for k, v in self.params) + ")"
+
+    def with_params(self, **values: float) -> "Schedule":
+        """The same kernel with some parameters changed (checked numerically on (0, 1))."""
+        if not values:
+            return self
+        known = dict(self.kernel.PARAMS)
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            have = ", ".join(known) or "none"
+            raise LazyflowError(f"schedule {self.name!r} has no parameter {', '.join(map(repr, unknown))} "
+                                f"(its parameters: {have})")
+        merged = dict(self.params)
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise LazyflowError(f"parameter {key!r} of {self.name!r} must be a finite number, got {value!r}")
+            merged[key] = float(value)
+        bound = Schedule(self.kernel, tuple(sorted(merged.items())), self.origin)
+        bound.check_numerically()
+        return bound
+
+    @property
+    def _kw(self) -> dict[str, float]:
+        return dict(self.params)
+
+    # --- values -----------------------------------------------------------------------------------
+    def values(self, t: torch.Tensor) -> ScheduleValues:
+        """alpha, beta, alpha', beta', sigma at times t."""
+        return ScheduleValues(t, *self.kernel.schedule(t, **self._kw))
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        return self.kernel.log_snr(t, **self._kw)
+
+    def time_of_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        """t with log_snr(t) = lam: the kernel's closed form, else bisection; the limits 0 and 1
+        where lam is -inf or +inf (or the closed form overflows there)."""
+        if self.kernel.time_of_log_snr is None:
+            return invert_log_snr(self.log_snr, lam)
+        t = self.kernel.time_of_log_snr(lam, **self._kw)
+        bad = ~torch.isfinite(t)
+        return torch.where(bad, (lam > 0).to(t.dtype), t)
+
+    def drift(self, t: torch.Tensor, *, ode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K_x, K_e) of the drift b = K_x x + K_e eta_X (of the probability-flow ODE if ``ode``)."""
+        return (self.kernel.ode_drift if ode else self.kernel.drift)(t, **self._kw)
+
+    def eta(self, prediction: str, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p, q) with eta_X = p x + q m for a network trained on this schedule that outputs m."""
+        if prediction not in PREDICTIONS:
+            raise LazyflowError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        return getattr(self.kernel, f"eta_{prediction}")(t, **self._kw)
+
+    def exponential(self, t0: torch.Tensor, t1: torch.Tensor, *, ode: bool = False):
+        """(A, B, C) of the exact step with eta_X frozen over [t0, t1] (MATH.md §5)."""
+        fn = self.kernel.ode_exponential if ode else self.kernel.exponential
+        if fn is None:
+            raise LazyflowError(self.kernel.EXPONENTIAL)
+        return fn(t0, t1, **self._kw)
+
+    def same_path(self, other: "Schedule") -> bool:
+        """True when both have the same alpha and beta (the conversion between them is the identity)."""
+        keys = ("alpha", "beta", "params", "data_var")
+        return (self.kernel is other.kernel or all(self.kernel.SPEC.get(k) == other.kernel.SPEC.get(k) for k in keys)) \
+            and dict(self.params) == dict(other.params)
+
+    def check_numerically(self, points: int = 2001) -> None:
+        """Boundary values and a strictly increasing snr on a float64 grid: the check for parameter
+        values other than the defaults the kernel was validated at."""
+        t = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+        v = self.values(t)
+        inner = slice(1, -1)
+        where = None
+        if not (torch.isfinite(v.alpha[inner]).all() and torch.isfinite(v.beta[inner]).all()):
+            where = "alpha or beta is not finite"
+        elif (v.alpha[inner] <= 0).any() or (v.beta[inner] <= 0).any():
+            where = "alpha or beta is not positive"
+        else:
+            lam = self.log_snr(t[inner])
+            if not (lam[1:] > lam[:-1]).all():
+                where = "the signal-to-noise ratio is not strictly increasing"
+            elif abs(v.alpha[-1].item()) > 1e-6 or abs(v.beta[-1].item() - 1) > 1e-6:
+                where = f"alpha_1 = {v.alpha[-1].item():.4g}, beta_1 = {v.beta[-1].item():.4g} (need 0 and 1)"
+        if where:
+            raise LazyflowError(f"schedule {self.describe()} is not valid: {where} on (0, 1)")
+
+
+# --- resolving a schedule identity ---------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """Where generated kernels of TOML and expression schedules go: ``$LAZYFLOW_CACHE``, else
+    ``$XDG_CACHE_HOME/lazyflow``, else ``~/.cache/lazyflow`` (plus ``/kernels``)."""
+    root = os.environ.get("LAZYFLOW_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lazyflow")
+    return Path(root) / "kernels"
+
+
+def _module_name(name: str) -> str:
+    return name.strip().replace("-", "_").lower()
+
+
+def load_schedule(schedule: Any, /, **params: float) -> Schedule:
+    """Resolve a schedule identity to a :class:`Schedule`, with ``params`` bound.
+
+    ``schedule``: a :class:`Schedule`; a preset name (``linear``, ``linear-sde``, ``vp``, ``vp-sde``,
+    ``pointmass``, ``sd3``, ``score-vp``, ``poly``); the path of a kernel ``.py`` file; the path of a
+    ``.toml`` schedule; a ``lazyflow.derive.ScheduleSpec``; a kernel module; or a dict of expressions
+    ``{"alpha": ..., "beta": ..., "sigma": ...}``.  The last three kinds without a kernel are
+    generated once into :func:`cache_dir` (SymPy; the one-time cost is printed on stderr)."""
+    if isinstance(schedule, Schedule):
+        resolved = schedule
+    elif isinstance(schedule, ModuleType):
+        resolved = _bound(kernels.check(schedule), getattr(schedule, "__file__", schedule.__name__))
+    elif isinstance(schedule, (str, os.PathLike)):
+        resolved = _from_text(str(schedule))
+    elif isinstance(schedule, Mapping):
+        from ..derive import from_expressions  # SymPy, only for expression schedules
+
+        extra = sorted(set(schedule) - {"alpha", "beta", "sigma", "params", "name", "data_var"})
+        if extra or not {"alpha", "beta"} <= set(schedule):
+            raise LazyflowError(f"an expression schedule is a dict with alpha, beta (and sigma, params, name, data_var); "
+                                f"got keys {sorted(schedule)}")
+        resolved = _generated(from_expressions(**schedule), "expressions")
+    elif type(schedule).__name__ == "ScheduleSpec":
+        resolved = _generated(schedule, "a ScheduleSpec")
+    else:
+        raise LazyflowError(f"a schedule is a name, a .toml or kernel .py path, a ScheduleSpec or a dict of "
+                            f"expressions; got {type(schedule).__name__}")
+    return resolved.with_params(**params)
+
+
+def _bound(module: ModuleType, origin: str) -> Schedule:
+    return Schedule(module, tuple(sorted((k, float(v)) for k, v in module.PARAMS.items())), origin)
+
+
+def _from_text(text: str) -> Schedule:
+    if text.endswith(".py"):
+        return _bound(kernels.load_file(text), text)
+    if text.endswith(".toml"):
+        if not Path(text).is_file():
+            raise LazyflowError(f"schedule file {text!r} does not exist")
+        from ..derive import from_toml  # SymPy, only for TOML schedules
+
+        return _generated(from_toml(text), text)
+    module = _module_name(text)
+    if module in kernels.shipped():
+        return _bound(kernels.load_shipped(module), f"preset {text}")
+    presets = ", ".join(name.replace("_", "-") for name in kernels.shipped())
+    raise LazyflowError(f"unknown schedule {text!r}: not a preset ({presets}) nor a .toml or kernel .py file")
+
+
+def _generated(spec, origin: str) -> Schedule:
+    """The cached kernel of ``spec``, generated on first use."""
+    from ..derive.codegen import kernel_name, render_kernel, spec_key
+
+    path = cache_dir() / f"{kernel_name(spec.name)}_{spec_key(spec)}.py"
+    if not path.is_file():
+        start = time.perf_counter()
+        text = render_kernel(spec, name=kernel_name(spec.name),
+                             command=f"generated on first use from {origin} (lazyflow.runtime.schedule)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(text)
+        partial.replace(path)   # atomic: a parallel run never reads half a file
+        print(f"lazyflow: generated the kernel of schedule {spec.name!r} in {time.perf_counter() - start:.1f} s "
+              f"(once; cached as {path})", file=sys.stderr)
+    return _bound(kernels.load_file(path), origin)
