@@ -218,7 +218,7 @@ def run_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .runtime import models
-    from .runtime.sampler import sample
+    from .runtime.sampler import resolve_device, sample
     from .runtime.schedule import load_schedule
 
     out = Path(args.out)
@@ -226,8 +226,9 @@ def run_sample(args: argparse.Namespace) -> int:
         raise LazyflowError(f"--out must end in .npy, .png or .pt, got {out.name!r}")
     if args.num_samples < 1:
         raise LazyflowError(f"--num-samples must be >= 1, got {args.num_samples}")
+    device = resolve_device(args.device)
     target = schedule(args)
-    model = models.load(args.model)
+    model = models.load(args.model).to(device)
     meta = getattr(model, "metadata", {})
     source = load_schedule(args.source or meta.get("schedule", "linear"),
                            **_numbers(_params(args.source_param, "--source-param"), "--source-param"))
@@ -240,12 +241,10 @@ def run_sample(args: argparse.Namespace) -> int:
         shape = tuple(model.data_shape)
     else:
         raise LazyflowError("--shape is needed for this model (its data shape is not recorded)")
-    if args.device:
-        model = model.to(args.device)
     x = sample(model, (args.num_samples, *shape), schedule=target, source=source, steps=args.steps,
                integrator=args.integrator, final_step=args.final_step, grid=parse_grid(args.grid),
                prediction=args.prediction or meta.get("prediction", "velocity"), seed=args.seed,
-               batch_size=args.batch_size, device=args.device, compile=args.compile,
+               batch_size=args.batch_size, device=device, compile=args.compile,
                progress=args.num_samples * args.steps > 2000)
     out.parent.mkdir(parents=True, exist_ok=True)
     x = x.float().cpu()

@@ -341,8 +341,8 @@ def _render(spec: ScheduleSpec, name: str, command: str) -> str:
     if inverse is not None:
         fns.append(fn("time_of_log_snr", (lam,), "The time t with log_snr(t) = lam.", [inverse.subs(_S, sp.exp(lam))]))
     else:
-        fns.append("time_of_log_snr = None  # SymPy found no closed-form inverse of the snr within "
-                   f"{_solve_seconds()} s: the runtime inverts log_snr numerically\n")
+        fns.append(_comment_line("time_of_log_snr = None", "SymPy found no closed-form inverse of the snr within "
+                                 f"{_solve_seconds()} s: the runtime inverts log_snr numerically"))
     fns += [
         fn("drift", (t,), "(K_x, K_e): drift b = K_x x + K_e eta_X of this schedule's diffusion.",
            [f.drift_x, f.drift_eta]),

@@ -1,4 +1,4 @@
-"""The lazy (zero-drift) condition and its solver (DESIGN.md section 4).
+"""The lazy (zero-drift) condition and its solver (derive/MATH.md §4).
 
 For data N(0, v I), eta_X = v beta x / r with r = alpha^2 + v beta^2, and the drift is
 b^eps = (r'/2 - eps) / r * x.  It vanishes iff eps = r'/2.  Fix any two of alpha, beta and

@@ -1,4 +1,4 @@
-"""The runtime sampler against exact models (DESIGN.md section 4): Gaussian data, where the lazy
+"""The runtime sampler against exact models (derive/MATH.md §4): Gaussian data, where the lazy
 frames are exact, and Gaussian mixtures with closed-form eta_X; plus convergence orders,
 per-sample seeds, compile, peers' equivalence and bad input."""
 import math
@@ -160,7 +160,7 @@ def test_converted_drift_equals_the_direct_drift():
 ])
 def test_measured_order(schedule, integrator, order):
     """Deterministic flow of N(0, v I), v = 0.25, on [0, 0.9]: the exact solution in the target frame is
-    x(s) = c(s) sqrt(r(tau(s))) x_0 with r(tau) = (1 - tau)^2 + v tau^2 (DESIGN.md section 3).
+    x(s) = c(s) sqrt(r(tau(s))) x_0 with r(tau) = (1 - tau)^2 + v tau^2 (derive/MATH.md §3).
     (The grid stops short of t = 1, where every log-snr method takes a first-order denoising step.)"""
     v, end = 0.25, 0.9
     tau, c = conversion(load_schedule(schedule), LINEAR, torch.tensor([end], dtype=F64))

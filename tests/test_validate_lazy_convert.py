@@ -2,7 +2,7 @@
 import pytest
 import sympy as sp
 
-from lazyflow.derive import PRESETS, SpecError, convert, derive, from_expressions, preset, solve_lazy, validate, zero_drift_residual
+from lazyflow.derive import PRESETS, ScheduleSpec, SpecError, convert, derive, from_expressions, preset, solve_lazy, validate, zero_drift_residual
 from lazyflow.derive.symbols import t, v
 
 
@@ -137,3 +137,47 @@ def test_numeric_fallback_is_said(monkeypatch):
     finally:
         module._snr_inverse.cache_clear()
         module.convert.cache_clear()
+
+
+# --- parameters ------------------------------------------------------------------------------
+
+def test_parameters_stay_symbols_and_validate_at_their_values():
+    sd3 = preset("sd3")
+    shift = sd3.param_symbols["shift"]
+    assert shift.is_positive and shift in sd3.alpha.free_symbols
+    assert sd3.substituted().params == () and not sd3.substituted().alpha.free_symbols - {t}
+    _same(sd3.substituted().alpha, 3 * (1 - t) / (3 - 2 * t))
+    assert validate(sd3).kind == "standard"
+    bound = sd3.bind(shift=1.5)
+    assert bound.param_symbols["shift"] == shift and dict(bound.params)["shift"] == sp.Rational(3, 2)
+    _same(bound.substituted().beta, t / (1 + sp.Rational(1, 2) * (1 - t)))
+    assert hash(bound) != hash(sd3) and bound != sd3
+
+
+@pytest.mark.parametrize("values, fragment", [
+    (dict(scale=2), "its parameters: shift"),
+    (dict(shift=float("inf")), "not finite"),
+    (dict(shift=float("nan")), "not finite"),
+    (dict(shift="abc"), "unknown symbol"),
+    (dict(shift=True), "expected a number"),
+    (dict(shift=-1), "declared positive"),
+])
+def test_bind_refusals(values, fragment):
+    with pytest.raises(SpecError, match=fragment):
+        preset("sd3").bind(**values)
+
+
+@pytest.mark.parametrize("name", ["t", "v", "lam", "torch", "lambda", "_hidden"])
+def test_reserved_parameter_names(name):
+    with pytest.raises(SpecError):
+        from_expressions("1 - t", "t", params={name: 1})
+
+
+def test_parameter_signs_follow_the_defaults():
+    spec = from_expressions("1 - t", "t + a*t*(1 - t) + b*t*(1 - t)", params={"a": -0.5, "b": 0})
+    assert spec.param_symbols["a"].is_negative and spec.param_symbols["b"].is_zero is None
+    assert spec.param_symbols["b"].is_real
+    with pytest.raises(SpecError, match="unknown symbol 'q'"):
+        from_expressions("1 - t", "t + q*t", params={"a": 1})
+    with pytest.raises(SpecError, match="only t"):
+        ScheduleSpec("s", 1 - t, t + sp.Symbol("q") * t)
