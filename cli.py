@@ -214,11 +214,8 @@ def parse_grid(text: str):
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
     from .runtime import models
-    from .runtime.sampler import resolve_device, sample
+    from .runtime.sampler import resolve_device, sample_batches
     from .runtime.schedule import load_schedule
 
     out = Path(args.out)
@@ -241,24 +238,52 @@ def run_sample(args: argparse.Namespace) -> int:
         shape = tuple(model.data_shape)
     else:
         raise LazyflowError("--shape is needed for this model (its data shape is not recorded)")
-    x = sample(model, (args.num_samples, *shape), schedule=target, source=source, steps=args.steps,
-               integrator=args.integrator, final_step=args.final_step, grid=parse_grid(args.grid),
-               prediction=args.prediction or meta.get("prediction", "velocity"), seed=args.seed,
-               batch_size=args.batch_size, device=device, compile=args.compile,
-               progress=args.num_samples * args.steps > 2000)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    x = x.float().cpu()
-    if out.suffix == ".npy":
-        np.save(out, x.numpy())
-    elif out.suffix == ".pt":
-        torch.save(x, out)
-    else:
-        from .figures.plots import save_image_grid
-
-        save_image_grid(x, out)
-    print(f"wrote {out} ({args.num_samples} samples of shape {tuple(shape)}, schedule {target.describe()}, "
+    batches = sample_batches(model, (args.num_samples, *shape), schedule=target, source=source, steps=args.steps,
+                             integrator=args.integrator, final_step=args.final_step, grid=parse_grid(args.grid),
+                             prediction=args.prediction or meta.get("prediction", "velocity"), seed=args.seed,
+                             batch_size=args.batch_size, device=device, compile=args.compile,
+                             progress=args.num_samples * args.steps > 2000)
+    done = _write_as_they_finish(batches, out)
+    print(f"wrote {out} ({done} samples of shape {tuple(shape)}, schedule {target.describe()}, "
           f"{args.steps} steps, {args.integrator}, grid {args.grid})")
     return 0
+
+
+def _write_as_they_finish(batches, out: Path) -> int:
+    """Write the samples to ``out`` after every finished batch (atomically), so that a run interrupted or
+    failing in batch k keeps batches 1..k-1; returns the number of samples written."""
+    import numpy as np
+    import torch
+
+    finished: list = []
+    count = 0
+
+    def write() -> None:
+        x = torch.cat(finished).float().cpu()
+        partial = out.with_name(f".{out.stem}.partial{out.suffix}")
+        if out.suffix == ".npy":
+            np.save(partial, x.numpy())
+        elif out.suffix == ".pt":
+            torch.save(x, partial)
+        else:
+            _figures().save_image_grid(x, partial)
+        partial.replace(out)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for _, x in batches:
+            finished.append(x)
+            count += len(x)
+            write()
+    except (LazyflowError, KeyboardInterrupt) as err:
+        if count:
+            kept = f"kept the {count} samples of the finished batches in {out}"
+            if isinstance(err, KeyboardInterrupt):
+                print(f"lazyflow sample: interrupted; {kept}", file=sys.stderr)
+            else:
+                raise type(err)(f"{err} ({kept})") from err
+        raise
+    return count
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -288,6 +313,8 @@ def run_bench(args: argparse.Namespace) -> int:
         raise LazyflowError(f"--nfe: cannot read {args.nfe!r} as comma-separated integers") from None
     if min(nfes) < 1:
         raise LazyflowError("--nfe values must be >= 1")
+    if args.n < 10:
+        raise LazyflowError(f"--n must be at least 10 (the Fréchet distance needs a covariance), got {args.n}")
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     result = run_quality_bench(args.model, nfes, args.n, args.seed, include_peers=not args.no_peers,
                                full=not args.quick, log=log)

@@ -543,7 +543,8 @@ def write_kernel(spec: ScheduleSpec, out_dir: str | Path, *, name: str | None = 
 
 
 def _shipped_text(schedule: str) -> str:
-    return render_kernel(preset(schedule), name=kernel_name(schedule), command=SHIPPED_COMMAND.format(schedule=schedule))
+    command = SHIPPED_COMMAND.format(schedule=schedule)
+    return render_kernel(preset(schedule), name=kernel_name(schedule), command=command)
 
 
 def check_shipped(folder: str | Path) -> dict[str, str]:

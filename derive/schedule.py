@@ -177,7 +177,8 @@ def _check_param_name(name: str) -> None:
 
 
 def _param_value(value: float | int | str, what: str) -> sp.Expr:
-    """A parameter value: a finite real number (int, float or a constant expression)."""
+    """A parameter value: a finite real number (int, float or a constant expression such as "1/3"),
+    rounded to float64 and kept as the exact rational of that float."""
     if isinstance(value, float) and not math.isfinite(value):
         raise SpecError(f"{what}: {value!r} is not finite")
     if isinstance(value, str) and value.strip() == "v":
@@ -185,7 +186,11 @@ def _param_value(value: float | int | str, what: str) -> sp.Expr:
     number = _number(value, what)
     if not (number.is_number and number.is_real and number.is_finite):
         raise SpecError(f"{what}: {value!r} is not a finite real number")
-    return number
+    # the nearest float64, exactly: a kernel takes parameters as floats, and its SPEC reads back the same
+    as_float = float(number)
+    if not math.isfinite(as_float):
+        raise SpecError(f"{what}: {value!r} is out of the float64 range")
+    return sp.Rational(repr(as_float))
 
 
 def _number(value: float | int | str, what: str) -> sp.Expr:

@@ -78,11 +78,15 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
     import torch
 
     from . import models
+    from .errors import LazyflowError
     from .metrics import bootstrap_floor, digits_fd, split_floor
     from .peers import available_peers
     from .sampler import sample
 
     model = models.load(model_name)
+    if tuple(getattr(model, "data_shape", ())) != (1, 8, 8):
+        raise LazyflowError(f"the bench measures digits models (samples of shape (1, 8, 8), Fréchet distance in the "
+                            f"digits classifier's features); {model_name!r} is not one")
     shape = (n, *model.data_shape)
     with torch.no_grad():
         rows = _run_all(model, shape, nfes, seed, include_peers, full, log)

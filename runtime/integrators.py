@@ -356,6 +356,7 @@ def build_plan(target: Schedule, source: Schedule, times: torch.Tensor, *, integ
             cols[name] = torch.where(zero, torch.zeros_like(cols[name]), cols[name])
     _check_finite(cols, two_stage, b.now, times, method.name)
     cast = {k: v.to(dtype) for k, v in cols.items()}
+    _check_finite(cast, two_stage, b.now, times, method.name, after=f"the cast to {dtype}")
     now = b.now
     return Plan(method, times, now.tau.to(dtype), now.in_scale.to(dtype), tuple(two_stage), cast,
                 *(v.to(dtype) for v in (now.P, now.Q, now.K_x, now.K_e)))
@@ -364,8 +365,10 @@ def build_plan(target: Schedule, source: Schedule, times: torch.Tensor, *, integ
 _SECOND_STAGE = ("tau2", "in_scale2", "a1", "b1", "c1", "d", "e")
 
 
-def _check_finite(cols: dict, two_stage: list[bool], now: Frame, times: torch.Tensor, integrator: str) -> None:
-    """One host synchronisation per run, before the loop: refuse non-finite coefficients."""
+def _check_finite(cols: dict, two_stage: list[bool], now: Frame, times: torch.Tensor, integrator: str,
+                  after: str = "") -> None:
+    """One host synchronisation per run, before the loop: refuse non-finite coefficients (``after`` names
+    the cast that made a finite float64 value overflow)."""
     mask = torch.tensor(two_stage, device=now.t.device)
     used = {"model time": now.tau, "input scale": now.in_scale}
     for name, values in cols.items():
@@ -375,6 +378,9 @@ def _check_finite(cols: dict, two_stage: list[bool], now: Frame, times: torch.Te
         bad = ~torch.isfinite(values)
         if bad.any():
             k = int(bad.nonzero()[0, 0])
+            if after:
+                raise SamplingError(f"{integrator} coefficient {name!r} at step {k} (t = {times[k].item():.6g}) "
+                                    f"overflows after {after}; sample with dtype=torch.float64 or another grid")
             raise SamplingError(f"{integrator} coefficient {name!r} is not finite at step {k} "
                                 f"(t = {times[k].item():.6g} -> {times[min(k + 1, steps)].item():.6g}): the schedule "
                                 "is singular there; try final_step='denoise' or a grid that avoids that time")

@@ -7,8 +7,10 @@ branching on tensor values; NaN or inf from the model is reported after the loop
 """
 from __future__ import annotations
 
+import inspect
 import numbers
-from typing import Any, Callable, Sequence
+import warnings
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -19,7 +21,8 @@ from .noise import per_sample_normal
 from .progress import progress_bar
 from .schedule import Schedule, load_schedule
 
-__all__ = ["sample", "run_plan", "resolve_device", "resolve_dtype", "DEFAULT_FINAL_STEP"]
+__all__ = ["sample", "sample_batches", "run_plan", "resolve_device", "resolve_dtype", "SamplingWarning",
+           "DEFAULT_FINAL_STEP"]
 
 #: the default last step, chosen by measurement on the digits model (README: a plain step was better
 #: than returning eta_X for point-mass Euler, 8.7 against 13.4 FD at 8 NFE, and about equal elsewhere)
@@ -29,25 +32,32 @@ Model = Callable[..., torch.Tensor]
 
 
 class _Evaluator:
-    """Calls the model at (tau, x * in_scale), checks its output shape, records non-finite output."""
+    """Calls the model at (tau, x * in_scale) in the model's dtype, checks the output's shape and dtype,
+    and records per call whether the output is finite and how large the state is (read after the loop)."""
 
-    def __init__(self, model: Model, plan: Plan, model_kwargs: dict[str, Any]):
-        self.model, self.plan, self.kwargs = model, plan, model_kwargs
-        self.finite: list[torch.Tensor] = []   # one 0-d flag per call, read once after the loop
+    def __init__(self, model: Model, plan: Plan, model_kwargs: dict[str, Any], model_dtype: torch.dtype):
+        self.model, self.plan, self.kwargs, self.model_dtype = model, plan, model_kwargs, model_dtype
+        self.finite: list[torch.Tensor] = []   # one 0-d flag per call
+        self.size: list[torch.Tensor] = []     # root mean square of the state at each call
         self.steps: list[int] = []
 
     def __call__(self, x: torch.Tensor, tau: torch.Tensor, in_scale: torch.Tensor, step: int) -> torch.Tensor:
-        out = self.model(x * in_scale, tau.expand(x.shape[0]), **self.kwargs)
+        inp = (x * in_scale).to(self.model_dtype)
+        out = self.model(inp, tau.to(self.model_dtype).expand(x.shape[0]), **self.kwargs)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise SamplingError(f"model output at step {step} (t = {self.plan.times[step].item():.6g}) has shape {got}, "
                                 f"expected {tuple(x.shape)}")
+        if not out.dtype.is_floating_point:
+            raise SamplingError(f"model output at step {step} has dtype {out.dtype}: a real floating-point tensor is needed")
+        out = out.to(x.dtype)   # the state's precision (documented: the model's output is cast)
         self.finite.append(torch.isfinite(out).all())
+        self.size.append(x.pow(2).mean().sqrt())
         self.steps.append(step)
         return out
 
     def raise_if_bad(self) -> None:
-        """The one host synchronisation after the loop."""
+        """The one host synchronisation after the loop: NaN/inf from the model names its step."""
         if not self.finite:
             return
         flags = torch.stack(self.finite).cpu()
@@ -56,18 +66,41 @@ class _Evaluator:
             raise SamplingError(f"the model returned NaN or inf at step {k} (t = {self.plan.times[k].item():.6g}, "
                                 f"model time {self.plan.tau[k].item():.6g})")
 
+    def warn_if_blown_up(self, x: torch.Tensor, limit: float = 100.0) -> None:
+        """Warn when the samples end far beyond unit scale (``limit`` times), naming the step where the
+        state first grew past that: the sign of a diverging integrator or a degenerate schedule."""
+        end = x.pow(2).mean().sqrt()
+        sizes = torch.stack([*self.size, end]).cpu()
+        if sizes[-1] <= limit:
+            return
+        first = int((sizes > limit).nonzero()[0, 0])   # sizes[i]: the state at call i (the last: the end)
+        if first == 0:
+            where = "the start"
+        else:
+            k = self.steps[first - 1]                   # the step whose update made it grow
+            where = f"step {k} (t = {self.plan.times[k].item():.6g} -> {self.plan.times[k + 1].item():.6g})"
+        warnings.warn(f"the samples' root mean square is {sizes[-1].item():.3g}, over {limit:g} times the unit scale "
+                      f"of the data; the state first grew past that in {where}: the integrator or the schedule "
+                      "diverges there (use more steps, another integrator or grid)", SamplingWarning, stacklevel=4)
+
+
+class SamplingWarning(UserWarning):
+    """A run that finished but whose samples look wrong (for instance far beyond the data's scale)."""
+
 
 def run_plan(model: Model, x: torch.Tensor, plan: Plan, noise: Callable[[int], torch.Tensor], *,
-             model_kwargs: dict[str, Any] | None = None, compile: bool = False, callback: Callback | None = None,
-             progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Integrate from ``x`` along ``plan``; ``noise(k)`` is step k's xi (zeros for an ODE)."""
-    evaluate = _Evaluator(model, plan, model_kwargs or {})
+             model_kwargs: dict[str, Any] | None = None, model_dtype: torch.dtype | None = None, compile: bool = False,
+             callback: Callback | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Integrate from ``x`` along ``plan``; ``noise(k)`` is step k's xi (zeros for an ODE).  The state
+    and its updates stay in ``x``'s dtype; the model is called in ``model_dtype`` (default: the same)."""
+    evaluate = _Evaluator(model, plan, model_kwargs or {}, model_dtype or x.dtype)
     ops = _compiled_ops() if compile else (_affine, _two_point)
     x = plan.integrator.run(evaluate, x, plan, noise, ops, callback, progress)
     evaluate.raise_if_bad()
     if not torch.isfinite(x).all():
         raise SamplingError("the samples are not finite after the last step (the integrator diverged); "
                             "use more steps, another integrator or a logsnr grid")
+    evaluate.warn_if_blown_up(x)
     return x
 
 
@@ -119,23 +152,18 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     return device
 
 
-def _check_model_dtype(model: Model, dtype: torch.dtype) -> None:
-    """A module whose floating parameters have another dtype than the run's cannot take its inputs."""
-    if not isinstance(model, torch.nn.Module):
-        return
-    kinds = {p.dtype for p in model.parameters() if p.dtype.is_floating_point}
-    if kinds and dtype not in kinds:
-        have = ", ".join(sorted(str(k).removeprefix("torch.") for k in kinds))
-        raise LazyflowError(f"dtype {str(dtype).removeprefix('torch.')} does not match the model's parameters ({have}): "
-                            f"pass that dtype, or convert the model with model.to(torch.{str(dtype).removeprefix('torch.')})")
+def _model_dtype(model: Model, state: torch.dtype, asked: torch.dtype | None) -> torch.dtype:
+    """The dtype the model is called in: as asked, else its floating parameters' dtype, else the state's."""
+    if asked is not None:
+        return asked
+    if isinstance(model, torch.nn.Module):
+        kinds = {p.dtype for p in model.parameters() if p.dtype.is_floating_point}
+        if len(kinds) == 1:
+            return kinds.pop()
+    return state
 
 
-def sample(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", source: Any = "linear", steps: int = 8,
-           integrator: str = "euler", final_step: str | None = None, grid: GridSpec = "uniform",
-           prediction: str = "velocity", seed: int = 0, batch_size: int | None = None,
-           device: torch.device | str | None = None, dtype: torch.dtype | str = torch.float32, compile: bool = False,
-           model_kwargs: dict[str, Any] | None = None, callback: Callback | None = None,
-           progress: bool = False) -> torch.Tensor:
+def sample(model: Model, shape: Sequence[int], **options: Any) -> torch.Tensor:
     """Draw ``shape[0]`` samples of shape ``shape[1:]`` from a pretrained ``model``.
 
     ``model(x, t, **model_kwargs)`` is the network trained on the ``source`` schedule, t of shape
@@ -145,9 +173,30 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", s
     kernel path, a :class:`Schedule` such as ``load_schedule("sd3", shift=1.7)``).  Sample i depends
     only on (seed, i).  Tensors in ``model_kwargs`` whose first dimension is ``shape[0]`` are
     per-sample conditioning and follow their samples into each batch.  ``callback(StepInfo)`` sees
-    every step (t, x, eta_X, drift).  Bad input raises :class:`LazyflowError`; a run that meets NaN or
-    inf raises :class:`SamplingError` naming the step.
+    every step (t, x, eta_X, drift).
+
+    Precision: the state and its affine updates run in ``dtype`` (float32, or float64 when asked); the
+    model is called in ``model_dtype`` (default: its parameters' dtype for a module, else ``dtype``) and
+    its output is cast back to ``dtype``.  A half ``dtype`` (bfloat16, float16) means a half model with a
+    float32 state.  The samples come back in the state's dtype.
+
+    Bad input raises :class:`LazyflowError`; a run that meets NaN or inf raises :class:`SamplingError`
+    naming the step; samples far beyond the data's scale give a :class:`SamplingWarning`.
+    Keyword options are those of :func:`sample_batches`.
     """
+    return torch.cat([x for _, x in sample_batches(model, shape, **options)])
+
+
+def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", source: Any = "linear",
+                   steps: int = 8, integrator: str = "euler", final_step: str | None = None, grid: GridSpec = "uniform",
+                   prediction: str = "velocity", seed: int = 0, batch_size: int | None = None,
+                   device: torch.device | str | None = None, dtype: torch.dtype | str = torch.float32,
+                   model_dtype: torch.dtype | str | None = None, compile: bool = False,
+                   model_kwargs: dict[str, Any] | None = None, callback: Callback | None = None,
+                   progress: bool = False) -> Iterator[tuple[range, torch.Tensor]]:
+    """:func:`sample`, one batch at a time: yields (sample indices, samples) as each batch finishes, so
+    that a caller can keep the finished batches of a long run.  Everything is checked before the first
+    batch runs."""
     target, src = load_schedule(schedule), load_schedule(source)
     method = get_integrator(integrator)
     try:
@@ -156,24 +205,32 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", s
         raise LazyflowError(f"shape must be a sequence of positive integers, got {shape!r}") from None
     if len(shape) < 2:
         raise LazyflowError(f"shape must be (n, *data_shape) with positive sizes, got {shape}")
+    data_shape = getattr(model, "data_shape", None)
+    if data_shape is not None and tuple(data_shape) != shape[1:]:
+        raise LazyflowError(f"shape {shape} does not fit the model: its samples have shape {tuple(data_shape)}, "
+                            f"so shape must be (n, {', '.join(map(str, data_shape))})")
     if batch_size is not None:
         batch_size = _count(batch_size, "batch_size")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise LazyflowError(f"seed must be an integer, got {seed!r}")
     final_step = DEFAULT_FINAL_STEP if final_step is None else final_step
     device, dtype = resolve_device(device), resolve_dtype(dtype)
-    _check_model_dtype(model, dtype)
+    if dtype in (torch.bfloat16, torch.float16):   # a half model: the state stays in float32
+        model_dtype, dtype = (dtype if model_dtype is None else model_dtype), torch.float32
+    call_dtype = _model_dtype(model, dtype, None if model_dtype is None else resolve_dtype(model_dtype))
     times = make_grid(target, src, steps, grid)
     steps = times.numel() - 1
     plan = build_plan(target, src, times, integrator=method, final_step=final_step, prediction=prediction,
                       device=device, dtype=dtype)
-    n, data_shape = shape[0], shape[1:]
+    n = shape[0]
+    data_shape = shape[1:]
     start_scale = float(target.values(times[:1]).alpha[0])
     chunk = batch_size or n
     draws = (0 if target.point_mass else 1) + (steps if target.stochastic else 0)
-    outputs = []
     with progress_bar(steps * ((n + chunk - 1) // chunk), enabled=progress, desc="sampling") as update, torch.no_grad():
         for start in range(0, n, chunk):
             indices = range(start, min(start + chunk, n))
-            draws_dev = per_sample_normal(seed, indices, max(draws, 1), data_shape).to(device=device, dtype=dtype)
+            draws_dev = per_sample_normal(int(seed), indices, max(draws, 1), data_shape).to(device=device, dtype=dtype)
             if target.point_mass:
                 x = torch.zeros((len(indices), *data_shape), device=device, dtype=dtype)
                 step_noise = draws_dev
@@ -184,9 +241,11 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", s
             else:
                 zeros = torch.zeros_like(x)
                 noise = (lambda k, z=zeros: z)
-            outputs.append(run_plan(model, x, plan, noise, model_kwargs=_chunk_kwargs(model_kwargs, n, indices),
-                                    compile=compile, callback=callback, progress=update))
-    return torch.cat(outputs)
+            yield indices, run_plan(model, x, plan, noise, model_kwargs=_chunk_kwargs(model_kwargs, n, indices),
+                                    model_dtype=call_dtype, compile=compile, callback=callback, progress=update)
+
+
+sample.__signature__ = inspect.signature(sample_batches).replace(return_annotation=torch.Tensor)
 
 
 def _count(value: Any, what: str) -> int:

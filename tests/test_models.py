@@ -107,3 +107,42 @@ def test_training_is_deterministic(tmp_path):
     loaded = models.load(str(path))
     x, t = torch.randn(3, 1, 8, 8), torch.rand(3)
     assert torch.equal(loaded(x, t), first(x, t))
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["sample", "--shape", "3,32,32", "--n", "2", "--out", "x.npy"], "its samples have shape (1, 8, 8)"),
+    (["sample", "--out", "x.jpg"], "--out must end in .npy, .png or .pt"),
+    (["sample", "--n", "0", "--out", "x.npy"], "--num-samples must be >= 1"),
+    (["bench", "--n", "1"], "--n must be at least 10"),
+    (["bench", "--model", "moons", "--n", "20"], "the bench measures digits models"),
+    (["plot", "bench", "--from", "missing.json", "--out", "q.png"], "cannot read a bench result"),
+    (["plot", "schedules", "--out", "noext"], "--out must be a .png file"),
+])
+def test_refused_before_any_work(argv, fragment, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_finished_batches_survive_a_failure_or_an_interrupt(tmp_path, capsys):
+    """Samples are written after every batch; a failure or Ctrl-C in batch 3 keeps batches 1 and 2."""
+    from lazyflow.cli import _write_as_they_finish
+    from lazyflow import SamplingError
+
+    def batches(error):
+        yield range(0, 2), torch.zeros(2, 1, 8, 8)
+        yield range(2, 4), torch.ones(2, 1, 8, 8)
+        raise error
+
+    out = tmp_path / "x.npy"
+    with pytest.raises(SamplingError, match="kept the 4 samples of the finished batches"):
+        _write_as_they_finish(batches(SamplingError("the model returned NaN or inf at step 3")), out)
+    assert np.load(out).shape == (4, 1, 8, 8)
+    out.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        _write_as_they_finish(batches(KeyboardInterrupt()), out)
+    assert np.load(out)[2:].min() == 1.0
+    assert "interrupted; kept the 4 samples" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["x.npy"]    # no partial file left behind

@@ -216,13 +216,15 @@ def test_refusals_are_one_line_and_bugs_raise(monkeypatch, capsys):
         main(["derive", "--schedule", "linear"])
 
 
-def test_dtype_that_does_not_match_the_model():
+def test_a_model_is_called_in_its_own_dtype():
+    """A float32 module under a float64 run: the model gets float32 inputs, the state stays float64."""
     from lazyflow.runtime.models import VelocityMLP
 
     net = VelocityMLP((2,), width=8, depth=1, time_freqs=1)
-    with pytest.raises(LazyflowError, match=r"dtype float64 does not match the model's parameters \(float32\)"):
-        sample(net, (2, 2), dtype="float64")
-    assert sample(net, (2, 2), dtype="float32").dtype == torch.float32
+    x = sample(net, (2, 2), dtype="float64")
+    assert x.dtype == torch.float64
+    with pytest.raises(LazyflowError, match="unknown dtype 'float65'"):
+        sample(net, (2, 2), dtype="float65")
 
 
 # --- nothing is written into the package ---------------------------------------------------------

@@ -2,8 +2,8 @@
 import pytest
 import sympy as sp
 
-from derive import ExpressionError, from_expressions, parse_expression
-from derive.symbols import t
+from lazyflow.derive import ExpressionError, from_expressions, parse_expression
+from lazyflow.derive.symbols import t
 
 
 @pytest.mark.parametrize("text, expected", [

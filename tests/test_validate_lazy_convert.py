@@ -2,7 +2,8 @@
 import pytest
 import sympy as sp
 
-from lazyflow.derive import PRESETS, ScheduleSpec, SpecError, convert, derive, from_expressions, preset, solve_lazy, validate, zero_drift_residual
+from lazyflow.derive import (PRESETS, ScheduleSpec, SpecError, convert, derive, from_expressions, preset, solve_lazy,
+                             validate, zero_drift_residual)
 from lazyflow.derive.symbols import t, v
 
 
