@@ -9,6 +9,8 @@ generation) -> ``lazyflow.runtime`` (PyTorch: kernels, sampler) -> ``lazyflow.fi
 ``lazyflow.cli`` (the command-line shell).  Names here are imported on first use, so that
 ``import lazyflow`` loads neither SymPy nor torch.
 """
+import sys
+import types
 from importlib import import_module
 
 __version__ = "0.1.0"
@@ -31,3 +33,22 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
+
+
+class _Alias(types.ModuleType):
+    """A module whose names come, on first use, from another one: ``lazyflow.diffusers`` is
+    ``lazyflow.runtime.pipelines`` (a folder named ``diffusers`` would shadow the real package for
+    anyone running from the repository root)."""
+
+    def __init__(self, name: str, target: str):
+        super().__init__(name, f"Alias of {target}.")
+        self.__target = target
+
+    def __getattr__(self, attr: str):
+        return getattr(import_module(self.__target), attr)
+
+    def __dir__(self) -> list[str]:
+        return dir(import_module(self.__target))
+
+
+sys.modules.setdefault(f"{__name__}.diffusers", _Alias(f"{__name__}.diffusers", f"{__name__}.runtime.pipelines"))

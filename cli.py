@@ -504,10 +504,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options whose value is an expression and may start with a minus sign (``--alpha -t+1``)
+_EXPRESSION_OPTIONS = ("--alpha", "--beta", "--sigma")
+
+
+def _join_expressions(argv: list[str]) -> list[str]:
+    """``--alpha -t+1`` as ``--alpha=-t+1``: argparse would take ``-t+1`` for an option."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in _EXPRESSION_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command; refused input prints one line on stderr and exits 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_expressions(sys.argv[1:] if argv is None else list(argv)))
     try:
         return int(args.handler(args) or 0)
     except LazyflowError as err:

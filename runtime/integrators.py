@@ -20,7 +20,7 @@ standard schedule) the first step is the probability-flow ODE step; a point-mass
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Generator, NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ from .errors import LazyflowError, SamplingError
 from .frames import Frame, frame
 from .schedule import Schedule
 
-__all__ = ["Integrator", "INTEGRATORS", "FINAL_STEPS", "Plan", "StepInfo", "build_plan", "get_integrator"]
+__all__ = ["Integrator", "INTEGRATORS", "FINAL_STEPS", "Plan", "StepInfo", "Call", "build_plan", "get_integrator",
+           "drive"]
 
 FINAL_STEPS = ("euler", "denoise")
 
@@ -79,6 +80,15 @@ class Plan:
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.columns[name]
+
+    def call_times(self) -> torch.Tensor:
+        """The source times of the network calls, in the order the loop makes them."""
+        times = []
+        for k in range(self.steps):
+            times.append(self.tau[k])
+            if self.two_stage[k]:
+                times.append(self.columns["tau2"][k])
+        return torch.stack(times)
 
 
 @dataclass
@@ -216,6 +226,31 @@ def _multistep(b: _Build):
 
 
 # --- the two loops -------------------------------------------------------------------------------
+# Each loop is a generator: it yields a Call for every network evaluation and receives the output,
+# so that one loop serves both drivers: ``sample`` (which calls the model itself, see ``drive``) and a
+# scheduler that a pipeline calls once per network evaluation.
+
+class Call(NamedTuple):
+    """A network evaluation the loop asks for: the model sees ``x * in_scale`` at source time ``tau``."""
+
+    x: torch.Tensor
+    tau: torch.Tensor
+    in_scale: torch.Tensor
+    step: int
+
+
+Loop = Generator[Call, torch.Tensor, torch.Tensor]
+
+
+def drive(loop: Loop, evaluate: Callable[[Call], torch.Tensor]) -> torch.Tensor:
+    """Run a loop to its end, answering each Call with ``evaluate(call)``; returns the final state."""
+    try:
+        call = next(loop)
+        while True:
+            call = loop.send(evaluate(call))
+    except StopIteration as done:
+        return done.value
+
 
 def _observe(callback: Callback | None, plan: Plan, k: int, x: torch.Tensor, eta: torch.Tensor) -> None:
     """Report step k's state, the eta_X the integrator uses there and the frame's drift."""
@@ -223,19 +258,19 @@ def _observe(callback: Callback | None, plan: Plan, k: int, x: torch.Tensor, eta
         callback(StepInfo(k, plan.times[k].item(), x, eta, plan.K_x[k] * x + plan.K_e[k] * eta))
 
 
-def _run_stages(evaluate, x, plan: Plan, noise, ops, callback, progress):
+def _run_stages(x, plan: Plan, noise, ops, callback, progress) -> Loop:
     """One or two network calls per step; each step one affine update.  ``ops`` = (affine, two_point):
     x' = a x + b m + c xi and x' = a x + b m + d x~ + e m~ + c xi (eager or compiled)."""
     affine, two_point = ops
     c = plan.columns
     for k in range(plan.steps):
         xi = noise(k)
-        m = evaluate(x, plan.tau[k], plan.in_scale[k], k)
+        m = yield Call(x, plan.tau[k], plan.in_scale[k], k)
         if callback is not None:
             _observe(callback, plan, k, x, plan.P[k] * x + plan.Q[k] * m)
         if plan.two_stage[k]:
             x2 = affine(x, m, c["a1"][k], c["b1"][k], c["c1"][k], xi)
-            m2 = evaluate(x2, c["tau2"][k], c["in_scale2"][k], k)
+            m2 = yield Call(x2, c["tau2"][k], c["in_scale2"][k], k)
             x = two_point(x, m, x2, m2, c["a"][k], c["b"][k], c["d"][k], c["e"][k], c["c"][k], xi)
         else:
             x = affine(x, m, c["a"][k], c["b"][k], c["c"][k], xi)
@@ -249,20 +284,20 @@ def _denoise_stages(cols: dict, now: Frame, two_stage: list[bool]) -> None:
     two_stage[-1] = False
 
 
-def _run_multistep(evaluate, x, plan: Plan, noise, ops, callback, progress):
+def _run_multistep(x, plan: Plan, noise, ops, callback, progress) -> Loop:
     """x' = a x + b (w eta - u eta_prev) + c xi; with a corrector (``v`` present) the next point's
     call also corrects the step just taken: x' = a x + b (eta + v (eta_next - eta)) + c xi."""
     affine = ops[0]
     c = plan.columns
     correct = plan.integrator.name == "multistep-pc"
     eta_prev = torch.zeros_like(x)
-    eta = c["p"][0] * x + c["q"][0] * evaluate(x, plan.tau[0], plan.in_scale[0], 0)
+    eta = c["p"][0] * x + c["q"][0] * (yield Call(x, plan.tau[0], plan.in_scale[0], 0))
     _observe(callback, plan, 0, x, eta)
     for k in range(plan.steps):
         xi = noise(k)
         x_next = affine(x, c["w"][k] * eta - c["u"][k] * eta_prev, c["a"][k], c["b"][k], c["c"][k], xi)
         if k + 1 < plan.steps:
-            m = evaluate(x_next, plan.tau[k + 1], plan.in_scale[k + 1], k + 1)
+            m = yield Call(x_next, plan.tau[k + 1], plan.in_scale[k + 1], k + 1)
             eta_next = c["p"][k + 1] * x_next + c["q"][k + 1] * m
             if correct:
                 x_next = affine(x, eta + c["v"][k] * (eta_next - eta), c["a"][k], c["b"][k], c["c"][k], xi)

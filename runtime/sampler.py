@@ -16,7 +16,7 @@ import torch
 
 from .errors import LazyflowError, SamplingError
 from .grids import GridSpec, make_grid
-from .integrators import Callback, Plan, build_plan, get_integrator
+from .integrators import Call, Callback, Plan, build_plan, drive, get_integrator
 from .noise import per_sample_normal
 from .progress import progress_bar
 from .schedule import Schedule, load_schedule
@@ -41,8 +41,9 @@ class _Evaluator:
         self.size: list[torch.Tensor] = []     # root mean square of the state at each call
         self.steps: list[int] = []
 
-    def __call__(self, x: torch.Tensor, tau: torch.Tensor, in_scale: torch.Tensor, step: int) -> torch.Tensor:
-        inp = (x * in_scale).to(self.model_dtype)
+    def __call__(self, call: Call) -> torch.Tensor:
+        x, tau, step = call.x, call.tau, call.step
+        inp = (x * call.in_scale).to(self.model_dtype)
         out = self.model(inp, tau.to(self.model_dtype).expand(x.shape[0]), **self.kwargs)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -95,7 +96,7 @@ def run_plan(model: Model, x: torch.Tensor, plan: Plan, noise: Callable[[int], t
     and its updates stay in ``x``'s dtype; the model is called in ``model_dtype`` (default: the same)."""
     evaluate = _Evaluator(model, plan, model_kwargs or {}, model_dtype or x.dtype)
     ops = _compiled_ops() if compile else (_affine, _two_point)
-    x = plan.integrator.run(evaluate, x, plan, noise, ops, callback, progress)
+    x = drive(plan.integrator.run(x, plan, noise, ops, callback, progress), evaluate)
     evaluate.raise_if_bad()
     if not torch.isfinite(x).all():
         raise SamplingError("the samples are not finite after the last step (the integrator diverged); "
@@ -192,11 +193,15 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
                    prediction: str = "velocity", seed: int = 0, batch_size: int | None = None,
                    device: torch.device | str | None = None, dtype: torch.dtype | str = torch.float32,
                    model_dtype: torch.dtype | str | None = None, compile: bool = False,
-                   model_kwargs: dict[str, Any] | None = None, callback: Callback | None = None,
-                   progress: bool = False) -> Iterator[tuple[range, torch.Tensor]]:
+                   model_kwargs: dict[str, Any] | None = None, initial: torch.Tensor | None = None,
+                   callback: Callback | None = None, progress: bool = False) -> Iterator[tuple[range, torch.Tensor]]:
     """:func:`sample`, one batch at a time: yields (sample indices, samples) as each batch finishes, so
     that a caller can keep the finished batches of a long run.  Everything is checked before the first
-    batch runs."""
+    batch runs.
+
+    ``initial`` (optional, shape ``shape``) replaces each sample's first standard-normal draw: a standard
+    schedule starts from x_0 = alpha_0 * initial; a point-mass run (which starts from 0) uses it as the
+    noise of its first step.  Without it the draws come from ``seed``."""
     target, src = load_schedule(schedule), load_schedule(source)
     method = get_integrator(integrator)
     try:
@@ -213,6 +218,9 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
         batch_size = _count(batch_size, "batch_size")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise LazyflowError(f"seed must be an integer, got {seed!r}")
+    if initial is not None and (not isinstance(initial, torch.Tensor) or tuple(initial.shape) != shape):
+        got = tuple(initial.shape) if isinstance(initial, torch.Tensor) else type(initial).__name__
+        raise LazyflowError(f"initial must be a tensor of the samples' shape {shape}, got {got}")
     final_step = DEFAULT_FINAL_STEP if final_step is None else final_step
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     if dtype in (torch.bfloat16, torch.float16):   # a half model: the state stays in float32
@@ -231,6 +239,8 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
         for start in range(0, n, chunk):
             indices = range(start, min(start + chunk, n))
             draws_dev = per_sample_normal(int(seed), indices, max(draws, 1), data_shape).to(device=device, dtype=dtype)
+            if initial is not None:
+                draws_dev[:, 0] = initial[indices.start:indices.stop].to(device=device, dtype=dtype)
             if target.point_mass:
                 x = torch.zeros((len(indices), *data_shape), device=device, dtype=dtype)
                 step_noise = draws_dev
