@@ -1,4 +1,5 @@
-"""lazyflow.derive: SymPy derivations for any interpolant schedule (never imports torch).
+"""lazyflow.derive: SymPy derivations and code generation for any interpolant schedule (never imports torch).
+The math behind every formula is in derive/MATH.md.
 
     >>> from lazyflow.derive import preset, derive
     >>> derive(preset("linear")).eps_star
@@ -9,9 +10,9 @@ from .errors import ExpressionError, LazyflowError, SpecError
 from .formulas import PREDICTIONS, Formulas, derive
 from .lazy import solve_lazy, zero_drift_residual
 from .parse import parse_expression
-from .schedule import PRESETS, ScheduleSpec, from_expressions, from_toml, preset, resolve
+from .schedule import PRESETS, ScheduleSpec, from_expressions, from_toml, preset, resolve, spec_from_kernel_file
 from .validate import Validation, validate
 
 __all__ = ["Conversion", "convert", "ExpressionError", "LazyflowError", "SpecError", "PREDICTIONS", "Formulas", "derive",
            "solve_lazy", "zero_drift_residual", "parse_expression", "PRESETS", "ScheduleSpec",
-           "from_expressions", "from_toml", "preset", "resolve", "Validation", "validate"]
+           "from_expressions", "from_toml", "preset", "resolve", "spec_from_kernel_file", "Validation", "validate"]

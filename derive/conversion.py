@@ -1,4 +1,4 @@
-"""Conversion between schedules (DESIGN.md section 3).
+"""Conversion between schedules (derive/MATH.md §3).
 
 For a source A and a target B: the time map tau(s) solves snr_A(tau) = snr_B(s) and the
 scale is c(s) = (alpha_B + beta_B)(s) / (alpha_A + beta_A)(tau(s)), so that in law

@@ -1,6 +1,6 @@
 """Every formula the package needs, derived by SymPy from a :class:`ScheduleSpec`.
 
-Conventions (DESIGN.md section 2): I_t = alpha Z + beta X, eta_Z = E[Z|I_t=x], eta_X = E[X|I_t=x],
+Conventions (derive/MATH.md §1): I_t = alpha Z + beta X, eta_Z = E[Z|I_t=x], eta_X = E[X|I_t=x],
 velocity b = alpha' eta_Z + beta' eta_X, score s = -eta_Z/alpha, drift b^eps = b + eps s with
 eps = sigma^2/2, optimal diffusion eps* = alpha^2 (log snr)'.
 """

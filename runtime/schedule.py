@@ -82,7 +82,8 @@ class Schedule:
     # --- what the kernel says about itself ----------------------------------------------------
     @property
     def name(self) -> str:
-        return self.kernel.NAME
+        """The schedule's own name (``linear-sde``; the kernel module is ``linear_sde``)."""
+        return self.kernel.SPEC.get("name", self.kernel.NAME)
 
     @property
     def stochastic(self) -> bool:

@@ -4,3 +4,20 @@
 def pytest_addoption(parser):
     parser.addoption("--update-kernels", action="store_true", default=False,
                      help="rewrite the shipped kernels in runtime/kernels instead of failing the golden test")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _kernel_cache(tmp_path_factory):
+    """Kernels generated on first use go to a temporary cache, never into the user's."""
+    import os
+
+    previous = os.environ.get("LAZYFLOW_CACHE")
+    os.environ["LAZYFLOW_CACHE"] = str(tmp_path_factory.mktemp("lazyflow-cache"))
+    yield
+    if previous is None:
+        del os.environ["LAZYFLOW_CACHE"]
+    else:
+        os.environ["LAZYFLOW_CACHE"] = previous

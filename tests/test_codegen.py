@@ -247,7 +247,7 @@ def test_printer_covers_the_functions_sympy_may_produce(tmp_path):
 
 
 def test_exponential_step_closed_forms():
-    """DDIM for the VP ODE and the Brownian bridge for the point mass (DESIGN.md section 5)."""
+    """DDIM for the VP ODE and the Brownian bridge for the point mass (derive/MATH.md §5)."""
     vp = exponential_step(preset("vp"))
     c0, c1 = sp.cos(sp.pi * t / 2), sp.cos(sp.pi * t_next / 2)
     s0, s1 = sp.sin(sp.pi * t / 2), sp.sin(sp.pi * t_next / 2)

@@ -1,5 +1,5 @@
 """Every derived formula against an independent route: definitions evaluated numerically on
-Gaussian data, closed forms from DESIGN.md, and a Monte Carlo estimate of E[X | I_t = x]."""
+Gaussian data, closed forms derived in derive/MATH.md, and a Monte Carlo estimate of E[X | I_t = x]."""
 import math
 
 import numpy as np
@@ -38,7 +38,7 @@ def test_derivatives_snr_and_eps_star(spec):
         assert num(f.d_alpha, t=s) == pytest.approx(da, rel=1e-8, abs=1e-10)
         assert num(f.d_beta, t=s) == pytest.approx(db, rel=1e-8, abs=1e-10)
         assert num(f.snr, t=s) == pytest.approx(b / a, rel=1e-10)
-        # eps* = alpha^2 beta'/beta - alpha alpha' (DESIGN.md section 2), from numbers only
+        # eps* = alpha^2 beta'/beta - alpha alpha' (derive/MATH.md §1), from numbers only
         assert num(f.eps_star, t=s) == pytest.approx(a * a * db / b - a * da, rel=1e-8, abs=1e-10)
         assert num(f.sigma, t=s) ** 2 / 2 == pytest.approx(num(f.eps, t=s), rel=1e-9, abs=1e-12)
 
@@ -104,7 +104,7 @@ def test_closed_forms_of_design_md():
 
 
 def test_gaussian_drift_general_form():
-    """b = (r'/2 - eps) / r x for any schedule (DESIGN.md section 4)."""
+    """b = (r'/2 - eps) / r x for any schedule (derive/MATH.md §4)."""
     for spec in ALL:
         f = derive(spec)
         v = spec.data_var
