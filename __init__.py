@@ -45,6 +45,8 @@ class _Alias(types.ModuleType):
         self.__target = target
 
     def __getattr__(self, attr: str):
+        if attr.startswith("__"):   # tools that scan sys.modules (inspect, pickle) must not trigger the import
+            raise AttributeError(attr)
         return getattr(import_module(self.__target), attr)
 
     def __dir__(self) -> list[str]:

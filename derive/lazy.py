@@ -197,7 +197,7 @@ def _solve_beta(alpha: sp.Expr, sigma: str | sp.Expr, v: sp.Expr, name: str):
         betas = []
         for root in _smooth_square_roots(disc):
             for sign in (-1, 1):
-                betas.append(_simplified((c + sign * root) / (2 * v)))
+                betas.append((c + sign * root) / (2 * v))
         candidates = [ScheduleSpec(name, alpha, b, diffusion, sig, v) for b in _unique(betas)]
         return _keep_valid(candidates, "beta", f"{relation}; discriminant {sp.sstr(disc)}", ())
     if sigma == "ode":
@@ -224,9 +224,12 @@ def _scaled_base_note(u: sp.Expr, v: sp.Expr, sigma) -> tuple[str, ...]:
         return ()
     why = ("zero drift keeps alpha^2 + v beta^2 constant, = v since alpha_1 = 0 and beta_1 = 1"
            if sigma == "ode" else "the boundary values and zero drift force alpha_0^2 = v")
-    return (f"alpha_0 = sqrt(v) = {sp.sstr(sp.sqrt(v))}, not 1: with data N(0, v I), v = {sp.sstr(v)}, {why}, so no "
-            f"schedule with alpha_0 = 1 is lazy; this one starts from N(0, v I), the base scaled to the data "
-            f"(derive, validate and sample it with data_var = {sp.sstr(v)})",)
+    if v.free_symbols:
+        start = f"alpha_0 = sqrt(v), not 1 (unless v = 1): for data N(0, v I) {why}"
+    else:
+        start = f"alpha_0 = sqrt(v) = {sp.sstr(sp.sqrt(v))}, not 1: for data N(0, v I) with v = {sp.sstr(v)} {why}"
+    return (f"{start}, so no schedule with alpha_0 = 1 is lazy; this one starts from N(0, v I), the base scaled "
+            f"to the data (derive, validate and sample it with data_var = {sp.sstr(v)})",)
 
 
 # --- candidates: square roots and their branches ----------------------------------------------------
@@ -234,16 +237,17 @@ def _scaled_base_note(u: sp.Expr, v: sp.Expr, sigma) -> tuple[str, ...]:
 def _square_root_branches(square: sp.Expr) -> list[sp.Expr]:
     """Non-negative candidates for sqrt(square): each |h| SymPy writes is split into +h and -h
     (validation keeps the ones that stay positive), then the form with |.| itself."""
-    return _unique([_simplified(root) for root in _smooth_square_roots(square)])
+    return _smooth_square_roots(square)
 
 
 def _smooth_square_roots(square: sp.Expr) -> list[sp.Expr]:
-    """Square roots of ``square`` in several forms, with every |h| split into +h and -h."""
+    """Square roots of ``square`` (simplified already) as it is, factored ((2t - 1)^2) and through
+    Fu's trigonometric rules (1/2 - cos(2 pi t)/2 = sin(pi t)^2), with every |h| split into +h and -h."""
     forms = [square]
-    for transform in (sp.factor, sp.simplify):
+    for transform in (sp.factor, sp.fu):
         try:
             forms.append(call_with_time_limit(SIMPLIFY_SECONDS, transform, square))
-        except (TimeLimit, TypeError, ValueError, NotImplementedError, RecursionError):
+        except (TimeLimit, TypeError, ValueError, NotImplementedError, RecursionError, AttributeError):
             pass
     roots = []
     for form in _unique(forms):
@@ -277,9 +281,9 @@ def _keep_valid(candidates: list[ScheduleSpec], unknown: str, how: str,
                 notes: tuple[str, ...]) -> list[tuple[ScheduleSpec, tuple[str, ...]]]:
     """The candidates that pass validation and the substitution check, with their notes; else refuse."""
     valid, reasons = [], []
-    for spec in candidates:
-        value = sp.sstr(spec.sigma if unknown == "sigma" else getattr(spec, unknown))
-        problem = _quick_reject(spec)
+    for spec in _preferred_distinct(candidates, unknown):
+        value = sp.sstr(_unknown_of(spec, unknown))
+        problem = _quick_reject(spec) or _boundary_problem(spec, unknown)
         if problem:
             reasons.append(f"{unknown} = {value}: {problem}")
             continue
@@ -300,15 +304,76 @@ def _keep_valid(candidates: list[ScheduleSpec], unknown: str, how: str,
     return valid
 
 
+def _unknown_of(spec: ScheduleSpec, unknown: str) -> sp.Expr:
+    return spec.sigma if unknown == "sigma" else getattr(spec, unknown)
+
+
+def _preferred_distinct(candidates: list[ScheduleSpec], unknown: str) -> list[ScheduleSpec]:
+    """Smooth forms (no |.|, sign or Piecewise) first, then the shorter; of candidates that agree
+    numerically on (0, 1) only the first is kept (|sin(pi t)| and sin(pi t) are one branch)."""
+    def rough(spec):
+        expr = _unknown_of(spec, unknown)
+        return (expr.has(sp.Abs, sp.sign, sp.Piecewise), sp.count_ops(expr))
+
+    grid = np.linspace(0, 1, 103)[1:-1]
+    kept, seen = [], []
+    for spec in sorted(candidates, key=rough):
+        expr = _unknown_of(spec, unknown)
+        subs = [{}] if not spec.data_var.free_symbols else [{v_symbol: 1}, {v_symbol: sp.Rational(5, 2)}]
+        values = np.concatenate([_values_on_grid(expr.subs(sub), grid) for sub in subs])
+        if any(np.allclose(values, other, rtol=1e-10, atol=1e-12, equal_nan=False) for other in seen):
+            continue
+        seen.append(values)
+        kept.append(spec)
+    return kept
+
+
+def _boundary_problem(spec: ScheduleSpec, unknown: str) -> str | None:
+    """Choose by the boundary values: beta_0 = 0 and beta_1 = 1 for an unknown beta, alpha_1 = 0 for
+    an unknown alpha (numerically, before the full validation)."""
+    if unknown == "sigma":
+        return None
+    expr = _unknown_of(spec, unknown)
+    expr = expr.subs({s: 1 for s in expr.free_symbols - {t}})
+    wanted = {0: 0, 1: 1} if unknown == "beta" else {1: 0}
+    found = {}
+    for at, target in wanted.items():
+        try:
+            found[at] = _edge(expr, at, unknown)
+            value = complex(sp.N(found[at]))
+        except (SpecError, TypeError, ValueError) as err:
+            return f"no usable boundary value: {err}"
+        if not abs(value - target) <= 1e-9:
+            shown = ", ".join(f"{unknown}_{k} = {sp.sstr(x)}" for k, x in found.items())
+            need = " and ".join(f"{unknown}_{k} = {x}" for k, x in wanted.items())
+            return f"boundary values {shown}; need {need}"
+    return None
+
+
+def _values_on_grid(expr: sp.Expr, grid: np.ndarray) -> np.ndarray:
+    """validate.evaluate_on_grid, or (where numpy cannot evaluate a function) point by point with mpmath."""
+    try:
+        return evaluate_on_grid(expr, grid)
+    except Exception:  # noqa: BLE001 - fall back to a slower evaluation that handles every function
+        pass
+    import mpmath
+
+    fn = sp.lambdify(t, expr, modules="mpmath")
+    out = np.empty(len(grid), dtype=complex)
+    for i, point in enumerate(grid):
+        try:
+            out[i] = complex(fn(mpmath.mpf(float(point))))
+        except Exception:  # noqa: BLE001 - a point where it cannot be evaluated counts as not finite
+            out[i] = complex(np.nan, np.nan)
+    return out
+
+
 def _quick_reject(spec: ScheduleSpec) -> str | None:
     """A cheap look before validation: alpha and beta real, finite and positive at a few inner points."""
     grid = np.linspace(0, 1, 9)[1:-1]
     for label, expr in (("alpha", spec.alpha), ("beta", spec.beta)):
         expr = expr.subs({s: 1 for s in expr.free_symbols - {t}})
-        try:
-            values = evaluate_on_grid(expr, grid)
-        except Exception:  # noqa: BLE001 - leave the verdict to validation
-            return None
+        values = _values_on_grid(expr, grid)
         bad = ~np.isfinite(values) | (np.abs(values.imag) > 1e-12) | (values.real <= 0)
         if bad.any():
             value = values[bad][0]
@@ -345,8 +410,8 @@ def _verify_zero_drift(spec: ScheduleSpec) -> str:
     grid = np.linspace(0, 1, RESIDUAL_GRID + 2)[1:-1]
     values = [{}] if not spec.data_var.free_symbols else [{v_symbol: 1}, {v_symbol: sp.Rational(5, 2)}]
     for sub in values:
-        res = evaluate_on_grid(residual.subs(sub), grid)
-        scale = np.abs(evaluate_on_grid(f.eps.subs(sub), grid)) + np.abs(evaluate_on_grid(
+        res = _values_on_grid(residual.subs(sub), grid)
+        scale = np.abs(_values_on_grid(f.eps.subs(sub), grid)) + np.abs(_values_on_grid(
             (sp.diff(f.alpha**2 + spec.data_var * f.beta**2, t) / 2).subs(sub), grid))
         bad = ~np.isfinite(res) | (np.abs(res) > RESIDUAL_TOL * (1 + scale))
         if bad.any():
@@ -418,7 +483,7 @@ def _require_nonnegative(expr: sp.Expr, label: str, reason: str, *, boundary: bo
                 points.append((at, complex(sp.N(_edge(expr, at, label)))))
             except (SpecError, TypeError, ValueError):
                 pass
-    values = evaluate_on_grid(expr, grid)
+    values = _values_on_grid(expr, grid)
     points.extend(zip(grid, values))
     for where, value in points:
         if not np.isfinite(value) or abs(value.imag) > 1e-12 or value.real < -1e-12:
