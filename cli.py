@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -125,12 +126,18 @@ def _print_formulas(values: dict, args: argparse.Namespace, notes: list[str] = (
 
 
 def run_derive(args: argparse.Namespace) -> int:
+    import sympy as sp
+
     from .derive import derive, validate
 
-    spec = schedule_spec(args).substituted()
+    given = schedule_spec(args)
+    spec = given.substituted()
     report = validate(spec) if not spec.data_var.free_symbols else None
     notes = [f"{spec.name}: {report.kind} schedule; snr monotone {report.snr_monotone}", *report.notes] if report else []
-    _print_formulas(derive(spec).as_dict(), args, notes)
+    values = derive(spec).as_dict()
+    if given.params:   # parameters were substituted: print alpha and beta simplified
+        values.update(alpha=sp.simplify(values["alpha"]), beta=sp.simplify(values["beta"]))
+    _print_formulas(values, args, notes)
     return 0
 
 
@@ -533,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lazyflow: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # the reader went away (``lazyflow derive ... | head``): stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":

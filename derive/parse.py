@@ -198,7 +198,10 @@ class _Converter:
             return None
 
     def fail(self, message: str) -> ExpressionError:
-        return ExpressionError(f"{self.what}: {message} in {_excerpt(self.text)}")
+        whole = _excerpt(self.text)
+        if message.endswith(whole) or f"{whole} " in message or f"{whole})" in message:
+            return ExpressionError(f"{self.what}: {message}")
+        return ExpressionError(f"{self.what}: {message} in {whole}")
 
     def segment(self, node: ast.AST) -> str:
         piece = ast.get_source_segment(self.text, node) or type(node).__name__

@@ -244,3 +244,11 @@ def test_train_writes_to_the_current_directory(tmp_path, monkeypatch, capsys):
     assert main(["train", "moons", "--steps", "2"]) == 0
     assert (tmp_path / "moons.safetensors").is_file() and (tmp_path / "moons.json").is_file()
     assert (ROOT / "runtime" / "weights" / "moons.safetensors").read_bytes() == shipped
+
+
+def test_the_diffusers_alias_is_inert_until_used():
+    """``lazyflow.diffusers`` names ``lazyflow.runtime.pipelines``; tools that scan sys.modules for dunder
+    attributes (inspect, pickle) must not import it (nor diffusers)."""
+    alias = sys.modules["lazyflow.diffusers"]
+    assert not hasattr(alias, "__file__")
+    assert "lazyflow.runtime.pipelines" not in sys.modules or hasattr(alias, "LazyFlowScheduler")
