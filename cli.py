@@ -142,7 +142,8 @@ def run_derive(args: argparse.Namespace) -> int:
 
 
 def run_lazy(args: argparse.Namespace) -> int:
-    from .derive import derive, parse_expression, solve_lazy
+    from .derive import derive, parse_expression
+    from .derive.lazy import solve_lazy_with_notes
 
     def expr(text: str | None, what: str):
         return None if text is None else parse_expression(text, {}, what=what)
@@ -157,10 +158,10 @@ def run_lazy(args: argparse.Namespace) -> int:
         from .derive.symbols import v as data_var
     else:
         data_var = _data_var(data_var)
-    spec = solve_lazy(expr(args.alpha, "alpha"), expr(args.beta, "beta"), sigma, data_var=data_var)
+    spec, notes = solve_lazy_with_notes(expr(args.alpha, "alpha"), expr(args.beta, "beta"), sigma, data_var=data_var)
     f = derive(spec)
     _print_formulas({"alpha": f.alpha, "beta": f.beta, "sigma": f.sigma}, args,
-                    [f"zero drift on data N(0, {spec.data_var} I); diffusion: {spec.diffusion}"])
+                    [f"zero drift on data N(0, {spec.data_var} I); diffusion: {spec.diffusion}", *notes])
     return 0
 
 
@@ -230,29 +231,87 @@ def run_sample(args: argparse.Namespace) -> int:
         raise LazyflowError(f"--out must end in .npy, .png or .pt, got {out.name!r}")
     if args.num_samples < 1:
         raise LazyflowError(f"--num-samples must be >= 1, got {args.num_samples}")
+    sit_only = [flag for flag, value in (("--class-labels", args.class_labels), ("--vae", args.vae),
+                                         ("--model-param", args.model_param),
+                                         ("--guidance-interval", args.guidance_interval),
+                                         ("--guidance-channels", args.guidance_channels)) if value]
+    if args.guidance != 1.0:
+        sit_only.append("--guidance")
+    if sit_only and not args.model_kind:
+        raise LazyflowError(f"{', '.join(sit_only)} need --model-kind (a SiT checkpoint)")
     device = resolve_device(args.device)
     target = schedule(args)
-    model = models.load(args.model).to(device)
-    meta = getattr(model, "metadata", {})
-    source = load_schedule(args.source or meta.get("schedule", "linear"),
-                           **_numbers(_params(args.source_param, "--source-param"), "--source-param"))
+    model_kwargs = None
+    guidance_note = ""
+    if args.model_kind:   # a SiT checkpoint: latents (and images with --vae), class labels, guidance
+        from .runtime import sit
+        from .runtime.adapters import from_sit
+        from .runtime.guidance import guided
+
+        if out.suffix == ".png":
+            raise LazyflowError("a SiT run writes latents: --out must end in .pt or .npy (with --vae the images "
+                                "go to the same name with .png)")
+        if not args.class_labels:
+            raise LazyflowError("--class-labels is needed for a SiT (comma-separated; "
+                                "the model's num_classes is the null class)")
+        overrides = {}
+        for key, value in _params(args.model_param, "--model-param").items():
+            low = value.lower()
+            try:
+                overrides[key] = True if low == "true" else False if low == "false" else \
+                    int(value) if value.lstrip("-").isdigit() else float(value)
+            except ValueError:
+                raise LazyflowError(f"--model-param {key}: {value!r} is not a number or true/false") from None
+        net = sit.load_sit(args.model, args.model_kind, **overrides).to(device)
+        model = from_sit(net)
+        shape = tuple(net.data_shape)
+        model_kwargs = {"y": sit.class_labels(args.class_labels, args.num_samples, net.num_classes).to(device)}
+        interval = None
+        if args.guidance_interval:
+            try:
+                interval = tuple(float(v) for v in args.guidance_interval.split(","))
+            except ValueError:
+                raise LazyflowError(f"--guidance-interval: cannot read {args.guidance_interval!r} as lo,hi") from None
+        if args.guidance != 1.0:
+            model = guided(model, args.guidance, null={"y": net.num_classes}, interval=interval,
+                           channels=args.guidance_channels)
+            guidance_note = f", guidance {args.guidance:g}" + (f" on t in {list(interval)}" if interval else "") + \
+                " (one network call on a doubled batch per evaluation)"
+        source = load_schedule(args.source or "linear",
+                               **_numbers(_params(args.source_param, "--source-param"), "--source-param"))
+        prediction = args.prediction or "velocity"
+    else:
+        model = models.load(args.model).to(device)
+        meta = getattr(model, "metadata", {})
+        source = load_schedule(args.source or meta.get("schedule", "linear"),
+                               **_numbers(_params(args.source_param, "--source-param"), "--source-param"))
+        prediction = args.prediction or meta.get("prediction", "velocity")
+        shape = None
     if args.shape:
         try:
             shape = tuple(int(s) for s in args.shape.split(","))
         except ValueError:
             raise LazyflowError(f"--shape: cannot read {args.shape!r} as comma-separated sizes") from None
-    elif hasattr(model, "data_shape"):
+    elif shape is None and hasattr(model, "data_shape"):
         shape = tuple(model.data_shape)
-    else:
+    elif shape is None:
         raise LazyflowError("--shape is needed for this model (its data shape is not recorded)")
     batches = sample_batches(model, (args.num_samples, *shape), schedule=target, source=source, steps=args.steps,
                              integrator=args.integrator, final_step=args.final_step, grid=parse_grid(args.grid),
-                             prediction=args.prediction or meta.get("prediction", "velocity"), seed=args.seed,
-                             batch_size=args.batch_size, device=device, compile=args.compile,
+                             prediction=prediction, seed=args.seed, batch_size=args.batch_size, device=device,
+                             compile=args.compile, model_kwargs=model_kwargs,
                              progress=args.num_samples * args.steps > 2000)
     done = _write_as_they_finish(batches, out)
     print(f"wrote {out} ({done} samples of shape {tuple(shape)}, schedule {target.describe()}, "
-          f"{args.steps} steps, {args.integrator}, grid {args.grid})")
+          f"{args.steps} steps, {args.integrator}, grid {args.grid}{guidance_note})")
+    if args.model_kind and args.vae:
+        import numpy as np
+        import torch
+
+        latents = torch.from_numpy(np.load(out)) if out.suffix == ".npy" else torch.load(out, weights_only=True)
+        images = sit.decode_latents(latents, args.vae, device=device)
+        path = sit.save_image_grid(images, out.with_suffix(".png"))
+        print(f"wrote {path} ({len(images)} images of {images.shape[1]}x{images.shape[2]}, VAE {args.vae})")
     return 0
 
 
@@ -439,7 +498,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=run_emit)
 
     p = sub.add_parser("sample", help="sample a pretrained model in few steps")
-    p.add_argument("--model", default="digits", help="embedded model name (digits) or a model file")
+    p.add_argument("--model", default="digits", help="embedded model name (digits), a model file, or a SiT "
+                                                   "checkpoint (.pt state dict or .safetensors) with --model-kind")
+    p.add_argument("--model-kind", default=None, metavar="KIND",
+                   help="the --model file is a SiT checkpoint of this kind: sit-{s,b,l,xl}/{2,4,8} (input size, "
+                        "classes and learn_sigma are read from the checkpoint)")
+    p.add_argument("--model-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a setting of --model-kind, e.g. depth=2 (repeatable)")
+    p.add_argument("--class-labels", default=None, metavar="L1,L2,...",
+                   help="SiT class labels, repeated in order over the samples (sample i gets label i mod count)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale for a SiT (default 1: none; a guided evaluation is one "
+                        "network call on a doubled batch)")
+    p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                   help="guide only where the model's time t (noise 0, data 1) is in [LO, HI]")
+    p.add_argument("--guidance-channels", type=int, default=None, metavar="K",
+                   help="guide only the first K output channels (the SiT/DiT reference code guides 3); default all")
+    p.add_argument("--vae", default=None, metavar="FOLDER",
+                   help="a local diffusers AutoencoderKL folder: also decode the SiT latents (scale 0.18215) and "
+                        "write them as OUT.png")
     _schedule_args(p, default="pointmass")
     p.add_argument("--source", default=None, help="schedule the model was trained on (default: the model's own, "
                                                   "else linear)")

@@ -32,8 +32,8 @@ from sympy.printing.pytorch import TorchPrinter
 
 from .conversion import _S, _snr_inverse
 from .errors import SpecError
-from .formulas import PREDICTIONS, derive, simplify
-from .limits import TimeLimit, time_limit
+from .formulas import PREDICTIONS, GaveUp, bounded, derive, run_budgeted, simplify
+from .limits import TimeLimit
 from .parse import parse_expression
 from .schedule import ScheduleSpec, preset
 from .symbols import m, t, t_next, x
@@ -41,11 +41,15 @@ from .validate import boundary_value, validate
 
 __all__ = ["KernelPrinter", "ExponentialStep", "exponential_step", "render_kernel", "write_kernel", "kernel_name",
            "kernel_spec", "spec_key", "check_shipped", "update_shipped", "SHIPPED", "SHIPPED_COMMAND", "FORMAT",
-           "INTEGRATE_SECONDS", "LINE_LENGTH"]
+           "INTEGRATE_SECONDS", "RENDER_SECONDS", "LINE_LENGTH"]
 
 #: version of the kernel contract (module attributes and function signatures)
 FORMAT = 2
+#: one attempt at int eps/alpha^2 dt for the exponential step (then: no exponential step)
 INTEGRATE_SECONDS = 20.0
+#: budget of one render_kernel (validation, derivations, snr inverse, exponential steps included), in
+#: seconds on 2 CPU cores; beyond it the kernel is refused (GaveUp: "... gave up after N s")
+RENDER_SECONDS = 30.0
 LINE_LENGTH = 110
 #: the presets whose kernels ship in runtime/kernels
 SHIPPED = ("linear", "linear-sde", "vp", "vp-sde", "pointmass", "sd3", "score-vp", "poly")
@@ -202,7 +206,7 @@ def exponential_step(spec: ScheduleSpec) -> ExponentialStep:
         G = f.log_snr
     else:
         try:
-            with time_limit(INTEGRATE_SECONDS):
+            with bounded(INTEGRATE_SECONDS):
                 G = sp.integrate(simplify(f.eps / f.alpha**2), t)
         except (TimeLimit, NotImplementedError) as err:
             G = sp.Integral(f.eps / f.alpha**2, t)
@@ -240,9 +244,10 @@ def _singular_at_start(spec: ScheduleSpec) -> bool:
     if f.eps == 0:
         return False
     try:
-        with time_limit(INTEGRATE_SECONDS):
-            value = boundary_value(f.eps, 0)
-    except (TimeLimit, NotImplementedError):
+        value = boundary_value(f.eps, 0)
+    except GaveUp:
+        raise
+    except (TimeLimit, NotImplementedError, SpecError):
         return True
     return not (value.is_finite and value.is_real)
 
@@ -291,8 +296,10 @@ def spec_key(spec: ScheduleSpec) -> str:
 # --- rendering ----------------------------------------------------------------------------------
 
 def render_kernel(spec: ScheduleSpec, *, name: str, command: str) -> str:
-    """The source text of the kernel module of ``spec``; ``command`` regenerates it (header)."""
-    return _render(spec, name, command)
+    """The source text of the kernel module of ``spec``; ``command`` regenerates it (header).
+
+    Bounded: within RENDER_SECONDS, else :class:`formulas.GaveUp` (a SpecError, "gave up after N s")."""
+    return run_budgeted(RENDER_SECONDS, f"generating the kernel of {spec.name!r}", _render, spec, name, command)
 
 
 @lru_cache(maxsize=64)

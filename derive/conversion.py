@@ -15,15 +15,17 @@ import numpy as np
 import sympy as sp
 
 from .errors import SpecError
-from .formulas import derive, simplify
-from .limits import TimeLimit, time_limit
+from .formulas import bounded, derive, run_budgeted, simplify
+from .limits import TimeLimit
 from .schedule import ScheduleSpec
 from .symbols import t
 
-__all__ = ["Conversion", "convert", "SOLVE_SECONDS"]
+__all__ = ["Conversion", "convert", "SOLVE_SECONDS", "CONVERT_SECONDS"]
 
 #: how long SymPy may look for a closed-form inverse of the snr before the numeric fallback
 SOLVE_SECONDS = 5.0
+#: budget of one convert() (the two derivations included), in seconds on 2 CPU cores
+CONVERT_SECONDS = 30.0
 # leading underscores: a parameter name never starts with one, so these never clash with a parameter
 _S = sp.Symbol("_S", positive=True)
 _tau = sp.Symbol("_tau", positive=True)
@@ -71,7 +73,7 @@ def _snr_inverse(snr: sp.Expr, at: tuple[tuple[sp.Symbol, sp.Expr], ...] = ()) -
     attempts = (lambda: sp.Eq(tau_snr, _S), lambda: sp.Eq(simplify(1 / tau_snr**2), 1 / _S**2))
     for equation in attempts:
         try:
-            with time_limit(SOLVE_SECONDS):
+            with bounded(SOLVE_SECONDS):
                 roots = sp.solve(equation(), _tau, check=False, simplify=False)
         except (NotImplementedError, ValueError, TimeLimit):
             continue
@@ -104,7 +106,11 @@ def _is_inverse(root: sp.Expr, snr_at: sp.Expr, values: dict) -> bool:
 @lru_cache(maxsize=256)
 def convert(source: ScheduleSpec, target: ScheduleSpec) -> Conversion:
     """Derive the conversion of a model trained on ``source`` to sampling in ``target``
-    (parameters at their values)."""
+    (parameters at their values), within CONVERT_SECONDS (else formulas.GaveUp)."""
+    return run_budgeted(CONVERT_SECONDS, f"converting {source.name!r} to {target.name!r}", _convert, source, target)
+
+
+def _convert(source: ScheduleSpec, target: ScheduleSpec) -> Conversion:
     source, target = source.substituted(), target.substituted()
     fa, fb = derive(source), derive(target)
     inverse = _snr_inverse(fa.snr)

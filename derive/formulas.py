@@ -6,30 +6,126 @@ eps = sigma^2/2, optimal diffusion eps* = alpha^2 (log snr)'.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Callable, Iterator
 
 import sympy as sp
 
 from .errors import SpecError
+from .limits import TimeLimit, call_with_time_limit, limits_by_signal, time_limit
 from .schedule import ScheduleSpec
 from .symbols import eta_X, eta_Z, m, t, v, x
 
-__all__ = ["Formulas", "derive", "PREDICTIONS", "simplify"]
+__all__ = ["Formulas", "derive", "PREDICTIONS", "simplify", "GaveUp", "budget", "bounded", "check_budget",
+           "run_budgeted", "DERIVE_SECONDS", "SIMPLIFY_SECONDS"]
 
 #: network parameterizations and the relation each output m has to (eta_Z, eta_X)
 PREDICTIONS = ("velocity", "x", "noise", "score")
 
+#: budget of one derive() (every formula of one schedule), in seconds on 2 CPU cores
+DERIVE_SECONDS = 10.0
+#: one simplification; on expiry the cheaper forms (the expression itself, its cancel) are kept
+SIMPLIFY_SECONDS = 4.0
+
+
+# --- bounded work ---------------------------------------------------------------------------------
+#
+# A budget is a wall-clock deadline for a whole call (derive, validate, render_kernel, convert); budgets
+# nest (the sooner deadline applies).  Each expensive SymPy call inside runs under ``bounded(step)``:
+# derive.limits.time_limit of the step's own limit or what the budgets leave, whichever is less.  A step
+# that runs out of its own limit raises TimeLimit (the caller falls back); one that exhausts a budget
+# raises GaveUp ("... gave up after N s").  time_limit works by SIGALRM on the main thread; a budgeted
+# call made from another thread runs in a child process (derive.limits.call_with_time_limit) instead.
+
+class GaveUp(SpecError):
+    """A budgeted call (derive, validate, render_kernel, convert) ran out of its time budget."""
+
+
+_local = threading.local()
+
+
+def _stack() -> list[tuple[float, float, str]]:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+@contextlib.contextmanager
+def budget(seconds: float, what: str) -> Iterator[None]:
+    """A deadline ``seconds`` from now for the work inside; exhausting it raises :class:`GaveUp`."""
+    stack = _stack()
+    stack.append((time.monotonic() + seconds, seconds, what))
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def _left() -> float:
+    now = time.monotonic()
+    return min((deadline - now for deadline, _, _ in _stack()), default=float("inf"))
+
+
+def check_budget() -> None:
+    """Raise :class:`GaveUp` naming the first budget whose deadline has passed."""
+    now = time.monotonic()
+    for deadline, seconds, what in _stack():
+        if now >= deadline:
+            raise GaveUp(f"{what}: gave up after {seconds:g} s")
+
+
+@contextlib.contextmanager
+def bounded(seconds: float) -> Iterator[None]:
+    """One expensive step: at most ``seconds`` and at most what the budgets leave.
+
+    Raises TimeLimit when the step's own limit passes, GaveUp when a budget is exhausted."""
+    check_budget()
+    limit = min(seconds, _left())
+    try:
+        with time_limit(max(limit, 1e-3)):
+            yield
+    except TimeLimit:
+        check_budget()
+        raise
+    check_budget()
+
+
+def run_budgeted(seconds: float, what: str, fn: Callable[..., Any], /, *args: Any) -> Any:
+    """``fn(*args)`` within a budget of ``seconds``.
+
+    On the main thread the budget is kept by signals (:func:`bounded` steps inside ``fn``).  From any
+    other thread, outside any budget, ``fn`` (a module-level function) runs in a child process killed
+    after ``seconds`` (:func:`derive.limits.call_with_time_limit`); there it is the child's main thread."""
+    if not limits_by_signal() and not _stack():
+        try:
+            return call_with_time_limit(seconds, fn, *args)
+        except TimeLimit:
+            raise GaveUp(f"{what}: gave up after {seconds:g} s") from None
+    with budget(seconds, what):
+        return fn(*args)
+
 
 def simplify(expr: sp.Expr) -> sp.Expr:
-    """Simplify, keeping whichever of a few cheap forms is shortest."""
+    """Simplify, keeping whichever of a few cheap forms is shortest (each bounded by SIMPLIFY_SECONDS;
+    on expiry the forms found so far)."""
     expr = sp.sympify(expr)
     if expr.is_Number:
         return expr
-    candidates = [expr, sp.cancel(expr), sp.simplify(expr)]
-    if candidates[-1].has(sp.Abs, sp.sign):
-        # t lies in (0, 1): tell SymPy that 1 - t > 0 as well
-        candidates.append(sp.simplify(sp.refine(candidates[-1], sp.Q.positive(1 - t))))
+    candidates = [expr]
+    try:
+        with bounded(SIMPLIFY_SECONDS):
+            candidates.append(sp.cancel(expr))
+            candidates.append(sp.simplify(expr))
+            if candidates[-1].has(sp.Abs, sp.sign):
+                # t lies in (0, 1): tell SymPy that 1 - t > 0 as well
+                candidates.append(sp.simplify(sp.refine(candidates[-1], sp.Q.positive(1 - t))))
+    except TimeLimit:
+        pass
     return min(candidates, key=sp.count_ops)
 
 
@@ -78,7 +174,11 @@ def diffusion_eps(spec: ScheduleSpec, alpha: sp.Expr, beta: sp.Expr, eps_star: s
 
 @lru_cache(maxsize=256)
 def derive(spec: ScheduleSpec) -> Formulas:
-    """Derive every formula of ``spec`` (cached per spec)."""
+    """Derive every formula of ``spec`` (cached per spec), within DERIVE_SECONDS (else :class:`GaveUp`)."""
+    return run_budgeted(DERIVE_SECONDS, f"deriving the formulas of {spec.name!r}", _derive, spec)
+
+
+def _derive(spec: ScheduleSpec) -> Formulas:
     alpha, beta = spec.alpha, spec.beta
     da, db = simplify(sp.diff(alpha, t)), simplify(sp.diff(beta, t))
     snr = simplify(beta / alpha)

@@ -33,8 +33,12 @@ WORKER_START_SECONDS = 120.0
 _MAX_IDLE_WORKERS = 2
 
 
-class TimeLimit(Exception):
-    """Raised when a bounded call ran past its limit (or its child process died)."""
+class TimeLimit(BaseException):
+    """Raised when a bounded call ran past its limit (or its child process died).
+
+    A :class:`BaseException` (as ``KeyboardInterrupt`` and ``asyncio.CancelledError``), so that the
+    ``except Exception`` fallbacks inside SymPy and in validation cannot swallow it and run on
+    unbounded; catch it by name."""
 
 
 def limits_by_signal() -> bool:
@@ -148,7 +152,6 @@ def _serve(source, channel) -> None:
 
 class _Worker:
     def __init__(self) -> None:
-        import pickle
         import queue
         import subprocess
         import sys

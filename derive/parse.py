@@ -26,7 +26,9 @@ from __future__ import annotations
 import ast
 import cmath
 import math
+import threading
 import unicodedata
+import warnings
 from typing import Mapping
 
 import sympy as sp
@@ -116,10 +118,18 @@ def parse_expression(text: str, params: Mapping[str, sp.Expr] | None = None,
         names[key] = value
     source = text.strip()
     try:
-        tree = ast.parse(source, mode="eval")
+        if threading.current_thread() is threading.main_thread():
+            with warnings.catch_warnings():
+                # "1if t else 2", "1lambda": Python only warns; here such text is a syntax error.
+                # (catch_warnings changes process-wide state, so only on the main thread.)
+                warnings.simplefilter("error", SyntaxWarning)
+                warnings.simplefilter("error", DeprecationWarning)
+                tree = ast.parse(source, mode="eval")
+        else:
+            tree = ast.parse(source, mode="eval")
     except SyntaxError as err:
         raise ExpressionError(f"{what}: syntax error in {_excerpt(text)} at column {err.offset}: {err.msg}") from None
-    except (RecursionError, MemoryError, ValueError, OverflowError) as err:
+    except (RecursionError, MemoryError, ValueError, OverflowError, SyntaxWarning, DeprecationWarning) as err:
         raise ExpressionError(f"{what}: cannot parse {_excerpt(text)} ({type(err).__name__}: {err})") from None
     converter = _Converter(names, what, source)
     try:

@@ -70,6 +70,7 @@ class ScheduleSpec:
             raise SpecError(f"diffusion must be one of {DIFFUSION_KEYWORDS} or an expression, got {self.diffusion!r}")
         if (self.diffusion == "sigma") != (self.sigma is not None):
             raise SpecError("sigma expression given without diffusion='sigma' (or the reverse)")
+        _check_data_var(self.data_var)
         names = [name for name, _ in self.params]
         if len(set(names)) != len(names):
             raise SpecError(f"parameter names repeat: {names}")
@@ -167,6 +168,15 @@ def from_expressions(alpha: str, beta: str, sigma: str = "ode", *, params: Mappi
         raise SpecError(f"boundary_tol must be a number in [0, 1), got {boundary_tol!r}")
     return ScheduleSpec(name, a, b, diffusion, s, _number(data_var, "data variance"),
                         tuple(sorted(values.items())), float(boundary_tol), description)
+
+
+def _check_data_var(value) -> None:
+    """The data variance v of N(0, v I): a positive finite number, or the positive symbol v itself."""
+    expr = sp.sympify(value) if not isinstance(value, sp.Basic) else value
+    if expr == v:
+        return
+    if not (isinstance(expr, sp.Expr) and expr.is_number and expr.is_real and expr.is_finite and expr.is_positive):
+        raise SpecError(f"data variance must be a positive finite number (or the symbol v), got {value!r}")
 
 
 def _check_param_name(name: str) -> None:

@@ -3,10 +3,13 @@ expression or an ExpressionError, within a time budget, and nothing is executed.
 
 A fixed corpus of hostile strings plus hypothesis fuzzing inside and outside the whitelist grammar.
 The worst parse time over the corpus is printed (run with -s to see it)."""
+import ast
 import builtins
+import contextlib
 import os
 import string
 import time
+from unittest import mock
 
 import pytest
 import sympy as sp
@@ -64,37 +67,42 @@ CORPUS = [
 ]
 
 
-@pytest.fixture
-def nothing_executes(monkeypatch):
-    """eval, exec, compile to code, sympify, parse_expr and os.system all fail if called."""
-    real_compile = builtins.compile
+def _forbidden(*args, **kwargs):
+    raise AssertionError("user text must never be evaluated")
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("user text must never be evaluated")
 
-    def ast_only_compile(source, filename, mode, flags=0, *args, **kwargs):
-        import ast
-        if not flags & ast.PyCF_ONLY_AST:
-            raise AssertionError("user text must never be compiled to code")
-        return real_compile(source, filename, mode, flags, *args, **kwargs)
+_REAL_COMPILE = builtins.compile
 
-    monkeypatch.setattr(builtins, "eval", forbidden)
-    monkeypatch.setattr(builtins, "exec", forbidden)
-    monkeypatch.setattr(builtins, "compile", ast_only_compile)
-    monkeypatch.setattr(sp, "sympify", forbidden)
-    monkeypatch.setattr(sp, "parse_expr", forbidden)
-    monkeypatch.setattr(sp.parsing.sympy_parser, "parse_expr", forbidden)
-    monkeypatch.setattr(os, "system", forbidden)
+
+def _ast_only_compile(source, filename, mode, flags=0, *args, **kwargs):
+    if not flags & ast.PyCF_ONLY_AST:
+        raise AssertionError("user text must never be compiled to code")
+    return _REAL_COMPILE(source, filename, mode, flags, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def nothing_executes():
+    """eval, exec, compile to code, sympify, parse_expr and os.system all fail if called inside.
+    (Scoped to one parse: hypothesis itself uses exec.)"""
+    with contextlib.ExitStack() as stack:
+        for owner, name, replacement in ((builtins, "eval", _forbidden), (builtins, "exec", _forbidden),
+                                         (builtins, "compile", _ast_only_compile), (sp, "sympify", _forbidden),
+                                         (sp, "parse_expr", _forbidden),
+                                         (sp.parsing.sympy_parser, "parse_expr", _forbidden),
+                                         (os, "system", _forbidden)):
+            stack.enter_context(mock.patch.object(owner, name, replacement))
+        yield
 
 
 def _outcome(text: str, params=PARAMS) -> tuple[object, float]:
     """Parse; return (expression or the ExpressionError, seconds).  Any other exception fails the test."""
-    start = time.perf_counter()
-    try:
-        result = parse_expression(text, params, what="fuzz")
-    except ExpressionError as err:
-        result = err
-    elapsed = time.perf_counter() - start
+    with nothing_executes():
+        start = time.perf_counter()
+        try:
+            result = parse_expression(text, params, what="fuzz")
+        except ExpressionError as err:
+            result = err
+        elapsed = time.perf_counter() - start
     assert elapsed < BUDGET_S, f"{text[:80]!r} took {elapsed:.2f} s"
     if isinstance(result, ExpressionError):
         assert str(result).startswith("fuzz: "), str(result)
@@ -105,16 +113,12 @@ def _outcome(text: str, params=PARAMS) -> tuple[object, float]:
     return result, elapsed
 
 
-_WORST: dict[str, float] = {}
-
-
 @pytest.mark.parametrize("text", CORPUS, ids=range(len(CORPUS)))
-def test_corpus_ends_in_an_expression_or_an_expression_error(text, nothing_executes):
-    _, elapsed = _outcome(text)
-    _WORST[text] = elapsed
+def test_corpus_ends_in_an_expression_or_an_expression_error(text):
+    _outcome(text)
 
 
-def test_corpus_worst_case_time(nothing_executes, capsys):
+def test_corpus_worst_case_time(capsys):
     times = {}
     for text in CORPUS:
         times[text] = _outcome(text)[1]
@@ -170,7 +174,7 @@ def test_hostile_input_is_refused_with_the_reason(text, fragment):
 @pytest.mark.parametrize("text, expected", [
     ("10**300", sp.Integer(10) ** 300),
     ("10**15", sp.Integer(10) ** 15),
-    ("(-1)**(10**15)", sp.Integer(-1)),
+    ("(-1)**(10**15 - 1)", sp.Integer(-1)),
     ("t**100", t**100),
     ("t**-100", t**-100),
     ("exp(-1000)*t", sp.exp(-1000) * t),
@@ -211,32 +215,32 @@ _TOKENS = ["t", "k", "(", ")", "**", "*", "/", "+", "-", "sin", "exp", "log", "s
            "\uff54", "\u0435", "if", "else", "for", "in", "{", "}", "@", "%", "~", "not", "f'", "b'", "\\", "\n"]
 near_grammar = st.lists(st.sampled_from(_TOKENS), max_size=40).map("".join)
 
-_FUZZ = settings(max_examples=200, deadline=1000, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                        HealthCheck.too_slow])
+_FUZZ = settings(max_examples=200, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
 
 
 @_FUZZ
-@given(grammar)
-def test_fuzz_whitelist_grammar(text, nothing_executes):
+@given(text=grammar)
+def test_fuzz_whitelist_grammar(text):
     _outcome(text)
     _outcome(text, {"k": sp.Integer(3)})
 
 
 @_FUZZ
-@given(near_grammar)
-def test_fuzz_token_soup(text, nothing_executes):
+@given(text=near_grammar)
+def test_fuzz_token_soup(text):
     _outcome(text)
 
 
 @_FUZZ
-@given(st.text(alphabet=string.printable, max_size=300))
-def test_fuzz_printable_text(text, nothing_executes):
+@given(text=st.text(alphabet=string.printable, max_size=300))
+def test_fuzz_printable_text(text):
     _outcome(text)
 
 
 @_FUZZ
-@given(st.text(max_size=200))
-def test_fuzz_unicode_text(text, nothing_executes):
+@given(text=st.text(max_size=200))
+def test_fuzz_unicode_text(text):
     result, _ = _outcome(text)
     if not text.isascii():
-        assert isinstance(result, ExpressionError) and "non-ASCII" in str(result)
+        assert isinstance(result, ExpressionError)
+        assert "non-ASCII" in str(result) or "control character" in str(result) or "NUL byte" in str(result)

@@ -64,3 +64,38 @@ def test_parameter_names_are_checked():
         parse_expression("t", {"sin": sp.Integer(1)})
     with pytest.raises(Exception, match="not a plain identifier"):
         from_expressions("1 - t", "t", params={"__x": 1})
+
+
+def test_declared_limits():
+    from lazyflow.derive import parse as module
+
+    assert (module.MAX_LENGTH, module.MAX_NESTING, module.MAX_TREE_DEPTH) == (2000, 50, 100)
+    assert (module.MAX_LITERAL, module.MAX_POWER_DIGITS, module.MAX_SYMBOLIC_EXPONENT) == (10**15, 300, 100)
+    assert module.MAX_CONSTANT == 1e300
+
+
+def test_long_chains_equal_the_left_fold():
+    """Chains longer than 32 operands are built n-ary (linear work); the result is the same expression."""
+    terms = [f"t**{i % 7}/{i + 1}" for i in range(60)]
+    folded = sp.Integer(0)
+    for i in range(60):
+        folded = folded + (1 if i % 2 == 0 else -1) * t ** (i % 7) / (i + 1)
+    text = terms[0] + "".join(("-" if i % 2 else "+") + term for i, term in enumerate(terms[1:], start=1))
+    assert parse_expression(text) == folded
+    factors = "*".join(f"(t + {i})" for i in range(40)) + "/(t + 41)"
+    assert parse_expression(factors) == sp.Mul(*[t + i for i in range(40)]) / (t + 41)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("ｔ", "non-ASCII character 'ｔ'"),
+    ("t\x00", "NUL byte"),
+    ("1/0", "division by zero in '1/0'"),
+    ("log(0)", "not finite"),
+    ("-" * 1998 + "t", "more than 50 operators"),
+    ("t**10**10**10", "too large to evaluate"),
+    ("1lambda", "syntax error"),
+])
+def test_issue_9_parser_cases(text, fragment):
+    with pytest.raises(ExpressionError) as info:
+        parse_expression(text, what="beta")
+    assert fragment in str(info.value)

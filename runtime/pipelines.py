@@ -1,0 +1,366 @@
+"""lazyflow inside diffusers pipelines: :class:`LazyFlowScheduler`, a drop-in for FlowMatchEuler.
+
+    from lazyflow.diffusers import LazyFlowScheduler
+    pipe.scheduler = LazyFlowScheduler.from_config(pipe.scheduler.config, schedule="pointmass",
+                                                   integrator="multistep-pc")
+
+The scheduler drives the same integrator loop as :func:`lazyflow.sample` (the generator loops of
+:mod:`lazyflow.runtime.integrators`): ``set_timesteps`` builds the plan and each ``step`` is one
+network call that the pipeline made; nothing of the integrators is re-implemented here.
+
+Times.  The network is a linear-schedule flow model (diffusers' x_sigma = (1 - sigma) X + sigma Z, so
+source time tau = 1 - sigma, output Z - X = minus our velocity).  The pipeline's ``sigmas`` (shifted by
+``shift``, or by ``mu`` with dynamic shifting, exactly as FlowMatchEulerDiscreteScheduler shifts them)
+are the network times of a one-call-per-step run; they are mapped into the target frame by equal log
+snr, t_k = target.time_of_log_snr(source.log_snr(1 - sigma_k)), with t = 1 appended, and that grid is
+integrated.  ``timesteps`` are the network times of the calls the loop makes, 1000 (1 - tau), in order:
+one per ``step``, so a two-stage integrator (heun, midpoint, exp-midpoint) has ``order = 2`` and its
+intermediate calls appear as extra timesteps (as FlowMatchHeun's do).  Without ``sigmas`` the default
+grid is linspace(1, 1/num_train_timesteps) shifted once (FlowMatchEuler shifts its end twice, diffusers
+issue 13243).
+
+State.  The scheduler owns the state: the first ``step`` reads the pipeline's latents, later ones use the
+loop's own state (the ``sample`` argument must be what the previous ``step`` returned).  ``step``
+returns what the pipeline feeds the network next (the state divided by the frame's scale c), and the
+final state after the last call.  The pipeline's latents are the source-frame state at the first call's
+sigma: the target-frame state is c(t_0) * latents (the latents themselves for a standard target started
+at sigma = 1).  A point-mass target started at sigma = 1 (t_0 = 0) starts from x = 0 and uses the
+latents as its first noise draw, so the run is fixed by the pipeline's generator; its first network call
+was made by the pipeline on those latents at sigma = 1 (snr = 0, where the denoiser does not depend on
+its input), and the scheduler converts that output to the denoiser there: eta_X = latents - output.
+A run that starts below sigma = 1 (img2img, ``strength`` < 1) starts from c(t_0) * latents in any frame,
+the point mass included (its state at t_0 > 0 is an ordinary noisy state).
+
+Noise.  Pipelines call ``step`` without a generator; a stochastic schedule draws sample i's noise from
+``per_sample_normal(seed, i)`` (``seed`` in the config, or :meth:`LazyFlowScheduler.set_seed`), laid out
+as :func:`lazyflow.sample` lays it out with ``initial=latents``, so a run in a pipeline equals
+``sample(..., seed=seed, initial=latents)`` on the same model.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import LazyflowError
+
+try:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+    from diffusers.utils import BaseOutput
+except ImportError as _err:  # diffusers is an optional extra
+    raise LazyflowError("lazyflow.diffusers (LazyFlowScheduler) needs diffusers, an optional extra: "
+                        "pip install 'lazyflow[peers]' (or pip install diffusers)") from _err
+
+from .grids import GRIDS, make_grid
+from .integrators import FINAL_STEPS, Plan, build_plan, get_integrator
+from .noise import per_sample_normal
+from .sampler import _affine, _two_point
+from .schedule import Schedule, load_schedule
+
+__all__ = ["LazyFlowScheduler", "LazyFlowSchedulerOutput", "SOURCE"]
+
+#: the network's own schedule: diffusers flow transformers are linear-schedule velocity models
+SOURCE = "linear"
+PIPELINE_GRID = "pipeline"
+_EULER_FIELDS = ("num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift",
+                 "base_image_seq_len", "max_image_seq_len", "shift_terminal", "use_karras_sigmas",
+                 "use_exponential_sigmas", "use_beta_sigmas", "time_shift_type")
+
+
+@dataclass
+class LazyFlowSchedulerOutput(BaseOutput):
+    """``prev_sample``: what the pipeline feeds the network next (the final samples after the last call)."""
+
+    prev_sample: torch.Tensor
+
+
+class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
+    """A diffusers scheduler that integrates a flow-matching pipeline in any lazyflow schedule.
+
+    Config: FlowMatchEulerDiscreteScheduler's fields (``shift``, ``use_dynamic_shifting``, ``base_shift``,
+    ``max_shift``, ``base_image_seq_len``, ``max_image_seq_len``, ``num_train_timesteps``,
+    ``shift_terminal``, ``use_karras_sigmas``, ``use_exponential_sigmas``, ``use_beta_sigmas``,
+    ``time_shift_type``; ``invert_sigmas`` and ``stochastic_sampling`` must stay False: choose a
+    stochastic ``schedule`` instead) and lazyflow's:
+
+    - ``schedule``: the target schedule, any name :func:`lazyflow.load_schedule` resolves (a preset, a
+      ``.toml`` or kernel ``.py`` path), with ``schedule_params`` (a dict) bound;
+    - ``integrator``: a name of :data:`lazyflow.INTEGRATORS`; ``order`` is its calls per step;
+    - ``grid``: ``"pipeline"`` (default: the pipeline's sigmas mapped by equal log snr) or a lazyflow grid
+      name (``uniform``, ``source``, ``logsnr``, ``edm``) of ``num_inference_steps`` steps, which then
+      replaces the pipeline's sigmas, shift and ``mu``;
+    - ``final_step``: ``euler`` or ``denoise``;
+    - ``seed``: the per-sample noise streams of a stochastic schedule.
+    """
+
+    _compatibles: list = []
+    order = 1
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0, use_dynamic_shifting: bool = False,
+                 base_shift: float | None = 0.5, max_shift: float | None = 1.15, base_image_seq_len: int = 256,
+                 max_image_seq_len: int = 4096, invert_sigmas: bool = False, shift_terminal: float | None = None,
+                 use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False,
+                 time_shift_type: str = "exponential", stochastic_sampling: bool = False,
+                 schedule: str = "pointmass", schedule_params: dict | None = None, integrator: str = "multistep-pc",
+                 grid: str = PIPELINE_GRID, final_step: str = "euler", seed: int = 0):
+        if invert_sigmas:
+            raise LazyflowError("LazyFlowScheduler: invert_sigmas (Mochi's inverted sigmas) is not supported")
+        if stochastic_sampling:
+            raise LazyflowError("LazyFlowScheduler: stochastic_sampling is FlowMatchEuler's own SDE; choose a "
+                                "stochastic schedule instead (schedule='pointmass' or 'linear-sde')")
+        if not isinstance(schedule, (str, os.PathLike)):
+            raise LazyflowError(f"LazyFlowScheduler: schedule must be a name or a path (it is saved in the config), "
+                                f"got {type(schedule).__name__}")
+        self.target: Schedule = load_schedule(os.fspath(schedule), **(schedule_params or {}))
+        self.source: Schedule = load_schedule(SOURCE)
+        self.integrator = get_integrator(integrator)
+        if self.integrator.exponential and not self.target.has_exponential:
+            raise LazyflowError(f"integrator {self.integrator.name!r}: {self.target.kernel.EXPONENTIAL}")
+        if final_step not in FINAL_STEPS:
+            raise LazyflowError(f"unknown final_step {final_step!r}; choose one of {', '.join(FINAL_STEPS)}")
+        if grid != PIPELINE_GRID and grid not in GRIDS:
+            raise LazyflowError(f"unknown grid {grid!r}; choose {PIPELINE_GRID!r} (the pipeline's sigmas) or one of "
+                                f"{', '.join(GRIDS)}")
+        self._check_seed(seed)
+        # the pipeline's sigmas come from FlowMatchEuler itself (its shift, dynamic shift, terminal stretch,
+        # Karras/exponential/beta spacing), always given explicitly so that the shift is applied once
+        self._sigma_maker = FlowMatchEulerDiscreteScheduler(**{k: getattr(self.config, k) for k in _EULER_FIELDS})
+        self.order = self.integrator.calls_per_step
+        self.init_noise_sigma = 1.0
+        self._seed = int(seed)
+        self.timesteps = self._sigma_maker.timesteps.clone()
+        self.sigmas = self._sigma_maker.sigmas.clone()
+        self.sigma_min, self.sigma_max = float(self.sigmas[-1]), float(self.sigmas[0])
+        self.num_inference_steps: int | None = None
+        self._times: torch.Tensor | None = None     # the target grid (float64, CPU)
+        self._offsets: list[int] = []                # call index of each step's first call
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self._loop = None
+        self._last: torch.Tensor | None = None
+        self._first_shift: torch.Tensor | None = None
+
+    # --- what diffusers pipelines read ------------------------------------------------------------
+    @property
+    def shift(self) -> float:
+        return self._sigma_maker.shift
+
+    def set_shift(self, shift: float) -> None:
+        self._sigma_maker.set_shift(shift)
+
+    @property
+    def step_index(self) -> int | None:
+        """The index of the next network call (one per ``step``), or None before the first step."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """The call index the run starts at, set by the pipeline with :meth:`set_begin_index`."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        self._begin_index = int(begin_index)
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    def set_seed(self, seed: int) -> None:
+        """Seed the per-sample noise streams of the next runs (overrides the config's ``seed``)."""
+        self._check_seed(seed)
+        self._seed = int(seed)
+
+    @property
+    def times(self) -> torch.Tensor:
+        """The grid the run integrates, in the target schedule's time (float64; ends at 1)."""
+        if self._times is None:
+            raise LazyflowError("call set_timesteps first")
+        return self._times.clone()
+
+    @property
+    def nfe(self) -> int:
+        """Network calls of a whole run (one per timestep)."""
+        return len(self.timesteps)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        return sample
+
+    # --- timesteps -------------------------------------------------------------------------------
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      sigmas: list[float] | None = None, mu: float | None = None,
+                      timesteps: list[float] | None = None) -> None:
+        """Build the run: the target grid from the pipeline's sigmas (or ``grid``), the plan, and the
+        ``timesteps`` of its network calls (diffusers' 0..num_train_timesteps scale)."""
+        cfg = self.config
+        if num_inference_steps is None and sigmas is None and timesteps is None:
+            raise LazyflowError("set_timesteps needs num_inference_steps, sigmas or timesteps")
+        if cfg.grid == PIPELINE_GRID:
+            if cfg.use_dynamic_shifting and mu is None:
+                raise LazyflowError("`mu` must be passed when use_dynamic_shifting is True (the pipeline computes it "
+                                    "from the image size)")
+            if sigmas is None and timesteps is None:
+                # once-shifted default grid (FlowMatchEuler shifts its already shifted ends again: issue 13243)
+                sigmas = np.linspace(1.0, 1.0 / cfg.num_train_timesteps, int(num_inference_steps))
+            self._sigma_maker.set_timesteps(num_inference_steps=num_inference_steps, sigmas=sigmas, mu=mu,
+                                            timesteps=timesteps)
+            sigma = self._sigma_maker.sigmas[:-1].to(torch.float64).cpu()
+            times = self._target_times(torch.cat([1 - sigma, torch.ones(1, dtype=torch.float64)]))
+        else:
+            steps = num_inference_steps or len(sigmas if sigmas is not None else timesteps)
+            times = make_grid(self.target, self.source, int(steps), cfg.grid)
+        steps = times.numel() - 1
+        plan = self._plan(times, "cpu", torch.float64)
+        calls = plan.call_times()
+        self._offsets = [0]
+        for k in range(steps - 1):
+            self._offsets.append(self._offsets[-1] + 1 + int(plan.two_stage[k]))
+        self._times = times
+        self.num_inference_steps = steps
+        self.timesteps = ((1 - calls) * cfg.num_train_timesteps).to(device=device, dtype=torch.float32)
+        self.sigmas = torch.cat([1 - calls, torch.zeros(1, dtype=torch.float64)]).to(torch.float32)
+        self.sigma_min, self.sigma_max = float(self.sigmas[-2]), float(self.sigmas[0])
+        self._step_index = None
+        self._begin_index = None
+        self._loop = None
+        self._last = None
+
+    def _target_times(self, t_src: torch.Tensor) -> torch.Tensor:
+        """Network times -> target times by equal log snr (the identity for the same path)."""
+        if self.target.same_path(self.source):
+            times = t_src.clone()
+        else:
+            times = self.target.time_of_log_snr(self.source.log_snr(t_src))
+            times = torch.where(t_src <= 0, torch.zeros_like(times), times)
+            times[-1] = 1.0
+        if not torch.isfinite(times).all() or (times[1:] <= times[:-1]).any() or times[0] < 0 or times[-1] > 1:
+            raise LazyflowError(f"the pipeline's sigmas do not give an increasing grid in [0, 1] for "
+                                f"{self.target.describe()}: sigmas must decrease strictly from at most 1 to above 0 "
+                                f"(got network times {t_src.tolist()})")
+        return times
+
+    def _plan(self, times: torch.Tensor, device, dtype) -> Plan:
+        return build_plan(self.target, self.source, times, integrator=self.integrator,
+                          final_step=self.config.final_step, prediction="velocity", device=device, dtype=dtype)
+
+    def index_for_timestep(self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
+        """The call index of ``timestep``: of two equal timesteps (a two-stage step's end and the next
+        step's start) the second, as diffusers' schedulers choose; the nearest one if none is equal."""
+        schedule_timesteps = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        timestep = torch.as_tensor(timestep, device=schedule_timesteps.device, dtype=schedule_timesteps.dtype)
+        indices = (schedule_timesteps == timestep).nonzero()
+        if len(indices) == 0:
+            return int((schedule_timesteps - timestep).abs().argmin())
+        return int(indices[1 if len(indices) > 1 else 0])
+
+    def scale_noise(self, sample: torch.Tensor, timestep: float | torch.Tensor,
+                    noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Img2img's forward process, as FlowMatchEuler's: sigma noise + (1 - sigma) sample at the
+        network time of the run's first call (``begin_index``)."""
+        if noise is None:
+            raise LazyflowError("scale_noise needs the noise tensor")
+        sigmas = self.sigmas.to(device=sample.device, dtype=sample.dtype)
+        timestep = torch.as_tensor(timestep).reshape(-1)
+        if self.begin_index is None:
+            indices = [self.index_for_timestep(t.to(self.timesteps.device)) for t in timestep]
+        elif self.step_index is not None:
+            indices = [self.step_index] * timestep.shape[0]
+        else:
+            indices = [self.begin_index] * timestep.shape[0]
+        sigma = sigmas[indices].flatten()
+        while sigma.dim() < sample.dim():
+            sigma = sigma.unsqueeze(-1)
+        return sigma * noise + (1.0 - sigma) * sample
+
+    # --- the run ---------------------------------------------------------------------------------
+    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
+             s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: torch.Generator | None = None, per_token_timesteps: torch.Tensor | None = None,
+             return_dict: bool = True) -> LazyFlowSchedulerOutput | tuple:
+        """One network call: ``model_output`` is the network's output (Z - X) on what the previous step
+        returned (on the pipeline's latents at the first call).  Returns the next call's network input,
+        or the samples after the last call.  ``generator`` is not used (noise comes from ``seed``);
+        ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise`` are accepted for FlowMatchEuler's signature and
+        ignored; ``per_token_timesteps`` is refused."""
+        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
+            raise LazyflowError("step() takes one of scheduler.timesteps as timestep, not an integer index")
+        if per_token_timesteps is not None:
+            raise LazyflowError("LazyFlowScheduler does not support per_token_timesteps")
+        if self._times is None:
+            raise LazyflowError("call set_timesteps before step")
+        first = self._step_index is None
+        if first:
+            self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+            self._start(sample)
+        elif self._loop is None:
+            raise LazyflowError("the run has ended (every timestep was stepped); call set_timesteps again")
+        elif sample is not self._last and not torch.equal(sample, self._last):
+            raise LazyflowError("the latents passed to step() are not those the previous step returned: "
+                                "LazyFlowScheduler keeps the state of its integrator, so a pipeline that edits "
+                                "the latents between steps (inpainting, callbacks) is not supported")
+        m = -model_output.to(self._dtype)   # diffusers' Z - X is minus our velocity
+        if first and self._first_shift is not None:
+            m = m + self._first_shift * sample.to(self._dtype)
+        try:
+            call = self._loop.send(m)
+            out = call.x * call.in_scale
+        except StopIteration as done:
+            out, self._loop = done.value, None
+        self._step_index += 1
+        out = out.to(model_output.dtype)
+        self._last = out
+        if not return_dict:
+            return (out,)
+        return LazyFlowSchedulerOutput(prev_sample=out)
+
+    def _start(self, sample: torch.Tensor) -> None:
+        """Start the integrator loop at the call ``step_index`` from the pipeline's latents ``sample``."""
+        begin = self._step_index
+        if begin not in self._offsets:
+            raise LazyflowError(f"the run starts at call {begin}, which is not the first call of a step "
+                                f"(steps start at calls {self._offsets}); with a two-stage integrator start at a "
+                                "step, or use a one-call integrator (euler, exponential, multistep, multistep-pc)")
+        k0 = self._offsets.index(begin)
+        self._dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
+        device = sample.device
+        plan = self._plan(self._times[k0:], device, self._dtype)
+        latents = sample.to(self._dtype)
+        n, shape = latents.shape[0], tuple(latents.shape[1:])
+        stochastic = self.target.stochastic
+        zero_start = self.target.point_mass and float(self._times[k0]) <= 0
+        self._first_shift = None
+        if zero_start:   # x = 0; the latents are the first noise draw (as sample(..., initial=latents))
+            draws = plan.steps if stochastic else 1
+            step_noise = per_sample_normal(self._seed, range(n), draws, shape).to(device=device, dtype=self._dtype)
+            step_noise[:, 0] = latents
+            x = torch.zeros_like(latents)
+            # the pipeline called the network on the latents, not on 0: eta_X = p x_in + q m there
+            p, q = self.source.eta("velocity", plan.tau[:1].to(torch.float64).cpu())
+            self._first_shift = (p / q).to(device=device, dtype=self._dtype)
+        else:            # the latents are the state in the network's frame at the first call: x = c(t_0) latents
+            x = latents / plan.in_scale[0]
+            step_noise = None
+            if stochastic:
+                draws = per_sample_normal(self._seed, range(n), 1 + plan.steps, shape)
+                step_noise = draws[:, 1:].to(device=device, dtype=self._dtype)
+        if stochastic:
+            noise = (lambda k, s=step_noise: s[:, k])
+        else:
+            zeros = torch.zeros_like(x)
+            noise = (lambda k, z=zeros: z)
+        self._loop = plan.integrator.run(x, plan, noise, (_affine, _two_point), None, None)
+        next(self._loop)   # the first call: the pipeline has made it already
+
+    @staticmethod
+    def _check_seed(seed: Any) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise LazyflowError(f"seed must be an integer, got {seed!r}")
