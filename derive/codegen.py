@@ -29,6 +29,7 @@ from pathlib import Path
 
 import sympy as sp
 from sympy.printing.pytorch import TorchPrinter
+from sympy.printing.str import StrPrinter
 
 from .conversion import _S, _snr_inverse
 from .errors import SpecError
@@ -263,9 +264,9 @@ def kernel_spec(spec: ScheduleSpec) -> dict:
     if spec.data_var.free_symbols:
         raise SpecError(f"schedule {spec.name!r}: a kernel needs a numeric data variance, got {spec.data_var}")
     symbols = spec.param_symbols
-    strings = {"alpha": sp.sstr(spec.alpha), "beta": sp.sstr(spec.beta)}
+    strings = {"alpha": _spec_string(spec.alpha), "beta": _spec_string(spec.beta)}
     if spec.sigma is not None:
-        strings["sigma"] = sp.sstr(spec.sigma)
+        strings["sigma"] = _spec_string(spec.sigma)
     for field, text in strings.items():
         try:
             back = parse_expression(text, symbols, what=field)
@@ -284,6 +285,21 @@ def kernel_spec(spec: ScheduleSpec) -> dict:
     return {"name": spec.name, "alpha": strings["alpha"], "beta": strings["beta"],
             "sigma": spec.diffusion if spec.sigma is None else strings["sigma"], "data_var": data_var,
             "params": params, "boundary_tol": float(spec.boundary_tol), "description": spec.description}
+
+
+class _SpecPrinter(StrPrinter):
+    """sstr, with the functions SymPy makes from the parser's whitelist written back in it: cot(x) (from
+    tan(pi/2 - x)) as tan(pi/2 - x), which the parser reads back into the same cot(x)."""
+
+    def _print_cot(self, expr):
+        return f"tan(pi/2 - ({self._print(expr.args[0])}))"
+
+
+def _spec_string(expr: sp.Expr) -> str:
+    text = sp.sstr(expr)
+    if expr.has(sp.cot):
+        text = _SpecPrinter({"order": None}).doprint(expr)
+    return text
 
 
 def spec_key(spec: ScheduleSpec) -> str:
@@ -314,6 +330,13 @@ def _render(spec: ScheduleSpec, name: str, command: str) -> str:
     ode_expo = exponential_step(spec.with_diffusion("ode")) if f.eps != 0 else expo
     ode = derive(spec.with_diffusion("ode"))
     inverse = _snr_inverse(f.snr, defaults)
+    inverse_reason = (f"SymPy found no closed-form inverse of the snr within {_solve_seconds()} s: the runtime "
+                      "inverts log_snr numerically")
+    if inverse is not None and not _printable(inverse):
+        inverse_reason = (f"the closed-form inverse of the snr uses a function torch lacks "
+                          f"({_unprintable(inverse)}): the runtime inverts log_snr numerically")
+        inverse = None
+    expo, ode_expo = (_printable_step(step) for step in (expo, ode_expo))
     params = [(pname, float(value)) for pname, value in spec.params]
 
     meta = {
@@ -348,8 +371,7 @@ def _render(spec: ScheduleSpec, name: str, command: str) -> str:
     if inverse is not None:
         fns.append(fn("time_of_log_snr", (lam,), "The time t with log_snr(t) = lam.", [inverse.subs(_S, sp.exp(lam))]))
     else:
-        fns.append(_comment_line("time_of_log_snr = None", "SymPy found no closed-form inverse of the snr within "
-                                 f"{_solve_seconds()} s: the runtime inverts log_snr numerically"))
+        fns.append(_comment_line("time_of_log_snr = None", inverse_reason))
     fns += [
         fn("drift", (t,), "(K_x, K_e): drift b = K_x x + K_e eta_X of this schedule's diffusion.",
            [f.drift_x, f.drift_eta]),
@@ -369,6 +391,38 @@ def _render(spec: ScheduleSpec, name: str, command: str) -> str:
     parts.append("\n\n".join(fns))
     text = "".join(parts)
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+
+
+def _unprintable(expr: sp.Expr) -> str | None:
+    """The name of the first function in ``expr`` that KernelPrinter cannot print, or None."""
+    printer = KernelPrinter()
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, sp.Function) or isinstance(node, sp.core.function.AppliedUndef):
+            try:
+                printer.doprint(node)
+            except Exception:  # noqa: BLE001 - PrintMethodNotImplementedError and friends
+                return type(node).__name__
+    try:
+        printer.doprint(expr)
+    except Exception:  # noqa: BLE001
+        return type(expr).__name__
+    return None
+
+
+def _printable(expr: sp.Expr) -> bool:
+    return _unprintable(expr) is None
+
+
+def _printable_step(step: ExponentialStep) -> ExponentialStep:
+    """``step``, or no step (with the reason) when its closed form uses a function torch lacks."""
+    if step.reason:
+        return step
+    for expr in (step.A, step.B, step.C):
+        missing = _unprintable(expr)
+        if missing:
+            return ExponentialStep(None, None, None, reason=(
+                f"exponential integrator unavailable: its closed form uses {missing}, which torch lacks"))
+    return step
 
 
 def _solve_seconds() -> float:
@@ -440,7 +494,7 @@ def _function(printer: KernelPrinter, name: str, args: tuple[sp.Symbol, ...], pa
               doc: str, outputs: list[sp.Expr]) -> str:
     """A torch function of tensor ``args`` (and keyword-only ``params``) returning ``outputs`` after CSE."""
     outputs = [sp.sympify(e) for e in outputs]
-    replacements, reduced = sp.cse(outputs, symbols=sp.numbered_symbols("_c"))
+    replacements, reduced = _inline_scalar_constants(*sp.cse(outputs, symbols=sp.numbered_symbols("_c")))
     first = str(args[0])
     names = [str(a) for a in args]
     if params:
@@ -477,6 +531,34 @@ def _function(printer: KernelPrinter, name: str, args: tuple[sp.Symbol, ...], pa
                 lines[-1] += ","
             lines.append("    )")
     return "\n".join(lines) + "\n"
+
+
+def _inline_scalar_constants(replacements: list, reduced: list) -> tuple[list, list]:
+    """Put back the CSE constants (plain Python floats in the kernel) that would reach a torch function or
+    power on their own, e.g. ``torch.pow(_c1 + 1, 2)`` with ``_c1 = -cosh(1)``: a constant expression is
+    printed as one float literal instead."""
+    while True:
+        numeric: dict[sp.Symbol, sp.Expr] = {}
+        for symbol, value in replacements:
+            if value.free_symbols <= set(numeric):
+                numeric[symbol] = value
+        inline = set()
+        for expr in [value for _, value in replacements] + list(reduced):
+            for node in sp.preorder_traversal(expr):
+                if isinstance(node, (sp.Pow, sp.Function)) and node.free_symbols and node.free_symbols <= set(numeric):
+                    inline |= node.free_symbols
+        if not inline:
+            return replacements, reduced
+        values = {symbol: numeric[symbol] for symbol in inline}
+        kept = []
+        for symbol, value in replacements:
+            value = value.xreplace(values)
+            if symbol in inline:
+                values[symbol] = value
+            else:
+                kept.append((symbol, value))
+        values = {symbol: value.xreplace(values) for symbol, value in values.items()}
+        replacements, reduced = kept, [e.xreplace(values) for e in reduced]
 
 
 def _statement(prefix: str, text: str) -> list[str]:

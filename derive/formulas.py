@@ -107,18 +107,34 @@ def run_budgeted(seconds: float, what: str, fn: Callable[..., Any], /, *args: An
         except TimeLimit:
             raise GaveUp(f"{what}: gave up after {seconds:g} s") from None
     with budget(seconds, what):
-        return fn(*args)
+        try:
+            with time_limit(seconds):
+                return fn(*args)
+        except TimeLimit:
+            check_budget()
+            raise GaveUp(f"{what}: gave up after {seconds:g} s") from None
+
+
+def _soft_left() -> float:
+    """What the budgets leave for optional work (simplification): each keeps a quarter of itself in reserve
+    for the rest of its call."""
+    now = time.monotonic()
+    return min((deadline - now - seconds / 4 for deadline, seconds, _ in _stack()), default=float("inf"))
 
 
 def simplify(expr: sp.Expr) -> sp.Expr:
-    """Simplify, keeping whichever of a few cheap forms is shortest (each bounded by SIMPLIFY_SECONDS;
-    on expiry the forms found so far)."""
+    """Simplify, keeping whichever of a few cheap forms is shortest, within SIMPLIFY_SECONDS and what the
+    budgets leave for it (three quarters of each); on expiry the forms found so far.  Simplification is
+    optional: it never makes a budgeted call give up."""
     expr = sp.sympify(expr)
     if expr.is_Number:
         return expr
     candidates = [expr]
+    limit = min(SIMPLIFY_SECONDS, _soft_left())
+    if limit <= 0:          # the budget is nearly spent: keep the expression as it is
+        return expr
     try:
-        with bounded(SIMPLIFY_SECONDS):
+        with time_limit(limit):
             candidates.append(sp.cancel(expr))
             candidates.append(sp.simplify(expr))
             if candidates[-1].has(sp.Abs, sp.sign):

@@ -349,8 +349,7 @@ def _validate(spec: ScheduleSpec) -> Validation:
         positive = "proved symbolically"
     else:
         details = "; ".join(how or f"{label} > 0 proved symbolically" for label, how in zip(("alpha", "beta"), proofs))
-        positive = (f"checked on a grid of {len(grid)} points, plus the real roots SymPy finds in (0, 1) where the "
-                    f"grid has an interior minimum ({details})")
+        positive = f"checked on a grid of {len(grid)} points ({details})"
     for label, expr in (("alpha'", f.d_alpha), ("beta'", f.d_beta), ("eps", f.eps)):
         _finite(expr, grid, label)
     monotone = _check_snr(f, grid)
@@ -467,8 +466,8 @@ def _check_positive(spec: ScheduleSpec, label: str, expr: sp.Expr, grid: np.ndar
         if lowest is not None and lowest <= 1e-20 * scale:
             raise SpecError(refuse.format(f"vanishes at t = {where:.6g} (its minimum there is {lowest:.3g})"))
     solved = (f"SymPy could not solve {label} = 0" if found is None
-              else f"none of the {found} roots SymPy found lies in (0, 1)")
-    return f"{label}: {solved}; its {len(inner)} interior minima on the grid are positive"
+              else f"none of the {found} real roots SymPy found lies in (0, 1)")
+    return f"{label}: {solved}; its {len(inner)} low interior minima on the grid are positive (mpmath)"
 
 
 def _sign_change(fn, lo: float, hi: float) -> float | None:
