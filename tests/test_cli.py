@@ -92,3 +92,19 @@ def test_toml_schedule(tmp_path, capsys):
     bad.write_text('alpha = "1 - t"\nbeta = "t"\nextra = 1\n')
     assert main(["derive", "--schedule", str(bad)]) == 2
     assert "unknown keys ['extra']" in capsys.readouterr().err
+
+
+def test_careless_input_of_issue_9(tmp_path, capsys):
+    """--alpha -t+1 is an expression, not an option; --json and --latex together are refused; a conversion
+    the runtime can do is no error in the CLI; a bench file without rows is named as such."""
+    out = run_json(capsys, "derive", "--alpha", "-t+1", "--beta", "t", "--json")
+    assert out["alpha"] == 1 - SYMBOLS["t"]
+    with pytest.raises(SystemExit):
+        main(["derive", "--schedule", "linear", "--json", "--latex"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main(["convert", "--source", "score-vp", "--target", "pointmass"]) == 0
+    assert "time_map" in capsys.readouterr().out
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    assert main(["plot", "bench", "--from", str(empty), "--out", str(tmp_path / "q.png")]) == 2
+    assert "not a bench result" in capsys.readouterr().err
