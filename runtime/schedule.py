@@ -24,9 +24,7 @@ import torch
 from . import kernels
 from .errors import LazyflowError
 
-__all__ = ["Schedule", "ScheduleValues", "load_schedule", "cache_dir", "invert_log_snr", "PREDICTIONS"]
-
-PREDICTIONS = ("velocity", "x", "noise", "score")
+__all__ = ["Schedule", "ScheduleValues", "load_schedule", "cache_dir", "invert_log_snr"]
 
 
 @dataclass(frozen=True)
@@ -153,8 +151,8 @@ class Schedule:
 
     def eta(self, prediction: str, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(p, q) with eta_X = p x + q m for a network trained on this schedule that outputs m."""
-        if prediction not in PREDICTIONS:
-            raise LazyflowError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        if prediction not in self.kernel.PREDICTIONS:
+            raise LazyflowError(f"unknown prediction {prediction!r}; choose one of {', '.join(self.kernel.PREDICTIONS)}")
         return getattr(self.kernel, f"eta_{prediction}")(t, **self._kw)
 
     def exponential(self, t0: torch.Tensor, t1: torch.Tensor, *, ode: bool = False):
