@@ -133,7 +133,8 @@ def run_derive(args: argparse.Namespace) -> int:
     given = schedule_spec(args)
     spec = given.substituted()
     report = validate(spec) if not spec.data_var.free_symbols else None
-    notes = [f"{spec.name}: {report.kind} schedule; snr monotone {report.snr_monotone}", *report.notes] if report else []
+    notes = [f"{spec.name}: {report.kind} schedule; snr monotone {report.snr_monotone}; alpha, beta > 0 "
+             f"{report.positive}", *report.notes] if report else []
     values = derive(spec).as_dict()
     if given.params:   # parameters were substituted: print alpha and beta simplified
         values.update(alpha=sp.simplify(values["alpha"]), beta=sp.simplify(values["beta"]))

@@ -60,10 +60,6 @@ class Validation:
 
 # --- numbers ------------------------------------------------------------------------------------
 
-def _mp_erf(z):
-    return mpmath.erf(z)
-
-
 def _vector(real_fn, mp_fn):
     """A numpy-vectorised special function: ``real_fn`` (math) on real input, mpmath elsewhere."""
     real_v = np.vectorize(real_fn, otypes=[float])
