@@ -95,16 +95,20 @@ def test_toml_schedule(tmp_path, capsys):
 
 
 def test_careless_input_of_issue_9(tmp_path, capsys):
-    """--alpha -t+1 is an expression, not an option; --json and --latex together are refused; a conversion
-    the runtime can do is no error in the CLI; a bench file without rows is named as such."""
+    """--alpha -t+1 is an expression, not an option; --json and --latex together are refused; a bench file
+    without rows is named as such."""
     out = run_json(capsys, "derive", "--alpha", "-t+1", "--beta", "t", "--json")
     assert out["alpha"] == 1 - SYMBOLS["t"]
     with pytest.raises(SystemExit):
         main(["derive", "--schedule", "linear", "--json", "--latex"])
     assert "not allowed with argument" in capsys.readouterr().err
-    assert main(["convert", "--source", "score-vp", "--target", "pointmass"]) == 0
-    assert "time_map" in capsys.readouterr().out
     empty = tmp_path / "empty.json"
     empty.write_text("{}")
     assert main(["plot", "bench", "--from", str(empty), "--out", str(tmp_path / "q.png")]) == 2
     assert "not a bench result" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_conversion_the_runtime_can_do_is_no_cli_error(capsys):
+    assert main(["convert", "--source", "score-vp", "--target", "pointmass"]) == 0
+    assert "time_map" in capsys.readouterr().out

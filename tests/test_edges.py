@@ -82,6 +82,7 @@ def _load(path):
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("function", sorted(FUNCTION_SCHEDULES))
 def test_function_end_to_end(function, tmp_path):
     alpha, beta, sigma = FUNCTION_SCHEDULES[function]
@@ -119,6 +120,7 @@ def test_function_end_to_end(function, tmp_path):
     assert torch.isfinite(samples).all() and 0.3 < float(samples.var()) < 3
 
 
+@pytest.mark.slow
 def test_erf_in_sigma_and_cot_from_tan_emit(tmp_path):
     """`--sigma "erf(t)"` and a sigma SymPy writes with cot (tan(pi/2 - pi t/4)) derive, validate and emit."""
     for sigma in ("erf(t)", "tan(pi/2 - pi*t/4)"):
@@ -184,6 +186,7 @@ def test_boundary_value_without_nsimplify():
     assert boundary_value(sp.Float(0.1) + t, 0) == sp.Float(0.1)
 
 
+@pytest.mark.slow
 def test_validation_budget_gives_up_cleanly(monkeypatch):
     import sys
 
@@ -197,6 +200,7 @@ def test_validation_budget_gives_up_cleanly(monkeypatch):
 
 # --- the float64 range (issue 13 item 5) ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_valid_schedules_beyond_float64_pass():
     assert validate(preset("score-vp").bind(beta_max=2000)).kind == "standard"
     assert validate(from_expressions("exp(-t/(1-t))", "1 - exp(-t/(1-t))")).kind == "standard"

@@ -29,6 +29,7 @@ def finite_difference(expr, at, h=1e-6):
     return float(mpmath.diff(f, at))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ALL, ids=lambda s: s.name)
 def test_derivatives_snr_and_eps_star(spec):
     f = derive(spec)
@@ -59,6 +60,7 @@ def test_drift_from_its_definition(spec):
             assert num(f.score, t=s, eta_Z=ez) == pytest.approx(-ez / a, rel=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ALL, ids=lambda s: s.name)
 @pytest.mark.parametrize("prediction", ["velocity", "x", "noise", "score"])
 def test_parameterizations_invert_their_definitions(spec, prediction):
@@ -114,6 +116,7 @@ def test_gaussian_drift_general_form():
             assert num(f.gaussian_drift, t=s) == pytest.approx(expected, rel=1e-8, abs=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sd3", "score-vp", "poly"])
 def test_symbolic_parameters_agree_with_their_values(name):
     """Formulas derived with the parameters as symbols equal those derived at the values."""

@@ -44,6 +44,7 @@ def test_issue_9_optimal_sin_squared_with_v_4_is_the_point_mass_closed_form():
     assert validate(spec).kind == "pointmass"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beta", [t**2, sp.sin(pi * t / 2), sp.tanh(3 * t) / sp.tanh(3), sp.log(1 + t) / sp.log(2)],
                          ids=["t^2", "sin", "tanh", "log"])
 @pytest.mark.parametrize("sigma", ["ode", "optimal"])

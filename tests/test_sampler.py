@@ -71,6 +71,7 @@ def test_linear_sde_is_not_exact_with_few_steps():
     assert (cov(x).diagonal() - 1).abs().max().item() > 10 * math.sqrt(2 / n)
 
 
+@pytest.mark.slow
 def test_a_generated_lazy_vp_kernel_for_other_variances(tmp_path):
     """alpha^2 + v beta^2 = v is lazy for N(0, v I): solve it for v = 0.3, emit it, and sample in one step,
     from the spec (generated into the cache on first use) and from the emitted file alike."""
@@ -102,6 +103,7 @@ def mixture_stats(x):
     return weights, spread
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule, integrator", [
     ("linear", "euler"), ("linear", "heun"), ("linear", "midpoint"), ("linear", "multistep-pc"),
     ("vp", "euler"), ("vp", "exponential"), ("vp", "multistep"),

@@ -109,6 +109,7 @@ def test_vp_to_linear():
     _same(conv.scale, sp.sqrt(t**2 + (1 - t) ** 2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source, target", [("linear", "vp"), ("linear", "pointmass"), ("vp", "linear"),
                                             ("linear", "sd3"), ("pointmass", "vp"), ("linear", "poly")])
 def test_optimal_diffusion_is_covariant(source, target):
