@@ -21,3 +21,14 @@ def _kernel_cache(tmp_path_factory):
         del os.environ["LAZYFLOW_CACHE"]
     else:
         os.environ["LAZYFLOW_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one thread is hundreds of times faster than two contending ones on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

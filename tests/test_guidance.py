@@ -16,12 +16,7 @@ WEIGHTS = torch.tensor([0.5, 0.3, 0.2], dtype=F64)
 NULL = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
 
 
 class ClassGMM:

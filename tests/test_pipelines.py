@@ -28,13 +28,7 @@ N, STEPS = 2, 4
 SD3_SIGMAS = [1.0, 0.75, 0.5, 0.25]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is hundreds of times faster than two contending ones on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
 
 
 def _quiet(pipe):

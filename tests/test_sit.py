@@ -15,12 +15,7 @@ from lazyflow.runtime.sit import KINDS, SiT, build_sit, load_sit, save_sit, sinc
 SMALL = {"input_size": 8, "hidden_size": 32, "depth": 2, "num_heads": 4, "num_classes": 10}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
 
 
 def small_sit(seed: int = 0, **overrides) -> SiT:
