@@ -278,16 +278,14 @@ def run_sample(args: argparse.Namespace) -> int:
                            channels=args.guidance_channels)
             guidance_note = f", guidance {args.guidance:g}" + (f" on t in {list(interval)}" if interval else "") + \
                 " (one network call on a doubled batch per evaluation)"
-        source = load_schedule(args.source or "linear",
-                               **_numbers(_params(args.source_param, "--source-param"), "--source-param"))
-        prediction = args.prediction or "velocity"
+        meta = {}   # SiT: the linear schedule and velocity prediction
     else:
         model = models.load(args.model).to(device)
         meta = getattr(model, "metadata", {})
-        source = load_schedule(args.source or meta.get("schedule", "linear"),
-                               **_numbers(_params(args.source_param, "--source-param"), "--source-param"))
-        prediction = args.prediction or meta.get("prediction", "velocity")
         shape = None
+    source = load_schedule(args.source or meta.get("schedule", "linear"),
+                           **_numbers(_params(args.source_param, "--source-param"), "--source-param"))
+    prediction = args.prediction or meta.get("prediction", "velocity")
     if args.shape:
         try:
             shape = tuple(int(s) for s in args.shape.split(","))
