@@ -286,6 +286,8 @@ def run_sample(args: argparse.Namespace) -> int:
     source = load_schedule(args.source or meta.get("schedule", "linear"),
                            **_numbers(_params(args.source_param, "--source-param"), "--source-param"))
     prediction = args.prediction or meta.get("prediction", "velocity")
+    if meta.get("exact"):   # an exact mixture (gmm64, gmm4096) answers on the asked source and prediction
+        model = model.view(source, prediction)
     if args.shape:
         try:
             shape = tuple(int(s) for s in args.shape.split(","))
@@ -380,14 +382,23 @@ def run_bench(args: argparse.Namespace) -> int:
         raise LazyflowError("--nfe values must be >= 1")
     if args.n < 10:
         raise LazyflowError(f"--n must be at least 10 (the Fréchet distance needs a covariance), got {args.n}")
+    from .runtime.gmm import NAMES as EXACT
+
+    known = ("fd", "sw", "weight_tv") if args.model in EXACT else ("fd",)
+    metrics = args.metric.split(",") if args.metric else list(known)
+    unknown = [m for m in metrics if m not in known]
+    if unknown:
+        raise LazyflowError(f"--metric {','.join(unknown)}: the metrics of {args.model!r} are {', '.join(known)}")
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     result = run_quality_bench(args.model, nfes, args.n, args.seed, include_peers=not args.no_peers,
-                               full=not args.quick, log=log)
+                               full=not args.quick, log=log, prediction=args.prediction)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(format_table(result))
-        print(best_by_kind(result))
+        for metric in metrics:
+            print(format_table(result, metric))
+            print(best_by_kind(result, metric))
+            print()
     if args.save:
         Path(args.save).write_text(json.dumps(result, indent=1))
     if args.plot:
@@ -544,7 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=run_train)
 
     p = sub.add_parser("bench", help="sample quality (FD) against NFE, ours and peers side by side")
-    p.add_argument("--model", default="digits")
+    p.add_argument("--model", default="digits", help="digits, or an exact Gaussian mixture: gmm64, gmm4096")
+    p.add_argument("--prediction", default=None, choices=("velocity", "x", "noise", "score"),
+                   help="what the exact mixture model outputs (default velocity; peers always get its velocity)")
+    p.add_argument("--metric", default=None, help="comma-separated tables to print: fd (digits), or fd, sw, "
+                                                  "weight_tv (exact mixtures; default all of the model's)")
     p.add_argument("--nfe", default="2,4,6,8,12,16")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)

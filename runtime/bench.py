@@ -1,6 +1,10 @@
 """The quality benchmark behind ``lazyflow bench``: every sampler at equal numbers of network
 evaluations, ours and the peers' side by side on one model, from the same initial noise.  It returns
-data (and formats tables); the command line prints and plots them."""
+data (and formats tables); the command line prints and plots them.
+
+Models: the embedded ``digits`` (FD in a classifier's features) and the exact Gaussian mixtures
+``gmm64``/``gmm4096`` (fd, sw, weight_tv with known floors).  Every row of ours carries ``sample_args``:
+the ``lazyflow sample`` flags that reproduce its samples bit for bit."""
 from __future__ import annotations
 
 import datetime
@@ -13,7 +17,7 @@ from typing import Callable
 from .integrators import INTEGRATORS
 
 __all__ = ["CountingModel", "OurMethod", "our_methods", "run_quality_bench", "format_table", "best_by_kind",
-           "BENCH_SCHEDULES"]
+           "sample_args", "BENCH_SCHEDULES", "REFERENCES"]
 
 #: the frames the bench compares
 BENCH_SCHEDULES = ("linear", "vp", "pointmass", "linear-sde", "vp-sde")
@@ -63,85 +67,180 @@ def our_methods(full: bool = True) -> list[OurMethod]:
 
 
 def _row(method: str, peer: bool, stochastic: bool, budget: int, nfe: int, fd: float | None, seconds: float,
-         error: str = "") -> dict:
-    """One bench row; ``nfe`` is what the counting wrapper saw, ``budget`` the column it competes in (nfe <= budget)."""
+         error: str = "", scores: dict[str, float] | None = None, sample_args: list[str] | None = None) -> dict:
+    """One bench row; ``nfe`` is what the counting wrapper saw, ``budget`` the column it competes in (nfe <= budget).
+    ``fd`` is the primary metric; ``scores`` adds the others (exact models); ``sample_args`` are the
+    ``lazyflow sample`` flags that reproduce the row's samples bit for bit (None for peers)."""
     row = {"method": method, "peer": peer, "stochastic": stochastic, "nfe": nfe, "budget": budget, "fd": fd,
            "seconds": round(seconds, 3)}
+    for key, value in (scores or {}).items():
+        row.setdefault(key, value)
+    if sample_args is not None:
+        row["sample_args"] = sample_args
     if error:
         row["error"] = error
     return row
 
 
+class DigitsScorer:
+    """Fréchet distance in the digits classifier's features (the embedded digits model's measure)."""
+
+    metrics = ("fd",)
+
+    def score(self, samples) -> dict[str, float]:
+        from .metrics import digits_fd
+
+        return {"fd": digits_fd(samples)}
+
+
+#: the converged references: kind -> (method, steps); the exact models' steps were measured to converge
+#: (MixtureScorer metrics unchanged to the printed digits between these and twice as many steps)
+REFERENCES = {"ode": (OurMethod("linear", "heun", "uniform"), 250), "sde": (OurMethod("linear-sde", "euler", "uniform"), 1000)}
+EXACT_REFERENCE_STEPS = {"ode": 100, "sde": 500}
+#: independent exact sample sets averaged for the floors of the exact models
+FLOOR_SETS = 5
+
+
+def sample_args(model_name: str, method: OurMethod, steps: int, n: int, seed: int,
+                prediction: str | None = None) -> list[str]:
+    """The ``lazyflow sample`` flags that reproduce a bench run of ``method`` bit for bit (add ``--out``)."""
+    args = ["--model", model_name, "--schedule", method.schedule, "--integrator", method.integrator,
+            "--steps", str(steps), "--grid", method.grid]
+    if method.final_step:
+        args += ["--final-step", method.final_step]
+    if prediction:
+        args += ["--prediction", prediction]
+    return args + ["--seed", str(seed), "--num-samples", str(n)]
+
+
 def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, include_peers: bool = True,
-                      full: bool = True, log=print) -> dict:
-    """Every method at every NFE budget on ``n`` samples; FD against the digits dataset."""
+                      full: bool = True, log=print, prediction: str | None = None,
+                      methods: list[OurMethod] | None = None, on_samples: Callable | None = None) -> dict:
+    """Every method at every NFE budget on ``n`` samples, with floors and converged ODE and SDE references.
+
+    ``digits``: FD in the classifier's features against the digits dataset.  ``gmm64``/``gmm4096``: the
+    exact mixtures (:mod:`lazyflow.runtime.gmm`) seen through ``prediction`` (velocity, x, noise, score),
+    scored by fd, sw and weight_tv (:mod:`lazyflow.runtime.gmm_metrics`).  ``methods`` replaces the method
+    list; ``on_samples(row, samples)`` sees every run's samples (rows of ours carry ``sample_args``)."""
     import torch
 
-    from . import models
+    from . import gmm, models
     from .errors import LazyflowError
-    from .metrics import bootstrap_floor, digits_fd, split_floor
     from .peers import available_peers
-    from .sampler import sample
 
-    model = models.load(model_name)
-    if tuple(getattr(model, "data_shape", ())) != (1, 8, 8):
-        raise LazyflowError(f"the bench measures digits models (samples of shape (1, 8, 8), Fréchet distance in the "
-                            f"digits classifier's features); {model_name!r} is not one")
-    shape = (n, *model.data_shape)
+    exact = model_name in gmm.NAMES
+    if exact:
+        prediction = prediction or "velocity"
+        model = gmm.load(model_name, prediction=prediction)
+        from .gmm_metrics import MixtureScorer
+
+        scorer = MixtureScorer(model, n)
+    else:
+        if prediction not in (None, "velocity"):
+            raise LazyflowError("--prediction selects the output of an exact model (gmm64, gmm4096); "
+                                f"{model_name!r} predicts what it was trained to")
+        model = models.load(model_name)
+        if tuple(getattr(model, "data_shape", ())) != (1, 8, 8):
+            raise LazyflowError(f"the bench measures digits models (samples of shape (1, 8, 8), Fréchet distance in "
+                                f"the digits classifier's features) or the exact mixtures ({', '.join(gmm.NAMES)}); "
+                                f"{model_name!r} is neither")
+        scorer = DigitsScorer()
+    args_for = (lambda method, steps: sample_args(model_name, method, steps, n, seed, prediction if exact else None))
+    run = _Runner(model, (n, *model.data_shape), seed, scorer, args_for, on_samples, prediction or "velocity")
+    methods = our_methods(full) if methods is None else methods
     with torch.no_grad():
-        rows = _run_all(model, shape, nfes, seed, include_peers, full, log)
+        rows = run.ours(methods, nfes, log)
+        if include_peers:
+            peer_model = model.view(prediction="velocity") if exact else model
+            rows += run.peers(peer_model, nfes, log)
     skipped = available_peers()[1] if include_peers else []
-    reference = CountingModel(model)
-    with torch.no_grad():
-        ref = digits_fd(sample(reference, shape, schedule="linear", steps=250, integrator="heun", seed=seed))
-    return {"rows": rows, "model": model_name, "n": n, "seed": seed, "nfe_budgets": nfes,
-            "floor_split_fd": split_floor(), "floor_bootstrap_fd": bootstrap_floor(n, seed),
-            "reference": {"method": "linear/heun/uniform", "nfe": reference.calls, "fd": ref},
-            "skipped": skipped, "machine": machine(), "date": datetime.date.today().isoformat(),
-            "command": "lazyflow " + " ".join(sys.argv[1:])}
+    references = []
+    for kind, (method, steps) in REFERENCES.items():
+        steps = EXACT_REFERENCE_STEPS[kind] if exact else steps
+        with torch.no_grad():
+            row = run.one(method, steps, budget=0)
+        references.append({"kind": kind, **{k: v for k, v in row.items() if k not in ("peer", "budget")}})
+        log(f"  reference {kind} {method.name} at {row['nfe']} NFE: {_fmt(row['fd'])}")
+    result = {"rows": rows, "model": model_name, "n": n, "seed": seed, "nfe_budgets": nfes,
+              "metrics": list(scorer.metrics), "reference": references[0], "references": references,
+              "skipped": skipped, "machine": machine(), "date": datetime.date.today().isoformat(),
+              "command": "lazyflow " + " ".join(sys.argv[1:])}
+    if exact:
+        sets = [scorer.floors(n, seed=20_000 + i) for i in range(FLOOR_SETS)]
+        result.update(prediction=prediction, metric_notes=scorer.describe(), floors={
+            key: {"mean": sum(s[key] for s in sets) / len(sets), "min": min(s[key] for s in sets),
+                  "max": max(s[key] for s in sets), "sets": len(sets)} for key in scorer.metrics})
+    else:
+        from .metrics import bootstrap_floor, split_floor
+
+        result.update(floor_split_fd=split_floor(), floor_bootstrap_fd=bootstrap_floor(n, seed))
+    return result
 
 
-def _run_all(model, shape, nfes, seed, include_peers, full, log) -> list[dict]:
-    """One row per (method, budget): ours, then the installed peers from the same initial noise."""
-    import torch
+class _Runner:
+    """Runs and scores one method (ours, by its sample_args' options) or one peer, from paired noise."""
 
-    from .errors import LazyflowError
-    from .metrics import digits_fd
-    from .noise import per_sample_normal
-    from .peers import available_peers
-    from .sampler import sample
-    from .schedule import load_schedule
+    def __init__(self, model, shape, seed, scorer, args_for, on_samples, prediction):
+        self.model, self.shape, self.seed, self.scorer = model, shape, seed, scorer
+        self.args_for, self.on_samples, self.prediction = args_for, on_samples, prediction
 
-    n, rows = shape[0], []
-    for method in our_methods(full):
-        integrator = INTEGRATORS[method.integrator]
-        for budget in nfes:
-            counter = CountingModel(model)
-            start = time.perf_counter()
-            try:
-                x = sample(counter, shape, schedule=method.schedule, steps=integrator.steps_for_nfe(budget),
-                           integrator=method.integrator, grid=method.grid, final_step=method.final_step, seed=seed)
-                fd, error = digits_fd(x), ""
-            except LazyflowError as err:
-                fd, error = None, str(err)
-            rows.append(_row(method.name, False, load_schedule(method.schedule).stochastic, budget, counter.calls, fd,
-                             time.perf_counter() - start, error))
-        log(f"  {method.name}: " + ", ".join(f"{r['nfe']}->{_fmt(r['fd'])}" for r in rows[-len(nfes):]))
-    if include_peers:
-        peers = available_peers()[0]
-        for name, (stochastic, fn) in peers.items():
+    def _score(self, x) -> tuple[float | None, dict, str]:
+        scores = self.scorer.score(x)
+        return scores[self.scorer.metrics[0]], scores, ""
+
+    def one(self, method: OurMethod, steps: int, budget: int) -> dict:
+        from .errors import LazyflowError
+        from .sampler import sample
+        from .schedule import load_schedule
+
+        counter = CountingModel(self.model)
+        start = time.perf_counter()
+        x = None
+        try:
+            x = sample(counter, self.shape, schedule=method.schedule, steps=steps, integrator=method.integrator,
+                       grid=method.grid, final_step=method.final_step, prediction=self.prediction, seed=self.seed)
+            fd, scores, error = self._score(x)
+        except LazyflowError as err:
+            fd, scores, error = None, {}, str(err)
+        row = _row(method.name, False, load_schedule(method.schedule).stochastic, budget, counter.calls, fd,
+                   time.perf_counter() - start, error, scores, self.args_for(method, steps))
+        if self.on_samples is not None and x is not None:
+            self.on_samples(row, x)
+        return row
+
+    def ours(self, methods: list[OurMethod], nfes: list[int], log) -> list[dict]:
+        rows = []
+        for method in methods:
+            integrator = INTEGRATORS[method.integrator]
+            rows += [self.one(method, integrator.steps_for_nfe(budget), budget) for budget in nfes]
+            log(f"  {method.name}: " + ", ".join(f"{r['nfe']}->{_fmt(r['fd'])}" for r in rows[-len(nfes):]))
+        return rows
+
+    def peers(self, model, nfes: list[int], log) -> list[dict]:
+        """The installed peers on the velocity ``model``, each from our first noise draw (paired)."""
+        import torch
+
+        from .noise import per_sample_normal
+        from .peers import available_peers
+
+        n, rows = self.shape[0], []
+        for name, (stochastic, fn) in available_peers()[0].items():
             for budget in nfes:
                 counter = CountingModel(model)
-                x0 = per_sample_normal(seed, range(n), 1, shape[1:])[:, 0]  # the same start as ours: paired
+                x0 = per_sample_normal(self.seed, range(n), 1, self.shape[1:])[:, 0]  # the same start as ours: paired
                 start = time.perf_counter()
+                scores, x = {}, None
                 try:
-                    x = fn(counter, x0, budget, seed)
-                    fd, error = (digits_fd(x), "") if torch.isfinite(x).all() else (None, "non-finite samples")
+                    x = fn(counter, x0, budget, self.seed)
+                    fd, scores, error = self._score(x) if torch.isfinite(x).all() else (None, {}, "non-finite samples")
                 except Exception as err:  # noqa: BLE001 - a peer failing must not stop the bench
                     fd, error = None, f"{type(err).__name__}: {err}"
-                rows.append(_row(name, True, stochastic, budget, counter.calls, fd, time.perf_counter() - start, error))
+                rows.append(_row(name, True, stochastic, budget, counter.calls, fd, time.perf_counter() - start,
+                                 error, scores))
+                if self.on_samples is not None and x is not None:
+                    self.on_samples(rows[-1], x)
             log(f"  {name}: " + ", ".join(f"{r['nfe']}->{_fmt(r['fd'])}" for r in rows[-len(nfes):]))
-    return rows
+        return rows
 
 
 def machine() -> str:
@@ -152,47 +251,62 @@ def machine() -> str:
 
 
 def _fmt(value) -> str:
-    return "  -  " if value is None else (f"{value:.2f}" if value < 100 else f"{value:.0f}")
+    if value is None:
+        return "  -  "
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 
-def format_table(result: dict) -> str:
-    """Rows = methods, columns = NFE budgets; each cell 'fd' (actual NFE when it differs from the budget)."""
+def format_table(result: dict, metric: str = "fd") -> str:
+    """Rows = methods, columns = NFE budgets; each cell the ``metric`` (actual NFE when it differs from the
+    budget); below, the floor and the converged references in the same metric."""
     budgets = result["nfe_budgets"]
     by_method: dict[str, list[dict]] = {}
     for row in result["rows"]:
         by_method.setdefault((row["method"], row["peer"], row["stochastic"]), []).append(row)
-    width = max(len(m[0]) for m in by_method) + 2
+    width = max((len(m[0]) for m in by_method), default=6) + 2
     header = f"{'method'.ljust(width)}{'peer':>5}{'sde':>5}" + "".join(f"{'nfe ' + str(b):>11}" for b in budgets)
-    lines = [header, "-" * len(header)]
+    lines = [f"{metric} ({result['model']}" + (f", prediction {result['prediction']}" if "prediction" in result else "")
+             + ")", header, "-" * len(header)]
     for (method, peer, stochastic), rows in by_method.items():
         cells = []
         for budget, row in zip(budgets, rows):
-            text = _fmt(row["fd"])
+            text = _fmt(row.get(metric))
             if row["nfe"] != budget:
                 text += f" ({row['nfe']})"
             cells.append(f"{text:>11}")
         lines.append(f"{method.ljust(width)}{'yes' if peer else '':>5}{'yes' if stochastic else '':>5}" + "".join(cells))
-    ref = result["reference"]
     lines.append("")
-    lines.append(f"FD on {result['n']} samples vs the 1,797 digits; floors: two dataset halves {result['floor_split_fd']:.3f}, "
-                 f"{result['n']} images drawn from the dataset itself {result.get('floor_bootstrap_fd', float('nan')):.3f}; "
-                 f"reference {ref['method']} at {ref['nfe']} NFE: {ref['fd']:.3f}")
+    refs = "; ".join(f"{r['kind'].upper()} reference {r['method']} at {r['nfe']} NFE: {_fmt3(r.get(metric))}"
+                     for r in result.get("references", [result["reference"]] if "reference" in result else []))
+    if "floors" in result:
+        floor = result["floors"][metric]
+        lines.append(f"{metric} on {result['n']} samples; floor ({result['n']} exact samples, mean of {floor['sets']} "
+                     f"sets, range {floor['min']:.4f}-{floor['max']:.4f}): {floor['mean']:.4f}; {refs}")
+        lines.append(result["metric_notes"])
+    else:
+        lines.append(f"FD on {result['n']} samples vs the 1,797 digits; floors: two dataset halves "
+                     f"{result['floor_split_fd']:.3f}, {result['n']} images drawn from the dataset itself "
+                     f"{result.get('floor_bootstrap_fd', float('nan')):.3f}; {refs}")
     lines.append(f"machine: {result['machine']}; date {result['date']}")
     if result["skipped"]:
         lines.append("skipped peers: " + "; ".join(result["skipped"]))
     return "\n".join(lines)
 
 
-def best_by_kind(result: dict) -> str:
+def _fmt3(value) -> str:
+    return "-" if value is None else f"{value:.4f}" if value < 1 else f"{value:.3f}"
+
+
+def best_by_kind(result: dict, metric: str = "fd") -> str:
     """The best deterministic and stochastic sampler, ours and peers', at each budget."""
-    lines = ["best FD per budget:      ours ODE | peer ODE | ours SDE | peer SDE"]
+    lines = [f"best {metric} per budget:      ours ODE | peer ODE | ours SDE | peer SDE"]
     for budget in result["nfe_budgets"]:
         cells = []
         for stochastic in (False, True):
             for peer in (False, True):
                 rows = [r for r in result["rows"] if r["peer"] == peer and r["stochastic"] == stochastic
-                        and r["fd"] is not None and r["budget"] == budget]
-                best = min(rows, key=lambda r: r["fd"], default=None)
-                cells.append(f"{_fmt(best['fd'])} {best['method']}" if best else "-")
+                        and r.get(metric) is not None and r["budget"] == budget]
+                best = min(rows, key=lambda r: r[metric], default=None)
+                cells.append(f"{_fmt(best[metric])} {best['method']}" if best else "-")
         lines.append(f"  nfe {budget:>3}: " + " | ".join(cells))
     return "\n".join(lines)

@@ -104,13 +104,19 @@ def _from_safetensors(path: Path) -> nn.Module:
 
 
 def load(name_or_path: str | Path) -> nn.Module:
-    """The embedded model by name (``digits``) or a model file (.safetensors + .json, or TorchScript .pt)."""
+    """The embedded model by name (``digits``), an exact mixture (``gmm64``, ``gmm4096``: see
+    :mod:`lazyflow.runtime.gmm`) or a model file (.safetensors + .json, or TorchScript .pt)."""
     text = str(name_or_path)
+    from . import gmm
+
+    if text in gmm.NAMES:   # an exact Gaussian-mixture model (lazyflow.runtime.gmm), no weights
+        return gmm.load(text)
     if text in EMBEDDED:
         return _from_safetensors(WEIGHTS / f"{text}.safetensors")
     path = Path(text)
     if not path.exists():
-        raise LazyflowError(f"no model {text!r}: not an embedded name ({', '.join(EMBEDDED)}) nor an existing file")
+        raise LazyflowError(f"no model {text!r}: not an embedded name ({', '.join(EMBEDDED + tuple(gmm.NAMES))}) "
+                            "nor an existing file")
     if path.suffix == ".safetensors":
         return _from_safetensors(path)
     if path.suffix in (".pt", ".pth", ".ts"):
