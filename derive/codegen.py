@@ -75,6 +75,15 @@ class KernelPrinter(TorchPrinter):
             return self._print(item)
         return super().parenthesize(item, level, strict)
 
+    def _print_Add(self, expr, order=None):
+        # t - 1 as -(1 - t): the same value, but -0.0 at t = 1, so that 1/(t - 1) there is -inf, the limit
+        # from inside (0, 1) (exp(t/(t - 1)) -> 0, not inf)
+        if len(expr.args) == 2 and sp.S.NegativeOne in expr.args:
+            other = expr.args[0] if expr.args[1] == -1 else expr.args[1]
+            if other in (t, t_next):
+                return f"-(1 - {self._print(other)})"
+        return super()._print_Add(expr, order=order)
+
     def _call(self, function: str, arg) -> str:
         return f"torch.{function}({self._print(arg)})"
 
@@ -94,7 +103,17 @@ class KernelPrinter(TorchPrinter):
         return self._call("exp", expr.args[0])
 
     def _print_log(self, expr):
-        return self._call("log", expr.args[0])
+        arg = expr.args[0]
+        exponent = _one_plus_exp(arg, -1)
+        if exponent is not None:            # log(1 - e^u) = log(-expm1(u)): no cancellation near u = 0
+            return f"torch.log(-torch.expm1({self._print(exponent)}))"
+        exponent = _one_plus_exp(arg, 1)
+        if exponent is not None:            # log(1 + e^u) without overflow for large u
+            return f"_log1p_exp({self._print(exponent)})"
+        return self._call("log", arg)
+
+    def _print__finite_or(self, expr):
+        return f"_finite_or({self._print(expr.args[0])}, {self._print(expr.args[1])})"
 
     def _print_atan(self, expr):
         return self._call("atan", expr.args[0])
@@ -170,6 +189,21 @@ class KernelPrinter(TorchPrinter):
         return self._extremum(expr, "minimum", "max")
 
 
+def _one_plus_exp(expr: sp.Expr, sign: int) -> sp.Expr | None:
+    """u when ``expr`` is 1 + sign e^u (sign = 1 or -1), else None."""
+    if not (isinstance(expr, sp.Add) and len(expr.args) == 2 and sp.S.One in expr.args):
+        return None
+    other = expr.args[0] if expr.args[1] == 1 else expr.args[1]
+    term = -other if sign < 0 else other
+    return term.args[0] if isinstance(term, sp.exp) and term.args[0].free_symbols else None
+
+
+class _finite_or(sp.Function):  # noqa: N801 - named as the kernel helper it prints to
+    """_finite_or(value, fallback) in a kernel: ``value`` where finite, else ``fallback`` (log space)."""
+
+    nargs = 2
+
+
 def _is_float_constant(expr) -> bool:
     return isinstance(expr, sp.Expr) and expr.is_number and not expr.is_Integer and bool(expr.is_real)
 
@@ -232,6 +266,97 @@ def exponential_step(spec: ScheduleSpec) -> ExponentialStep:
 def _negative_inside(expr: sp.Expr, defaults: dict) -> bool:
     value = expr.xreplace(defaults).subs(t, sp.Rational(1, 2))
     return bool(value.is_number and value.is_negative)
+
+
+def _sign_inside(expr: sp.Expr, defaults: dict) -> int:
+    """The sign (1 or -1) of ``expr`` at t = 1/2 with the parameters at their defaults; 0 if unknown.
+    A factor of a schedule that is positive on (0, 1) has no zero there, so its sign is constant."""
+    value = expr.xreplace(defaults).subs(t, sp.Rational(1, 2))
+    if value.is_number:
+        value = sp.N(value, 15)
+        if value.is_real and value != 0:
+            return 1 if value > 0 else -1
+    return 0
+
+
+def log_space(expr: sp.Expr, defaults: dict) -> sp.Expr:
+    """log(expr) for an ``expr`` that is positive on (0, 1), with the logarithm taken inside so that no
+    intermediate value overflows: log(e^u) = u, log(a^p) = p log|a|, log(a b) = log|a| + log|b| (|a| is
+    a or -a by the sign of the factor inside, an even number of factors being negative), and
+    log(e^u - 1) = u + log(1 - e^-u).  Falls back to log(expr) where a sign is unknown or odd."""
+    if isinstance(expr, sp.exp):
+        return expr.args[0]
+    if isinstance(expr, sp.Pow) and expr.exp.is_real:
+        base_sign = _sign_inside(expr.base, defaults)
+        if base_sign > 0 or (base_sign < 0 and expr.exp.is_integer):
+            return expr.exp * log_space(base_sign * expr.base, defaults)
+    if isinstance(expr, sp.Mul):
+        signs = [_sign_inside(factor, defaults) for factor in expr.args]
+        if 0 not in signs and signs.count(-1) % 2 == 0:
+            return sp.Add(*(log_space(sign * factor, defaults) for sign, factor in zip(signs, expr.args)))
+    if expr.is_Number and expr.is_positive:
+        return sp.log(expr)
+    if isinstance(expr, sp.Add) and len(expr.args) == 2 and sp.S.NegativeOne in expr.args:
+        other = expr.args[0] if expr.args[1] == -1 else expr.args[1]
+        if isinstance(other, sp.exp):         # e^u - 1 > 0: u > 0
+            u = other.args[0]
+            return u + sp.log(1 - sp.exp(-u))
+    return sp.log(expr)
+
+
+@dataclass(frozen=True)
+class LogForms:
+    """log alpha, log beta and their t-derivatives in log space (:func:`log_space`): the forms a kernel
+    falls back on where a closed form overflows float64 (derive/MATH.md §9)."""
+
+    log_alpha: sp.Expr
+    log_beta: sp.Expr
+    d_log_alpha: sp.Expr
+    d_log_beta: sp.Expr
+
+    @property
+    def log_snr(self) -> sp.Expr:
+        return self.log_beta - self.log_alpha
+
+    @property
+    def d_log_snr(self) -> sp.Expr:
+        return self.d_log_beta - self.d_log_alpha
+
+
+def log_forms(spec: ScheduleSpec) -> LogForms:
+    f, defaults = derive(spec), spec.param_values
+    log_alpha, log_beta = log_space(f.alpha, defaults), log_space(f.beta, defaults)
+    return LogForms(log_alpha, log_beta, sp.diff(log_alpha, t), sp.diff(log_beta, t))
+
+
+def _drift_in_log_space(spec: ScheduleSpec, logs: LogForms) -> tuple[sp.Expr, sp.Expr]:
+    """(K_x, K_e) = ((log alpha)' - g, beta ((log snr)' + g)) with g = eps/alpha^2 (MATH.md §1)."""
+    f = derive(spec)
+    if f.eps == 0:
+        g = sp.Integer(0)
+    elif spec.diffusion == "optimal":
+        g = logs.d_log_snr
+    else:
+        g = f.eps * sp.exp(-2 * logs.log_alpha)
+    return logs.d_log_alpha - g, sp.exp(logs.log_beta) * (logs.d_log_snr + g)
+
+
+def _eta_in_log_space(logs: LogForms, prediction: str) -> tuple[sp.Expr, sp.Expr]:
+    """(p, q) of §2 through log alpha and log beta: W = alpha^2 snr' = alpha beta (log snr)'."""
+    if prediction == "velocity":
+        q = sp.exp(-logs.log_beta) / logs.d_log_snr
+        return -logs.d_log_alpha * q, q
+    if prediction == "noise":
+        return sp.exp(-logs.log_beta), -sp.exp(-logs.log_snr)
+    if prediction == "score":
+        return sp.exp(-logs.log_beta), sp.exp(2 * logs.log_alpha - logs.log_beta)
+    return sp.Integer(0), sp.Integer(1)
+
+
+def _guarded(exprs: list[sp.Expr], fallbacks: list[sp.Expr]) -> list[sp.Expr]:
+    """Each closed form that contains an exponential (which may overflow at other parameter values or
+    near the ends) wrapped as _finite_or(closed form, log-space form); the others as they are."""
+    return [_finite_or(e, fb) if e.has(sp.exp) and sp.sympify(fb) != e else e for e, fb in zip(exprs, fallbacks)]
 
 
 def _eta_coefficients(source: ScheduleSpec, prediction: str) -> tuple[sp.Expr, sp.Expr]:
@@ -329,6 +454,7 @@ def _render(spec: ScheduleSpec, name: str, command: str) -> str:
     expo = exponential_step(spec)
     ode_expo = exponential_step(spec.with_diffusion("ode")) if f.eps != 0 else expo
     ode = derive(spec.with_diffusion("ode"))
+    logs = log_forms(spec)
     inverse = _snr_inverse(f.snr, defaults)
     inverse_reason = (f"SymPy found no closed-form inverse of the snr within {_solve_seconds()} s: the runtime "
                       "inverts log_snr numerically")
@@ -366,7 +492,7 @@ def _render(spec: ScheduleSpec, name: str, command: str) -> str:
     fns = [
         fn("schedule", (t,), f"(alpha, beta, alpha', beta', sigma) at times t.{params_doc}",
            [f.alpha, f.beta, f.d_alpha, f.d_beta, f.sigma]),
-        fn("log_snr", (t,), "log snr = log(beta/alpha) at times t.", [f.log_snr]),
+        fn("log_snr", (t,), "log snr = log(beta) - log(alpha) at times t, in log space.", [logs.log_snr]),
     ]
     if inverse is not None:
         fns.append(fn("time_of_log_snr", (lam,), "The time t with log_snr(t) = lam.", [inverse.subs(_S, sp.exp(lam))]))
@@ -374,14 +500,15 @@ def _render(spec: ScheduleSpec, name: str, command: str) -> str:
         fns.append(_comment_line("time_of_log_snr = None", inverse_reason))
     fns += [
         fn("drift", (t,), "(K_x, K_e): drift b = K_x x + K_e eta_X of this schedule's diffusion.",
-           [f.drift_x, f.drift_eta]),
-        fn("ode_drift", (t,), "(K_x, K_e) of the probability-flow ODE (sigma = 0).", [ode.drift_x, ode.drift_eta]),
+           _guarded([f.drift_x, f.drift_eta], _drift_in_log_space(spec, logs))),
+        fn("ode_drift", (t,), "(K_x, K_e) of the probability-flow ODE (sigma = 0).",
+           _guarded([ode.drift_x, ode.drift_eta], _drift_in_log_space(spec.with_diffusion("ode"), logs))),
     ]
     for prediction in PREDICTIONS:
         p, q = _eta_coefficients(spec, prediction)
         fns.append(fn(f"eta_{prediction}", (t,),
                       f"(p, q): eta_X = p x + q m for a model trained on this schedule, {prediction} output m.",
-                      [p, q]))
+                      _guarded([p, q], _eta_in_log_space(logs, prediction))))
     for fname, step in (("exponential", expo), ("ode_exponential", ode_expo)):
         if step.reason:
             fns.append(_comment_line(f"{fname} = None", step.reason))
@@ -485,6 +612,17 @@ def _full(value, like):
 def _param(value, like):
     """A parameter as a tensor of the dtype and device of ``like`` (it broadcasts against ``like``)."""
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+
+def _log1p_exp(value):
+    """log(1 + exp(value)), finite for every finite value."""
+    return torch.logaddexp(value, torch.zeros_like(value))
+
+
+def _finite_or(value, fallback):
+    """``value`` where it is finite, else ``fallback``: the same quantity computed from log alpha and
+    log beta, for where the closed form overflows float64 (derive/MATH.md §9)."""
+    return torch.where(torch.isfinite(value), value, fallback)
 
 
 '''

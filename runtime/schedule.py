@@ -174,17 +174,17 @@ class Schedule:
         t = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
         v = self.values(t)
         inner = slice(1, -1)
+        alpha, beta, lam = v.alpha[inner], v.beta[inner], self.log_snr(t[inner])
         where = None
-        if not (torch.isfinite(v.alpha[inner]).all() and torch.isfinite(v.beta[inner]).all()):
+        if not (torch.isfinite(alpha).all() and torch.isfinite(beta).all()):
             where = "alpha or beta is not finite"
-        elif (v.alpha[inner] <= 0).any() or (v.beta[inner] <= 0).any():
+        # alpha or beta may underflow to 0 where the kernel's log snr (from log alpha, log beta) is finite
+        elif (alpha < 0).any() or (beta < 0).any() or (((alpha == 0) | (beta == 0)) & ~torch.isfinite(lam)).any():
             where = "alpha or beta is not positive"
-        else:
-            lam = self.log_snr(t[inner])
-            if not (lam[1:] > lam[:-1]).all():
-                where = "the signal-to-noise ratio is not strictly increasing"
-            elif abs(v.alpha[-1].item()) > 1e-6 or abs(v.beta[-1].item() - 1) > 1e-6:
-                where = f"alpha_1 = {v.alpha[-1].item():.4g}, beta_1 = {v.beta[-1].item():.4g} (need 0 and 1)"
+        elif not (lam[1:] > lam[:-1]).all():
+            where = "the signal-to-noise ratio is not strictly increasing"
+        elif abs(v.alpha[-1].item()) > 1e-6 or abs(v.beta[-1].item() - 1) > 1e-6:
+            where = f"alpha_1 = {v.alpha[-1].item():.4g}, beta_1 = {v.beta[-1].item():.4g} (need 0 and 1)"
         if where:
             raise LazyflowError(f"schedule {self.describe()} is not valid: {where} on (0, 1)")
 

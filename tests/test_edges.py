@@ -206,6 +206,72 @@ def test_valid_schedules_beyond_float64_pass():
     assert validate(from_expressions("exp(-t/(1-t))", "1 - exp(-t/(1-t))")).kind == "standard"
 
 
+def _log_snr_mpmath(spec, times):
+    """log beta - log alpha at ``times`` with mpmath (60 digits), from the spec's own expressions."""
+    import mpmath
+
+    alpha, beta = (sp.lambdify(t, e.xreplace(spec.param_values), "mpmath") for e in (spec.alpha, spec.beta))
+    with mpmath.workdps(60):
+        return [float(mpmath.log(beta(mpmath.mpf(s))) - mpmath.log(alpha(mpmath.mpf(s)))) for s in times]
+
+
+def test_log_space_keeps_signs_of_factors():
+    """log of a product whose factors are negative inside (in pairs) or of e^u - 1 stays real and equal
+    to the logarithm of the whole expression."""
+    from lazyflow.derive.codegen import log_space
+
+    u = sp.Symbol("t", positive=True)
+    cases = [(u - 1) * (u - 2), -(u - 1) * (u + 1) ** 2, sp.sqrt((1 - u) * (3 - u)) * sp.exp(-u / (1 - u)),
+             sp.exp(5 / (1 - u)) - 1, (u - 1) ** 2 * sp.exp(u)]
+    for expr in cases:
+        form = log_space(expr, {})
+        assert not form.has(sp.exp(5 / (1 - u))) and not isinstance(form, sp.log), (expr, form)
+        for s in (sp.Rational(1, 10), sp.Rational(1, 2), sp.Rational(9, 10)):
+            assert float(form.subs(u, s)) == pytest.approx(float(sp.log(expr.subs(u, s))), rel=1e-12), (expr, s)
+
+
+def test_score_vp_beta_max_2000_loads_and_samples(one_torch_thread):
+    """score-vp with beta_max = 2000: snr = e^500 at t = 0 is out of float64 range, its log is not; the
+    kernel's log snr, drift and parameterizations are finite inside and the digits model samples."""
+    from lazyflow.runtime import models
+    from lazyflow.runtime.schedule import load_schedule
+
+    schedule = load_schedule("score-vp", beta_max=2000)
+    times = [1e-3, 0.1, 0.355, 0.7, 0.99]
+    ts = torch.tensor(times, dtype=torch.float64)
+    want = _log_snr_mpmath(preset("score-vp").bind(beta_max=2000), times)
+    assert torch.allclose(schedule.log_snr(ts), torch.tensor(want, dtype=torch.float64), rtol=1e-12)
+    assert torch.allclose(schedule.time_of_log_snr(schedule.log_snr(ts)), ts, rtol=1e-9)
+    inside = torch.linspace(0, 1, 201, dtype=torch.float64)[1:-1]
+    for values in (*schedule.drift(inside), *schedule.drift(inside, ode=True),
+                   *(v for prediction in ("velocity", "noise", "score") for v in schedule.eta(prediction, inside))):
+        assert torch.isfinite(values).all()
+    model = models.load("digits")
+    for integrator in ("euler", "multistep-pc"):
+        x = sample(model, (8, *model.data_shape), schedule=schedule, steps=8, integrator=integrator, grid="logsnr")
+        assert torch.isfinite(x).all() and 0.1 < float(x.std()) < 3
+
+
+@pytest.mark.slow
+def test_exponential_of_a_pole_samples(one_torch_thread):
+    """alpha = exp(-t/(1-t)) underflows and snr overflows before t = 1; the generated kernel's log snr
+    and inverse stay finite, its values at t = 1 are the limits from inside, and the exact Gaussian
+    model samples with variance 1."""
+    from lazyflow.runtime.schedule import load_schedule
+
+    spec = from_expressions("exp(-t/(1-t))", "1 - exp(-t/(1-t))", name="pole")
+    schedule = load_schedule(spec)
+    times = [0.1, 0.5, 0.99875, 0.9995]
+    ts = torch.tensor(times, dtype=torch.float64)
+    lam = schedule.log_snr(ts)
+    assert torch.allclose(lam, torch.tensor(_log_snr_mpmath(spec, times), dtype=torch.float64), rtol=1e-12)
+    assert torch.allclose(schedule.time_of_log_snr(lam), ts, rtol=1e-12)
+    schedule.check_numerically()      # alpha_1 = exp(1/(t - 1)) at t = 1 is 0 (t - 1 printed as -(1 - t))
+    x = sample(gaussian_velocity(1.0), (4000, 1), schedule=spec, steps=64, integrator="exponential",
+               grid="logsnr", dtype=torch.float64)
+    assert float(x.var()) == pytest.approx(1.0, abs=0.1)
+
+
 # --- types (issue 13 item 6) ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("value", ["-1", "0", "-0.5", "inf", "nan", "1e309"])

@@ -34,13 +34,24 @@ def _param(value, like):
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
+def _log1p_exp(value):
+    """log(1 + exp(value)), finite for every finite value."""
+    return torch.logaddexp(value, torch.zeros_like(value))
+
+
+def _finite_or(value, fallback):
+    """``value`` where it is finite, else ``fallback``: the same quantity computed from log alpha and
+    log beta, for where the closed form overflows float64 (derive/MATH.md §9)."""
+    return torch.where(torch.isfinite(value), value, fallback)
+
+
 def schedule(t):
     """(alpha, beta, alpha', beta', sigma) at times t."""
     return (1 - t, t, _full(-1, t), _full(1, t), torch.sqrt(2 - 2*t)/torch.sqrt(t))
 
 
 def log_snr(t):
-    """log snr = log(beta/alpha) at times t."""
+    """log snr = log(beta) - log(alpha) at times t, in log space."""
     return torch.log(t) - torch.log(1 - t)
 
 
@@ -52,12 +63,12 @@ def time_of_log_snr(lam):
 
 def drift(t):
     """(K_x, K_e): drift b = K_x x + K_e eta_X of this schedule's diffusion."""
-    return ((t + 1)/(torch.pow(t, 2) - t), -2/(t - 1))
+    return ((t + 1)/(torch.pow(t, 2) - t), -2/(-(1 - t)))
 
 
 def ode_drift(t):
     """(K_x, K_e) of the probability-flow ODE (sigma = 0)."""
-    _c0 = t - 1
+    _c0 = -(1 - t)
     return (torch.pow(_c0, -1), 1 - t/_c0)
 
 
@@ -74,7 +85,7 @@ def eta_x(t):
 def eta_noise(t):
     """(p, q): eta_X = p x + q m for a model trained on this schedule, noise output m."""
     _c0 = torch.pow(t, -1)
-    return (_c0, _c0*(t - 1))
+    return (_c0, _c0*(-(1 - t)))
 
 
 def eta_score(t):
@@ -94,5 +105,5 @@ def exponential(t, t_next):
 
 def ode_exponential(t, t_next):
     """(A, B, C): x(t_next) = A x(t) + B eta_X + C xi, eta_X frozen."""
-    _c0 = t - 1
+    _c0 = -(1 - t)
     return (-(1 - t_next)/_c0, (t - t_next)/_c0, _full(0, t))

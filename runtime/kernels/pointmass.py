@@ -34,6 +34,17 @@ def _param(value, like):
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
+def _log1p_exp(value):
+    """log(1 + exp(value)), finite for every finite value."""
+    return torch.logaddexp(value, torch.zeros_like(value))
+
+
+def _finite_or(value, fallback):
+    """``value`` where it is finite, else ``fallback``: the same quantity computed from log alpha and
+    log beta, for where the closed form overflows float64 (derive/MATH.md §9)."""
+    return torch.where(torch.isfinite(value), value, fallback)
+
+
 def schedule(t):
     """(alpha, beta, alpha', beta', sigma) at times t."""
     _c0 = torch.sqrt(t)
@@ -42,7 +53,7 @@ def schedule(t):
 
 
 def log_snr(t):
-    """log snr = log(beta/alpha) at times t."""
+    """log snr = log(beta) - log(alpha) at times t, in log space."""
     return 0.5*torch.log(t) - 0.5*torch.log(1 - t)
 
 
@@ -54,7 +65,7 @@ def time_of_log_snr(lam):
 
 def drift(t):
     """(K_x, K_e): drift b = K_x x + K_e eta_X of this schedule's diffusion."""
-    _c0 = torch.pow(t - 1, -1)
+    _c0 = torch.pow(-(1 - t), -1)
     return (_c0, -_c0)
 
 
@@ -86,7 +97,7 @@ def eta_score(t):
 def exponential(t, t_next):
     """(A, B, C): x(t_next) = A x(t) + B eta_X + C xi, eta_X frozen."""
     _c0 = 1 - t_next
-    _c1 = t - 1
+    _c1 = -(1 - t)
     _c2 = (t - t_next)/_c1
     return (-_c0/_c1, _c2, torch.sqrt(_c0)*torch.sqrt(_c2))
 

@@ -34,20 +34,31 @@ def _param(value, like):
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
+def _log1p_exp(value):
+    """log(1 + exp(value)), finite for every finite value."""
+    return torch.logaddexp(value, torch.zeros_like(value))
+
+
+def _finite_or(value, fallback):
+    """``value`` where it is finite, else ``fallback``: the same quantity computed from log alpha and
+    log beta, for where the closed form overflows float64 (derive/MATH.md §9)."""
+    return torch.where(torch.isfinite(value), value, fallback)
+
+
 def schedule(t, *, p=2.0):
     """(alpha, beta, alpha', beta', sigma) at times t. Parameters are keyword-only."""
     p = _param(p, t)
-    _c0 = t - 1
+    _c0 = -(1 - t)
     _c1 = -_c0
     _c2 = torch.pow(_c1, p)
     return (_c2, 1 - _c2, _c2*p/_c0, torch.pow(_c1, p - 1)*p, _full(0, t))
 
 
 def log_snr(t, *, p=2.0):
-    """log snr = log(beta/alpha) at times t."""
+    """log snr = log(beta) - log(alpha) at times t, in log space."""
     p = _param(p, t)
-    _c0 = torch.pow(1 - t, p)
-    return -torch.log(_c0) + torch.log(1 - _c0)
+    _c0 = 1 - t
+    return -p*torch.log(_c0) + torch.log(1 - torch.pow(_c0, p))
 
 
 def time_of_log_snr(lam, *, p=2.0):
@@ -59,14 +70,14 @@ def time_of_log_snr(lam, *, p=2.0):
 def drift(t, *, p=2.0):
     """(K_x, K_e): drift b = K_x x + K_e eta_X of this schedule's diffusion."""
     p = _param(p, t)
-    _c0 = p/(t - 1)
+    _c0 = p/(-(1 - t))
     return (_c0, -_c0)
 
 
 def ode_drift(t, *, p=2.0):
     """(K_x, K_e) of the probability-flow ODE (sigma = 0)."""
     p = _param(p, t)
-    _c0 = p/(t - 1)
+    _c0 = p/(-(1 - t))
     return (_c0, -_c0)
 
 

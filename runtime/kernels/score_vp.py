@@ -34,11 +34,22 @@ def _param(value, like):
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
+def _log1p_exp(value):
+    """log(1 + exp(value)), finite for every finite value."""
+    return torch.logaddexp(value, torch.zeros_like(value))
+
+
+def _finite_or(value, fallback):
+    """``value`` where it is finite, else ``fallback``: the same quantity computed from log alpha and
+    log beta, for where the closed form overflows float64 (derive/MATH.md §9)."""
+    return torch.where(torch.isfinite(value), value, fallback)
+
+
 def schedule(t, *, beta_max=20.0, beta_min=0.1):
     """(alpha, beta, alpha', beta', sigma) at times t. Parameters are keyword-only."""
     beta_max = _param(beta_max, t)
     beta_min = _param(beta_min, t)
-    _c0 = t - 1
+    _c0 = -(1 - t)
     _c1 = -_c0
     _c2 = _c1*beta_min
     _c3 = beta_max - beta_min
@@ -56,13 +67,13 @@ def schedule(t, *, beta_max=20.0, beta_min=0.1):
 
 
 def log_snr(t, *, beta_max=20.0, beta_min=0.1):
-    """log snr = log(beta/alpha) at times t."""
+    """log snr = log(beta) - log(alpha) at times t, in log space."""
     beta_max = _param(beta_max, t)
     beta_min = _param(beta_min, t)
-    _c0 = 0.5*beta_max
-    _c1 = 0.5*beta_min
-    _c2 = torch.pow(t, 2)
-    return -0.5*torch.log(torch.exp(_c0*_c2 + _c0 - _c1*_c2 + _c1 - beta_max*t) - 1)
+    _c0 = 1 - t
+    _c1 = _c0*beta_min
+    _c2 = torch.pow(_c0, 2)*(beta_max - beta_min)
+    return -0.5*_c1 - 0.25*_c2 - 0.5*torch.log(-torch.expm1(-_c1 - 0.5*_c2))
 
 
 def time_of_log_snr(lam, *, beta_max=20.0, beta_min=0.1):
@@ -71,8 +82,8 @@ def time_of_log_snr(lam, *, beta_max=20.0, beta_min=0.1):
     beta_min = _param(beta_min, lam)
     _c0 = 2*lam
     return (
-        (beta_max - torch.sqrt(torch.pow(beta_min, 2) + (_c0 - torch.log(torch.exp(_c0) + 1))
-        *(-2*beta_max + 2*beta_min)))/(beta_max - beta_min)
+        (beta_max - torch.sqrt(torch.pow(beta_min, 2) + (_c0 - _log1p_exp(_c0))*(-2*beta_max + 2*beta_min)))
+        /(beta_max - beta_min)
     )
 
 
@@ -86,9 +97,21 @@ def drift(t, *, beta_max=20.0, beta_min=0.1):
     _c3 = 0.5*beta_max
     _c4 = torch.pow(t, 2)
     _c5 = 0.5/(_c2 - torch.exp(_c1 + _c3*_c4 + _c3))
-    _c6 = 0.25*beta_max
-    _c7 = 0.25*beta_min
-    return (_c0*_c2*_c5, -_c0*_c5*torch.exp(_c3*t + _c4*_c6 + _c4*_c7 + _c6 + _c7))
+    _c6 = 2*t - 2
+    _c7 = beta_max - beta_min
+    _c8 = 0.5*_c7
+    _c9 = 1 - t
+    _c10 = torch.pow(_c9, 2)
+    _c11 = torch.exp(-_c10*_c8 - _c9*beta_min)
+    _c12 = 0.5*_c11*(-_c6*_c8 + beta_min)/(1 - _c11)
+    _c13 = 0.25*beta_max
+    _c14 = 0.25*beta_min
+    _c15 = 0.25*_c7
+    return (
+        _finite_or(_c0*_c2*_c5, -_c12),
+        _finite_or(-_c0*_c5*torch.exp(_c13*_c4 + _c13 + _c14*_c4 + _c14 + _c3*t), (_c1 + _c12 - _c15*_c6)
+            *torch.exp(-_c1*_c9 - _c10*_c15)),
+    )
 
 
 def ode_drift(t, *, beta_max=20.0, beta_min=0.1):
@@ -101,9 +124,21 @@ def ode_drift(t, *, beta_max=20.0, beta_min=0.1):
     _c3 = 0.5*beta_max
     _c4 = torch.pow(t, 2)
     _c5 = 0.5/(_c2 - torch.exp(_c1 + _c3*_c4 + _c3))
-    _c6 = 0.25*beta_max
-    _c7 = 0.25*beta_min
-    return (_c0*_c2*_c5, -_c0*_c5*torch.exp(_c3*t + _c4*_c6 + _c4*_c7 + _c6 + _c7))
+    _c6 = 2*t - 2
+    _c7 = beta_max - beta_min
+    _c8 = 0.5*_c7
+    _c9 = 1 - t
+    _c10 = torch.pow(_c9, 2)
+    _c11 = torch.exp(-_c10*_c8 - _c9*beta_min)
+    _c12 = 0.5*_c11*(-_c6*_c8 + beta_min)/(1 - _c11)
+    _c13 = 0.25*beta_max
+    _c14 = 0.25*beta_min
+    _c15 = 0.25*_c7
+    return (
+        _finite_or(_c0*_c2*_c5, -_c12),
+        _finite_or(-_c0*_c5*torch.exp(_c13*_c4 + _c13 + _c14*_c4 + _c14 + _c3*t), (_c1 + _c12 - _c15*_c6)
+            *torch.exp(-_c1*_c9 - _c10*_c15)),
+    )
 
 
 def eta_velocity(t, *, beta_max=20.0, beta_min=0.1):
@@ -116,12 +151,22 @@ def eta_velocity(t, *, beta_max=20.0, beta_min=0.1):
     _c3 = _c1*_c2
     _c4 = 0.25*beta_max
     _c5 = _c1*_c4 + _c2 + _c4
-    _c6 = beta_min*t
-    _c7 = 0.5*beta_max
+    _c6 = 1 - t
+    _c7 = _c6*beta_min
+    _c8 = torch.pow(_c6, 2)
+    _c9 = beta_max - beta_min
+    _c10 = 0.25*_c9
+    _c11 = 0.5*beta_min
+    _c12 = 2*t - 2
+    _c13 = 0.5*_c9
+    _c14 = torch.exp(-_c13*_c8 - _c7)
+    _c15 = 0.5*_c14*(-_c12*_c13 + beta_min)/(1 - _c14)
+    _c16 = torch.exp(_c10*_c8 + 0.5*_c7)/(-_c10*_c12 + _c11 + _c15)
+    _c17 = 0.5*beta_max
     return (
-        torch.exp(_c0 + _c3 - _c5),
-        (2*torch.exp(t*(0.5*_c6 + beta_max)) - 2*torch.exp(_c1*_c7 + _c7 + 0.5*beta_min))
-            *torch.exp(-_c0 - _c3 - _c5)/(-_c6 + beta_max*t - beta_max),
+        _finite_or(torch.exp(_c0 + _c3 - _c5), _c15*_c16),
+        _finite_or((2*torch.exp(t*(_c11*t + beta_max)) - 2*torch.exp(_c1*_c17 + _c11 + _c17))
+            *torch.exp(-_c0 - _c3 - _c5)/(beta_max*t - beta_max - beta_min*t), _c16),
     )
 
 
@@ -138,11 +183,15 @@ def eta_noise(t, *, beta_max=20.0, beta_min=0.1):
     _c1 = torch.pow(t, 2)
     _c2 = beta_min*t
     _c3 = -0.25*t*(_c2 + 2*beta_max)
-    _c4 = 0.5*beta_max
+    _c4 = 1 - t
+    _c5 = 0.5*beta_min
+    _c6 = torch.pow(_c4, 2)*(beta_max - beta_min)
+    _c7 = torch.exp(_c4*_c5 + 0.25*_c6)
+    _c8 = 0.5*beta_max
     return (
-        torch.exp(_c0*_c1 + _c0 + _c3 + 0.25*beta_min),
-        -torch.sqrt(-torch.exp(t*(0.5*_c2 + beta_max)) + torch.exp(_c1*_c4 + _c4 + 0.5*beta_min))
-            *torch.exp(_c3),
+        _finite_or(torch.exp(_c0*_c1 + _c0 + _c3 + 0.25*beta_min), _c7),
+        _finite_or(-torch.sqrt(-torch.exp(t*(0.5*_c2 + beta_max)) + torch.exp(_c1*_c8 + _c5 + _c8))
+            *torch.exp(_c3), -_c7*torch.sqrt(1 - torch.exp(-_c4*beta_min - 0.5*_c6))),
     )
 
 
@@ -157,10 +206,14 @@ def eta_score(t, *, beta_max=20.0, beta_min=0.1):
     _c4 = _c2*_c3
     _c5 = 0.25*beta_max
     _c6 = _c2*_c5 + _c3 + _c5
+    _c7 = 1 - t
+    _c8 = 0.5*beta_min
+    _c9 = torch.pow(_c7, 2)*(beta_max - beta_min)
+    _c10 = torch.exp(_c7*_c8 + 0.25*_c9)
     return (
-        torch.exp(-_c1 - _c4 + _c6),
-        (-torch.exp(0.5*t*(2*beta_max + beta_min*t)) + torch.exp(_c0*_c2 + _c0 + 0.5*beta_min))
-            *torch.exp(-_c1 - _c4 - _c6),
+        _finite_or(torch.exp(-_c1 - _c4 + _c6), _c10),
+        _finite_or((-torch.exp(0.5*t*(2*beta_max + beta_min*t)) + torch.exp(_c0*_c2 + _c0 + _c8))
+            *torch.exp(-_c1 - _c4 - _c6), _c10*(1 - torch.exp(-_c7*beta_min - 0.5*_c9))),
     )
 
 

@@ -34,6 +34,17 @@ def _param(value, like):
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
+def _log1p_exp(value):
+    """log(1 + exp(value)), finite for every finite value."""
+    return torch.logaddexp(value, torch.zeros_like(value))
+
+
+def _finite_or(value, fallback):
+    """``value`` where it is finite, else ``fallback``: the same quantity computed from log alpha and
+    log beta, for where the closed form overflows float64 (derive/MATH.md §9)."""
+    return torch.where(torch.isfinite(value), value, fallback)
+
+
 def schedule(t, *, shift=3.0):
     """(alpha, beta, alpha', beta', sigma) at times t. Parameters are keyword-only."""
     shift = _param(shift, t)
@@ -44,10 +55,9 @@ def schedule(t, *, shift=3.0):
 
 
 def log_snr(t, *, shift=3.0):
-    """log snr = log(beta/alpha) at times t."""
+    """log snr = log(beta) - log(alpha) at times t, in log space."""
     shift = _param(shift, t)
-    _c0 = -shift*t + shift + t
-    return torch.log(t/_c0) - torch.log(-shift*(t - 1)/_c0)
+    return -torch.log(shift) + torch.log(t) - torch.log(1 - t)
 
 
 def time_of_log_snr(lam, *, shift=3.0):

@@ -34,6 +34,17 @@ def _param(value, like):
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
+def _log1p_exp(value):
+    """log(1 + exp(value)), finite for every finite value."""
+    return torch.logaddexp(value, torch.zeros_like(value))
+
+
+def _finite_or(value, fallback):
+    """``value`` where it is finite, else ``fallback``: the same quantity computed from log alpha and
+    log beta, for where the closed form overflows float64 (derive/MATH.md §9)."""
+    return torch.where(torch.isfinite(value), value, fallback)
+
+
 def schedule(t):
     """(alpha, beta, alpha', beta', sigma) at times t."""
     _c0 = 1.5707963267948966
@@ -44,7 +55,7 @@ def schedule(t):
 
 
 def log_snr(t):
-    """log snr = log(beta/alpha) at times t."""
+    """log snr = log(beta) - log(alpha) at times t, in log space."""
     _c0 = 0.5*3.141592653589793*t
     return torch.log(torch.sin(_c0)) - torch.log(torch.cos(_c0))
 
