@@ -31,10 +31,11 @@ its input), and the scheduler converts that output to the denoiser there: eta_X 
 A run that starts below sigma = 1 (img2img, ``strength`` < 1) starts from c(t_0) * latents in any frame,
 the point mass included (its state at t_0 > 0 is an ordinary noisy state).
 
-Noise.  Pipelines call ``step`` without a generator; a stochastic schedule draws sample i's noise from
-``per_sample_normal(seed, i)`` (``seed`` in the config, or :meth:`LazyFlowScheduler.set_seed`), laid out
-as :func:`lazyflow.sample` lays it out with ``initial=latents``, so a run in a pipeline equals
-``sample(..., seed=seed, initial=latents)`` on the same model.
+Noise.  Pipelines call ``step`` without a generator; in a stochastic schedule, step k of sample i uses
+draw 1 + k of :class:`~lazyflow.runtime.noise.CounterNormal` (``seed`` in the config, or
+:meth:`LazyFlowScheduler.set_seed`), drawn on the latents' device as :func:`lazyflow.sample` draws it
+with ``initial=latents``, so a run in a pipeline equals ``sample(..., seed=seed, initial=latents)`` on
+the same model.
 """
 from __future__ import annotations
 
@@ -59,8 +60,8 @@ except ImportError as _err:  # diffusers is an optional extra
 
 from .grids import GRIDS, make_grid
 from .integrators import FINAL_STEPS, Plan, build_plan, get_integrator
-from .noise import per_sample_normal
-from .sampler import _affine, _two_point
+from .noise import CounterNormal
+from .sampler import _affine, _step_noise, _two_point
 from .schedule import Schedule, load_schedule
 
 __all__ = ["LazyFlowScheduler", "LazyFlowSchedulerOutput", "SOURCE"]
@@ -338,25 +339,16 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
         stochastic = self.target.stochastic
         zero_start = self.target.point_mass and float(self._times[k0]) <= 0
         self._first_shift = None
+        draws = CounterNormal(self._seed, range(n), shape, device=device, dtype=self._dtype)
         if zero_start:   # x = 0; the latents are the first noise draw (as sample(..., initial=latents))
-            draws = plan.steps if stochastic else 1
-            step_noise = per_sample_normal(self._seed, range(n), draws, shape).to(device=device, dtype=self._dtype)
-            step_noise[:, 0] = latents
             x = torch.zeros_like(latents)
+            noise = _step_noise(self.target, draws, latents, x)
             # the pipeline called the network on the latents, not on 0: eta_X = p x_in + q m there
             p, q = self.source.eta("velocity", plan.tau[:1].to(torch.float64).cpu())
             self._first_shift = (p / q).to(device=device, dtype=self._dtype)
         else:            # the latents are the state in the network's frame at the first call: x = c(t_0) latents
             x = latents / plan.in_scale[0]
-            step_noise = None
-            if stochastic:
-                draws = per_sample_normal(self._seed, range(n), 1 + plan.steps, shape)
-                step_noise = draws[:, 1:].to(device=device, dtype=self._dtype)
-        if stochastic:
-            noise = (lambda k, s=step_noise: s[:, k])
-        else:
-            zeros = torch.zeros_like(x)
-            noise = (lambda k, z=zeros: z)
+            noise = _step_noise(self.target, draws, None, x)
         self._loop = plan.integrator.run(x, plan, noise, (_affine, _two_point), None, None)
         next(self._loop)   # the first call: the pipeline has made it already
 

@@ -17,7 +17,8 @@ import torch
 from .errors import LazyflowError, SamplingError
 from .grids import GridSpec, make_grid
 from .integrators import Call, Callback, Plan, build_plan, drive, get_integrator
-from .noise import per_sample_normal
+from .distributed import gather, local_device, ranks_of, share
+from .noise import CounterNormal, NoiseSource
 from .progress import progress_bar
 from .schedule import Schedule, load_schedule
 
@@ -139,7 +140,7 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
 def resolve_device(device: torch.device | str | None) -> torch.device:
     """A torch device that this build and machine can use, else one specific error."""
     try:
-        device = torch.device(device if device is not None else "cpu")
+        device = local_device(torch.device(device if device is not None else "cpu"))
     except (RuntimeError, TypeError):
         raise LazyflowError(f"unknown device {device!r} (use cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda":
@@ -185,7 +186,12 @@ def sample(model: Model, shape: Sequence[int], **options: Any) -> torch.Tensor:
     naming the step; samples far beyond the data's scale give a :class:`SamplingWarning`.
     Keyword options are those of :func:`sample_batches`.
     """
-    return torch.cat([x for _, x in sample_batches(model, shape, **options)])
+    pieces = [x for _, x in sample_batches(model, shape, **options)]
+    ranks = ranks_of(options.get("distributed", False), resolve_device(options.get("device")))
+    if not pieces:   # a rank whose share is empty (more ranks than samples)
+        pieces = [torch.empty((0, *tuple(shape)[1:]), device=resolve_device(options.get("device")),
+                              dtype=_state_dtype(options.get("dtype", torch.float32)))]
+    return gather(torch.cat(pieces), int(shape[0]), ranks)
 
 
 def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", source: Any = "linear",
@@ -194,14 +200,25 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
                    device: torch.device | str | None = None, dtype: torch.dtype | str = torch.float32,
                    model_dtype: torch.dtype | str | None = None, compile: bool = False,
                    model_kwargs: dict[str, Any] | None = None, initial: torch.Tensor | None = None,
-                   callback: Callback | None = None, progress: bool = False) -> Iterator[tuple[range, torch.Tensor]]:
+                   callback: Callback | None = None, progress: bool = False, noise: Callable[..., NoiseSource] | None = None,
+                   distributed: Any = False) -> Iterator[tuple[range, torch.Tensor]]:
     """:func:`sample`, one batch at a time: yields (sample indices, samples) as each batch finishes, so
     that a caller can keep the finished batches of a long run.  Everything is checked before the first
     batch runs.
 
     ``initial`` (optional, shape ``shape``) replaces each sample's first standard-normal draw: a standard
     schedule starts from x_0 = alpha_0 * initial; a point-mass run (which starts from 0) uses it as the
-    noise of its first step.  Without it the draws come from ``seed``."""
+    noise of its first step.  Without it the draws come from ``seed``.
+
+    Noise: draw d of sample i (d = 0 the start, d = 1 + k step k's increment) is drawn on ``device``
+    when the step needs it, a pure function of (seed, i, d) (:mod:`lazyflow.runtime.noise`), so samples
+    do not depend on ``batch_size``, chunking or the number of processes.  ``noise`` replaces the
+    default :class:`~lazyflow.runtime.noise.CounterNormal` factory: ``noise(seed, indices, data_shape,
+    device=..., dtype=...)`` returns ``draw -> tensor (len(indices), *data_shape)``.
+
+    ``distributed``: ``True`` (the default process group, joined from torchrun's environment if
+    needed) or a process group: this rank yields only its contiguous share of the indices
+    (:mod:`lazyflow.runtime.distributed`); :func:`sample` gathers all of them on every rank."""
     target, src = load_schedule(schedule), load_schedule(source)
     method = get_integrator(integrator)
     try:
@@ -223,6 +240,7 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
         raise LazyflowError(f"initial must be a tensor of the samples' shape {shape}, got {got}")
     final_step = DEFAULT_FINAL_STEP if final_step is None else final_step
     device, dtype = resolve_device(device), resolve_dtype(dtype)
+    ranks = ranks_of(distributed, device)
     if dtype in (torch.bfloat16, torch.float16):   # a half model: the state stays in float32
         model_dtype, dtype = (dtype if model_dtype is None else model_dtype), torch.float32
     call_dtype = _model_dtype(model, dtype, None if model_dtype is None else resolve_dtype(model_dtype))
@@ -234,28 +252,40 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
     data_shape = shape[1:]
     start_scale = float(target.values(times[:1]).alpha[0])
     chunk = batch_size or n
-    draws = (0 if target.point_mass else 1) + (steps if target.stochastic else 0)
-    with progress_bar(steps * ((n + chunk - 1) // chunk), enabled=progress, desc="sampling") as update, torch.no_grad():
-        for start in range(0, n, chunk):
-            indices = range(start, min(start + chunk, n))
-            draws_dev = per_sample_normal(int(seed), indices, max(draws, 1), data_shape).to(device=device, dtype=dtype)
-            if initial is not None:
-                draws_dev[:, 0] = initial[indices.start:indices.stop].to(device=device, dtype=dtype)
-            if target.point_mass:
+    factory = CounterNormal if noise is None else noise
+    local = share(n, ranks)   # all of range(n) in one process
+    chunks = [range(s, min(s + chunk, local.stop)) for s in range(local.start, local.stop, chunk)]
+    with progress_bar(steps * len(chunks), enabled=progress, desc="sampling") as update, torch.no_grad():
+        for indices in chunks:
+            draws = factory(int(seed), indices, data_shape, device=device, dtype=dtype)
+            first = None if initial is None else initial[indices.start:indices.stop].to(device=device, dtype=dtype)
+            if target.point_mass:   # starts from the point 0; ``initial`` is the first step's noise
                 x = torch.zeros((len(indices), *data_shape), device=device, dtype=dtype)
-                step_noise = draws_dev
             else:  # I_t0 = alpha(t0) Z (exact at t0 = 0; the data term beta(t0) X is dropped if t0 > 0)
-                x, step_noise = draws_dev[:, 0] * start_scale, draws_dev[:, 1:]
-            if target.stochastic:
-                noise = (lambda k, s=step_noise: s[:, k])
-            else:
-                zeros = torch.zeros_like(x)
-                noise = (lambda k, z=zeros: z)
-            yield indices, run_plan(model, x, plan, noise, model_kwargs=_chunk_kwargs(model_kwargs, n, indices),
-                                    model_dtype=call_dtype, compile=compile, callback=callback, progress=update)
+                x = (draws(0) if first is None else first) * start_scale
+            yield indices, run_plan(model, x, plan, _step_noise(target, draws, first, x),
+                                    model_kwargs=_chunk_kwargs(model_kwargs, n, indices), model_dtype=call_dtype,
+                                    compile=compile, callback=callback, progress=update)
+
+
+def _step_noise(target: Schedule, draws: NoiseSource, first: torch.Tensor | None,
+                x: torch.Tensor) -> Callable[[int], torch.Tensor]:
+    """Step k's xi: draw 1 + k of the chunk's noise (zeros for an ODE), drawn when the step runs."""
+    if not target.stochastic:
+        zeros = torch.zeros_like(x)
+        return lambda k: zeros
+    if target.point_mass and first is not None:
+        return lambda k: first if k == 0 else draws(1 + k)
+    return lambda k: draws(1 + k)
 
 
 sample.__signature__ = inspect.signature(sample_batches).replace(return_annotation=torch.Tensor)
+
+
+def _state_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """The state's dtype for a ``dtype`` option (a half dtype means a float32 state)."""
+    dtype = resolve_dtype(dtype)
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def _count(value: Any, what: str) -> int:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lazyflow import load_schedule, sample
-from lazyflow.runtime.noise import per_sample_normal
+from lazyflow.runtime.noise import standard_normal
 
 from exact import GMMVelocity
 
@@ -18,7 +18,7 @@ def test_linear_euler_equals_diffusers_flow_match_euler():
     steps = 7
     scheduler.set_timesteps(num_inference_steps=steps)
     sigmas = scheduler.sigmas.double()
-    x = per_sample_normal(0, range(16), 1, (2,))[:, 0].double()
+    x = standard_normal(0, range(16), 0, (2,)).double()
     for timestep in scheduler.timesteps:
         t = 1.0 - float(timestep) / scheduler.config.num_train_timesteps
         output = -MODEL(x, torch.full((16,), t, dtype=F64))           # diffusers predicts Z - X
@@ -67,7 +67,7 @@ def test_diffusers_transformer_adapter_matches_the_diffusers_loop():
     diffusers, transformer, cond = _tiny_sd3()
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
     scheduler.set_timesteps(num_inference_steps=4)
-    x = per_sample_normal(0, range(6), 1, (4, 8, 8))[:, 0]
+    x = standard_normal(0, range(6), 0, (4, 8, 8))
     with torch.no_grad():
         for timestep in scheduler.timesteps:
             out = transformer(hidden_states=x, timestep=timestep.expand(6), return_dict=False, **cond)[0]
