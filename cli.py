@@ -224,6 +224,7 @@ def parse_grid(text: str):
 
 def run_sample(args: argparse.Namespace) -> int:
     from .runtime import models
+    from .runtime.distributed import launched_by_torchrun, ranks_of
     from .runtime.sampler import resolve_device, sample_batches
     from .runtime.schedule import load_schedule
 
@@ -297,14 +298,36 @@ def run_sample(args: argparse.Namespace) -> int:
         shape = tuple(model.data_shape)
     elif shape is None:
         raise LazyflowError("--shape is needed for this model (its data shape is not recorded)")
+    ranks = ranks_of(launched_by_torchrun(), device)
+    if args.shards and ranks.single:
+        raise LazyflowError("--shards is for runs under torchrun (several processes); one process writes --out")
     batches = sample_batches(model, (args.num_samples, *shape), schedule=target, source=source, steps=args.steps,
                              integrator=args.integrator, final_step=args.final_step, grid=parse_grid(args.grid),
                              prediction=prediction, seed=args.seed, batch_size=args.batch_size, device=device,
-                             compile=args.compile, model_kwargs=model_kwargs,
-                             progress=args.num_samples * args.steps > 2000)
-    done = _write_as_they_finish(batches, out)
-    print(f"wrote {out} ({done} samples of shape {tuple(shape)}, schedule {target.describe()}, "
-          f"{args.steps} steps, {args.integrator}, grid {args.grid}{guidance_note})")
+                             compile=args.compile, model_kwargs=model_kwargs, distributed=not ranks.single,
+                             progress=ranks.rank == 0 and args.num_samples * args.steps > 2000)
+    what = (f"schedule {target.describe()}, {args.steps} steps, {args.integrator}, grid {args.grid}{guidance_note}")
+    if ranks.single:
+        done = _write_as_they_finish(batches, out)
+        print(f"wrote {out} ({done} samples of shape {tuple(shape)}, {what})")
+    elif args.shards:
+        _write_as_they_finish(batches, _shard_path(out, ranks.rank, ranks.world))
+        if ranks.rank == 0:
+            index = _write_shard_index(out, args.num_samples, ranks.world)
+            print(f"wrote {index} and {ranks.world} shards ({args.num_samples} samples of shape {tuple(shape)}, {what})")
+    else:   # gather on every rank, written once by rank 0
+        from .runtime.distributed import gather
+
+        local = [x for _, x in batches]
+        x = gather(_local_samples(local, shape, device), args.num_samples, ranks)
+        if ranks.rank == 0:
+            _write_as_they_finish([(range(args.num_samples), x)], out)
+            print(f"wrote {out} ({args.num_samples} samples of shape {tuple(shape)} from {ranks.world} processes, "
+                  f"{what})")
+    if not ranks.single:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     if args.model_kind and args.vae:
         import numpy as np
         import torch
@@ -314,6 +337,32 @@ def run_sample(args: argparse.Namespace) -> int:
         path = sit.save_image_grid(images, out.with_suffix(".png"))
         print(f"wrote {path} ({len(images)} images of {images.shape[1]}x{images.shape[2]}, VAE {args.vae})")
     return 0
+
+
+def _local_samples(pieces: list, shape: tuple, device):
+    """This rank's batches as one tensor (empty when its share is: more ranks than samples)."""
+    import torch
+
+    return torch.cat(pieces) if pieces else torch.empty((0, *shape), device=device)
+
+
+def _shard_path(out: Path, rank: int, world: int) -> Path:
+    """Rank r's shard of ``out``: OUT.rank00002-of-00008.npy (same suffix)."""
+    return out.with_name(f"{out.stem}.rank{rank:05d}-of-{world:05d}{out.suffix}")
+
+
+def _write_shard_index(out: Path, n: int, world: int) -> Path:
+    """OUT.index.json: each shard's file and the sample indices [start, stop) it holds, in order."""
+    from .runtime.distributed import Ranks, share
+
+    shards = []
+    for rank in range(world):
+        part = share(n, Ranks(rank, world))
+        shards.append({"file": _shard_path(out, rank, world).name, "start": part.start, "stop": part.stop})
+    index = out.with_name(f"{out.stem}.index.json")
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text(json.dumps({"num_samples": n, "shards": shards}, indent=1) + "\n")
+    return index
 
 
 def _write_as_they_finish(batches, out: Path) -> int:
@@ -545,7 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile the step")
-    p.add_argument("--out", required=True, help="FILE.npy (raw samples), FILE.png (image grid) or FILE.pt")
+    p.add_argument("--out", required=True, help="FILE.npy (raw samples), FILE.png (image grid) or FILE.pt; under "
+                   "torchrun rank 0 writes it after gathering every rank's samples")
+    p.add_argument("--shards", action="store_true", help="under torchrun: each rank writes its own share as "
+                   "OUT.rankRRRRR-of-WWWWW.SUFFIX and rank 0 writes OUT.index.json (no gathering; for large runs)")
     p.set_defaults(handler=run_sample)
 
     p = sub.add_parser("train", help="reproduce an embedded model's weights")
