@@ -220,14 +220,14 @@ class _Runner:
         """The installed peers on the velocity ``model``, each from our first noise draw (paired)."""
         import torch
 
-        from .noise import per_sample_normal
+        from .noise import standard_normal
         from .peers import available_peers
 
         n, rows = self.shape[0], []
         for name, (stochastic, fn) in available_peers()[0].items():
             for budget in nfes:
                 counter = CountingModel(model)
-                x0 = per_sample_normal(self.seed, range(n), 1, self.shape[1:])[:, 0]  # the same start as ours: paired
+                x0 = standard_normal(self.seed, range(n), 0, self.shape[1:])  # our start draw: paired
                 start = time.perf_counter()
                 scores, x = {}, None
                 try:
