@@ -140,7 +140,9 @@ def _euler(b: _Build):
 
 def _heun(b: _Build):
     now, h = b.now, b.h
-    nxt = b.frame(b.t1)
+    # a step that starts singular is the probability-flow ODE's Heun step: the corrector's drift at t'
+    # is the ODE drift too (the SDE drift there holds an eps s term whose noise the step does not add)
+    nxt = b.frame(b.t1, ode=b.ode)
     noise = now.sigma * torch.sqrt(h)
     a, bb = 1 + h / 2 * now.F, h / 2 * now.G
     # the last step (into t = 1, where the model may be singular) stays a plain Euler step

@@ -312,3 +312,23 @@ def test_printer_never_hands_torch_a_python_float():
     for tensor, expr in zip(got, [u / (c - sp.cosh(u)) ** 2 * (1 - c) ** 2, (1 - c) ** 2 * u]):
         want = [float(expr.subs(u, s)) for s in (0.2, 0.7)]
         assert torch.allclose(tensor, torch.tensor(want, dtype=torch.float64), rtol=1e-12)
+
+
+# --- Heun's first step on a singular start ----------------------------------------------------------
+
+@pytest.mark.parametrize("schedule, r, dr", [
+    ("linear-sde", lambda s: (1 - s) ** 2 + s**2, lambda s: 4 * s - 2),     # alpha = 1 - t, beta = t
+    ("vp-sde", lambda s: 1.0, lambda s: 0.0),                               # cos^2 + sin^2 = 1
+])
+def test_heun_first_step_on_a_singular_start_is_the_ode_heun_step(schedule, r, dr):
+    """eps* is infinite at t = 0, so the first step is the probability-flow ODE's: its Heun corrector
+    averages the ODE drift at both ends.  On N(0, 1) data the ODE drift is k(t) x with k = r'/(2r),
+    r = alpha^2 + beta^2 (MATH.md §4), so x_1 = x_0 (1 + h/2 (k(0) + k(h) (1 + h k(0))))."""
+    seen = {}
+    sample(gaussian_velocity(1.0), (16, 1), schedule=schedule, steps=2, integrator="heun",
+           grid=torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64), dtype=torch.float64, seed=3,
+           callback=lambda info: seen.setdefault(info.step, info.x.clone()))
+    h = 0.3
+    k = lambda s: dr(s) / (2 * r(s))  # noqa: E731
+    gain = 1 + h / 2 * (k(0.0) + k(h) * (1 + h * k(0.0)))
+    assert torch.allclose(seen[1], gain * seen[0], rtol=1e-12, atol=1e-14)

@@ -46,7 +46,13 @@ def as_prediction(prediction):
     return model
 
 
-@pytest.mark.parametrize("key", sorted(REFERENCE))
+#: runs changed on purpose since the reference was written: on a singular start (eps* of linear-sde and
+#: vp-sde at t = 0) Heun's first corrector now uses the ODE drift at t' too (issue 13; tests/test_edges.py
+#: test_heun_first_step_on_a_singular_start_is_the_ode_heun_step checks the new step exactly)
+CHANGED = {f"{schedule}/heun/{grid}" for schedule in ("linear_sde", "vp_sde") for grid in ("logsnr", "source", "uniform")}
+
+
+@pytest.mark.parametrize("key", sorted(set(REFERENCE) - CHANGED))
 def test_same_samples_as_before(key):
     schedule, integrator, grid, *rest = key.split("/")
     prediction = rest[0] if rest else "velocity"
