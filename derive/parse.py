@@ -44,7 +44,8 @@ __all__ = ["ExpressionError", "parse_expression", "ALLOWED_FUNCTIONS", "ALLOWED_
 ALLOWED_FUNCTIONS = {
     "sqrt": sp.sqrt, "exp": sp.exp, "log": sp.log,
     "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "atan": sp.atan,
-    "sinh": sp.sinh, "cosh": sp.cosh, "tanh": sp.tanh, "erf": sp.erf,
+    "cot": sp.cot, "sec": sp.sec, "csc": sp.csc,
+    "sinh": sp.sinh, "cosh": sp.cosh, "tanh": sp.tanh, "erf": sp.erf, "erfc": sp.erfc,
 }
 ALLOWED_CONSTANTS = {"pi": sp.pi, "E": sp.E}
 
@@ -84,11 +85,18 @@ def _shadow_erf(z: complex) -> complex:
     return complex(math.erf(z.real))
 
 
+def _shadow_erfc(z: complex) -> complex:
+    if z.imag != 0:
+        raise ValueError("erfc of a non-real number is not bounded here")
+    return complex(math.erfc(z.real))
+
+
 #: floating-point shadows of the functions, used only to bound the size of constants
 _SHADOW_FUNCTIONS = {
     "sqrt": cmath.sqrt, "exp": cmath.exp, "log": cmath.log,
     "sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan, "atan": cmath.atan,
-    "sinh": cmath.sinh, "cosh": cmath.cosh, "tanh": cmath.tanh, "erf": _shadow_erf,
+    "cot": lambda z: 1 / cmath.tan(z), "sec": lambda z: 1 / cmath.cos(z), "csc": lambda z: 1 / cmath.sin(z),
+    "sinh": cmath.sinh, "cosh": cmath.cosh, "tanh": cmath.tanh, "erf": _shadow_erf, "erfc": _shadow_erfc,
 }
 
 

@@ -35,6 +35,10 @@ FUNCTION_SCHEDULES = {
     "cosh": ("1 - t", "t", "cosh(t)"),
     "tanh": ("1 - t", "t", "tanh(t)"),
     "erf": ("1 - erf(2*t)/erf(2)", "erf(2*t)/erf(2)", "ode"),
+    "erfc": ("1 - t", "t", "erfc(t)"),
+    "cot": ("1 - t", "t", "cot(pi/4 + pi*t/4)"),
+    "sec": ("1 - t", "t", "sec(t)"),
+    "csc": ("1 - t", "t", "csc(1 + t)"),
 }
 # the runtime generates a kernel with this command; rendering with it first makes the runtime's call a cache hit
 LAZY = ("sin", "erf", "sqrt")
