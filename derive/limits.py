@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -46,11 +47,20 @@ def limits_by_signal() -> bool:
     return threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
 
 
+#: after the limit passes, the alarm repeats at this interval until a TimeLimit leaves the guarded block
+_REPEAT_SECONDS = 0.05
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
     """Raise :class:`TimeLimit` after ``seconds`` (main thread on POSIX; elsewhere no limit:
     use :func:`call_with_time_limit`).  Nests: an outer limit that ends sooner still applies, and
-    its timer is re-armed with what is left of it on exit."""
+    its timer is re-armed with what is left of it on exit.
+
+    A signal handler runs wherever the main thread is, a weakref callback or ``__del__`` included,
+    where Python reports the exception as "unraisable" and carries on.  So once expired the alarm
+    repeats every _REPEAT_SECONDS until the TimeLimit reaches this block, and a TimeLimit that Python
+    could not raise is dropped from ``sys.unraisablehook`` instead of being reported."""
     if not limits_by_signal():
         yield
         return
@@ -60,15 +70,26 @@ def time_limit(seconds: float) -> Iterator[None]:
 
     start = time.monotonic()
     previous = signal.signal(signal.SIGALRM, _raise)
-    outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
-    signal.setitimer(signal.ITIMER_REAL, min(seconds, outer_left) if outer_left > 0 else seconds)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _unraisable_hook(previous_hook)
+    outer_left, outer_interval = signal.getitimer(signal.ITIMER_REAL)
+    signal.setitimer(signal.ITIMER_REAL, min(seconds, outer_left) if outer_left > 0 else seconds, _REPEAT_SECONDS)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        sys.unraisablehook = previous_hook
         if outer_left > 0:
-            signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - start), 1e-3))
+            signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - start), 1e-3), outer_interval)
+
+
+def _unraisable_hook(previous: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``previous``, except for a TimeLimit (the repeating alarm raises it again where it can)."""
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, TimeLimit):
+            previous(unraisable)
+    return hook
 
 
 def call_with_time_limit(seconds: float, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:

@@ -243,3 +243,29 @@ def test_signal_limits_nest_and_rearm_the_outer_one():
                 pass                    # the inner one ends; the outer one is re-armed
             time.sleep(5)
     assert time.perf_counter() - start < 3.0
+
+
+def test_signal_limit_that_fires_in_a_weakref_callback_is_not_lost(monkeypatch):
+    """The alarm may fire inside a weakref callback, where Python cannot raise it (it reports it as
+    unraisable and goes on): the limit must still stop the guarded block, and report nothing."""
+    import sys
+    import weakref
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+
+    class Thing:
+        pass
+
+    def slow_callback(ref):
+        time.sleep(0.3)             # the 0.1 s alarm fires in here
+
+    start = time.perf_counter()
+    with pytest.raises(TimeLimit):
+        with time_limit(0.1):
+            thing = Thing()
+            ref = weakref.ref(thing, slow_callback)
+            del thing               # runs slow_callback
+            time.sleep(3)
+    assert time.perf_counter() - start < 1.5 and ref() is None
+    assert reported == []
