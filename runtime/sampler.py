@@ -17,6 +17,7 @@ import torch
 from .errors import LazyflowError, SamplingError
 from .grids import GridSpec, make_grid
 from .integrators import Call, Callback, Plan, build_plan, drive, get_integrator
+from .capture import captured_loop
 from .distributed import gather, local_device, ranks_of, share
 from .noise import CounterNormal, NoiseSource
 from .progress import progress_bar
@@ -54,7 +55,7 @@ class _Evaluator:
             raise SamplingError(f"model output at step {step} has dtype {out.dtype}: a real floating-point tensor is needed")
         out = out.to(x.dtype)   # the state's precision (documented: the model's output is cast)
         self.finite.append(torch.isfinite(out).all())
-        self.size.append(x.pow(2).mean().sqrt())
+        self.size.append(torch.linalg.vector_norm(x) / x.numel() ** 0.5)
         self.steps.append(step)
         return out
 
@@ -86,6 +87,10 @@ class _Evaluator:
                       "diverges there (use more steps, another integrator or grid)", SamplingWarning, stacklevel=4)
 
 
+#: how a captured loop is recorded: None = a CUDA graph (tests substitute a re-run on the CPU)
+_recorder = None
+
+
 class SamplingWarning(UserWarning):
     """A run that finished but whose samples look wrong (for instance far beyond the data's scale)."""
 
@@ -95,9 +100,20 @@ def run_plan(model: Model, x: torch.Tensor, plan: Plan, noise: Callable[[int], t
              callback: Callback | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Integrate from ``x`` along ``plan``; ``noise(k)`` is step k's xi (zeros for an ODE).  The state
     and its updates stay in ``x``'s dtype; the model is called in ``model_dtype`` (default: the same)."""
-    evaluate = _Evaluator(model, plan, model_kwargs or {}, model_dtype or x.dtype)
+    x, evaluate = _integrate(model, x, plan, noise, model_kwargs or {}, model_dtype or x.dtype, compile,
+                             callback, progress)
+    return _checked(x, evaluate)
+
+
+def _integrate(model, x, plan, noise, model_kwargs, model_dtype, compile, callback, progress):
+    """The loop itself: no host synchronisation, no branch on tensor values (capturable)."""
+    evaluate = _Evaluator(model, plan, model_kwargs, model_dtype)
     ops = _compiled_ops() if compile else (_affine, _two_point)
-    x = drive(plan.integrator.run(x, plan, noise, ops, callback, progress), evaluate)
+    return drive(plan.integrator.run(x, plan, noise, ops, callback, progress), evaluate), evaluate
+
+
+def _checked(x: torch.Tensor, evaluate: _Evaluator) -> torch.Tensor:
+    """After the loop: NaN or inf names its step; non-finite samples are refused; blow-up is warned."""
     evaluate.raise_if_bad()
     if not torch.isfinite(x).all():
         raise SamplingError("the samples are not finite after the last step (the integrator diverged); "
@@ -201,7 +217,7 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
                    model_dtype: torch.dtype | str | None = None, compile: bool = False,
                    model_kwargs: dict[str, Any] | None = None, initial: torch.Tensor | None = None,
                    callback: Callback | None = None, progress: bool = False, noise: Callable[..., NoiseSource] | None = None,
-                   distributed: Any = False) -> Iterator[tuple[range, torch.Tensor]]:
+                   distributed: Any = False, capture: bool = False) -> Iterator[tuple[range, torch.Tensor]]:
     """:func:`sample`, one batch at a time: yields (sample indices, samples) as each batch finishes, so
     that a caller can keep the finished batches of a long run.  Everything is checked before the first
     batch runs.
@@ -215,6 +231,14 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
     do not depend on ``batch_size``, chunking or the number of processes.  ``noise`` replaces the
     default :class:`~lazyflow.runtime.noise.CounterNormal` factory: ``noise(seed, indices, data_shape,
     device=..., dtype=...)`` returns ``draw -> tensor (len(indices), *data_shape)``.
+
+    ``compile=True`` runs each step's noise draw and affine updates through ``torch.compile``d kernels
+    (the draws then equal the eager ones to float rounding, about 1e-5): it fuses some thirty small
+    kernels per step into two, which pays where kernel launches dominate (small models on a GPU, the
+    noise of large CPU batches) and costs the compilation (seconds) on the first run; it does not pay
+    on the CPU for small states.  ``capture=True`` (CUDA only) records the whole loop, model included,
+    as a CUDA graph on the first chunk and replays it for the others and for later calls with the same
+    settings (:mod:`lazyflow.runtime.capture`): for small models whose time is launch overhead.
 
     ``distributed``: ``True`` (the default process group, joined from torchrun's environment if
     needed) or a process group: this rank yields only its contiguous share of the indices
@@ -253,19 +277,37 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
     start_scale = float(target.values(times[:1]).alpha[0])
     chunk = batch_size or n
     factory = CounterNormal if noise is None else noise
+    if capture:
+        if noise is not None or callback is not None:
+            raise LazyflowError("capture=True records the loop once: it needs the default noise and no callback")
+        plan_key = (target.kernel, target.params, src.kernel, src.params, tuple(times.tolist()), method.name,
+                    final_step, prediction, compile)
     local = share(n, ranks)   # all of range(n) in one process
     chunks = [range(s, min(s + chunk, local.stop)) for s in range(local.start, local.stop, chunk)]
     with progress_bar(steps * len(chunks), enabled=progress, desc="sampling") as update, torch.no_grad():
         for indices in chunks:
             draws = factory(int(seed), indices, data_shape, device=device, dtype=dtype)
+            if compile and isinstance(draws, CounterNormal):
+                draws = draws.compiled()
             first = None if initial is None else initial[indices.start:indices.stop].to(device=device, dtype=dtype)
             if target.point_mass:   # starts from the point 0; ``initial`` is the first step's noise
                 x = torch.zeros((len(indices), *data_shape), device=device, dtype=dtype)
             else:  # I_t0 = alpha(t0) Z (exact at t0 = 0; the data term beta(t0) X is dropped if t0 > 0)
                 x = (draws(0) if first is None else first) * start_scale
-            yield indices, run_plan(model, x, plan, _step_noise(target, draws, first, x),
-                                    model_kwargs=_chunk_kwargs(model_kwargs, n, indices), model_dtype=call_dtype,
-                                    compile=compile, callback=callback, progress=update)
+            kwargs = _chunk_kwargs(model_kwargs, n, indices)
+            if capture:
+                def loop(x, rows, first, kwargs, draws=draws):
+                    return _integrate(model, x, plan, _step_noise(target, draws.with_rows(rows), first, x), kwargs,
+                                      call_dtype, compile, None, None)
+
+                out, evaluate = captured_loop((model, plan_key, call_dtype), loop, x, draws.rows, first, kwargs,
+                                              recorder=_recorder)
+                if update is not None:
+                    update(steps)
+                yield indices, _checked(out.clone(), evaluate)
+            else:
+                yield indices, run_plan(model, x, plan, _step_noise(target, draws, first, x), model_kwargs=kwargs,
+                                        model_dtype=call_dtype, compile=compile, callback=callback, progress=update)
 
 
 def _step_noise(target: Schedule, draws: NoiseSource, first: torch.Tensor | None,
