@@ -381,6 +381,7 @@ def build_plan(target: Schedule, source: Schedule, times: torch.Tensor, *, integ
         raise LazyflowError(f"integrator {method.name!r}: {target.kernel.EXPONENTIAL}")
     work = torch.float64 if torch.device(device or "cpu").type != "mps" else torch.float32
     t = times.to(device=device, dtype=work)
+    _check_informative_start(target, prediction, t)
     # where eps is infinite at t = 0 (eps* of a standard schedule) the first step is the ODE step
     ode = (t[:-1] <= 0) & target.singular_start
     b = _Build(target, source, prediction, t, ode)
@@ -397,6 +398,21 @@ def build_plan(target: Schedule, source: Schedule, times: torch.Tensor, *, integ
     now = b.now
     return Plan(method, times, now.tau.to(dtype), now.in_scale.to(dtype), tuple(two_stage), cast,
                 *(v.to(dtype) for v in (now.P, now.Q, now.K_x, now.K_e)))
+
+
+def _check_informative_start(target: Schedule, prediction: str, t: torch.Tensor) -> None:
+    """Refuse a run whose first call is at snr = 0 with a noise or score model: there I = alpha Z, the
+    output is a function of x alone and eta_X = E[X] cannot be read from it (p, q hold 1/beta; MATH.md §2)."""
+    if prediction not in ("noise", "score") or not bool(target.log_snr(t[:1]).isneginf().all()):
+        return
+    if target.point_mass:
+        fix = ("a point-mass schedule must start there, so sample this model with a standard schedule "
+               "(e.g. schedule='linear' or 'vp') and a grid starting at t_0 > 0")
+    else:
+        fix = (f"start the grid after t = {t[0].item():g}, e.g. grid=[0.01, ...] (explicit times; the run then "
+               "starts from alpha(t_0) Z)")
+    raise SamplingError(f"a {prediction}-prediction model does not determine eta_X at snr = 0 (t = {t[0].item():g}, "
+                        f"where this grid starts): its output there carries no information on the data; {fix}")
 
 
 _SECOND_STAGE = ("tau2", "in_scale2", "a1", "b1", "c1", "d", "e")

@@ -10,6 +10,7 @@ import sympy as sp
 import torch
 
 from lazyflow import sample
+from lazyflow.runtime.errors import SamplingError
 from lazyflow.derive import SpecError, convert, derive, from_expressions, from_toml, preset, solve_lazy, validate
 from lazyflow.derive.codegen import kernel_name, render_kernel
 from lazyflow.derive.parse import ALLOWED_FUNCTIONS
@@ -336,3 +337,21 @@ def test_heun_first_step_on_a_singular_start_is_the_ode_heun_step(schedule, r, d
     k = lambda s: dr(s) / (2 * r(s))  # noqa: E731
     gain = 1 + h / 2 * (k(0.0) + k(h) * (1 + h * k(0.0)))
     assert torch.allclose(seen[1], gain * seen[0], rtol=1e-12, atol=1e-14)
+
+
+# --- noise and score models at snr = 0 --------------------------------------------------------------
+
+def _noise_model(x, t):
+    """The exact N(0, 1) linear-schedule noise prediction eta_Z = x - t b."""
+    return x - t.reshape(-1, 1).to(x.dtype) * gaussian_velocity(1.0)(x, t)
+
+
+@pytest.mark.parametrize("schedule, fix", [("pointmass", "sample this model with a standard schedule"),
+                                           ("linear", "start the grid after t = 0")])
+@pytest.mark.parametrize("prediction", ["noise", "score"])
+def test_noise_or_score_model_at_snr_zero_says_what_to_do(schedule, fix, prediction):
+    model = _noise_model if prediction == "noise" else (lambda x, t: -_noise_model(x, t) / (1 - t.reshape(-1, 1)))
+    with pytest.raises(SamplingError, match=f"{prediction}-prediction model does not determine eta_X at snr = 0.*{fix}"):
+        sample(model, (4, 1), schedule=schedule, steps=2, prediction=prediction)
+    later = torch.tensor([0.01, 0.5, 1.0], dtype=torch.float64)
+    assert torch.isfinite(sample(model, (4, 1), schedule="linear", steps=2, prediction=prediction, grid=later)).all()
