@@ -75,9 +75,11 @@ class GaussianMixture:
         k = torch.multinomial(self.w.cpu(), n, replacement=True, generator=g)
         eps = torch.randn(n, self.dim, generator=g, dtype=torch.float64)
         xi = torch.randn(n, self.Q.shape[2], generator=g, dtype=torch.float64)
-        k_dev = k.to(self.mu.device)
-        x = (self.mu[k_dev] + self.s[k_dev, None] * eps.to(self.mu.device)
-             + torch.einsum("ndr,nr->nd", self.Q[k_dev], self.l[k_dev] * xi.to(self.mu.device)))
+        x = torch.empty(n, self.dim, dtype=torch.float64, device=self.mu.device)
+        for j in range(len(self.w)):   # one component at a time: no (n, d, r) gather
+            rows = (k == j).nonzero()[:, 0]
+            e, z = eps[rows].to(self.mu.device), xi[rows].to(self.mu.device)
+            x[rows.to(self.mu.device)] = self.mu[j] + self.s[j] * e + (self.l[j] * z) @ self.Q[j].T
         return x, k
 
     def _terms(self, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor):

@@ -7,7 +7,10 @@
   exact samples of the same size, over 256 fixed random unit directions u_l (seeded); W2 in one dimension
   pairs sorted values (quantiles).
 * ``weight_tv``: each sample is assigned to its most likely component, argmax_k w_k N(x; mu_k, C_k);
-  the total variation (1/2) sum_k |n_k / n - w_k| between the assigned and the true weights.
+  the total variation (1/2) sum_k |n_k / n - w_k| between the assigned and the true weights.  In high
+  dimension this also counts width errors: a sample left with too much noise in the d - r isotropic
+  directions of a narrow component is more likely under a wide one (measured on gmm4096 at 4 NFE: 0.45-0.49
+  against a floor of 0.04 at 500 samples).
 """
 from __future__ import annotations
 
