@@ -456,11 +456,37 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def run_overhead(args: argparse.Namespace) -> int:
-    from .runtime.overhead import overhead_table
+    from .runtime.overhead import format_overhead, overhead_bench
+    from .runtime.sampler import resolve_device
 
-    print(overhead_table(device=args.device, steps=args.steps, batch=args.batch, repeats=args.repeats,
-                         compile=not args.no_compile))
+    device = resolve_device(args.device or ("cuda" if _cuda() else "cpu"))
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = set(modes) - {"eager", "compile", "capture"}
+    if unknown:
+        raise LazyflowError(f"--modes: unknown {sorted(unknown)}; use eager, compile, capture")
+    if args.repeats < 5:
+        raise LazyflowError(f"--repeats must be at least 5 (the median of fewer runs is not a measurement), got {args.repeats}")
+    result = overhead_bench(str(device), models=tuple(m.strip() for m in args.models.split(",")),
+                            batches=tuple(_positive_ints(args.batches, "--batches")), steps=args.steps,
+                            repeats=args.repeats, modes=modes, log=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(result, indent=1) if args.json else format_overhead(result))
     return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _positive_ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise LazyflowError(f"{flag}: cannot read {text!r} as comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise LazyflowError(f"{flag}: need positive integers, got {text!r}")
+    return values
 
 
 def _figures():
@@ -622,12 +648,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="uniform grids only")
     p.set_defaults(handler=run_bench)
 
-    p = sub.add_parser("bench-overhead", help="sampler time per step beyond the model's forward, eager and compiled")
-    p.add_argument("--device", default=None)
-    p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--no-compile", action="store_true")
+    p = sub.add_parser("bench-overhead", help="sampler time beyond the model's own calls, every integrator family, "
+                       "beside a plain Euler loop and diffusers' FlowMatchEuler")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--steps", type=int, default=16, help="network calls per run (default 16)")
+    p.add_argument("--models", default="mlp,convnet,sit", help="mlp, convnet, sit (SiT-XL/2 size in bf16 on a GPU, "
+                   "width 256 and 4 blocks on the CPU)")
+    p.add_argument("--batches", default="8,64,256", help="batch sizes (the transformer runs at 64 and below)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per cell, alternating (median reported)")
+    p.add_argument("--modes", default="eager,capture", help="eager, compile, capture (capture needs CUDA)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=run_overhead)
 
     p = sub.add_parser("plot", help="draw comparison figures")

@@ -1,16 +1,26 @@
-"""Sampler overhead: time per step beyond the model's own forward pass, as a ratio."""
+"""Sampler overhead, measured: the time of a whole run beyond the same number of bare model calls, as a
+ratio, for every integrator family and beside a plain hand-written Euler loop and diffusers'
+FlowMatchEuler loop on the same model, in one process.
+
+Every runner of one (model, batch) cell is warmed up once (compilation and capture excluded), then all
+of them run in turn ``repeats`` times (alternating, so that drift hits all alike); each reports the
+median.  overhead = median(run) / median(bare calls) - 1, where the bare loop makes the run's number
+of network calls on a fixed input.  The module returns data; :func:`format_overhead` makes the table.
+"""
 from __future__ import annotations
 
-import resource
+import statistics
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
+from .integrators import INTEGRATORS
 from .models import VelocityMLP
-from .sampler import sample
 
-__all__ = ["ConvNet", "overhead_table"]
+__all__ = ["ConvNet", "FAMILIES", "MODELS", "overhead_bench", "format_overhead"]
 
 
 class ConvNet(nn.Module):
@@ -31,59 +41,180 @@ class ConvNet(nn.Module):
         return self.out(h)
 
 
+#: the integrator families measured: label -> (schedule, integrator)
+FAMILIES = {
+    "one-stage ODE": ("vp", "euler"),
+    "one-stage SDE": ("pointmass", "euler"),
+    "two-stage": ("pointmass", "exp-midpoint"),
+    "multistep": ("vp", "multistep"),
+    "multistep-pc": ("pointmass", "multistep-pc"),
+}
+
+
+def _transformer(device: torch.device) -> tuple[nn.Module, str]:
+    """SiT-XL/2 (28 blocks, width 1152, 16 heads, 256 tokens of 4x32x32 latents) in bf16 on a GPU; on the
+    CPU the same architecture at width 128, 2 blocks, 2 heads (so that a batch finishes in a minute)."""
+    from .adapters import from_sit
+    from .sit import build_sit
+
+    if device.type == "cuda":
+        net, label = build_sit("sit-xl/2", learn_sigma=False).to(device, torch.bfloat16), "SiT-XL/2 bf16"
+    else:
+        net, label = build_sit("sit-xl/2", learn_sigma=False, hidden_size=128, depth=2, num_heads=2), \
+            "SiT/2 w128 d2"
+    model = from_sit(net.eval())
+    model.data_shape = (4, 32, 32)
+    return model, label
+
+
+MODELS = ("mlp", "convnet", "sit")
+
+
+def _models(device: torch.device, names: list[str]) -> dict[str, tuple[nn.Module, str]]:
+    """name -> (model, label); the transformer takes class labels ``y``."""
+    from .errors import LazyflowError
+
+    out = {}
+    for name in names:
+        if name == "mlp":
+            out[name] = (VelocityMLP().to(device).eval(), "digits MLP (1x8x8)")
+        elif name == "convnet":
+            out[name] = (ConvNet().to(device).eval(), "ConvNet (3x32x32)")
+        elif name == "sit":
+            out[name] = _transformer(device)
+        else:
+            raise LazyflowError(f"unknown model {name!r} for bench-overhead; use {', '.join(MODELS)}")
+    return out
+
+
+@dataclass
+class _Runner:
+    label: str
+    fn: Callable[[], object]
+    calls: int          # network calls per run
+    times: list
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
-def _time_pair(first, second, device: torch.device, repeats: int) -> tuple[float, float]:
-    """Best-of-``repeats`` wall times of two functions, measured alternately (so drift hits both)."""
-    first(), second()  # warm-up (and compilation)
-    _sync(device)
-    best = [float("inf"), float("inf")]
-    for _ in range(repeats):
-        for index, fn in enumerate((first, second)):
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            best[index] = min(best[index], time.perf_counter() - start)
-    return best[0], best[1]
+def _plain_euler(model, shape, steps, device, dtype, kwargs) -> Callable[[], torch.Tensor]:
+    """The floor of a sampler: x += h v(x, t) from x_0 ~ N(0, I) on the linear schedule."""
+    def run():
+        x = torch.randn(shape, device=device, dtype=dtype)
+        h = 1.0 / steps
+        for k in range(steps):
+            t = torch.full((shape[0],), k * h, device=device, dtype=dtype)
+            x = x + h * model(x, t, **kwargs)
+        return x
+    return run
 
 
-def overhead_table(device: str | None = None, steps: int = 16, batch: int = 64, repeats: int = 5,
-                   compile: bool = True) -> str:
-    """A table: per model and mode, model time per step, sampler time per step, overhead ratio, peak memory."""
+def _diffusers_euler(model, shape, steps, device, dtype, kwargs) -> Callable[[], torch.Tensor] | None:
+    """diffusers' FlowMatchEulerDiscreteScheduler loop on the same model (its sigma = 1 - t, output Z - X)."""
+    try:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+    except ImportError:
+        return None
+    scheduler = FlowMatchEulerDiscreteScheduler()
+
+    def run():
+        scheduler.set_timesteps(num_inference_steps=steps, device=device)
+        x = torch.randn(shape, device=device, dtype=dtype)
+        for timestep in scheduler.timesteps:
+            t = (1 - timestep / scheduler.config.num_train_timesteps).to(dtype).expand(shape[0])
+            x = scheduler.step(-model(x, t, **kwargs), timestep, x, return_dict=False)[0]
+        return x
+    return run
+
+
+def overhead_bench(device: str | None = None, models: tuple[str, ...] = ("mlp", "convnet", "sit"),
+                   batches: tuple[int, ...] = (8, 64, 256), steps: int = 16, repeats: int = 5,
+                   modes: tuple[str, ...] = ("eager", "capture"), log: Callable[[str], None] = print) -> dict:
+    """Rows (model, batch, runner) with median seconds per run and overhead against bare calls.
+    The transformer runs at batches 8 and 64 only; ``capture`` rows need CUDA, ``compile`` rows cost
+    the compilation once (not timed)."""
+    from .sampler import sample
+
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    models = {"digits MLP (1x8x8)": VelocityMLP(), "ConvNet (3x32x32)": ConvNet()}
-    modes = [False, True] if compile else [False]
-    lines = [f"device {dev}; {steps} steps, batch {batch}; best of {repeats}, model and sampler timed alternately",
-             f"{'model':<22}{'schedule':<11}{'mode':<10}{'model ms/step':>14}{'sampler ms/step':>16}"
-             f"{'extra ms/step':>14}{'overhead':>10}{'peak MB':>9}"]
-    for label, model in models.items():
-        model = model.to(dev).eval()
-        shape = (batch, *model.data_shape)
-        x = torch.randn(shape, device=dev)
-        t = torch.rand(batch, device=dev)
+    rows = []
+    for name, (model, label) in _models(dev, list(models)).items():
+        dtype = next(model.parameters()).dtype
+        for batch in batches:
+            if name == "sit" and batch > 64:
+                continue
+            shape = (batch, *model.data_shape)
+            kwargs = {"y": torch.arange(batch, device=dev) % 1000} if name == "sit" else {}
+            x = torch.randn(shape, device=dev, dtype=dtype)
+            t = torch.full((batch,), 0.5, device=dev, dtype=dtype)
 
-        def model_only():
-            with torch.no_grad():
-                for _ in range(steps):
-                    model(x, t)
-
-        for schedule in ("linear", "pointmass"):
-            for compiled in modes:
-                if dev.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(dev)
-
+            def bare(calls):
                 def run():
-                    sample(model, shape, schedule=schedule, steps=steps, integrator="euler", device=dev, compile=compiled)
+                    for _ in range(calls):
+                        model(x, t, **kwargs)
+                return run
 
-                model_time, total = (v / steps for v in _time_pair(model_only, run, dev, repeats))
-                peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
-                        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-                lines.append(f"{label:<22}{schedule:<11}{'compiled' if compiled else 'eager':<10}{model_time * 1e3:>14.3f}"
-                             f"{total * 1e3:>16.3f}{(total - model_time) * 1e3:>14.3f}"
-                             f"{(total - model_time) / model_time:>10.1%}{peak:>9.0f}")
-    lines.append("overhead = (sampler - model) / model, per step, including per-sample noise drawing and table set-up; "
-                 "differences below ~3% are timing noise; peak MB: CUDA allocator peak, or process peak RSS on CPU")
+            runners = [_Runner("bare model calls", bare(steps), steps, []),
+                       _Runner("plain Euler loop", _plain_euler(model, shape, steps, dev, dtype, kwargs), steps, [])]
+            diffusers_run = _diffusers_euler(model, shape, steps, dev, dtype, kwargs)
+            if diffusers_run is not None:
+                runners.append(_Runner("diffusers FlowMatchEuler", diffusers_run, steps, []))
+            for family, (schedule, integrator) in FAMILIES.items():
+                for mode in modes:
+                    if mode == "capture" and dev.type != "cuda":
+                        continue
+                    options = {"compile": mode == "compile", "capture": mode == "capture"}
+
+                    def run(schedule=schedule, integrator=integrator, options=options):
+                        return sample(model, shape, schedule=schedule, integrator=integrator,
+                                      steps=INTEGRATORS[integrator].steps_for_nfe(steps), device=dev,
+                                      model_kwargs=kwargs, **options)
+                    runners.append(_Runner(f"lazyflow {family} ({schedule}/{integrator}) {mode}", run, steps, []))
+            with torch.no_grad():
+                for runner in runners:   # warm-up: compilation, capture, allocator
+                    runner.fn()
+                _sync(dev)
+                for _ in range(repeats):
+                    for runner in runners:
+                        start = time.perf_counter()
+                        runner.fn()
+                        _sync(dev)
+                        runner.times.append(time.perf_counter() - start)
+            base = statistics.median(runners[0].times)
+            for runner in runners:
+                median = statistics.median(runner.times)
+                rows.append({"model": label, "batch": batch, "runner": runner.label, "calls": runner.calls,
+                             "median_s": median, "overhead": median / base - 1, "spread": _spread(runner.times)})
+            log(f"  {label} batch {batch}: " + ", ".join(f"{r['runner'].split(' (')[0]} {r['overhead']:+.1%}"
+                                                          for r in rows[-len(runners):][1:]))
+    return {"device": _device_name(dev), "steps": steps, "repeats": repeats, "rows": rows,
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
+def _spread(times: list[float]) -> float:
+    """(max - min) / median of the repeats: how much to trust a cell."""
+    median = statistics.median(times)
+    return (max(times) - min(times)) / median if median > 0 else 0.0
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+
+
+def format_overhead(result: dict) -> str:
+    """One line per (model, batch, runner): median ms per run, ms per network call, overhead, spread."""
+    lines = [f"{result['device']}, torch {result['torch']}, {result['date']}; {result['steps']} network calls per run, "
+             f"median of {result['repeats']} alternating runs after a warm-up",
+             f"{'model':<20}{'batch':>6}  {'runner':<58}{'ms/run':>10}{'ms/call':>9}{'overhead':>10}{'spread':>8}"]
+    for row in result["rows"]:
+        lines.append(f"{row['model']:<20}{row['batch']:>6}  {row['runner']:<58}{row['median_s'] * 1e3:>10.2f}"
+                     f"{row['median_s'] * 1e3 / row['calls']:>9.3f}{row['overhead']:>10.1%}{row['spread']:>8.0%}")
+    lines.append("overhead = median run time / median time of the same number of bare model calls - 1 (noise "
+                 "drawing, coefficient tables and checks included); spread = (max - min) / median over the repeats")
     return "\n".join(lines)
