@@ -304,7 +304,8 @@ def run_sample(args: argparse.Namespace) -> int:
     batches = sample_batches(model, (args.num_samples, *shape), schedule=target, source=source, steps=args.steps,
                              integrator=args.integrator, final_step=args.final_step, grid=parse_grid(args.grid),
                              prediction=prediction, seed=args.seed, batch_size=args.batch_size, device=device,
-                             compile=args.compile, model_kwargs=model_kwargs, distributed=not ranks.single,
+                             compile=args.compile, capture=args.capture, model_kwargs=model_kwargs,
+                             distributed=not ranks.single,
                              progress=ranks.rank == 0 and args.num_samples * args.steps > 2000)
     what = (f"schedule {target.describe()}, {args.steps} steps, {args.integrator}, grid {args.grid}{guidance_note}")
     if ranks.single:
@@ -619,7 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--compile", action="store_true", help="torch.compile the step")
+    p.add_argument("--compile", action="store_true", help="torch.compile each step's noise draw and update (for "
+                   "small models on a GPU; does not pay on the CPU for small states)")
+    p.add_argument("--capture", action="store_true", help="record the whole loop, model included, as a CUDA graph "
+                   "and replay it for every batch (CUDA only; for small models)")
     p.add_argument("--out", required=True, help="FILE.npy (raw samples), FILE.png (image grid) or FILE.pt; under "
                    "torchrun rank 0 writes it after gathering every rank's samples")
     p.add_argument("--shards", action="store_true", help="under torchrun: each rank writes its own share as "

@@ -88,8 +88,8 @@ def captured_loop(key: tuple, run: Callable[..., Any], x: torch.Tensor, rows: to
     first if needed.  ``run(x, rows, first, kwargs)`` is the loop over the static buffers."""
     if recorder is None:
         if x.device.type != "cuda":
-            raise LazyflowError(f"capture=True records the loop as a CUDA graph: it needs a CUDA device, not "
-                                f"{str(x.device)!r} (use compile=True or neither on the CPU)")
+            raise LazyflowError(f"capture records the sampling loop as a CUDA graph: it needs a CUDA device, not "
+                                f"{str(x.device)!r}")
         recorder = _CudaGraph
     full = (key, tuple(x.shape), x.dtype, str(x.device), first is not None, _signature(kwargs), recorder)
     entry = _CACHE.get(full)
