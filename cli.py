@@ -610,7 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a parameter of the source schedule, e.g. shift=3 (repeatable)")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--integrator", default="euler", choices=_Registry("integrators", "INTEGRATORS"), metavar="NAME",
-                   help="euler, heun, midpoint, exponential, exp-midpoint, multistep, multistep-pc (default euler)")
+                   help="euler, heun, midpoint, exponential, exp-midpoint, multistep, multistep-pc, multistep3, "
+                        "multistep3-pc (default euler)")
     p.add_argument("--final-step", default=None, choices=("euler", "denoise"))
     p.add_argument("--grid", default="uniform", help="uniform, source, logsnr, edm, or comma-separated times")
     p.add_argument("--prediction", default=None, choices=("velocity", "x", "noise", "score"),

@@ -13,6 +13,10 @@ Every step is an affine update of the state x, the network output m and fresh no
                     with the exact weight phi = B2 / (B h) (u = phi h_k / h_k-1, w = 1 + u)
 - ``multistep-pc``: the multistep predictor, then x' = A x + B (eta_k + phi (eta_k+1 - eta_k)) + C xi
                     with eta_k+1 from the next step's network call (no extra evaluation)
+- ``multistep3``:   x' = A x + B (w eta_k - u eta_k-1 + z eta_k-2) + C xi: eta_X extrapolated quadratically
+                    in log snr, exact weights from the moments phi = B2 / (B h), chi = B3 / (B h^2)
+- ``multistep3-pc``: the multistep3 predictor, then x' = A x + B (eta_k + v (eta_k+1 - eta_k) - y (eta_k - eta_k-1))
+                    + C xi (the quadratic through the last three evaluations, the next one included)
 
 ``final_step="denoise"`` makes the last step return eta_X.  Where eps is infinite at t = 0 (eps* of a
 standard schedule) the first step is the probability-flow ODE step; a point-mass run starts at x = 0.
@@ -227,6 +231,65 @@ def _multistep(b: _Build):
     return cols, [False] * b.h.numel()
 
 
+def _kernel_moments(b: _Build, lam: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """phi_k = B2 / (B h) and chi_k = B3 / (B h^2) with B_j = int B(t(l), t_k+1) (l - lam_k)^(j-2) dl over
+    [lam_k, lam_k+1] (12-point Gauss-Legendre); NaN where lam is infinite.  For small h phi -> 1/2 and
+    chi -> 1/6 (B vanishes linearly at lam_k+1); closed forms in MATH.md §6."""
+    t0 = b.t0
+    nodes, weights = (torch.as_tensor(v, dtype=t0.dtype, device=t0.device) for v in _GAUSS)
+    lam0, lam1 = lam[:-1], lam[1:]
+    finite = torch.isfinite(lam0) & torch.isfinite(lam1)
+    lo = torch.where(finite, lam0, torch.zeros_like(lam0))
+    hi = torch.where(finite, lam1, torch.ones_like(lam1))
+    h = hi - lo
+    offsets = (nodes[None, :] + 1) / 2 * h[:, None]                           # l - lam_k at the nodes
+    times = b.target.time_of_log_snr(lo[:, None] + offsets)
+    ends = b.t1[:, None].expand_as(times)
+    step_ode = b.ode[:, None].expand_as(times)
+    B_inner = b.exponential(times.reshape(-1), ends.reshape(-1), step_ode.reshape(-1))[1].reshape(times.shape)
+    B2 = (B_inner * weights[None, :]).sum(1) * h / 2
+    B3 = (B_inner * offsets * weights[None, :]).sum(1) * h / 2
+    nan = torch.full_like(h, float("nan"))
+    return torch.where(finite, B2 / (B * h), nan), torch.where(finite, B3 / (B * h * h), nan)
+
+
+def _multistep3(b: _Build):
+    """Third-order exponential multistep (MATH.md §6).  With h = lam_k+1 - lam_k, h1 = lam_k - lam_k-1,
+    h2 = lam_k-1 - lam_k-2 and eta(l) the quadratic through the last three evaluations,
+    int B(s, t') d eta = c1 D1 + c2 D2 (Newton divided differences D1, D2 at lam_k, lam_k-1, lam_k-2) with
+    c1 = phi h B, c2 = (2 chi h^2 + phi h h1) B; so w = 1 + c1/h1 + c2/(h1 (h1 + h2)), u = c1/h1 + c2/(h1 h2),
+    z = c2/(h2 (h1 + h2)) (w - u + z = 1).  Order 2 (multistep's u) where h2 is not finite; order 1 where
+    h1 or h is not (the first step, the step after one from snr = 0) and on a step into t = 1.
+    Corrector (the quadratic through lam_k+1, lam_k, lam_k-1): v = phi + (2 chi - phi) h / (h + h1),
+    y = (2 chi - phi) h^2 / (h1 (h + h1)); v = phi, y = 0 where h1 is not finite; v = 1 from snr = 0."""
+    A, B, C = b.exponential(b.t0, b.t1, b.ode)
+    lam = b.target.log_snr(b.t)
+    h = lam[1:] - lam[:-1]
+    phi, chi = _kernel_moments(b, lam, B)
+    steps, zeros = h.numel(), b.zeros()
+    h1, h2 = torch.full_like(h, float("nan")), torch.full_like(h, float("nan"))
+    h1[1:], h2[2:] = h[:-1], h[:-2]
+    ok1 = torch.isfinite(h1) & torch.isfinite(phi) & torch.isfinite(chi) & (h1 > 0)
+    # into t = 1 lambda is +inf (or float-rounding large, e.g. vp's cos(pi/2) = 6e-17): a first-order step
+    ok1 = ok1 & (b.t1 < 1)
+    ok2 = ok1 & torch.isfinite(h2) & (h2 > 0)
+    s1, s2 = torch.where(ok1, h1, torch.ones_like(h)), torch.where(ok2, h2, torch.ones_like(h))
+    c1 = phi * h
+    c2 = 2 * chi * h * h + phi * h * s1
+    u2 = c1 / s1                                  # order 2: multistep's u = phi h / h1
+    w3, u3, z3 = 1 + c1 / s1 + c2 / (s1 * (s1 + s2)), c1 / s1 + c2 / (s1 * s2), c2 / (s2 * (s1 + s2))
+    w = torch.where(ok2, w3, torch.where(ok1, 1 + u2, torch.ones_like(h)))
+    u = torch.where(ok2, u3, torch.where(ok1, u2, zeros))
+    z = torch.where(ok2, z3, zeros)
+    # corrector: an infinite log-snr step (from snr = 0) puts all the weight at its far end (v = 1, y = 0)
+    finite = torch.isfinite(phi) & torch.isfinite(chi)
+    cc = (2 * chi - phi) * h * h
+    v = torch.where(finite, torch.where(ok1, phi + cc / (h * (h + s1)), phi), torch.ones_like(h))
+    y = torch.where(finite & ok1, cc / (s1 * (h + s1)), zeros)
+    cols = {"a": A, "b": B, "c": C, "p": b.now.P, "q": b.now.Q, "u": u, "w": w, "z": z, "v": v, "y": y}
+    return cols, [False] * steps
+
+
 # --- the two loops -------------------------------------------------------------------------------
 # Each loop is a generator: it yields a Call for every network evaluation and receives the output,
 # so that one loop serves both drivers: ``sample`` (which calls the model itself, see ``drive``) and a
@@ -315,6 +378,38 @@ def _denoise_multistep(cols: dict, now: Frame, two_stage: list[bool]) -> None:
     cols["a"][-1], cols["b"][-1], cols["w"][-1], cols["u"][-1], cols["c"][-1] = 0.0, 1.0, 1.0, 0.0, 0.0
 
 
+def _run_multistep3(x, plan: Plan, noise, ops, callback, progress) -> Loop:
+    """x' = a x + b (w eta - u eta_prev + z eta_prev2) + c xi; the ``-pc`` variant corrects each step with
+    the next point's call: x' = a x + b (eta + v (eta_next - eta) - y (eta - eta_prev)) + c xi."""
+    affine = ops[0]
+    c = plan.columns
+    correct = plan.integrator.name.endswith("-pc")
+    eta_prev2 = eta_prev = torch.zeros_like(x)
+    eta = c["p"][0] * x + c["q"][0] * (yield Call(x, plan.tau[0], plan.in_scale[0], 0))
+    _observe(callback, plan, 0, x, eta)
+    for k in range(plan.steps):
+        xi = noise(k)
+        mix = c["w"][k] * eta - c["u"][k] * eta_prev + c["z"][k] * eta_prev2
+        x_next = affine(x, mix, c["a"][k], c["b"][k], c["c"][k], xi)
+        if k + 1 < plan.steps:
+            m = yield Call(x_next, plan.tau[k + 1], plan.in_scale[k + 1], k + 1)
+            eta_next = c["p"][k + 1] * x_next + c["q"][k + 1] * m
+            if correct:
+                mix = eta + c["v"][k] * (eta_next - eta) - c["y"][k] * (eta - eta_prev)
+                x_next = affine(x, mix, c["a"][k], c["b"][k], c["c"][k], xi)
+            _observe(callback, plan, k + 1, x_next, eta_next)
+            eta_prev2, eta_prev, eta = eta_prev, eta, eta_next
+        x = x_next
+        if progress is not None:
+            progress(1)
+    return x
+
+
+def _denoise_multistep3(cols: dict, now: Frame, two_stage: list[bool]) -> None:
+    _denoise_multistep(cols, now, two_stage)
+    cols["z"][-1] = 0.0
+
+
 # --- the registry ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -359,6 +454,10 @@ INTEGRATORS: dict[str, Integrator] = {i.name: i for i in (
                description="exponential with eta_X extrapolated linearly in log snr, exact weight"),
     Integrator("multistep-pc", 2, 1, True, _multistep, _run_multistep, _denoise_multistep,
                description="multistep plus a corrector that reuses the next call (as UniPC)"),
+    Integrator("multistep3", 3, 1, True, _multistep3, _run_multistep3, _denoise_multistep3,
+               description="exponential with eta_X extrapolated quadratically in log snr, exact weights"),
+    Integrator("multistep3-pc", 3, 1, True, _multistep3, _run_multistep3, _denoise_multistep3,
+               description="multistep3 plus a third-order corrector that reuses the next call"),
 )}
 
 

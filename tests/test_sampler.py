@@ -180,6 +180,83 @@ def test_measured_order(schedule, integrator, order):
         assert max(rates) < 1.5, (errors, rates)
 
 
+
+def _log_snr_order(schedule, integrator, steps=(16, 32, 64)):
+    """Max error and rates of the N(0, v I) ODE flow on grids uniform in log snr over [-2, 2.5] (the first
+    step h^1.5 long so that the first-order start does not cap the order): x(t') = s(t')/s(t) x(t),
+    s^2 = alpha^2 + v beta^2, from whatever state the run starts with."""
+    v, (lo, hi), target = 0.25, (-2.0, 2.5), load_schedule(schedule)
+    errors = []
+    for n in steps:
+        h = (hi - lo) / n
+        lam = torch.cat([torch.tensor([lo], dtype=F64), torch.linspace(lo + h**1.5, hi, n, dtype=F64)])
+        t = target.time_of_log_snr(lam)
+        seen = []
+        x = sample(gaussian_velocity(v), (8, 2), schedule=schedule, steps=n, integrator=integrator, grid=t,
+                   dtype=F64, callback=seen.append)
+        ends = target.values(t[[0, -1]])
+        s = torch.sqrt(ends.alpha**2 + v * ends.beta**2)
+        errors.append((x - seen[0].x * s[1] / s[0]).abs().max().item())
+    return errors, [math.log2(errors[i] / errors[i + 1]) for i in range(len(errors) - 1)]
+
+
+@pytest.mark.parametrize("schedule, integrator", [("vp", "multistep3"), ("linear", "multistep3-pc"),
+                                                  ("sd3", "multistep3"), ("poly", "multistep3-pc")])
+def test_measured_order_three(schedule, integrator):
+    """multistep3 and multistep3-pc converge at order 3 where the older multistep converges at order 2."""
+    errors, rates = _log_snr_order(schedule, integrator)
+    assert min(rates) > 2.7, (errors, rates)
+    older, older_rates = _log_snr_order(schedule, "multistep")
+    assert max(older_rates) < 2.3, (older, older_rates)
+    assert errors[-1] < older[-1] / 10
+
+
+def _exact_affine_step(target, t0, t1, x0, q, substeps=400):
+    """RK4 in t of dx/dt = K_x x + K_e q(lambda(t)) over each [t0[k], t1[k]] (the mean of the SDE step)."""
+    x, dt = x0.clone(), (t1 - t0) / substeps
+
+    def f(t, x):
+        K_x, K_e = target.drift(t)
+        return K_x * x + K_e * q(target.log_snr(t))
+
+    for i in range(substeps):
+        t = t0 + i * dt
+        k1 = f(t, x)
+        k2 = f(t + dt / 2, x + dt / 2 * k1)
+        k3 = f(t + dt / 2, x + dt / 2 * k2)
+        k4 = f(t + dt, x + dt * k3)
+        x = x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return x
+
+
+@pytest.mark.parametrize("schedule", ["vp", "vp-sde", "pointmass", "linear-sde", "poly"])
+def test_multistep3_weights_are_exact_for_eta_quadratic_in_log_snr(schedule):
+    """For eta(lambda) = 0.3 - 0.8 lambda + 0.45 lambda^2 the third-order predictor (steps with two finite
+    log-snr steps behind them) and the corrector (one behind) equal an independent RK4 solve of the
+    step's mean; the first-order step into the same point does not."""
+    target = load_schedule(schedule)
+    times = torch.tensor([0.05, 0.12, 0.25, 0.4, 0.55, 0.7, 0.85], dtype=F64)
+    plan = plan_for(schedule, times, "multistep3-pc")
+    q = lambda lam: 0.3 - 0.8 * lam + 0.45 * lam**2   # noqa: E731
+    eta = q(target.log_snr(times))
+    x0 = torch.linspace(-1.0, 1.2, len(times) - 1, dtype=F64)
+    exact = _exact_affine_step(target, times[:-1], times[1:], x0, q)
+    a, b = plan["a"], plan["b"]
+    k = torch.arange(2, len(times) - 1)
+    predicted = a[k] * x0[k] + b[k] * (plan["w"][k] * eta[k] - plan["u"][k] * eta[k - 1] + plan["z"][k] * eta[k - 2])
+    assert torch.allclose(predicted, exact[k], rtol=1e-9, atol=1e-10), (predicted - exact[k])
+    k = torch.arange(1, len(times) - 1)
+    mix = eta[k] + plan["v"][k] * (eta[k + 1] - eta[k]) - plan["y"][k] * (eta[k] - eta[k - 1])
+    corrected = a[k] * x0[k] + b[k] * mix
+    assert torch.allclose(corrected, exact[k], rtol=1e-9, atol=1e-10), (corrected - exact[k])
+    frozen = a[k] * x0[k] + b[k] * eta[k]
+    assert (frozen - exact[k]).abs().max() > 1e-3
+    # the older multistep predictor is exact only for eta linear in lambda
+    older = plan_for(schedule, times, "multistep")
+    k = torch.arange(2, len(times) - 1)
+    linear2 = a[k] * x0[k] + b[k] * (older["w"][k] * eta[k] - older["u"][k] * eta[k - 1])
+    assert (linear2 - exact[k]).abs().max() > 1e-4
+
 # --- seeds, compile, errors -----------------------------------------------------------------------
 
 def test_samples_do_not_depend_on_batching():
@@ -366,7 +443,7 @@ def test_multistep_slope_weight_matches_its_closed_form(schedule, closed_form):
 @pytest.mark.parametrize("frames", [("linear", "vp", "sd3", "poly"), ("linear-sde", "vp-sde")])
 @pytest.mark.parametrize("grid", ["source", "logsnr"])
 def test_frame_invariance_is_exactly_what_the_readme_says(frames, grid):
-    """exponential, multistep and multistep-pc give the same samples in every frame (float64 rounding) on
+    """exponential and the multistep family give the same samples in every frame (float64 rounding) on
     grids that call the model at the same log snr; exp-midpoint and euler do not."""
     model = GMMVelocity(WEIGHTS, MEANS, STDS)
 
@@ -374,7 +451,7 @@ def test_frame_invariance_is_exactly_what_the_readme_says(frames, grid):
         used = "uniform" if grid == "source" and schedule == frames[0] else grid   # the source frame itself
         return sample(model, (64, 2), schedule=schedule, steps=6, integrator=integrator, grid=used, dtype=F64, seed=1)
 
-    for integrator in ("exponential", "multistep", "multistep-pc", "exp-midpoint", "euler"):
+    for integrator in ("exponential", "multistep", "multistep-pc", "multistep3", "multistep3-pc", "exp-midpoint", "euler"):
         reference = run(frames[0], integrator)
         gaps = [(run(frame, integrator) - reference).abs().max().item() for frame in frames[1:]]
         if integrator in ("exp-midpoint", "euler"):
