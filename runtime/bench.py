@@ -21,6 +21,11 @@ __all__ = ["CountingModel", "OurMethod", "our_methods", "run_quality_bench", "fo
 
 #: the frames the bench compares
 BENCH_SCHEDULES = ("linear", "vp", "pointmass", "linear-sde", "vp-sde")
+#: integrators left out of the bench because they lost where measured (issue 12): multistep3(-pc) equal
+#: multistep(-pc) at 4 NFE (no third-order step fits) and lose at 6 and 8 on gmm64 and digits in every frame
+#: and grid but one tie (gmm64 logsnr pc at 8: 0.227 vs 0.230, floor 0.219); e.g. linear/uniform pc at 6 NFE:
+#: gmm64 0.404 vs 0.320, digits 2.67 vs 2.01
+BENCH_SKIPPED_INTEGRATORS = ("multistep3", "multistep3-pc")
 
 
 class CountingModel:
@@ -53,6 +58,8 @@ def our_methods(full: bool = True) -> list[OurMethod]:
     methods = []
     for schedule in BENCH_SCHEDULES:
         for integrator in INTEGRATORS:
+            if integrator in BENCH_SKIPPED_INTEGRATORS:
+                continue
             if schedule == "linear" and integrator == "exponential":
                 continue  # identical to Euler on the linear schedule
             grids = ("uniform", "source", "logsnr") if full else ("uniform",)
