@@ -213,13 +213,13 @@ def run_emit(args: argparse.Namespace) -> int:
 # --- sample, train -------------------------------------------------------------------------------
 
 def parse_grid(text: str):
-    """A named grid or comma-separated explicit times."""
-    if "," in text:
-        try:
-            return [float(v) for v in text.split(",")]
-        except ValueError:
-            raise LazyflowError(f"--grid: cannot read {text!r} as comma-separated times") from None
-    return text
+    """A named grid, logsnr[-open]:FIRST,LAST, a tuned grid's .json file or comma-separated explicit times."""
+    from .runtime.grids import parse_grid as parse
+
+    try:
+        return parse(text)
+    except LazyflowError as err:
+        raise LazyflowError(f"--grid: {err}") from None
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -298,11 +298,22 @@ def run_sample(args: argparse.Namespace) -> int:
         shape = tuple(model.data_shape)
     elif shape is None:
         raise LazyflowError("--shape is needed for this model (its data shape is not recorded)")
+    grid = parse_grid(args.grid)
+    if isinstance(grid, str) and grid.endswith(".json"):   # a tuned grid: its steps unless --steps is given
+        from .runtime.gridfile import load_grid_file
+
+        tuned = load_grid_file(grid)
+        args.steps = tuned.steps if args.steps is None else args.steps
+        if tuned.integrator and tuned.integrator != args.integrator:
+            print(f"lazyflow sample: note: {tuned.describe()} was tuned for {tuned.integrator}, not {args.integrator}",
+                  file=sys.stderr)
+        grid = tuned
+    args.steps = 8 if args.steps is None else args.steps
     ranks = ranks_of(launched_by_torchrun(), device)
     if args.shards and ranks.single:
         raise LazyflowError("--shards is for runs under torchrun (several processes); one process writes --out")
     batches = sample_batches(model, (args.num_samples, *shape), schedule=target, source=source, steps=args.steps,
-                             integrator=args.integrator, final_step=args.final_step, grid=parse_grid(args.grid),
+                             integrator=args.integrator, final_step=args.final_step, grid=grid,
                              prediction=prediction, seed=args.seed, batch_size=args.batch_size, device=device,
                              compile=args.compile, capture=args.capture, model_kwargs=model_kwargs,
                              distributed=not ranks.single,
@@ -453,6 +464,39 @@ def run_bench(args: argparse.Namespace) -> int:
         Path(args.save).write_text(json.dumps(result, indent=1))
     if args.plot:
         _save_figure(_figures().plot_bench(result), args.plot)
+    return 0
+
+
+def run_tune_grid(args: argparse.Namespace) -> int:
+    from .runtime import gmm, models
+    from .runtime.gridfile import save_grid_file
+    from .runtime.schedule import load_schedule
+    from .runtime.tune import tune_grid
+
+    if not args.out.endswith(".json"):
+        raise LazyflowError(f"--out must end in .json, got {args.out!r}")
+    if args.model in gmm.NAMES:
+        model = gmm.load(args.model, prediction=args.prediction or "velocity")
+    else:
+        if args.prediction not in (None, "velocity"):
+            raise LazyflowError("--prediction selects the output of an exact model (gmm64, gmm4096); "
+                                f"{args.model!r} predicts what it was trained to")
+        model = models.load(args.model)
+    meta = getattr(model, "metadata", {})
+    target = schedule(args)
+    grid = tune_grid(model, model_name=args.model, schedule=target, source=load_schedule(meta.get("schedule", "linear")),
+                     prediction=args.prediction or meta.get("prediction", "velocity"), integrator=args.integrator,
+                     nfe=args.nfe, final_step=args.final_step, init=parse_grid(args.init), samples=args.samples,
+                     seed=args.seed, holdout_seed=args.holdout_seed, reference_steps=args.reference_steps,
+                     max_evals=args.max_evals, log=lambda line: print(line, file=sys.stderr))
+    path = save_grid_file(grid, args.out)
+    t = grid.tuning
+    print(f"wrote {path}: {grid.steps} steps of {grid.schedule} for {grid.integrator} at {grid.nfe} NFE, times "
+          f"{[round(v, 5) for v in grid.times]}; loss {t['loss_before']:.4g} -> {t['loss_after']:.4g} (seed {t['seed']}), "
+          f"held-out seed {t['holdout_seed']}: {t['holdout_loss_before']:.4g} -> {t['holdout_loss_after']:.4g}; "
+          f"cost {t['seconds']:.1f} s, {t['model_calls']} model calls")
+    print(f"use: lazyflow sample --model {args.model} --schedule {grid.schedule} --integrator {grid.integrator} "
+          f"--grid {path} --out samples.npy")
     return 0
 
 
@@ -608,12 +652,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "else linear)")
     p.add_argument("--source-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter of the source schedule, e.g. shift=3 (repeatable)")
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=None, help="steps (default 8, or a tuned --grid file's)")
     p.add_argument("--integrator", default="euler", choices=_Registry("integrators", "INTEGRATORS"), metavar="NAME",
                    help="euler, heun, midpoint, exponential, exp-midpoint, multistep, multistep-pc, multistep3, "
                         "multistep3-pc (default euler)")
     p.add_argument("--final-step", default=None, choices=("euler", "denoise"))
-    p.add_argument("--grid", default="uniform", help="uniform, source, logsnr, edm, or comma-separated times")
+    p.add_argument("--grid", default="uniform", help="uniform, source, logsnr, edm, logsnr:FIRST,LAST (uniform in "
+                   "log snr between these, from t = 0), logsnr-open:FIRST,LAST (starting at log snr FIRST: for noise "
+                   "and score models), a tuned grid's .json file (lazyflow tune-grid), or comma-separated times")
     p.add_argument("--prediction", default=None, choices=("velocity", "x", "noise", "score"),
                    help="the model's output (default: the model's own, else velocity)")
     p.add_argument("--shape", default=None, help="data shape, e.g. 1,8,8 (default: the model's own)")
@@ -652,6 +698,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--quick", action="store_true", help="uniform grids only")
     p.set_defaults(handler=run_bench)
+
+    p = sub.add_parser("tune-grid", help="fit a few-step time grid against high-accuracy reference trajectories "
+                       "(training-free; minutes on a CPU) and save it as a .json file for --grid")
+    p.add_argument("--model", default="digits", help="digits, a model file, or an exact mixture: gmm64, gmm4096")
+    p.add_argument("--nfe", type=int, required=True, help="network evaluations of the tuned run")
+    _schedule_args(p, default="pointmass")
+    p.add_argument("--integrator", default="multistep", choices=_Registry("integrators", "INTEGRATORS"), metavar="NAME",
+                   help="the integrator the grid is tuned for (default multistep)")
+    p.add_argument("--final-step", default=None, choices=("euler", "denoise"))
+    p.add_argument("--prediction", default=None, choices=("velocity", "x", "noise", "score"),
+                   help="what the exact mixture outputs (default velocity; noise and score need --init logsnr-open:...)")
+    p.add_argument("--init", default="logsnr", help="the starting grid (any --grid of sample); its ends are kept")
+    p.add_argument("--samples", type=int, default=256, help="samples the loss is measured on (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the tuning samples")
+    p.add_argument("--holdout-seed", type=int, default=None, help="seed of the held-out check (default seed + 1000)")
+    p.add_argument("--reference-steps", type=int, default=200, help="Heun steps of the reference ODE (default 200)")
+    p.add_argument("--max-evals", type=int, default=400, help="trial grids Nelder-Mead may run (default 400)")
+    p.add_argument("--out", default="grid.json", help="the grid file to write (default grid.json)")
+    p.set_defaults(handler=run_tune_grid)
 
     p = sub.add_parser("bench-overhead", help="sampler time beyond the model's own calls, every integrator family, "
                        "beside a plain Euler loop and diffusers' FlowMatchEuler")

@@ -9,7 +9,8 @@ from importlib import import_module
 
 _WHERE = {"sample": "sampler", "SamplingError": "errors", "LazyflowError": "errors", "load_schedule": "schedule",
           "Schedule": "schedule", "ScheduleValues": "schedule", "INTEGRATORS": "integrators", "StepInfo": "integrators",
-          "guided": "guidance", "make_grid": "grids", "Uniform": "grids", "SourceUniform": "grids", "LogSNR": "grids", "EDM": "grids"}
+          "guided": "guidance", "make_grid": "grids", "Uniform": "grids", "SourceUniform": "grids", "LogSNR": "grids", "EDM": "grids",
+          "LogSNRRange": "grids", "TunedGrid": "gridfile", "load_grid_file": "gridfile", "tune_grid": "tune"}
 __all__ = sorted(_WHERE)
 
 

@@ -1,22 +1,28 @@
 """Time grids in the target schedule's own time t (noise at 0, data at 1).
 
 Grids: ``uniform`` in t; ``source``, uniform in the source schedule's time; ``logsnr``, uniform in the target's log snr between clip values;
-``edm``, Karras et al.'s rho-spacing of the noise level 1/snr; or an explicit sequence.
+``logsnr:FIRST,LAST`` and ``logsnr-open:FIRST,LAST`` (:class:`LogSNRRange`), uniform in log snr with the first
+and last log snr chosen (the open form starts at t_0 > 0, which noise and score models need);
+``edm``, Karras et al.'s rho-spacing of the noise level 1/snr; a tuned grid (:class:`TunedGrid` or the path
+of its ``.json`` file, :mod:`lazyflow.runtime.gridfile`); or an explicit sequence.
 Log-snr values are frame-invariant (snr_target(t) = snr_source(tau(t))), so a logsnr or edm grid
 calls the model at the same source times whatever the target schedule.
 """
 from __future__ import annotations
 
+import math
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Sequence, Union
 
 import torch
 
 from .errors import LazyflowError
+from .gridfile import TunedGrid, load_grid_file
 from .schedule import Schedule
 
-__all__ = ["Uniform", "SourceUniform", "LogSNR", "EDM", "GridSpec", "GRIDS", "make_grid"]
+__all__ = ["Uniform", "SourceUniform", "LogSNR", "LogSNRRange", "EDM", "GridSpec", "GRIDS", "make_grid", "parse_grid"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,27 @@ class LogSNR:
 
 
 @dataclass(frozen=True)
+class LogSNRRange:
+    """Times uniform in log snr from ``first`` to ``last`` (lam_k = first + j (last - first) / (M - 1) for the
+    M points j = 0..M-1, or just ``first`` when M = 1), then t_N = 1.
+
+    ``open=False``: t_0 = 0 (snr 0) and the M = N - 1 interior times carry the log snrs; ``open=True``: the
+    grid starts at t_0 = t(first) > 0 (a standard schedule starts from alpha(t_0) Z, dropping beta(t_0) X),
+    M = N, so that noise- and score-prediction models, undefined at snr = 0, can be sampled."""
+
+    first: float
+    last: float
+    open: bool = False
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.first) and math.isfinite(self.last) and self.first < self.last):
+            raise LazyflowError(f"a log-snr range needs finite first < last, got first={self.first}, last={self.last}")
+
+    def __str__(self) -> str:
+        return f"logsnr{'-open' if self.open else ''}:{self.first:g},{self.last:g}"
+
+
+@dataclass(frozen=True)
 class EDM:
     """Interior points at noise levels 1/snr rho-spaced from sigma_max to sigma_min (Karras et al. 2022)."""
 
@@ -47,9 +74,31 @@ class EDM:
     rho: float = 7.0
 
 
-GridSpec = Union[str, Uniform, SourceUniform, LogSNR, EDM, Sequence[float], torch.Tensor]
+GridSpec = Union[str, os.PathLike, Uniform, SourceUniform, LogSNR, LogSNRRange, EDM, TunedGrid, Sequence[float],
+                 torch.Tensor]
 #: the named grids (the CLI's choices)
 GRIDS = {"uniform": Uniform(), "source": SourceUniform(), "logsnr": LogSNR(), "edm": EDM()}
+
+
+def parse_grid(text: str) -> GridSpec:
+    """A grid from text: a name of :data:`GRIDS`, ``logsnr:FIRST,LAST``, ``logsnr-open:FIRST,LAST``, the path
+    of a tuned grid's ``.json`` file, or comma-separated explicit times."""
+    text = text.strip()
+    head, colon, rest = text.partition(":")
+    if colon and head in ("logsnr", "logsnr-open"):
+        try:
+            first, last = (float(v) for v in rest.split(","))
+        except ValueError:
+            raise LazyflowError(f"grid {text!r}: expected {head}:FIRST,LAST (two log snr values)") from None
+        return LogSNRRange(first, last, open=head == "logsnr-open")
+    if text.endswith(".json"):
+        return text
+    if "," in text:
+        try:
+            return [float(v) for v in text.split(",")]
+        except ValueError:
+            raise LazyflowError(f"grid {text!r}: cannot read it as comma-separated times") from None
+    return text
 
 
 def make_grid(target: Schedule, source: Schedule, steps: int, grid: GridSpec = "uniform") -> torch.Tensor:
@@ -58,10 +107,32 @@ def make_grid(target: Schedule, source: Schedule, steps: int, grid: GridSpec = "
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise LazyflowError(f"steps must be an integer >= 1, got {steps!r}")
     steps = int(steps)
-    if isinstance(grid, str):
-        if grid not in GRIDS:
-            raise LazyflowError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)} or give a sequence of times")
-        grid = GRIDS[grid]
+    if isinstance(grid, os.PathLike) or (isinstance(grid, str) and grid.strip().endswith(".json")):
+        grid = load_grid_file(grid)
+    elif isinstance(grid, str):
+        grid = parse_grid(grid)
+        if isinstance(grid, str) and grid not in GRIDS:
+            raise LazyflowError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}, logsnr:FIRST,LAST, "
+                                "logsnr-open:FIRST,LAST, a tuned grid's .json file or a sequence of times")
+        grid = GRIDS.get(grid, grid) if isinstance(grid, str) else grid
+    if isinstance(grid, TunedGrid):
+        if grid.schedule != target.describe():
+            raise LazyflowError(f"{grid.describe()}: its times are times of {grid.schedule}, not of "
+                                f"{target.describe()}; sample with schedule {grid.schedule!r} or tune a grid for it")
+        if grid.steps != steps:
+            raise LazyflowError(f"{grid.describe()}: it has {grid.steps} steps, not {steps}; use steps={grid.steps}")
+        grid = list(grid.times)
+    if isinstance(grid, LogSNRRange):
+        count = steps if grid.open else steps - 1
+        lam = torch.linspace(grid.first, grid.last, count, dtype=torch.float64) if count > 1 else \
+            torch.full((count,), grid.first, dtype=torch.float64)
+        inner = target.time_of_log_snr(lam)
+        head = [] if grid.open else [torch.zeros(1, dtype=torch.float64)]
+        times = torch.cat([*head, inner, torch.ones(1, dtype=torch.float64)])
+        if not torch.isfinite(times).all() or (times[1:] <= times[:-1]).any():
+            raise LazyflowError(f"grid {grid}: the log snrs {grid.first:g}..{grid.last:g} give times "
+                                f"{times.tolist()} on {target.describe()}, not strictly inside (0, 1); narrow the range")
+        grid = times
     if isinstance(grid, Uniform):
         return torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     if isinstance(grid, (LogSNR, EDM, SourceUniform)):

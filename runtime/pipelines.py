@@ -58,7 +58,8 @@ except ImportError as _err:  # diffusers is an optional extra
     raise LazyflowError("lazyflow.diffusers (LazyFlowScheduler) needs diffusers, an optional extra: "
                         "pip install 'lazyflow[peers]' (or pip install diffusers)") from _err
 
-from .grids import GRIDS, make_grid
+from .gridfile import load_grid_file
+from .grids import GRIDS, make_grid, parse_grid
 from .integrators import FINAL_STEPS, Plan, build_plan, get_integrator
 from .noise import CounterNormal
 from .sampler import _affine, _step_noise, _two_point
@@ -94,8 +95,9 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
       ``.toml`` or kernel ``.py`` path), with ``schedule_params`` (a dict) bound;
     - ``integrator``: a name of :data:`lazyflow.INTEGRATORS`; ``order`` is its calls per step;
     - ``grid``: ``"pipeline"`` (default: the pipeline's sigmas mapped by equal log snr) or a lazyflow grid
-      name (``uniform``, ``source``, ``logsnr``, ``edm``) of ``num_inference_steps`` steps, which then
-      replaces the pipeline's sigmas, shift and ``mu``;
+      name (``uniform``, ``source``, ``logsnr``, ``edm``, ``logsnr:FIRST,LAST``) of ``num_inference_steps``
+      steps, or the path of a tuned grid's ``.json`` file (``lazyflow tune-grid``; num_inference_steps must be
+      its steps), which then replaces the pipeline's sigmas, shift and ``mu``;
     - ``final_step``: ``euler`` or ``denoise``;
     - ``seed``: the per-sample noise streams of a stochastic schedule.
     """
@@ -127,8 +129,18 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
         if final_step not in FINAL_STEPS:
             raise LazyflowError(f"unknown final_step {final_step!r}; choose one of {', '.join(FINAL_STEPS)}")
         if grid != PIPELINE_GRID and grid not in GRIDS:
-            raise LazyflowError(f"unknown grid {grid!r}; choose {PIPELINE_GRID!r} (the pipeline's sigmas) or one of "
-                                f"{', '.join(GRIDS)}")
+            if not isinstance(grid, str) or not (grid.endswith(".json") or grid.startswith("logsnr")):
+                raise LazyflowError(f"unknown grid {grid!r}; choose {PIPELINE_GRID!r} (the pipeline's sigmas), one of "
+                                    f"{', '.join(GRIDS)}, logsnr:FIRST,LAST or a tuned grid's .json file")
+            tuned = parse_grid(grid)
+            if isinstance(tuned, str):   # a tuned grid file: read (and checked) now, used by set_timesteps
+                tuned = load_grid_file(tuned)
+                if tuned.schedule != self.target.describe():
+                    raise LazyflowError(f"{tuned.describe()}: its times are times of {tuned.schedule}, not of "
+                                        f"{self.target.describe()}")
+            if getattr(tuned, "open", False) or getattr(tuned, "times", (0.0,))[0] > 0:
+                raise LazyflowError(f"grid {grid!r} starts after t = 0: a pipeline starts from pure noise, so its "
+                                    "grid must start at 0 (use logsnr:FIRST,LAST)")
         self._check_seed(seed)
         # the pipeline's sigmas come from FlowMatchEuler itself (its shift, dynamic shift, terminal stretch,
         # Karras/exponential/beta spacing), always given explicitly so that the shift is applied once

@@ -1,0 +1,223 @@
+"""Training-free time-grid tuning (``lazyflow tune-grid``), in the spirit of Align Your Steps, GITS and LD3.
+
+The N + 1 times t_0 < t_1 < ... < t_N = 1 of a grid for one (model, schedule, integrator, NFE) are fitted
+against a high-accuracy reference on a few hundred samples.  The ends are fixed (t_0 from the initial
+grid: 0, or t(first) of a ``logsnr-open`` grid for noise and score models; t_N = 1); the N - 1 interior
+times are parameterised monotonically by the softmax of N increment logits with the last fixed at 0,
+
+    t_k = t_0 + (1 - t_0) sum_{j<k} u_j,    u = softmax(theta_1, ..., theta_{N-1}, 0),
+
+and ``theta`` is fitted by Nelder-Mead (derivative-free: ``sample`` runs under ``no_grad`` and the
+coefficient tables are built with in-place edits and host-side checks, so they are not differentiated).
+
+The loss uses common random numbers (the same ``seed`` for every trial grid, so it is a deterministic
+function of the times):
+
+- deterministic target (an ODE): L = mean_i |x_i - x_i^ref|^2 / d, x^ref the probability-flow ODE's end
+  point from the same initial noise (Heun, ``reference_steps`` steps uniform in the source's time);
+- stochastic target (an SDE, the point mass): the end point depends on every step's noise, so there is no
+  pathwise reference; L = SW_2^2(x, x^ref), the squared sliced Wasserstein distance (``directions`` fixed
+  random directions) between the few-step samples and the ODE reference samples of the same target
+  distribution.
+
+Both are also measured on a held-out seed (``holdout_seed``) before and after tuning.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import torch
+
+from .errors import LazyflowError, SamplingError
+from .gridfile import TunedGrid
+from .grids import GridSpec, make_grid
+from .integrators import get_integrator
+from .schedule import Schedule, load_schedule
+
+__all__ = ["tune_grid", "grid_loss", "times_from_logits", "logits_from_times", "nelder_mead", "reference_samples"]
+
+
+def times_from_logits(theta: torch.Tensor, t0: float) -> torch.Tensor:
+    """t_k = t_0 + (1 - t_0) cumsum(softmax([theta, 0]))_k with t_N = 1 exactly (float64)."""
+    u = torch.softmax(torch.cat([theta.to(torch.float64), torch.zeros(1, dtype=torch.float64)]), 0)
+    inner = t0 + (1 - t0) * torch.cumsum(u, 0)[:-1]
+    return torch.cat([torch.tensor([t0], dtype=torch.float64), inner, torch.ones(1, dtype=torch.float64)])
+
+
+def logits_from_times(times: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`times_from_logits`: theta_j = log(h_j / h_N), h the increments."""
+    h = times[1:] - times[:-1]
+    return torch.log(h[:-1] / h[-1])
+
+
+def nelder_mead(f: Callable[[torch.Tensor], float], x0: torch.Tensor, step: float = 0.5, max_evals: int = 400,
+                tol: float = 1e-6) -> tuple[torch.Tensor, float, int]:
+    """Minimise ``f`` from ``x0`` by Nelder-Mead (reflection 1, expansion 2, contraction 1/2, shrink 1/2);
+    stops after ``max_evals`` evaluations or when the simplex's values agree to ``tol`` (relative).
+    Returns (best point, its value, evaluations)."""
+    n = x0.numel()
+    if n == 0:
+        return x0.clone(), f(x0), 1
+    points = [x0.clone()] + [x0 + step * torch.eye(n, dtype=x0.dtype)[i] for i in range(n)]
+    values = [f(p) for p in points]
+    evals = len(points)
+    while evals < max_evals:
+        order = sorted(range(n + 1), key=lambda i: values[i])
+        points, values = [points[i] for i in order], [values[i] for i in order]
+        best, worst = values[0], values[-1]
+        if math.isfinite(worst) and worst - best <= tol * max(abs(best), 1e-12):
+            break
+        centre = torch.stack(points[:-1]).mean(0)
+        reflected = centre + (centre - points[-1])
+        fr = f(reflected)
+        evals += 1
+        if fr < values[0]:
+            expanded = centre + 2 * (centre - points[-1])
+            fe = f(expanded)
+            evals += 1
+            points[-1], values[-1] = (expanded, fe) if fe < fr else (reflected, fr)
+        elif fr < values[-2]:
+            points[-1], values[-1] = reflected, fr
+        else:
+            inside = fr >= values[-1]
+            contracted = centre + 0.5 * ((points[-1] if inside else reflected) - centre)
+            fc = f(contracted)
+            evals += 1
+            if fc < min(fr, values[-1]):
+                points[-1], values[-1] = contracted, fc
+            else:   # shrink towards the best point
+                for i in range(1, n + 1):
+                    points[i] = points[0] + 0.5 * (points[i] - points[0])
+                    values[i] = f(points[i])
+                evals += n
+    i = min(range(n + 1), key=lambda j: values[j])
+    return points[i], values[i], evals
+
+
+class _Counting:
+    """Counts model calls (the tuning cost in network evaluations)."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+        self.data_shape = getattr(model, "data_shape", None)
+
+    def __call__(self, x, t, **kwargs):
+        self.calls += 1
+        return self.model(x, t, **kwargs)
+
+
+def reference_samples(model, shape: tuple[int, ...], target: Schedule, source: Schedule, prediction: str,
+                      t0: float, seed: int, steps: int = 200) -> torch.Tensor:
+    """End points of the probability-flow ODE from the initial noise of ``seed``: Heun on ``steps`` steps
+    uniform in the source's time from the source time of t_0's log snr to 1, in the frame of ``target`` when
+    it is deterministic (so that the start alpha(t_0) Z is the same point), else of ``source``."""
+    from .sampler import sample
+
+    frame = target if not target.stochastic else (source if not source.stochastic else load_schedule("linear"))
+    lam0 = target.log_snr(torch.tensor([t0], dtype=torch.float64))
+    tau0 = 0.0 if t0 <= 0 else float(source.time_of_log_snr(lam0)[0])
+    tau = torch.linspace(tau0, 1.0, steps + 1, dtype=torch.float64)
+    times = tau if frame.same_path(source) else frame.time_of_log_snr(source.log_snr(tau))
+    times[0], times[-1] = (0.0 if t0 <= 0 else times[0]), 1.0
+    return sample(model, shape, schedule=frame, source=source, steps=steps, integrator="heun", grid=times,
+                  prediction=prediction, seed=seed)
+
+
+def sliced_w2(a: torch.Tensor, b: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """SW_2^2(a, b) = mean over unit directions v of mean_i (sort(a v)_i - sort(b v)_i)^2 (equal counts)."""
+    pa, pb = (torch.sort(x.reshape(x.shape[0], -1).to(torch.float64) @ directions, 0).values for x in (a, b))
+    return ((pa - pb) ** 2).mean()
+
+
+def grid_loss(x: torch.Tensor, ref: torch.Tensor, stochastic: bool, directions: torch.Tensor) -> float:
+    """The tuning loss: per-coordinate mean squared distance to the reference end points (ODE), or the
+    squared sliced Wasserstein distance to the reference samples (SDE)."""
+    if not torch.isfinite(x).all():
+        return math.inf
+    if stochastic:
+        return float(sliced_w2(x, ref, directions))
+    return float(((x.to(torch.float64) - ref.to(torch.float64)) ** 2).mean())
+
+
+def tune_grid(model, *, model_name: str = "", schedule: Any = "pointmass", source: Any = "linear",
+              prediction: str = "velocity", integrator: str = "multistep", nfe: int = 4, final_step: str | None = None,
+              init: GridSpec = "logsnr", samples: int = 256, seed: int = 0, holdout_seed: int | None = None,
+              reference_steps: int = 200, max_evals: int = 400, directions: int = 128,
+              log: Callable[[str], None] | None = None) -> TunedGrid:
+    """Fit the interior times of a grid for ``integrator`` at ``nfe`` network evaluations (see the module's
+    docstring); returns the :class:`TunedGrid` (save it with :func:`lazyflow.runtime.gridfile.save_grid_file`).
+    ``init`` is the starting grid (its first and last times are kept)."""
+    from .sampler import sample
+
+    start = time.perf_counter()
+    target, src = load_schedule(schedule), load_schedule(source)
+    method = get_integrator(integrator)
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise LazyflowError(f"nfe must be a positive integer, got {nfe!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise LazyflowError(f"samples must be an integer >= 2, got {samples!r}")
+    steps = method.steps_for_nfe(nfe)
+    if method.nfe(steps, final_step or "euler") > nfe:
+        raise LazyflowError(f"{method.name} needs {method.nfe(steps, final_step or 'euler')} NFE for one step")
+    holdout_seed = seed + 1000 if holdout_seed is None else holdout_seed
+    if holdout_seed == seed:
+        raise LazyflowError("holdout_seed must differ from seed (the held-out check needs other noise)")
+    init_times = make_grid(target, src, steps, init)
+    t0 = float(init_times[0])
+    shape = (samples, *tuple(model.data_shape))
+    counter = _Counting(model)
+    g = torch.Generator().manual_seed(1234)
+    dirs = torch.randn(math.prod(shape[1:]), directions, generator=g, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)
+    options = dict(schedule=target, source=src, integrator=method.name, final_step=final_step, prediction=prediction)
+
+    def say(text: str) -> None:
+        if log is not None:
+            log(text)
+
+    def loss_on(times: torch.Tensor, ref: torch.Tensor, run_seed: int) -> float:
+        try:
+            x = sample(counter, shape, steps=steps, grid=times, seed=run_seed, **options)
+        except SamplingError:
+            return math.inf
+        return grid_loss(x, ref, target.stochastic, dirs)
+
+    refs = {}
+    for s in (seed, holdout_seed):
+        refs[s] = reference_samples(counter, shape, target, src, prediction, t0, s, reference_steps)
+    ref_calls = counter.calls
+    before = loss_on(init_times, refs[seed], seed)
+    if not math.isfinite(before):
+        raise LazyflowError(f"the initial grid {init!r} does not give finite samples; choose another --init")
+    say(f"reference: Heun, {reference_steps} steps ({ref_calls // 2} model calls per seed); loss on the initial "
+        f"grid {init}: {before:.6g}")
+    best = [before]
+
+    def objective(theta: torch.Tensor) -> float:
+        value = loss_on(times_from_logits(theta, t0), refs[seed], seed)
+        if value < best[0]:
+            best[0] = value
+            say(f"  {value:.6g}  times {[round(v, 4) for v in times_from_logits(theta, t0).tolist()]}")
+        return value
+
+    theta, after, evals = nelder_mead(objective, logits_from_times(init_times), max_evals=max_evals)
+    times = times_from_logits(theta, t0)
+    if after > before:   # never worse than the start (Nelder-Mead keeps the best vertex, so this is a guard)
+        times, after = init_times, before
+    held_before = loss_on(init_times, refs[holdout_seed], holdout_seed)
+    held_after = loss_on(times, refs[holdout_seed], holdout_seed)
+    seconds = time.perf_counter() - start
+    tuning = {"loss": "sliced W2^2 to ODE reference samples" if target.stochastic else
+              "mean squared distance to the ODE end points of the same noise",
+              "init": str(init), "init_times": init_times.tolist(), "samples": samples, "seed": seed,
+              "loss_before": before, "loss_after": after, "holdout_seed": holdout_seed,
+              "holdout_loss_before": held_before, "holdout_loss_after": held_after,
+              "reference": f"heun, {reference_steps} steps uniform in the source time", "evaluations": evals,
+              "model_calls": counter.calls, "seconds": round(seconds, 2), "optimiser": "nelder-mead on softmax logits"}
+    say(f"tuned in {seconds:.1f} s ({evals} trial grids, {counter.calls} model calls): loss {before:.6g} -> {after:.6g}; "
+        f"held-out seed {holdout_seed}: {held_before:.6g} -> {held_after:.6g}")
+    return TunedGrid(times=tuple(times.tolist()), schedule=target.describe(), integrator=method.name,
+                     final_step=final_step or "euler", model=model_name, source=src.describe(), prediction=prediction,
+                     nfe=method.nfe(steps, final_step or "euler"), tuning=tuning)
