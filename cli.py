@@ -452,7 +452,8 @@ def run_bench(args: argparse.Namespace) -> int:
         raise LazyflowError(f"--metric {','.join(unknown)}: the metrics of {args.model!r} are {', '.join(known)}")
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     result = run_quality_bench(args.model, nfes, args.n, args.seed, include_peers=not args.no_peers,
-                               full=not args.quick, log=log, prediction=args.prediction)
+                               full=not args.quick, log=log, prediction=args.prediction,
+                               grid_files=[f for item in args.grid_file for f in item.split(",") if f])
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -697,6 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write the quality-vs-NFE plot to this PNG")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--quick", action="store_true", help="uniform grids only")
+    p.add_argument("--grid-file", action="append", default=[], metavar="FILE.json",
+                   help="a tuned grid (lazyflow tune-grid; repeatable or comma-separated): scored at its own NFE beside "
+                        "its untuned starting grid and reported apart from the table as tuned")
     p.set_defaults(handler=run_bench)
 
     p = sub.add_parser("tune-grid", help="fit a few-step time grid against high-accuracy reference trajectories "

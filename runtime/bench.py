@@ -11,7 +11,8 @@ import datetime
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 from .integrators import INTEGRATORS
@@ -73,6 +74,25 @@ def our_methods(full: bool = True) -> list[OurMethod]:
     return methods
 
 
+#: noise- and score-prediction models are undefined at snr = 0 (MATH.md §2): their runs use this grid, which
+#: starts at log snr -5 (beta/alpha = 0.007; the start drops beta X) and was the best of -5/-7/-9 .. 3/4/5 on
+#: gmm64 (vp multistep, 4 and 8 NFE); the references start at log snr -12 (equal to the velocity references)
+OPEN_GRID = "logsnr-open:-5,3"
+OPEN_REFERENCE_GRID = "logsnr-open:-12,12"
+
+
+def open_start(methods: list["OurMethod"]) -> list["OurMethod"]:
+    """Each method on :data:`OPEN_GRID` (once per schedule, integrator and final step); point-mass methods are
+    left out (a point mass starts at snr = 0, where a noise or score model says nothing)."""
+    from .schedule import load_schedule
+
+    out: dict = {}
+    for method in methods:
+        if not load_schedule(method.schedule).point_mass:
+            out.setdefault(replace(method, grid=OPEN_GRID), None)
+    return list(out)
+
+
 def _row(method: str, peer: bool, stochastic: bool, budget: int, nfe: int, fd: float | None, seconds: float,
          error: str = "", scores: dict[str, float] | None = None, sample_args: list[str] | None = None) -> dict:
     """One bench row; ``nfe`` is what the counting wrapper saw, ``budget`` the column it competes in (nfe <= budget).
@@ -122,13 +142,17 @@ def sample_args(model_name: str, method: OurMethod, steps: int, n: int, seed: in
 
 def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, include_peers: bool = True,
                       full: bool = True, log=print, prediction: str | None = None,
-                      methods: list[OurMethod] | None = None, on_samples: Callable | None = None) -> dict:
+                      methods: list[OurMethod] | None = None, on_samples: Callable | None = None,
+                      grid_files: list[str] | None = None) -> dict:
     """Every method at every NFE budget on ``n`` samples, with floors and converged ODE and SDE references.
 
     ``digits``: FD in the classifier's features against the digits dataset.  ``gmm64``/``gmm4096``: the
     exact mixtures (:mod:`lazyflow.runtime.gmm`) seen through ``prediction`` (velocity, x, noise, score),
     scored by fd, sw and weight_tv (:mod:`lazyflow.runtime.gmm_metrics`).  ``methods`` replaces the method
-    list; ``on_samples(row, samples)`` sees every run's samples (rows of ours carry ``sample_args``)."""
+    list; ``on_samples(row, samples)`` sees every run's samples (rows of ours carry ``sample_args``).
+    Noise and score predictions run on :data:`OPEN_GRID` (see :func:`open_start`).  ``grid_files``: tuned
+    grids (``lazyflow tune-grid``), each scored at its own NFE beside its untuned starting grid, in
+    ``result["tuned_rows"]`` (kept out of ``rows``: tuned rows are reported separately)."""
     import torch
 
     from . import gmm, models
@@ -155,6 +179,9 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
     args_for = (lambda method, steps: sample_args(model_name, method, steps, n, seed, prediction if exact else None))
     run = _Runner(model, (n, *model.data_shape), seed, scorer, args_for, on_samples, prediction or "velocity")
     methods = our_methods(full) if methods is None else methods
+    open_grid = exact and prediction in ("noise", "score")
+    if open_grid:
+        methods = open_start(methods)
     with torch.no_grad():
         rows = run.ours(methods, nfes, log)
         if include_peers:
@@ -162,8 +189,10 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
             rows += run.peers(peer_model, nfes, log)
     skipped = available_peers()[1] if include_peers else []
     references = []
+    tuned_rows = [run.tuned(path, model_name, prediction or "velocity", log) for path in grid_files or []]
     for kind, (method, steps) in REFERENCES.items():
         steps = EXACT_REFERENCE_STEPS[kind] if exact else steps
+        method = replace(method, grid=OPEN_REFERENCE_GRID) if open_grid else method
         with torch.no_grad():
             row = run.one(method, steps, budget=0)
         references.append({"kind": kind, **{k: v for k, v in row.items() if k not in ("peer", "budget")}})
@@ -172,6 +201,12 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
               "metrics": list(scorer.metrics), "reference": references[0], "references": references,
               "skipped": skipped, "machine": machine(), "date": datetime.date.today().isoformat(),
               "command": "lazyflow " + " ".join(sys.argv[1:])}
+    if tuned_rows:
+        result["tuned_rows"] = tuned_rows
+    if open_grid:
+        result["grid_note"] = (f"{prediction} prediction is undefined at snr = 0: every run starts at log snr -5 "
+                               f"(grid {OPEN_GRID}), the references at -12 ({OPEN_REFERENCE_GRID}); point-mass "
+                               "frames (which start at snr = 0) are left out")
     if exact:
         sets = [scorer.floors(n, seed=20_000 + i) for i in range(FLOOR_SETS)]
         result.update(prediction=prediction, metric_notes=scorer.describe(), floors={
@@ -213,6 +248,31 @@ class _Runner:
                    time.perf_counter() - start, error, scores, self.args_for(method, steps))
         if self.on_samples is not None and x is not None:
             self.on_samples(row, x)
+        return row
+
+    def tuned(self, path: str, model_name: str, prediction: str, log) -> dict:
+        """A tuned grid file's row at its own NFE, with the untuned starting grid's scores beside it."""
+        from .errors import LazyflowError
+        from .gridfile import load_grid_file
+
+        grid = load_grid_file(path)
+        if (grid.model, grid.prediction) != (model_name, prediction):
+            raise LazyflowError(f"{grid.describe()} (prediction {grid.prediction}) is not for this bench's model "
+                                f"{model_name} (prediction {prediction})")
+        final = None if grid.final_step == "euler" else grid.final_step
+        import torch
+
+        with torch.no_grad():
+            row = self.one(OurMethod(grid.schedule, grid.integrator, str(path), final), grid.steps, grid.nfe)
+            init = grid.tuning.get("init")
+            base = self.one(OurMethod(grid.schedule, grid.integrator, init, final), grid.steps, grid.nfe) if init else {}
+        tuning = grid.tuning
+        row["method"] = f"{grid.schedule}/{grid.integrator}/tuned:{Path(path).name}" + (f"/{final}" if final else "")
+        row.update(tuned=True, held_out=tuning.get("seed") != self.seed, tuning_seed=tuning.get("seed"),
+                   tuning_seconds=tuning.get("seconds"), tuning_model_calls=tuning.get("model_calls"),
+                   tuning_samples=tuning.get("samples"), untuned={"grid": init, **{k: base.get(k) for k in
+                                                                                    self.scorer.metrics}})
+        log(f"  tuned {row['method']} at {row['nfe']} NFE: {_fmt(row['fd'])} (untuned {init}: {_fmt(base.get('fd'))})")
         return row
 
     def ours(self, methods: list[OurMethod], nfes: list[int], log) -> list[dict]:
@@ -294,9 +354,26 @@ def format_table(result: dict, metric: str = "fd") -> str:
         lines.append(f"FD on {result['n']} samples vs the 1,797 digits; floors: two dataset halves "
                      f"{result['floor_split_fd']:.3f}, {result['n']} images drawn from the dataset itself "
                      f"{result.get('floor_bootstrap_fd', float('nan')):.3f}; {refs}")
+    if "grid_note" in result:
+        lines.append(result["grid_note"])
+    if result.get("tuned_rows"):
+        lines.append(format_tuned(result, metric))
     lines.append(f"machine: {result['machine']}; date {result['date']}")
     if result["skipped"]:
         lines.append("skipped peers: " + "; ".join(result["skipped"]))
+    return "\n".join(lines)
+
+
+def format_tuned(result: dict, metric: str = "fd") -> str:
+    """The tuned rows, apart from the table: each beside its untuned starting grid, with the tuning cost and
+    whether the bench's seed was held out from the tuning."""
+    lines = [f"tuned grids (lazyflow tune-grid; {metric} on the bench's seed {result['seed']}):"]
+    for row in result["tuned_rows"]:
+        untuned = row["untuned"]
+        lines.append(f"  tuned {row['method']} at {row['nfe']} NFE: {_fmt3(row.get(metric))} (untuned "
+                     f"{untuned['grid']}: {_fmt3(untuned.get(metric))}); tuned on seed {row['tuning_seed']}, "
+                     f"{row['tuning_samples']} samples, {row['tuning_seconds']} s, {row['tuning_model_calls']} model "
+                     f"calls; {'held out' if row['held_out'] else 'NOT held out (same seed)'}")
     return "\n".join(lines)
 
 

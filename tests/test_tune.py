@@ -150,3 +150,27 @@ def test_tune_grid_refuses_bad_options():
         tune_grid(model, schedule="vp", nfe=3, seed=3, holdout_seed=3)
     with pytest.raises(LazyflowError, match="nfe must be"):
         tune_grid(model, schedule="vp", nfe=0)
+
+
+def test_bench_reports_tuned_rows_apart_and_runs_noise_models_on_an_open_grid(tmp_path):
+    from lazyflow.runtime.bench import OPEN_GRID, OurMethod, format_table, run_quality_bench
+
+    path = tmp_path / "g.json"
+    save_grid_file(tune_grid(gmm.load("gmm64"), model_name="gmm64", schedule="vp", integrator="euler", nfe=3,
+                             samples=64, reference_steps=30, max_evals=30), path)
+    methods = [OurMethod("vp", "euler", "logsnr"), OurMethod("pointmass", "euler", "uniform")]
+    result = run_quality_bench("gmm64", [3], 64, 5, include_peers=False, log=lambda *a: None, methods=methods,
+                               grid_files=[str(path)])
+    assert all("tuned" not in r for r in result["rows"])
+    (row,) = result["tuned_rows"]
+    assert row["held_out"] and row["nfe"] == 3 and row["method"] == "vp/euler/tuned:g.json"
+    assert row["untuned"]["grid"] == "logsnr" and row["untuned"]["fd"] == result["rows"][0]["fd"]
+    assert "--grid" in row["sample_args"] and str(path) in row["sample_args"]
+    assert "tuned vp/euler/tuned:g.json at 3 NFE" in format_table(result)
+    noise = run_quality_bench("gmm64", [3], 64, 5, include_peers=False, log=lambda *a: None, methods=methods,
+                              prediction="noise")
+    assert [r["method"] for r in noise["rows"]] == [f"vp/euler/{OPEN_GRID}"] and "error" not in noise["rows"][0]
+    assert all(r["fd"] is not None for r in noise["references"]) and OPEN_GRID in format_table(noise)
+    with pytest.raises(LazyflowError, match="not for this bench's model"):
+        run_quality_bench("gmm64", [3], 64, 5, include_peers=False, log=lambda *a: None, methods=methods,
+                          prediction="x", grid_files=[str(path)])
