@@ -243,6 +243,8 @@ def run_sample(args: argparse.Namespace) -> int:
         raise LazyflowError(f"{', '.join(sit_only)} need --model-kind (a SiT checkpoint)")
     device = resolve_device(args.device)
     target = schedule(args)
+    if args.diffusion_scale is not None:
+        target = target.with_diffusion_scale(args.diffusion_scale)
     model_kwargs = None
     guidance_note = ""
     if args.model_kind:   # a SiT checkpoint: latents (and images with --vae), class labels, guidance
@@ -653,6 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "else linear)")
     p.add_argument("--source-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter of the source schedule, e.g. shift=3 (repeatable)")
+    p.add_argument("--diffusion-scale", type=float, default=None, metavar="LAMBDA",
+                   help="sigma = LAMBDA * the schedule's sigma (0: its ODE; default 1); a stochastic schedule only")
     p.add_argument("--steps", type=int, default=None, help="steps (default 8, or a tuned --grid file's)")
     p.add_argument("--integrator", default="euler", choices=_Registry("integrators", "INTEGRATORS"), metavar="NAME",
                    help="euler, heun, midpoint, exponential, exp-midpoint, multistep, multistep-pc, multistep3, "

@@ -280,8 +280,7 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
     if capture:
         if noise is not None or callback is not None:
             raise LazyflowError("capture=True records the loop once: it needs the default noise and no callback")
-        plan_key = (target.kernel, target.params, src.kernel, src.params, tuple(times.tolist()), method.name,
-                    final_step, prediction, compile)
+        plan_key = (target, src, tuple(times.tolist()), method.name, final_step, prediction, compile)
     local = share(n, ranks)   # all of range(n) in one process
     chunks = [range(s, min(s + chunk, local.stop)) for s in range(local.start, local.stop, chunk)]
     with progress_bar(steps * len(chunks), enabled=progress, desc="sampling") as update, torch.no_grad():

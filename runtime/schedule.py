@@ -76,6 +76,8 @@ class Schedule:
     kernel: ModuleType
     params: tuple[tuple[str, float], ...] = ()
     origin: str = ""
+    #: lambda in sigma = lambda * sigma_kernel (run time; 1 = the kernel's own diffusion, 0 = its ODE)
+    diffusion_scale: float = 1.0
 
     # --- what the kernel says about itself ----------------------------------------------------
     @property
@@ -85,7 +87,7 @@ class Schedule:
 
     @property
     def stochastic(self) -> bool:
-        return bool(self.kernel.STOCHASTIC)
+        return bool(self.kernel.STOCHASTIC) and self.diffusion_scale > 0
 
     @property
     def point_mass(self) -> bool:
@@ -100,10 +102,23 @@ class Schedule:
         return self.kernel.exponential is not None
 
     def describe(self) -> str:
-        """``name`` plus its parameters, e.g. ``sd3(shift=1.7)``."""
-        if not self.params:
-            return self.name
-        return f"{self.name}(" + ", ".join(f"{k}={v:g}" for k, v in self.params) + ")"
+        """``name`` plus its parameters and diffusion scale, e.g. ``sd3(shift=1.7)``, ``linear-sde(diffusion*0.5)``."""
+        parts = [f"{k}={v:g}" for k, v in self.params]
+        if self.diffusion_scale != 1:
+            parts.append(f"diffusion*{self.diffusion_scale:g}")
+        return f"{self.name}({', '.join(parts)})" if parts else self.name
+
+    def with_diffusion_scale(self, scale: float) -> "Schedule":
+        """The same path with sigma = scale * sigma: eps = scale^2 eps, so the drift is
+        K = K_ode + scale^2 (K - K_ode) and the exponential step's D = exp(G - G') becomes D^(scale^2)
+        (derive/MATH.md §5).  0 gives the probability-flow ODE; a point-mass schedule needs scale > 0."""
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+            raise LazyflowError(f"the diffusion scale must be a finite number >= 0, got {scale!r}")
+        if scale != 1 and not self.kernel.STOCHASTIC:
+            raise LazyflowError(f"schedule {self.name!r} is an ODE (sigma = 0): it has no diffusion to scale")
+        if scale == 0 and self.point_mass:
+            raise LazyflowError(f"schedule {self.name!r} starts from the point 0: it needs diffusion (scale > 0)")
+        return Schedule(self.kernel, self.params, self.origin, float(scale))
 
     def with_params(self, **values: float) -> "Schedule":
         """The same kernel with some parameters changed (checked numerically on (0, 1))."""
@@ -120,7 +135,7 @@ class Schedule:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise LazyflowError(f"parameter {key!r} of {self.name!r} must be a finite number, got {value!r}")
             merged[key] = float(value)
-        bound = Schedule(self.kernel, tuple(sorted(merged.items())), self.origin)
+        bound = Schedule(self.kernel, tuple(sorted(merged.items())), self.origin, self.diffusion_scale)
         bound.check_numerically()
         return bound
 
@@ -131,7 +146,10 @@ class Schedule:
     # --- values -----------------------------------------------------------------------------------
     def values(self, t: torch.Tensor) -> ScheduleValues:
         """alpha, beta, alpha', beta', sigma at times t."""
-        return ScheduleValues(t, *self.kernel.schedule(t, **self._kw))
+        alpha, beta, d_alpha, d_beta, sigma = self.kernel.schedule(t, **self._kw)
+        if self.diffusion_scale != 1:
+            sigma = sigma * self.diffusion_scale
+        return ScheduleValues(t, alpha, beta, d_alpha, d_beta, sigma)
 
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
         return self.kernel.log_snr(t, **self._kw)
@@ -147,7 +165,15 @@ class Schedule:
 
     def drift(self, t: torch.Tensor, *, ode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(K_x, K_e) of the drift b = K_x x + K_e eta_X (of the probability-flow ODE if ``ode``)."""
-        return (self.kernel.ode_drift if ode else self.kernel.drift)(t, **self._kw)
+        if ode or self.diffusion_scale == 0:
+            return self.kernel.ode_drift(t, **self._kw)
+        K_x, K_e = self.kernel.drift(t, **self._kw)
+        if self.diffusion_scale == 1:
+            return K_x, K_e
+        # the drift v + eps s is affine in eps: K(lambda) = K_ode + lambda^2 (K - K_ode)
+        K_x0, K_e0 = self.kernel.ode_drift(t, **self._kw)
+        w = self.diffusion_scale**2
+        return K_x0 + w * (K_x - K_x0), K_e0 + w * (K_e - K_e0)
 
     def eta(self, prediction: str, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(p, q) with eta_X = p x + q m for a network trained on this schedule that outputs m."""
@@ -157,10 +183,29 @@ class Schedule:
 
     def exponential(self, t0: torch.Tensor, t1: torch.Tensor, *, ode: bool = False):
         """(A, B, C) of the exact step with eta_X frozen over [t0, t1] (MATH.md §5)."""
+        ode = ode or self.diffusion_scale == 0
         fn = self.kernel.ode_exponential if ode else self.kernel.exponential
         if fn is None:
             raise LazyflowError(self.kernel.EXPONENTIAL)
-        return fn(t0, t1, **self._kw)
+        A, B, C = fn(t0, t1, **self._kw)
+        if ode or self.diffusion_scale == 1:
+            return A, B, C
+        return self._scaled_exponential(t0, t1, A)
+
+    def _scaled_exponential(self, t0: torch.Tensor, t1: torch.Tensor, A: torch.Tensor):
+        """The exact step with eps scaled by lambda^2: D = A alpha/alpha' -> D_l = D^(lambda^2), then
+        A = alpha'/alpha D_l, B = beta' - alpha' snr D_l, C = alpha' sqrt(1 - D_l^2) (MATH.md §5)."""
+        now, end = self.kernel.schedule(t0, **self._kw), self.kernel.schedule(t1, **self._kw)
+        alpha0, beta0, alpha1, beta1 = now[0], now[1], end[0], end[1]
+        start = alpha0 > 0                                 # where alpha = 0 (the point mass) D = 0
+        safe0 = torch.where(start, alpha0, torch.ones_like(alpha0))
+        D = torch.where(start & (alpha1 > 0), A * safe0 / torch.where(alpha1 > 0, alpha1, torch.ones_like(alpha1)),
+                        torch.zeros_like(A)).clamp(0, 1)
+        D = D ** (self.diffusion_scale**2)
+        A = torch.where(start, alpha1 / safe0 * D, A)    # alpha = 0: x = 0 there, A is the kernel's (unused)
+        B = torch.where(start, beta1 - alpha1 * beta0 / safe0 * D, beta1)
+        C = alpha1 * torch.sqrt(torch.clamp(1 - D * D, min=0))
+        return A, B, C
 
     def same_path(self, other: "Schedule") -> bool:
         """True when both have the same alpha and beta (the conversion between them is the identity)."""
