@@ -157,14 +157,15 @@ def test_predictions_agree_along_a_sampler_run():
 
 def test_bench_rows_reproduce_bit_for_bit_with_lazyflow_sample(tmp_path, capsys):
     methods = [OurMethod("linear", "heun", "uniform"), OurMethod("vp-sde", "exp-midpoint", "logsnr"),
-               OurMethod("pointmass", "midpoint", "logsnr", "denoise")]
+               OurMethod("pointmass", "midpoint", "logsnr", "denoise"),
+               OurMethod("linear-sde", "multistep-pc", "uniform", None, 0.5)]   # a weaker diffusion
     for model_name, prediction in (("gmm64", "x"), ("digits", None)):
         seen = []
         result = run_quality_bench(model_name, [3, 4], n=6, seed=7, include_peers=False, methods=methods,
                                    prediction=prediction, log=lambda *a: None,
                                    on_samples=lambda row, x: seen.append((row, x.clone())))
         assert len(seen) == len(result["rows"]) + 2 == 2 * len(methods) + 2   # + the two references
-        for row, x in seen[:3] + seen[-1:]:
+        for row, x in seen[:3] + seen[6:7] + seen[-1:]:
             out = tmp_path / "x.npy"
             assert main(["sample", *row["sample_args"], "--out", str(out)]) == 0, row
             again = np.load(out)
