@@ -435,7 +435,7 @@ def run_train(args: argparse.Namespace) -> int:
 # --- bench, plot -------------------------------------------------------------------------------------
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .runtime.bench import best_by_kind, format_table, run_quality_bench
+    from .runtime.bench import best_by_kind, format_table, goals_markdown, run_quality_bench
 
     try:
         nfes = sorted({int(v) for v in args.nfe.split(",")})
@@ -463,6 +463,9 @@ def run_bench(args: argparse.Namespace) -> int:
             print(format_table(result, metric))
             print(best_by_kind(result, metric))
             print()
+            if args.markdown:
+                print(goals_markdown(result, metric))
+                print()
     if args.save:
         Path(args.save).write_text(json.dumps(result, indent=1))
     if args.plot:
@@ -700,6 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--save", default=None, help="also write the JSON result to this file")
     p.add_argument("--plot", default=None, help="write the quality-vs-NFE plot to this PNG")
+    p.add_argument("--markdown", action="store_true", help="also print the best of each kind per budget as a "
+                   "markdown table with issue 12's goals checked (what the README shows)")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--quick", action="store_true", help="uniform grids only")
     p.add_argument("--grid-file", action="append", default=[], metavar="FILE.json",

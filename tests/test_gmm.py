@@ -184,3 +184,23 @@ def test_sample_command_on_exact_models(tmp_path, capsys):
     assert "exact model" in capsys.readouterr().err
     assert main(["bench", "--model", "gmm64", "--metric", "nope", "--nfe", "2", "--n", "10"]) == 2
     assert "weight_tv" in capsys.readouterr().err
+
+
+def test_goals_markdown_checks_the_goals_and_calls_ties():
+    from lazyflow.runtime.bench import goals_markdown
+
+    def row(method, peer, sde, budget, fd, **extra):
+        return {"method": method, "peer": peer, "stochastic": sde, "budget": budget, "nfe": budget, "fd": fd, **extra}
+
+    result = {"nfe_budgets": [4, 8], "references": [{"kind": "ode", "fd": 2.0}, {"kind": "sde", "fd": 1.0}],
+              "rows": [row("a", False, False, 4, 3.0), row("p", True, False, 4, 3.1), row("s", False, True, 4, 2.9),
+                       row("q", True, True, 4, 5.0), row("a", False, False, 8, 2.3), row("p", True, False, 8, 3.0),
+                       row("s", False, True, 8, 1.05), row("q", True, True, 8, 1.5)],
+              "tuned_rows": [row("t", False, False, 8, 2.1, tuned=True)]}
+    text = goals_markdown(result)
+    assert "| 4 | 3.000 a | 3.100 p | tie (-3%) |" in text
+    assert "deterministic 20% below the best deterministic peer: missed" in text
+    assert "4 NFE, stochastic at or below the best deterministic peer: met (2.900 against 3.100)" in text
+    assert "8 NFE, ODE within 10% of its converged reference: met (2.100 against 2.000)" in text   # the tuned row
+    assert "2.100 t (tuned)" in text and "30% lower" in text
+    assert "8 NFE, SDE within 10% of its converged reference: met" in text
