@@ -99,7 +99,8 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
       steps, or the path of a tuned grid's ``.json`` file (``lazyflow tune-grid``; num_inference_steps must be
       its steps), which then replaces the pipeline's sigmas, shift and ``mu``;
     - ``final_step``: ``euler`` or ``denoise``;
-    - ``seed``: the per-sample noise streams of a stochastic schedule.
+    - ``seed``: the per-sample noise streams of a stochastic schedule;
+    - ``diffusion_scale``: sigma = diffusion_scale * the schedule's sigma (0: its ODE; a stochastic schedule).
     """
 
     _compatibles: list = []
@@ -112,7 +113,7 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
                  use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False,
                  time_shift_type: str = "exponential", stochastic_sampling: bool = False,
                  schedule: str = "pointmass", schedule_params: dict | None = None, integrator: str = "multistep-pc",
-                 grid: str = PIPELINE_GRID, final_step: str = "euler", seed: int = 0):
+                 grid: str = PIPELINE_GRID, final_step: str = "euler", seed: int = 0, diffusion_scale: float = 1.0):
         if invert_sigmas:
             raise LazyflowError("LazyFlowScheduler: invert_sigmas (Mochi's inverted sigmas) is not supported")
         if stochastic_sampling:
@@ -122,6 +123,8 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
             raise LazyflowError(f"LazyFlowScheduler: schedule must be a name or a path (it is saved in the config), "
                                 f"got {type(schedule).__name__}")
         self.target: Schedule = load_schedule(os.fspath(schedule), **(schedule_params or {}))
+        if diffusion_scale != 1:
+            self.target = self.target.with_diffusion_scale(diffusion_scale)
         self.source: Schedule = load_schedule(SOURCE)
         self.integrator = get_integrator(integrator)
         if self.integrator.exponential and not self.target.has_exponential:

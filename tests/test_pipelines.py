@@ -201,6 +201,21 @@ def test_stochastic_runs_follow_the_seed_as_sample_does(sd3, schedule, integrato
     assert again.seed == 7 and torch.equal(_sd3_call(pipe, cond, latents), ours)
 
 
+def test_diffusion_scale_in_the_scheduler_is_samples(sd3):
+    """diffusion_scale in the config runs the same weaker-diffusion SDE as sample does."""
+    pipe, cond, latents = sd3
+    scheduler = _use(pipe, schedule="linear-sde", integrator="multistep-pc", seed=3, diffusion_scale=0.5)
+    ours = _sd3_call(pipe, cond, latents)
+    target = load_schedule("linear-sde").with_diffusion_scale(0.5)
+    ref = sample(from_diffusers_flow(pipe.transformer), latents.shape, schedule=target, steps=STEPS,
+                 integrator="multistep-pc", grid=scheduler.times, seed=3, initial=latents,
+                 model_kwargs=_sd3_kwargs(cond))
+    assert torch.allclose(ours, ref, atol=2e-5, rtol=1e-5), (ours - ref).abs().max()
+    assert pipe.scheduler.config.diffusion_scale == 0.5   # saved in the config
+    _use(pipe, schedule="linear-sde", integrator="multistep-pc", seed=3, diffusion_scale=1.0)
+    assert not torch.allclose(_sd3_call(pipe, cond, latents), ours)
+
+
 def test_the_pipelines_own_guidance_batching_works_unchanged(sd3):
     pipe, cond, latents = sd3
     _use(pipe, schedule="vp", integrator="multistep-pc")
