@@ -306,6 +306,8 @@ def run_sample(args: argparse.Namespace) -> int:
 
         tuned = load_grid_file(grid)
         args.steps = tuned.steps if args.steps is None else args.steps
+        if args.diffusion_scale is None and tuned.diffusion_scale != 1:   # the scale the grid was tuned at
+            target = target.with_diffusion_scale(tuned.diffusion_scale)
         if tuned.integrator and tuned.integrator != args.integrator:
             print(f"lazyflow sample: note: {tuned.describe()} was tuned for {tuned.integrator}, not {args.integrator}",
                   file=sys.stderr)
@@ -490,6 +492,8 @@ def run_tune_grid(args: argparse.Namespace) -> int:
         model = models.load(args.model)
     meta = getattr(model, "metadata", {})
     target = schedule(args)
+    if args.diffusion_scale is not None:
+        target = target.with_diffusion_scale(args.diffusion_scale)
     grid = tune_grid(model, model_name=args.model, schedule=target, source=load_schedule(meta.get("schedule", "linear")),
                      prediction=args.prediction or meta.get("prediction", "velocity"), integrator=args.integrator,
                      nfe=args.nfe, final_step=args.final_step, init=parse_grid(args.init), samples=args.samples,
@@ -501,7 +505,7 @@ def run_tune_grid(args: argparse.Namespace) -> int:
           f"{[round(v, 5) for v in grid.times]}; loss {t['loss_before']:.4g} -> {t['loss_after']:.4g} (seed {t['seed']}), "
           f"held-out seed {t['holdout_seed']}: {t['holdout_loss_before']:.4g} -> {t['holdout_loss_after']:.4g}; "
           f"cost {t['seconds']:.1f} s, {t['model_calls']} model calls")
-    print(f"use: lazyflow sample --model {args.model} --schedule {grid.schedule} --integrator {grid.integrator} "
+    print(f"use: lazyflow sample --model {args.model} --schedule {grid.base_schedule} --integrator {grid.integrator} "
           f"--grid {path} --out samples.npy")
     return 0
 
@@ -720,6 +724,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--integrator", default="multistep", choices=_Registry("integrators", "INTEGRATORS"), metavar="NAME",
                    help="the integrator the grid is tuned for (default multistep)")
     p.add_argument("--final-step", default=None, choices=("euler", "denoise"))
+    p.add_argument("--diffusion-scale", type=float, default=None, metavar="LAMBDA",
+                   help="tune for sigma = LAMBDA * the schedule's sigma (a stochastic schedule; stored in the file, "
+                        "and sample --grid FILE, the bench and the scheduler run at it)")
     p.add_argument("--prediction", default=None, choices=("velocity", "x", "noise", "score"),
                    help="what the exact mixture outputs (default velocity; noise and score need --init logsnr-open:...)")
     p.add_argument("--init", default="logsnr", help="the starting grid (any --grid of sample); its ends are kept")

@@ -289,9 +289,11 @@ class _Runner:
         import torch
 
         with torch.no_grad():
-            row = self.one(OurMethod(grid.schedule, grid.integrator, str(path), final), grid.steps, grid.nfe)
+            # the file's schedule string carries its diffusion scale: run the base schedule at that scale
+            scale, name = grid.diffusion_scale, grid.base_schedule
+            row = self.one(OurMethod(name, grid.integrator, str(path), final, scale), grid.steps, grid.nfe)
             init = grid.tuning.get("init")
-            base = self.one(OurMethod(grid.schedule, grid.integrator, init, final), grid.steps, grid.nfe) if init else {}
+            base = self.one(OurMethod(name, grid.integrator, init, final, scale), grid.steps, grid.nfe) if init else {}
         tuning = grid.tuning
         row["method"] = f"{grid.schedule}/{grid.integrator}/tuned:{Path(path).name}" + (f"/{final}" if final else "")
         row.update(tuned=True, held_out=tuning.get("seed") != self.seed, tuning_seed=tuning.get("seed"),

@@ -4,13 +4,17 @@
 A file holds the ``steps + 1`` times of one grid in the target schedule's own time (noise at 0, data
 at 1), the schedule they are times of (``Schedule.describe()``) and what they were tuned for: model,
 source, prediction, integrator, final step, NFE, the tuning seed and sample count, the losses before and
-after, and the tuning cost.  Only ``times`` and ``schedule`` change how a run goes; the rest documents.
+after, and the tuning cost.  Only ``times``, ``schedule`` and ``diffusion_scale`` change how a run goes; the
+rest documents.  ``diffusion_scale`` (lambda in sigma = lambda * sigma, ``tune-grid --diffusion-scale``) is also
+in the schedule string (``linear-sde(diffusion*0.25)``); a file whose two disagree is refused, and an older file
+without the field takes it from its schedule string.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +39,18 @@ class TunedGrid:
     source: str = ""
     prediction: str = "velocity"
     nfe: int = 0
+    diffusion_scale: float = 1.0
     tuning: dict[str, Any] = field(default_factory=dict)
     path: str = field(default="", compare=False)
 
     @property
     def steps(self) -> int:
         return len(self.times) - 1
+
+    @property
+    def base_schedule(self) -> str:
+        """The schedule string without its diffusion scale (``linear-sde(diffusion*0.25)`` -> ``linear-sde``)."""
+        return _base_and_scale(self.schedule)[0]
 
     def describe(self) -> str:
         return (f"tuned grid {self.path or '(in memory)'}: {self.steps} steps of {self.schedule} for {self.integrator} "
@@ -51,6 +61,22 @@ class TunedGrid:
         data.pop("path")
         data["times"] = list(self.times)
         return data
+
+
+_SCALE = re.compile(r"(?:, )?diffusion\*([^,)]+)")
+
+
+def _base_and_scale(schedule: str) -> tuple[str, float | None]:
+    """``schedule`` without its ``diffusion*X`` part, and X (None when it has none)."""
+    found = _SCALE.search(schedule)
+    if not found:
+        return schedule, None
+    base = schedule[:found.start()] + schedule[found.end():]
+    base = base.replace("(, ", "(").replace("()", "")
+    try:
+        return base, float(found.group(1))
+    except ValueError:
+        return base, math.nan
 
 
 def _fail(where: str, what: str) -> LazyflowError:
@@ -89,6 +115,14 @@ def from_json(data: Any, where: str = "(object)") -> TunedGrid:
         raise _fail(where, f"'nfe' must be a non-negative integer, got {nfe!r}")
     if not isinstance(rest.get("tuning", {}), dict):
         raise _fail(where, "'tuning' must be an object")
+    in_name = _base_and_scale(data["schedule"])[1]
+    scale = rest.get("diffusion_scale", 1.0 if in_name is None else in_name)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise _fail(where, f"'diffusion_scale' must be a finite number >= 0, got {scale!r}")
+    if f"{float(scale):g}" != (f"{in_name:g}" if in_name is not None else "1"):
+        raise _fail(where, f"'diffusion_scale' {scale!r} disagrees with the schedule {data['schedule']!r} "
+                           "(its diffusion*X part, none meaning 1)")
+    rest["diffusion_scale"] = float(scale)
     return TunedGrid(times=times, schedule=data["schedule"], path=where if where != "(object)" else "", **rest)
 
 

@@ -220,4 +220,4 @@ def tune_grid(model, *, model_name: str = "", schedule: Any = "pointmass", sourc
         f"held-out seed {holdout_seed}: {held_before:.6g} -> {held_after:.6g}")
     return TunedGrid(times=tuple(times.tolist()), schedule=target.describe(), integrator=method.name,
                      final_step=final_step or "euler", model=model_name, source=src.describe(), prediction=prediction,
-                     nfe=method.nfe(steps, final_step or "euler"), tuning=tuning)
+                     nfe=method.nfe(steps, final_step or "euler"), diffusion_scale=target.diffusion_scale, tuning=tuning)

@@ -174,3 +174,50 @@ def test_bench_reports_tuned_rows_apart_and_runs_noise_models_on_an_open_grid(tm
     with pytest.raises(LazyflowError, match="not for this bench's model"):
         run_quality_bench("gmm64", [3], 64, 5, include_peers=False, log=lambda *a: None, methods=methods,
                           prediction="x", grid_files=[str(path)])
+
+
+def test_a_grid_tuned_at_a_diffusion_scale_runs_at_it_in_sample_and_the_bench(tmp_path):
+    """tune-grid --diffusion-scale: the file records the scale (field and schedule string); sample --grid FILE
+    and the bench's tuned row run at it, and the row's sample_args reproduce its samples bit for bit."""
+    import numpy as np
+
+    from lazyflow.runtime.bench import OurMethod, run_quality_bench
+
+    path = tmp_path / "sde.json"
+    assert main(["tune-grid", "--model", "gmm64", "--nfe", "3", "--schedule", "linear-sde", "--diffusion-scale", "0.5",
+                 "--integrator", "euler", "--samples", "64", "--reference-steps", "30", "--max-evals", "20",
+                 "--out", str(path)]) == 0
+    grid = load_grid_file(path)
+    assert grid.diffusion_scale == 0.5 and grid.schedule == "linear-sde(diffusion*0.5)"
+    assert grid.base_schedule == "linear-sde" and json.loads(path.read_text())["diffusion_scale"] == 0.5
+    outs = {}
+    for extra in ([], ["--diffusion-scale", "0.5"]):   # the file's scale unless given
+        outs[len(extra)] = tmp_path / f"s{len(extra)}.npy"
+        assert main(["sample", "--model", "gmm64", "--schedule", "linear-sde", "--integrator", "euler", "--grid",
+                     str(path), "--n", "16", *extra, "--out", str(outs[len(extra)])]) == 0
+    assert np.array_equal(np.load(outs[0]), np.load(outs[2]))
+    assert main(["sample", "--model", "gmm64", "--schedule", "linear-sde", "--integrator", "euler", "--grid",
+                 str(path), "--diffusion-scale", "1", "--out", str(tmp_path / "x.npy")]) == 2   # another scale: refused
+    seen = {}
+    result = run_quality_bench("gmm64", [3], 64, 5, include_peers=False, log=lambda *a: None,
+                               methods=[OurMethod("linear-sde", "euler", "uniform", diffusion=0.5)],
+                               grid_files=[str(path)], on_samples=lambda row, x: seen.setdefault(row["method"], x))
+    (row,) = result["tuned_rows"]
+    assert row["stochastic"] and row["method"] == "linear-sde(diffusion*0.5)/euler/tuned:sde.json"
+    args = row["sample_args"]
+    assert args[args.index("--diffusion-scale") + 1] == "0.5" and args[args.index("--schedule") + 1] == "linear-sde"
+    out = tmp_path / "row.npy"
+    assert main(["sample", *args, "--out", str(out)]) == 0
+    assert torch.equal(torch.from_numpy(np.load(out)), seen[f"linear-sde*0.5/euler/{path}"].cpu())
+
+
+@pytest.mark.parametrize("fields, scale", [({}, 0.25), ({"diffusion_scale": 0.25}, 0.25), ({"diffusion_scale": 0.5}, None),
+                                           ({"diffusion_scale": -1}, None)])
+def test_a_grid_files_diffusion_scale_must_agree_with_its_schedule(fields, scale):
+    data = {"format": "lazyflow-grid/1", "times": [0, 0.5, 1], "schedule": "linear-sde(diffusion*0.25)", **fields}
+    if scale is None:
+        with pytest.raises(LazyflowError, match="diffusion_scale"):
+            load_grid_file(data)
+    else:
+        assert load_grid_file(data).diffusion_scale == scale
+    assert load_grid_file({"format": "lazyflow-grid/1", "times": [0, 1], "schedule": "vp"}).diffusion_scale == 1
