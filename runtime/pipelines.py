@@ -100,7 +100,8 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
       its steps), which then replaces the pipeline's sigmas, shift and ``mu``;
     - ``final_step``: ``euler`` or ``denoise``;
     - ``seed``: the per-sample noise streams of a stochastic schedule;
-    - ``diffusion_scale``: sigma = diffusion_scale * the schedule's sigma (0: its ODE; a stochastic schedule).
+    - ``diffusion_scale``: sigma = diffusion_scale * the schedule's sigma (0: its ODE; a stochastic schedule);
+      a tuned grid file tuned at a scale brings its own when this is left at 1.
     """
 
     _compatibles: list = []
@@ -138,6 +139,8 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
             tuned = parse_grid(grid)
             if isinstance(tuned, str):   # a tuned grid file: read (and checked) now, used by set_timesteps
                 tuned = load_grid_file(tuned)
+                if diffusion_scale == 1 and tuned.diffusion_scale != 1 and tuned.base_schedule == self.target.describe():
+                    self.target = self.target.with_diffusion_scale(tuned.diffusion_scale)   # the file's own scale
                 if tuned.schedule != self.target.describe():
                     raise LazyflowError(f"{tuned.describe()}: its times are times of {tuned.schedule}, not of "
                                         f"{self.target.describe()}")

@@ -360,6 +360,26 @@ def test_a_lazyflow_grid_replaces_the_pipeline_sigmas(sd3):
     assert torch.allclose(lam, torch.linspace(-3, 3, STEPS + 1, dtype=torch.float64)[1:-1])
 
 
+def test_a_grid_file_tuned_at_a_diffusion_scale_brings_its_scale(sd3, tmp_path):
+    from lazyflow.runtime.gridfile import TunedGrid, save_grid_file
+
+    pipe, cond, latents = sd3
+    times = tuple(float(v) for v in torch.linspace(0, 1, STEPS + 1, dtype=torch.float64) ** 0.8)
+    path = save_grid_file(TunedGrid(times, "linear-sde(diffusion*0.5)", "multistep-pc", diffusion_scale=0.5),
+                          tmp_path / "g.json")
+    scheduler = _use(pipe, schedule="linear-sde", integrator="multistep-pc", grid=str(path), seed=2,
+                     diffusion_scale=1.0)
+    assert scheduler.target.diffusion_scale == 0.5
+    ours = _sd3_call(pipe, cond, latents)
+    ref = sample(from_diffusers_flow(pipe.transformer), latents.shape,
+                 schedule=load_schedule("linear-sde").with_diffusion_scale(0.5), steps=STEPS, integrator="multistep-pc",
+                 grid=list(times), seed=2, initial=latents, model_kwargs=_sd3_kwargs(cond))
+    assert torch.allclose(ours, ref, atol=2e-5, rtol=1e-5), (ours - ref).abs().max()
+    with pytest.raises(LazyflowError, match="times of"):
+        _use(pipe, schedule="linear-sde", integrator="multistep-pc", grid=str(path), diffusion_scale=0.25)
+    _use(pipe, schedule="linear-sde", integrator="multistep-pc", grid="pipeline", diffusion_scale=1.0)
+
+
 def test_diffusers_stays_optional():
     """Importing lazyflow (runtime, sampler, guidance, SiT, adapters) never imports diffusers; without
     diffusers, lazyflow.diffusers refuses with the install advice (one subprocess for both)."""
