@@ -188,47 +188,8 @@ def _exp_midpoint(b: _Build):
     return cols, [True] * b.h.numel()
 
 
-#: Gauss-Legendre nodes and weights on [-1, 1] for the slope weight
+#: Gauss-Legendre nodes and weights on [-1, 1] for the multistep weights (the kernel's moments)
 _GAUSS = np.polynomial.legendre.leggauss(12)
-
-
-def _slope_weight(b: _Build, lam: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """phi_k = B2 / (B h), B2 = int B(t(l), t_k+1) dl over [lam_k, lam_k+1]; NaN where lam is infinite.
-
-    For small h, phi -> 1/2 (DPM-Solver++'s value); it is exact for any frame and diffusion (MATH.md §6)."""
-    t0 = b.t0
-    nodes, weights = (torch.as_tensor(v, dtype=t0.dtype, device=t0.device) for v in _GAUSS)
-    lam0, lam1 = lam[:-1], lam[1:]
-    finite = torch.isfinite(lam0) & torch.isfinite(lam1)
-    lo = torch.where(finite, lam0, torch.zeros_like(lam0))
-    hi = torch.where(finite, lam1, torch.ones_like(lam1))
-    h = hi - lo
-    points = lo[:, None] + (nodes[None, :] + 1) / 2 * h[:, None]            # (steps, nodes) in log snr
-    times = b.target.time_of_log_snr(points)
-    ends = b.t1[:, None].expand_as(times)
-    step_ode = b.ode[:, None].expand_as(times)
-    B_inner = b.exponential(times.reshape(-1), ends.reshape(-1), step_ode.reshape(-1))[1].reshape(times.shape)
-    B2 = (B_inner * weights[None, :]).sum(1) * h / 2
-    phi = B2 / (B * h)
-    return torch.where(finite, phi, torch.full_like(phi, float("nan")))
-
-
-def _multistep(b: _Build):
-    A, B, C = b.exponential(b.t0, b.t1, b.ode)
-    lam = b.target.log_snr(b.t)
-    h_lam = lam[1:] - lam[:-1]
-    phi = _slope_weight(b, lam, B)
-    zeros = b.zeros()
-    u = torch.zeros_like(h_lam)
-    u[1:] = phi[1:] * h_lam[1:] / h_lam[:-1]
-    usable = torch.isfinite(u) & torch.isfinite(phi)
-    usable[0] = False      # no previous evaluation
-    usable[-1] = False     # lower order on the last step, into t = 1
-    u = torch.where(usable, u, zeros)
-    # an infinite log-snr step (from snr = 0) puts all the weight at its far end: phi -> 1
-    v = torch.where(torch.isfinite(phi), phi, torch.ones_like(phi))
-    cols = {"a": A, "b": B, "c": C, "p": b.now.P, "q": b.now.Q, "u": u, "w": 1 + u, "v": v}
-    return cols, [False] * b.h.numel()
 
 
 def _kernel_moments(b: _Build, lam: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,6 +212,24 @@ def _kernel_moments(b: _Build, lam: torch.Tensor, B: torch.Tensor) -> tuple[torc
     B3 = (B_inner * offsets * weights[None, :]).sum(1) * h / 2
     nan = torch.full_like(h, float("nan"))
     return torch.where(finite, B2 / (B * h), nan), torch.where(finite, B3 / (B * h * h), nan)
+
+
+def _multistep(b: _Build):
+    A, B, C = b.exponential(b.t0, b.t1, b.ode)
+    lam = b.target.log_snr(b.t)
+    h_lam = lam[1:] - lam[:-1]
+    phi = _kernel_moments(b, lam, B)[0]   # the slope weight B2 / (B h); chi is for multistep3
+    zeros = b.zeros()
+    u = torch.zeros_like(h_lam)
+    u[1:] = phi[1:] * h_lam[1:] / h_lam[:-1]
+    usable = torch.isfinite(u) & torch.isfinite(phi)
+    usable[0] = False      # no previous evaluation
+    usable[-1] = False     # lower order on the last step, into t = 1
+    u = torch.where(usable, u, zeros)
+    # an infinite log-snr step (from snr = 0) puts all the weight at its far end: phi -> 1
+    v = torch.where(torch.isfinite(phi), phi, torch.ones_like(phi))
+    cols = {"a": A, "b": B, "c": C, "p": b.now.P, "q": b.now.Q, "u": u, "w": 1 + u, "v": v}
+    return cols, [False] * b.h.numel()
 
 
 def _multistep3(b: _Build):
