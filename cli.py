@@ -332,10 +332,12 @@ def run_sample(args: argparse.Namespace) -> int:
             index = _write_shard_index(out, args.num_samples, ranks.world)
             print(f"wrote {index} and {ranks.world} shards ({args.num_samples} samples of shape {tuple(shape)}, {what})")
     else:   # gather on every rank, written once by rank 0
-        from .runtime.distributed import gather
+        import torch
 
-        local = [x for _, x in batches]
-        x = gather(_local_samples(local, shape, device), args.num_samples, ranks)
+        from .runtime.distributed import gather_batches
+
+        x = gather_batches([x for _, x in batches], args.num_samples, tuple(shape), ranks, device=device,
+                           dtype=torch.float32)
         if ranks.rank == 0:
             _write_as_they_finish([(range(args.num_samples), x)], out)
             print(f"wrote {out} ({args.num_samples} samples of shape {tuple(shape)} from {ranks.world} processes, "
@@ -353,13 +355,6 @@ def run_sample(args: argparse.Namespace) -> int:
         path = sit.save_image_grid(images, out.with_suffix(".png"))
         print(f"wrote {path} ({len(images)} images of {images.shape[1]}x{images.shape[2]}, VAE {args.vae})")
     return 0
-
-
-def _local_samples(pieces: list, shape: tuple, device):
-    """This rank's batches as one tensor (empty when its share is: more ranks than samples)."""
-    import torch
-
-    return torch.cat(pieces) if pieces else torch.empty((0, *shape), device=device)
 
 
 def _shard_path(out: Path, rank: int, world: int) -> Path:

@@ -16,7 +16,7 @@ import torch
 
 from .errors import LazyflowError
 
-__all__ = ["Ranks", "ranks_of", "share", "gather", "launched_by_torchrun", "local_device"]
+__all__ = ["Ranks", "ranks_of", "share", "gather", "gather_batches", "launched_by_torchrun", "local_device"]
 
 
 @dataclass(frozen=True)
@@ -88,3 +88,11 @@ def gather(x: torch.Tensor, n: int, ranks: Ranks) -> torch.Tensor:
     pieces = [torch.empty_like(padded) for _ in range(ranks.world)]
     dist.all_gather(pieces, padded, group=ranks.group)
     return torch.cat([p[:size] for p, size in zip(pieces, sizes)]).to(x.device)
+
+
+def gather_batches(pieces: list[torch.Tensor], n: int, data_shape: tuple[int, ...], ranks: Ranks, *,
+                   device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """This rank's finished batches, concatenated (an empty tensor for a rank whose share is empty: more
+    ranks than samples), then :func:`gather`ed into all n samples."""
+    local = torch.cat(pieces) if pieces else torch.empty((0, *data_shape), device=device, dtype=dtype)
+    return gather(local, n, ranks)

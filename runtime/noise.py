@@ -26,7 +26,7 @@ length: with random keys, probability about (number of draws)^2 * length / 2^64.
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import torch
 
@@ -159,5 +159,3 @@ def standard_normal(seed: int, indices: Sequence[int], draw: int, shape: Sequenc
     ``standard_normal(seed, range(n), 0, shape)`` is the start noise that ``sample`` uses."""
     return CounterNormal(seed, indices, shape, device=device, dtype=dtype)(draw)
 
-
-NoiseFactory = Callable[..., NoiseSource]

@@ -19,7 +19,7 @@ from .errors import LazyflowError, SamplingError
 from .grids import GridSpec, make_grid
 from .integrators import Call, Callback, Plan, build_plan, drive, get_integrator
 from .capture import captured_loop
-from .distributed import gather, local_device, ranks_of, share
+from .distributed import gather_batches, local_device, ranks_of, share
 from .noise import CounterNormal, NoiseSource
 from .progress import progress_bar
 from .schedule import Schedule, load_schedule
@@ -204,11 +204,9 @@ def sample(model: Model, shape: Sequence[int], **options: Any) -> torch.Tensor:
     Keyword options are those of :func:`sample_batches`.
     """
     pieces = [x for _, x in sample_batches(model, shape, **options)]
-    ranks = ranks_of(options.get("distributed", False), resolve_device(options.get("device")))
-    if not pieces:   # a rank whose share is empty (more ranks than samples)
-        pieces = [torch.empty((0, *tuple(shape)[1:]), device=resolve_device(options.get("device")),
-                              dtype=_state_dtype(options.get("dtype", torch.float32)))]
-    return gather(torch.cat(pieces), int(shape[0]), ranks)
+    device = resolve_device(options.get("device"))
+    return gather_batches(pieces, int(shape[0]), tuple(shape)[1:], ranks_of(options.get("distributed", False), device),
+                          device=device, dtype=_state_dtype(options.get("dtype", torch.float32)))
 
 
 def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", source: Any = "linear",
@@ -217,8 +215,9 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
                    device: torch.device | str | None = None, dtype: torch.dtype | str = torch.float32,
                    model_dtype: torch.dtype | str | None = None, compile: bool = False,
                    model_kwargs: dict[str, Any] | None = None, initial: torch.Tensor | None = None,
-                   callback: Callback | None = None, progress: bool = False, noise: Callable[..., NoiseSource] | None = None,
-                   distributed: Any = False, capture: bool = False) -> Iterator[tuple[range, torch.Tensor]]:
+                   callback: Callback | None = None, progress: bool = False,
+                   noise: Callable[..., NoiseSource] | None = None, distributed: Any = False,
+                   capture: bool = False) -> Iterator[tuple[range, torch.Tensor]]:
     """:func:`sample`, one batch at a time: yields (sample indices, samples) as each batch finishes, so
     that a caller can keep the finished batches of a long run.  Everything is checked before the first
     batch runs.
