@@ -28,3 +28,18 @@ def gaussian_velocity(v: float):
         tt = t.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
         return (v * tt - (1 - tt)) * x / ((1 - tt) ** 2 + v * tt**2)
     return model
+
+
+def rk4(f, y, t0, t1, steps: int):
+    """Classical Runge-Kutta for dy/dt = f(t, y) from t0 to t1 in ``steps`` equal steps (t0, t1 may be tensors:
+    one independent solve per element)."""
+    dt = (t1 - t0) / steps
+    for i in range(steps):
+        t = t0 + i * dt
+        k1 = f(t, y)
+        k2 = f(t + dt / 2, y + dt / 2 * k1)
+        k3 = f(t + dt / 2, y + dt / 2 * k2)
+        k4 = f(t + dt, y + dt * k3)
+        y = y + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return y
+

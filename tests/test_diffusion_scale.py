@@ -4,7 +4,7 @@ import torch
 
 from lazyflow import LazyflowError, load_schedule, sample
 
-from exact import gaussian_velocity
+from exact import gaussian_velocity, rk4
 
 F64 = torch.float64
 
@@ -19,15 +19,7 @@ def _moments_by_rk4(schedule, t0: float, t1: float, n: int = 4000):
         a, b, v = y
         return torch.stack([K_x[0] * a, K_x[0] * b + K_e[0], 2 * K_x[0] * v + sigma[0] ** 2])
 
-    y, h = torch.tensor([1.0, 0.0, 0.0], dtype=F64), (t1 - t0) / n
-    for i in range(n):
-        t = t0 + i * h
-        k1 = rhs(t, y)
-        k2 = rhs(t + h / 2, y + h / 2 * k1)
-        k3 = rhs(t + h / 2, y + h / 2 * k2)
-        k4 = rhs(t + h, y + h * k3)
-        y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    return y
+    return rk4(rhs, torch.tensor([1.0, 0.0, 0.0], dtype=F64), t0, t1, n)
 
 
 @pytest.mark.parametrize("name", ["linear-sde", "vp-sde", "pointmass"])

@@ -12,7 +12,7 @@ from lazyflow.runtime.grids import make_grid
 from lazyflow.runtime.integrators import INTEGRATORS, build_plan
 from lazyflow.runtime.noise import standard_normal
 
-from exact import GMMVelocity, gaussian_velocity
+from exact import GMMVelocity, gaussian_velocity, rk4
 
 F64 = torch.float64
 LINEAR = load_schedule("linear")
@@ -213,20 +213,11 @@ def test_measured_order_three(schedule, integrator):
 
 def _exact_affine_step(target, t0, t1, x0, q, substeps=400):
     """RK4 in t of dx/dt = K_x x + K_e q(lambda(t)) over each [t0[k], t1[k]] (the mean of the SDE step)."""
-    x, dt = x0.clone(), (t1 - t0) / substeps
-
     def f(t, x):
         K_x, K_e = target.drift(t)
         return K_x * x + K_e * q(target.log_snr(t))
 
-    for i in range(substeps):
-        t = t0 + i * dt
-        k1 = f(t, x)
-        k2 = f(t + dt / 2, x + dt / 2 * k1)
-        k3 = f(t + dt / 2, x + dt / 2 * k2)
-        k4 = f(t + dt, x + dt * k3)
-        x = x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    return x
+    return rk4(f, x0.clone(), t0, t1, substeps)
 
 
 @pytest.mark.parametrize("schedule", ["vp", "vp-sde", "pointmass", "linear-sde", "poly"])
