@@ -16,9 +16,9 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _WHERE = {
-    "sample": "runtime.sampler", "load_schedule": "runtime.schedule", "Schedule": "runtime.schedule",
-    "ScheduleValues": "runtime.schedule", "SamplingError": "runtime.errors", "LazyflowError": "errors",
-    "INTEGRATORS": "runtime.integrators", "StepInfo": "runtime.integrators",
+    "sample": "runtime.core.sampler", "sample_batches": "runtime.core.sampler", "load_schedule": "runtime.core.schedule", "Schedule": "runtime.core.schedule",
+    "ScheduleValues": "runtime.core.schedule", "SamplingError": "errors", "LazyflowError": "errors",
+    "INTEGRATORS": "runtime.core.integrators", "StepInfo": "runtime.core.integrators",
 }
 __all__ = ["__version__", "derive", "runtime", "figures", *_WHERE]
 
@@ -37,7 +37,7 @@ def __dir__() -> list[str]:
 
 class _Alias(types.ModuleType):
     """A module whose names come, on first use, from another one: ``lazyflow.diffusers`` is
-    ``lazyflow.runtime.pipelines`` (a folder named ``diffusers`` would shadow the real package for
+    ``lazyflow.runtime.integrations.diffusers`` (a folder named ``diffusers`` would shadow the real package for
     anyone running from the repository root)."""
 
     def __init__(self, name: str, target: str):
@@ -53,4 +53,4 @@ class _Alias(types.ModuleType):
         return dir(import_module(self.__target))
 
 
-sys.modules.setdefault(f"{__name__}.diffusers", _Alias(f"{__name__}.diffusers", f"{__name__}.runtime.pipelines"))
+sys.modules.setdefault(f"{__name__}.diffusers", _Alias(f"{__name__}.diffusers", f"{__name__}.runtime.integrations.diffusers"))

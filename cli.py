@@ -95,7 +95,7 @@ def _data_var(text: str):
 def schedule(args: argparse.Namespace):
     """The runtime Schedule the schedule arguments name; SymPy only for expressions, TOML files or a
     changed diffusion (generated once into the user cache)."""
-    from .runtime.schedule import load_schedule
+    from .runtime.core.schedule import load_schedule
 
     if args.alpha or args.beta or args.sigma or args.data_var is not None:
         return load_schedule(schedule_spec(args))
@@ -214,7 +214,7 @@ def run_emit(args: argparse.Namespace) -> int:
 
 def parse_grid(text: str):
     """A named grid, logsnr[-open]:FIRST,LAST, a tuned grid's .json file or comma-separated explicit times."""
-    from .runtime.grids import parse_grid as parse
+    from .runtime.core.grids import parse_grid as parse
 
     try:
         return parse(text)
@@ -224,9 +224,9 @@ def parse_grid(text: str):
 
 def run_sample(args: argparse.Namespace) -> int:
     from .runtime import models
-    from .runtime.distributed import launched_by_torchrun, ranks_of
-    from .runtime.sampler import resolve_device, sample_batches
-    from .runtime.schedule import load_schedule
+    from .runtime.core.distributed import launched_by_torchrun, ranks_of
+    from .runtime.core.sampler import resolve_device, sample_batches
+    from .runtime.core.schedule import load_schedule
 
     out = Path(args.out)
     if out.suffix not in OUTPUT_SUFFIXES:
@@ -248,9 +248,9 @@ def run_sample(args: argparse.Namespace) -> int:
     model_kwargs = None
     guidance_note = ""
     if args.model_kind:   # a SiT checkpoint: latents (and images with --vae), class labels, guidance
-        from .runtime import sit
-        from .runtime.adapters import from_sit
-        from .runtime.guidance import guided
+        from .runtime.models import sit
+        from .runtime.models.adapters import from_sit
+        from .runtime.models.guidance import guided
 
         if out.suffix == ".png":
             raise LazyflowError("a SiT run writes latents: --out must end in .pt or .npy (with --vae the images "
@@ -302,7 +302,7 @@ def run_sample(args: argparse.Namespace) -> int:
         raise LazyflowError("--shape is needed for this model (its data shape is not recorded)")
     grid = parse_grid(args.grid)
     if isinstance(grid, str) and grid.endswith(".json"):   # a tuned grid: its steps unless --steps is given
-        from .runtime.gridfile import load_grid_file
+        from .runtime.core.gridfile import load_grid_file
 
         tuned = load_grid_file(grid)
         args.steps = tuned.steps if args.steps is None else args.steps
@@ -334,7 +334,7 @@ def run_sample(args: argparse.Namespace) -> int:
     else:   # gather on every rank, written once by rank 0
         import torch
 
-        from .runtime.distributed import gather_batches
+        from .runtime.core.distributed import gather_batches
 
         x = gather_batches([x for _, x in batches], args.num_samples, tuple(shape), ranks, device=device,
                            dtype=torch.float32)
@@ -364,7 +364,7 @@ def _shard_path(out: Path, rank: int, world: int) -> Path:
 
 def _write_shard_index(out: Path, n: int, world: int) -> Path:
     """OUT.index.json: each shard's file and the sample indices [start, stop) it holds, in order."""
-    from .runtime.distributed import Ranks, share
+    from .runtime.core.distributed import Ranks, share
 
     shards = []
     for rank in range(world):
@@ -414,7 +414,7 @@ def _write_as_they_finish(batches, out: Path) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .runtime import train
+    from .runtime.models import train
 
     overrides = {"steps": args.steps} if args.steps else {}
     if args.what == "digits":
@@ -432,7 +432,7 @@ def run_train(args: argparse.Namespace) -> int:
 # --- bench, plot -------------------------------------------------------------------------------------
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .runtime.bench import best_by_kind, format_table, goals_markdown, run_quality_bench
+    from .runtime.evaluation.bench import best_by_kind, format_table, goals_markdown, run_quality_bench
 
     try:
         nfes = sorted({int(v) for v in args.nfe.split(",")})
@@ -442,7 +442,7 @@ def run_bench(args: argparse.Namespace) -> int:
         raise LazyflowError("--nfe values must be >= 1")
     if args.n < 10:
         raise LazyflowError(f"--n must be at least 10 (the Fréchet distance needs a covariance), got {args.n}")
-    from .runtime.gmm import NAMES as EXACT
+    from .runtime.models.gmm import NAMES as EXACT
 
     known = ("fd", "sw", "weight_tv") if args.model in EXACT else ("fd",)
     metrics = args.metric.split(",") if args.metric else list(known)
@@ -471,10 +471,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def run_tune_grid(args: argparse.Namespace) -> int:
-    from .runtime import gmm, models
-    from .runtime.gridfile import save_grid_file
-    from .runtime.schedule import load_schedule
-    from .runtime.tune import tune_grid
+    from .runtime.models import gmm
+    from .runtime import models
+    from .runtime.core.gridfile import save_grid_file
+    from .runtime.core.schedule import load_schedule
+    from .runtime.evaluation.tune import tune_grid
 
     if not args.out.endswith(".json"):
         raise LazyflowError(f"--out must end in .json, got {args.out!r}")
@@ -506,8 +507,8 @@ def run_tune_grid(args: argparse.Namespace) -> int:
 
 
 def run_overhead(args: argparse.Namespace) -> int:
-    from .runtime.overhead import format_overhead, overhead_bench
-    from .runtime.sampler import resolve_device
+    from .runtime.evaluation.overhead import format_overhead, overhead_bench
+    from .runtime.core.sampler import resolve_device
 
     device = resolve_device(args.device or ("cuda" if _cuda() else "cpu"))
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
@@ -660,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diffusion-scale", type=float, default=None, metavar="LAMBDA",
                    help="sigma = LAMBDA * the schedule's sigma (0: its ODE; default 1); a stochastic schedule only")
     p.add_argument("--steps", type=int, default=None, help="steps (default 8, or a tuned --grid file's)")
-    p.add_argument("--integrator", default="euler", choices=_Registry("integrators", "INTEGRATORS"), metavar="NAME",
+    p.add_argument("--integrator", default="euler", choices=_Registry("core.integrators", "INTEGRATORS"), metavar="NAME",
                    help="euler, heun, midpoint, exponential, exp-midpoint, multistep, multistep-pc, multistep3, "
                         "multistep3-pc (default euler)")
     p.add_argument("--final-step", default=None, choices=("euler", "denoise"))
@@ -716,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="digits", help="digits, a model file, or an exact mixture: gmm64, gmm4096")
     p.add_argument("--nfe", type=int, required=True, help="network evaluations of the tuned run")
     _schedule_args(p, default="pointmass")
-    p.add_argument("--integrator", default="multistep", choices=_Registry("integrators", "INTEGRATORS"), metavar="NAME",
+    p.add_argument("--integrator", default="multistep", choices=_Registry("core.integrators", "INTEGRATORS"), metavar="NAME",
                    help="the integrator the grid is tuned for (default multistep)")
     p.add_argument("--final-step", default=None, choices=("euler", "denoise"))
     p.add_argument("--diffusion-scale", type=float, default=None, metavar="LAMBDA",

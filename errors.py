@@ -1,10 +1,22 @@
-"""The one base of every refusal of user input, shared by every layer (imports nothing)."""
+"""Every error lazyflow raises on purpose, for all layers (imports nothing).
 
-__all__ = ["LazyflowError"]
+``LazyflowError`` is input that lazyflow refuses, with the reason; the command line prints it as one
+line on stderr and exits 2, and any other exception is a bug and keeps its traceback."""
+
+__all__ = ["LazyflowError", "SpecError", "ExpressionError", "SamplingError"]
 
 
 class LazyflowError(ValueError):
-    """Input that lazyflow refuses, with the reason (``lazyflow.derive`` and ``lazyflow.runtime`` alike).
+    """Input that lazyflow refuses, with the reason (``lazyflow.derive`` and ``lazyflow.runtime`` alike)."""
 
-    The command line prints these as one line on stderr and exits 2; any other exception is a bug
-    and keeps its traceback."""
+
+class SpecError(LazyflowError):
+    """A schedule specification, expression or request that the derivation engine refuses, with the reason."""
+
+
+class ExpressionError(SpecError):
+    """A user expression that cannot be accepted (syntax, unknown symbol or function, ...)."""
+
+
+class SamplingError(LazyflowError, RuntimeError):
+    """A sampling run that cannot go on or would return non-finite samples; the message names the step and time."""

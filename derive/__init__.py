@@ -6,7 +6,7 @@ The math behind every formula is in derive/MATH.md.
     (1 - t)/t
 """
 from .conversion import Conversion, convert
-from .errors import ExpressionError, LazyflowError, SpecError
+from ..errors import ExpressionError, LazyflowError, SpecError
 from .formulas import PREDICTIONS, Formulas, derive
 from .lazy import solve_lazy, solve_lazy_branches, solve_lazy_with_notes, zero_drift_residual
 from .parse import parse_expression

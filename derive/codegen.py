@@ -32,7 +32,7 @@ from sympy.printing.pytorch import TorchPrinter
 from sympy.printing.str import StrPrinter
 
 from .conversion import _S, _snr_inverse
-from .errors import SpecError
+from ..errors import SpecError
 from .formulas import PREDICTIONS, GaveUp, bounded, derive, run_budgeted, simplify
 from .limits import TimeLimit
 from .parse import parse_expression

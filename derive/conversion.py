@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
-from .errors import SpecError
+from ..errors import SpecError
 from .formulas import bounded, derive, run_budgeted, simplify
 from .limits import TimeLimit
 from .schedule import ScheduleSpec

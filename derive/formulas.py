@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import sympy as sp
 
-from .errors import SpecError
+from ..errors import SpecError
 from .limits import TimeLimit, call_with_time_limit, limits_by_signal, time_limit
 from .schedule import ScheduleSpec
 from .symbols import eta_X, eta_Z, m, t, v, x

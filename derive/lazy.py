@@ -32,7 +32,7 @@ import itertools
 import numpy as np
 import sympy as sp
 
-from .errors import SpecError
+from ..errors import SpecError
 from .formulas import derive, simplify
 from .limits import TimeLimit, call_with_time_limit
 from .parse import parse_expression

@@ -33,7 +33,7 @@ from typing import Mapping
 
 import sympy as sp
 
-from .errors import ExpressionError
+from ..errors import ExpressionError
 from .symbols import t
 
 __all__ = ["ExpressionError", "parse_expression", "ALLOWED_FUNCTIONS", "ALLOWED_CONSTANTS", "MAX_LENGTH",

@@ -20,7 +20,7 @@ from typing import Mapping
 
 import sympy as sp
 
-from .errors import SpecError
+from ..errors import SpecError
 from .parse import parse_expression
 from .symbols import t, v
 

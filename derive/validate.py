@@ -20,7 +20,7 @@ import mpmath
 import numpy as np
 import sympy as sp
 
-from .errors import SpecError
+from ..errors import SpecError
 from .formulas import GaveUp, bounded, derive, run_budgeted
 from .limits import TimeLimit
 from .schedule import ScheduleSpec

@@ -30,7 +30,7 @@ STYLES = ["-", "--", "-.", ":"]
 
 
 def _schedules(names: Sequence[str]):
-    from ..runtime.schedule import load_schedule
+    from ..runtime.core.schedule import load_schedule
 
     return [load_schedule(name) for name in names]
 
@@ -42,8 +42,8 @@ def _data_var(schedule) -> float:
 
 def plot_schedules(names: Sequence[str], source: str = "linear"):
     """alpha, beta, log snr, sigma, eps* and the time map and scale to ``source``: one panel each."""
-    from ..runtime.frames import conversion
-    from ..runtime.schedule import load_schedule
+    from ..runtime.core.frames import conversion
+    from ..runtime.core.schedule import load_schedule
 
     schedules, src = _schedules(names), load_schedule(source)
     ts = torch.linspace(1e-3, 1 - 1e-3, 400, dtype=torch.float64)
@@ -79,7 +79,7 @@ def plot_schedules(names: Sequence[str], source: str = "linear"):
 
 def _gmm_model():
     """The exact linear-schedule velocity of the 2D mixture in runtime.data.gmm_2d."""
-    from ..runtime.data import gmm_2d, gmm_velocity
+    from ..runtime.models.data import gmm_2d, gmm_velocity
 
     return gmm_velocity(*gmm_2d())
 
@@ -94,7 +94,7 @@ def _moons_model():
 def _trajectories(model, schedule, steps: int, n: int, seed: int, grid: str = "uniform"):
     """Euler(-Maruyama) paths in the schedule's own frame and the mean drift norm |b(t_k, x_k)| at each
     step, observed through the sampler's per-step callback."""
-    from ..runtime.sampler import sample
+    from ..runtime.core.sampler import sample
 
     times, path, drift_norm = [], [], []
 
@@ -169,8 +169,8 @@ def plot_samples(names: Sequence[str], nfes: Sequence[int], model: str = "digits
                  integrators: Sequence[str] = ("euler", "multistep-pc"), seed: int = 0):
     """Digit grids: rows = (schedule, integrator), columns = NFE, same seeds everywhere."""
     from ..runtime import models
-    from ..runtime.integrators import get_integrator
-    from ..runtime.sampler import sample
+    from ..runtime.core.integrators import get_integrator
+    from ..runtime.core.sampler import sample
 
     net = models.load(model)
     rows = [(name, integrator) for name in names for integrator in integrators]

@@ -1,10 +1,10 @@
 """Exact models for tests: Gaussian and Gaussian-mixture data have closed-form eta_X
-(the mixture's formula lives in lazyflow.runtime.data, shared with the figures)."""
+(the mixture's formula lives in lazyflow.runtime.models.data, shared with the figures)."""
 from __future__ import annotations
 
 import torch
 
-from lazyflow.runtime.data import gmm_eta_x, gmm_velocity
+from lazyflow.runtime.models.data import gmm_eta_x, gmm_velocity
 
 
 class GMMVelocity:

@@ -3,9 +3,9 @@ the real graph on a GPU (marked gpu)."""
 import pytest
 import torch
 
-import lazyflow.runtime.sampler as sampler
+import lazyflow.runtime.core.sampler as sampler
 from lazyflow import LazyflowError, sample
-from lazyflow.runtime.capture import _Rerun, clear_captures
+from lazyflow.runtime.core.capture import _Rerun, clear_captures
 
 LAYER = torch.nn.Linear(3, 3).double()
 

@@ -8,14 +8,14 @@ import textwrap
 import numpy as np
 import pytest
 
-from lazyflow.runtime.distributed import Ranks, share
+from lazyflow.runtime.core.distributed import Ranks, share
 
 SCRIPT = textwrap.dedent('''
     import sys
     import torch
     import torch.distributed as dist
     from lazyflow import sample
-    from lazyflow.runtime.sampler import sample_batches
+    from lazyflow.runtime.core.sampler import sample_batches
 
     def model(x, t, scale=None):   # element-wise, with per-sample conditioning
         out = -x * t.reshape(-1, 1)

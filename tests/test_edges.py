@@ -10,7 +10,7 @@ import sympy as sp
 import torch
 
 from lazyflow import sample
-from lazyflow.runtime.errors import SamplingError
+from lazyflow.errors import SamplingError
 from lazyflow.derive import SpecError, convert, derive, from_expressions, from_toml, preset, solve_lazy, validate
 from lazyflow.derive.codegen import kernel_name, render_kernel
 from lazyflow.derive.parse import ALLOWED_FUNCTIONS
@@ -43,7 +43,7 @@ FUNCTION_SCHEDULES = {
 }
 # the runtime generates a kernel with this command; rendering with it first makes the runtime's call a cache hit
 LAZY = ("sin", "erf", "sqrt")
-RUNTIME_COMMAND = "generated on first use from a ScheduleSpec (lazyflow.runtime.schedule)"
+RUNTIME_COMMAND = "generated on first use from a ScheduleSpec (lazyflow.runtime.core.schedule)"
 TIMES = [0.05, 0.3, 0.6, 0.9]
 
 
@@ -239,7 +239,7 @@ def test_score_vp_beta_max_2000_loads_and_samples(one_torch_thread):
     """score-vp with beta_max = 2000: snr = e^500 at t = 0 is out of float64 range, its log is not; the
     kernel's log snr, drift and parameterizations are finite inside and the digits model samples."""
     from lazyflow.runtime import models
-    from lazyflow.runtime.schedule import load_schedule
+    from lazyflow.runtime.core.schedule import load_schedule
 
     schedule = load_schedule("score-vp", beta_max=2000)
     times = [1e-3, 0.1, 0.355, 0.7, 0.99]
@@ -262,7 +262,7 @@ def test_exponential_of_a_pole_samples(one_torch_thread):
     """alpha = exp(-t/(1-t)) underflows and snr overflows before t = 1; the generated kernel's log snr
     and inverse stay finite, its values at t = 1 are the limits from inside, and the exact Gaussian
     model samples with variance 1."""
-    from lazyflow.runtime.schedule import load_schedule
+    from lazyflow.runtime.core.schedule import load_schedule
 
     spec = from_expressions("exp(-t/(1-t))", "1 - exp(-t/(1-t))", name="pole")
     schedule = load_schedule(spec)

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from lazyflow.cli import main
-from lazyflow.runtime import gmm
-from lazyflow.runtime.bench import OurMethod, run_quality_bench
-from lazyflow.runtime.gmm_metrics import (MixtureScorer, directions, mixture_fd, projection, sliced_wasserstein,
+from lazyflow.runtime.models import gmm
+from lazyflow.runtime.evaluation.bench import OurMethod, run_quality_bench
+from lazyflow.runtime.evaluation.gmm_metrics import (MixtureScorer, directions, mixture_fd, projection, sliced_wasserstein,
                                           weight_tv)
-from lazyflow.runtime.sampler import sample
-from lazyflow.runtime.schedule import load_schedule
+from lazyflow.runtime.core.sampler import sample
+from lazyflow.runtime.core.schedule import load_schedule
 
 from exact import gaussian_velocity
 
@@ -187,7 +187,7 @@ def test_sample_command_on_exact_models(tmp_path, capsys):
 
 
 def test_goals_markdown_checks_the_goals_and_calls_ties():
-    from lazyflow.runtime.bench import goals_markdown
+    from lazyflow.runtime.evaluation.bench import goals_markdown
 
     def row(method, peer, sde, budget, fd, **extra):
         return {"method": method, "peer": peer, "stochastic": sde, "budget": budget, "nfe": budget, "fd": fd, **extra}

@@ -9,7 +9,7 @@ import torch
 
 from lazyflow import sample
 from lazyflow.runtime import models
-from lazyflow.runtime.noise import CounterNormal
+from lazyflow.runtime.core.noise import CounterNormal
 
 pytestmark = pytest.mark.gpu
 

@@ -7,7 +7,7 @@ import torch
 
 from exact import GMMVelocity
 from lazyflow import INTEGRATORS, LazyflowError, sample
-from lazyflow.runtime.guidance import guided
+from lazyflow.runtime.models.guidance import guided
 
 F64 = torch.float64
 MEANS = torch.tensor([[-2.0, 0.5], [1.5, -1.0], [0.5, 2.0]], dtype=F64)

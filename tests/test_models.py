@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from lazyflow import sample
-from lazyflow.runtime import data, models
-from lazyflow.runtime.bench import our_methods, run_quality_bench
+from lazyflow.runtime import models
+from lazyflow.runtime.models import data
+from lazyflow.runtime.evaluation.bench import our_methods, run_quality_bench
 from lazyflow.cli import main
-from lazyflow.runtime.metrics import digits_fd, frechet_distance
+from lazyflow.runtime.evaluation.metrics import digits_fd, frechet_distance
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_bench_rows_count_real_evaluations():
 
 
 def test_training_is_deterministic(tmp_path):
-    from lazyflow.runtime.train import train_flow
+    from lazyflow.runtime.models.train import train_flow
 
     points = data.digits()[:64]
     first = train_flow(points, steps=5, batch=8, lr=1e-3, width=16, depth=2, time_freqs=2, ema=0.9, seed=3,

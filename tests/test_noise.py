@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lazyflow import sample
-from lazyflow.runtime.noise import _GOLDEN, CounterNormal, _mix, _signed, splitmix, standard_normal
+from lazyflow.runtime.core.noise import _GOLDEN, CounterNormal, _mix, _signed, splitmix, standard_normal
 
 
 def test_splitmix_matches_the_published_sequence():
@@ -35,7 +35,7 @@ def test_fixed_seed_regression_value():
 def test_values_follow_the_documented_construction():
     """key = mix(i G + mix(seed)) ^ mix(d G + D), word j = mix(key + j G), Box-Muller on its halves:
     recomputed with Python integers and math in float64."""
-    from lazyflow.runtime.noise import _DRAW_SALT
+    from lazyflow.runtime.core.noise import _DRAW_SALT
 
     seed, draw, mask = 7, 3, (1 << 64) - 1
     z = standard_normal(seed, range(3), draw, (5,)).double()

@@ -2,7 +2,7 @@
 import pytest
 
 from lazyflow.cli import main
-from lazyflow.runtime.overhead import FAMILIES, format_overhead, overhead_bench
+from lazyflow.runtime.evaluation.overhead import FAMILIES, format_overhead, overhead_bench
 
 
 def test_every_family_and_both_baselines_are_measured(one_torch_thread):

@@ -13,7 +13,7 @@ import lazyflow
 from lazyflow import LazyflowError, SamplingError, load_schedule, sample
 from lazyflow.cli import main
 from lazyflow.runtime import kernels
-from lazyflow.runtime.integrators import INTEGRATORS
+from lazyflow.runtime.core.integrators import INTEGRATORS
 
 from exact import GMMVelocity
 
@@ -64,7 +64,7 @@ def test_wheel_has_only_lazyflow_at_the_top(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {"lazyflow", wheel.name.split("-py3")[0] + ".dist-info"}
     for needed in ("lazyflow/__main__.py", "lazyflow/cli.py", "lazyflow/derive/codegen.py", "lazyflow/derive/MATH.md",
-                   "lazyflow/runtime/kernels/pointmass.py", "lazyflow/runtime/weights/digits.safetensors",
+                   "lazyflow/runtime/kernels/pointmass.py", "lazyflow/runtime/models/weights/digits.safetensors",
                    "lazyflow/figures/plots.py"):
         assert needed in names, needed
     assert not [n for n in names if n.startswith("lazyflow/tests") or n.endswith(".png")]
@@ -240,15 +240,15 @@ def test_emit_writes_where_told_and_never_overwrites(tmp_path, capsys, monkeypat
 
 def test_train_writes_to_the_current_directory(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    shipped = (ROOT / "runtime" / "weights" / "moons.safetensors").read_bytes()
+    shipped = (ROOT / "runtime" / "models" / "weights" / "moons.safetensors").read_bytes()
     assert main(["train", "moons", "--steps", "2"]) == 0
     assert (tmp_path / "moons.safetensors").is_file() and (tmp_path / "moons.json").is_file()
-    assert (ROOT / "runtime" / "weights" / "moons.safetensors").read_bytes() == shipped
+    assert (ROOT / "runtime" / "models" / "weights" / "moons.safetensors").read_bytes() == shipped
 
 
 def test_the_diffusers_alias_is_inert_until_used():
-    """``lazyflow.diffusers`` names ``lazyflow.runtime.pipelines``; tools that scan sys.modules for dunder
+    """``lazyflow.diffusers`` names ``lazyflow.runtime.integrations.diffusers``; tools that scan sys.modules for dunder
     attributes (inspect, pickle) must not import it (nor diffusers)."""
     alias = sys.modules["lazyflow.diffusers"]
     assert not hasattr(alias, "__file__")
-    assert "lazyflow.runtime.pipelines" not in sys.modules or hasattr(alias, "LazyFlowScheduler")
+    assert "lazyflow.runtime.integrations.diffusers" not in sys.modules or hasattr(alias, "LazyFlowScheduler")

@@ -18,9 +18,9 @@ from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipel
 
 from lazyflow import INTEGRATORS, LazyflowError, sample  # noqa: E402
 from lazyflow.diffusers import LazyFlowScheduler  # noqa: E402
-from lazyflow.runtime.adapters import from_diffusers_flow  # noqa: E402
-from lazyflow.runtime.guidance import guided  # noqa: E402
-from lazyflow.runtime.schedule import load_schedule  # noqa: E402
+from lazyflow.runtime.models.adapters import from_diffusers_flow  # noqa: E402
+from lazyflow.runtime.models.guidance import guided  # noqa: E402
+from lazyflow.runtime.core.schedule import load_schedule  # noqa: E402
 
 SCHEDULES = ("linear", "vp", "pointmass", "linear-sde")
 DETERMINISTIC = ("linear", "vp")
@@ -361,7 +361,7 @@ def test_a_lazyflow_grid_replaces_the_pipeline_sigmas(sd3):
 
 
 def test_a_grid_file_tuned_at_a_diffusion_scale_brings_its_scale(sd3, tmp_path):
-    from lazyflow.runtime.gridfile import TunedGrid, save_grid_file
+    from lazyflow.runtime.core.gridfile import TunedGrid, save_grid_file
 
     pipe, cond, latents = sd3
     times = tuple(float(v) for v in torch.linspace(0, 1, STEPS + 1, dtype=torch.float64) ** 0.8)
@@ -384,8 +384,8 @@ def test_diffusers_stays_optional():
     """Importing lazyflow (runtime, sampler, guidance, SiT, adapters) never imports diffusers; without
     diffusers, lazyflow.diffusers refuses with the install advice (one subprocess for both)."""
     code = ("import sys\n"
-            "import lazyflow, lazyflow.runtime, lazyflow.runtime.sampler, lazyflow.runtime.guidance\n"
-            "import lazyflow.runtime.sit, lazyflow.runtime.adapters\n"
+            "import lazyflow, lazyflow.runtime, lazyflow.runtime.core.sampler, lazyflow.runtime.models.guidance\n"
+            "import lazyflow.runtime.models.sit, lazyflow.runtime.models.adapters\n"
             "print('imported:', 'diffusers' in sys.modules)\n"
             "sys.modules['diffusers'] = None\n"
             "from lazyflow import LazyflowError\n"

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from lazyflow import LazyflowError, SamplingError, load_schedule, sample
-from lazyflow.runtime.frames import conversion
-from lazyflow.runtime.grids import make_grid
-from lazyflow.runtime.integrators import INTEGRATORS, build_plan
-from lazyflow.runtime.noise import standard_normal
+from lazyflow.runtime.core.frames import conversion
+from lazyflow.runtime.core.grids import make_grid
+from lazyflow.runtime.core.integrators import INTEGRATORS, build_plan
+from lazyflow.runtime.core.noise import standard_normal
 
 from exact import GMMVelocity, gaussian_velocity, rk4
 
@@ -408,7 +408,7 @@ def test_seed_and_shape_are_checked_before_running():
 
 
 def test_a_diverging_run_warns_with_the_step():
-    from lazyflow.runtime.sampler import SamplingWarning
+    from lazyflow.runtime.core.sampler import SamplingWarning
 
     with pytest.warns(SamplingWarning, match=r"first grew past that in step 2 \(t = 0.5 -> 0.75\)"):
         sample(lambda x, t: torch.where(t[:, None] > 0.3, 1e4 * torch.ones_like(x), -x), (4, 2), schedule="linear",

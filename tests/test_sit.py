@@ -9,8 +9,8 @@ import torch
 
 from lazyflow import LazyflowError, sample
 from lazyflow.cli import main
-from lazyflow.runtime.adapters import from_sit
-from lazyflow.runtime.sit import KINDS, SiT, build_sit, load_sit, save_sit, sincos_2d, sit_config
+from lazyflow.runtime.models.adapters import from_sit
+from lazyflow.runtime.models.sit import KINDS, SiT, build_sit, load_sit, save_sit, sincos_2d, sit_config
 
 SMALL = {"input_size": 8, "hidden_size": 32, "depth": 2, "num_heads": 4, "num_classes": 10}
 

@@ -9,13 +9,13 @@ import torch
 
 from lazyflow.cli import main
 from lazyflow.errors import LazyflowError
-from lazyflow.runtime import gmm
-from lazyflow.runtime.errors import SamplingError
-from lazyflow.runtime.gridfile import TunedGrid, load_grid_file, save_grid_file
-from lazyflow.runtime.grids import LogSNRRange, make_grid, parse_grid
-from lazyflow.runtime.sampler import sample
-from lazyflow.runtime.schedule import load_schedule
-from lazyflow.runtime.tune import logits_from_times, nelder_mead, times_from_logits, tune_grid
+from lazyflow.runtime.models import gmm
+from lazyflow.errors import SamplingError
+from lazyflow.runtime.core.gridfile import TunedGrid, load_grid_file, save_grid_file
+from lazyflow.runtime.core.grids import LogSNRRange, make_grid, parse_grid
+from lazyflow.runtime.core.sampler import sample
+from lazyflow.runtime.core.schedule import load_schedule
+from lazyflow.runtime.evaluation.tune import logits_from_times, nelder_mead, times_from_logits, tune_grid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -153,7 +153,7 @@ def test_tune_grid_refuses_bad_options():
 
 
 def test_bench_reports_tuned_rows_apart_and_runs_noise_models_on_an_open_grid(tmp_path):
-    from lazyflow.runtime.bench import OPEN_GRID, OurMethod, format_table, run_quality_bench
+    from lazyflow.runtime.evaluation.bench import OPEN_GRID, OurMethod, format_table, run_quality_bench
 
     path = tmp_path / "g.json"
     save_grid_file(tune_grid(gmm.load("gmm64"), model_name="gmm64", schedule="vp", integrator="euler", nfe=3,
@@ -181,7 +181,7 @@ def test_a_grid_tuned_at_a_diffusion_scale_runs_at_it_in_sample_and_the_bench(tm
     and the bench's tuned row run at it, and the row's sample_args reproduce its samples bit for bit."""
     import numpy as np
 
-    from lazyflow.runtime.bench import OurMethod, run_quality_bench
+    from lazyflow.runtime.evaluation.bench import OurMethod, run_quality_bench
 
     path = tmp_path / "sde.json"
     assert main(["tune-grid", "--model", "gmm64", "--nfe", "3", "--schedule", "linear-sde", "--diffusion-scale", "0.5",

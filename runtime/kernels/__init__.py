@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Optional, Protocol, get_type_hints
 
-from ..errors import LazyflowError
+from ...errors import LazyflowError
 
 __all__ = ["Kernel", "KernelError", "FORMAT", "shipped", "load_shipped", "load_file", "check"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .errors import LazyflowError
+from ...errors import LazyflowError
 
 __all__ = ["Ranks", "ranks_of", "share", "gather", "gather_batches", "launched_by_torchrun", "local_device"]
 

@@ -4,7 +4,7 @@ lazyflow's convention: t in [0, 1] from noise (0) to data (1), I_t = alpha_t Z +
 network output is the named ``prediction`` in that time.  SiT and flow_matching models already use
 this direction (they call the data coefficient alpha and the noise one sigma): pass them as they are,
 except that a SiT with ``learn_sigma`` returns twice the channels: :func:`from_sit` keeps the velocity.
-Classifier-free guidance wraps any of these models: :func:`lazyflow.runtime.guidance.guided`.
+Classifier-free guidance wraps any of these models: :func:`lazyflow.runtime.models.guidance.guided`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import LazyflowError
+from ...errors import LazyflowError
 
 __all__ = ["from_diffusers_flow", "from_sit"]
 

@@ -29,7 +29,7 @@ from typing import Callable, Generator, NamedTuple
 import numpy as np
 import torch
 
-from .errors import LazyflowError, SamplingError
+from ...errors import LazyflowError, SamplingError
 from .frames import Frame, frame
 from .schedule import Schedule
 

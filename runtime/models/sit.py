@@ -11,7 +11,7 @@ guidance (``y_embedder.embedding_table``).  N adaLN-Zero blocks follow: from c, 
 gives shift, scale and gate for the attention and the MLP branches (x + gate * branch(LN(x) (1 + scale)
 + shift)); the final layer modulates once more and projects each token back to p x p x C_out
 (``final_layer``).  With ``learn_sigma`` C_out = 2 C (DiT's learned variance, kept in SiT's checkpoints);
-the velocity is the first C channels (:func:`lazyflow.runtime.adapters.from_sit`).
+the velocity is the first C channels (:func:`lazyflow.runtime.models.adapters.from_sit`).
 
 Time: SiT's t runs from noise (0) to data (1) and its output is the velocity: lazyflow's convention,
 source schedule ``linear``.  Sizes (depth, width, heads): S (12, 384, 6), B (12, 768, 12),
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import LazyflowError
+from ...errors import LazyflowError
 
 __all__ = ["SiT", "SIZES", "KINDS", "sit_config", "build_sit", "load_sit", "save_sit", "read_state_dict"]
 

@@ -3,7 +3,7 @@ as a CUDA graph and replayed for every chunk, so that a small model pays no per-
 
 The loop qualifies because it has no host synchronisation and no branch on tensor values: the
 coefficient tables are built before it, the noise is a pure function of device-resident keys
-(:class:`~lazyflow.runtime.noise.CounterNormal`), and the finite checks are device flags read after
+(:class:`~lazyflow.runtime.core.noise.CounterNormal`), and the finite checks are device flags read after
 it.  A capture holds static buffers (the start state, the noise keys, the per-sample conditioning);
 each chunk copies its values into them and replays.  Captures are cached per (model, plan, chunk
 shape, dtype, device), so repeated ``sample(..., capture=True)`` calls with the same settings replay
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import LazyflowError
+from ...errors import LazyflowError
 
 __all__ = ["Captured", "captured_loop", "clear_captures"]
 

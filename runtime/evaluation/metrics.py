@@ -6,9 +6,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from . import data
-from .errors import LazyflowError
-from .models import load_classifier
+from ..models import data
+from ...errors import LazyflowError
+from ..models.embedded import load_classifier
 
 __all__ = ["frechet_distance", "digits_fd", "feature_stats", "split_floor", "bootstrap_floor"]
 

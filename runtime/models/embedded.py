@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import LazyflowError
+from ...errors import LazyflowError
 
 __all__ = ["VelocityMLP", "Classifier", "load", "load_classifier", "save", "WEIGHTS", "EMBEDDED"]
 
@@ -105,11 +105,11 @@ def _from_safetensors(path: Path) -> nn.Module:
 
 def load(name_or_path: str | Path) -> nn.Module:
     """The embedded model by name (``digits``), an exact mixture (``gmm64``, ``gmm4096``: see
-    :mod:`lazyflow.runtime.gmm`) or a model file (.safetensors + .json, or TorchScript .pt)."""
+    :mod:`lazyflow.runtime.models.gmm`) or a model file (.safetensors + .json, or TorchScript .pt)."""
     text = str(name_or_path)
     from . import gmm
 
-    if text in gmm.NAMES:   # an exact Gaussian-mixture model (lazyflow.runtime.gmm), no weights
+    if text in gmm.NAMES:   # an exact Gaussian-mixture model (lazyflow.runtime.models.gmm), no weights
         return gmm.load(text)
     if text in EMBEDDED:
         return _from_safetensors(WEIGHTS / f"{text}.safetensors")

@@ -5,7 +5,7 @@
                                                    integrator="multistep-pc")
 
 The scheduler drives the same integrator loop as :func:`lazyflow.sample` (the generator loops of
-:mod:`lazyflow.runtime.integrators`): ``set_timesteps`` builds the plan and each ``step`` is one
+:mod:`lazyflow.runtime.core.integrators`): ``set_timesteps`` builds the plan and each ``step`` is one
 network call that the pipeline made; nothing of the integrators is re-implemented here.
 
 Times.  The network is a linear-schedule flow model (diffusers' x_sigma = (1 - sigma) X + sigma Z, so
@@ -32,7 +32,7 @@ A run that starts below sigma = 1 (img2img, ``strength`` < 1) starts from c(t_0)
 the point mass included (its state at t_0 > 0 is an ordinary noisy state).
 
 Noise.  Pipelines call ``step`` without a generator; in a stochastic schedule, step k of sample i uses
-draw 1 + k of :class:`~lazyflow.runtime.noise.CounterNormal` (``seed`` in the config, or
+draw 1 + k of :class:`~lazyflow.runtime.core.noise.CounterNormal` (``seed`` in the config, or
 :meth:`LazyFlowScheduler.set_seed`), drawn on the latents' device as :func:`lazyflow.sample` draws it
 with ``initial=latents``, so a run in a pipeline equals ``sample(..., seed=seed, initial=latents)`` on
 the same model.
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import LazyflowError
+from ...errors import LazyflowError
 
 try:
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -58,12 +58,12 @@ except ImportError as _err:  # diffusers is an optional extra
     raise LazyflowError("lazyflow.diffusers (LazyFlowScheduler) needs diffusers, an optional extra: "
                         "pip install 'lazyflow[peers]' (or pip install diffusers)") from _err
 
-from .gridfile import load_grid_file
-from .grids import GRIDS, make_grid, parse_grid
-from .integrators import FINAL_STEPS, Plan, build_plan, get_integrator
-from .noise import CounterNormal
-from .sampler import _affine, _step_noise, _two_point
-from .schedule import Schedule, load_schedule
+from ..core.gridfile import load_grid_file
+from ..core.grids import GRIDS, make_grid, parse_grid
+from ..core.integrators import FINAL_STEPS, Plan, build_plan, get_integrator
+from ..core.noise import CounterNormal
+from ..core.sampler import _affine, _step_noise, _two_point
+from ..core.schedule import Schedule, load_schedule
 
 __all__ = ["LazyFlowScheduler", "LazyFlowSchedulerOutput", "SOURCE"]
 

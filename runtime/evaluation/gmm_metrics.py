@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import LazyflowError
-from .gmm import GaussianMixture
+from ...errors import LazyflowError
+from ..models.gmm import GaussianMixture
 from .metrics import frechet_distance
 
 __all__ = ["projection", "mixture_fd", "sliced_wasserstein", "weight_tv", "MixtureScorer", "PROJECTED_DIM",

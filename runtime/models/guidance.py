@@ -11,7 +11,7 @@ any of them guides eta_X the same way.  NFE counts network calls: a guided call 
 batch (twice the work of a plain call); outside the guidance ``interval`` a call is one plain
 conditional call on the undoubled batch.
 
-    >>> from lazyflow.runtime.guidance import guided
+    >>> from lazyflow.runtime.models.guidance import guided
     >>> model = guided(from_sit(net), 1.5, null={"y": 1000}, interval=(0.0, 0.7))
     >>> x = sample(model, (8, 4, 32, 32), model_kwargs={"y": labels}, schedule="pointmass", steps=8)
 """
@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .errors import LazyflowError
+from ...errors import LazyflowError
 
 __all__ = ["guided", "Guided"]
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import LazyflowError
+from ...errors import LazyflowError
 
 __all__ = ["TunedGrid", "load_grid_file", "save_grid_file", "FORMAT"]
 

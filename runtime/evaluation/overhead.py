@@ -17,8 +17,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .integrators import INTEGRATORS
-from .models import VelocityMLP
+from ..core.integrators import INTEGRATORS
+from ..models.embedded import VelocityMLP
 
 __all__ = ["ConvNet", "FAMILIES", "MODELS", "overhead_bench", "format_overhead"]
 
@@ -54,8 +54,8 @@ FAMILIES = {
 def _transformer(device: torch.device) -> tuple[nn.Module, str]:
     """SiT-XL/2 (28 blocks, width 1152, 16 heads, 256 tokens of 4x32x32 latents) in bf16 on a GPU; on the
     CPU the same architecture at width 128, 2 blocks, 2 heads (so that a batch finishes in a minute)."""
-    from .adapters import from_sit
-    from .sit import build_sit
+    from ..models.adapters import from_sit
+    from ..models.sit import build_sit
 
     if device.type == "cuda":
         net, label = build_sit("sit-xl/2", learn_sigma=False).to(device, torch.bfloat16), "SiT-XL/2 bf16"
@@ -72,7 +72,7 @@ MODELS = ("mlp", "convnet", "sit")
 
 def _models(device: torch.device, names: list[str]) -> dict[str, tuple[nn.Module, str]]:
     """name -> (model, label); the transformer takes class labels ``y``."""
-    from .errors import LazyflowError
+    from ...errors import LazyflowError
 
     out = {}
     for name in names:
@@ -136,7 +136,7 @@ def overhead_bench(device: str | None = None, models: tuple[str, ...] = ("mlp", 
     """Rows (model, batch, runner) with median seconds per run and overhead against bare calls.
     The transformer runs at batches 8 and 64 only; ``capture`` rows need CUDA, ``compile`` rows cost
     the compilation once (not timed)."""
-    from .sampler import sample
+    from ..core.sampler import sample
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = []

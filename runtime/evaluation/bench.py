@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from .integrators import INTEGRATORS
+from ..core.integrators import INTEGRATORS
 
 __all__ = ["CountingModel", "OurMethod", "our_methods", "run_quality_bench", "format_table", "best_by_kind",
            "goals_markdown", "sample_args", "BENCH_SCHEDULES", "REFERENCES"]
@@ -56,7 +56,7 @@ class OurMethod:
 
     def target(self):
         """The schedule this method integrates in, with its diffusion scale."""
-        from .schedule import load_schedule
+        from ..core.schedule import load_schedule
 
         schedule = load_schedule(self.schedule)
         return schedule if self.diffusion == 1 else schedule.with_diffusion_scale(self.diffusion)
@@ -109,7 +109,7 @@ OPEN_REFERENCE_GRID = "logsnr-open:-12,12"
 def open_start(methods: list["OurMethod"]) -> list["OurMethod"]:
     """Each method on :data:`OPEN_GRID` (once per schedule, integrator and final step); point-mass methods are
     left out (a point mass starts at snr = 0, where a noise or score model says nothing)."""
-    from .schedule import load_schedule
+    from ..core.schedule import load_schedule
 
     out: dict = {}
     for method in methods:
@@ -174,16 +174,18 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
     """Every method at every NFE budget on ``n`` samples, with floors and converged ODE and SDE references.
 
     ``digits``: FD in the classifier's features against the digits dataset.  ``gmm64``/``gmm4096``: the
-    exact mixtures (:mod:`lazyflow.runtime.gmm`) seen through ``prediction`` (velocity, x, noise, score),
-    scored by fd, sw and weight_tv (:mod:`lazyflow.runtime.gmm_metrics`).  ``methods`` replaces the method
+    exact mixtures (:mod:`lazyflow.runtime.models.gmm`) seen through ``prediction`` (velocity, x, noise, score),
+    scored by fd, sw and weight_tv (:mod:`lazyflow.runtime.evaluation.gmm_metrics`).  ``methods`` replaces the method
     list; ``on_samples(row, samples)`` sees every run's samples (rows of ours carry ``sample_args``).
     Noise and score predictions run on :data:`OPEN_GRID` (see :func:`open_start`).  ``grid_files``: tuned
     grids (``lazyflow tune-grid``), each scored at its own NFE beside its untuned starting grid, in
     ``result["tuned_rows"]`` (kept out of ``rows``: tuned rows are reported separately)."""
     import torch
 
-    from . import gmm, models
-    from .errors import LazyflowError
+    from ..models import gmm
+
+    from .. import models
+    from ...errors import LazyflowError
     from .peers import available_peers
 
     exact = model_name in gmm.NAMES
@@ -258,8 +260,8 @@ class _Runner:
         return scores[self.scorer.metrics[0]], scores, ""
 
     def one(self, method: OurMethod, steps: int, budget: int) -> dict:
-        from .errors import LazyflowError
-        from .sampler import sample
+        from ...errors import LazyflowError
+        from ..core.sampler import sample
 
         counter = CountingModel(self.model)
         start = time.perf_counter()
@@ -278,8 +280,8 @@ class _Runner:
 
     def tuned(self, path: str, model_name: str, prediction: str, log) -> dict:
         """A tuned grid file's row at its own NFE, with the untuned starting grid's scores beside it."""
-        from .errors import LazyflowError
-        from .gridfile import load_grid_file
+        from ...errors import LazyflowError
+        from ..core.gridfile import load_grid_file
 
         grid = load_grid_file(path)
         if (grid.model, grid.prediction) != (model_name, prediction):
@@ -315,7 +317,7 @@ class _Runner:
         """The installed peers on the velocity ``model``, each from our first noise draw (paired)."""
         import torch
 
-        from .noise import standard_normal
+        from ..core.noise import standard_normal
         from .peers import available_peers
 
         n, rows = self.shape[0], []

@@ -4,7 +4,7 @@ Grids: ``uniform`` in t; ``source``, uniform in the source schedule's time; ``lo
 ``logsnr:FIRST,LAST`` and ``logsnr-open:FIRST,LAST`` (:class:`LogSNRRange`), uniform in log snr with the first
 and last log snr chosen (the open form starts at t_0 > 0, which noise and score models need);
 ``edm``, Karras et al.'s rho-spacing of the noise level 1/snr; a tuned grid (:class:`TunedGrid` or the path
-of its ``.json`` file, :mod:`lazyflow.runtime.gridfile`); or an explicit sequence.
+of its ``.json`` file, :mod:`lazyflow.runtime.core.gridfile`); or an explicit sequence.
 Log-snr values are frame-invariant (snr_target(t) = snr_source(tau(t))), so a logsnr or edm grid
 calls the model at the same source times whatever the target schedule.
 """
@@ -18,7 +18,7 @@ from typing import Sequence, Union
 
 import torch
 
-from .errors import LazyflowError
+from ...errors import LazyflowError
 from .gridfile import TunedGrid, load_grid_file
 from .schedule import Schedule
 

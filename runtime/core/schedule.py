@@ -21,8 +21,8 @@ from typing import Any, Mapping
 
 import torch
 
-from . import kernels
-from .errors import LazyflowError
+from .. import kernels
+from ...errors import LazyflowError
 
 __all__ = ["Schedule", "ScheduleValues", "load_schedule", "cache_dir", "invert_log_snr"]
 
@@ -263,7 +263,7 @@ def load_schedule(schedule: Any, /, **params: float) -> Schedule:
     elif isinstance(schedule, (str, os.PathLike)):
         resolved = _from_text(str(schedule))
     elif isinstance(schedule, Mapping):
-        from ..derive import from_expressions  # SymPy, only for expression schedules
+        from ...derive import from_expressions  # SymPy, only for expression schedules
 
         extra = sorted(set(schedule) - {"alpha", "beta", "sigma", "params", "name", "data_var"})
         if extra or not {"alpha", "beta"} <= set(schedule):
@@ -288,7 +288,7 @@ def _from_text(text: str) -> Schedule:
     if text.endswith(".toml"):
         if not Path(text).is_file():
             raise LazyflowError(f"schedule file {text!r} does not exist")
-        from ..derive import from_toml  # SymPy, only for TOML schedules
+        from ...derive import from_toml  # SymPy, only for TOML schedules
 
         return _generated(from_toml(text), text)
     module = _module_name(text)
@@ -300,13 +300,13 @@ def _from_text(text: str) -> Schedule:
 
 def _generated(spec, origin: str) -> Schedule:
     """The cached kernel of ``spec``, generated on first use."""
-    from ..derive.codegen import kernel_name, render_kernel, spec_key
+    from ...derive.codegen import kernel_name, render_kernel, spec_key
 
     path = cache_dir() / f"{kernel_name(spec.name)}_{spec_key(spec)}.py"
     if not path.is_file():
         start = time.perf_counter()
         text = render_kernel(spec, name=kernel_name(spec.name),
-                             command=f"generated on first use from {origin} (lazyflow.runtime.schedule)")
+                             command=f"generated on first use from {origin} (lazyflow.runtime.core.schedule)")
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         partial.write_text(text)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import LazyflowError
+from ...errors import LazyflowError
 
 __all__ = ["GaussianMixture", "ExactMixtureModel", "mixture", "load", "NAMES", "PREDICTIONS"]
 
@@ -135,7 +135,7 @@ class ExactMixtureModel(nn.Module):
     def __init__(self, mixture: GaussianMixture, data_shape: tuple[int, ...], name: str, source="linear",
                  prediction: str = "velocity"):
         super().__init__()
-        from .schedule import load_schedule
+        from ..core.schedule import load_schedule
 
         if prediction not in PREDICTIONS:
             raise LazyflowError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")

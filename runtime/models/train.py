@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from . import data
-from .models import Classifier, VelocityMLP, save
-from .progress import progress_bar
+from .embedded import Classifier, VelocityMLP, save
+from ..core.progress import progress_bar
 
 __all__ = ["train_flow", "train_digits", "train_moons", "train_classifier", "DIGITS_RECIPE", "MOONS_RECIPE"]
 

@@ -30,11 +30,11 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import LazyflowError, SamplingError
-from .gridfile import TunedGrid
-from .grids import GridSpec, make_grid
-from .integrators import get_integrator
-from .schedule import Schedule, load_schedule
+from ...errors import LazyflowError, SamplingError
+from ..core.gridfile import TunedGrid
+from ..core.grids import GridSpec, make_grid
+from ..core.integrators import get_integrator
+from ..core.schedule import Schedule, load_schedule
 
 __all__ = ["tune_grid", "grid_loss", "times_from_logits", "logits_from_times", "nelder_mead", "reference_samples"]
 
@@ -113,7 +113,7 @@ def reference_samples(model, shape: tuple[int, ...], target: Schedule, source: S
     """End points of the probability-flow ODE from the initial noise of ``seed``: Heun on ``steps`` steps
     uniform in the source's time from the source time of t_0's log snr to 1, in the frame of ``target`` when
     it is deterministic (so that the start alpha(t_0) Z is the same point), else of ``source``."""
-    from .sampler import sample
+    from ..core.sampler import sample
 
     frame = target if not target.stochastic else (source if not source.stochastic else load_schedule("linear"))
     lam0 = target.log_snr(torch.tensor([t0], dtype=torch.float64))
@@ -147,9 +147,9 @@ def tune_grid(model, *, model_name: str = "", schedule: Any = "pointmass", sourc
               reference_steps: int = 200, max_evals: int = 400, directions: int = 128,
               log: Callable[[str], None] | None = None) -> TunedGrid:
     """Fit the interior times of a grid for ``integrator`` at ``nfe`` network evaluations (see the module's
-    docstring); returns the :class:`TunedGrid` (save it with :func:`lazyflow.runtime.gridfile.save_grid_file`).
+    docstring); returns the :class:`TunedGrid` (save it with :func:`lazyflow.runtime.core.gridfile.save_grid_file`).
     ``init`` is the starting grid (its first and last times are kept)."""
-    from .sampler import sample
+    from ..core.sampler import sample
 
     start = time.perf_counter()
     target, src = load_schedule(schedule), load_schedule(source)

@@ -1,7 +1,7 @@
 """``sample``: run a pretrained model under any schedule.
 
 The model was trained on a ``source`` schedule; the run integrates in the ``schedule`` frame with one
-of the registered integrators (:mod:`lazyflow.runtime.integrators`).  Each step is one affine update
+of the registered integrators (:mod:`lazyflow.runtime.core.integrators`).  Each step is one affine update
 from a coefficient table built before the loop, so the loop has no host synchronisation and no
 branching on tensor values; NaN or inf from the model is reported after the loop, naming the step.
 """
@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .errors import LazyflowError, SamplingError
+from ...errors import LazyflowError, SamplingError
 from .grids import GridSpec, make_grid
 from .integrators import Call, Callback, Plan, build_plan, drive, get_integrator
 from .capture import captured_loop
@@ -227,9 +227,9 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
     noise of its first step.  Without it the draws come from ``seed``.
 
     Noise: draw d of sample i (d = 0 the start, d = 1 + k step k's increment) is drawn on ``device``
-    when the step needs it, a pure function of (seed, i, d) (:mod:`lazyflow.runtime.noise`), so samples
+    when the step needs it, a pure function of (seed, i, d) (:mod:`lazyflow.runtime.core.noise`), so samples
     do not depend on ``batch_size``, chunking or the number of processes.  ``noise`` replaces the
-    default :class:`~lazyflow.runtime.noise.CounterNormal` factory: ``noise(seed, indices, data_shape,
+    default :class:`~lazyflow.runtime.core.noise.CounterNormal` factory: ``noise(seed, indices, data_shape,
     device=..., dtype=...)`` returns ``draw -> tensor (len(indices), *data_shape)``.
 
     ``compile=True`` runs each step's noise draw and affine updates through ``torch.compile``d kernels
@@ -238,11 +238,11 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
     noise of large CPU batches) and costs the compilation (seconds) on the first run; it does not pay
     on the CPU for small states.  ``capture=True`` (CUDA only) records the whole loop, model included,
     as a CUDA graph on the first chunk and replays it for the others and for later calls with the same
-    settings (:mod:`lazyflow.runtime.capture`): for small models whose time is launch overhead.
+    settings (:mod:`lazyflow.runtime.core.capture`): for small models whose time is launch overhead.
 
     ``distributed``: ``True`` (the default process group, joined from torchrun's environment if
     needed) or a process group: this rank yields only its contiguous share of the indices
-    (:mod:`lazyflow.runtime.distributed`); :func:`sample` gathers all of them on every rank."""
+    (:mod:`lazyflow.runtime.core.distributed`); :func:`sample` gathers all of them on every rank."""
     target, src = load_schedule(schedule), load_schedule(source)
     method = get_integrator(integrator)
     try:

@@ -1,0 +1,1 @@
+"""Measuring samplers: the quality bench, the overhead bench, metrics, the peers' samplers and the grid tuner."""

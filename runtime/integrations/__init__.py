@@ -1,0 +1,1 @@
+"""lazyflow inside other libraries' pipelines (diffusers)."""
