@@ -17,9 +17,12 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import LazyflowError
+
+if TYPE_CHECKING:
+    from .schedule import Schedule
 
 __all__ = ["TunedGrid", "load_grid_file", "save_grid_file", "FORMAT"]
 
@@ -51,6 +54,18 @@ class TunedGrid:
     def base_schedule(self) -> str:
         """The schedule string without its diffusion scale (``linear-sde(diffusion*0.25)`` -> ``linear-sde``)."""
         return _base_and_scale(self.schedule)[0]
+
+    def schedule_for(self, target: "Schedule", *, scale_given: bool) -> "Schedule":
+        """The schedule a run on this grid integrates in: ``target`` at the diffusion scale the grid was
+        tuned at, unless the caller gave a scale of its own (``scale_given``); refused when the grid's
+        times are not times of that schedule.  The one rule for ``sample``, the CLI, the scheduler and
+        the bench."""
+        if not scale_given and self.diffusion_scale != 1 and self.base_schedule == target.describe():
+            target = target.with_diffusion_scale(self.diffusion_scale)
+        if self.schedule != target.describe():
+            raise LazyflowError(f"{self.describe()}: its times are times of {self.schedule}, not of "
+                                f"{target.describe()}; sample with schedule {self.schedule!r} or tune a grid for it")
+        return target
 
     def describe(self) -> str:
         return (f"tuned grid {self.path or '(in memory)'}: {self.steps} steps of {self.schedule} for {self.integrator} "

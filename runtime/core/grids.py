@@ -116,9 +116,7 @@ def make_grid(target: Schedule, source: Schedule, steps: int, grid: GridSpec = "
                                 "logsnr-open:FIRST,LAST, a tuned grid's .json file or a sequence of times")
         grid = GRIDS.get(grid, grid) if isinstance(grid, str) else grid
     if isinstance(grid, TunedGrid):
-        if grid.schedule != target.describe():
-            raise LazyflowError(f"{grid.describe()}: its times are times of {grid.schedule}, not of "
-                                f"{target.describe()}; sample with schedule {grid.schedule!r} or tune a grid for it")
+        grid.schedule_for(target, scale_given=True)   # refused unless these are times of target
         if grid.steps != steps:
             raise LazyflowError(f"{grid.describe()}: it has {grid.steps} steps, not {steps}; use steps={grid.steps}")
         grid = list(grid.times)

@@ -139,11 +139,7 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
             tuned = parse_grid(grid)
             if isinstance(tuned, str):   # a tuned grid file: read (and checked) now, used by set_timesteps
                 tuned = load_grid_file(tuned)
-                if diffusion_scale == 1 and tuned.diffusion_scale != 1 and tuned.base_schedule == self.target.describe():
-                    self.target = self.target.with_diffusion_scale(tuned.diffusion_scale)   # the file's own scale
-                if tuned.schedule != self.target.describe():
-                    raise LazyflowError(f"{tuned.describe()}: its times are times of {tuned.schedule}, not of "
-                                        f"{self.target.describe()}")
+                self.target = tuned.schedule_for(self.target, scale_given=diffusion_scale != 1)
             if getattr(tuned, "open", False) or getattr(tuned, "times", (0.0,))[0] > 0:
                 raise LazyflowError(f"grid {grid!r} starts after t = 0: a pipeline starts from pure noise, so its "
                                     "grid must start at 0 (use logsnr:FIRST,LAST)")
