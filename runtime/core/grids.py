@@ -104,49 +104,92 @@ def parse_grid(text: str) -> GridSpec:
 def make_grid(target: Schedule, source: Schedule, steps: int, grid: GridSpec = "uniform") -> torch.Tensor:
     """An increasing float64 CPU tensor of ``steps + 1`` times of ``target`` from the start (0) to 1
     (MATH.md §7); ``source`` is the model's schedule (for the ``source`` grid)."""
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise LazyflowError(f"steps must be an integer >= 1, got {steps!r}")
-    steps = int(steps)
-    if isinstance(grid, os.PathLike) or (isinstance(grid, str) and grid.strip().endswith(".json")):
-        grid = load_grid_file(grid)
-    elif isinstance(grid, str):
-        grid = parse_grid(grid)
-        if isinstance(grid, str) and grid not in GRIDS:
-            raise LazyflowError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}, logsnr:FIRST,LAST, "
-                                "logsnr-open:FIRST,LAST, a tuned grid's .json file or a sequence of times")
-        grid = GRIDS.get(grid, grid) if isinstance(grid, str) else grid
+    steps = _checked_steps(steps)
+    grid = _resolve_spec(grid)
     if isinstance(grid, TunedGrid):
-        grid.schedule_for(target, scale_given=True)   # refused unless these are times of target
-        if grid.steps != steps:
-            raise LazyflowError(f"{grid.describe()}: it has {grid.steps} steps, not {steps}; use steps={grid.steps}")
-        grid = list(grid.times)
+        grid = _tuned_times(grid, target, steps)
     if isinstance(grid, LogSNRRange):
-        count = steps if grid.open else steps - 1
-        lam = torch.linspace(grid.first, grid.last, count, dtype=torch.float64) if count > 1 else \
-            torch.full((count,), grid.first, dtype=torch.float64)
-        inner = target.time_of_log_snr(lam)
-        head = [] if grid.open else [torch.zeros(1, dtype=torch.float64)]
-        times = torch.cat([*head, inner, torch.ones(1, dtype=torch.float64)])
-        if not torch.isfinite(times).all() or (times[1:] <= times[:-1]).any():
-            raise LazyflowError(f"grid {grid}: the log snrs {grid.first:g}..{grid.last:g} give times "
-                                f"{times.tolist()} on {target.describe()}, not strictly inside (0, 1); narrow the range")
-        grid = times
+        grid = _log_snr_range_times(grid, target, steps)
     if isinstance(grid, Uniform):
         return torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     if isinstance(grid, (LogSNR, EDM, SourceUniform)):
-        if isinstance(grid, SourceUniform):
-            lam = source.log_snr(torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64))
-        elif isinstance(grid, LogSNR):
-            if not grid.lo < grid.hi:
-                raise LazyflowError(f"logsnr grid needs lo < hi, got {grid}")
-            lam = torch.linspace(grid.lo, grid.hi, steps + 1, dtype=torch.float64)
-        else:
-            k = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-            s = (grid.sigma_max ** (1 / grid.rho) + k * (grid.sigma_min ** (1 / grid.rho) - grid.sigma_max ** (1 / grid.rho))) ** grid.rho
-            lam = -torch.log(s)
-        times = target.time_of_log_snr(lam)
-        times[0], times[-1] = 0.0, 1.0
-        return times
+        return _times_at_log_snrs(target, _spaced_log_snrs(grid, source, steps))
+    return _checked_explicit_times(grid, target, steps)
+
+
+def _checked_steps(steps: int) -> int:
+    """``steps`` as a plain int, refused unless it is an integer >= 1 (a bool is not a step count)."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise LazyflowError(f"steps must be an integer >= 1, got {steps!r}")
+    return int(steps)
+
+
+def _resolve_spec(grid: GridSpec) -> GridSpec:
+    """Text and paths made into grids: a ``.json`` path is loaded as a :class:`TunedGrid`, other text is read
+    by :func:`parse_grid` and a name becomes its :data:`GRIDS` entry; anything else is returned as given."""
+    if isinstance(grid, os.PathLike) or (isinstance(grid, str) and grid.strip().endswith(".json")):
+        return load_grid_file(grid)
+    if not isinstance(grid, str):
+        return grid
+    grid = parse_grid(grid)
+    if isinstance(grid, str) and grid not in GRIDS:
+        raise LazyflowError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}, logsnr:FIRST,LAST, "
+                            "logsnr-open:FIRST,LAST, a tuned grid's .json file or a sequence of times")
+    return GRIDS.get(grid, grid) if isinstance(grid, str) else grid
+
+
+def _tuned_times(grid: TunedGrid, target: Schedule, steps: int) -> list[float]:
+    """A tuned grid's times, refused unless they are times of ``target`` and it has ``steps`` steps."""
+    grid.schedule_for(target, scale_given=True)   # refused unless these are times of target
+    if grid.steps != steps:
+        raise LazyflowError(f"{grid.describe()}: it has {grid.steps} steps, not {steps}; use steps={grid.steps}")
+    return list(grid.times)
+
+
+def _log_snr_range_times(grid: LogSNRRange, target: Schedule, steps: int) -> torch.Tensor:
+    """t_j = t(lam_j), lam_j = first + j (last - first) / (M - 1) for j = 0..M-1 (M = steps when open, else
+    steps - 1 behind t_0 = 0), then t_N = 1; refused unless finite and strictly increasing."""
+    count = steps if grid.open else steps - 1
+    lam = torch.linspace(grid.first, grid.last, count, dtype=torch.float64) if count > 1 else \
+        torch.full((count,), grid.first, dtype=torch.float64)
+    inner = target.time_of_log_snr(lam)
+    head = [] if grid.open else [torch.zeros(1, dtype=torch.float64)]
+    times = torch.cat([*head, inner, torch.ones(1, dtype=torch.float64)])
+    if not torch.isfinite(times).all() or (times[1:] <= times[:-1]).any():
+        raise LazyflowError(f"grid {grid}: the log snrs {grid.first:g}..{grid.last:g} give times "
+                            f"{times.tolist()} on {target.describe()}, not strictly inside (0, 1); narrow the range")
+    return times
+
+
+def _spaced_log_snrs(grid: Union[LogSNR, EDM, SourceUniform], source: Schedule, steps: int) -> torch.Tensor:
+    """The ``steps + 1`` log snrs of a spaced grid: lam_k = log snr_source(k / N) (source), lo + k (hi - lo) / N
+    (logsnr), or -log sigma_k with sigma_k the EDM noise levels."""
+    if isinstance(grid, SourceUniform):
+        return source.log_snr(torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64))
+    if isinstance(grid, LogSNR):
+        if not grid.lo < grid.hi:
+            raise LazyflowError(f"logsnr grid needs lo < hi, got {grid}")
+        return torch.linspace(grid.lo, grid.hi, steps + 1, dtype=torch.float64)
+    return -torch.log(_edm_noise_levels(grid, steps))
+
+
+def _edm_noise_levels(grid: EDM, steps: int) -> torch.Tensor:
+    """sigma_k = (sigma_max^(1/rho) + k / N (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, k = 0..N."""
+    k = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    top, bottom = grid.sigma_max ** (1 / grid.rho), grid.sigma_min ** (1 / grid.rho)
+    return (top + k * (bottom - top)) ** grid.rho
+
+
+def _times_at_log_snrs(target: Schedule, lam: torch.Tensor) -> torch.Tensor:
+    """t_k = t_target(lam_k) with the ends pinned to t_0 = 0 and t_N = 1."""
+    times = target.time_of_log_snr(lam)
+    times[0], times[-1] = 0.0, 1.0
+    return times
+
+
+def _checked_explicit_times(grid: GridSpec, target: Schedule, steps: int) -> torch.Tensor:
+    """A sequence of times as a float64 CPU tensor, refused unless it has ``steps + 1`` finite, strictly
+    increasing times in [0, 1] (starting at 0 on a point-mass schedule)."""
     try:
         times = torch.as_tensor(grid, dtype=torch.float64).flatten().cpu()
     except (TypeError, ValueError, RuntimeError):

@@ -136,61 +136,93 @@ def overhead_bench(device: str | None = None, models: tuple[str, ...] = ("mlp", 
     """Rows (model, batch, runner) with median seconds per run and overhead against bare calls.
     The transformer runs at batches 8 and 64 only; ``capture`` rows need CUDA, ``compile`` rows cost
     the compilation once (not timed)."""
-    from ..core.sampler import sample
-
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = []
     for name, (model, label) in _models(dev, list(models)).items():
-        dtype = next(model.parameters()).dtype
         for batch in batches:
             if name == "sit" and batch > 64:
                 continue
-            shape = (batch, *model.data_shape)
-            kwargs = {"y": torch.arange(batch, device=dev) % 1000} if name == "sit" else {}
-            x = torch.randn(shape, device=dev, dtype=dtype)
-            t = torch.full((batch,), 0.5, device=dev, dtype=dtype)
-
-            def bare(calls):
-                def run():
-                    for _ in range(calls):
-                        model(x, t, **kwargs)
-                return run
-
-            runners = [_Runner("bare model calls", bare(steps), steps, []),
-                       _Runner("plain Euler loop", _plain_euler(model, shape, steps, dev, dtype, kwargs), steps, [])]
-            diffusers_run = _diffusers_euler(model, shape, steps, dev, dtype, kwargs)
-            if diffusers_run is not None:
-                runners.append(_Runner("diffusers FlowMatchEuler", diffusers_run, steps, []))
-            for family, (schedule, integrator) in FAMILIES.items():
-                for mode in modes:
-                    if mode == "capture" and dev.type != "cuda":
-                        continue
-                    options = {"compile": mode == "compile", "capture": mode == "capture"}
-
-                    def run(schedule=schedule, integrator=integrator, options=options):
-                        return sample(model, shape, schedule=schedule, integrator=integrator,
-                                      steps=INTEGRATORS[integrator].steps_for_nfe(steps), device=dev,
-                                      model_kwargs=kwargs, **options)
-                    runners.append(_Runner(f"lazyflow {family} ({schedule}/{integrator}) {mode}", run, steps, []))
-            with torch.no_grad():
-                for runner in runners:   # warm-up: compilation, capture, allocator
-                    runner.fn()
-                _sync(dev)
-                for _ in range(repeats):
-                    for runner in runners:
-                        start = time.perf_counter()
-                        runner.fn()
-                        _sync(dev)
-                        runner.times.append(time.perf_counter() - start)
-            base = statistics.median(runners[0].times)
-            for runner in runners:
-                median = statistics.median(runner.times)
-                rows.append({"model": label, "batch": batch, "runner": runner.label, "calls": runner.calls,
-                             "median_s": median, "overhead": median / base - 1, "spread": _spread(runner.times)})
+            runners = _cell_runners(model, name, batch, steps, modes, dev)
+            _time_in_turn(runners, repeats, dev)
+            cell = _cell_rows(label, batch, runners)
+            rows.extend(cell)
             log(f"  {label} batch {batch}: " + ", ".join(f"{r['runner'].split(' (')[0]} {r['overhead']:+.1%}"
-                                                          for r in rows[-len(runners):][1:]))
+                                                          for r in cell[1:]))
     return {"device": _device_name(dev), "steps": steps, "repeats": repeats, "rows": rows,
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
+def _cell_runners(model: nn.Module, name: str, batch: int, steps: int, modes: tuple[str, ...],
+                  dev: torch.device) -> list[_Runner]:
+    """The runners of one (model, batch) cell, each making ``steps`` network calls: the bare calls first
+    (the base of every overhead), the plain Euler loop, diffusers' loop when installed, then lazyflow's
+    families in each mode."""
+    dtype = next(model.parameters()).dtype
+    shape = (batch, *model.data_shape)
+    kwargs = {"y": torch.arange(batch, device=dev) % 1000} if name == "sit" else {}
+    x = torch.randn(shape, device=dev, dtype=dtype)
+    t = torch.full((batch,), 0.5, device=dev, dtype=dtype)
+    runners = [_Runner("bare model calls", _bare_calls(model, x, t, kwargs, steps), steps, []),
+               _Runner("plain Euler loop", _plain_euler(model, shape, steps, dev, dtype, kwargs), steps, [])]
+    diffusers_run = _diffusers_euler(model, shape, steps, dev, dtype, kwargs)
+    if diffusers_run is not None:
+        runners.append(_Runner("diffusers FlowMatchEuler", diffusers_run, steps, []))
+    return runners + _lazyflow_runners(model, shape, steps, modes, dev, kwargs)
+
+
+def _bare_calls(model: nn.Module, x: torch.Tensor, t: torch.Tensor, kwargs: dict, calls: int) -> Callable[[], None]:
+    """The floor of any run: ``calls`` model calls v(x, t) on a fixed input, nothing else."""
+    def run():
+        for _ in range(calls):
+            model(x, t, **kwargs)
+    return run
+
+
+def _lazyflow_runners(model: nn.Module, shape: tuple[int, ...], steps: int, modes: tuple[str, ...],
+                      dev: torch.device, kwargs: dict) -> list[_Runner]:
+    """One :func:`sample` runner per (family of :data:`FAMILIES`, mode) at ``steps`` network calls (its
+    step count from the integrator's steps_for_nfe); ``capture`` only on CUDA."""
+    from ..core.sampler import sample
+
+    runners = []
+    for family, (schedule, integrator) in FAMILIES.items():
+        for mode in modes:
+            if mode == "capture" and dev.type != "cuda":
+                continue
+            options = {"compile": mode == "compile", "capture": mode == "capture"}
+
+            def run(schedule=schedule, integrator=integrator, options=options):
+                return sample(model, shape, schedule=schedule, integrator=integrator,
+                              steps=INTEGRATORS[integrator].steps_for_nfe(steps), device=dev,
+                              model_kwargs=kwargs, **options)
+            runners.append(_Runner(f"lazyflow {family} ({schedule}/{integrator}) {mode}", run, steps, []))
+    return runners
+
+
+def _time_in_turn(runners: list[_Runner], repeats: int, dev: torch.device) -> None:
+    """Warms every runner up once (compilation, capture, allocator), then times all of them in turn
+    ``repeats`` times, appending each run's wall-clock seconds to its ``times``."""
+    with torch.no_grad():
+        for runner in runners:
+            runner.fn()
+        _sync(dev)
+        for _ in range(repeats):
+            for runner in runners:
+                start = time.perf_counter()
+                runner.fn()
+                _sync(dev)
+                runner.times.append(time.perf_counter() - start)
+
+
+def _cell_rows(label: str, batch: int, runners: list[_Runner]) -> list[dict]:
+    """One row per runner: overhead = median(run) / median(bare calls) - 1, the bare calls being ``runners[0]``."""
+    base = statistics.median(runners[0].times)
+    rows = []
+    for runner in runners:
+        median = statistics.median(runner.times)
+        rows.append({"model": label, "batch": batch, "runner": runner.label, "calls": runner.calls,
+                     "median_s": median, "overhead": median / base - 1, "spread": _spread(runner.times)})
+    return rows
 
 
 def _spread(times: list[float]) -> float:

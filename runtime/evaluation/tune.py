@@ -149,54 +149,115 @@ def tune_grid(model, *, model_name: str = "", schedule: Any = "pointmass", sourc
     """Fit the interior times of a grid for ``integrator`` at ``nfe`` network evaluations (see the module's
     docstring); returns the :class:`TunedGrid` (save it with :func:`lazyflow.runtime.core.gridfile.save_grid_file`).
     ``init`` is the starting grid (its first and last times are kept)."""
-    from ..core.sampler import sample
-
     start = time.perf_counter()
+    say = log if log is not None else _silent
     target, src = load_schedule(schedule), load_schedule(source)
     method = get_integrator(integrator)
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-        raise LazyflowError(f"nfe must be a positive integer, got {nfe!r}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise LazyflowError(f"samples must be an integer >= 2, got {samples!r}")
-    steps = method.steps_for_nfe(nfe)
-    if method.nfe(steps, final_step or "euler") > nfe:
-        raise LazyflowError(f"{method.name} needs {method.nfe(steps, final_step or 'euler')} NFE for one step")
-    holdout_seed = seed + 1000 if holdout_seed is None else holdout_seed
-    if holdout_seed == seed:
-        raise LazyflowError("holdout_seed must differ from seed (the held-out check needs other noise)")
+    _check_budget(nfe, samples)
+    steps = _steps_within(method, nfe, final_step)
+    holdout_seed = _checked_holdout_seed(seed, holdout_seed)
     init_times = make_grid(target, src, steps, init)
     t0 = float(init_times[0])
     shape = (samples, *tuple(model.data_shape))
     counter = _Counting(model)
-    g = torch.Generator().manual_seed(1234)
-    dirs = torch.randn(math.prod(shape[1:]), directions, generator=g, dtype=torch.float64)
-    dirs = dirs / dirs.norm(dim=0, keepdim=True)
-    options = dict(schedule=target, source=src, integrator=method.name, final_step=final_step, prediction=prediction)
-
-    def say(text: str) -> None:
-        if log is not None:
-            log(text)
-
-    def loss_on(times: torch.Tensor, ref: torch.Tensor, run_seed: int) -> float:
-        try:
-            x = sample(counter, shape, steps=steps, grid=times, seed=run_seed, **options)
-        except SamplingError:
-            return math.inf
-        return grid_loss(x, ref, target.stochastic, dirs)
-
-    refs = {}
+    loss = _GridLoss(counter, shape, steps, target.stochastic, _unit_directions(math.prod(shape[1:]), directions),
+                     dict(schedule=target, source=src, integrator=method.name, final_step=final_step,
+                          prediction=prediction))
     for s in (seed, holdout_seed):
-        refs[s] = reference_samples(counter, shape, target, src, prediction, t0, s, reference_steps)
+        loss.references[s] = reference_samples(counter, shape, target, src, prediction, t0, s, reference_steps)
     ref_calls = counter.calls
-    before = loss_on(init_times, refs[seed], seed)
+    before = loss(init_times, seed)
     if not math.isfinite(before):
         raise LazyflowError(f"the initial grid {init!r} does not give finite samples; choose another --init")
     say(f"reference: Heun, {reference_steps} steps ({ref_calls // 2} model calls per seed); loss on the initial "
         f"grid {init}: {before:.6g}")
+    times, after, evals = _fit_interior_times(loss, init_times, seed, before, max_evals, say)
+    held_before, held_after = loss(init_times, holdout_seed), loss(times, holdout_seed)
+    seconds = time.perf_counter() - start
+    tuning = {"loss": _loss_description(target.stochastic), "init": str(init), "init_times": init_times.tolist(),
+              "samples": samples, "seed": seed, "loss_before": before, "loss_after": after,
+              "holdout_seed": holdout_seed, "holdout_loss_before": held_before, "holdout_loss_after": held_after,
+              "reference": f"heun, {reference_steps} steps uniform in the source time", "evaluations": evals,
+              "model_calls": counter.calls, "seconds": round(seconds, 2), "optimiser": "nelder-mead on softmax logits"}
+    say(f"tuned in {seconds:.1f} s ({evals} trial grids, {counter.calls} model calls): loss {before:.6g} -> {after:.6g}; "
+        f"held-out seed {holdout_seed}: {held_before:.6g} -> {held_after:.6g}")
+    return TunedGrid(times=tuple(times.tolist()), schedule=target.describe(), integrator=method.name,
+                     final_step=final_step or "euler", model=model_name, source=src.describe(), prediction=prediction,
+                     nfe=method.nfe(steps, final_step or "euler"), diffusion_scale=target.diffusion_scale, tuning=tuning)
+
+
+def _silent(text: str) -> None:
+    """The log of a quiet tuning run: drops ``text``."""
+
+
+def _check_budget(nfe: int, samples: int) -> None:
+    """Refuses an ``nfe`` below 1 or ``samples`` below 2 (a bool is neither)."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise LazyflowError(f"nfe must be a positive integer, got {nfe!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise LazyflowError(f"samples must be an integer >= 2, got {samples!r}")
+
+
+def _steps_within(method, nfe: int, final_step: str | None) -> int:
+    """The most steps N of ``method`` with nfe(N) <= ``nfe``; refused when even one step costs more."""
+    steps = method.steps_for_nfe(nfe)
+    if method.nfe(steps, final_step or "euler") > nfe:
+        raise LazyflowError(f"{method.name} needs {method.nfe(steps, final_step or 'euler')} NFE for one step")
+    return steps
+
+
+def _checked_holdout_seed(seed: int, holdout_seed: int | None) -> int:
+    """The held-out seed: ``seed + 1000`` unless given, and never ``seed`` itself."""
+    holdout_seed = seed + 1000 if holdout_seed is None else holdout_seed
+    if holdout_seed == seed:
+        raise LazyflowError("holdout_seed must differ from seed (the held-out check needs other noise)")
+    return holdout_seed
+
+
+def _unit_directions(dim: int, count: int) -> torch.Tensor:
+    """``count`` fixed random unit directions v_j = g_j / |g_j| in R^dim (g_j ~ N(0, I), generator seed 1234),
+    as the columns of a (dim, count) float64 matrix."""
+    g = torch.Generator().manual_seed(1234)
+    dirs = torch.randn(dim, count, generator=g, dtype=torch.float64)
+    return dirs / dirs.norm(dim=0, keepdim=True)
+
+
+def _loss_description(stochastic: bool) -> str:
+    """What the tuning loss measures, for the grid file's record."""
+    return ("sliced W2^2 to ODE reference samples" if stochastic else
+            "mean squared distance to the ODE end points of the same noise")
+
+
+class _GridLoss:
+    """L(times, seed): :func:`grid_loss` of the samples drawn on the grid ``times`` from ``seed``'s noise
+    against ``references[seed]``; inf when sampling fails."""
+
+    def __init__(self, model: _Counting, shape: tuple[int, ...], steps: int, stochastic: bool,
+                 directions: torch.Tensor, options: dict):
+        self.model, self.shape, self.steps, self.options = model, shape, steps, options
+        self.stochastic, self.directions = stochastic, directions
+        self.references: dict[int, torch.Tensor] = {}
+
+    def __call__(self, times: torch.Tensor, seed: int) -> float:
+        from ..core.sampler import sample
+
+        try:
+            x = sample(self.model, self.shape, steps=self.steps, grid=times, seed=seed, **self.options)
+        except SamplingError:
+            return math.inf
+        return grid_loss(x, self.references[seed], self.stochastic, self.directions)
+
+
+def _fit_interior_times(loss: _GridLoss, init_times: torch.Tensor, seed: int, before: float, max_evals: int,
+                        say: Callable[[str], None]) -> tuple[torch.Tensor, float, int]:
+    """Nelder-Mead on theta = logits_from_times(init_times) minimising loss(times_from_logits(theta, t_0), seed),
+    logging each improvement; the initial grid (loss ``before``) is kept if the fit is worse.
+    Returns (times, their loss, evaluations)."""
+    t0 = float(init_times[0])
     best = [before]
 
     def objective(theta: torch.Tensor) -> float:
-        value = loss_on(times_from_logits(theta, t0), refs[seed], seed)
+        value = loss(times_from_logits(theta, t0), seed)
         if value < best[0]:
             best[0] = value
             say(f"  {value:.6g}  times {[round(v, 4) for v in times_from_logits(theta, t0).tolist()]}")
@@ -206,18 +267,4 @@ def tune_grid(model, *, model_name: str = "", schedule: Any = "pointmass", sourc
     times = times_from_logits(theta, t0)
     if after > before:   # never worse than the start (Nelder-Mead keeps the best vertex, so this is a guard)
         times, after = init_times, before
-    held_before = loss_on(init_times, refs[holdout_seed], holdout_seed)
-    held_after = loss_on(times, refs[holdout_seed], holdout_seed)
-    seconds = time.perf_counter() - start
-    tuning = {"loss": "sliced W2^2 to ODE reference samples" if target.stochastic else
-              "mean squared distance to the ODE end points of the same noise",
-              "init": str(init), "init_times": init_times.tolist(), "samples": samples, "seed": seed,
-              "loss_before": before, "loss_after": after, "holdout_seed": holdout_seed,
-              "holdout_loss_before": held_before, "holdout_loss_after": held_after,
-              "reference": f"heun, {reference_steps} steps uniform in the source time", "evaluations": evals,
-              "model_calls": counter.calls, "seconds": round(seconds, 2), "optimiser": "nelder-mead on softmax logits"}
-    say(f"tuned in {seconds:.1f} s ({evals} trial grids, {counter.calls} model calls): loss {before:.6g} -> {after:.6g}; "
-        f"held-out seed {holdout_seed}: {held_before:.6g} -> {held_after:.6g}")
-    return TunedGrid(times=tuple(times.tolist()), schedule=target.describe(), integrator=method.name,
-                     final_step=final_step or "euler", model=model_name, source=src.describe(), prediction=prediction,
-                     nfe=method.nfe(steps, final_step or "euler"), diffusion_scale=target.diffusion_scale, tuning=tuning)
+    return times, after, evals
