@@ -232,12 +232,14 @@ def test_multistep3_weights_are_exact_for_eta_quadratic_in_log_snr(schedule):
     eta = q(target.log_snr(times))
     x0 = torch.linspace(-1.0, 1.2, len(times) - 1, dtype=F64)
     exact = _exact_affine_step(target, times[:-1], times[1:], x0, q)
-    a, b = plan["a"], plan["b"]
+    coefficients = plan.coefficients
+    a, b = coefficients.a, coefficients.b
+    (w, minus_u, z), (v, y) = coefficients.predictor, coefficients.corrector
     k = torch.arange(2, len(times) - 1)
-    predicted = a[k] * x0[k] + b[k] * (plan["w"][k] * eta[k] - plan["u"][k] * eta[k - 1] + plan["z"][k] * eta[k - 2])
+    predicted = a[k] * x0[k] + b[k] * (w[k] * eta[k] + minus_u[k] * eta[k - 1] + z[k] * eta[k - 2])
     assert torch.allclose(predicted, exact[k], rtol=1e-9, atol=1e-10), (predicted - exact[k])
     k = torch.arange(1, len(times) - 1)
-    mix = eta[k] + plan["v"][k] * (eta[k + 1] - eta[k]) - plan["y"][k] * (eta[k] - eta[k - 1])
+    mix = eta[k] + v[k] * (eta[k + 1] - eta[k]) - y[k] * (eta[k] - eta[k - 1])
     corrected = a[k] * x0[k] + b[k] * mix
     assert torch.allclose(corrected, exact[k], rtol=1e-9, atol=1e-10), (corrected - exact[k])
     frozen = a[k] * x0[k] + b[k] * eta[k]
@@ -245,7 +247,8 @@ def test_multistep3_weights_are_exact_for_eta_quadratic_in_log_snr(schedule):
     # the older multistep predictor is exact only for eta linear in lambda
     older = plan_for(schedule, times, "multistep")
     k = torch.arange(2, len(times) - 1)
-    linear2 = a[k] * x0[k] + b[k] * (older["w"][k] * eta[k] - older["u"][k] * eta[k - 1])
+    w2, minus_u2 = older.coefficients.predictor
+    linear2 = a[k] * x0[k] + b[k] * (w2[k] * eta[k] + minus_u2[k] * eta[k - 1])
     assert (linear2 - exact[k]).abs().max() > 1e-4
 
 # --- seeds, compile, errors -----------------------------------------------------------------------
@@ -427,8 +430,9 @@ def test_multistep_slope_weight_matches_its_closed_form(schedule, closed_form):
     plan = plan_for(schedule, times, "multistep-pc")
     lam = load_schedule(schedule).log_snr(times)
     h = lam[2:-1] - lam[1:-2]
-    assert torch.allclose(plan["v"][1:-1], closed_form(h), rtol=1e-8)
-    assert plan["v"][0] == 1.0   # the step from snr = 0: all weight at its far end
+    v = plan.coefficients.corrector[0]
+    assert torch.allclose(v[1:-1], closed_form(h), rtol=1e-8)
+    assert v[0] == 1.0   # the step from snr = 0: all weight at its far end
 
 
 @pytest.mark.parametrize("frames", [("linear", "vp", "sd3", "poly"), ("linear-sde", "vp-sde")])

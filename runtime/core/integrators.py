@@ -1,5 +1,5 @@
-"""The integrators, as a registry of small objects; each builds per-step coefficient tables once per
-grid and runs one of two loops over them (derive/MATH.md §6).
+"""Every integrator step in one place: its coefficient tables, its affine update, the network call it
+asks for and the registry of integrators (derive/MATH.md §6).
 
 Every step is an affine update of the state x, the network output m and fresh noise xi, with h = t' - t:
 
@@ -18,13 +18,19 @@ Every step is an affine update of the state x, the network output m and fresh no
 - ``multistep3-pc``: the multistep3 predictor, then x' = A x + B (eta_k + v (eta_k+1 - eta_k) - y (eta_k - eta_k-1))
                     + C xi (the quadratic through the last three evaluations, the next one included)
 
+Two loop families run these tables: :class:`StageCoefficients` (one or two calls per step) and
+:class:`MultistepCoefficients` (one call per step, a history of past eta_X).  Every table has the
+shape (steps, *trailing), where the trailing shape broadcasts against one sample's shape: () for a
+per-step scalar, (C, 1, 1) per channel, the sample's own shape per element.  A new integrator is one
+builder ``BuildContext -> coefficients`` and one :func:`register_integrator` call.
+
 ``final_step="denoise"`` makes the last step return eta_X.  Where eps is infinite at t = 0 (eps* of a
 standard schedule) the first step is the probability-flow ODE step; a point-mass run starts at x = 0.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Generator, NamedTuple
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, ClassVar, Generator, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -33,10 +39,54 @@ from ...errors import LazyflowError, SamplingError
 from .frames import Frame, frame
 from .schedule import Schedule
 
-__all__ = ["Integrator", "INTEGRATORS", "FINAL_STEPS", "Plan", "StepInfo", "Call", "build_plan", "get_integrator",
-           "drive"]
+__all__ = ["Integrator", "INTEGRATORS", "FINAL_STEPS", "Plan", "StepInfo", "Call", "Ops", "EAGER", "BuildContext",
+           "StageCoefficients", "MultistepCoefficients", "build_plan", "check_plan_options", "get_integrator", "register_integrator",
+           "drive", "affine", "two_point", "compiled_ops", "kernel_moments", "log_snr_midpoints"]
 
 FINAL_STEPS = ("euler", "denoise")
+
+
+# --- one step's arithmetic and the network call it asks for -----------------------------------------
+
+def affine(x, m, a, b, c, xi):
+    """x' = a x + b m + c xi."""
+    return a * x + b * m + c * xi
+
+
+def two_point(x, m, x2, m2, a, b, d, e, c, xi):
+    """x' = a x + b m + d x~ + e m~ + c xi."""
+    return a * x + b * m + d * x2 + e * m2 + c * xi
+
+
+class Ops(NamedTuple):
+    """The two updates a loop applies (eager, or compiled by :func:`compiled_ops`)."""
+
+    affine: Callable[..., torch.Tensor]
+    two_point: Callable[..., torch.Tensor]
+
+
+EAGER = Ops(affine, two_point)
+
+
+def compiled_ops() -> Ops:
+    """The updates through ``torch.compile`` (each fuses its multiply-adds into one kernel)."""
+    return Ops(torch.compile(affine), torch.compile(two_point))
+
+
+class Call(NamedTuple):
+    """A network evaluation the loop asks for: the model sees ``x * in_scale`` at source time ``tau``."""
+
+    x: torch.Tensor
+    tau: torch.Tensor
+    in_scale: torch.Tensor
+    step: int
+
+    def model_input(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x * in_scale, tau per sample) in the model's ``dtype``: the frame's rescaling c(t)^-1 and time map tau(t)."""
+        return (self.x * self.in_scale).to(dtype), self.tau.to(dtype).expand(self.x.shape[0])
+
+
+Loop = Generator[Call, torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -54,56 +104,192 @@ class StepInfo:
 Callback = Callable[[StepInfo], None]
 
 
+def drive(loop: Loop, evaluate: Callable[[Call], torch.Tensor]) -> torch.Tensor:
+    """Run a loop to its end, answering each Call with ``evaluate(call)``; returns the final state.  The
+    loops are generators so that one loop serves ``sample`` (which calls the model itself) and a
+    scheduler that a pipeline calls once per network evaluation."""
+    try:
+        call = next(loop)
+        while True:
+            call = loop.send(evaluate(call))
+    except StopIteration as done:
+        return done.value
+
+
+def _observe(callback: Callback | None, plan: "Plan", k: int, x: torch.Tensor, eta: torch.Tensor) -> None:
+    """Report step k's state, the eta_X the integrator uses there and the frame's drift."""
+    if callback is not None:
+        callback(StepInfo(k, plan.times[k].item(), x, eta, plan.K_x[k] * x + plan.K_e[k] * eta))
+
+
+# --- the two loop families: typed coefficient tables with their loop ---------------------------------
+
+class _Tables:
+    """What both families share: casting, the point-mass start, naming the tables for the finiteness check."""
+
+    #: the tables that multiply the state x (set to 0 at the point-mass start, where x = 0 and they may be inf)
+    STATE: ClassVar[tuple[str, ...]] = ("a",)
+    #: the tables only read on two-stage steps
+    SECOND: ClassVar[tuple[str, ...]] = ()
+
+    def tables(self) -> dict[str, torch.Tensor]:
+        """Every table by name (tuples of tables as ``name[j]``)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                out[f.name] = value
+            elif isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
+                out.update({f"{f.name}[{j}]": v for j, v in enumerate(value)})
+        return out
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        """The same coefficients with ``fn`` applied to every table."""
+        changes = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                changes[f.name] = fn(value)
+            elif isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
+                changes[f.name] = tuple(fn(v) for v in value)
+        return replace(self, **changes)
+
+    def at_point_mass_start(self, zero: torch.Tensor):
+        """The tables of x zeroed where ``zero`` (the point-mass start, x = 0)."""
+        changes = {name: torch.where(zero, torch.zeros_like(v), v) for name in self.STATE
+                   if (v := getattr(self, name)) is not None}
+        return replace(self, **changes)
+
+
 @dataclass(frozen=True)
-class Plan:
-    """Everything one run needs, built before the loop on the sampling device.
+class StageCoefficients(_Tables):
+    """One or two network calls per step.  One call: x' = a x + b m + c xi.  Where ``two_stage[k]`` a
+    second call at source time ``tau2`` on x~ * ``in_scale2``, x~ = a1 x + b1 m + c1 xi, and then
+    x' = a x + b m + d x~ + e m~ + c xi."""
 
-    Step k calls the model at (tau[k], x * in_scale[k]); the integrator's ``columns`` hold its
-    coefficients (``two_stage[k]`` says whether step k makes a second call); ``P, Q, K_x, K_e`` give
-    eta_X = P x + Q m and the drift b = K_x x + K_e eta_X at the step's start (for callbacks)."""
-
-    integrator: "Integrator"
-    times: torch.Tensor                  # (steps + 1,) float64 on the CPU (for messages)
-    tau: torch.Tensor
-    in_scale: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    c: torch.Tensor
     two_stage: tuple[bool, ...]
-    columns: dict[str, torch.Tensor]
-    P: torch.Tensor
-    Q: torch.Tensor
-    K_x: torch.Tensor
-    K_e: torch.Tensor
+    a1: torch.Tensor | None = None
+    b1: torch.Tensor | None = None
+    c1: torch.Tensor | None = None
+    tau2: torch.Tensor | None = None
+    in_scale2: torch.Tensor | None = None
+    d: torch.Tensor | None = None
+    e: torch.Tensor | None = None
 
-    @property
-    def steps(self) -> int:
-        return self.tau.numel()
+    STATE: ClassVar[tuple[str, ...]] = ("a", "a1")
+    SECOND: ClassVar[tuple[str, ...]] = ("tau2", "in_scale2", "a1", "b1", "c1", "d", "e")
 
-    @property
-    def nfe(self) -> int:
-        """Network evaluations the plan makes."""
-        return self.steps + sum(self.two_stage)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.columns[name]
-
-    def call_times(self) -> torch.Tensor:
-        """The source times of the network calls, in the order the loop makes them."""
-        times = []
-        for k in range(self.steps):
-            times.append(self.tau[k])
+    def loop(self, x: torch.Tensor, plan: "Plan", noise: Callable[[int], torch.Tensor], ops: Ops,
+             callback: Callback | None, progress: Callable[[int], None] | None) -> Loop:
+        """Integrate from x: each step one or two calls and one affine update."""
+        for k in range(plan.steps):
+            xi = noise(k)
+            m = yield Call(x, plan.tau[k], plan.in_scale[k], k)
+            if callback is not None:
+                _observe(callback, plan, k, x, plan.P[k] * x + plan.Q[k] * m)
             if self.two_stage[k]:
-                times.append(self.columns["tau2"][k])
-        return torch.stack(times)
+                x2 = ops.affine(x, m, self.a1[k], self.b1[k], self.c1[k], xi)
+                m2 = yield Call(x2, self.tau2[k], self.in_scale2[k], k)
+                x = ops.two_point(x, m, x2, m2, self.a[k], self.b[k], self.d[k], self.e[k], self.c[k], xi)
+            else:
+                x = ops.affine(x, m, self.a[k], self.b[k], self.c[k], xi)
+            if progress is not None:
+                progress(1)
+        return x
 
+    def denoised(self, now: Frame) -> "StageCoefficients":
+        """The last step returns eta_X = P x + Q m (one call, no noise)."""
+        a, b, c = self.a.clone(), self.b.clone(), self.c.clone()
+        a[-1], b[-1], c[-1] = now.P[-1], now.Q[-1], 0.0
+        return replace(self, a=a, b=b, c=c, two_stage=(*self.two_stage[:-1], False))
+
+
+@dataclass(frozen=True)
+class MultistepCoefficients(_Tables):
+    """One network call per step, eta_X = p x + q m at each.  Predictor:
+    x' = a x + b (sum_j predictor[j] eta_k-j) + c xi over the last ``len(predictor)`` evaluations.
+    With a ``corrector`` (v,) or (v, y), the next step's call also corrects the step just taken:
+    x' = a x + b (eta_k + v (eta_k+1 - eta_k) - y (eta_k - eta_k-1)) + c xi."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    c: torch.Tensor
+    p: torch.Tensor
+    q: torch.Tensor
+    predictor: tuple[torch.Tensor, ...]
+    corrector: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def two_stage(self) -> tuple[bool, ...]:
+        return (False,) * self.a.shape[0]
+
+    def extrapolate(self, k: int, eta: torch.Tensor, history: list[torch.Tensor]) -> torch.Tensor:
+        """sum_j predictor[j][k] eta_k-j (``history`` = [eta_k-1, eta_k-2, ...])."""
+        mix = self.predictor[0][k] * eta
+        for weight, past in zip(self.predictor[1:], history):
+            mix = mix + weight[k] * past
+        return mix
+
+    def correct(self, k: int, eta: torch.Tensor, eta_next: torch.Tensor, history: list[torch.Tensor]) -> torch.Tensor:
+        """eta_k + v (eta_k+1 - eta_k) - y (eta_k - eta_k-1)."""
+        mix = eta + self.corrector[0][k] * (eta_next - eta)
+        if len(self.corrector) > 1:
+            mix = mix - self.corrector[1][k] * (eta - history[0])
+        return mix
+
+    def loop(self, x: torch.Tensor, plan: "Plan", noise: Callable[[int], torch.Tensor], ops: Ops,
+             callback: Callback | None, progress: Callable[[int], None] | None) -> Loop:
+        """Integrate from x: one call per step, its eta_X kept for the next steps' extrapolation."""
+        history = [torch.zeros_like(x)] * (len(self.predictor) - 1)
+        eta = self.p[0] * x + self.q[0] * (yield Call(x, plan.tau[0], plan.in_scale[0], 0))
+        _observe(callback, plan, 0, x, eta)
+        for k in range(plan.steps):
+            xi = noise(k)
+            x_next = ops.affine(x, self.extrapolate(k, eta, history), self.a[k], self.b[k], self.c[k], xi)
+            if k + 1 < plan.steps:
+                m = yield Call(x_next, plan.tau[k + 1], plan.in_scale[k + 1], k + 1)
+                eta_next = self.p[k + 1] * x_next + self.q[k + 1] * m
+                if self.corrector is not None:
+                    x_next = ops.affine(x, self.correct(k, eta, eta_next, history), self.a[k], self.b[k], self.c[k], xi)
+                _observe(callback, plan, k + 1, x_next, eta_next)
+                history = [eta, *history[:-1]]
+                eta = eta_next
+            x = x_next
+            if progress is not None:
+                progress(1)
+        return x
+
+    def denoised(self, now: Frame) -> "MultistepCoefficients":
+        """The last step returns its eta_k (a = 0, b = 1, no extrapolation, no noise)."""
+        a, b, c = self.a.clone(), self.b.clone(), self.c.clone()
+        a[-1], b[-1], c[-1] = 0.0, 1.0, 0.0
+        predictor = tuple(w.clone() for w in self.predictor)
+        predictor[0][-1] = 1.0
+        for w in predictor[1:]:
+            w[-1] = 0.0
+        return replace(self, a=a, b=b, c=c, predictor=predictor)
+
+
+Coefficients = Union[StageCoefficients, MultistepCoefficients]
+
+
+# --- what a builder gets --------------------------------------------------------------------------
 
 @dataclass
-class _Build:
-    """The inputs every coefficient builder gets (float64 on the sampling device)."""
+class BuildContext:
+    """The inputs every coefficient builder gets (float64 on the sampling device): the target and source
+    schedules, the model's prediction, the grid t, the steps whose start is singular (``ode``: use the
+    probability-flow ODE there), the integrator, and the :class:`Frame` at each step's start (``now``)."""
 
     target: Schedule
     source: Schedule
     prediction: str
     t: torch.Tensor
-    ode: torch.Tensor                    # steps whose start is singular: use the ODE there
+    ode: torch.Tensor
+    integrator: "Integrator"
     now: Frame = field(init=False)
 
     def __post_init__(self) -> None:
@@ -122,9 +308,11 @@ class _Build:
         return self.t1 - self.t0
 
     def frame(self, t: torch.Tensor, ode: torch.Tensor | None = None) -> Frame:
+        """The :class:`Frame` (model time, input scale, eta_X and drift coefficients) at times t."""
         return frame(self.target, self.source, self.prediction, t, ode=ode)
 
     def exponential(self, t0: torch.Tensor, t1: torch.Tensor, ode: torch.Tensor):
+        """(A, B, C) of the exact step with eta_X frozen over [t0, t1] (the ODE's where ``ode``)."""
         A, B, C = self.target.exponential(t0, t1)
         if ode.any():
             A0, B0, C0 = self.target.exponential(t0, t1, ode=True)
@@ -134,15 +322,18 @@ class _Build:
     def zeros(self) -> torch.Tensor:
         return torch.zeros_like(self.h)
 
+    def one_call_per_step(self) -> tuple[bool, ...]:
+        return (False,) * self.h.numel()
 
-# --- coefficient builders: each returns (columns, two_stage) ------------------------------------------
 
-def _euler(b: _Build):
+# --- coefficient builders ---------------------------------------------------------------------------
+
+def _euler(b: BuildContext) -> StageCoefficients:
     now, h = b.now, b.h
-    return {"a": 1 + h * now.F, "b": h * now.G, "c": now.sigma * torch.sqrt(h)}, [False] * h.numel()
+    return StageCoefficients(a=1 + h * now.F, b=h * now.G, c=now.sigma * torch.sqrt(h), two_stage=b.one_call_per_step())
 
 
-def _heun(b: _Build):
+def _heun(b: BuildContext) -> StageCoefficients:
     now, h = b.now, b.h
     # a step that starts singular is the probability-flow ODE's Heun step: the corrector's drift at t'
     # is the ODE drift too (the SDE drift there holds an eps s term whose noise the step does not add)
@@ -151,26 +342,25 @@ def _heun(b: _Build):
     a, bb = 1 + h / 2 * now.F, h / 2 * now.G
     # the last step (into t = 1, where the model may be singular) stays a plain Euler step
     a[-1], bb[-1] = 1 + h[-1] * now.F[-1], h[-1] * now.G[-1]
-    cols = {"a": a, "b": bb, "c": noise, "a1": 1 + h * now.F, "b1": h * now.G, "c1": noise,
-            "tau2": nxt.tau, "in_scale2": nxt.in_scale, "d": h / 2 * nxt.F, "e": h / 2 * nxt.G}
-    return cols, [True] * (h.numel() - 1) + [False]
+    return StageCoefficients(a=a, b=bb, c=noise, a1=1 + h * now.F, b1=h * now.G, c1=noise, tau2=nxt.tau,
+                             in_scale2=nxt.in_scale, d=h / 2 * nxt.F, e=h / 2 * nxt.G,
+                             two_stage=(True,) * (h.numel() - 1) + (False,))
 
 
-def _midpoint(b: _Build):
+def _midpoint(b: BuildContext) -> StageCoefficients:
     now, h = b.now, b.h
     mid = b.frame((b.t0 + b.t1) / 2, ode=b.ode)
-    cols = {"a1": 1 + h / 2 * now.F, "b1": h / 2 * now.G, "c1": now.sigma * torch.sqrt(h / 2),
-            "tau2": mid.tau, "in_scale2": mid.in_scale, "a": torch.ones_like(h), "b": b.zeros(),
-            "d": h * mid.F, "e": h * mid.G, "c": now.sigma * torch.sqrt(h)}
-    return cols, [True] * h.numel()
+    return StageCoefficients(a1=1 + h / 2 * now.F, b1=h / 2 * now.G, c1=now.sigma * torch.sqrt(h / 2), tau2=mid.tau,
+                             in_scale2=mid.in_scale, a=torch.ones_like(h), b=b.zeros(), d=h * mid.F, e=h * mid.G,
+                             c=now.sigma * torch.sqrt(h), two_stage=(True,) * h.numel())
 
 
-def _exponential(b: _Build):
+def _exponential(b: BuildContext) -> StageCoefficients:
     A, B, C = b.exponential(b.t0, b.t1, b.ode)
-    return {"a": A + B * b.now.P, "b": B * b.now.Q, "c": C}, [False] * b.h.numel()
+    return StageCoefficients(a=A + B * b.now.P, b=B * b.now.Q, c=C, two_stage=b.one_call_per_step())
 
 
-def _log_snr_midpoints(target: Schedule, t0: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
+def log_snr_midpoints(target: Schedule, t0: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
     """Midpoints in log snr where both ends have a finite log snr, else in t."""
     lam0, lam1 = target.log_snr(t0), target.log_snr(t1)
     finite = torch.isfinite(lam0) & torch.isfinite(lam1)
@@ -178,21 +368,20 @@ def _log_snr_midpoints(target: Schedule, t0: torch.Tensor, t1: torch.Tensor) -> 
     return torch.where(finite, target.time_of_log_snr(lam_mid), (t0 + t1) / 2)
 
 
-def _exp_midpoint(b: _Build):
+def _exp_midpoint(b: BuildContext) -> StageCoefficients:
     A, B, C = b.exponential(b.t0, b.t1, b.ode)
-    tm = _log_snr_midpoints(b.target, b.t0, b.t1)
+    tm = log_snr_midpoints(b.target, b.t0, b.t1)
     mid = b.frame(tm, ode=b.ode)
     A1, B1, C1 = b.exponential(b.t0, tm, b.ode)
-    cols = {"a1": A1 + B1 * b.now.P, "b1": B1 * b.now.Q, "c1": C1, "tau2": mid.tau, "in_scale2": mid.in_scale,
-            "a": A, "b": b.zeros(), "d": B * mid.P, "e": B * mid.Q, "c": C}
-    return cols, [True] * b.h.numel()
+    return StageCoefficients(a1=A1 + B1 * b.now.P, b1=B1 * b.now.Q, c1=C1, tau2=mid.tau, in_scale2=mid.in_scale,
+                             a=A, b=b.zeros(), d=B * mid.P, e=B * mid.Q, c=C, two_stage=(True,) * b.h.numel())
 
 
 #: Gauss-Legendre nodes and weights on [-1, 1] for the multistep weights (the kernel's moments)
 _GAUSS = np.polynomial.legendre.leggauss(12)
 
 
-def _kernel_moments(b: _Build, lam: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def kernel_moments(b: BuildContext, lam: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """phi_k = B2 / (B h) and chi_k = B3 / (B h^2) with B_j = int B(t(l), t_k+1) (l - lam_k)^(j-2) dl over
     [lam_k, lam_k+1] (12-point Gauss-Legendre); NaN where lam is infinite.  For small h phi -> 1/2 and
     chi -> 1/6 (B vanishes linearly at lam_k+1); closed forms in MATH.md §6."""
@@ -214,11 +403,13 @@ def _kernel_moments(b: _Build, lam: torch.Tensor, B: torch.Tensor) -> tuple[torc
     return torch.where(finite, B2 / (B * h), nan), torch.where(finite, B3 / (B * h * h), nan)
 
 
-def _multistep(b: _Build):
+def _multistep(b: BuildContext) -> MultistepCoefficients:
+    """Second-order exponential multistep: w = 1 + u, u = phi h_k / h_k-1 (first order on the first step,
+    the last one and where a weight is not finite); corrector v = phi (1 from snr = 0)."""
     A, B, C = b.exponential(b.t0, b.t1, b.ode)
     lam = b.target.log_snr(b.t)
     h_lam = lam[1:] - lam[:-1]
-    phi = _kernel_moments(b, lam, B)[0]   # the slope weight B2 / (B h); chi is for multistep3
+    phi = kernel_moments(b, lam, B)[0]   # the slope weight B2 / (B h); chi is for multistep3
     zeros = b.zeros()
     u = torch.zeros_like(h_lam)
     u[1:] = phi[1:] * h_lam[1:] / h_lam[:-1]
@@ -228,11 +419,11 @@ def _multistep(b: _Build):
     u = torch.where(usable, u, zeros)
     # an infinite log-snr step (from snr = 0) puts all the weight at its far end: phi -> 1
     v = torch.where(torch.isfinite(phi), phi, torch.ones_like(phi))
-    cols = {"a": A, "b": B, "c": C, "p": b.now.P, "q": b.now.Q, "u": u, "w": 1 + u, "v": v}
-    return cols, [False] * b.h.numel()
+    return MultistepCoefficients(a=A, b=B, c=C, p=b.now.P, q=b.now.Q, predictor=(1 + u, -u),
+                                 corrector=(v,) if b.integrator.corrector else None)
 
 
-def _multistep3(b: _Build):
+def _multistep3(b: BuildContext) -> MultistepCoefficients:
     """Third-order exponential multistep (MATH.md §6).  With h = lam_k+1 - lam_k, h1 = lam_k - lam_k-1,
     h2 = lam_k-1 - lam_k-2 and eta(l) the quadratic through the last three evaluations,
     int B(s, t') d eta = c1 D1 + c2 D2 (Newton divided differences D1, D2 at lam_k, lam_k-1, lam_k-2) with
@@ -244,8 +435,8 @@ def _multistep3(b: _Build):
     A, B, C = b.exponential(b.t0, b.t1, b.ode)
     lam = b.target.log_snr(b.t)
     h = lam[1:] - lam[:-1]
-    phi, chi = _kernel_moments(b, lam, B)
-    steps, zeros = h.numel(), b.zeros()
+    phi, chi = kernel_moments(b, lam, B)
+    zeros = b.zeros()
     h1, h2 = torch.full_like(h, float("nan")), torch.full_like(h, float("nan"))
     h1[1:], h2[2:] = h[:-1], h[:-2]
     ok1 = torch.isfinite(h1) & torch.isfinite(phi) & torch.isfinite(chi) & (h1 > 0)
@@ -265,145 +456,29 @@ def _multistep3(b: _Build):
     cc = (2 * chi - phi) * h * h
     v = torch.where(finite, torch.where(ok1, phi + cc / (h * (h + s1)), phi), torch.ones_like(h))
     y = torch.where(finite & ok1, cc / (s1 * (h + s1)), zeros)
-    cols = {"a": A, "b": B, "c": C, "p": b.now.P, "q": b.now.Q, "u": u, "w": w, "z": z, "v": v, "y": y}
-    return cols, [False] * steps
-
-
-# --- the two loops -------------------------------------------------------------------------------
-# Each loop is a generator: it yields a Call for every network evaluation and receives the output,
-# so that one loop serves both drivers: ``sample`` (which calls the model itself, see ``drive``) and a
-# scheduler that a pipeline calls once per network evaluation.
-
-class Call(NamedTuple):
-    """A network evaluation the loop asks for: the model sees ``x * in_scale`` at source time ``tau``."""
-
-    x: torch.Tensor
-    tau: torch.Tensor
-    in_scale: torch.Tensor
-    step: int
-
-
-Loop = Generator[Call, torch.Tensor, torch.Tensor]
-
-
-def drive(loop: Loop, evaluate: Callable[[Call], torch.Tensor]) -> torch.Tensor:
-    """Run a loop to its end, answering each Call with ``evaluate(call)``; returns the final state."""
-    try:
-        call = next(loop)
-        while True:
-            call = loop.send(evaluate(call))
-    except StopIteration as done:
-        return done.value
-
-
-def _observe(callback: Callback | None, plan: Plan, k: int, x: torch.Tensor, eta: torch.Tensor) -> None:
-    """Report step k's state, the eta_X the integrator uses there and the frame's drift."""
-    if callback is not None:
-        callback(StepInfo(k, plan.times[k].item(), x, eta, plan.K_x[k] * x + plan.K_e[k] * eta))
-
-
-def _run_stages(x, plan: Plan, noise, ops, callback, progress) -> Loop:
-    """One or two network calls per step; each step one affine update.  ``ops`` = (affine, two_point):
-    x' = a x + b m + c xi and x' = a x + b m + d x~ + e m~ + c xi (eager or compiled)."""
-    affine, two_point = ops
-    c = plan.columns
-    for k in range(plan.steps):
-        xi = noise(k)
-        m = yield Call(x, plan.tau[k], plan.in_scale[k], k)
-        if callback is not None:
-            _observe(callback, plan, k, x, plan.P[k] * x + plan.Q[k] * m)
-        if plan.two_stage[k]:
-            x2 = affine(x, m, c["a1"][k], c["b1"][k], c["c1"][k], xi)
-            m2 = yield Call(x2, c["tau2"][k], c["in_scale2"][k], k)
-            x = two_point(x, m, x2, m2, c["a"][k], c["b"][k], c["d"][k], c["e"][k], c["c"][k], xi)
-        else:
-            x = affine(x, m, c["a"][k], c["b"][k], c["c"][k], xi)
-        if progress is not None:
-            progress(1)
-    return x
-
-
-def _denoise_stages(cols: dict, now: Frame, two_stage: list[bool]) -> None:
-    cols["a"][-1], cols["b"][-1], cols["c"][-1] = now.P[-1], now.Q[-1], 0.0
-    two_stage[-1] = False
-
-
-def _run_multistep(x, plan: Plan, noise, ops, callback, progress) -> Loop:
-    """x' = a x + b (w eta - u eta_prev) + c xi; with a corrector (``v`` present) the next point's
-    call also corrects the step just taken: x' = a x + b (eta + v (eta_next - eta)) + c xi."""
-    affine = ops[0]
-    c = plan.columns
-    correct = plan.integrator.name == "multistep-pc"
-    eta_prev = torch.zeros_like(x)
-    eta = c["p"][0] * x + c["q"][0] * (yield Call(x, plan.tau[0], plan.in_scale[0], 0))
-    _observe(callback, plan, 0, x, eta)
-    for k in range(plan.steps):
-        xi = noise(k)
-        x_next = affine(x, c["w"][k] * eta - c["u"][k] * eta_prev, c["a"][k], c["b"][k], c["c"][k], xi)
-        if k + 1 < plan.steps:
-            m = yield Call(x_next, plan.tau[k + 1], plan.in_scale[k + 1], k + 1)
-            eta_next = c["p"][k + 1] * x_next + c["q"][k + 1] * m
-            if correct:
-                x_next = affine(x, eta + c["v"][k] * (eta_next - eta), c["a"][k], c["b"][k], c["c"][k], xi)
-            _observe(callback, plan, k + 1, x_next, eta_next)
-            eta_prev, eta = eta, eta_next
-        x = x_next
-        if progress is not None:
-            progress(1)
-    return x
-
-
-def _denoise_multistep(cols: dict, now: Frame, two_stage: list[bool]) -> None:
-    cols["a"][-1], cols["b"][-1], cols["w"][-1], cols["u"][-1], cols["c"][-1] = 0.0, 1.0, 1.0, 0.0, 0.0
-
-
-def _run_multistep3(x, plan: Plan, noise, ops, callback, progress) -> Loop:
-    """x' = a x + b (w eta - u eta_prev + z eta_prev2) + c xi; the ``-pc`` variant corrects each step with
-    the next point's call: x' = a x + b (eta + v (eta_next - eta) - y (eta - eta_prev)) + c xi."""
-    affine = ops[0]
-    c = plan.columns
-    correct = plan.integrator.name.endswith("-pc")
-    eta_prev2 = eta_prev = torch.zeros_like(x)
-    eta = c["p"][0] * x + c["q"][0] * (yield Call(x, plan.tau[0], plan.in_scale[0], 0))
-    _observe(callback, plan, 0, x, eta)
-    for k in range(plan.steps):
-        xi = noise(k)
-        mix = c["w"][k] * eta - c["u"][k] * eta_prev + c["z"][k] * eta_prev2
-        x_next = affine(x, mix, c["a"][k], c["b"][k], c["c"][k], xi)
-        if k + 1 < plan.steps:
-            m = yield Call(x_next, plan.tau[k + 1], plan.in_scale[k + 1], k + 1)
-            eta_next = c["p"][k + 1] * x_next + c["q"][k + 1] * m
-            if correct:
-                mix = eta + c["v"][k] * (eta_next - eta) - c["y"][k] * (eta - eta_prev)
-                x_next = affine(x, mix, c["a"][k], c["b"][k], c["c"][k], xi)
-            _observe(callback, plan, k + 1, x_next, eta_next)
-            eta_prev2, eta_prev, eta = eta_prev, eta, eta_next
-        x = x_next
-        if progress is not None:
-            progress(1)
-    return x
-
-
-def _denoise_multistep3(cols: dict, now: Frame, two_stage: list[bool]) -> None:
-    _denoise_multistep(cols, now, two_stage)
-    cols["z"][-1] = 0.0
+    return MultistepCoefficients(a=A, b=B, c=C, p=b.now.P, q=b.now.Q, predictor=(w, -u, z),
+                                 corrector=(v, y) if b.integrator.corrector else None)
 
 
 # --- the registry ------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Integrator:
-    """One integrator: its name, order, network calls per step, whether it needs the kernel's exact
-    exponential step, how it builds its coefficients, and its loop.  All of them take noise (SDE)."""
+    """One integrator: what differs between integrators is a field.  ``build`` turns a
+    :class:`BuildContext` into the coefficient tables of one loop family; ``calls_per_step`` network
+    calls per step (2: a two-stage method); ``exponential``: it needs the schedule's exact step;
+    ``history``: the past evaluations a multistep step combines; ``corrector``: the next call also
+    corrects the step just taken; ``plain_last_step``: the last step makes one call (Heun).  All of them
+    take noise (SDE)."""
 
     name: str
     order: int
-    calls_per_step: int
-    exponential: bool
-    build: Callable[[_Build], tuple[dict, list]] = field(repr=False)
-    run: Callable = field(repr=False)
-    denoise: Callable = field(repr=False)
-    plain_last_step: bool = False        # the last step makes one call (Heun)
+    build: Callable[[BuildContext], Coefficients] = field(repr=False)
+    calls_per_step: int = 1
+    exponential: bool = False
+    history: int = 1
+    corrector: bool = False
+    plain_last_step: bool = False
     description: str = ""
 
     def nfe(self, steps: int, final_step: str = "euler") -> int:
@@ -420,24 +495,40 @@ class Integrator:
         return max(1, (nfe + 1) // 2 if self.plain_last_step else nfe // self.calls_per_step)
 
 
-INTEGRATORS: dict[str, Integrator] = {i.name: i for i in (
-    Integrator("euler", 1, 1, False, _euler, _run_stages, _denoise_stages, description="Euler / Euler-Maruyama"),
-    Integrator("heun", 2, 2, False, _heun, _run_stages, _denoise_stages, plain_last_step=True,
+INTEGRATORS: dict[str, Integrator] = {}
+
+
+def register_integrator(integrator: Integrator, *, replace_existing: bool = False) -> Integrator:
+    """Add ``integrator`` to :data:`INTEGRATORS`, which ``sample``, the CLI's choices, the bench and the
+    diffusers scheduler read; a name already taken is refused unless ``replace_existing``."""
+    if not isinstance(integrator, Integrator):
+        raise LazyflowError(f"register_integrator takes an Integrator, got {type(integrator).__name__}")
+    if integrator.name in INTEGRATORS and not replace_existing:
+        raise LazyflowError(f"an integrator named {integrator.name!r} is registered already")
+    INTEGRATORS[integrator.name] = integrator
+    return integrator
+
+
+for _integrator in (
+    Integrator(name="euler", order=1, build=_euler, description="Euler / Euler-Maruyama"),
+    Integrator(name="heun", order=2, build=_heun, calls_per_step=2, plain_last_step=True,
                description="Heun (trapezoidal predictor-corrector), plain last step"),
-    Integrator("midpoint", 2, 2, False, _midpoint, _run_stages, _denoise_stages, description="explicit midpoint"),
-    Integrator("exponential", 1, 1, True, _exponential, _run_stages, _denoise_stages,
+    Integrator(name="midpoint", order=2, build=_midpoint, calls_per_step=2, description="explicit midpoint"),
+    Integrator(name="exponential", order=1, build=_exponential, exponential=True,
                description="exact linear part with eta_X frozen (DDIM for VP, Brownian bridge for the point mass)"),
-    Integrator("exp-midpoint", 2, 2, True, _exp_midpoint, _run_stages, _denoise_stages,
+    Integrator(name="exp-midpoint", order=2, build=_exp_midpoint, calls_per_step=2, exponential=True,
                description="two-stage exponential, midpoint in log snr"),
-    Integrator("multistep", 2, 1, True, _multistep, _run_multistep, _denoise_multistep,
+    Integrator(name="multistep", order=2, build=_multistep, exponential=True, history=2,
                description="exponential with eta_X extrapolated linearly in log snr, exact weight"),
-    Integrator("multistep-pc", 2, 1, True, _multistep, _run_multistep, _denoise_multistep,
+    Integrator(name="multistep-pc", order=2, build=_multistep, exponential=True, history=2, corrector=True,
                description="multistep plus a corrector that reuses the next call (as UniPC)"),
-    Integrator("multistep3", 3, 1, True, _multistep3, _run_multistep3, _denoise_multistep3,
+    Integrator(name="multistep3", order=3, build=_multistep3, exponential=True, history=3,
                description="exponential with eta_X extrapolated quadratically in log snr, exact weights"),
-    Integrator("multistep3-pc", 3, 1, True, _multistep3, _run_multistep3, _denoise_multistep3,
+    Integrator(name="multistep3-pc", order=3, build=_multistep3, exponential=True, history=3, corrector=True,
                description="multistep3 plus a third-order corrector that reuses the next call"),
-)}
+):
+    register_integrator(_integrator)
+del _integrator
 
 
 def get_integrator(name: str | Integrator) -> Integrator:
@@ -449,33 +540,86 @@ def get_integrator(name: str | Integrator) -> Integrator:
         raise LazyflowError(f"unknown integrator {name!r}; choose one of {', '.join(INTEGRATORS)}") from None
 
 
+# --- the plan: everything one run needs -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one run needs, built before the loop on the sampling device.
+
+    Step k calls the model at (tau[k], x * in_scale[k]); ``coefficients`` hold the integrator's tables
+    (and run its loop); ``P, Q, K_x, K_e`` give eta_X = P x + Q m and the drift b = K_x x + K_e eta_X
+    at the step's start (for callbacks)."""
+
+    integrator: Integrator
+    times: torch.Tensor                  # (steps + 1,) float64 on the CPU (for messages)
+    tau: torch.Tensor
+    in_scale: torch.Tensor
+    coefficients: Coefficients
+    P: torch.Tensor
+    Q: torch.Tensor
+    K_x: torch.Tensor
+    K_e: torch.Tensor
+
+    @property
+    def steps(self) -> int:
+        return self.tau.numel()
+
+    @property
+    def two_stage(self) -> tuple[bool, ...]:
+        """Whether step k makes a second network call."""
+        return self.coefficients.two_stage
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations the plan makes."""
+        return self.steps + sum(self.two_stage)
+
+    def call_times(self) -> torch.Tensor:
+        """The source times of the network calls, in the order the loop makes them."""
+        times = []
+        for k in range(self.steps):
+            times.append(self.tau[k])
+            if self.two_stage[k]:
+                times.append(self.coefficients.tau2[k])
+        return torch.stack(times)
+
+    def loop(self, x: torch.Tensor, noise: Callable[[int], torch.Tensor], ops: Ops = EAGER,
+             callback: Callback | None = None, progress: Callable[[int], None] | None = None) -> Loop:
+        """The integrator's loop from ``x`` (a generator of :class:`Call`; see :func:`drive`); ``noise(k)`` is
+        step k's xi."""
+        return self.coefficients.loop(x, self, noise, ops, callback, progress)
+
+
 def build_plan(target: Schedule, source: Schedule, times: torch.Tensor, *, integrator: str | Integrator,
                final_step: str, prediction: str, device: torch.device | str | None, dtype: torch.dtype) -> Plan:
     """Coefficient tables for ``integrator`` on ``times`` (float64 math, cast to ``dtype`` on ``device``)."""
     method = get_integrator(integrator)
-    if final_step not in FINAL_STEPS:
-        raise LazyflowError(f"unknown final_step {final_step!r}; choose one of {', '.join(FINAL_STEPS)}")
-    if method.exponential and not target.has_exponential:
-        raise LazyflowError(f"integrator {method.name!r}: {target.kernel.EXPONENTIAL}")
+    check_plan_options(target, method, final_step)
     work = torch.float64 if torch.device(device or "cpu").type != "mps" else torch.float32
     t = times.to(device=device, dtype=work)
     _check_informative_start(target, prediction, t)
     # where eps is infinite at t = 0 (eps* of a standard schedule) the first step is the ODE step
     ode = (t[:-1] <= 0) & target.singular_start
-    b = _Build(target, source, prediction, t, ode)
-    cols, two_stage = method.build(b)
+    context = BuildContext(target, source, prediction, t, ode, method)
+    now = context.now
+    coefficients = method.build(context)
     if final_step == "denoise":
-        method.denoise(cols, b.now, two_stage)
-    zero = b.now.zero
-    for name in ("a", "a1"):
-        if name in cols:
-            cols[name] = torch.where(zero, torch.zeros_like(cols[name]), cols[name])
-    _check_finite(cols, two_stage, b.now, times, method.name)
-    cast = {k: v.to(dtype) for k, v in cols.items()}
-    _check_finite(cast, two_stage, b.now, times, method.name, after=f"the cast to {dtype}")
-    now = b.now
-    return Plan(method, times, now.tau.to(dtype), now.in_scale.to(dtype), tuple(two_stage), cast,
+        coefficients = coefficients.denoised(now)
+    coefficients = coefficients.at_point_mass_start(now.zero)
+    _check_finite(coefficients, now, times, method.name)
+    cast = coefficients.map(lambda v: v.to(dtype))
+    _check_finite(cast, now, times, method.name, after=f"the cast to {dtype}")
+    return Plan(method, times, now.tau.to(dtype), now.in_scale.to(dtype), cast,
                 *(v.to(dtype) for v in (now.P, now.Q, now.K_x, now.K_e)))
+
+
+def check_plan_options(target: Schedule, integrator: Integrator, final_step: str) -> None:
+    """Refuse an unknown ``final_step`` or an exponential integrator on a schedule without an exact step
+    (the checks :func:`build_plan` makes, for callers that settle these before they have a grid)."""
+    if final_step not in FINAL_STEPS:
+        raise LazyflowError(f"unknown final_step {final_step!r}; choose one of {', '.join(FINAL_STEPS)}")
+    if integrator.exponential and not target.has_exponential:
+        raise LazyflowError(f"integrator {integrator.name!r}: {target.kernel.EXPONENTIAL}")
 
 
 def _check_informative_start(target: Schedule, prediction: str, t: torch.Tensor) -> None:
@@ -493,17 +637,16 @@ def _check_informative_start(target: Schedule, prediction: str, t: torch.Tensor)
                         f"where this grid starts): its output there carries no information on the data; {fix}")
 
 
-_SECOND_STAGE = ("tau2", "in_scale2", "a1", "b1", "c1", "d", "e")
-
-
-def _check_finite(cols: dict, two_stage: list[bool], now: Frame, times: torch.Tensor, integrator: str,
+def _check_finite(coefficients: Coefficients, now: Frame, times: torch.Tensor, integrator: str,
                   after: str = "") -> None:
     """One host synchronisation per run, before the loop: refuse non-finite coefficients (``after`` names
-    the cast that made a finite float64 value overflow)."""
-    mask = torch.tensor(two_stage, device=now.t.device)
+    the cast that made a finite float64 value overflow); second-stage tables count only where used."""
+    mask = torch.tensor(coefficients.two_stage, device=now.t.device)
     used = {"model time": now.tau, "input scale": now.in_scale}
-    for name, values in cols.items():
-        used[name] = torch.where(mask, values, torch.zeros_like(values)) if name in _SECOND_STAGE else values
+    for name, values in coefficients.tables().items():
+        if name in coefficients.SECOND:
+            values = torch.where(mask.reshape(-1, *[1] * (values.dim() - 1)), values, torch.zeros_like(values))
+        used[name] = values
     steps = now.t.numel()
     for name, values in used.items():
         bad = ~torch.isfinite(values)

@@ -7,25 +7,25 @@ branching on tensor values; NaN or inf from the model is reported after the loop
 """
 from __future__ import annotations
 
-import inspect
 import numbers
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from ...errors import LazyflowError, SamplingError
 from .grids import GridSpec, make_grid
-from .integrators import Call, Callback, Plan, build_plan, drive, get_integrator
 from .capture import captured_loop
-from .distributed import gather_batches, local_device, ranks_of, share
+from .distributed import Ranks, gather_batches, local_device, ranks_of, share
+from .integrators import EAGER, Call, Callback, Integrator, Plan, build_plan, compiled_ops, drive, get_integrator
 from .noise import CounterNormal, NoiseSource
 from .progress import progress_bar
 from .schedule import Schedule, load_schedule
 
-__all__ = ["sample", "sample_batches", "run_plan", "resolve_device", "resolve_dtype", "SamplingWarning",
-           "DEFAULT_FINAL_STEP"]
+__all__ = ["sample", "sample_batches", "run_plan", "resolve_device", "resolve_dtype", "resolve_dtypes",
+           "SamplingWarning", "DEFAULT_FINAL_STEP"]
 
 #: the default last step, chosen by measurement on the digits model (README: a plain step was better
 #: than returning eta_X for point-mass Euler, 8.7 against 13.4 FD at 8 NFE, and about equal elsewhere)
@@ -34,9 +34,10 @@ DEFAULT_FINAL_STEP = "euler"
 Model = Callable[..., torch.Tensor]
 
 
+
 class _Evaluator:
-    """Calls the model at (tau, x * in_scale) in the model's dtype, checks the output's shape and dtype,
-    and records per call whether the output is finite and how large the state is (read after the loop)."""
+    """Calls the model on each :class:`Call`'s input in the model's dtype, checks the output's shape and
+    dtype, and records per call whether the output is finite and how large the state is (read after the loop)."""
 
     def __init__(self, model: Model, plan: Plan, model_kwargs: dict[str, Any], model_dtype: torch.dtype):
         self.model, self.plan, self.kwargs, self.model_dtype = model, plan, model_kwargs, model_dtype
@@ -45,9 +46,8 @@ class _Evaluator:
         self.steps: list[int] = []
 
     def __call__(self, call: Call) -> torch.Tensor:
-        x, tau, step = call.x, call.tau, call.step
-        inp = (x * call.in_scale).to(self.model_dtype)
-        out = self.model(inp, tau.to(self.model_dtype).expand(x.shape[0]), **self.kwargs)
+        x, step = call.x, call.step
+        out = self.model(*call.model_input(self.model_dtype), **self.kwargs)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise SamplingError(f"model output at step {step} (t = {self.plan.times[step].item():.6g}) has shape {got}, "
@@ -85,7 +85,7 @@ class _Evaluator:
             where = f"step {k} (t = {self.plan.times[k].item():.6g} -> {self.plan.times[k + 1].item():.6g})"
         warnings.warn(f"the samples' root mean square is {sizes[-1].item():.3g}, over {limit:g} times the unit scale "
                       f"of the data; the state first grew past that in {where}: the integrator or the schedule "
-                      "diverges there (use more steps, another integrator or grid)", SamplingWarning, stacklevel=4)
+                      "diverges there (use more steps, another integrator or grid)", SamplingWarning, stacklevel=5)
 
 
 #: how a captured loop is recorded: None = a CUDA graph (tests substitute a re-run on the CPU)
@@ -109,8 +109,8 @@ def run_plan(model: Model, x: torch.Tensor, plan: Plan, noise: Callable[[int], t
 def _integrate(model, x, plan, noise, model_kwargs, model_dtype, compile, callback, progress):
     """The loop itself: no host synchronisation, no branch on tensor values (capturable)."""
     evaluate = _Evaluator(model, plan, model_kwargs, model_dtype)
-    ops = _compiled_ops() if compile else (_affine, _two_point)
-    return drive(plan.integrator.run(x, plan, noise, ops, callback, progress), evaluate), evaluate
+    ops = compiled_ops() if compile else EAGER
+    return drive(plan.loop(x, noise, ops, callback, progress), evaluate), evaluate
 
 
 def _checked(x: torch.Tensor, evaluate: _Evaluator) -> torch.Tensor:
@@ -123,22 +123,9 @@ def _checked(x: torch.Tensor, evaluate: _Evaluator) -> torch.Tensor:
     return x
 
 
-def _affine(x, m, a, b, c, xi):
-    """x' = a x + b m + c xi."""
-    return a * x + b * m + c * xi
-
-
-def _two_point(x, m, x2, m2, a, b, d, e, c, xi):
-    """x' = a x + b m + d x~ + e m~ + c xi."""
-    return a * x + b * m + d * x2 + e * m2 + c * xi
-
-
-def _compiled_ops():
-    return torch.compile(_affine), torch.compile(_two_point)
-
-
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float64": torch.float64, "double": torch.float64,
            "float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16}
+_HALF = (torch.bfloat16, torch.float16)
 
 
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -152,6 +139,22 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
         raise LazyflowError(f"dtype must be a floating-point torch dtype (float32, float64, bfloat16, float16), "
                             f"got {dtype!r}")
     return dtype
+
+
+def resolve_dtypes(dtype: torch.dtype | str, model_dtype: torch.dtype | str | None,
+                   model: Model | None = None) -> tuple[torch.dtype, torch.dtype]:
+    """(state dtype, model-call dtype).  A half ``dtype`` (bfloat16, float16) means a half model with a
+    float32 state; the model is called in ``model_dtype`` if given, else its floating parameters' dtype
+    (a module with one), else the state's."""
+    dtype = resolve_dtype(dtype)
+    model_dtype = None if model_dtype is None else resolve_dtype(model_dtype)
+    if dtype in _HALF:
+        return torch.float32, model_dtype or dtype
+    if model_dtype is None and isinstance(model, torch.nn.Module):
+        kinds = {p.dtype for p in model.parameters() if p.dtype.is_floating_point}
+        if len(kinds) == 1:
+            model_dtype = kinds.pop()
+    return dtype, model_dtype or dtype
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -171,18 +174,15 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     return device
 
 
-def _model_dtype(model: Model, state: torch.dtype, asked: torch.dtype | None) -> torch.dtype:
-    """The dtype the model is called in: as asked, else its floating parameters' dtype, else the state's."""
-    if asked is not None:
-        return asked
-    if isinstance(model, torch.nn.Module):
-        kinds = {p.dtype for p in model.parameters() if p.dtype.is_floating_point}
-        if len(kinds) == 1:
-            return kinds.pop()
-    return state
-
-
-def sample(model: Model, shape: Sequence[int], **options: Any) -> torch.Tensor:
+def sample(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", source: Any = "linear",
+           steps: int = 8, integrator: str | Integrator = "euler", final_step: str | None = None,
+           grid: GridSpec = "uniform", prediction: str = "velocity", seed: int = 0, batch_size: int | None = None,
+           device: torch.device | str | None = None, dtype: torch.dtype | str = torch.float32,
+           model_dtype: torch.dtype | str | None = None, compile: bool = False,
+           model_kwargs: dict[str, Any] | None = None, initial: torch.Tensor | None = None,
+           callback: Callback | None = None, progress: bool = False,
+           noise: Callable[..., NoiseSource] | None = None, distributed: Any = False,
+           capture: bool = False) -> torch.Tensor:
     """Draw ``shape[0]`` samples of shape ``shape[1:]`` from a pretrained ``model``.
 
     ``model(x, t, **model_kwargs)`` is the network trained on the ``source`` schedule, t of shape
@@ -200,27 +200,31 @@ def sample(model: Model, shape: Sequence[int], **options: Any) -> torch.Tensor:
     float32 state.  The samples come back in the state's dtype.
 
     Bad input raises :class:`LazyflowError`; a run that meets NaN or inf raises :class:`SamplingError`
-    naming the step; samples far beyond the data's scale give a :class:`SamplingWarning`.
-    Keyword options are those of :func:`sample_batches`.
+    naming the step; samples far beyond the data's scale give a :class:`SamplingWarning`.  The other
+    options (``initial``, ``noise``, ``compile``, ``capture``, ``distributed``) are those of
+    :func:`sample_batches`; with ``distributed`` every rank gets all the samples.
     """
-    pieces = [x for _, x in sample_batches(model, shape, **options)]
-    device = resolve_device(options.get("device"))
-    return gather_batches(pieces, int(shape[0]), tuple(shape)[1:], ranks_of(options.get("distributed", False), device),
-                          device=device, dtype=_state_dtype(options.get("dtype", torch.float32)))
+    run = _Run.prepare(model, shape, schedule=schedule, source=source, steps=steps, integrator=integrator,
+                       final_step=final_step, grid=grid, prediction=prediction, seed=seed, batch_size=batch_size,
+                       device=device, dtype=dtype, model_dtype=model_dtype, compile=compile,
+                       model_kwargs=model_kwargs, initial=initial, callback=callback, progress=progress,
+                       noise=noise, distributed=distributed, capture=capture)
+    pieces = [x for _, x in run.batches()]
+    return gather_batches(pieces, run.shape[0], run.shape[1:], run.ranks, device=run.device, dtype=run.dtype)
 
 
 def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", source: Any = "linear",
-                   steps: int = 8, integrator: str = "euler", final_step: str | None = None, grid: GridSpec = "uniform",
-                   prediction: str = "velocity", seed: int = 0, batch_size: int | None = None,
-                   device: torch.device | str | None = None, dtype: torch.dtype | str = torch.float32,
-                   model_dtype: torch.dtype | str | None = None, compile: bool = False,
-                   model_kwargs: dict[str, Any] | None = None, initial: torch.Tensor | None = None,
-                   callback: Callback | None = None, progress: bool = False,
+                   steps: int = 8, integrator: str | Integrator = "euler", final_step: str | None = None,
+                   grid: GridSpec = "uniform", prediction: str = "velocity", seed: int = 0,
+                   batch_size: int | None = None, device: torch.device | str | None = None,
+                   dtype: torch.dtype | str = torch.float32, model_dtype: torch.dtype | str | None = None,
+                   compile: bool = False, model_kwargs: dict[str, Any] | None = None,
+                   initial: torch.Tensor | None = None, callback: Callback | None = None, progress: bool = False,
                    noise: Callable[..., NoiseSource] | None = None, distributed: Any = False,
                    capture: bool = False) -> Iterator[tuple[range, torch.Tensor]]:
     """:func:`sample`, one batch at a time: yields (sample indices, samples) as each batch finishes, so
-    that a caller can keep the finished batches of a long run.  Everything is checked before the first
-    batch runs.
+    that a caller can keep the finished batches of a long run.  Everything is checked when this is
+    called, before the first batch runs.
 
     ``initial`` (optional, shape ``shape``) replaces each sample's first standard-normal draw: a standard
     schedule starts from x_0 = alpha_0 * initial; a point-mass run (which starts from 0) uses it as the
@@ -243,69 +247,100 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
     ``distributed``: ``True`` (the default process group, joined from torchrun's environment if
     needed) or a process group: this rank yields only its contiguous share of the indices
     (:mod:`lazyflow.runtime.core.distributed`); :func:`sample` gathers all of them on every rank."""
-    target, src = load_schedule(schedule), load_schedule(source)
-    method = get_integrator(integrator)
-    try:
-        shape = tuple(_count(s, "shape entries") for s in shape)
-    except TypeError:
-        raise LazyflowError(f"shape must be a sequence of positive integers, got {shape!r}") from None
-    if len(shape) < 2:
-        raise LazyflowError(f"shape must be (n, *data_shape) with positive sizes, got {shape}")
-    data_shape = getattr(model, "data_shape", None)
-    if data_shape is not None and tuple(data_shape) != shape[1:]:
-        raise LazyflowError(f"shape {shape} does not fit the model: its samples have shape {tuple(data_shape)}, "
-                            f"so shape must be (n, {', '.join(map(str, data_shape))})")
-    if batch_size is not None:
-        batch_size = _count(batch_size, "batch_size")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise LazyflowError(f"seed must be an integer, got {seed!r}")
-    if initial is not None and (not isinstance(initial, torch.Tensor) or tuple(initial.shape) != shape):
-        got = tuple(initial.shape) if isinstance(initial, torch.Tensor) else type(initial).__name__
-        raise LazyflowError(f"initial must be a tensor of the samples' shape {shape}, got {got}")
-    final_step = DEFAULT_FINAL_STEP if final_step is None else final_step
-    device, dtype = resolve_device(device), resolve_dtype(dtype)
-    ranks = ranks_of(distributed, device)
-    if dtype in (torch.bfloat16, torch.float16):   # a half model: the state stays in float32
-        model_dtype, dtype = (dtype if model_dtype is None else model_dtype), torch.float32
-    call_dtype = _model_dtype(model, dtype, None if model_dtype is None else resolve_dtype(model_dtype))
-    times = make_grid(target, src, steps, grid)
-    steps = times.numel() - 1
-    plan = _plan(target, src, times, method, final_step, prediction, device, dtype)
-    n = shape[0]
-    data_shape = shape[1:]
-    start_scale = float(target.values(times[:1]).alpha[0])
-    chunk = batch_size or n
-    factory = CounterNormal if noise is None else noise
-    if capture:
-        if noise is not None or callback is not None:
-            raise LazyflowError("capture=True records the loop once: it needs the default noise and no callback")
-        plan_key = (target, src, tuple(times.tolist()), method.name, final_step, prediction, compile)
-    local = share(n, ranks)   # all of range(n) in one process
-    chunks = [range(s, min(s + chunk, local.stop)) for s in range(local.start, local.stop, chunk)]
-    with progress_bar(steps * len(chunks), enabled=progress, desc="sampling") as update, torch.no_grad():
-        for indices in chunks:
-            draws = factory(int(seed), indices, data_shape, device=device, dtype=dtype)
-            if compile and isinstance(draws, CounterNormal):
-                draws = draws.compiled()
-            first = None if initial is None else initial[indices.start:indices.stop].to(device=device, dtype=dtype)
-            if target.point_mass:   # starts from the point 0; ``initial`` is the first step's noise
-                x = torch.zeros((len(indices), *data_shape), device=device, dtype=dtype)
-            else:  # I_t0 = alpha(t0) Z (exact at t0 = 0; the data term beta(t0) X is dropped if t0 > 0)
-                x = (draws(0) if first is None else first) * start_scale
-            kwargs = _chunk_kwargs(model_kwargs, n, indices)
-            if capture:
-                def loop(x, rows, first, kwargs, draws=draws):
-                    return _integrate(model, x, plan, _step_noise(target, draws.with_rows(rows), first, x), kwargs,
-                                      call_dtype, compile, None, None)
+    run = _Run.prepare(model, shape, schedule=schedule, source=source, steps=steps, integrator=integrator,
+                       final_step=final_step, grid=grid, prediction=prediction, seed=seed, batch_size=batch_size,
+                       device=device, dtype=dtype, model_dtype=model_dtype, compile=compile,
+                       model_kwargs=model_kwargs, initial=initial, callback=callback, progress=progress,
+                       noise=noise, distributed=distributed, capture=capture)
+    return run.batches()
 
-                out, evaluate = captured_loop((model, plan_key, call_dtype), loop, x, draws.rows, first, kwargs,
-                                              recorder=_recorder)
-                if update is not None:
-                    update(steps)
-                yield indices, _checked(out.clone(), evaluate)
-            else:
-                yield indices, run_plan(model, x, plan, _step_noise(target, draws, first, x), model_kwargs=kwargs,
-                                        model_dtype=call_dtype, compile=compile, callback=callback, progress=update)
+
+@dataclass(frozen=True)
+class _Run:
+    """One checked run: its plan, shape, dtypes, noise and this rank's chunks (every check is in
+    :meth:`prepare`; :meth:`batches` only runs)."""
+
+    model: Model
+    shape: tuple[int, ...]
+    target: Schedule
+    plan: Plan
+    plan_key: tuple
+    seed: int
+    chunks: list[range]
+    device: torch.device
+    dtype: torch.dtype
+    call_dtype: torch.dtype
+    ranks: Ranks
+    factory: Callable[..., NoiseSource]
+    model_kwargs: dict[str, Any] | None
+    initial: torch.Tensor | None
+    callback: Callback | None
+    progress: bool
+    compile: bool
+    capture: bool
+
+    @classmethod
+    def prepare(cls, model: Model, shape: Sequence[int], *, schedule: Any, source: Any, steps: int,
+                integrator: str | Integrator, final_step: str | None, grid: GridSpec, prediction: str, seed: int,
+                batch_size: int | None, device: Any, dtype: Any, model_dtype: Any, compile: bool,
+                model_kwargs: dict[str, Any] | None, initial: torch.Tensor | None, callback: Callback | None,
+                progress: bool, noise: Callable[..., NoiseSource] | None, distributed: Any, capture: bool) -> "_Run":
+        target, src = load_schedule(schedule), load_schedule(source)
+        method = get_integrator(integrator)
+        shape = _checked_shape(model, shape)
+        batch_size = None if batch_size is None else _count(batch_size, "batch_size")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise LazyflowError(f"seed must be an integer, got {seed!r}")
+        if initial is not None and (not isinstance(initial, torch.Tensor) or tuple(initial.shape) != shape):
+            got = tuple(initial.shape) if isinstance(initial, torch.Tensor) else type(initial).__name__
+            raise LazyflowError(f"initial must be a tensor of the samples' shape {shape}, got {got}")
+        if capture and (noise is not None or callback is not None):
+            raise LazyflowError("capture=True records the loop once: it needs the default noise and no callback")
+        final_step = DEFAULT_FINAL_STEP if final_step is None else final_step
+        device = resolve_device(device)
+        dtype, call_dtype = resolve_dtypes(dtype, model_dtype, model)
+        ranks = ranks_of(distributed, device)
+        times = make_grid(target, src, steps, grid)
+        plan = _plan(target, src, times, method, final_step, prediction, device, dtype)
+        plan_key = (target, src, tuple(times.tolist()), method.name, final_step, prediction, compile)
+        local, chunk = share(shape[0], ranks), batch_size or shape[0]   # all of range(n) in one process
+        chunks = [range(s, min(s + chunk, local.stop)) for s in range(local.start, local.stop, chunk)]
+        return cls(model, shape, target, plan, plan_key, int(seed), chunks, device, dtype, call_dtype, ranks,
+                   CounterNormal if noise is None else noise, model_kwargs, initial, callback, progress, compile,
+                   capture)
+
+    def batches(self) -> Iterator[tuple[range, torch.Tensor]]:
+        """Run the chunks in order, yielding (indices, samples) as each finishes."""
+        steps = self.plan.steps
+        with progress_bar(steps * len(self.chunks), enabled=self.progress, desc="sampling") as update, \
+                torch.no_grad():
+            for indices in self.chunks:
+                yield indices, self._chunk(indices, update)
+
+    def _chunk(self, indices: range, update: Callable[[int], None] | None) -> torch.Tensor:
+        """One chunk: its noise, its start state in the schedule's own way, then the loop (or its capture)."""
+        draws = self.factory(self.seed, indices, self.shape[1:], device=self.device, dtype=self.dtype)
+        if self.compile and isinstance(draws, CounterNormal):
+            draws = draws.compiled()
+        first = None if self.initial is None else \
+            self.initial[indices.start:indices.stop].to(device=self.device, dtype=self.dtype)
+        t0 = float(self.plan.times[0])
+        like = torch.empty((len(indices), *self.shape[1:]), device=self.device, dtype=self.dtype)
+        x = self.target.initial_state(t0, (lambda: draws(0)) if first is None else (lambda: first), like)
+        kwargs = _chunk_kwargs(self.model_kwargs, self.shape[0], indices)
+        if not self.capture:
+            return run_plan(self.model, x, self.plan, self.target.step_noise(t0, draws, first, x), model_kwargs=kwargs,
+                            model_dtype=self.call_dtype, compile=self.compile, callback=self.callback, progress=update)
+
+        def loop(x, rows, first, kwargs, draws=draws):
+            noise = self.target.step_noise(t0, draws.with_rows(rows), first, x)
+            return _integrate(self.model, x, self.plan, noise, kwargs, self.call_dtype, self.compile, None, None)
+
+        out, evaluate = captured_loop((self.model, self.plan_key, self.call_dtype), loop, x, draws.rows, first, kwargs,
+                                      recorder=_recorder)
+        if update is not None:
+            update(self.plan.steps)
+        return _checked(out.clone(), evaluate)
 
 
 _PLANS: "OrderedDict[tuple, Plan]" = OrderedDict()
@@ -326,24 +361,19 @@ def _plan(target, src, times, method, final_step, prediction, device, dtype) -> 
     return plan
 
 
-def _step_noise(target: Schedule, draws: NoiseSource, first: torch.Tensor | None,
-                x: torch.Tensor) -> Callable[[int], torch.Tensor]:
-    """Step k's xi: draw 1 + k of the chunk's noise (zeros for an ODE), drawn when the step runs."""
-    if not target.stochastic:
-        zeros = torch.zeros_like(x)
-        return lambda k: zeros
-    if target.point_mass and first is not None:
-        return lambda k: first if k == 0 else draws(1 + k)
-    return lambda k: draws(1 + k)
-
-
-sample.__signature__ = inspect.signature(sample_batches).replace(return_annotation=torch.Tensor)
-
-
-def _state_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """The state's dtype for a ``dtype`` option (a half dtype means a float32 state)."""
-    dtype = resolve_dtype(dtype)
-    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+def _checked_shape(model: Model, shape: Any) -> tuple[int, ...]:
+    """(n, *data_shape) of positive integers that fits the model's ``data_shape`` where it has one."""
+    try:
+        shape = tuple(_count(s, "shape entries") for s in shape)
+    except TypeError:
+        raise LazyflowError(f"shape must be a sequence of positive integers, got {shape!r}") from None
+    if len(shape) < 2:
+        raise LazyflowError(f"shape must be (n, *data_shape) with positive sizes, got {shape}")
+    data_shape = getattr(model, "data_shape", None)
+    if data_shape is not None and tuple(data_shape) != shape[1:]:
+        raise LazyflowError(f"shape {shape} does not fit the model: its samples have shape {tuple(data_shape)}, "
+                            f"so shape must be (n, {', '.join(map(str, data_shape))})")
+    return shape
 
 
 def _count(value: Any, what: str) -> int:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -206,6 +206,32 @@ class Schedule:
         B = torch.where(start, beta1 - alpha1 * beta0 / safe0 * D, beta1)
         C = alpha1 * torch.sqrt(torch.clamp(1 - D * D, min=0))
         return A, B, C
+
+    # --- where a run starts and the noise of its steps ---------------------------------------------
+    def starts_at_point(self, t0: float) -> bool:
+        """True for a run from t0 that starts at the point 0: a point-mass schedule at t0 = 0."""
+        return self.point_mass and float(t0) <= 0
+
+    def initial_state(self, t0: float, first_draw: Callable[[], torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """The state at t0: 0 at the point-mass start (``like``'s shape and dtype, no draw made), else
+        I_t0 = alpha(t0) Z from the standard-normal ``first_draw()`` (exact at t0 = 0; the data term
+        beta(t0) X is dropped if t0 > 0)."""
+        if self.starts_at_point(t0):
+            return torch.zeros_like(like)
+        t = torch.tensor([float(t0)], dtype=torch.float64)
+        return first_draw() * float(self.values(t).alpha[0])
+
+    def step_noise(self, t0: float, draws: Callable[[int], torch.Tensor], first: torch.Tensor | None,
+                   like: torch.Tensor) -> Callable[[int], torch.Tensor]:
+        """Step k's xi of a run from t0: draw 1 + k of ``draws`` (draw 0 is the start), drawn when the step
+        runs; zeros for an ODE.  A point-mass run has no start draw: ``first``, when given, is its first
+        step's noise (the draw that a standard schedule would start from)."""
+        if not self.stochastic:
+            zeros = torch.zeros_like(like)
+            return lambda k: zeros
+        if first is not None and self.starts_at_point(t0):
+            return lambda k: first if k == 0 else draws(1 + k)
+        return lambda k: draws(1 + k)
 
     def same_path(self, other: "Schedule") -> bool:
         """True when both have the same alpha and beta (the conversion between them is the identity)."""

@@ -60,9 +60,8 @@ except ImportError as _err:  # diffusers is an optional extra
 
 from ..core.gridfile import load_grid_file
 from ..core.grids import GRIDS, make_grid, parse_grid
-from ..core.integrators import FINAL_STEPS, Plan, build_plan, get_integrator
+from ..core.integrators import Plan, build_plan, check_plan_options, get_integrator
 from ..core.noise import CounterNormal
-from ..core.sampler import _affine, _step_noise, _two_point
 from ..core.schedule import Schedule, load_schedule
 
 __all__ = ["LazyFlowScheduler", "LazyFlowSchedulerOutput", "SOURCE"]
@@ -128,10 +127,7 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
             self.target = self.target.with_diffusion_scale(diffusion_scale)
         self.source: Schedule = load_schedule(SOURCE)
         self.integrator = get_integrator(integrator)
-        if self.integrator.exponential and not self.target.has_exponential:
-            raise LazyflowError(f"integrator {self.integrator.name!r}: {self.target.kernel.EXPONENTIAL}")
-        if final_step not in FINAL_STEPS:
-            raise LazyflowError(f"unknown final_step {final_step!r}; choose one of {', '.join(FINAL_STEPS)}")
+        check_plan_options(self.target, self.integrator, final_step)
         if grid != PIPELINE_GRID and grid not in GRIDS:
             if not isinstance(grid, str) or not (grid.endswith(".json") or grid.startswith("logsnr")):
                 raise LazyflowError(f"unknown grid {grid!r}; choose {PIPELINE_GRID!r} (the pipeline's sigmas), one of "
@@ -349,21 +345,19 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
         device = sample.device
         plan = self._plan(self._times[k0:], device, self._dtype)
         latents = sample.to(self._dtype)
-        n, shape = latents.shape[0], tuple(latents.shape[1:])
-        stochastic = self.target.stochastic
-        zero_start = self.target.point_mass and float(self._times[k0]) <= 0
+        t0 = float(self._times[k0])
+        draws = CounterNormal(self._seed, range(latents.shape[0]), tuple(latents.shape[1:]), device=device,
+                              dtype=self._dtype)
         self._first_shift = None
-        draws = CounterNormal(self._seed, range(n), shape, device=device, dtype=self._dtype)
-        if zero_start:   # x = 0; the latents are the first noise draw (as sample(..., initial=latents))
-            x = torch.zeros_like(latents)
-            noise = _step_noise(self.target, draws, latents, x)
-            # the pipeline called the network on the latents, not on 0: eta_X = p x_in + q m there
+        if self.target.starts_at_point(t0):
+            # x = 0; the latents are the first noise draw (as sample(..., initial=latents)).  The pipeline
+            # called the network on the latents, not on 0: eta_X = p x_in + q m there
+            x = self.target.initial_state(t0, lambda: latents, latents)
             p, q = self.source.eta("velocity", plan.tau[:1].to(torch.float64).cpu())
             self._first_shift = (p / q).to(device=device, dtype=self._dtype)
         else:            # the latents are the state in the network's frame at the first call: x = c(t_0) latents
             x = latents / plan.in_scale[0]
-            noise = _step_noise(self.target, draws, None, x)
-        self._loop = plan.integrator.run(x, plan, noise, (_affine, _two_point), None, None)
+        self._loop = plan.loop(x, self.target.step_noise(t0, draws, latents, x))
         next(self._loop)   # the first call: the pipeline has made it already
 
     @staticmethod
