@@ -9,6 +9,7 @@ integrator step (A, B, C) over [t, t_next] with eta_X frozen, when SymPy finds a
 The runtime composes conversions between two kernels at run time: tau(t) = source.time_of_log_snr(
 target.log_snr(t)) and c = (alpha_B + beta_B)(t) / (alpha_A + beta_A)(tau).
 
+SymPy expressions are printed as torch code by :class:`derive.printer.KernelPrinter`.
 The module's ``SPEC`` literal is what :func:`derive.schedule.spec_from_kernel_file` reads back
 (with :mod:`ast`, never importing the file); :func:`spec_key` names cached kernels.
 """
@@ -24,23 +25,24 @@ import re
 import token
 import tokenize
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
+from typing import Callable, Sequence
 
 import sympy as sp
-from sympy.printing.pytorch import TorchPrinter
 from sympy.printing.str import StrPrinter
 
-from .conversion import _S, _snr_inverse
+from .conversion import snr_inverse, snr_symbol
 from ..errors import SpecError
-from .formulas import PREDICTIONS, GaveUp, bounded, derive, run_budgeted, simplify
+from .formulas import PREDICTIONS, Formulas, GaveUp, bounded, derive, run_budgeted, simplify
 from .limits import TimeLimit
 from .parse import parse_expression
+from .printer import KernelPrinter, unprintable
 from .schedule import ScheduleSpec, preset
 from .symbols import m, t, t_next, x
 from .validate import boundary_value, validate
 
-__all__ = ["KernelPrinter", "ExponentialStep", "exponential_step", "render_kernel", "write_kernel", "kernel_name",
+__all__ = ["ExponentialStep", "exponential_step", "render_kernel", "render_function", "write_kernel", "kernel_name",
            "kernel_spec", "spec_key", "check_shipped", "update_shipped", "SHIPPED", "SHIPPED_COMMAND", "FORMAT",
            "INTEGRATE_SECONDS", "RENDER_SECONDS", "LINE_LENGTH"]
 
@@ -60,152 +62,11 @@ SHIPPED_COMMAND = "lazyflow emit --schedule {schedule} --out-dir runtime/kernels
 lam = sp.Symbol("lam", real=True)
 
 
-class KernelPrinter(TorchPrinter):
-    """TorchPrinter for kernels: numeric constants as float literals (``torch.sqrt(2)`` fails on ints),
-    parameters as plain names, and the functions SymPy may produce from the parser's whitelist."""
-
-    def _print(self, expr, **kwargs):
-        if _is_float_constant(expr):
-            return repr(float(sp.N(expr, 20)))
-        return super()._print(expr, **kwargs)
-
-    def parenthesize(self, item, level, strict=False):
-        # a positive float literal binds like an atom: 0.5*t, not (0.5)*t
-        if _is_float_constant(item) and item.is_positive:
-            return self._print(item)
-        return super().parenthesize(item, level, strict)
-
-    def _print_Add(self, expr, order=None):
-        # t - 1 as -(1 - t): the same value, but -0.0 at t = 1, so that 1/(t - 1) there is -inf, the limit
-        # from inside (0, 1) (exp(t/(t - 1)) -> 0, not inf)
-        if len(expr.args) == 2 and sp.S.NegativeOne in expr.args:
-            other = expr.args[0] if expr.args[1] == -1 else expr.args[1]
-            if other in (t, t_next):
-                return f"-(1 - {self._print(other)})"
-        return super()._print_Add(expr, order=order)
-
-    def _call(self, function: str, arg) -> str:
-        return f"torch.{function}({self._print(arg)})"
-
-    def _reciprocal(self, function: str, arg) -> str:
-        return f"torch.reciprocal(torch.{function}({self._print(arg)}))"
-
-    def _inverse_of_reciprocal(self, function: str, arg) -> str:
-        return f"torch.{function}(torch.reciprocal({self._print(arg)}))"
-
-    def _print_Abs(self, expr):
-        return self._call("abs", expr.args[0])
-
-    def _print_sign(self, expr):
-        return self._call("sign", expr.args[0])
-
-    def _print_exp(self, expr):
-        return self._call("exp", expr.args[0])
-
-    def _print_log(self, expr):
-        arg = expr.args[0]
-        exponent = _one_plus_exp(arg, -1)
-        if exponent is not None:            # log(1 - e^u) = log(-expm1(u)): no cancellation near u = 0
-            return f"torch.log(-torch.expm1({self._print(exponent)}))"
-        exponent = _one_plus_exp(arg, 1)
-        if exponent is not None:            # log(1 + e^u) without overflow for large u
-            return f"_log1p_exp({self._print(exponent)})"
-        return self._call("log", arg)
-
-    def _print__finite_or(self, expr):
-        return f"_finite_or({self._print(expr.args[0])}, {self._print(expr.args[1])})"
-
-    def _print_atan(self, expr):
-        return self._call("atan", expr.args[0])
-
-    def _print_erf(self, expr):
-        return self._call("erf", expr.args[0])
-
-    def _print_erfc(self, expr):
-        return self._call("erfc", expr.args[0])
-
-    def _print_erfinv(self, expr):
-        return self._call("erfinv", expr.args[0])
-
-    def _print_sinh(self, expr):
-        return self._call("sinh", expr.args[0])
-
-    def _print_cosh(self, expr):
-        return self._call("cosh", expr.args[0])
-
-    def _print_tanh(self, expr):
-        return self._call("tanh", expr.args[0])
-
-    def _print_cot(self, expr):
-        return self._reciprocal("tan", expr.args[0])
-
-    def _print_sec(self, expr):
-        return self._reciprocal("cos", expr.args[0])
-
-    def _print_csc(self, expr):
-        return self._reciprocal("sin", expr.args[0])
-
-    def _print_coth(self, expr):
-        return self._reciprocal("tanh", expr.args[0])
-
-    def _print_sech(self, expr):
-        return self._reciprocal("cosh", expr.args[0])
-
-    def _print_csch(self, expr):
-        return self._reciprocal("sinh", expr.args[0])
-
-    def _print_acot(self, expr):
-        return self._inverse_of_reciprocal("atan", expr.args[0])
-
-    def _print_asec(self, expr):
-        return self._inverse_of_reciprocal("acos", expr.args[0])
-
-    def _print_acsc(self, expr):
-        return self._inverse_of_reciprocal("asin", expr.args[0])
-
-    def _print_acoth(self, expr):
-        return self._inverse_of_reciprocal("atanh", expr.args[0])
-
-    def _print_asech(self, expr):
-        return self._inverse_of_reciprocal("acosh", expr.args[0])
-
-    def _print_acsch(self, expr):
-        return self._inverse_of_reciprocal("asinh", expr.args[0])
-
-    def _extremum(self, expr, function: str, clamp: str) -> str:
-        numbers = [a for a in expr.args if a.is_number]
-        tensors = [self._print(a) for a in expr.args if not a.is_number]
-        text = tensors[0]
-        for other in tensors[1:]:
-            text = f"torch.{function}({text}, {other})"
-        if numbers:
-            text = f"torch.clamp({text}, {clamp}={self._print(numbers[0])})"
-        return text
-
-    def _print_Max(self, expr):
-        return self._extremum(expr, "maximum", "min")
-
-    def _print_Min(self, expr):
-        return self._extremum(expr, "minimum", "max")
-
-
-def _one_plus_exp(expr: sp.Expr, sign: int) -> sp.Expr | None:
-    """u when ``expr`` is 1 + sign e^u (sign = 1 or -1), else None."""
-    if not (isinstance(expr, sp.Add) and len(expr.args) == 2 and sp.S.One in expr.args):
-        return None
-    other = expr.args[0] if expr.args[1] == 1 else expr.args[1]
-    term = -other if sign < 0 else other
-    return term.args[0] if isinstance(term, sp.exp) and term.args[0].free_symbols else None
-
-
 class _finite_or(sp.Function):  # noqa: N801 - named as the kernel helper it prints to
-    """_finite_or(value, fallback) in a kernel: ``value`` where finite, else ``fallback`` (log space)."""
+    """_finite_or(value, fallback) in a kernel: ``value`` where finite, else ``fallback`` (log space).
+    KernelPrinter prints it by name (printer.FUNCTION_TEMPLATES)."""
 
     nargs = 2
-
-
-def _is_float_constant(expr) -> bool:
-    return isinstance(expr, sp.Expr) and expr.is_number and not expr.is_Integer and bool(expr.is_real)
 
 
 @dataclass(frozen=True)
@@ -443,8 +304,14 @@ def render_kernel(spec: ScheduleSpec, *, name: str, command: str) -> str:
     return run_budgeted(RENDER_SECONDS, f"generating the kernel of {spec.name!r}", _render, spec, name, command)
 
 
+#: fn(name, args, doc, outputs) -> the text of one kernel function (render_function with the printer and
+#: the parameters bound)
+_FunctionWriter = Callable[[str, tuple[sp.Symbol, ...], str, list[sp.Expr]], str]
+
+
 @lru_cache(maxsize=64)
 def _render(spec: ScheduleSpec, name: str, command: str) -> str:
+    """render_kernel's text, cached: the header, the module constants, the helpers, then the functions."""
     spec_dict = kernel_spec(spec)
     report = validate(spec)                     # at the parameter defaults
     at_defaults = spec.substituted()
@@ -455,17 +322,11 @@ def _render(spec: ScheduleSpec, name: str, command: str) -> str:
     ode_expo = exponential_step(spec.with_diffusion("ode")) if f.eps != 0 else expo
     ode = derive(spec.with_diffusion("ode"))
     logs = log_forms(spec)
-    inverse = _snr_inverse(f.snr, defaults)
-    inverse_reason = (f"SymPy found no closed-form inverse of the snr within {_solve_seconds()} s: the runtime "
-                      "inverts log_snr numerically")
-    if inverse is not None and not _printable(inverse):
-        inverse_reason = (f"the closed-form inverse of the snr uses a function torch lacks "
-                          f"({_unprintable(inverse)}): the runtime inverts log_snr numerically")
-        inverse = None
+    inverse, inverse_reason = _printable_snr_inverse(f.snr, defaults)
     expo, ode_expo = (_printable_step(step) for step in (expo, ode_expo))
     params = [(pname, float(value)) for pname, value in spec.params]
 
-    meta = {
+    constants = _assignments({
         "FORMAT": repr(FORMAT),
         "NAME": repr(name),
         "SPEC": _literal("SPEC = ", spec_dict),
@@ -477,28 +338,53 @@ def _render(spec: ScheduleSpec, name: str, command: str) -> str:
         "SINGULAR_START": repr(_singular_at_start(at_defaults)),
         "SNR_INVERSE": repr("closed form" if inverse is not None else "numeric"),
         "EXPONENTIAL": _literal("EXPONENTIAL = ", expo.reason or "closed form"),
-    }
-    lines = []
-    for key, value in meta.items():
-        lines.append(value if value.startswith(f"{key} = ") else f"{key} = {value}")
-    parts = [_header(name, command), "\n".join(lines) + "\n", _HELPERS]
-
-    printer = KernelPrinter()
+    })
+    fn: _FunctionWriter = partial(render_function, KernelPrinter(), params=params)
     params_doc = " Parameters are keyword-only." if params else ""
+    fns = [*_time_functions(fn, f, logs, inverse, inverse_reason, params_doc),
+           *_drift_functions(fn, spec, f, ode, logs),
+           *_step_functions(fn, expo, ode_expo)]
+    text = "".join([_header(name, command), constants, _HELPERS, "\n\n".join(fns)])
+    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 
-    def fn(fname: str, args: tuple[sp.Symbol, ...], doc: str, outputs: list[sp.Expr]) -> str:
-        return _function(printer, fname, args, params, doc, outputs)
 
+def _assignments(values: dict[str, str]) -> str:
+    """``KEY = value`` lines (a value that already starts with ``KEY = `` as it is)."""
+    lines = [value if value.startswith(f"{key} = ") else f"{key} = {value}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _printable_snr_inverse(snr: sp.Expr, defaults: tuple) -> tuple[sp.Expr | None, str]:
+    """(t as a function of S = snr(t), "") when SymPy finds it and torch can compute it, else (None, why not)."""
+    inverse = snr_inverse(snr, defaults)
+    if inverse is None:
+        return None, (f"SymPy found no closed-form inverse of the snr within {_solve_seconds()} s: the runtime "
+                      "inverts log_snr numerically")
+    missing = unprintable(inverse)
+    if missing:
+        return None, (f"the closed-form inverse of the snr uses a function torch lacks "
+                      f"({missing}): the runtime inverts log_snr numerically")
+    return inverse, ""
+
+
+def _time_functions(fn: _FunctionWriter, f: Formulas, logs: LogForms, inverse: sp.Expr | None,
+                    inverse_reason: str, params_doc: str) -> list[str]:
+    """``schedule``, ``log_snr`` and ``time_of_log_snr`` (None, with the reason, without a closed form)."""
     fns = [
         fn("schedule", (t,), f"(alpha, beta, alpha', beta', sigma) at times t.{params_doc}",
            [f.alpha, f.beta, f.d_alpha, f.d_beta, f.sigma]),
         fn("log_snr", (t,), "log snr = log(beta) - log(alpha) at times t, in log space.", [logs.log_snr]),
     ]
-    if inverse is not None:
-        fns.append(fn("time_of_log_snr", (lam,), "The time t with log_snr(t) = lam.", [inverse.subs(_S, sp.exp(lam))]))
-    else:
-        fns.append(_comment_line("time_of_log_snr = None", inverse_reason))
-    fns += [
+    if inverse is None:
+        return [*fns, _comment_line("time_of_log_snr = None", inverse_reason)]
+    return [*fns, fn("time_of_log_snr", (lam,), "The time t with log_snr(t) = lam.",
+                     [inverse.subs(snr_symbol, sp.exp(lam))])]
+
+
+def _drift_functions(fn: _FunctionWriter, spec: ScheduleSpec, f: Formulas, ode: Formulas,
+                     logs: LogForms) -> list[str]:
+    """``drift``, ``ode_drift`` and ``eta_<prediction>`` for each prediction, guarded by their log-space forms."""
+    fns = [
         fn("drift", (t,), "(K_x, K_e): drift b = K_x x + K_e eta_X of this schedule's diffusion.",
            _guarded([f.drift_x, f.drift_eta], _drift_in_log_space(spec, logs))),
         fn("ode_drift", (t,), "(K_x, K_e) of the probability-flow ODE (sigma = 0).",
@@ -509,35 +395,19 @@ def _render(spec: ScheduleSpec, name: str, command: str) -> str:
         fns.append(fn(f"eta_{prediction}", (t,),
                       f"(p, q): eta_X = p x + q m for a model trained on this schedule, {prediction} output m.",
                       _guarded([p, q], _eta_in_log_space(logs, prediction))))
+    return fns
+
+
+def _step_functions(fn: _FunctionWriter, expo: ExponentialStep, ode_expo: ExponentialStep) -> list[str]:
+    """``exponential`` and ``ode_exponential`` (None, with the reason, without a closed form)."""
+    fns = []
     for fname, step in (("exponential", expo), ("ode_exponential", ode_expo)):
         if step.reason:
             fns.append(_comment_line(f"{fname} = None", step.reason))
         else:
             fns.append(fn(fname, (t, t_next), "(A, B, C): x(t_next) = A x(t) + B eta_X + C xi, eta_X frozen.",
                           [step.A, step.B, step.C]))
-    parts.append("\n\n".join(fns))
-    text = "".join(parts)
-    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
-
-
-def _unprintable(expr: sp.Expr) -> str | None:
-    """The name of the first function in ``expr`` that KernelPrinter cannot print, or None."""
-    printer = KernelPrinter()
-    for node in sp.preorder_traversal(expr):
-        if isinstance(node, sp.Function) or isinstance(node, sp.core.function.AppliedUndef):
-            try:
-                printer.doprint(node)
-            except Exception:  # noqa: BLE001 - PrintMethodNotImplementedError and friends
-                return type(node).__name__
-    try:
-        printer.doprint(expr)
-    except Exception:  # noqa: BLE001
-        return type(expr).__name__
-    return None
-
-
-def _printable(expr: sp.Expr) -> bool:
-    return _unprintable(expr) is None
+    return fns
 
 
 def _printable_step(step: ExponentialStep) -> ExponentialStep:
@@ -545,7 +415,7 @@ def _printable_step(step: ExponentialStep) -> ExponentialStep:
     if step.reason:
         return step
     for expr in (step.A, step.B, step.C):
-        missing = _unprintable(expr)
+        missing = unprintable(expr)
         if missing:
             return ExponentialStep(None, None, None, reason=(
                 f"exponential integrator unavailable: its closed form uses {missing}, which torch lacks"))
@@ -628,9 +498,10 @@ def _finite_or(value, fallback):
 '''
 
 
-def _function(printer: KernelPrinter, name: str, args: tuple[sp.Symbol, ...], params: list[tuple[str, float]],
-              doc: str, outputs: list[sp.Expr]) -> str:
-    """A torch function of tensor ``args`` (and keyword-only ``params``) returning ``outputs`` after CSE."""
+def render_function(printer: KernelPrinter, name: str, args: tuple[sp.Symbol, ...], doc: str,
+                    outputs: list[sp.Expr], params: Sequence[tuple[str, float]] = ()) -> str:
+    """The source of a torch function ``name`` of the tensors ``args`` (and of the keyword-only ``params``,
+    (name, default) pairs) returning ``outputs`` after CSE, printed by ``printer``."""
     outputs = [sp.sympify(e) for e in outputs]
     replacements, reduced = _inline_scalar_constants(*sp.cse(outputs, symbols=sp.numbered_symbols("_c")))
     first = str(args[0])

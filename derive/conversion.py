@@ -20,14 +20,15 @@ from .limits import TimeLimit
 from .schedule import ScheduleSpec
 from .symbols import t
 
-__all__ = ["Conversion", "convert", "SOLVE_SECONDS", "CONVERT_SECONDS"]
+__all__ = ["Conversion", "convert", "snr_inverse", "snr_symbol", "SOLVE_SECONDS", "CONVERT_SECONDS"]
 
 #: how long SymPy may look for a closed-form inverse of the snr before the numeric fallback
 SOLVE_SECONDS = 5.0
 #: budget of one convert() (the two derivations included), in seconds on 2 CPU cores
 CONVERT_SECONDS = 30.0
-# leading underscores: a parameter name never starts with one, so these never clash with a parameter
-_S = sp.Symbol("_S", positive=True)
+#: S, the value of the snr, in what snr_inverse returns; its SymPy name and _tau's start with an underscore,
+#: which a parameter name never does, so they never clash with a parameter
+snr_symbol = sp.Symbol("_S", positive=True)
 _tau = sp.Symbol("_tau", positive=True)
 
 
@@ -59,8 +60,8 @@ class Conversion:
 
 
 @lru_cache(maxsize=128)
-def _snr_inverse(snr: sp.Expr, at: tuple[tuple[sp.Symbol, sp.Expr], ...] = ()) -> sp.Expr | None:
-    """t as a function of S = snr(t) (an expression in the symbol ``_S``), or None if not found.
+def snr_inverse(snr: sp.Expr, at: tuple[tuple[sp.Symbol, sp.Expr], ...] = ()) -> sp.Expr | None:
+    """t as a function of S = snr(t) (an expression in ``snr_symbol``), or None if not found.
 
     ``snr`` may contain parameter symbols; the branch of each root is checked numerically with
     the parameters at the values ``at`` ((symbol, value) pairs), which is why SymPy's own checks
@@ -70,7 +71,7 @@ def _snr_inverse(snr: sp.Expr, at: tuple[tuple[sp.Symbol, sp.Expr], ...] = ()) -
     values = dict(at)
     snr_at = snr.xreplace(values)
     tau_snr = snr.subs(t, _tau)
-    attempts = (lambda: sp.Eq(tau_snr, _S), lambda: sp.Eq(simplify(1 / tau_snr**2), 1 / _S**2))
+    attempts = (lambda: sp.Eq(tau_snr, snr_symbol), lambda: sp.Eq(simplify(1 / tau_snr**2), 1 / snr_symbol**2))
     for equation in attempts:
         try:
             with bounded(SOLVE_SECONDS):
@@ -92,7 +93,7 @@ def _is_inverse(root: sp.Expr, snr_at: sp.Expr, values: dict) -> bool:
     root_at = root.xreplace(values)
     for s_value in (0.25, 1.0, 4.0):
         try:
-            value = complex(sp.N(root_at.subs(_S, s_value)))
+            value = complex(sp.N(root_at.subs(snr_symbol, s_value)))
         except TypeError:
             return False
         if abs(value.imag) > 1e-9 or not 0 < value.real < 1:
@@ -113,12 +114,12 @@ def convert(source: ScheduleSpec, target: ScheduleSpec) -> Conversion:
 def _convert(source: ScheduleSpec, target: ScheduleSpec) -> Conversion:
     source, target = source.substituted(), target.substituted()
     fa, fb = derive(source), derive(target)
-    inverse = _snr_inverse(fa.snr)
+    inverse = snr_inverse(fa.snr)
     if inverse is None:
         return Conversion(source, target, None, None, fa.log_snr, fb.log_snr,
                           note=f"SymPy found no closed-form inverse of the snr of {source.name!r}; "
                                "the runtime inverts it numerically")
-    tau = simplify(inverse.subs(_S, fb.snr))
+    tau = simplify(inverse.subs(snr_symbol, fb.snr))
     scale = simplify((fb.alpha + fb.beta) / (fa.alpha + fa.beta).subs(t, tau))
     _check_map(fa.snr, fb.snr, tau)
     return Conversion(source, target, tau, scale, fa.log_snr, fb.log_snr)

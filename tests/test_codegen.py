@@ -223,7 +223,7 @@ def test_kernel_refuses_a_symbolic_data_variance():
 
 
 def test_printer_covers_the_functions_sympy_may_produce(tmp_path):
-    from lazyflow.derive.codegen import KernelPrinter
+    from lazyflow.derive.printer import KernelPrinter
 
     printer = KernelPrinter()
     u = sp.Symbol("u", real=True)

@@ -305,11 +305,12 @@ def test_data_variance_in_python():
 def test_printer_never_hands_torch_a_python_float():
     """A constant CSE subexpression reaching torch.pow/torch.cosh on its own is printed as one literal
     (alpha = (cosh(1) - cosh(t))/(cosh(1) - 1) used to give torch.pow(_c1 + 1, 2) with a float _c1)."""
-    from lazyflow.derive.codegen import KernelPrinter, _function
+    from lazyflow.derive.codegen import render_function
+    from lazyflow.derive.printer import KernelPrinter
 
     u = sp.Symbol("t", positive=True)
     c = sp.cosh(1)
-    text = _function(KernelPrinter(), "f", (u,), [], "doc", [u / (c - sp.cosh(u)) ** 2 * (1 - c) ** 2, (1 - c) ** 2 * u])
+    text = render_function(KernelPrinter(), "f", (u,), "doc", [u / (c - sp.cosh(u)) ** 2 * (1 - c) ** 2, (1 - c) ** 2 * u])
     namespace = {"torch": torch, "_full": lambda value, like: torch.zeros_like(like) + value}
     exec(text, namespace)  # noqa: S102 - our own generated code
     ts = torch.tensor([0.2, 0.7], dtype=torch.float64)

@@ -131,13 +131,13 @@ def test_numeric_fallback_is_said(monkeypatch):
     import lazyflow.derive.conversion as module
 
     monkeypatch.setattr(module, "SOLVE_SECONDS", 0.01)
-    module._snr_inverse.cache_clear()
+    module.snr_inverse.cache_clear()
     module.convert.cache_clear()
     try:
         conv = module.convert(preset("score-vp"), preset("linear"))
         assert not conv.closed_form and "numerically" in conv.note
     finally:
-        module._snr_inverse.cache_clear()
+        module.snr_inverse.cache_clear()
         module.convert.cache_clear()
 
 
