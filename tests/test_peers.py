@@ -62,7 +62,7 @@ def _tiny_sd3():
 def test_diffusers_transformer_adapter_matches_the_diffusers_loop():
     """A randomly initialised SD3 transformer through the adapter: our linear Euler equals diffusers'
     FlowMatchEulerDiscreteScheduler loop on the raw transformer, on the same grid."""
-    from lazyflow.runtime.models.adapters import from_diffusers_flow
+    from lazyflow.runtime.integrations.flow_convention import from_diffusers_flow
 
     diffusers, transformer, cond = _tiny_sd3()
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
@@ -78,7 +78,7 @@ def test_diffusers_transformer_adapter_matches_the_diffusers_loop():
 
 
 def test_diffusers_transformer_in_a_lazy_frame_with_chunked_conditioning():
-    from lazyflow.runtime.models.adapters import from_diffusers_flow
+    from lazyflow.runtime.integrations.flow_convention import from_diffusers_flow
 
     _, transformer, cond = _tiny_sd3()
     model = from_diffusers_flow(transformer)

@@ -18,7 +18,7 @@ from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipel
 
 from lazyflow import INTEGRATORS, LazyflowError, sample  # noqa: E402
 from lazyflow.diffusers import LazyFlowScheduler  # noqa: E402
-from lazyflow.runtime.models.adapters import from_diffusers_flow  # noqa: E402
+from lazyflow.runtime.integrations.flow_convention import from_diffusers_flow  # noqa: E402
 from lazyflow.runtime.models.guidance import guided  # noqa: E402
 from lazyflow.runtime.core.schedule import load_schedule  # noqa: E402
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..core.integrators import INTEGRATORS
+from ..integrations.flow_convention import time_of_timestep, velocity_of_output
 from ..models.embedded import VelocityMLP
 
 __all__ = ["ConvNet", "FAMILIES", "MODELS", "overhead_bench", "format_overhead"]
@@ -113,7 +114,7 @@ def _plain_euler(model, shape, steps, device, dtype, kwargs) -> Callable[[], tor
 
 
 def _diffusers_euler(model, shape, steps, device, dtype, kwargs) -> Callable[[], torch.Tensor] | None:
-    """diffusers' FlowMatchEulerDiscreteScheduler loop on the same model (its sigma = 1 - t, output Z - X)."""
+    """diffusers' FlowMatchEulerDiscreteScheduler loop on the same model (in diffusers' convention)."""
     try:
         from diffusers import FlowMatchEulerDiscreteScheduler
     except ImportError:
@@ -124,8 +125,8 @@ def _diffusers_euler(model, shape, steps, device, dtype, kwargs) -> Callable[[],
         scheduler.set_timesteps(num_inference_steps=steps, device=device)
         x = torch.randn(shape, device=device, dtype=dtype)
         for timestep in scheduler.timesteps:
-            t = (1 - timestep / scheduler.config.num_train_timesteps).to(dtype).expand(shape[0])
-            x = scheduler.step(-model(x, t, **kwargs), timestep, x, return_dict=False)[0]
+            t = time_of_timestep(timestep, scheduler.config.num_train_timesteps).to(dtype).expand(shape[0])
+            x = scheduler.step(velocity_of_output(model(x, t, **kwargs)), timestep, x, return_dict=False)[0]
         return x
     return run
 

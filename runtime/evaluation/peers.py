@@ -2,8 +2,8 @@
 
 Each peer is a function (model, x0, nfe, seed) -> samples, written against the peer's public API.
 A model here is ours: velocity on the linear schedule, t in [0, 1] from noise to data.
-diffusers' flow convention is x_sigma = (1 - sigma) X + sigma Z with output Z - X, so
-t = 1 - sigma and its model output is minus our velocity.
+diffusers' flow convention (t = 1 - sigma, output minus our velocity) converts through
+:mod:`lazyflow.runtime.integrations.flow_convention`.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import math
 from typing import Callable
 
 import torch
+
+from ..integrations.flow_convention import time_of_timestep, velocity_of_output
 
 __all__ = ["PEERS", "available_peers"]
 
@@ -22,9 +24,9 @@ def _diffusers_loop(scheduler, model: Model, x: torch.Tensor, nfe: int, seed: in
     scheduler.set_timesteps(num_inference_steps=nfe)
     generator = torch.Generator().manual_seed(seed)
     for timestep in scheduler.timesteps:
-        sigma = float(timestep) / scheduler.config.num_train_timesteps
-        t = torch.full((x.shape[0],), 1.0 - sigma, dtype=x.dtype)
-        output = -model(x, t)
+        t = torch.full((x.shape[0],), time_of_timestep(float(timestep), scheduler.config.num_train_timesteps),
+                       dtype=x.dtype)
+        output = velocity_of_output(model(x, t))
         options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
         x = scheduler.step(output, timestep, x, return_dict=False, **options)[0]
     return x

@@ -8,8 +8,9 @@ The scheduler drives the same integrator loop as :func:`lazyflow.sample` (the ge
 :mod:`lazyflow.runtime.core.integrators`): ``set_timesteps`` builds the plan and each ``step`` is one
 network call that the pipeline made; nothing of the integrators is re-implemented here.
 
-Times.  The network is a linear-schedule flow model (diffusers' x_sigma = (1 - sigma) X + sigma Z, so
-source time tau = 1 - sigma, output Z - X = minus our velocity).  The pipeline's ``sigmas`` (shifted by
+Times.  The network is a linear-schedule flow model in diffusers' convention (source time
+tau = 1 - sigma, output minus our velocity: :mod:`lazyflow.runtime.integrations.flow_convention`).
+The pipeline's ``sigmas`` (shifted by
 ``shift``, or by ``mu`` with dynamic shifting, exactly as FlowMatchEulerDiscreteScheduler shifts them)
 are the network times of a one-call-per-step run; they are mapped into the target frame by equal log
 snr, t_k = target.time_of_log_snr(source.log_snr(1 - sigma_k)), with t = 1 appended, and that grid is
@@ -62,6 +63,7 @@ from ..core.gridfile import load_grid_file
 from ..core.grids import GRIDS, make_grid, parse_grid
 from ..core.integrators import Plan, build_plan, check_plan_options, get_integrator
 from ..core.noise import CounterNormal
+from .flow_convention import sigma_of_time, time_of_sigma, timestep_of_time, velocity_of_output
 from ..core.schedule import Schedule, load_schedule
 
 __all__ = ["LazyFlowScheduler", "LazyFlowSchedulerOutput", "SOURCE"]
@@ -225,7 +227,7 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
             self._sigma_maker.set_timesteps(num_inference_steps=num_inference_steps, sigmas=sigmas, mu=mu,
                                             timesteps=timesteps)
             sigma = self._sigma_maker.sigmas[:-1].to(torch.float64).cpu()
-            times = self._target_times(torch.cat([1 - sigma, torch.ones(1, dtype=torch.float64)]))
+            times = self._target_times(torch.cat([time_of_sigma(sigma), torch.ones(1, dtype=torch.float64)]))
         else:
             steps = num_inference_steps or len(sigmas if sigmas is not None else timesteps)
             times = make_grid(self.target, self.source, int(steps), cfg.grid)
@@ -237,8 +239,8 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
             self._offsets.append(self._offsets[-1] + 1 + int(plan.two_stage[k]))
         self._times = times
         self.num_inference_steps = steps
-        self.timesteps = ((1 - calls) * cfg.num_train_timesteps).to(device=device, dtype=torch.float32)
-        self.sigmas = torch.cat([1 - calls, torch.zeros(1, dtype=torch.float64)]).to(torch.float32)
+        self.timesteps = timestep_of_time(calls, cfg.num_train_timesteps).to(device=device, dtype=torch.float32)
+        self.sigmas = torch.cat([sigma_of_time(calls), torch.zeros(1, dtype=torch.float64)]).to(torch.float32)
         self.sigma_min, self.sigma_max = float(self.sigmas[-2]), float(self.sigmas[0])
         self._step_index = None
         self._begin_index = None
@@ -318,7 +320,7 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
             raise LazyflowError("the latents passed to step() are not those the previous step returned: "
                                 "LazyFlowScheduler keeps the state of its integrator, so a pipeline that edits "
                                 "the latents between steps (inpainting, callbacks) is not supported")
-        m = -model_output.to(self._dtype)   # diffusers' Z - X is minus our velocity
+        m = velocity_of_output(model_output.to(self._dtype))
         if first and self._first_shift is not None:
             m = m + self._first_shift * sample.to(self._dtype)
         try:
