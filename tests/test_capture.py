@@ -5,7 +5,7 @@ import torch
 
 import lazyflow.runtime.core.sampler as sampler
 from lazyflow import LazyflowError, sample
-from lazyflow.runtime.core.capture import _Rerun, clear_captures
+from lazyflow.runtime.core.capture import Rerun, clear_captures
 
 LAYER = torch.nn.Linear(3, 3).double()
 
@@ -17,7 +17,7 @@ def model(x, t, scale=None):
 
 @pytest.fixture
 def rerun(monkeypatch):
-    monkeypatch.setattr(sampler, "_recorder", _Rerun)
+    monkeypatch.setattr(sampler, "_recorder", Rerun)
     clear_captures()
     yield
     clear_captures()

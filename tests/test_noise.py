@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from lazyflow import sample
-from lazyflow.runtime.core.noise import _GOLDEN, CounterNormal, _mix, _signed, splitmix, standard_normal
+from lazyflow.runtime.core.noise import GOLDEN, CounterNormal, mix64, signed, splitmix, standard_normal
 
 
 def test_splitmix_matches_the_published_sequence():
     """SplitMix64 seeded 1234567 (Vigna's reference implementation) starts with these five outputs."""
     state, out = 1234567, []
     for _ in range(5):
-        state = (state + _GOLDEN) % (1 << 64)
+        state = (state + GOLDEN) % (1 << 64)
         out.append(splitmix(state))
     assert out == [6457827717110365317, 3203168211198807973, 9817491932198370423, 4593380528125082431,
                    16408922859458223821]
@@ -21,8 +21,8 @@ def test_splitmix_matches_the_published_sequence():
 
 def test_tensor_mix_equals_the_integer_reference():
     values = [0, 1, 2**63 - 1, 2**63, 2**64 - 1, 0xDEADBEEFCAFEBABE, 12345678901234567]
-    got = _mix(torch.tensor([_signed(v) for v in values], dtype=torch.int64)).tolist()
-    assert got == [_signed(splitmix(v)) for v in values]
+    got = mix64(torch.tensor([signed(v) for v in values], dtype=torch.int64)).tolist()
+    assert got == [signed(splitmix(v)) for v in values]
 
 
 def test_fixed_seed_regression_value():
@@ -35,15 +35,15 @@ def test_fixed_seed_regression_value():
 def test_values_follow_the_documented_construction():
     """key = mix(i G + mix(seed)) ^ mix(d G + D), word j = mix(key + j G), Box-Muller on its halves:
     recomputed with Python integers and math in float64."""
-    from lazyflow.runtime.core.noise import _DRAW_SALT
+    from lazyflow.runtime.core.noise import DRAW_SALT
 
     seed, draw, mask = 7, 3, (1 << 64) - 1
     z = standard_normal(seed, range(3), draw, (5,)).double()
     for i in range(3):
-        key = splitmix((i * _GOLDEN + splitmix(seed)) & mask) ^ splitmix((draw * _GOLDEN + _DRAW_SALT) & mask)
+        key = splitmix((i * GOLDEN + splitmix(seed)) & mask) ^ splitmix((draw * GOLDEN + DRAW_SALT) & mask)
         values = []
         for j in range(3):
-            word = splitmix((key + j * _GOLDEN) & mask)
+            word = splitmix((key + j * GOLDEN) & mask)
             hi, lo = word >> 32, word & 0xFFFFFFFF
             radius = math.sqrt(-2 * math.log((hi + 0.5) / 2**32))
             angle = 2 * math.pi * lo / 2**32

@@ -18,7 +18,7 @@ import torch
 
 from ...errors import LazyflowError
 
-__all__ = ["Captured", "captured_loop", "clear_captures"]
+__all__ = ["Captured", "captured_loop", "clear_captures", "Rerun"]
 
 _CACHE: "OrderedDict[tuple, Captured]" = OrderedDict()
 _CACHE_SIZE = 8
@@ -43,7 +43,7 @@ class _CudaGraph:
         return self.output
 
 
-class _Rerun:
+class Rerun:
     """The same interface without a graph: rerun ``fn`` on the static buffers (tests the buffer logic
     on any device)."""
 

@@ -30,22 +30,22 @@ from typing import Protocol, Sequence
 
 import torch
 
-__all__ = ["CounterNormal", "NoiseSource", "standard_normal", "splitmix"]
+__all__ = ["CounterNormal", "NoiseSource", "standard_normal", "splitmix", "mix64", "signed", "GOLDEN", "DRAW_SALT"]
 
 _MASK = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15            # 2^64 / golden ratio, odd
-_DRAW_SALT = 0xD1B54A32D192ED03
+GOLDEN = 0x9E3779B97F4A7C15            # 2^64 / golden ratio, odd
+DRAW_SALT = 0xD1B54A32D192ED03
 _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 
-def _signed(value: int) -> int:
+def signed(value: int) -> int:
     """A 64-bit pattern as the int64 torch stores."""
     value &= _MASK
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def splitmix(value: int) -> int:
-    """The SplitMix64 finaliser on a Python integer (mod 2^64): the reference for :func:`_mix`."""
+    """The SplitMix64 finaliser on a Python integer (mod 2^64): the reference for :func:`mix64`."""
     z = value & _MASK
     z = ((z ^ (z >> 30)) * _M1) & _MASK
     z = ((z ^ (z >> 27)) * _M2) & _MASK
@@ -57,10 +57,10 @@ def _shr(z: torch.Tensor, bits: int) -> torch.Tensor:
     return (z >> bits) & ((1 << (64 - bits)) - 1)
 
 
-def _mix(z: torch.Tensor) -> torch.Tensor:
+def mix64(z: torch.Tensor) -> torch.Tensor:
     """:func:`splitmix` element-wise on int64 tensors (multiplication wraps mod 2^64)."""
-    z = (z ^ _shr(z, 30)) * _signed(_M1)
-    z = (z ^ _shr(z, 27)) * _signed(_M2)
+    z = (z ^ _shr(z, 30)) * signed(_M1)
+    z = (z ^ _shr(z, 27)) * signed(_M2)
     return z ^ _shr(z, 31)
 
 
@@ -97,9 +97,9 @@ class CounterNormal:
         index = torch.as_tensor(list(indices) if not isinstance(indices, range) else indices, dtype=torch.int64)
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= 1 << 62):
             raise ValueError("sample indices must lie in [0, 2^62)")
-        base = _signed(splitmix(int(seed) & _MASK))
-        self._rows = _mix(index.to(self.device) * _signed(_GOLDEN) + base)            # (n,) per sample
-        self._pairs = torch.arange((size + 1) // 2, device=self.device, dtype=torch.int64) * _signed(_GOLDEN)
+        base = signed(splitmix(int(seed) & _MASK))
+        self._rows = mix64(index.to(self.device) * signed(GOLDEN) + base)            # (n,) per sample
+        self._pairs = torch.arange((size + 1) // 2, device=self.device, dtype=torch.int64) * signed(GOLDEN)
         self._size = size
 
     @property
@@ -118,11 +118,11 @@ class CounterNormal:
         """The (n,) int64 keys of draw ``draw``."""
         if draw < 0:
             raise ValueError(f"draw must be >= 0, got {draw}")
-        return self._rows ^ _signed(splitmix(draw * _GOLDEN + _DRAW_SALT))
+        return self._rows ^ signed(splitmix(draw * GOLDEN + DRAW_SALT))
 
     def words(self, draw: int) -> torch.Tensor:
         """The (n, ceil(size / 2)) 64-bit words of draw ``draw`` (bitwise the same on every device)."""
-        return _mix(self.keys(draw)[:, None] + self._pairs)
+        return mix64(self.keys(draw)[:, None] + self._pairs)
 
     def compiled(self) -> "CounterNormal":
         """The same draws through one ``torch.compile``d kernel (fuses the ~30 element-wise operations)."""
@@ -136,7 +136,7 @@ class CounterNormal:
 
 def _draw(keys: torch.Tensor, pairs: torch.Tensor, size: int, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     """Normals from per-sample keys: words mix(key + j G), Box-Muller, cut to ``size`` and shaped."""
-    z = _normals(_mix(keys[:, None] + pairs))[:, :size]
+    z = _normals(mix64(keys[:, None] + pairs))[:, :size]
     return z.reshape(len(z), *shape).to(dtype)
 
 
