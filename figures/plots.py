@@ -78,7 +78,7 @@ def plot_schedules(names: Sequence[str], source: str = "linear"):
 
 
 def _gmm_model():
-    """The exact linear-schedule velocity of the 2D mixture in runtime.data.gmm_2d."""
+    """The exact linear-schedule velocity of the 2D mixture of runtime/models/data.py ``gmm_2d``."""
     from ..runtime.models.data import gmm_2d, gmm_velocity
 
     return gmm_velocity(*gmm_2d())

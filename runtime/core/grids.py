@@ -103,7 +103,7 @@ def parse_grid(text: str) -> GridSpec:
 
 def make_grid(target: Schedule, source: Schedule, steps: int, grid: GridSpec = "uniform") -> torch.Tensor:
     """An increasing float64 CPU tensor of ``steps + 1`` times of ``target`` from the start (0) to 1
-    (MATH.md §7); ``source`` is the model's schedule (for the ``source`` grid)."""
+    (derive/MATH.md §7); ``source`` is the model's schedule (for the ``source`` grid)."""
     steps = _checked_steps(steps)
     grid = _resolve_spec(grid)
     if isinstance(grid, TunedGrid):
