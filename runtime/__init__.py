@@ -12,7 +12,8 @@ from importlib import import_module
 
 _WHERE = {"sample": ".core.sampler", "sample_batches": ".core.sampler", "SamplingError": "..errors",
           "LazyflowError": "..errors", "load_schedule": ".core.schedule", "Schedule": ".core.schedule",
-          "ScheduleValues": ".core.schedule", "INTEGRATORS": ".core.integrators", "StepInfo": ".core.integrators",
+          "ScheduleValues": ".core.schedule", "INTEGRATORS": ".core.integrators", "StepInfo": ".core.plan",
+          "DataStats": ".core.data_stats",
           "guided": ".models.guidance", "make_grid": ".core.grids", "Uniform": ".core.grids",
           "SourceUniform": ".core.grids", "LogSNR": ".core.grids", "EDM": ".core.grids", "LogSNRRange": ".core.grids",
           "TunedGrid": ".core.gridfile", "load_grid_file": ".core.gridfile", "tune_grid": ".evaluation.tune"}

@@ -10,7 +10,8 @@ import torch
 
 from lazyflow import INTEGRATORS, LazyflowError, sample
 from lazyflow.cli import main
-from lazyflow.runtime.core.integrators import BuildContext, Integrator, StageCoefficients, register_integrator
+from lazyflow.runtime.core.integrators import StageCoefficients, register_integrator
+from lazyflow.runtime.core.plan import BuildContext, Integrator
 
 from exact import gaussian_velocity
 

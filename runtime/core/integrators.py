@@ -29,140 +29,29 @@ standard schedule) the first step is the probability-flow ODE step; a point-mass
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
-from typing import Callable, ClassVar, Generator, NamedTuple, Union
+from dataclasses import dataclass, replace
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 
 from ...errors import LazyflowError, SamplingError
-from .frames import Frame, frame
+from . import data_frame
+from .data_stats import DataStats
+from .frames import Frame
+from .plan import BuildContext, Call, Callback, Integrator, Loop, Ops, Plan, Tables, observe
 from .schedule import Schedule
 
-__all__ = ["Integrator", "INTEGRATORS", "FINAL_STEPS", "Plan", "StepInfo", "Call", "Ops", "EAGER", "BuildContext",
-           "StageCoefficients", "MultistepCoefficients", "build_plan", "check_plan_options", "get_integrator", "register_integrator",
-           "drive", "affine", "two_point", "compiled_ops", "kernel_moments", "log_snr_midpoints"]
+__all__ = ["INTEGRATORS", "FINAL_STEPS", "StageCoefficients", "MultistepCoefficients", "build_plan",
+           "check_plan_options", "get_integrator", "register_integrator", "kernel_moments", "log_snr_midpoints"]
 
 FINAL_STEPS = ("euler", "denoise")
 
 
-# --- one step's arithmetic and the network call it asks for -----------------------------------------
-
-def affine(x, m, a, b, c, xi):
-    """x' = a x + b m + c xi."""
-    return a * x + b * m + c * xi
-
-
-def two_point(x, m, x2, m2, a, b, d, e, c, xi):
-    """x' = a x + b m + d x~ + e m~ + c xi."""
-    return a * x + b * m + d * x2 + e * m2 + c * xi
-
-
-class Ops(NamedTuple):
-    """The two updates a loop applies (eager, or compiled by :func:`compiled_ops`)."""
-
-    affine: Callable[..., torch.Tensor]
-    two_point: Callable[..., torch.Tensor]
-
-
-EAGER = Ops(affine, two_point)
-
-
-def compiled_ops() -> Ops:
-    """The updates through ``torch.compile`` (each fuses its multiply-adds into one kernel)."""
-    return Ops(torch.compile(affine), torch.compile(two_point))
-
-
-class Call(NamedTuple):
-    """A network evaluation the loop asks for: the model sees ``x * in_scale`` at source time ``tau``."""
-
-    x: torch.Tensor
-    tau: torch.Tensor
-    in_scale: torch.Tensor
-    step: int
-
-    def model_input(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x * in_scale, tau per sample) in the model's ``dtype``: the frame's rescaling c(t)^-1 and time map tau(t)."""
-        return (self.x * self.in_scale).to(dtype), self.tau.to(dtype).expand(self.x.shape[0])
-
-
-Loop = Generator[Call, torch.Tensor, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """What a per-step callback sees at step k, before the step: target time t, state x, the
-    converted eta_X(t, x) and the drift b(t, x) of the sampling frame."""
-
-    step: int
-    t: float
-    x: torch.Tensor
-    eta_x: torch.Tensor
-    drift: torch.Tensor
-
-
-Callback = Callable[[StepInfo], None]
-
-
-def drive(loop: Loop, evaluate: Callable[[Call], torch.Tensor]) -> torch.Tensor:
-    """Run a loop to its end, answering each Call with ``evaluate(call)``; returns the final state.  The
-    loops are generators so that one loop serves ``sample`` (which calls the model itself) and a
-    scheduler that a pipeline calls once per network evaluation."""
-    try:
-        call = next(loop)
-        while True:
-            call = loop.send(evaluate(call))
-    except StopIteration as done:
-        return done.value
-
-
-def _observe(callback: Callback | None, plan: "Plan", k: int, x: torch.Tensor, eta: torch.Tensor) -> None:
-    """Report step k's state, the eta_X the integrator uses there and the frame's drift."""
-    if callback is not None:
-        callback(StepInfo(k, plan.times[k].item(), x, eta, plan.K_x[k] * x + plan.K_e[k] * eta))
-
-
 # --- the two loop families: typed coefficient tables with their loop ---------------------------------
 
-class _Tables:
-    """What both families share: casting, the point-mass start, naming the tables for the finiteness check."""
-
-    #: the tables that multiply the state x (set to 0 at the point-mass start, where x = 0 and they may be inf)
-    STATE: ClassVar[tuple[str, ...]] = ("a",)
-    #: the tables only read on two-stage steps
-    SECOND: ClassVar[tuple[str, ...]] = ()
-
-    def tables(self) -> dict[str, torch.Tensor]:
-        """Every table by name (tuples of tables as ``name[j]``)."""
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor):
-                out[f.name] = value
-            elif isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
-                out.update({f"{f.name}[{j}]": v for j, v in enumerate(value)})
-        return out
-
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]):
-        """The same coefficients with ``fn`` applied to every table."""
-        changes = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor):
-                changes[f.name] = fn(value)
-            elif isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
-                changes[f.name] = tuple(fn(v) for v in value)
-        return replace(self, **changes)
-
-    def at_point_mass_start(self, zero: torch.Tensor):
-        """The tables of x zeroed where ``zero`` (the point-mass start, x = 0)."""
-        changes = {name: torch.where(zero, torch.zeros_like(v), v) for name in self.STATE
-                   if (v := getattr(self, name)) is not None}
-        return replace(self, **changes)
-
-
 @dataclass(frozen=True)
-class StageCoefficients(_Tables):
+class StageCoefficients(Tables):
     """One or two network calls per step.  One call: x' = a x + b m + c xi.  Where ``two_stage[k]`` a
     second call at source time ``tau2`` on x~ * ``in_scale2``, x~ = a1 x + b1 m + c1 xi, and then
     x' = a x + b m + d x~ + e m~ + c xi."""
@@ -189,7 +78,7 @@ class StageCoefficients(_Tables):
             xi = noise(k)
             m = yield Call(x, plan.tau[k], plan.in_scale[k], k)
             if callback is not None:
-                _observe(callback, plan, k, x, plan.P[k] * x + plan.Q[k] * m)
+                observe(callback, plan, k, x, plan.P[k] * x + plan.Q[k] * m)
             if self.two_stage[k]:
                 x2 = ops.affine(x, m, self.a1[k], self.b1[k], self.c1[k], xi)
                 m2 = yield Call(x2, self.tau2[k], self.in_scale2[k], k)
@@ -208,7 +97,7 @@ class StageCoefficients(_Tables):
 
 
 @dataclass(frozen=True)
-class MultistepCoefficients(_Tables):
+class MultistepCoefficients(Tables):
     """One network call per step, eta_X = p x + q m at each.  Predictor:
     x' = a x + b (sum_j predictor[j] eta_k-j) + c xi over the last ``len(predictor)`` evaluations.
     With a ``corrector`` (v,) or (v, y), the next step's call also corrects the step just taken:
@@ -224,7 +113,7 @@ class MultistepCoefficients(_Tables):
 
     @property
     def two_stage(self) -> tuple[bool, ...]:
-        return (False,) * self.a.shape[0]
+        return (False,) * self.steps
 
     def extrapolate(self, k: int, eta: torch.Tensor, history: list[torch.Tensor]) -> torch.Tensor:
         """sum_j predictor[j][k] eta_k-j (``history`` = [eta_k-1, eta_k-2, ...])."""
@@ -245,7 +134,7 @@ class MultistepCoefficients(_Tables):
         """Integrate from x: one call per step, its eta_X kept for the next steps' extrapolation."""
         history = [torch.zeros_like(x)] * (len(self.predictor) - 1)
         eta = self.p[0] * x + self.q[0] * (yield Call(x, plan.tau[0], plan.in_scale[0], 0))
-        _observe(callback, plan, 0, x, eta)
+        observe(callback, plan, 0, x, eta)
         for k in range(plan.steps):
             xi = noise(k)
             x_next = ops.affine(x, self.extrapolate(k, eta, history), self.a[k], self.b[k], self.c[k], xi)
@@ -254,7 +143,7 @@ class MultistepCoefficients(_Tables):
                 eta_next = self.p[k + 1] * x_next + self.q[k + 1] * m
                 if self.corrector is not None:
                     x_next = ops.affine(x, self.correct(k, eta, eta_next, history), self.a[k], self.b[k], self.c[k], xi)
-                _observe(callback, plan, k + 1, x_next, eta_next)
+                observe(callback, plan, k + 1, x_next, eta_next)
                 history = [eta, *history[:-1]]
                 eta = eta_next
             x = x_next
@@ -273,57 +162,7 @@ class MultistepCoefficients(_Tables):
         return replace(self, a=a, b=b, c=c, predictor=predictor)
 
 
-Coefficients = Union[StageCoefficients, MultistepCoefficients]
-
-
-# --- what a builder gets --------------------------------------------------------------------------
-
-@dataclass
-class BuildContext:
-    """The inputs every coefficient builder gets (float64 on the sampling device): the target and source
-    schedules, the model's prediction, the grid t, the steps whose start is singular (``ode``: use the
-    probability-flow ODE there), the integrator, and the :class:`Frame` at each step's start (``now``)."""
-
-    target: Schedule
-    source: Schedule
-    prediction: str
-    t: torch.Tensor
-    ode: torch.Tensor
-    integrator: "Integrator"
-    now: Frame = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.now = self.frame(self.t0, ode=self.ode)
-
-    @property
-    def t0(self) -> torch.Tensor:
-        return self.t[:-1]
-
-    @property
-    def t1(self) -> torch.Tensor:
-        return self.t[1:]
-
-    @property
-    def h(self) -> torch.Tensor:
-        return self.t1 - self.t0
-
-    def frame(self, t: torch.Tensor, ode: torch.Tensor | None = None) -> Frame:
-        """The :class:`Frame` (model time, input scale, eta_X and drift coefficients) at times t."""
-        return frame(self.target, self.source, self.prediction, t, ode=ode)
-
-    def exponential(self, t0: torch.Tensor, t1: torch.Tensor, ode: torch.Tensor):
-        """(A, B, C) of the exact step with eta_X frozen over [t0, t1] (the ODE's where ``ode``)."""
-        A, B, C = self.target.exponential(t0, t1)
-        if ode.any():
-            A0, B0, C0 = self.target.exponential(t0, t1, ode=True)
-            A, B, C = torch.where(ode, A0, A), torch.where(ode, B0, B), torch.where(ode, C0, C)
-        return A, B, C
-
-    def zeros(self) -> torch.Tensor:
-        return torch.zeros_like(self.h)
-
-    def one_call_per_step(self) -> tuple[bool, ...]:
-        return (False,) * self.h.numel()
+Coefficients = StageCoefficients | MultistepCoefficients
 
 
 # --- coefficient builders ---------------------------------------------------------------------------
@@ -462,39 +301,6 @@ def _multistep3(b: BuildContext) -> MultistepCoefficients:
 
 # --- the registry ------------------------------------------------------------------------------
 
-@dataclass(frozen=True, kw_only=True)
-class Integrator:
-    """One integrator: what differs between integrators is a field.  ``build`` turns a
-    :class:`BuildContext` into the coefficient tables of one loop family; ``calls_per_step`` network
-    calls per step (2: a two-stage method); ``exponential``: it needs the schedule's exact step;
-    ``history``: the past evaluations a multistep step combines; ``corrector``: the next call also
-    corrects the step just taken; ``plain_last_step``: the last step makes one call (Heun).  All of them
-    take noise (SDE)."""
-
-    name: str
-    order: int
-    build: Callable[[BuildContext], Coefficients] = field(repr=False)
-    calls_per_step: int = 1
-    exponential: bool = False
-    history: int = 1
-    corrector: bool = False
-    plain_last_step: bool = False
-    description: str = ""
-
-    def nfe(self, steps: int, final_step: str = "euler") -> int:
-        """Network calls of a run of ``steps`` steps."""
-        if self.calls_per_step == 1:
-            return steps
-        plain_last = self.plain_last_step or final_step == "denoise"
-        return self.calls_per_step * steps - (1 if plain_last else 0)
-
-    def steps_for_nfe(self, nfe: int) -> int:
-        """The most steps whose calls fit in ``nfe`` (final_step="euler"), at least 1."""
-        if self.calls_per_step == 1:
-            return max(1, nfe)
-        return max(1, (nfe + 1) // 2 if self.plain_last_step else nfe // self.calls_per_step)
-
-
 INTEGRATORS: dict[str, Integrator] = {}
 
 
@@ -526,6 +332,7 @@ for _integrator in (
                description="exponential with eta_X extrapolated quadratically in log snr, exact weights"),
     Integrator(name="multistep3-pc", order=3, build=_multistep3, exponential=True, history=3, corrector=True,
                description="multistep3 plus a third-order corrector that reuses the next call"),
+    *data_frame.DATA_FRAME_INTEGRATORS,
 ):
     register_integrator(_integrator)
 del _integrator
@@ -540,59 +347,11 @@ def get_integrator(name: str | Integrator) -> Integrator:
         raise LazyflowError(f"unknown integrator {name!r}; choose one of {', '.join(INTEGRATORS)}") from None
 
 
-# --- the plan: everything one run needs -------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything one run needs, built before the loop on the sampling device.
-
-    Step k calls the model at (tau[k], x * in_scale[k]); ``coefficients`` hold the integrator's tables
-    (and run its loop); ``P, Q, K_x, K_e`` give eta_X = P x + Q m and the drift b = K_x x + K_e eta_X
-    at the step's start (for callbacks)."""
-
-    integrator: Integrator
-    times: torch.Tensor                  # (steps + 1,) float64 on the CPU (for messages)
-    tau: torch.Tensor
-    in_scale: torch.Tensor
-    coefficients: Coefficients
-    P: torch.Tensor
-    Q: torch.Tensor
-    K_x: torch.Tensor
-    K_e: torch.Tensor
-
-    @property
-    def steps(self) -> int:
-        return self.tau.numel()
-
-    @property
-    def two_stage(self) -> tuple[bool, ...]:
-        """Whether step k makes a second network call."""
-        return self.coefficients.two_stage
-
-    @property
-    def nfe(self) -> int:
-        """Network evaluations the plan makes."""
-        return self.steps + sum(self.two_stage)
-
-    def call_times(self) -> torch.Tensor:
-        """The source times of the network calls, in the order the loop makes them."""
-        times = []
-        for k in range(self.steps):
-            times.append(self.tau[k])
-            if self.two_stage[k]:
-                times.append(self.coefficients.tau2[k])
-        return torch.stack(times)
-
-    def loop(self, x: torch.Tensor, noise: Callable[[int], torch.Tensor], ops: Ops = EAGER,
-             callback: Callback | None = None, progress: Callable[[int], None] | None = None) -> Loop:
-        """The integrator's loop from ``x`` (a generator of :class:`Call`; see :func:`drive`); ``noise(k)`` is
-        step k's xi."""
-        return self.coefficients.loop(x, self, noise, ops, callback, progress)
-
-
 def build_plan(target: Schedule, source: Schedule, times: torch.Tensor, *, integrator: str | Integrator,
-               final_step: str, prediction: str, device: torch.device | str | None, dtype: torch.dtype) -> Plan:
-    """Coefficient tables for ``integrator`` on ``times`` (float64 math, cast to ``dtype`` on ``device``)."""
+               final_step: str, prediction: str, device: torch.device | str | None, dtype: torch.dtype,
+               data_stats: DataStats | None = None) -> Plan:
+    """Coefficient tables for ``integrator`` on ``times`` (float64 math, cast to ``dtype`` on ``device``);
+    ``data_stats`` for the data-frame integrators."""
     method = get_integrator(integrator)
     check_plan_options(target, method, final_step)
     work = torch.float64 if torch.device(device or "cpu").type != "mps" else torch.float32
@@ -600,7 +359,7 @@ def build_plan(target: Schedule, source: Schedule, times: torch.Tensor, *, integ
     _check_informative_start(target, prediction, t)
     # where eps is infinite at t = 0 (eps* of a standard schedule) the first step is the ODE step
     ode = (t[:-1] <= 0) & target.singular_start
-    context = BuildContext(target, source, prediction, t, ode, method)
+    context = BuildContext(target, source, prediction, t, ode, method, data_stats)
     now = context.now
     coefficients = method.build(context)
     if final_step == "denoise":
@@ -620,6 +379,9 @@ def check_plan_options(target: Schedule, integrator: Integrator, final_step: str
         raise LazyflowError(f"unknown final_step {final_step!r}; choose one of {', '.join(FINAL_STEPS)}")
     if integrator.exponential and not target.has_exponential:
         raise LazyflowError(f"integrator {integrator.name!r}: {target.kernel.EXPONENTIAL}")
+    if integrator.needs_data_stats and final_step != "euler":
+        raise LazyflowError(f"integrator {integrator.name!r} ends with its own last step (anchored at t = 1): "
+                            f"final_step {final_step!r} does not apply")
 
 
 def _check_informative_start(target: Schedule, prediction: str, t: torch.Tensor) -> None:

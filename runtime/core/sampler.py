@@ -18,8 +18,10 @@ import torch
 from ...errors import LazyflowError, SamplingError
 from .grids import GridSpec, make_grid
 from .capture import captured_loop
+from .data_stats import DataStats
 from .distributed import Ranks, gather_batches, local_device, ranks_of, share
-from .integrators import EAGER, Call, Callback, Integrator, Plan, build_plan, compiled_ops, drive, get_integrator
+from .integrators import build_plan, get_integrator
+from .plan import EAGER, Call, Callback, Integrator, Plan, compiled_ops, drive
 from .noise import CounterNormal, NoiseSource
 from .progress import progress_bar
 from .schedule import Schedule, load_schedule
@@ -176,7 +178,8 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 
 def sample(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", source: Any = "linear",
            steps: int = 8, integrator: str | Integrator = "euler", final_step: str | None = None,
-           grid: GridSpec = "uniform", prediction: str = "velocity", seed: int = 0, batch_size: int | None = None,
+           grid: GridSpec = "uniform", prediction: str = "velocity", data_stats: DataStats | None = None,
+           seed: int = 0, batch_size: int | None = None,
            device: torch.device | str | None = None, dtype: torch.dtype | str = torch.float32,
            model_dtype: torch.dtype | str | None = None, compile: bool = False,
            model_kwargs: dict[str, Any] | None = None, initial: torch.Tensor | None = None,
@@ -187,7 +190,9 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", s
 
     ``model(x, t, **model_kwargs)`` is the network trained on the ``source`` schedule, t of shape
     (batch,) in the source's time, returning a ``prediction`` (velocity, x, noise or score).  The run
-    integrates in the ``schedule`` frame over a ``grid`` of ``steps`` steps with ``integrator``.
+    integrates in the ``schedule`` frame over a ``grid`` of ``steps`` steps with ``integrator``; the
+    ``data-*`` integrators integrate in the frame exact for the data's Gaussian, ``data_stats``
+    (:class:`~lazyflow.runtime.core.data_stats.DataStats`).
     ``schedule`` and ``source`` are anything :func:`load_schedule` resolves (a preset name, a .toml or
     kernel path, a :class:`Schedule` such as ``load_schedule("sd3", shift=1.7)``).  Sample i depends
     only on (seed, i).  Tensors in ``model_kwargs`` whose first dimension is ``shape[0]`` are
@@ -205,7 +210,8 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", s
     :func:`sample_batches`; with ``distributed`` every rank gets all the samples.
     """
     run = _Run.prepare(model, shape, schedule=schedule, source=source, steps=steps, integrator=integrator,
-                       final_step=final_step, grid=grid, prediction=prediction, seed=seed, batch_size=batch_size,
+                       final_step=final_step, grid=grid, prediction=prediction, data_stats=data_stats, seed=seed,
+                       batch_size=batch_size,
                        device=device, dtype=dtype, model_dtype=model_dtype, compile=compile,
                        model_kwargs=model_kwargs, initial=initial, callback=callback, progress=progress,
                        noise=noise, distributed=distributed, capture=capture)
@@ -215,8 +221,8 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", s
 
 def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", source: Any = "linear",
                    steps: int = 8, integrator: str | Integrator = "euler", final_step: str | None = None,
-                   grid: GridSpec = "uniform", prediction: str = "velocity", seed: int = 0,
-                   batch_size: int | None = None, device: torch.device | str | None = None,
+                   grid: GridSpec = "uniform", prediction: str = "velocity", data_stats: DataStats | None = None,
+                   seed: int = 0, batch_size: int | None = None, device: torch.device | str | None = None,
                    dtype: torch.dtype | str = torch.float32, model_dtype: torch.dtype | str | None = None,
                    compile: bool = False, model_kwargs: dict[str, Any] | None = None,
                    initial: torch.Tensor | None = None, callback: Callback | None = None, progress: bool = False,
@@ -248,7 +254,8 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
     needed) or a process group: this rank yields only its contiguous share of the indices
     (:mod:`lazyflow.runtime.core.distributed`); :func:`sample` gathers all of them on every rank."""
     run = _Run.prepare(model, shape, schedule=schedule, source=source, steps=steps, integrator=integrator,
-                       final_step=final_step, grid=grid, prediction=prediction, seed=seed, batch_size=batch_size,
+                       final_step=final_step, grid=grid, prediction=prediction, data_stats=data_stats, seed=seed,
+                       batch_size=batch_size,
                        device=device, dtype=dtype, model_dtype=model_dtype, compile=compile,
                        model_kwargs=model_kwargs, initial=initial, callback=callback, progress=progress,
                        noise=noise, distributed=distributed, capture=capture)
@@ -281,7 +288,8 @@ class _Run:
 
     @classmethod
     def prepare(cls, model: Model, shape: Sequence[int], *, schedule: Any, source: Any, steps: int,
-                integrator: str | Integrator, final_step: str | None, grid: GridSpec, prediction: str, seed: int,
+                integrator: str | Integrator, final_step: str | None, grid: GridSpec, prediction: str,
+                data_stats: DataStats | None, seed: int,
                 batch_size: int | None, device: Any, dtype: Any, model_dtype: Any, compile: bool,
                 model_kwargs: dict[str, Any] | None, initial: torch.Tensor | None, callback: Callback | None,
                 progress: bool, noise: Callable[..., NoiseSource] | None, distributed: Any, capture: bool) -> "_Run":
@@ -301,8 +309,9 @@ class _Run:
         dtype, call_dtype = resolve_dtypes(dtype, model_dtype, model)
         ranks = ranks_of(distributed, device)
         times = make_grid(target, src, steps, grid)
-        plan = _plan(target, src, times, method, final_step, prediction, device, dtype)
-        plan_key = (target, src, tuple(times.tolist()), method.name, final_step, prediction, compile)
+        _check_data_stats(data_stats, shape)
+        plan = _plan(target, src, times, method, final_step, prediction, device, dtype, data_stats)
+        plan_key = (target, src, tuple(times.tolist()), method, final_step, prediction, compile, data_stats)
         local, chunk = share(shape[0], ranks), batch_size or shape[0]   # all of range(n) in one process
         chunks = [range(s, min(s + chunk, local.stop)) for s in range(local.start, local.stop, chunk)]
         return cls(model, shape, target, plan, plan_key, int(seed), chunks, device, dtype, call_dtype, ranks,
@@ -346,14 +355,14 @@ class _Run:
 _PLANS: "OrderedDict[tuple, Plan]" = OrderedDict()
 
 
-def _plan(target, src, times, method, final_step, prediction, device, dtype) -> Plan:
+def _plan(target, src, times, method, final_step, prediction, device, dtype, data_stats) -> Plan:
     """:func:`build_plan`, remembered for the last 16 settings: repeated calls (a loop over batches, a
     benchmark) skip rebuilding the coefficient tables (read-only once built)."""
-    key = (target, src, tuple(times.tolist()), method.name, final_step, prediction, str(device), dtype)
+    key = (target, src, tuple(times.tolist()), method, final_step, prediction, str(device), dtype, data_stats)
     plan = _PLANS.get(key)
     if plan is None:
         plan = build_plan(target, src, times, integrator=method, final_step=final_step, prediction=prediction,
-                          device=device, dtype=dtype)
+                          device=device, dtype=dtype, data_stats=data_stats)
         _PLANS[key] = plan
         while len(_PLANS) > 16:
             _PLANS.popitem(last=False)
@@ -374,6 +383,17 @@ def _checked_shape(model: Model, shape: Any) -> tuple[int, ...]:
         raise LazyflowError(f"shape {shape} does not fit the model: its samples have shape {tuple(data_shape)}, "
                             f"so shape must be (n, {', '.join(map(str, data_shape))})")
     return shape
+
+
+def _check_data_stats(data_stats: Any, shape: tuple[int, ...]) -> None:
+    """Statistics, when given, are a :class:`DataStats` of the samples' shape."""
+    if data_stats is None:
+        return
+    if not isinstance(data_stats, DataStats):
+        raise LazyflowError(f"data_stats must be a DataStats (DataStats.from_samples or DataStats.load), got "
+                            f"{type(data_stats).__name__}")
+    if data_stats.data_shape != shape[1:]:
+        raise LazyflowError(f"data_stats are of shape {data_stats.data_shape}, the samples of shape {shape[1:]}")
 
 
 def _count(value: Any, what: str) -> int:

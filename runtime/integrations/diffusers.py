@@ -61,7 +61,10 @@ except ImportError as _err:  # diffusers is an optional extra
 
 from ..core.gridfile import load_grid_file
 from ..core.grids import GRIDS, make_grid, parse_grid
-from ..core.integrators import Plan, build_plan, check_plan_options, get_integrator
+from ..core.integrators import build_plan, check_plan_options, get_integrator
+from ..core.plan import Plan
+from ..core.data_frame import without_skip
+from ..core.data_stats import DataStats
 from ..core.noise import CounterNormal
 from .flow_convention import sigma_of_time, time_of_sigma, timestep_of_time, velocity_of_output
 from ..core.schedule import Schedule, load_schedule
@@ -101,6 +104,9 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
       its steps), which then replaces the pipeline's sigmas, shift and ``mu``;
     - ``final_step``: ``euler`` or ``denoise``;
     - ``seed``: the per-sample noise streams of a stochastic schedule;
+    - ``data_stats``: the path of a data statistics file (``lazyflow stats``) for the ``data-*``
+      integrators, which integrate in the frame exact for the data's Gaussian (they call the network at
+      the first sigma too, as the pipeline does);
     - ``diffusion_scale``: sigma = diffusion_scale * the schedule's sigma (0: its ODE; a stochastic schedule);
       a tuned grid file tuned at a scale brings its own when this is left at 1.
     """
@@ -115,7 +121,8 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
                  use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False,
                  time_shift_type: str = "exponential", stochastic_sampling: bool = False,
                  schedule: str = "pointmass", schedule_params: dict | None = None, integrator: str = "multistep-pc",
-                 grid: str = PIPELINE_GRID, final_step: str = "euler", seed: int = 0, diffusion_scale: float = 1.0):
+                 grid: str = PIPELINE_GRID, final_step: str = "euler", seed: int = 0, diffusion_scale: float = 1.0,
+                 data_stats: str | None = None):
         if invert_sigmas:
             raise LazyflowError("LazyFlowScheduler: invert_sigmas (Mochi's inverted sigmas) is not supported")
         if stochastic_sampling:
@@ -130,6 +137,13 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
         self.source: Schedule = load_schedule(SOURCE)
         self.integrator = get_integrator(integrator)
         check_plan_options(self.target, self.integrator, final_step)
+        self.data_stats = None if data_stats is None else DataStats.load(data_stats)
+        if self.integrator.needs_data_stats:
+            if self.data_stats is None:
+                raise LazyflowError(f"integrator {self.integrator.name!r} integrates in the data's frame: give "
+                                    "data_stats (the path of a file written by lazyflow stats)")
+            # the pipeline makes the call at its first sigma, so the data frame makes it too
+            self.integrator = without_skip(self.integrator)
         if grid != PIPELINE_GRID and grid not in GRIDS:
             if not isinstance(grid, str) or not (grid.endswith(".json") or grid.startswith("logsnr")):
                 raise LazyflowError(f"unknown grid {grid!r}; choose {PIPELINE_GRID!r} (the pipeline's sigmas), one of "
@@ -263,7 +277,8 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
 
     def _plan(self, times: torch.Tensor, device, dtype) -> Plan:
         return build_plan(self.target, self.source, times, integrator=self.integrator,
-                          final_step=self.config.final_step, prediction="velocity", device=device, dtype=dtype)
+                          final_step=self.config.final_step, prediction="velocity", device=device, dtype=dtype,
+                          data_stats=self.data_stats)
 
     def index_for_timestep(self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
         """The call index of ``timestep``: of two equal timesteps (a two-stage step's end and the next

@@ -1,0 +1,289 @@
+"""What every integrator is made of: the affine updates, the network call a loop asks for, the
+driver that answers it, the typed coefficient tables' shared behaviour, what a coefficient builder
+gets (:class:`BuildContext`), the :class:`Integrator` registry entry and the :class:`Plan` of a run.
+
+Every coefficient table has the shape (steps, *trailing), where the trailing shape broadcasts against
+one sample's shape: () for a per-step scalar, (C, 1, 1) per channel, the sample's own shape per
+element, (d,) per direction of a rotated state.  The integrators themselves (their builders and loop
+families) are in :mod:`lazyflow.runtime.core.integrators` and :mod:`lazyflow.runtime.core.data_frame`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generator, NamedTuple
+
+import torch
+
+from .frames import Frame, frame
+from .schedule import Schedule
+
+if TYPE_CHECKING:
+    from .data_stats import DataStats
+
+__all__ = ["affine", "two_point", "Ops", "EAGER", "compiled_ops", "Call", "Loop", "StepInfo", "Callback", "drive",
+           "observe", "Tables", "BuildContext", "Integrator", "Plan"]
+
+
+# --- one step's arithmetic and the network call it asks for -----------------------------------------
+
+def affine(x, m, a, b, c, xi):
+    """x' = a x + b m + c xi."""
+    return a * x + b * m + c * xi
+
+
+def two_point(x, m, x2, m2, a, b, d, e, c, xi):
+    """x' = a x + b m + d x~ + e m~ + c xi."""
+    return a * x + b * m + d * x2 + e * m2 + c * xi
+
+
+class Ops(NamedTuple):
+    """The two updates a loop applies (eager, or compiled by :func:`compiled_ops`)."""
+
+    affine: Callable[..., torch.Tensor]
+    two_point: Callable[..., torch.Tensor]
+
+
+EAGER = Ops(affine, two_point)
+
+
+def compiled_ops() -> Ops:
+    """The updates through ``torch.compile`` (each fuses its multiply-adds into one kernel)."""
+    return Ops(torch.compile(affine), torch.compile(two_point))
+
+
+class Call(NamedTuple):
+    """A network evaluation the loop asks for: the model sees ``x * in_scale`` at source time ``tau``."""
+
+    x: torch.Tensor
+    tau: torch.Tensor
+    in_scale: torch.Tensor
+    step: int
+
+    def model_input(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x * in_scale, tau per sample) in the model's ``dtype``: the frame's rescaling c(t)^-1 and time map tau(t)."""
+        return (self.x * self.in_scale).to(dtype), self.tau.to(dtype).expand(self.x.shape[0])
+
+
+Loop = Generator[Call, torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a per-step callback sees at step k, before the step: target time t, state x, the
+    converted eta_X(t, x) and the drift b(t, x) of the sampling frame."""
+
+    step: int
+    t: float
+    x: torch.Tensor
+    eta_x: torch.Tensor
+    drift: torch.Tensor
+
+
+Callback = Callable[[StepInfo], None]
+
+
+def drive(loop: Loop, evaluate: Callable[[Call], torch.Tensor]) -> torch.Tensor:
+    """Run a loop to its end, answering each Call with ``evaluate(call)``; returns the final state.  The
+    loops are generators so that one loop serves ``sample`` (which calls the model itself) and a
+    scheduler that a pipeline calls once per network evaluation."""
+    try:
+        call = next(loop)
+        while True:
+            call = loop.send(evaluate(call))
+    except StopIteration as done:
+        return done.value
+
+
+def observe(callback: Callback | None, plan: "Plan", k: int, x: torch.Tensor, eta: torch.Tensor) -> None:
+    """Report step k's state, the eta_X the integrator uses there and the frame's drift."""
+    if callback is not None:
+        callback(StepInfo(k, plan.times[k].item(), x, eta, plan.K_x[k] * x + plan.K_e[k] * eta))
+
+
+class Tables:
+    """What every coefficient family shares: casting, the point-mass start, naming the tables for the finiteness check."""
+
+    #: the tables that multiply the state x (set to 0 at the point-mass start, where x = 0 and they may be inf)
+    STATE: ClassVar[tuple[str, ...]] = ("a",)
+    #: the tables only read on two-stage steps
+    SECOND: ClassVar[tuple[str, ...]] = ()
+    #: 1 where the loop makes no call at the first step (its value there is known)
+    first_call: ClassVar[int] = 0
+
+    @property
+    def steps(self) -> int:
+        return next(iter(self.tables().values())).shape[0]
+
+    def tables(self) -> dict[str, torch.Tensor]:
+        """Every table by name (tuples of tables as ``name[j]``)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                out[f.name] = value
+            elif isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
+                out.update({f"{f.name}[{j}]": v for j, v in enumerate(value)})
+        return out
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        """The same coefficients with ``fn`` applied to every table."""
+        changes = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                changes[f.name] = fn(value)
+            elif isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
+                changes[f.name] = tuple(fn(v) for v in value)
+            elif hasattr(value, "map_tensors"):
+                changes[f.name] = value.map_tensors(fn)
+        return replace(self, **changes)
+
+    def at_point_mass_start(self, zero: torch.Tensor):
+        """The tables of x zeroed where ``zero`` (the point-mass start, x = 0)."""
+        changes = {name: torch.where(zero, torch.zeros_like(v), v) for name in self.STATE
+                   if (v := getattr(self, name)) is not None}
+        return replace(self, **changes)
+
+
+# --- what a builder gets, what it is registered as, the plan it makes ----------------------------
+
+@dataclass
+class BuildContext:
+    """The inputs every coefficient builder gets (float64 on the sampling device): the target and source
+    schedules, the model's prediction, the grid t, the steps whose start is singular (``ode``: use the
+    probability-flow ODE there), the integrator, the data statistics (for the data frames; else None)
+    and the :class:`Frame` at each step's start (``now``)."""
+
+    target: Schedule
+    source: Schedule
+    prediction: str
+    t: torch.Tensor
+    ode: torch.Tensor
+    integrator: "Integrator"
+    data_stats: "DataStats | None" = None
+    now: Frame = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.now = self.frame(self.t0, ode=self.ode)
+
+    @property
+    def t0(self) -> torch.Tensor:
+        return self.t[:-1]
+
+    @property
+    def t1(self) -> torch.Tensor:
+        return self.t[1:]
+
+    @property
+    def h(self) -> torch.Tensor:
+        return self.t1 - self.t0
+
+    def frame(self, t: torch.Tensor, ode: torch.Tensor | None = None) -> Frame:
+        """The :class:`Frame` (model time, input scale, eta_X and drift coefficients) at times t."""
+        return frame(self.target, self.source, self.prediction, t, ode=ode)
+
+    def exponential(self, t0: torch.Tensor, t1: torch.Tensor, ode: torch.Tensor):
+        """(A, B, C) of the exact step with eta_X frozen over [t0, t1] (the ODE's where ``ode``)."""
+        A, B, C = self.target.exponential(t0, t1)
+        if ode.any():
+            A0, B0, C0 = self.target.exponential(t0, t1, ode=True)
+            A, B, C = torch.where(ode, A0, A), torch.where(ode, B0, B), torch.where(ode, C0, C)
+        return A, B, C
+
+    def zeros(self) -> torch.Tensor:
+        return torch.zeros_like(self.h)
+
+    def one_call_per_step(self) -> tuple[bool, ...]:
+        return (False,) * self.h.numel()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Integrator:
+    """One integrator: what differs between integrators is a field.  ``build`` turns a
+    :class:`BuildContext` into the coefficient tables of one loop family; ``calls_per_step`` network
+    calls per step (2: a two-stage method); ``exponential``: it needs the schedule's exact step;
+    ``history``: the past evaluations a multistep step combines; ``corrector``: the next call also
+    corrects the step just taken; ``plain_last_step``: the last step makes one call (Heun).  A new
+    integrator is one builder and one :func:`~lazyflow.runtime.core.integrators.register_integrator` call."""
+
+    name: str
+    order: int
+    build: Callable[[BuildContext], Any] = field(repr=False)
+    calls_per_step: int = 1
+    exponential: bool = False
+    history: int = 1
+    corrector: bool = False
+    plain_last_step: bool = False
+    #: on grids of fewer steps than this it makes no call at the first step (a data frame knows its
+    #: residual there): N calls buy N + 1 steps
+    skip_first_call_below: int = 0
+    #: it needs the data's statistics (``sample(data_stats=...)``)
+    needs_data_stats: bool = False
+    description: str = ""
+
+    def nfe(self, steps: int, final_step: str = "euler") -> int:
+        """Network calls of a run of ``steps`` steps."""
+        if self.calls_per_step == 1:
+            return steps - int(self.skips_first_call(steps))
+        plain_last = self.plain_last_step or final_step == "denoise"
+        return self.calls_per_step * steps - (1 if plain_last else 0)
+
+    def skips_first_call(self, steps: int) -> bool:
+        """Whether a run of ``steps`` steps makes no call at its first step."""
+        return steps < self.skip_first_call_below
+
+    def steps_for_nfe(self, nfe: int) -> int:
+        """The most steps whose calls fit in ``nfe`` (final_step="euler"), at least 1."""
+        if self.calls_per_step == 1:
+            return max(1, nfe + 1 if self.skips_first_call(nfe + 1) else nfe)
+        return max(1, (nfe + 1) // 2 if self.plain_last_step else nfe // self.calls_per_step)
+
+
+# --- the plan: everything one run needs -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one run needs, built before the loop on the sampling device.
+
+    Step k calls the model at (tau[k], x * in_scale[k]); ``coefficients`` hold the integrator's tables
+    (and run its loop); ``P, Q, K_x, K_e`` give eta_X = P x + Q m and the drift b = K_x x + K_e eta_X
+    at the step's start (for callbacks)."""
+
+    integrator: Integrator
+    times: torch.Tensor                  # (steps + 1,) float64 on the CPU (for messages)
+    tau: torch.Tensor
+    in_scale: torch.Tensor
+    coefficients: Any                    # a coefficient family: its tables and its loop
+    P: torch.Tensor
+    Q: torch.Tensor
+    K_x: torch.Tensor
+    K_e: torch.Tensor
+
+    @property
+    def steps(self) -> int:
+        return self.tau.numel()
+
+    @property
+    def two_stage(self) -> tuple[bool, ...]:
+        """Whether step k makes a second network call."""
+        return self.coefficients.two_stage
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations the plan makes."""
+        return self.steps - self.coefficients.first_call + sum(self.two_stage)
+
+    def call_times(self) -> torch.Tensor:
+        """The source times of the network calls, in the order the loop makes them."""
+        times = []
+        for k in range(self.coefficients.first_call, self.steps):
+            times.append(self.tau[k])
+            if self.two_stage[k]:
+                times.append(self.coefficients.tau2[k])
+        return torch.stack(times)
+
+    def loop(self, x: torch.Tensor, noise: Callable[[int], torch.Tensor], ops: Ops = EAGER,
+             callback: Callback | None = None, progress: Callable[[int], None] | None = None) -> Loop:
+        """The integrator's loop from ``x`` (a generator of :class:`Call`; see :func:`drive`); ``noise(k)`` is
+        step k's xi."""
+        return self.coefficients.loop(x, self, noise, ops, callback, progress)
