@@ -11,6 +11,7 @@ from lazyflow import INTEGRATORS, DataStats, LazyflowError, sample
 from lazyflow.runtime.core.data_frame import ANCHORS_BELOW, data_frame_integrator
 from lazyflow.runtime.core.integrators import build_plan
 from lazyflow.runtime.core.grids import make_grid
+from lazyflow.runtime.core.sampler import stats_from_model
 from lazyflow.runtime.core.schedule import load_schedule
 
 from exact import GMMVelocity, rk4
@@ -244,7 +245,7 @@ def test_bad_statistics_input_is_refused(tmp_path):
 def test_statistics_from_the_model_alone():
     """No data at hand: the model's own converged samples give statistics close to the data's."""
     model, _, stats = gaussian(3, seed=4, kind="diag")
-    est = DataStats.from_model(model, (3000, 3), kind="diag", steps=8, integrator="multistep-pc")
+    est = stats_from_model(model, (3000, 3), kind="diag", steps=8, integrator="multistep-pc")
     assert torch.allclose(est.mean, stats.mean, atol=0.1) and torch.allclose(est.var, stats.var, rtol=0.1)
 
 

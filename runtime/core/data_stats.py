@@ -10,12 +10,12 @@
 - ``full``:    a per-element mean and the whole covariance as its eigenpairs (small d).
 
 Eigenvalues and variances are floored at ``floor`` (default 1e-3): pixels that never vary would give
-directions that never move.  ``save``/``load`` use safetensors.  :func:`DataStats.from_model` estimates
-the statistics from the model's own samples where no data is at hand.
+directions that never move.  ``save``/``load`` use safetensors.
 
 A sampler uses the statistics through *directions*: coordinates in which the covariance is diagonal
 with variances ``lam`` (:meth:`DataStats.directions`): the elements themselves (scalar, diag, channel),
 the eigenvector coordinates (full), or the top eigenvectors' coordinates beside the remainder (lowrank).
+Statistics of a model's own samples, where no data is at hand: :func:`lazyflow.runtime.core.sampler.stats_from_model`.
 """
 from __future__ import annotations
 
@@ -116,20 +116,6 @@ class DataStats:
         basis, lam = vh[:rank].T, s[:rank] ** 2
         rest = (centred.pow(2).sum(0) / (n - 1) - (basis.pow(2) * lam).sum(1)).clamp(min=floor)
         return cls("lowrank", mean, lam.clamp(min=floor), basis, rest.reshape(mean.shape), samples=n, floor=float(floor))
-
-    @classmethod
-    def from_model(cls, model: Callable, shape: tuple[int, ...], *, kind: str = "diag", rank: int | None = None,
-                   steps: int = 32, integrator: str = "multistep-pc", seed: int = 0, floor: float = 1e-3,
-                   **sample_options: Any) -> "DataStats":
-        """Statistics of the model's own samples where no data is at hand: ``shape[0]`` samples drawn in
-        float64 with a deterministic sampler (``integrator``, ``steps`` steps, the ``linear`` schedule unless
-        ``sample_options`` say otherwise; cost: ``shape[0]`` times the integrator's NFE network calls),
-        then :meth:`from_samples`."""
-        from .sampler import sample
-
-        options = {"schedule": "linear", "dtype": torch.float64, **sample_options}
-        x = sample(model, shape, steps=steps, integrator=integrator, seed=seed, **options)
-        return cls.from_samples(x, kind=kind, rank=rank, floor=floor)
 
     # --- files -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

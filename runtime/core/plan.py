@@ -10,15 +10,12 @@ families) are in :mod:`lazyflow.runtime.core.integrators` and :mod:`lazyflow.run
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generator, NamedTuple
+from typing import Any, Callable, ClassVar, Generator, NamedTuple
 
 import torch
 
 from .frames import Frame, frame
 from .schedule import Schedule
-
-if TYPE_CHECKING:
-    from .data_stats import DataStats
 
 __all__ = ["affine", "two_point", "Ops", "EAGER", "compiled_ops", "Call", "Loop", "StepInfo", "Callback", "drive",
            "observe", "Tables", "BuildContext", "Integrator", "Plan"]
@@ -160,7 +157,7 @@ class BuildContext:
     t: torch.Tensor
     ode: torch.Tensor
     integrator: "Integrator"
-    data_stats: "DataStats | None" = None
+    data_stats: Any = None               # a DataStats for the data frames, else None
     now: Frame = field(init=False)
 
     def __post_init__(self) -> None:

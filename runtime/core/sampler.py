@@ -26,7 +26,7 @@ from .noise import CounterNormal, NoiseSource
 from .progress import progress_bar
 from .schedule import Schedule, load_schedule
 
-__all__ = ["sample", "sample_batches", "run_plan", "resolve_device", "resolve_dtype", "resolve_dtypes",
+__all__ = ["sample", "sample_batches", "stats_from_model", "run_plan", "resolve_device", "resolve_dtype", "resolve_dtypes",
            "SamplingWarning", "DEFAULT_FINAL_STEP"]
 
 #: the default last step, chosen by measurement on the digits model (README: a plain step was better
@@ -260,6 +260,18 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "point
                        model_kwargs=model_kwargs, initial=initial, callback=callback, progress=progress,
                        noise=noise, distributed=distributed, capture=capture)
     return run.batches()
+
+
+def stats_from_model(model: Model, shape: Sequence[int], *, kind: str = "diag", rank: int | None = None,
+                     steps: int = 32, integrator: str | Integrator = "multistep-pc", schedule: Any = "linear",
+                     seed: int = 0, floor: float = 1e-3, **options: Any) -> DataStats:
+    """Data statistics from the model's own samples where no data is at hand: ``shape[0]`` samples drawn in
+    float64 with a deterministic sampler (``integrator`` on ``schedule``, ``steps`` steps; cost: ``shape[0]``
+    times the integrator's NFE network calls; ``options`` are :func:`sample`'s), then
+    :meth:`DataStats.from_samples`."""
+    x = sample(model, shape, schedule=schedule, steps=steps, integrator=integrator, seed=seed,
+               dtype=options.pop("dtype", torch.float64), **options)
+    return DataStats.from_samples(x, kind=kind, rank=rank, floor=floor)
 
 
 @dataclass(frozen=True)
