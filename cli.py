@@ -1,9 +1,10 @@
-"""The ``lazyflow`` command (also ``python -m lazyflow``): the shell on top of derive, runtime and figures.
+"""The ``lazyflow`` command (also ``python -m lazyflow``): a thin shell on top of derive, runtime and figures.
 
 Every subcommand names schedules the same way (a preset, a ``.toml`` file, a kernel ``.py`` file, or
 ``--alpha/--beta/--sigma`` expressions).  Refused input (:class:`LazyflowError`) prints one line on
 stderr and exits 2; anything else is a bug and keeps its traceback.  Subcommands import SymPy or torch
-only when they run, so ``lazyflow derive`` does not load torch.
+only when they run, and choices and help texts are read from the registries only when needed, so
+``lazyflow derive`` does not load torch.
 """
 from __future__ import annotations
 
@@ -13,12 +14,54 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from .errors import LazyflowError
 
 __all__ = ["main", "build_parser"]
 
-OUTPUT_SUFFIXES = (".npy", ".png", ".pt")  # raw samples, an image grid, a torch tensor
+PREDICTIONS = ("velocity", "x", "noise", "score")
+
+
+# --- registries, read when argparse checks a value or prints help -----------------------------------
+
+def _registry(module: str, name: str) -> Any:
+    from importlib import import_module
+
+    return getattr(import_module(f"{__package__}.runtime.{module}"), name)
+
+
+class _Lazy:
+    """Choices (a list) or a help text (a str) built from a runtime registry only when argparse checks a
+    value or prints help, so that building the parser does not import torch."""
+
+    def __init__(self, build: Callable[[], Any]):
+        self.build = build
+
+    def __iter__(self):
+        return iter(list(self.build()))
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.build()
+
+    def __mod__(self, params: dict) -> str:   # argparse formats help texts with %
+        return self.build().replace("%", "%%") % params
+
+    def strip(self) -> str:
+        return self.build().strip()
+
+
+def _names(module: str, name: str) -> _Lazy:
+    return _Lazy(lambda: list(_registry(module, name)))
+
+
+def _integrators_help(what: str, default: str) -> _Lazy:
+    return _Lazy(lambda: f"{what}: " + "; ".join(f"{i.name} ({i.description})" for i in _registry(
+        "core.integrators", "INTEGRATORS").values()) + f" (default {default})")
+
+
+def _models_help(more: str) -> _Lazy:
+    return _Lazy(lambda: "a model name: " + _registry("models.registry", "describe_kinds")(files=False) + more)
 
 
 # --- schedules: one identity for every subcommand ----------------------------------------------------
@@ -45,7 +88,8 @@ def _params(items: list[str], flag: str = "--param") -> dict[str, str]:
     return params
 
 
-def _numbers(params: dict[str, str], flag: str) -> dict[str, float]:
+def _numbers(items: list[str], flag: str = "--param") -> dict[str, float]:
+    params = _params(items, flag)
     try:
         return {key: float(value) for key, value in params.items()}
     except ValueError:
@@ -64,14 +108,11 @@ def schedule_spec(args: argparse.Namespace):
     if args.schedule:
         spec = resolve(args.schedule)
         if params:
-            spec = spec.bind(**_numbers(params, "--param"))
+            spec = spec.bind(**_numbers(args.param))
         if args.sigma:
             sigma = args.sigma.strip()
-            if sigma in DIFFUSION_KEYWORDS:
-                spec = spec.with_diffusion(sigma)
-            else:
-                symbols = {name: symbol for name, symbol in spec.param_symbols.items()}
-                spec = spec.with_diffusion("sigma", parse_expression(sigma, symbols, what="sigma"))
+            spec = spec.with_diffusion(sigma) if sigma in DIFFUSION_KEYWORDS else \
+                spec.with_diffusion("sigma", parse_expression(sigma, dict(spec.param_symbols), what="sigma"))
     elif args.alpha and args.beta:
         spec = from_expressions(args.alpha, args.beta, args.sigma or "ode", params=params, name=args.name or "custom")
     else:
@@ -99,30 +140,22 @@ def schedule(args: argparse.Namespace):
 
     if args.alpha or args.beta or args.sigma or args.data_var is not None:
         return load_schedule(schedule_spec(args))
-    return load_schedule(args.schedule, **_numbers(_params(args.param), "--param"))
+    return load_schedule(args.schedule, **_numbers(args.param))
 
 
 # --- derive, lazy, convert, emit -------------------------------------------------------------------
-
-def _output_args(p: argparse.ArgumentParser) -> None:
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--json", action="store_true", help="one JSON object of SymPy-parsable strings")
-    group.add_argument("--latex", action="store_true", help="print LaTeX")
-
 
 def _print_formulas(values: dict, args: argparse.Namespace, notes: list[str] = ()) -> None:
     import sympy as sp
 
     if args.json:
         print(json.dumps({k: sp.sstr(e) for k, e in values.items()}, indent=2))
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-        return
-    width = max(map(len, values))
-    for key, expr in values.items():
-        print(f"{key.ljust(width)} = {sp.latex(expr) if args.latex else sp.sstr(expr)}")
+    else:
+        width = max(map(len, values))
+        for key, expr in values.items():
+            print(f"{key.ljust(width)} = {sp.latex(expr) if args.latex else sp.sstr(expr)}")
     for note in notes:
-        print(f"note: {note}")
+        print(f"note: {note}", file=sys.stderr if args.json else sys.stdout)
 
 
 def run_derive(args: argparse.Namespace) -> int:
@@ -145,20 +178,14 @@ def run_derive(args: argparse.Namespace) -> int:
 def run_lazy(args: argparse.Namespace) -> int:
     from .derive import derive, parse_expression
     from .derive.lazy import solve_lazy_with_notes
+    from .derive.symbols import v
 
     def expr(text: str | None, what: str):
         return None if text is None else parse_expression(text, {}, what=what)
 
-    sigma = args.sigma
-    if sigma is not None and sigma.strip() not in ("ode", "optimal"):
-        sigma = expr(sigma, "sigma")
-    elif sigma is not None:
-        sigma = sigma.strip()
-    data_var = args.data_var.strip()
-    if data_var == "v":
-        from .derive.symbols import v as data_var
-    else:
-        data_var = _data_var(data_var)
+    sigma = args.sigma.strip() if args.sigma is not None else None
+    sigma = expr(sigma, "sigma") if sigma not in (None, "ode", "optimal") else sigma
+    data_var = v if args.data_var.strip() == "v" else _data_var(args.data_var.strip())
     spec, notes = solve_lazy_with_notes(expr(args.alpha, "alpha"), expr(args.beta, "beta"), sigma, data_var=data_var)
     f = derive(spec)
     _print_formulas({"alpha": f.alpha, "beta": f.beta, "sigma": f.sigma}, args,
@@ -183,319 +210,82 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _emit_command(args: argparse.Namespace) -> str:
-    """The command that regenerates an emitted kernel (written into its header)."""
-    words = ["lazyflow", "emit"]
-    if args.schedule:
-        words += ["--schedule", args.schedule]
-    else:
-        words += ["--alpha", args.alpha, "--beta", args.beta]
-    for item in args.param:
-        words += ["--param", item]
-    if args.sigma:
-        words += ["--sigma", args.sigma]
-    if args.data_var is not None:
-        words += ["--data-var", args.data_var]
-    if args.name:
-        words += ["--name", args.name]
-    return " ".join(shlex.quote(w) for w in words)
-
-
 def run_emit(args: argparse.Namespace) -> int:
     from .derive.codegen import write_kernel
 
+    words = ["lazyflow", "emit", *(["--schedule", args.schedule] if args.schedule else
+                                   ["--alpha", args.alpha, "--beta", args.beta])]
+    words += [w for item in args.param for w in ("--param", item)]
+    for flag, value in (("--sigma", args.sigma), ("--data-var", args.data_var), ("--name", args.name)):
+        words += [flag, value] if value else []
     spec = schedule_spec(args)
-    path = write_kernel(spec, args.out_dir, name=args.name or spec.name, command=_emit_command(args), force=args.force)
+    path = write_kernel(spec, args.out_dir, name=args.name or spec.name, force=args.force,
+                        command=" ".join(shlex.quote(w) for w in words))   # the command that regenerates it
     print(f"wrote {path}")
     return 0
 
 
-# --- sample, train -------------------------------------------------------------------------------
+# --- sample, train, tune-grid --------------------------------------------------------------------
 
 def parse_grid(text: str):
     """A named grid, logsnr[-open]:FIRST,LAST, a tuned grid's .json file or comma-separated explicit times."""
-    from .runtime.core.grids import parse_grid as parse
-
     try:
-        return parse(text)
+        return _registry("core.grids", "parse_grid")(text)
     except LazyflowError as err:
         raise LazyflowError(f"--grid: {err}") from None
 
 
+def _numbers_of(text: str | None, flag: str, what: str, kind: type = float) -> tuple | None:
+    try:
+        return None if text is None else tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        raise LazyflowError(f"{flag}: cannot read {text!r} as {what}") from None
+
+
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given for a --model-kind (a model that takes none refuses them)."""
+    given = {"class_labels": args.class_labels, "vae": args.vae, "model_params": _params(args.model_param,
+             "--model-param"), "guidance_interval": _numbers_of(args.guidance_interval, "--guidance-interval", "lo,hi"),
+             "guidance_channels": args.guidance_channels, "guidance": None if args.guidance == 1.0 else args.guidance}
+    return {key: value for key, value in given.items() if value not in (None, "", {})}
+
+
 def run_sample(args: argparse.Namespace) -> int:
-    from .runtime import models
-    from .runtime.core.distributed import launched_by_torchrun, ranks_of
-    from .runtime.core.sampler import resolve_device, sample_batches
-    from .runtime.core.schedule import load_schedule
+    from .runtime.models.sampling import sample_to_file
 
-    out = Path(args.out)
-    if out.suffix not in OUTPUT_SUFFIXES:
-        raise LazyflowError(f"--out must end in .npy, .png or .pt, got {out.name!r}")
-    if args.num_samples < 1:
-        raise LazyflowError(f"--num-samples must be >= 1, got {args.num_samples}")
-    sit_only = [flag for flag, value in (("--class-labels", args.class_labels), ("--vae", args.vae),
-                                         ("--model-param", args.model_param),
-                                         ("--guidance-interval", args.guidance_interval),
-                                         ("--guidance-channels", args.guidance_channels)) if value]
-    if args.guidance != 1.0:
-        sit_only.append("--guidance")
-    if sit_only and not args.model_kind:
-        raise LazyflowError(f"{', '.join(sit_only)} need --model-kind (a SiT checkpoint)")
-    device = resolve_device(args.device)
-    target = schedule(args)
-    if args.diffusion_scale is not None:
-        target = target.with_diffusion_scale(args.diffusion_scale)
-    model_kwargs = None
-    guidance_note = ""
-    if args.model_kind:   # a SiT checkpoint: latents (and images with --vae), class labels, guidance
-        from .runtime.models import sit
-        from .runtime.models.adapters import from_sit
-        from .runtime.models.guidance import guided
-
-        if out.suffix == ".png":
-            raise LazyflowError("a SiT run writes latents: --out must end in .pt or .npy (with --vae the images "
-                                "go to the same name with .png)")
-        if not args.class_labels:
-            raise LazyflowError("--class-labels is needed for a SiT (comma-separated; "
-                                "the model's num_classes is the null class)")
-        overrides = {}
-        for key, value in _params(args.model_param, "--model-param").items():
-            low = value.lower()
-            try:
-                overrides[key] = True if low == "true" else False if low == "false" else \
-                    int(value) if value.lstrip("-").isdigit() else float(value)
-            except ValueError:
-                raise LazyflowError(f"--model-param {key}: {value!r} is not a number or true/false") from None
-        net = sit.load_sit(args.model, args.model_kind, **overrides).to(device)
-        model = from_sit(net)
-        shape = tuple(net.data_shape)
-        model_kwargs = {"y": sit.class_labels(args.class_labels, args.num_samples, net.num_classes).to(device)}
-        interval = None
-        if args.guidance_interval:
-            try:
-                interval = tuple(float(v) for v in args.guidance_interval.split(","))
-            except ValueError:
-                raise LazyflowError(f"--guidance-interval: cannot read {args.guidance_interval!r} as lo,hi") from None
-        if args.guidance != 1.0:
-            model = guided(model, args.guidance, null={"y": net.num_classes}, interval=interval,
-                           channels=args.guidance_channels)
-            guidance_note = f", guidance {args.guidance:g}" + (f" on t in {list(interval)}" if interval else "") + \
-                " (one network call on a doubled batch per evaluation)"
-        meta = {}   # SiT: the linear schedule and velocity prediction
-    else:
-        model = models.load(args.model).to(device)
-        meta = getattr(model, "metadata", {})
-        shape = None
-    source = load_schedule(args.source or meta.get("schedule", "linear"),
-                           **_numbers(_params(args.source_param, "--source-param"), "--source-param"))
-    prediction = args.prediction or meta.get("prediction", "velocity")
-    if meta.get("exact"):   # an exact mixture (gmm64, gmm4096) answers on the asked source and prediction
-        model = model.view(source, prediction)
-    if args.shape:
-        try:
-            shape = tuple(int(s) for s in args.shape.split(","))
-        except ValueError:
-            raise LazyflowError(f"--shape: cannot read {args.shape!r} as comma-separated sizes") from None
-    elif shape is None and hasattr(model, "data_shape"):
-        shape = tuple(model.data_shape)
-    elif shape is None:
-        raise LazyflowError("--shape is needed for this model (its data shape is not recorded)")
-    grid = parse_grid(args.grid)
-    if isinstance(grid, str) and grid.endswith(".json"):   # a tuned grid: its steps unless --steps is given
-        from .runtime.core.gridfile import load_grid_file
-
-        tuned = load_grid_file(grid)
-        args.steps = tuned.steps if args.steps is None else args.steps
-        if args.diffusion_scale is None and tuned.diffusion_scale != 1:   # the scale the grid was tuned at
-            target = target.with_diffusion_scale(tuned.diffusion_scale)
-        if tuned.integrator and tuned.integrator != args.integrator:
-            print(f"lazyflow sample: note: {tuned.describe()} was tuned for {tuned.integrator}, not {args.integrator}",
-                  file=sys.stderr)
-        grid = tuned
-    args.steps = 8 if args.steps is None else args.steps
-    ranks = ranks_of(launched_by_torchrun(), device)
-    if args.shards and ranks.single:
-        raise LazyflowError("--shards is for runs under torchrun (several processes); one process writes --out")
-    batches = sample_batches(model, (args.num_samples, *shape), schedule=target, source=source, steps=args.steps,
-                             integrator=args.integrator, final_step=args.final_step, grid=grid,
-                             prediction=prediction, seed=args.seed, batch_size=args.batch_size, device=device,
-                             compile=args.compile, capture=args.capture, model_kwargs=model_kwargs,
-                             distributed=not ranks.single,
-                             progress=ranks.rank == 0 and args.num_samples * args.steps > 2000)
-    what = (f"schedule {target.describe()}, {args.steps} steps, {args.integrator}, grid {args.grid}{guidance_note}")
-    if ranks.single:
-        done = _write_as_they_finish(batches, out)
-        print(f"wrote {out} ({done} samples of shape {tuple(shape)}, {what})")
-    elif args.shards:
-        _write_as_they_finish(batches, _shard_path(out, ranks.rank, ranks.world))
-        if ranks.rank == 0:
-            index = _write_shard_index(out, args.num_samples, ranks.world)
-            print(f"wrote {index} and {ranks.world} shards ({args.num_samples} samples of shape {tuple(shape)}, {what})")
-    else:   # gather on every rank, written once by rank 0
-        import torch
-
-        from .runtime.core.distributed import gather_batches
-
-        x = gather_batches([x for _, x in batches], args.num_samples, tuple(shape), ranks, device=device,
-                           dtype=torch.float32)
-        if ranks.rank == 0:
-            _write_as_they_finish([(range(args.num_samples), x)], out)
-            print(f"wrote {out} ({args.num_samples} samples of shape {tuple(shape)} from {ranks.world} processes, "
-                  f"{what})")
-    if not ranks.single:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-    if args.model_kind and args.vae:
-        import numpy as np
-        import torch
-
-        latents = torch.from_numpy(np.load(out)) if out.suffix == ".npy" else torch.load(out, weights_only=True)
-        images = sit.decode_latents(latents, args.vae, device=device)
-        path = sit.save_image_grid(images, out.with_suffix(".png"))
-        print(f"wrote {path} ({len(images)} images of {images.shape[1]}x{images.shape[2]}, VAE {args.vae})")
+    run = sample_to_file(args.model, args.out, kind=args.model_kind, model_options=_model_options(args),
+                         num_samples=args.num_samples, schedule=schedule(args), source=args.source,
+                         source_params=_numbers(args.source_param, "--source-param"), prediction=args.prediction,
+                         diffusion_scale=args.diffusion_scale, data_stats=args.data_stats,
+                         shape=_numbers_of(args.shape, "--shape", "comma-separated sizes", int),
+                         steps=args.steps, integrator=args.integrator, final_step=args.final_step,
+                         grid=parse_grid(args.grid), seed=args.seed, batch_size=args.batch_size, device=args.device,
+                         compile=args.compile, capture=args.capture, shards=args.shards,
+                         note=lambda line: print(f"lazyflow sample: {line}", file=sys.stderr))
+    for line in run.report(args.grid):
+        print(line)
     return 0
 
 
-def _shard_path(out: Path, rank: int, world: int) -> Path:
-    """Rank r's shard of ``out``: OUT.rank00002-of-00008.npy (same suffix)."""
-    return out.with_name(f"{out.stem}.rank{rank:05d}-of-{world:05d}{out.suffix}")
-
-
-def _write_shard_index(out: Path, n: int, world: int) -> Path:
-    """OUT.index.json: each shard's file and the sample indices [start, stop) it holds, in order."""
-    from .runtime.core.distributed import Ranks, share
-
-    shards = []
-    for rank in range(world):
-        part = share(n, Ranks(rank, world))
-        shards.append({"file": _shard_path(out, rank, world).name, "start": part.start, "stop": part.stop})
-    index = out.with_name(f"{out.stem}.index.json")
-    index.parent.mkdir(parents=True, exist_ok=True)
-    index.write_text(json.dumps({"num_samples": n, "shards": shards}, indent=1) + "\n")
-    return index
-
-
-def _write_as_they_finish(batches, out: Path) -> int:
-    """Write the samples to ``out`` after every finished batch (atomically), so that a run interrupted or
-    failing in batch k keeps batches 1..k-1; returns the number of samples written."""
-    import numpy as np
-    import torch
-
-    finished: list = []
-    count = 0
-
-    def write() -> None:
-        x = torch.cat(finished).float().cpu()
-        partial = out.with_name(f".{out.stem}.partial{out.suffix}")
-        if out.suffix == ".npy":
-            np.save(partial, x.numpy())
-        elif out.suffix == ".pt":
-            torch.save(x, partial)
-        else:
-            _figures().save_image_grid(x, partial)
-        partial.replace(out)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        for _, x in batches:
-            finished.append(x)
-            count += len(x)
-            write()
-    except (LazyflowError, KeyboardInterrupt) as err:
-        if count:
-            kept = f"kept the {count} samples of the finished batches in {out}"
-            if isinstance(err, KeyboardInterrupt):
-                print(f"lazyflow sample: interrupted; {kept}", file=sys.stderr)
-            else:
-                raise type(err)(f"{err} ({kept})") from err
-        raise
-    return count
-
-
 def run_train(args: argparse.Namespace) -> int:
-    from .runtime.models import train
+    from .runtime.models.train import train
 
-    overrides = {"steps": args.steps} if args.steps else {}
-    if args.what == "digits":
-        path = train.train_digits(args.out_dir, **overrides)
-    elif args.what == "moons":
-        path = train.train_moons(args.out_dir, **overrides)
-    else:
-        path = train.train_classifier(args.out_dir)
+    path = train(args.what, args.out_dir, steps=args.steps)
     print(f"wrote {path} and {path.with_suffix('.json').name}")
     card = json.loads(path.with_suffix(".json").read_text())
     print(json.dumps({k: v for k, v in card.items() if k in ("test_accuracy", "train_seconds")}))
     return 0
 
 
-# --- bench, plot -------------------------------------------------------------------------------------
-
-def run_bench(args: argparse.Namespace) -> int:
-    from .runtime.evaluation.bench import best_by_kind, format_table, goals_markdown, run_quality_bench
-
-    try:
-        nfes = sorted({int(v) for v in args.nfe.split(",")})
-    except ValueError:
-        raise LazyflowError(f"--nfe: cannot read {args.nfe!r} as comma-separated integers") from None
-    if min(nfes) < 1:
-        raise LazyflowError("--nfe values must be >= 1")
-    if args.n < 10:
-        raise LazyflowError(f"--n must be at least 10 (the Fréchet distance needs a covariance), got {args.n}")
-    from .runtime.models.gmm import NAMES as EXACT
-
-    known = ("fd", "sw", "weight_tv") if args.model in EXACT else ("fd",)
-    metrics = args.metric.split(",") if args.metric else list(known)
-    unknown = [m for m in metrics if m not in known]
-    if unknown:
-        raise LazyflowError(f"--metric {','.join(unknown)}: the metrics of {args.model!r} are {', '.join(known)}")
-    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
-    result = run_quality_bench(args.model, nfes, args.n, args.seed, include_peers=not args.no_peers,
-                               full=not args.quick, log=log, prediction=args.prediction,
-                               grid_files=[f for item in args.grid_file for f in item.split(",") if f])
-    if args.json:
-        print(json.dumps(result, indent=1))
-    else:
-        for metric in metrics:
-            print(format_table(result, metric))
-            print(best_by_kind(result, metric))
-            print()
-            if args.markdown:
-                print(goals_markdown(result, metric))
-                print()
-    if args.save:
-        Path(args.save).write_text(json.dumps(result, indent=1))
-    if args.plot:
-        _save_figure(_figures().plot_bench(result), args.plot)
-    return 0
-
-
 def run_tune_grid(args: argparse.Namespace) -> int:
-    from .runtime.models import gmm
-    from .runtime import models
-    from .runtime.core.gridfile import save_grid_file
-    from .runtime.core.schedule import load_schedule
-    from .runtime.evaluation.tune import tune_grid
+    from .runtime.models.tuning import tune_grid_file
 
-    if not args.out.endswith(".json"):
-        raise LazyflowError(f"--out must end in .json, got {args.out!r}")
-    if args.model in gmm.NAMES:
-        model = gmm.load(args.model, prediction=args.prediction or "velocity")
-    else:
-        if args.prediction not in (None, "velocity"):
-            raise LazyflowError("--prediction selects the output of an exact model (gmm64, gmm4096); "
-                                f"{args.model!r} predicts what it was trained to")
-        model = models.load(args.model)
-    meta = getattr(model, "metadata", {})
-    target = schedule(args)
-    if args.diffusion_scale is not None:
-        target = target.with_diffusion_scale(args.diffusion_scale)
-    grid = tune_grid(model, model_name=args.model, schedule=target, source=load_schedule(meta.get("schedule", "linear")),
-                     prediction=args.prediction or meta.get("prediction", "velocity"), integrator=args.integrator,
-                     nfe=args.nfe, final_step=args.final_step, init=parse_grid(args.init), samples=args.samples,
-                     seed=args.seed, holdout_seed=args.holdout_seed, reference_steps=args.reference_steps,
-                     max_evals=args.max_evals, log=lambda line: print(line, file=sys.stderr))
-    path = save_grid_file(grid, args.out)
+    target = schedule(args) if args.diffusion_scale is None else schedule(args).with_diffusion_scale(args.diffusion_scale)
+    path, grid = tune_grid_file(args.model, args.out, schedule=target, prediction=args.prediction,
+                                integrator=args.integrator, nfe=args.nfe, final_step=args.final_step,
+                                init=parse_grid(args.init), samples=args.samples, seed=args.seed,
+                                holdout_seed=args.holdout_seed, reference_steps=args.reference_steps,
+                                max_evals=args.max_evals, log=lambda line: print(line, file=sys.stderr))
     t = grid.tuning
     print(f"wrote {path}: {grid.steps} steps of {grid.schedule} for {grid.integrator} at {grid.nfe} NFE, times "
           f"{[round(v, 5) for v in grid.times]}; loss {t['loss_before']:.4g} -> {t['loss_after']:.4g} (seed {t['seed']}), "
@@ -506,11 +296,43 @@ def run_tune_grid(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_overhead(args: argparse.Namespace) -> int:
-    from .runtime.evaluation.overhead import format_overhead, overhead_bench
-    from .runtime.core.sampler import resolve_device
+# --- bench, bench-overhead, plot ---------------------------------------------------------------------
 
-    device = resolve_device(args.device or ("cuda" if _cuda() else "cpu"))
+def _positive_ints(text: str, flag: str) -> list[int]:
+    items = [v for v in text.split(",") if v.strip()]
+    values = _numbers_of(",".join(items), flag, "comma-separated integers", int) if items else ()
+    if not values or min(values) < 1:
+        raise LazyflowError(f"{flag}: need positive integers, got {text!r}")
+    return list(values)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .runtime.evaluation.bench import bench_metrics, format_report, run_quality_bench
+
+    nfes = sorted(set(_positive_ints(args.nfe, "--nfe")))
+    if args.n < 10:
+        raise LazyflowError(f"--n must be at least 10 (the Fréchet distance needs a covariance), got {args.n}")
+    metrics = bench_metrics(args.model, args.metric)
+    result = run_quality_bench(args.model, nfes, args.n, args.seed, include_peers=not args.no_peers,
+                               full=not args.quick, log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print,
+                               prediction=args.prediction, grid_files=[f for g in args.grid_file for f in g.split(",") if f])
+    print(json.dumps(result, indent=1) if args.json else format_report(result, metrics, args.markdown))
+    if args.save:
+        Path(args.save).write_text(json.dumps(result, indent=1))
+    if args.plot:
+        from .figures.plots import plot_bench
+
+        _save_figure(plot_bench(result), args.plot)
+    return 0
+
+
+def run_overhead(args: argparse.Namespace) -> int:
+    import torch
+
+    from .runtime.core.sampler import resolve_device
+    from .runtime.evaluation.overhead import format_overhead, overhead_bench
+
+    device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     unknown = set(modes) - {"eager", "compile", "capture"}
     if unknown:
@@ -522,28 +344,6 @@ def run_overhead(args: argparse.Namespace) -> int:
                             repeats=args.repeats, modes=modes, log=lambda line: print(line, file=sys.stderr))
     print(json.dumps(result, indent=1) if args.json else format_overhead(result))
     return 0
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _positive_ints(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise LazyflowError(f"{flag}: cannot read {text!r} as comma-separated integers") from None
-    if not values or min(values) < 1:
-        raise LazyflowError(f"{flag}: need positive integers, got {text!r}")
-    return values
-
-
-def _figures():
-    from .figures import plots
-
-    return plots
 
 
 def _save_figure(fig, out: str) -> None:
@@ -558,8 +358,19 @@ def _save_figure(fig, out: str) -> None:
     print(f"wrote {path}")
 
 
+def _bench_result(source: str) -> dict:
+    try:
+        result = json.loads(Path(source).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise LazyflowError(f"--from {source}: cannot read a bench result ({err})") from None
+    if not isinstance(result, dict) or "rows" not in result:
+        raise LazyflowError(f"--from {source}: not a bench result (written by lazyflow bench --save)")
+    return result
+
+
 def run_plot(args: argparse.Namespace) -> int:
-    plots = _figures()
+    from .figures import plots
+
     names = [n.strip() for n in getattr(args, "schedules", "").split(",") if n.strip()]
     if args.kind == "schedules":
         fig = plots.plot_schedules(names, source=args.source)
@@ -571,106 +382,95 @@ def run_plot(args: argparse.Namespace) -> int:
         fig = plots.plot_samples(names, [int(v) for v in args.nfe.split(",")], model=args.model,
                                  integrators=[i.strip() for i in args.integrators.split(",")])
     else:
-        try:
-            result = json.loads(Path(args.source_json).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise LazyflowError(f"--from {args.source_json}: cannot read a bench result ({err})") from None
-        if not isinstance(result, dict) or "rows" not in result:
-            raise LazyflowError(f"--from {args.source_json}: not a bench result (written by lazyflow bench --save)")
-        fig = plots.plot_bench(result)
+        fig = plots.plot_bench(_bench_result(args.source_json))
     _save_figure(fig, args.out)
     return 0
 
 
-# --- the parser ------------------------------------------------------------------------------------
+# --- the parser: one short function per subcommand ------------------------------------------------
 
-class _Registry:
-    """Choices read from a runtime registry when argparse first checks a value, so that building the
-    parser (and ``lazyflow derive``) does not import torch."""
-
-    def __init__(self, module: str, name: str):
-        self.module, self.name = module, name
-
-    def _names(self) -> list[str]:
-        from importlib import import_module
-
-        return list(getattr(import_module(f"{__package__}.runtime.{self.module}"), self.name))
-
-    def __contains__(self, value) -> bool:
-        return value in self._names()
-
-    def __iter__(self):
-        return iter(self._names())
+def _command(sub, name: str, handler: Callable[[argparse.Namespace], int], help: str, **kw) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, **kw)
+    p.set_defaults(handler=handler)
+    return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lazyflow", description="Sample pretrained flow models in fewer steps "
-                                     "by integrating them in a lazy schedule.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _output_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--json", action="store_true", help="one JSON object of SymPy-parsable strings")
+    group.add_argument("--latex", action="store_true", help="print LaTeX")
 
-    p = sub.add_parser("derive", help="derive the formulas of a schedule")
+
+def _formula_parsers(sub) -> None:
+    p = _command(sub, "derive", run_derive, "derive the formulas of a schedule")
     _schedule_args(p)
     _output_args(p)
-    p.set_defaults(handler=run_derive)
-
-    p = sub.add_parser("lazy", help="solve the zero-drift condition for the missing one of alpha, beta, sigma")
+    p = _command(sub, "lazy", run_lazy, "solve the zero-drift condition for the missing one of alpha, beta, sigma")
     p.add_argument("--alpha")
     p.add_argument("--beta")
     p.add_argument("--sigma", help="ode, optimal, or an expression for sigma(t)")
     p.add_argument("--data-var", default="1", help="data variance v (a number, or v for a symbol)")
     _output_args(p)
-    p.set_defaults(handler=run_lazy)
-
-    p = sub.add_parser("convert", help="time map and scale from a target schedule to a source schedule")
+    p = _command(sub, "convert", run_convert, "time map and scale from a target schedule to a source schedule")
     p.add_argument("--source", required=True, help="schedule the model was trained on (preset, .toml or kernel .py)")
     p.add_argument("--target", required=True, help="schedule to sample in (preset, .toml or kernel .py)")
     _output_args(p)
-    p.set_defaults(handler=run_convert)
-
-    p = sub.add_parser("emit", help="generate a PyTorch kernel module for a schedule")
+    p = _command(sub, "emit", run_emit, "generate a PyTorch kernel module for a schedule")
     _schedule_args(p)
     p.add_argument("--out-dir", default=".", help="folder to write <name>.py into (default: the current directory)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
-    p.set_defaults(handler=run_emit)
 
-    p = sub.add_parser("sample", help="sample a pretrained model in few steps")
-    p.add_argument("--model", default="digits", help="embedded model name (digits), a model file, or a SiT "
-                                                   "checkpoint (.pt state dict or .safetensors) with --model-kind")
-    p.add_argument("--model-kind", default=None, metavar="KIND",
-                   help="the --model file is a SiT checkpoint of this kind: sit-{s,b,l,xl}/{2,4,8} (input size, "
-                        "classes and learn_sigma are read from the checkpoint)")
+
+def _run_args(p: argparse.ArgumentParser, *, integrator: str, what: str) -> None:
+    """The schedule, integrator, final step, diffusion scale and prediction of a sampling run."""
+    _schedule_args(p, default="pointmass")
+    p.add_argument("--integrator", default=integrator, choices=_names("core.integrators", "INTEGRATORS"),
+                   metavar="NAME", help=_integrators_help(what, integrator))
+    p.add_argument("--final-step", default=None, choices=_names("core.integrators", "FINAL_STEPS"), metavar="STEP",
+                   help=_Lazy(lambda: "the last step: " + ", ".join(_registry("core.integrators", "FINAL_STEPS"))
+                              + " (the denoised mean eta_X; default euler)"))
+    p.add_argument("--diffusion-scale", type=float, default=None, metavar="LAMBDA",
+                   help="sigma = LAMBDA * the schedule's sigma (0: its ODE; default 1, or a tuned grid file's); a "
+                        "stochastic schedule only")
+    p.add_argument("--prediction", default=None, choices=PREDICTIONS,
+                   help="the model's output (default: the model's own; an exact model answers with any)")
+
+
+def _sit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-kind", default=None, metavar="KIND", help=_Lazy(lambda: "the kind of the --model file: "
+                   + ", ".join(k.name for k in _registry("models.registry", "MODEL_KINDS").values() if k.takes_file)
+                   + " (a SiT's input size, classes and learn_sigma are read from the checkpoint)"))
     p.add_argument("--model-param", action="append", default=[], metavar="NAME=VALUE",
                    help="override a setting of --model-kind, e.g. depth=2 (repeatable)")
     p.add_argument("--class-labels", default=None, metavar="L1,L2,...",
                    help="SiT class labels, repeated in order over the samples (sample i gets label i mod count)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="classifier-free guidance scale for a SiT (default 1: none; a guided evaluation is one "
-                        "network call on a doubled batch)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale for a SiT (default 1: "
+                   "none; a guided evaluation is one network call on a doubled batch)")
     p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                    help="guide only where the model's time t (noise 0, data 1) is in [LO, HI]")
     p.add_argument("--guidance-channels", type=int, default=None, metavar="K",
                    help="guide only the first K output channels (the SiT/DiT reference code guides 3); default all")
-    p.add_argument("--vae", default=None, metavar="FOLDER",
-                   help="a local diffusers AutoencoderKL folder: also decode the SiT latents (scale 0.18215) and "
-                        "write them as OUT.png")
-    _schedule_args(p, default="pointmass")
-    p.add_argument("--source", default=None, help="schedule the model was trained on (default: the model's own, "
-                                                  "else linear)")
+    p.add_argument("--vae", default=None, metavar="FOLDER", help="a local diffusers AutoencoderKL folder: also decode "
+                   "the SiT latents (scale 0.18215) and write them as OUT.png")
+
+
+def _sample_parser(sub) -> None:
+    p = _command(sub, "sample", run_sample, "sample a pretrained model in few steps")
+    p.add_argument("--model", default="digits", help=_models_help("; or a model file, or a checkpoint with "
+                                                                  "--model-kind (default digits)"))
+    _sit_args(p)
+    _run_args(p, integrator="euler", what="the integrator")
+    p.add_argument("--source", default=None, help="schedule the model was trained on (default: the model's own)")
     p.add_argument("--source-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter of the source schedule, e.g. shift=3 (repeatable)")
-    p.add_argument("--diffusion-scale", type=float, default=None, metavar="LAMBDA",
-                   help="sigma = LAMBDA * the schedule's sigma (0: its ODE; default 1); a stochastic schedule only")
     p.add_argument("--steps", type=int, default=None, help="steps (default 8, or a tuned --grid file's)")
-    p.add_argument("--integrator", default="euler", choices=_Registry("core.integrators", "INTEGRATORS"), metavar="NAME",
-                   help="euler, heun, midpoint, exponential, exp-midpoint, multistep, multistep-pc, multistep3, "
-                        "multistep3-pc (default euler)")
-    p.add_argument("--final-step", default=None, choices=("euler", "denoise"))
-    p.add_argument("--grid", default="uniform", help="uniform, source, logsnr, edm, logsnr:FIRST,LAST (uniform in "
-                   "log snr between these, from t = 0), logsnr-open:FIRST,LAST (starting at log snr FIRST: for noise "
-                   "and score models), a tuned grid's .json file (lazyflow tune-grid), or comma-separated times")
-    p.add_argument("--prediction", default=None, choices=("velocity", "x", "noise", "score"),
-                   help="the model's output (default: the model's own, else velocity)")
+    p.add_argument("--grid", default="uniform", help=_Lazy(lambda: ", ".join(_registry("core.grids", "GRIDS")) +
+                   ", logsnr:FIRST,LAST (uniform in log snr between these, from t = 0), logsnr-open:FIRST,LAST "
+                   "(starting at log snr FIRST: for noise and score models), a tuned grid's .json file (lazyflow "
+                   "tune-grid), or comma-separated times (default uniform)"))
     p.add_argument("--shape", default=None, help="data shape, e.g. 1,8,8 (default: the model's own)")
+    p.add_argument("--data-stats", default=None, metavar="FILE", help="the data's statistics (a DataStats .safetensors "
+                   "file) for the data-frame integrators")
     p.add_argument("--num-samples", "--n", dest="num_samples", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
@@ -683,20 +483,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "torchrun rank 0 writes it after gathering every rank's samples")
     p.add_argument("--shards", action="store_true", help="under torchrun: each rank writes its own share as "
                    "OUT.rankRRRRR-of-WWWWW.SUFFIX and rank 0 writes OUT.index.json (no gathering; for large runs)")
-    p.set_defaults(handler=run_sample)
 
-    p = sub.add_parser("train", help="reproduce an embedded model's weights")
-    p.add_argument("what", choices=["digits", "moons", "classifier"])
+
+def _train_parser(sub) -> None:
+    p = _command(sub, "train", run_train, "reproduce an embedded model's weights")
+    p.add_argument("what", choices=_names("models.train", "RECIPES"), metavar="WHAT",
+                   help=_Lazy(lambda: ", ".join(_registry("models.train", "RECIPES"))))
     p.add_argument("--out-dir", default=".", help="folder for the weights (default: the current directory)")
     p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
-    p.set_defaults(handler=run_train)
 
-    p = sub.add_parser("bench", help="sample quality (FD) against NFE, ours and peers side by side")
-    p.add_argument("--model", default="digits", help="digits, or an exact Gaussian mixture: gmm64, gmm4096")
-    p.add_argument("--prediction", default=None, choices=("velocity", "x", "noise", "score"),
-                   help="what the exact mixture model outputs (default velocity; peers always get its velocity)")
-    p.add_argument("--metric", default=None, help="comma-separated tables to print: fd (digits), or fd, sw, "
-                                                  "weight_tv (exact mixtures; default all of the model's)")
+
+def _bench_parser(sub) -> None:
+    p = _command(sub, "bench", run_bench, "sample quality (FD) against NFE, ours and peers side by side")
+    p.add_argument("--model", default="digits", help=_Lazy(lambda: "a model the bench scores: " + ", ".join(
+        _registry("evaluation.bench", "bench_models")()) + ", or a digits model file (default digits)"))
+    p.add_argument("--prediction", default=None, choices=PREDICTIONS,
+                   help="what an exact model outputs (default velocity; peers always get its velocity)")
+    p.add_argument("--metric", default=None, help="comma-separated tables to print: the model's metrics, fd (digits) "
+                   "or fd, sw, weight_tv (exact mixtures); default all of them")
     p.add_argument("--nfe", default="2,4,6,8,12,16")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
@@ -704,27 +508,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", default=None, help="also write the JSON result to this file")
     p.add_argument("--plot", default=None, help="write the quality-vs-NFE plot to this PNG")
     p.add_argument("--markdown", action="store_true", help="also print the best of each kind per budget as a "
-                   "markdown table with issue 12's goals checked (what the README shows)")
+                   "markdown table, each goal checked: ours against the best peer at 4 and 6 NFE, each family "
+                   "against its converged reference at 8 (what the README shows)")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--quick", action="store_true", help="uniform grids only")
     p.add_argument("--grid-file", action="append", default=[], metavar="FILE.json",
                    help="a tuned grid (lazyflow tune-grid; repeatable or comma-separated): scored at its own NFE beside "
                         "its untuned starting grid and reported apart from the table as tuned")
-    p.set_defaults(handler=run_bench)
 
-    p = sub.add_parser("tune-grid", help="fit a few-step time grid against high-accuracy reference trajectories "
-                       "(training-free; minutes on a CPU) and save it as a .json file for --grid")
-    p.add_argument("--model", default="digits", help="digits, a model file, or an exact mixture: gmm64, gmm4096")
+
+def _tune_parser(sub) -> None:
+    p = _command(sub, "tune-grid", run_tune_grid, "fit a few-step time grid against high-accuracy reference "
+                 "trajectories (training-free; minutes on a CPU) and save it as a .json file for --grid")
+    p.add_argument("--model", default="digits", help=_models_help(", or a model file (default digits)"))
     p.add_argument("--nfe", type=int, required=True, help="network evaluations of the tuned run")
-    _schedule_args(p, default="pointmass")
-    p.add_argument("--integrator", default="multistep", choices=_Registry("core.integrators", "INTEGRATORS"), metavar="NAME",
-                   help="the integrator the grid is tuned for (default multistep)")
-    p.add_argument("--final-step", default=None, choices=("euler", "denoise"))
-    p.add_argument("--diffusion-scale", type=float, default=None, metavar="LAMBDA",
-                   help="tune for sigma = LAMBDA * the schedule's sigma (a stochastic schedule; stored in the file, "
-                        "and sample --grid FILE, the bench and the scheduler run at it)")
-    p.add_argument("--prediction", default=None, choices=("velocity", "x", "noise", "score"),
-                   help="what the exact mixture outputs (default velocity; noise and score need --init logsnr-open:...)")
+    _run_args(p, integrator="multistep", what="the integrator the grid is tuned for")
     p.add_argument("--init", default="logsnr", help="the starting grid (any --grid of sample); its ends are kept")
     p.add_argument("--samples", type=int, default=256, help="samples the loss is measured on (default 256)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of the tuning samples")
@@ -732,10 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-steps", type=int, default=200, help="Heun steps of the reference ODE (default 200)")
     p.add_argument("--max-evals", type=int, default=400, help="trial grids Nelder-Mead may run (default 400)")
     p.add_argument("--out", default="grid.json", help="the grid file to write (default grid.json)")
-    p.set_defaults(handler=run_tune_grid)
 
-    p = sub.add_parser("bench-overhead", help="sampler time beyond the model's own calls, every integrator family, "
-                       "beside a plain Euler loop and diffusers' FlowMatchEuler")
+
+def _overhead_parser(sub) -> None:
+    p = _command(sub, "bench-overhead", run_overhead, "sampler time beyond the model's own calls, every integrator "
+                 "family, beside a plain Euler loop and diffusers' FlowMatchEuler")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--steps", type=int, default=16, help="network calls per run (default 16)")
     p.add_argument("--models", default="mlp,convnet,sit", help="mlp, convnet, sit (SiT-XL/2 size in bf16 on a GPU, "
@@ -744,18 +543,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per cell, alternating (median reported)")
     p.add_argument("--modes", default="eager,capture", help="eager, compile, capture (capture needs CUDA)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(handler=run_overhead)
 
-    p = sub.add_parser("plot", help="draw comparison figures")
-    kinds = p.add_subparsers(dest="kind", required=True)
+
+def _plot_parser(sub) -> None:
+    kinds = _command(sub, "plot", run_plot, "draw comparison figures").add_subparsers(dest="kind", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", required=True, help="PNG file to write")
-    common.add_argument("--schedules", default="linear,vp,pointmass",
-                        help="comma-separated presets, .toml or kernel .py files")
-    q = kinds.add_parser("schedules", parents=[common], help="alpha, beta, log snr, sigma, eps*, time map, scale")
-    q.add_argument("--source", default="linear")
-    q = kinds.add_parser("drift", parents=[common], help="Gaussian drift and drift norm along 2D paths")
-    q.add_argument("--steps", type=int, default=64)
+    common.add_argument("--schedules", default="linear,vp,pointmass", help="comma-separated presets, .toml or kernel "
+                        ".py files")
+    kinds.add_parser("schedules", parents=[common], help="alpha, beta, log snr, sigma, eps*, time map, scale") \
+        .add_argument("--source", default="linear")
+    kinds.add_parser("drift", parents=[common], help="Gaussian drift and drift norm along 2D paths") \
+        .add_argument("--steps", type=int, default=64)
     q = kinds.add_parser("trajectories", parents=[common], help="2D sample paths side by side")
     q.add_argument("--data", default="gmm", choices=["gmm", "moons"])
     q.add_argument("--steps", type=int, default=16)
@@ -766,19 +565,23 @@ def build_parser() -> argparse.ArgumentParser:
     q = kinds.add_parser("bench", help="quality against NFE from a bench JSON")
     q.add_argument("--from", dest="source_json", required=True, help="JSON written by lazyflow bench --save")
     q.add_argument("--out", required=True)
-    p.set_defaults(handler=run_plot)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lazyflow", description="Sample pretrained flow models in fewer steps "
+                                     "by integrating them in a lazy schedule.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_formula_parsers, _sample_parser, _train_parser, _bench_parser, _tune_parser, _overhead_parser,
+                _plot_parser):
+        add(sub)
     return parser
-
-
-#: options whose value is an expression and may start with a minus sign (``--alpha -t+1``)
-_EXPRESSION_OPTIONS = ("--alpha", "--beta", "--sigma")
 
 
 def _join_expressions(argv: list[str]) -> list[str]:
     """``--alpha -t+1`` as ``--alpha=-t+1``: argparse would take ``-t+1`` for an option."""
     out, i = [], 0
     while i < len(argv):
-        if argv[i] in _EXPRESSION_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+        if argv[i] in ("--alpha", "--beta", "--sigma") and i + 1 < len(argv) and argv[i + 1].startswith("-"):
             out.append(f"{argv[i]}={argv[i + 1]}")
             i += 2
         else:
@@ -789,8 +592,7 @@ def _join_expressions(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; refused input prints one line on stderr and exits 2."""
-    parser = build_parser()
-    args = parser.parse_args(_join_expressions(sys.argv[1:] if argv is None else list(argv)))
+    args = build_parser().parse_args(_join_expressions(sys.argv[1:] if argv is None else list(argv)))
     try:
         return int(args.handler(args) or 0)
     except LazyflowError as err:

@@ -112,3 +112,35 @@ def test_careless_input_of_issue_9(tmp_path, capsys):
 def test_a_conversion_the_runtime_can_do_is_no_cli_error(capsys):
     assert main(["convert", "--source", "score-vp", "--target", "pointmass"]) == 0
     assert "time_map" in capsys.readouterr().out
+
+
+def test_derive_builds_every_parser_without_torch():
+    """Choices and help texts come from the runtime registries only when argparse needs them."""
+    code = ("import sys; from lazyflow.cli import build_parser, main; build_parser(); "
+            "main(['derive', '--schedule', 'linear', '--json']); assert 'torch' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_sample_help_lists_the_registries(capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name in ("multistep-pc", "Euler / Euler-Maruyama", "logsnr-open:FIRST,LAST", "edm", "gmm4096", "sit-xl/2",
+                 "denoise"):
+        assert name in out
+    assert "issue" not in out
+
+
+def test_sample_takes_the_data_statistics_of_the_data_frame_integrators(tmp_path, capsys):
+    import torch
+
+    from lazyflow.runtime.core.data_stats import DataStats
+
+    stats = DataStats.from_samples(0.5 * torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    path = stats.save(tmp_path / "stats.safetensors")
+    argv = ["sample", "--schedule", "linear", "--integrator", "data-multistep", "--steps", "4", "--n", "4",
+            "--out", str(tmp_path / "x.npy")]
+    assert main([*argv, "--data-stats", str(path)]) == 0
+    assert main(argv) == 2
+    assert "--data-stats FILE" in capsys.readouterr().err

@@ -129,7 +129,7 @@ def test_refused_before_any_work(argv, fragment, capsys, tmp_path, monkeypatch):
 
 def test_finished_batches_survive_a_failure_or_an_interrupt(tmp_path, capsys):
     """Samples are written after every batch; a failure or Ctrl-C in batch 3 keeps batches 1 and 2."""
-    from lazyflow.cli import _write_as_they_finish
+    from lazyflow.runtime.core.output import write_as_they_finish
     from lazyflow import SamplingError
 
     def batches(error):
@@ -139,11 +139,11 @@ def test_finished_batches_survive_a_failure_or_an_interrupt(tmp_path, capsys):
 
     out = tmp_path / "x.npy"
     with pytest.raises(SamplingError, match="kept the 4 samples of the finished batches"):
-        _write_as_they_finish(batches(SamplingError("the model returned NaN or inf at step 3")), out)
+        write_as_they_finish(batches(SamplingError("the model returned NaN or inf at step 3")), out)
     assert np.load(out).shape == (4, 1, 8, 8)
     out.unlink()
     with pytest.raises(KeyboardInterrupt):
-        _write_as_they_finish(batches(KeyboardInterrupt()), out)
+        write_as_they_finish(batches(KeyboardInterrupt()), out)
     assert np.load(out)[2:].min() == 1.0
     assert "interrupted; kept the 4 samples" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["x.npy"]    # no partial file left behind

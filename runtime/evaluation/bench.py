@@ -15,14 +15,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from ...errors import LazyflowError
 from ..core.integrators import INTEGRATORS
+from ..models.kind import LoadedModel, ModelKind, Scorer
 
 __all__ = ["CountingModel", "OurMethod", "our_methods", "run_quality_bench", "format_table", "best_by_kind",
-           "goals_markdown", "sample_args", "BENCH_SCHEDULES", "REFERENCES"]
+           "goals_markdown", "format_report", "sample_args", "bench_models", "bench_metrics", "bench_model", "BenchModel",
+           "DigitsScorer", "BENCH_SCHEDULES", "REFERENCES"]
 
 #: the frames the bench compares
 BENCH_SCHEDULES = ("linear", "vp", "pointmass", "linear-sde", "vp-sde")
-#: integrators left out of the bench because they lost where measured (issue 12): multistep3(-pc) equal
+#: integrators left out of the bench because they lost where measured: multistep3(-pc) equal
 #: multistep(-pc) at 4 NFE (no third-order step fits) and lose at 6 and 8 on gmm64 and digits in every frame
 #: and grid but one tie (gmm64 logsnr pc at 8: 0.227 vs 0.230, floor 0.219); e.g. linear/uniform pc at 6 NFE:
 #: gmm64 0.404 vs 0.320, digits 2.67 vs 2.01
@@ -67,9 +70,9 @@ def our_methods(full: bool = True) -> list[OurMethod]:
     """The samplers the bench compares: each schedule with each integrator and grid that applies."""
     methods = []
     for schedule in BENCH_SCHEDULES:
-        for integrator in INTEGRATORS:
-            if integrator in BENCH_SKIPPED_INTEGRATORS:
-                continue
+        for integrator, method in INTEGRATORS.items():
+            if integrator in BENCH_SKIPPED_INTEGRATORS or method.needs_data_stats:
+                continue   # the data-frame integrators need the data's statistics, which the bench does not give
             if schedule == "linear" and integrator == "exponential":
                 continue  # identical to Euler on the linear schedule
             grids = ("uniform", "source", "logsnr") if full else ("uniform",)
@@ -89,7 +92,7 @@ BENCH_DIFFUSION_SCALES = (0.25, 0.5)
 
 
 def diffusion_sweep() -> list[OurMethod]:
-    """The stochastic samplers that did best at full diffusion, at weaker diffusion (issue 12: on gmm64
+    """The stochastic samplers that did best at full diffusion, at weaker diffusion (on gmm64
     the linear-sde multistep-pc row at 4 NFE halves its FD at scale 0.25)."""
     return [OurMethod(schedule, integrator, grid, None, scale) for scale in BENCH_DIFFUSION_SCALES
             for schedule, integrator, grid in (("linear-sde", "multistep-pc", "uniform"),
@@ -144,6 +147,12 @@ class DigitsScorer:
 
         return {"fd": digits_fd(samples)}
 
+    def floor_fields(self, n: int, seed: int) -> dict[str, float]:
+        """The FD of two halves of the digits dataset, and of n images drawn from the dataset itself."""
+        from .metrics import bootstrap_floor, split_floor
+
+        return {"floor_split_fd": split_floor(), "floor_bootstrap_fd": bootstrap_floor(n, seed)}
+
 
 #: the converged references: kind -> (method, steps); the exact models' steps were measured to converge
 #: (MixtureScorer metrics unchanged to the printed digits between these and twice as many steps)
@@ -167,67 +176,108 @@ def sample_args(model_name: str, method: OurMethod, steps: int, n: int, seed: in
     return args + ["--seed", str(seed), "--num-samples", str(n)]
 
 
+@dataclass(frozen=True)
+class BenchModel:
+    """A model the bench measures: its ``name``, registered ``kind``, the ``loaded`` model (on the
+    asked prediction) and the ``scorer`` of its samples."""
+
+    name: str
+    kind: ModelKind
+    loaded: LoadedModel
+    scorer: Scorer
+
+    @property
+    def exact(self) -> bool:
+        return self.kind.exact
+
+    def peer_model(self):
+        """The velocity model the peers get (an exact model seen through its velocity)."""
+        loaded = self.loaded
+        return loaded.model if loaded.prediction == "velocity" else loaded.answering(loaded.source, "velocity").model
+
+
+def bench_models() -> list[str]:
+    """The models the bench scores by name (the registered kinds with a scorer; a digits model file
+    also scores)."""
+    from ..models.registry import MODEL_KINDS
+
+    return [k.name for k in MODEL_KINDS.values() if k.scorer is not None and not k.takes_file]
+
+
+def _not_measured(model_name: str) -> LazyflowError:
+    from ..models.registry import MODEL_KINDS
+
+    exact = [k.name for k in MODEL_KINDS.values() if k.exact and k.scorer is not None and not k.takes_file]
+    return LazyflowError(f"the bench measures digits models (samples of shape (1, 8, 8), Fréchet distance in the "
+                         f"digits classifier's features) or the exact models ({', '.join(exact)}); "
+                         f"{model_name!r} is neither")
+
+
+def bench_metrics(model_name: str, asked: str | None = None) -> list[str]:
+    """The metrics (``asked``: comma-separated; default all) the bench measures ``model_name`` by, checked
+    before the model is loaded; the first of the model's is its primary metric."""
+    from ..models.registry import model_kind_for
+
+    kind = model_kind_for(model_name)
+    if kind.scorer is None:
+        raise _not_measured(model_name)
+    metrics = asked.split(",") if asked else list(kind.metrics)
+    unknown = [m for m in metrics if m not in kind.metrics]
+    if unknown:
+        raise LazyflowError(f"--metric {','.join(unknown)}: the metrics of {model_name!r} are "
+                            f"{', '.join(kind.metrics)}")
+    return metrics
+
+
+def bench_model(model_name: str, prediction: str | None, n: int) -> BenchModel:
+    """``model_name`` from the model registry with the scorer of its samples (``n``: the sample count);
+    ``prediction`` picks an exact model's output."""
+    from ..models.registry import load_measured
+
+    kind, loaded = load_measured(model_name, prediction)
+    scorer = kind.scorer(loaded, n) if kind.scorer is not None else None
+    if scorer is None:
+        raise _not_measured(model_name)
+    return BenchModel(model_name, kind, loaded, scorer)
+
+
 def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, include_peers: bool = True,
                       full: bool = True, log=print, prediction: str | None = None,
                       methods: list[OurMethod] | None = None, on_samples: Callable | None = None,
                       grid_files: list[str] | None = None) -> dict:
     """Every method at every NFE budget on ``n`` samples, with floors and converged ODE and SDE references.
 
-    ``digits``: FD in the classifier's features against the digits dataset.  ``gmm64``/``gmm4096``: the
-    exact mixtures (:mod:`lazyflow.runtime.models.gmm`) seen through ``prediction`` (velocity, x, noise, score),
-    scored by fd, sw and weight_tv (:mod:`lazyflow.runtime.evaluation.gmm_metrics`).  ``methods`` replaces the method
-    list; ``on_samples(row, samples)`` sees every run's samples (rows of ours carry ``sample_args``).
-    Noise and score predictions run on :data:`OPEN_GRID` (see :func:`open_start`).  ``grid_files``: tuned
-    grids (``lazyflow tune-grid``), each scored at its own NFE beside its untuned starting grid, in
-    ``result["tuned_rows"]`` (kept out of ``rows``: tuned rows are reported separately)."""
+    The model comes from the model registry (:mod:`lazyflow.runtime.models.registry`) with its kind's
+    scorer: ``digits``, FD in the classifier's features against the digits dataset; the exact mixtures
+    ``gmm64``/``gmm4096`` (:mod:`lazyflow.runtime.models.gmm`) seen through ``prediction`` (velocity, x,
+    noise, score), scored by fd, sw and weight_tv (:mod:`lazyflow.runtime.evaluation.gmm_metrics`).
+    ``methods`` replaces the method list; ``on_samples(row, samples)`` sees every run's samples (rows of
+    ours carry ``sample_args``).  Noise and score predictions of an exact model run on :data:`OPEN_GRID`
+    (see :func:`open_start`).  ``grid_files``: tuned grids (``lazyflow tune-grid``), each scored at its own
+    NFE beside its untuned starting grid, in ``result["tuned_rows"]`` (kept out of ``rows``: tuned rows
+    are reported separately)."""
     import torch
 
-    from ..models import gmm
-
-    from .. import models
-    from ...errors import LazyflowError
     from .peers import available_peers
 
-    exact = model_name in gmm.NAMES
-    if exact:
-        prediction = prediction or "velocity"
-        model = gmm.load(model_name, prediction=prediction)
-        from .gmm_metrics import MixtureScorer
-
-        scorer = MixtureScorer(model, n)
-    else:
-        if prediction not in (None, "velocity"):
-            raise LazyflowError("--prediction selects the output of an exact model (gmm64, gmm4096); "
-                                f"{model_name!r} predicts what it was trained to")
-        model = models.load(model_name)
-        if tuple(getattr(model, "data_shape", ())) != (1, 8, 8):
-            raise LazyflowError(f"the bench measures digits models (samples of shape (1, 8, 8), Fréchet distance in "
-                                f"the digits classifier's features) or the exact mixtures ({', '.join(gmm.NAMES)}); "
-                                f"{model_name!r} is neither")
-        scorer = DigitsScorer()
-    args_for = (lambda method, steps: sample_args(model_name, method, steps, n, seed, prediction if exact else None))
-    run = _Runner(model, (n, *model.data_shape), seed, scorer, args_for, on_samples, prediction or "velocity")
+    bench = bench_model(model_name, prediction, n)
+    prediction = bench.loaded.prediction
+    shown = prediction if bench.exact else None
+    run = _Runner(bench, (n, *bench.loaded.data_shape), seed,
+                  lambda method, steps: sample_args(model_name, method, steps, n, seed, shown), on_samples)
     methods = our_methods(full) if methods is None else methods
-    open_grid = exact and prediction in ("noise", "score")
+    open_grid = bench.exact and prediction in ("noise", "score")
     if open_grid:
         methods = open_start(methods)
     with torch.no_grad():
         rows = run.ours(methods, nfes, log)
         if include_peers:
-            peer_model = model.view(prediction="velocity") if exact else model
-            rows += run.peers(peer_model, nfes, log)
+            rows += run.peers(bench.peer_model(), nfes, log)
     skipped = available_peers()[1] if include_peers else []
-    references = []
-    tuned_rows = [run.tuned(path, model_name, prediction or "velocity", log) for path in grid_files or []]
-    for kind, (method, steps) in REFERENCES.items():
-        steps = EXACT_REFERENCE_STEPS[kind] if exact else steps
-        method = replace(method, grid=OPEN_REFERENCE_GRID) if open_grid else method
-        with torch.no_grad():
-            row = run.one(method, steps, budget=0)
-        references.append({"kind": kind, **{k: v for k, v in row.items() if k not in ("peer", "budget")}})
-        log(f"  reference {kind} {method.name} at {row['nfe']} NFE: {_fmt(row['fd'])}")
+    tuned_rows = [run.tuned(path, model_name, prediction, log) for path in grid_files or []]
+    references = _references(run, bench.exact, open_grid, log)
     result = {"rows": rows, "model": model_name, "n": n, "seed": seed, "nfe_budgets": nfes,
-              "metrics": list(scorer.metrics), "reference": references[0], "references": references,
+              "metrics": list(bench.scorer.metrics), "reference": references[0], "references": references,
               "skipped": skipped, "machine": machine(), "date": datetime.date.today().isoformat(),
               "command": "lazyflow " + " ".join(sys.argv[1:])}
     if tuned_rows:
@@ -236,39 +286,60 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
         result["grid_note"] = (f"{prediction} prediction is undefined at snr = 0: every run starts at log snr -5 "
                                f"(grid {OPEN_GRID}), the references at -12 ({OPEN_REFERENCE_GRID}); point-mass "
                                "frames (which start at snr = 0) are left out")
-    if exact:
-        sets = [scorer.floors(n, seed=20_000 + i) for i in range(FLOOR_SETS)]
-        result.update(prediction=prediction, metric_notes=scorer.describe(), floors={
-            key: {"mean": sum(s[key] for s in sets) / len(sets), "min": min(s[key] for s in sets),
-                  "max": max(s[key] for s in sets), "sets": len(sets)} for key in scorer.metrics})
-    else:
-        from .metrics import bootstrap_floor, split_floor
-
-        result.update(floor_split_fd=split_floor(), floor_bootstrap_fd=bootstrap_floor(n, seed))
+    result.update(_floors(bench, n, seed))
     return result
+
+
+def _references(run: "_Runner", exact: bool, open_grid: bool, log) -> list[dict]:
+    """The converged ODE and SDE references (:data:`REFERENCES`; an exact model converges in fewer steps)."""
+    import torch
+
+    references = []
+    for kind, (method, steps) in REFERENCES.items():
+        steps = EXACT_REFERENCE_STEPS[kind] if exact else steps
+        method = replace(method, grid=OPEN_REFERENCE_GRID) if open_grid else method
+        with torch.no_grad():
+            row = run.one(method, steps, budget=0)
+        references.append({"kind": kind, **{k: v for k, v in row.items() if k not in ("peer", "budget")}})
+        log(f"  reference {kind} {method.name} at {row['nfe']} NFE: {_fmt(row['fd'])}")
+    return references
+
+
+def _floors(bench: BenchModel, n: int, seed: int) -> dict:
+    """The result fields that give the floors: an exact model's metrics on :data:`FLOOR_SETS` sets of n exact
+    samples (with its prediction and the metrics' notes), else what the scorer says of its floors."""
+    scorer = bench.scorer
+    if not bench.exact:
+        return scorer.floor_fields(n, seed)
+    sets = [scorer.floors(n, seed=20_000 + i) for i in range(FLOOR_SETS)]
+    return {"prediction": bench.loaded.prediction, "metric_notes": scorer.describe(), "floors": {
+        key: {"mean": sum(s[key] for s in sets) / len(sets), "min": min(s[key] for s in sets),
+              "max": max(s[key] for s in sets), "sets": len(sets)} for key in scorer.metrics}}
 
 
 class _Runner:
     """Runs and scores one method (ours, by its sample_args' options) or one peer, from paired noise."""
 
-    def __init__(self, model, shape, seed, scorer, args_for, on_samples, prediction):
-        self.model, self.shape, self.seed, self.scorer = model, shape, seed, scorer
-        self.args_for, self.on_samples, self.prediction = args_for, on_samples, prediction
+    def __init__(self, bench: BenchModel, shape: tuple[int, ...], seed: int, args_for: Callable,
+                 on_samples: Callable | None):
+        self.model, self.scorer, self.shape, self.seed = bench.loaded.model, bench.scorer, shape, seed
+        self.source, self.prediction = bench.loaded.source, bench.loaded.prediction
+        self.args_for, self.on_samples = args_for, on_samples
 
     def _score(self, x) -> tuple[float | None, dict, str]:
         scores = self.scorer.score(x)
         return scores[self.scorer.metrics[0]], scores, ""
 
     def one(self, method: OurMethod, steps: int, budget: int) -> dict:
-        from ...errors import LazyflowError
         from ..core.sampler import sample
 
         counter = CountingModel(self.model)
         start = time.perf_counter()
         x = None
         try:
-            x = sample(counter, self.shape, schedule=method.target(), steps=steps, integrator=method.integrator,
-                       grid=method.grid, final_step=method.final_step, prediction=self.prediction, seed=self.seed)
+            x = sample(counter, self.shape, schedule=method.target(), source=self.source, steps=steps,
+                       integrator=method.integrator, grid=method.grid, final_step=method.final_step,
+                       prediction=self.prediction, seed=self.seed)
             fd, scores, error = self._score(x)
         except LazyflowError as err:
             fd, scores, error = None, {}, str(err)
@@ -280,19 +351,20 @@ class _Runner:
 
     def tuned(self, path: str, model_name: str, prediction: str, log) -> dict:
         """A tuned grid file's row at its own NFE, with the untuned starting grid's scores beside it."""
-        from ...errors import LazyflowError
+        import torch
+
         from ..core.gridfile import load_grid_file
+        from ..core.schedule import load_schedule
 
         grid = load_grid_file(path)
         if (grid.model, grid.prediction) != (model_name, prediction):
             raise LazyflowError(f"{grid.describe()} (prediction {grid.prediction}) is not for this bench's model "
                                 f"{model_name} (prediction {prediction})")
         final = None if grid.final_step == "euler" else grid.final_step
-        import torch
-
+        # the base schedule at the scale the grid was tuned at (refused unless the grid's times are its times)
+        name = grid.base_schedule
+        scale = grid.schedule_for(load_schedule(name), scale_given=False).diffusion_scale
         with torch.no_grad():
-            # the file's schedule string carries its diffusion scale: run the base schedule at that scale
-            scale, name = grid.diffusion_scale, grid.base_schedule
             row = self.one(OurMethod(name, grid.integrator, str(path), final, scale), grid.steps, grid.nfe)
             init = grid.tuning.get("init")
             base = self.one(OurMethod(name, grid.integrator, init, final, scale), grid.steps, grid.nfe) if init else {}
@@ -407,6 +479,16 @@ def format_tuned(result: dict, metric: str = "fd") -> str:
     return "\n".join(lines)
 
 
+def format_report(result: dict, metrics: list[str], markdown: bool = False) -> str:
+    """What ``lazyflow bench`` prints: per metric the table and the best of each kind per budget (and with
+    ``markdown`` the goals table), each followed by an empty line."""
+    parts = []
+    for metric in metrics:
+        parts += [format_table(result, metric), best_by_kind(result, metric), ""]
+        parts += [goals_markdown(result, metric), ""] if markdown else []
+    return "\n".join(parts)
+
+
 def _fmt3(value) -> str:
     return "-" if value is None else f"{value:.4f}" if value < 1 else f"{value:.3f}"
 
@@ -448,7 +530,7 @@ def _versus(ours: float, theirs: float) -> str:
 
 
 def goals_markdown(result: dict, metric: str = "fd") -> str:
-    """The best of each kind per budget as a markdown table, with issue 12's goals checked: at 4 and 6 NFE
+    """The best of each kind per budget as a markdown table, with the bench's goals checked: at 4 and 6 NFE
     the best deterministic sampler of ours 20% below the best deterministic peer; at 4 NFE the best
     stochastic of ours at or below that peer; at 8 NFE each family within 10% of its converged reference.
     Tuned rows (if any) count for ours and are marked."""

@@ -18,7 +18,8 @@ from . import data
 from .embedded import Classifier, VelocityMLP, save
 from ..core.progress import progress_bar
 
-__all__ = ["train_flow", "train_digits", "train_moons", "train_classifier", "DIGITS_RECIPE", "MOONS_RECIPE"]
+__all__ = ["train_flow", "train_digits", "train_moons", "train_classifier", "train", "RECIPES", "DIGITS_RECIPE",
+           "MOONS_RECIPE"]
 
 DIGITS_RECIPE = {"steps": 16000, "batch": 256, "lr": 1e-3, "width": 512, "depth": 3, "time_freqs": 8,
                  "ema": 0.9995, "seed": 0}
@@ -99,3 +100,22 @@ def train_classifier(out_dir: Path, seed: int = 0, epochs: int = 60, progress: b
         accuracy = (model(images[test_idx]).argmax(1) == labels[test_idx]).float().mean().item()
     return save(model, Path(out_dir) / "digits_classifier.safetensors",
                 {"test_accuracy": round(accuracy, 4), "split": "80/20, seed 0", "command": "lazyflow train classifier"})
+
+
+#: what ``lazyflow train`` reproduces
+RECIPES = ("digits", "moons", "classifier")
+
+
+def train(what: str, out_dir: str | Path, *, steps: int | None = None) -> Path:
+    """Reproduce the embedded ``what`` (one of :data:`RECIPES`) into ``out_dir``; ``steps`` overrides a flow
+    model's number of steps (the classifier trains for a fixed number of epochs)."""
+    from ...errors import LazyflowError
+
+    overrides = {"steps": steps} if steps else {}
+    if what == "digits":
+        return train_digits(Path(out_dir), **overrides)
+    if what == "moons":
+        return train_moons(Path(out_dir), **overrides)
+    if what == "classifier":
+        return train_classifier(Path(out_dir))
+    raise LazyflowError(f"nothing to train named {what!r}; choose one of {', '.join(RECIPES)}")

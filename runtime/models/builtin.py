@@ -1,0 +1,76 @@
+"""The model kinds lazyflow ships: the embedded models (``digits``, ``moons``), the exact Gaussian mixtures
+(``gmm64``, ``gmm4096``), model files (``file``: .safetensors with a .json config, TorchScript .pt) and
+SiT checkpoints (``sit-s/2`` ... ``sit-xl/8``).  :mod:`lazyflow.runtime.models.registry` registers them."""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import embedded, gmm, sit
+from .kind import LoadedModel, ModelKind, Scorer
+from .sit_checkpoint import SIT_OPTIONS, load_sit_checkpoint
+
+__all__ = ["BUILTIN_KINDS", "FILE_KIND", "DIGITS_SHAPE"]
+
+#: the kind that loads a ``--model`` path given without ``--model-kind``
+FILE_KIND = "file"
+#: the samples the digits measure (the bench's Fréchet distance in the digits classifier's features) takes
+DIGITS_SHAPE = (1, 8, 8)
+
+
+def _trained(kind: str, model: Any) -> LoadedModel:
+    """A trained network with the schedule and prediction its file records (default: linear, velocity)."""
+    meta = dict(getattr(model, "metadata", None) or {})
+    shape = getattr(model, "data_shape", None)
+    return LoadedModel(kind=kind, model=model, data_shape=None if shape is None else tuple(shape),
+                       source=meta.get("schedule", "linear"), prediction=meta.get("prediction", "velocity"),
+                       metadata=meta)
+
+
+def _load_embedded(name: str, *, device: torch.device, num_samples: int) -> LoadedModel:
+    return _trained(name, embedded.load(name).to(device))
+
+
+def _load_file(path: str, *, device: torch.device, num_samples: int) -> LoadedModel:
+    return _trained(FILE_KIND, embedded.load(Path(path)).to(device))
+
+
+def _load_mixture(name: str, *, device: torch.device, num_samples: int) -> LoadedModel:
+    model = gmm.load(name).to(device)
+    return LoadedModel(kind=name, model=model, data_shape=model.data_shape, source=model.source.name,
+                       prediction=model.prediction, metadata=dict(model.metadata), view=model.view)
+
+
+def _digits_scorer(loaded: LoadedModel, n: int) -> Scorer | None:
+    from ..evaluation.bench import DigitsScorer
+
+    return DigitsScorer() if loaded.data_shape == DIGITS_SHAPE else None
+
+
+def _mixture_scorer(loaded: LoadedModel, n: int) -> Scorer:
+    from ..evaluation.gmm_metrics import MixtureScorer
+
+    return MixtureScorer(loaded.model, n)
+
+
+def _sit_kind(name: str) -> ModelKind:
+    depth, width, heads = sit.SIZES[name.split("-")[1].split("/")[0]]
+    return ModelKind(name=name, description=f"a SiT checkpoint (.pt state dict or .safetensors), {depth} blocks of "
+                     f"width {width}, patch {name.split('/')[1]}", load=partial(load_sit_checkpoint, kind=name),
+                     options=SIT_OPTIONS, takes_file=True, latents=True)
+
+
+BUILTIN_KINDS: tuple[ModelKind, ...] = (
+    ModelKind(name="digits", description="the embedded 8x8 digits flow (linear schedule, velocity)",
+              load=_load_embedded, scorer=_digits_scorer, metrics=("fd",)),
+    ModelKind(name="moons", description="the embedded 2D two-moons flow (for the figures)", load=_load_embedded),
+    *(ModelKind(name=name, description=f"an exact Gaussian mixture in {shape} (no weights; any prediction)",
+                load=_load_mixture, exact=True, scorer=_mixture_scorer, metrics=("fd", "sw", "weight_tv"))
+      for name, (shape, _) in gmm.NAMES.items()),
+    ModelKind(name=FILE_KIND, description="a model file: .safetensors with its .json config, or TorchScript .pt",
+              load=_load_file, takes_file=True, scorer=_digits_scorer, metrics=("fd",)),
+    *(_sit_kind(name) for name in sit.KINDS),
+)

@@ -1,0 +1,72 @@
+"""What a kind of model is (:class:`ModelKind`: how it loads, what the bench needs of it) and what a loaded
+model brings to a run (:class:`LoadedModel`).  The registry of kinds is :mod:`lazyflow.runtime.models.registry`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Protocol
+
+__all__ = ["ModelKind", "LoadedModel", "Scorer"]
+
+
+class Scorer(Protocol):
+    """The bench's measure of a model's samples: ``metrics`` (the first is the primary) and ``score``.
+    An exact kind's scorer also has ``floors(n, seed)`` (the metrics of n exact samples) and ``describe()``;
+    a trained kind's has ``floor_fields(n, seed)`` (the result fields that give its floors)."""
+
+    metrics: tuple[str, ...]
+
+    def score(self, samples: Any) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadedModel:
+    """A model ready for ``sample``: ``model(x, t, **model_kwargs)`` trained on ``source`` (a schedule
+    name or :class:`~lazyflow.runtime.core.schedule.Schedule`) and returning ``prediction``.
+
+    ``data_shape`` is None where the model does not record it; ``metadata`` is what the model file says
+    of itself; ``note`` is what a run's printed line adds (e.g. the guidance).  ``view(source,
+    prediction)``, for an exact model, returns the same model answering on another source schedule and
+    prediction.  ``decode_images`` (latents to uint8 images (n, H, W, 3)) and ``decoder`` (its name, for
+    the printed line) are set where the samples can be shown as images beside them."""
+
+    kind: str
+    model: Callable[..., Any]
+    data_shape: tuple[int, ...] | None
+    source: Any = "linear"
+    prediction: str = "velocity"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+    view: Callable[[Any, str], Callable[..., Any]] | None = None
+    decode_images: Callable[[Any], Any] | None = None
+    decoder: str = ""
+
+    def answering(self, source: Any, prediction: str) -> "LoadedModel":
+        """This model run on ``source`` with ``prediction``: an exact model (``view``) answers on them; a
+        trained network is taken at its word (the sampler reads its output so)."""
+        model = self.model if self.view is None else self.view(source, prediction)
+        return replace(self, model=model, source=source, prediction=prediction)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelKind:
+    """One kind of model that ``lazyflow sample --model``/``--model-kind``, the bench and tune-grid load.
+
+    ``load(spec, *, device, num_samples, **options)`` returns a :class:`LoadedModel`: ``spec`` is the
+    kind's own name, or the path of a file when ``takes_file`` (chosen with ``--model-kind``);
+    ``device`` and ``num_samples`` are given to every loader, the other ``options`` only when asked
+    for and only those named in ``options`` (others are refused).  ``latents``: the samples are latents,
+    never written as a ``.png``.  For the bench: ``scorer(loaded, n)`` returns a :class:`Scorer`, or
+    None where the loaded model cannot be scored; ``metrics`` are its metrics; ``exact`` marks a model
+    whose samples are exact (the bench measures floors from its exact samples and lets ``--prediction``
+    pick its output)."""
+
+    name: str
+    description: str
+    load: Callable[..., LoadedModel] = field(repr=False)
+    options: tuple[str, ...] = ()
+    takes_file: bool = False
+    latents: bool = False
+    exact: bool = False
+    scorer: Callable[[LoadedModel, int], Scorer | None] | None = field(default=None, repr=False)
+    metrics: tuple[str, ...] = ()
