@@ -421,7 +421,7 @@ def _formula_parsers(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
 
 
-def _run_args(p: argparse.ArgumentParser, *, integrator: str, what: str) -> None:
+def _run_args(p: argparse.ArgumentParser, *, integrator: str, what: str, scale: str, prediction: str) -> None:
     """The schedule, integrator, final step, diffusion scale and prediction of a sampling run."""
     _schedule_args(p, default="pointmass")
     p.add_argument("--integrator", default=integrator, choices=_names("core.integrators", "INTEGRATORS"),
@@ -429,11 +429,8 @@ def _run_args(p: argparse.ArgumentParser, *, integrator: str, what: str) -> None
     p.add_argument("--final-step", default=None, choices=_names("core.integrators", "FINAL_STEPS"), metavar="STEP",
                    help=_Lazy(lambda: "the last step: " + ", ".join(_registry("core.integrators", "FINAL_STEPS"))
                               + " (the denoised mean eta_X; default euler)"))
-    p.add_argument("--diffusion-scale", type=float, default=None, metavar="LAMBDA",
-                   help="sigma = LAMBDA * the schedule's sigma (0: its ODE; default 1, or a tuned grid file's); a "
-                        "stochastic schedule only")
-    p.add_argument("--prediction", default=None, choices=PREDICTIONS,
-                   help="the model's output (default: the model's own; an exact model answers with any)")
+    p.add_argument("--diffusion-scale", type=float, default=None, metavar="LAMBDA", help=scale)
+    p.add_argument("--prediction", default=None, choices=PREDICTIONS, help=prediction)
 
 
 def _sit_args(p: argparse.ArgumentParser) -> None:
@@ -459,8 +456,11 @@ def _sample_parser(sub) -> None:
     p.add_argument("--model", default="digits", help=_models_help("; or a model file, or a checkpoint with "
                                                                   "--model-kind (default digits)"))
     _sit_args(p)
-    _run_args(p, integrator="euler", what="the integrator")
-    p.add_argument("--source", default=None, help="schedule the model was trained on (default: the model's own)")
+    _run_args(p, integrator="euler", what="the integrator", scale="sigma = LAMBDA * the schedule's sigma (0: its ODE; "
+              "default 1, or a tuned grid file's); a stochastic schedule only", prediction="the model's output "
+              "(default: the model's own, else velocity; an exact model answers with the one asked)")
+    p.add_argument("--source", default=None, help="schedule the model was trained on (default: the model's own, "
+                   "else linear)")
     p.add_argument("--source-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter of the source schedule, e.g. shift=3 (repeatable)")
     p.add_argument("--steps", type=int, default=None, help="steps (default 8, or a tuned --grid file's)")
@@ -522,7 +522,10 @@ def _tune_parser(sub) -> None:
                  "trajectories (training-free; minutes on a CPU) and save it as a .json file for --grid")
     p.add_argument("--model", default="digits", help=_models_help(", or a model file (default digits)"))
     p.add_argument("--nfe", type=int, required=True, help="network evaluations of the tuned run")
-    _run_args(p, integrator="multistep", what="the integrator the grid is tuned for")
+    _run_args(p, integrator="multistep", what="the integrator the grid is tuned for", scale="tune for sigma = LAMBDA * "
+              "the schedule's sigma (a stochastic schedule; stored in the file, and sample --grid FILE, the bench and "
+              "the scheduler run at it)", prediction="what an exact model outputs (default velocity; noise and score "
+              "need --init logsnr-open:...)")
     p.add_argument("--init", default="logsnr", help="the starting grid (any --grid of sample); its ends are kept")
     p.add_argument("--samples", type=int, default=256, help="samples the loss is measured on (default 256)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of the tuning samples")

@@ -2,7 +2,8 @@
 evaluations, ours and the peers' side by side on one model, from the same initial noise.  It returns
 data (and formats tables); the command line prints and plots them.
 
-Models: the embedded ``digits`` (FD in a classifier's features) and the exact Gaussian mixtures
+Models come from the model registry (:mod:`lazyflow.runtime.models.registry`), each scored by its kind's
+scorer: the embedded ``digits`` (FD in a classifier's features) and the exact Gaussian mixtures
 ``gmm64``/``gmm4096`` (fd, sw, weight_tv with known floors).  Every row of ours carries ``sample_args``:
 the ``lazyflow sample`` flags that reproduce its samples bit for bit."""
 from __future__ import annotations
