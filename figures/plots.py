@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from ..errors import LazyflowError  # noqa: E402
 
 __all__ = ["plot_schedules", "plot_drift", "plot_trajectories", "plot_samples", "plot_bench", "tile_images",
-           "save_image_grid", "PALETTE"]
+           "save_image_grid", "save_figure", "read_bench_result", "PALETTE"]
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 #: peers get their own colours, dashed lines and square markers, so they never pass for ours
@@ -265,3 +265,27 @@ def save_image_grid(x: torch.Tensor, path: str | Path, columns: int | None = Non
     """Write samples (n, C, H, W) in [-1, 1] as a PNG grid, each pixel drawn ``zoom`` x ``zoom``."""
     canvas = tile_images(x, columns)
     plt.imsave(path, np.kron(canvas, np.ones((zoom, zoom))), cmap="gray_r", vmin=0, vmax=1, format="png")
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+def save_figure(fig, out: str | Path) -> Path:
+    """Write ``fig`` to ``out`` (a ``.png``; its folder is made) and close it; returns the path."""
+    path = Path(out)
+    if path.suffix.lower() != ".png":
+        raise LazyflowError(f"--out must be a .png file, got {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def read_bench_result(source: str | Path) -> dict:
+    """The bench result a ``lazyflow bench --save`` file holds; anything else is refused naming ``--from``."""
+    try:
+        result = json.loads(Path(source).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise LazyflowError(f"--from {source}: cannot read a bench result ({err})") from None
+    if not isinstance(result, dict) or "rows" not in result:
+        raise LazyflowError(f"--from {source}: not a bench result (written by lazyflow bench --save)")
+    return result

@@ -116,7 +116,7 @@ def test_a_conversion_the_runtime_can_do_is_no_cli_error(capsys):
 
 def test_derive_builds_every_parser_without_torch():
     """Choices and help texts come from the runtime registries only when argparse needs them."""
-    code = ("import sys; from lazyflow.cli import build_parser, main; build_parser(); "
+    code = ("import sys; from lazyflow.cli import main; from lazyflow.parsers import build_parser; build_parser(); "
             "main(['derive', '--schedule', 'linear', '--json']); assert 'torch' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent)
     assert proc.returncode == 0, proc.stderr
@@ -144,3 +144,34 @@ def test_sample_takes_the_data_statistics_of_the_data_frame_integrators(tmp_path
     assert main([*argv, "--data-stats", str(path)]) == 0
     assert main(argv) == 2
     assert "--data-stats FILE" in capsys.readouterr().err
+
+
+def test_every_parsed_command_has_a_handler_and_the_parsers_never_import_the_shell():
+    """parsers.py records each command's name; cli.py maps the names to its handlers (no import circle)."""
+    import ast
+
+    from lazyflow import cli
+    from lazyflow.parsers import build_parser
+
+    names = build_parser()._subparsers._group_actions[0].choices
+    assert {"derive", "sample", "stats", "plot"} <= set(names)
+    assert all(callable(cli.handler_for(name)) for name in names)
+    tree = ast.parse((ROOT / "parsers.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in imported if m and "cli" in m.split(".")}
+
+
+def test_the_schedule_flags_are_library_calls():
+    """spec_from_parts (derive) and load_schedule_parts (runtime) turn the schedule flags into one schedule."""
+    from lazyflow.derive.flags import spec_from_parts
+    from lazyflow.errors import LazyflowError
+    from lazyflow.runtime.core.schedule import load_schedule, load_schedule_parts
+
+    assert load_schedule_parts("sd3", params={"shift": "1.7"}) == load_schedule("sd3", shift=1.7)
+    with pytest.raises(LazyflowError, match="--param: values must be numbers"):
+        load_schedule_parts("sd3", params={"shift": "big"})
+    spec = spec_from_parts(alpha="cos(k*pi*t/2)", beta="sin(k*pi*t/2)", params={"k": "1"}, data_var="2", name="mine")
+    assert (spec.name, str(spec.data_var), dict(spec.params)) == ("mine", "2", {"k": 1})
+    assert spec_from_parts("linear", sigma="optimal").diffusion == "optimal"
+    with pytest.raises(LazyflowError, match="not both"):
+        spec_from_parts("linear", alpha="1 - t")

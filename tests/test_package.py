@@ -183,7 +183,7 @@ def test_the_kernel_contract_is_checked_with_the_list(tmp_path):
 # --- the integrator registry ------------------------------------------------------------------------
 
 def test_the_cli_offers_what_the_registry_holds(capsys):
-    from lazyflow.cli import build_parser
+    from lazyflow.parsers import build_parser
 
     sample_parser = build_parser()._subparsers._group_actions[0].choices["sample"]
     action = next(a for a in sample_parser._actions if a.dest == "integrator")

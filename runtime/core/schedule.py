@@ -24,7 +24,7 @@ import torch
 from .. import kernels
 from ...errors import LazyflowError
 
-__all__ = ["Schedule", "ScheduleValues", "load_schedule", "cache_dir", "invert_log_snr"]
+__all__ = ["Schedule", "ScheduleValues", "load_schedule", "load_schedule_parts", "cache_dir", "invert_log_snr"]
 
 
 @dataclass(frozen=True)
@@ -302,6 +302,25 @@ def load_schedule(schedule: Any, /, **params: float) -> Schedule:
         raise LazyflowError(f"a schedule is a name, a .toml or kernel .py path, a ScheduleSpec or a dict of "
                             f"expressions; got {type(schedule).__name__}")
     return resolved.with_params(**params)
+
+
+def load_schedule_parts(schedule: Any = None, /, *, alpha: str | None = None, beta: str | None = None,
+                        sigma: str | None = None, params: Mapping[str, str] | None = None,
+                        data_var: str | None = None, name: str | None = None) -> Schedule:
+    """The schedule the command line's parts name: ``schedule`` (anything :func:`load_schedule` takes) with
+    ``params`` (NAME -> number text) bound, or expressions ``alpha``/``beta`` (with ``params`` as their
+    parameters' defaults).  A changed diffusion ``sigma``, a ``data_var`` or expressions need SymPy
+    (:func:`lazyflow.derive.flags.spec_from_parts`; the kernel is generated once into :func:`cache_dir`)."""
+    if alpha or beta or sigma or data_var is not None:
+        from ...derive.flags import spec_from_parts  # SymPy, only for what needs a new kernel
+
+        return load_schedule(spec_from_parts(schedule, alpha=alpha, beta=beta, sigma=sigma, params=params,
+                                             data_var=data_var, name=name))
+    try:
+        numbers = {key: float(value) for key, value in (params or {}).items()}
+    except ValueError:
+        raise LazyflowError(f"--param: values must be numbers, got {dict(params or {})}") from None
+    return load_schedule(schedule, **numbers)
 
 
 def _bound(module: ModuleType, origin: str) -> Schedule:

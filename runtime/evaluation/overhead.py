@@ -17,11 +17,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ...errors import LazyflowError
 from ..core.integrators import INTEGRATORS
 from ..integrations.flow_convention import time_of_timestep, velocity_of_output
 from ..models.embedded import VelocityMLP
 
-__all__ = ["ConvNet", "FAMILIES", "MODELS", "overhead_bench", "format_overhead"]
+__all__ = ["ConvNet", "FAMILIES", "MODELS", "overhead_bench", "measure_overhead", "format_overhead"]
 
 
 class ConvNet(nn.Module):
@@ -151,6 +152,21 @@ def overhead_bench(device: str | None = None, models: tuple[str, ...] = ("mlp", 
                                                           for r in cell[1:]))
     return {"device": _device_name(dev), "steps": steps, "repeats": repeats, "rows": rows,
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
+def measure_overhead(device: str | None = None, *, models: tuple[str, ...], batches: tuple[int, ...], steps: int,
+                     repeats: int, modes: tuple[str, ...], log: Callable[[str], None] = print) -> dict:
+    """:func:`overhead_bench` after checking its settings as ``lazyflow bench-overhead`` takes them (the
+    device, default cuda when available; modes; at least 5 repeats, so that the median is a measurement)."""
+    from ..core.sampler import resolve_device
+
+    dev = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    unknown = set(modes) - {"eager", "compile", "capture"}
+    if unknown:
+        raise LazyflowError(f"--modes: unknown {sorted(unknown)}; use eager, compile, capture")
+    if repeats < 5:
+        raise LazyflowError(f"--repeats must be at least 5 (the median of fewer runs is not a measurement), got {repeats}")
+    return overhead_bench(str(dev), models=models, batches=batches, steps=steps, repeats=repeats, modes=modes, log=log)
 
 
 def _cell_runners(model: nn.Module, name: str, batch: int, steps: int, modes: tuple[str, ...],
