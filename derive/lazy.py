@@ -24,6 +24,11 @@ Every candidate (one per branch) is validated and checked by substitution (eps -
 symbolically or else numerically on a dense grid) before it is returned; the valid ones are kept
 in order and the first is chosen.  SymPy calls that can run away (limit, integrate, simplify,
 validation) are bounded with :func:`limits.call_with_time_limit`, which works from any thread.
+
+Data N(mu, v I) with a mean (``data_mean``, derive/MATH.md §10): the drift is
+b^eps = beta' mu + (r'/2 - eps)/r (x - beta mu), zero in the centred variable w = x - beta mu under the
+same condition eps = r'/2, so the schedule is the one for mean 0; the notes say so, and the centred drift
+is checked by substitution (:func:`gaussian_frame.centred_drift` simplifies to 0).
 """
 from __future__ import annotations
 
@@ -34,10 +39,11 @@ import sympy as sp
 
 from ..errors import SpecError
 from .formulas import derive, simplify
+from .gaussian_frame import centred_drift, data_mean_value
 from .limits import TimeLimit, call_with_time_limit
 from .parse import parse_expression
 from .schedule import ScheduleSpec
-from .symbols import t, v as v_symbol
+from .symbols import t, v as v_symbol, w
 from .validate import Validation, evaluate_on_grid, validate
 
 __all__ = ["solve_lazy", "solve_lazy_with_notes", "solve_lazy_branches", "zero_drift_residual",
@@ -66,22 +72,30 @@ def zero_drift_residual(spec: ScheduleSpec) -> sp.Expr:
 
 
 def solve_lazy(alpha: sp.Expr | None = None, beta: sp.Expr | None = None, sigma: str | sp.Expr | None = None,
-               *, data_var: sp.Expr | int | str = sp.Integer(1), name: str = "lazy") -> ScheduleSpec:
+               *, data_var: sp.Expr | int | str = sp.Integer(1), name: str = "lazy",
+               data_mean: sp.Expr | float | None = None) -> ScheduleSpec:
     """Solve the zero-drift condition for the one of alpha, beta, sigma left as None.
 
     ``sigma`` is ``"ode"``, ``"optimal"``, an expression for sigma(t), or None (solve for it).
     Returns a validated :class:`ScheduleSpec` checked by substitution; refuses with
     :class:`SpecError` naming the condition that fails and its value.  The notes that go with
     the answer (which boundary it meets, other valid branches, how it was verified) come from
-    :func:`solve_lazy_with_notes`.
+    :func:`solve_lazy_with_notes`.  ``data_mean`` (data N(mu, v I)) does not change the answer (§10).
     """
-    return solve_lazy_with_notes(alpha, beta, sigma, data_var=data_var, name=name)[0]
+    return solve_lazy_with_notes(alpha, beta, sigma, data_var=data_var, name=name, data_mean=data_mean)[0]
 
 
 def solve_lazy_with_notes(alpha: sp.Expr | None = None, beta: sp.Expr | None = None,
                           sigma: str | sp.Expr | None = None, *, data_var: sp.Expr | int | str = sp.Integer(1),
-                          name: str = "lazy") -> tuple[ScheduleSpec, tuple[str, ...]]:
-    """:func:`solve_lazy` and the notes to print with its answer: ``(spec, notes)``."""
+                          name: str = "lazy", data_mean: sp.Expr | float | None = None
+                          ) -> tuple[ScheduleSpec, tuple[str, ...]]:
+    """:func:`solve_lazy` and the notes to print with its answer: ``(spec, notes)``.
+
+    ``data_mean`` (a number or a SymPy expression such as ``symbols.mu``; None or 0: mean 0) is mu of
+    data N(mu, v I): the schedule is the one for mean 0, and notes say that the frame is centred,
+    w = x - beta mu, with drift b^eps = beta' mu + (r'/2 - eps)/r (x - beta mu), zero in w (checked by
+    substitution, derive/MATH.md §10)."""
+    mean = data_mean_value(data_mean)
     solutions = _solve(alpha, beta, sigma, data_var, name)
     spec, notes = solutions[0]
     if len(solutions) > 1:
@@ -89,6 +103,8 @@ def solve_lazy_with_notes(alpha: sp.Expr | None = None, beta: sp.Expr | None = N
         others = "; ".join(f"{unknown} = {sp.sstr(getattr(s, unknown) if unknown != 'sigma' else s.sigma)}"
                            for s, _ in solutions[1:])
         notes = notes + (f"{len(solutions)} valid branches; chose the first, the others: {others}",)
+    if mean is not None:
+        notes = notes + _centred_notes(spec, mean)
     return spec, notes
 
 
@@ -421,6 +437,53 @@ def _verify_zero_drift(spec: ScheduleSpec) -> str:
                             f"{complex(res[bad][0]):.3g} at t = {where:.6g}{at}")
     return (f"zero drift verified numerically: |eps - r'/2| <= {RESIDUAL_TOL:g} (1 + |eps| + |r'/2|) on "
             f"{RESIDUAL_GRID} points of (0, 1) (SymPy did not simplify it to 0)")
+
+
+# --- data with a mean: the centred frame (derive/MATH.md §10) ------------------------------------------
+
+def _centred_notes(spec: ScheduleSpec, mean: sp.Expr) -> tuple[str, ...]:
+    """The notes for data N(mu, v I), mu = ``mean``, after checking the centred drift (bounded)."""
+    try:
+        check = call_with_time_limit(VALIDATE_SECONDS, _verify_centred_zero_drift, spec, mean)
+    except TimeLimit:
+        raise SpecError(f"checking the centred drift for data_mean = {sp.sstr(mean, full_prec=False)} gave up after "
+                        f"{VALIDATE_SECONDS} s") from None
+    mean_drift = sp.sstr(_simplified(sp.diff(spec.beta, t) * mean), full_prec=False)
+    start = ("x_0 = 0 = w_0, the point mass" if spec.alpha.subs(t, 0) == 0 else "x_0 = w_0 (beta_0 = 0)")
+    return (f"data N(mu, v I) with mu = {sp.sstr(mean, full_prec=False)}: the lazy frame is centred, w = x - beta mu "
+            "(dw = dx - beta' mu dt); the schedule is the one for mean 0 (zero drift in w iff eps = r'/2, "
+            "whatever mu)",
+            f"drift b^eps = beta' mu + (r'/2 - eps)/r (x - beta mu) = beta' mu = {mean_drift}: zero in w; "
+            f"sampling starts where mean 0 does, {start}, and x_t = w_t + beta_t mu",
+            check)
+
+
+def _verify_centred_zero_drift(spec: ScheduleSpec, mean: sp.Expr) -> str:
+    """b^eps(t, w + beta mu) - beta' mu == 0 for the spec's eps: symbolically, else numerically on a dense
+    grid at w = 1 and w = -2 (free symbols such as v and mu at two values each)."""
+    centred = centred_drift(spec, mu=mean)
+    if centred == 0:
+        return "zero drift in w verified symbolically (b^eps(t, w + beta mu) - beta' mu simplifies to 0)"
+    f = derive(spec)
+    r = f.alpha**2 + spec.data_var * f.beta**2
+    grid = np.linspace(0, 1, RESIDUAL_GRID + 2)[1:-1]
+    symbols = sorted((centred.free_symbols | r.free_symbols | mean.free_symbols) - {t, w}, key=sp.default_sort_key)
+    for values in ((1, -2), (sp.Rational(5, 2), sp.Rational(3, 2))):
+        sub = {s: values[0] if s == v_symbol or s.is_positive else values[1] for s in symbols}
+        # the size of the terms that cancel: (|eps| + |r'/2|)/r |w| + |beta' mu|
+        rate = _values_on_grid(((sp.Abs(f.eps) + sp.Abs(sp.diff(r, t)) / 2) / r).subs(sub), grid)
+        shift = _values_on_grid(sp.Abs(f.d_beta * mean).subs(sub), grid)
+        for at in (1, -2):
+            res = _values_on_grid(centred.subs(sub).subs(w, at), grid)
+            scale = np.abs(rate) * abs(at) + np.abs(shift)
+            bad = ~np.isfinite(res) | (np.abs(res) > RESIDUAL_TOL * (1 + scale))
+            if bad.any():
+                raise SpecError(f"the centred zero-drift check fails: b^eps(t, w + beta mu) - beta' mu = "
+                                f"{sp.sstr(centred)[:200]} is {complex(res[bad][0]):.3g} at t = {grid[bad][0]:.6g}, "
+                                f"w = {at}")
+    return (f"zero drift in w verified numerically: |b^eps(t, w + beta mu) - beta' mu| <= {RESIDUAL_TOL:g} "
+            f"(1 + (|eps| + |r'/2|)/r |w| + |beta' mu|) on {RESIDUAL_GRID} points of (0, 1) at w = 1, -2 "
+            "(SymPy did not simplify it to 0)")
 
 
 # --- bounded SymPy helpers ----------------------------------------------------------------------------

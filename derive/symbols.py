@@ -11,3 +11,7 @@ eta_Z = sp.Symbol("eta_Z", real=True)
 m = sp.Symbol("m", real=True)
 #: data variance of the Gaussian oracle
 v = sp.Symbol("v", positive=True)
+#: mean of the Gaussian data N(mu, v I) (derive/MATH.md §10)
+mu = sp.Symbol("mu", real=True)
+#: the centred variable w = x - beta mu of the data's Gaussian frame (derive/MATH.md §10)
+w = sp.Symbol("w", real=True)
