@@ -2,13 +2,24 @@
 evaluations, ours and the peers' side by side on one model, from the same initial noise.  It returns
 data (and formats tables); the command line prints and plots them.
 
-Models come from the model registry (:mod:`lazyflow.runtime.models.registry`), each scored by its kind's
-scorer: the embedded ``digits`` (FD in a classifier's features) and the exact Gaussian mixtures
-``gmm64``/``gmm4096`` (fd, sw, weight_tv with known floors).  Every row of ours carries ``sample_args``:
-the ``lazyflow sample`` flags that reproduce its samples bit for bit."""
+Models come from the model registry (:mod:`lazyflow.runtime.models.registry`), each scored by the scorer
+the evaluation layer attaches to its kind (:mod:`.scorers`; a kind's own ``scorer`` overrides it): the
+embedded ``digits`` (FD in a classifier's features) and the exact Gaussian mixtures ``gmm64``/``gmm4096``
+and ``gmm:SEED`` (fd, sw, weight_tv, nll_gap with known floors).  Every deterministic row, ours and the
+peers', also carries ``path``: the mean L2 distance of its samples to the model's own converged ODE
+solution from the same initial noise (:mod:`.paths`: the source schedule's multistep3-pc on 800 uniform
+steps in float64, checked against 400); stochastic rows carry None.  Every run of ours and every peer
+starts from the same noise x0 = ``standard_normal(seed, range(n), 0, data_shape)``.
+
+Besides the frames of :data:`BENCH_SCHEDULES`, the default method list runs the data-frame integrators
+with statistics estimated from 2,000 samples (:mod:`.data_rows`), rows named ``.../...[KIND]``, and an
+exact model adds the ``Gaussian map (0 NFE)`` baseline row (flagged ``baseline``; never counted as ours).
+Every row of ours carries ``sample_args``: the ``lazyflow sample`` flags that reproduce its samples bit for
+bit (a data-frame row needs the statistics file, written only when the bench is given an output path)."""
 from __future__ import annotations
 
 import datetime
+import math
 import platform
 import sys
 import time
@@ -19,10 +30,15 @@ from typing import Callable
 from ...errors import LazyflowError
 from ..core.integrators import INTEGRATORS
 from ..models.kind import LoadedModel, ModelKind, Scorer
+from .data_rows import STATS_SAMPLES, BenchStats, bench_stats, gaussian_map, stats_kinds
+from .goals import TIE, best_row, path_goals_markdown, rank_value
+from .paths import PathReference, path_reference
+from .scorers import PATH_METRIC, DigitsScorer, kind_metrics, scorer_factory
 
-__all__ = ["CountingModel", "OurMethod", "our_methods", "run_quality_bench", "format_table", "best_by_kind",
-           "goals_markdown", "format_report", "sample_args", "bench_models", "bench_metrics", "bench_model", "BenchModel",
-           "DigitsScorer", "BENCH_SCHEDULES", "REFERENCES"]
+__all__ = ["CountingModel", "OurMethod", "our_methods", "data_frame_methods", "run_quality_bench", "format_table",
+           "best_by_kind", "goals_markdown", "format_report", "sample_args", "bench_models", "bench_metrics",
+           "bench_model", "BenchModel", "DigitsScorer", "BENCH_SCHEDULES", "REFERENCES", "GAUSSIAN_MAP",
+           "STATS_FILE_MISSING"]
 
 #: the frames the bench compares
 BENCH_SCHEDULES = ("linear", "vp", "pointmass", "linear-sde", "vp-sde")
@@ -51,12 +67,14 @@ class OurMethod:
     grid: str
     final_step: str | None = None
     diffusion: float = 1.0      # sigma = diffusion * the schedule's sigma (Schedule.with_diffusion_scale)
+    stats: str | None = None    # the data-frame integrators' statistics kind (full, diag, ...)
 
     @property
     def name(self) -> str:
         last = f"/{self.final_step}" if self.final_step else ""
         scale = f"*{self.diffusion:g}" if self.diffusion != 1 else ""
-        return f"{self.schedule}{scale}/{self.integrator}/{self.grid}{last}"
+        kind = f"[{self.stats}]" if self.stats else ""
+        return f"{self.schedule}{scale}/{self.integrator}/{self.grid}{last}{kind}"
 
     def target(self):
         """The schedule this method integrates in, with its diffusion scale."""
@@ -85,6 +103,26 @@ def our_methods(full: bool = True) -> list[OurMethod]:
         methods += [OurMethod("pointmass", integrator, grid, "denoise") for integrator in ("euler", "midpoint", "multistep-pc")
                     for grid in ("uniform", "logsnr")]
         methods += diffusion_sweep()
+    return methods
+
+
+def data_frame_methods(full: bool, kinds: tuple[str, ...]) -> list[OurMethod]:
+    """The data-frame integrators (``needs_data_stats``) in each ODE frame of :data:`BENCH_SCHEDULES`, on the
+    grids :func:`our_methods` uses, once per statistics kind in ``kinds``."""
+    from ..core.schedule import load_schedule
+
+    methods = []
+    for kind in kinds:
+        for schedule in BENCH_SCHEDULES:
+            target = load_schedule(schedule)
+            if target.stochastic or target.point_mass:
+                continue   # the data frames integrate the probability-flow ODE
+            for integrator, method in INTEGRATORS.items():
+                if not method.needs_data_stats:
+                    continue
+                for grid in ("uniform", "source", "logsnr") if full else ("uniform",):
+                    if not (grid == "source" and schedule == "linear"):
+                        methods.append(OurMethod(schedule, integrator, grid, stats=kind))
     return methods
 
 
@@ -138,23 +176,6 @@ def _row(method: str, peer: bool, stochastic: bool, budget: int, nfe: int, fd: f
     return row
 
 
-class DigitsScorer:
-    """Fréchet distance in the digits classifier's features (the embedded digits model's measure)."""
-
-    metrics = ("fd",)
-
-    def score(self, samples) -> dict[str, float]:
-        from .metrics import digits_fd
-
-        return {"fd": digits_fd(samples)}
-
-    def floor_fields(self, n: int, seed: int) -> dict[str, float]:
-        """The FD of two halves of the digits dataset, and of n images drawn from the dataset itself."""
-        from .metrics import bootstrap_floor, split_floor
-
-        return {"floor_split_fd": split_floor(), "floor_bootstrap_fd": bootstrap_floor(n, seed)}
-
-
 #: the converged references: kind -> (method, steps); the exact models' steps were measured to converge
 #: (MixtureScorer metrics unchanged to the printed digits between these and twice as many steps)
 REFERENCES = {"ode": (OurMethod("linear", "heun", "uniform"), 250), "sde": (OurMethod("linear-sde", "euler", "uniform"), 1000)}
@@ -163,11 +184,20 @@ EXACT_REFERENCE_STEPS = {"ode": 100, "sde": 500}
 FLOOR_SETS = 5
 
 
+#: the name of the baseline row: mu + Sigma^(1/2) z from 2,000 exact samples' moments (:mod:`.data_rows`)
+GAUSSIAN_MAP = "Gaussian map (0 NFE)"
+#: what a data-frame row's sample_args hold where its statistics file was not written
+STATS_FILE_MISSING = "STATS_FILE_NOT_WRITTEN"
+
+
 def sample_args(model_name: str, method: OurMethod, steps: int, n: int, seed: int,
-                prediction: str | None = None) -> list[str]:
-    """The ``lazyflow sample`` flags that reproduce a bench run of ``method`` bit for bit (add ``--out``)."""
+                prediction: str | None = None, data_stats: str | None = None) -> list[str]:
+    """The ``lazyflow sample`` flags that reproduce a bench run of ``method`` bit for bit (add ``--out``);
+    ``data_stats``: the statistics file of a data-frame method."""
     args = ["--model", model_name, "--schedule", method.schedule, "--integrator", method.integrator,
             "--steps", str(steps), "--grid", method.grid]
+    if method.stats:
+        args += ["--data-stats", data_stats or STATS_FILE_MISSING]
     if method.final_step:
         args += ["--final-step", method.final_step]
     if method.diffusion != 1:
@@ -198,17 +228,17 @@ class BenchModel:
 
 
 def bench_models() -> list[str]:
-    """The models the bench scores by name (the registered kinds with a scorer; a digits model file
-    also scores)."""
+    """The models the bench scores by name (the registered kinds with a scorer, :mod:`.scorers`; a digits
+    model file also scores)."""
     from ..models.registry import MODEL_KINDS
 
-    return [k.name for k in MODEL_KINDS.values() if k.scorer is not None and not k.takes_file]
+    return [k.usage for k in MODEL_KINDS.values() if scorer_factory(k) is not None and not k.takes_file]
 
 
 def _not_measured(model_name: str) -> LazyflowError:
     from ..models.registry import MODEL_KINDS
 
-    exact = [k.name for k in MODEL_KINDS.values() if k.exact and k.scorer is not None and not k.takes_file]
+    exact = [k.usage for k in MODEL_KINDS.values() if k.exact and scorer_factory(k) is not None and not k.takes_file]
     return LazyflowError(f"the bench measures digits models (samples of shape (1, 8, 8), Fréchet distance in the "
                          f"digits classifier's features) or the exact models ({', '.join(exact)}); "
                          f"{model_name!r} is neither")
@@ -220,13 +250,13 @@ def bench_metrics(model_name: str, asked: str | None = None) -> list[str]:
     from ..models.registry import model_kind_for
 
     kind = model_kind_for(model_name)
-    if kind.scorer is None:
+    known = kind_metrics(kind)
+    if not known:
         raise _not_measured(model_name)
-    metrics = asked.split(",") if asked else list(kind.metrics)
-    unknown = [m for m in metrics if m not in kind.metrics]
+    metrics = asked.split(",") if asked else list(known)
+    unknown = [m for m in metrics if m not in known]
     if unknown:
-        raise LazyflowError(f"--metric {','.join(unknown)}: the metrics of {model_name!r} are "
-                            f"{', '.join(kind.metrics)}")
+        raise LazyflowError(f"--metric {','.join(unknown)}: the metrics of {model_name!r} are {', '.join(known)}")
     return metrics
 
 
@@ -236,7 +266,8 @@ def bench_model(model_name: str, prediction: str | None, n: int) -> BenchModel:
     from ..models.registry import load_measured
 
     kind, loaded = load_measured(model_name, prediction)
-    scorer = kind.scorer(loaded, n) if kind.scorer is not None else None
+    factory = scorer_factory(kind)
+    scorer = factory(loaded, n) if factory is not None else None
     if scorer is None:
         raise _not_measured(model_name)
     return BenchModel(model_name, kind, loaded, scorer)
@@ -245,18 +276,23 @@ def bench_model(model_name: str, prediction: str | None, n: int) -> BenchModel:
 def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, include_peers: bool = True,
                       full: bool = True, log=print, prediction: str | None = None,
                       methods: list[OurMethod] | None = None, on_samples: Callable | None = None,
-                      grid_files: list[str] | None = None) -> dict:
+                      grid_files: list[str] | None = None, save: str | Path | None = None) -> dict:
     """Every method at every NFE budget on ``n`` samples, with floors and converged ODE and SDE references.
 
     The model comes from the model registry (:mod:`lazyflow.runtime.models.registry`) with its kind's
-    scorer: ``digits``, FD in the classifier's features against the digits dataset; the exact mixtures
-    ``gmm64``/``gmm4096`` (:mod:`lazyflow.runtime.models.gmm`) seen through ``prediction`` (velocity, x,
-    noise, score), scored by fd, sw and weight_tv (:mod:`lazyflow.runtime.evaluation.gmm_metrics`).
-    ``methods`` replaces the method list; ``on_samples(row, samples)`` sees every run's samples (rows of
-    ours carry ``sample_args``).  Noise and score predictions of an exact model run on :data:`OPEN_GRID`
-    (see :func:`open_start`).  ``grid_files``: tuned grids (``lazyflow tune-grid``), each scored at its own
-    NFE beside its untuned starting grid, in ``result["tuned_rows"]`` (kept out of ``rows``: tuned rows
-    are reported separately)."""
+    scorer (:mod:`.scorers`): ``digits``, FD in the classifier's features against the digits dataset; the
+    exact mixtures ``gmm64``/``gmm4096``/``gmm:SEED`` (:mod:`lazyflow.runtime.models.gmm`) seen through
+    ``prediction`` (velocity, x, noise, score), scored by fd, sw, weight_tv and nll_gap
+    (:mod:`lazyflow.runtime.evaluation.gmm_metrics`).  Every deterministic row gets ``path`` against the
+    converged ODE solution from the same noise (``result["path_reference"]``, :mod:`.paths`).
+    ``methods`` replaces the method list (then no data-frame rows or baseline are added unless asked for by
+    a method's ``stats``); ``on_samples(row, samples)`` sees every run's samples (rows of ours carry
+    ``sample_args``).  Noise and score predictions of an exact model run on :data:`OPEN_GRID` (see
+    :func:`open_start`; no data-frame rows there).  ``grid_files``: tuned grids (``lazyflow tune-grid``),
+    each scored at its own NFE beside its untuned starting grid, in ``result["tuned_rows"]`` (kept out of
+    ``rows``).  ``save``: the path the caller writes the JSON to; the data-frame rows' statistics files are
+    written next to it (:func:`.data_rows.stats_file`), else their ``sample_args`` name
+    :data:`STATS_FILE_MISSING`."""
     import torch
 
     from .peers import available_peers
@@ -264,31 +300,51 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
     bench = bench_model(model_name, prediction, n)
     prediction = bench.loaded.prediction
     shown = prediction if bench.exact else None
-    run = _Runner(bench, (n, *bench.loaded.data_shape), seed,
-                  lambda method, steps: sample_args(model_name, method, steps, n, seed, shown), on_samples)
-    methods = our_methods(full) if methods is None else methods
+    run = _Runner(bench, (n, *bench.loaded.data_shape), seed, lambda method, steps, stats_path: sample_args(
+        model_name, method, steps, n, seed, shown, stats_path), on_samples)
     open_grid = bench.exact and prediction in ("noise", "score")
-    if open_grid:
-        methods = open_start(methods)
+    methods = _methods(run, methods, full, open_grid, save, log)
     with torch.no_grad():
         rows = run.ours(methods, nfes, log)
+        rows += run.baseline_rows(nfes, log) if run.exact_samples is not None else []
         if include_peers:
             rows += run.peers(bench.peer_model(), nfes, log)
     skipped = available_peers()[1] if include_peers else []
     tuned_rows = [run.tuned(path, model_name, prediction, log) for path in grid_files or []]
     references = _references(run, bench.exact, open_grid, log)
     result = {"rows": rows, "model": model_name, "n": n, "seed": seed, "nfe_budgets": nfes,
-              "metrics": list(bench.scorer.metrics), "reference": references[0], "references": references,
-              "skipped": skipped, "machine": machine(), "date": datetime.date.today().isoformat(),
-              "command": "lazyflow " + " ".join(sys.argv[1:])}
+              "metrics": [*bench.scorer.metrics, PATH_METRIC], "reference": references[0], "references": references,
+              "path_reference": {**run.path.fields(), "scores": run.path_scores}, "skipped": skipped, "machine": machine(),
+              "date": datetime.date.today().isoformat(), "command": "lazyflow " + " ".join(sys.argv[1:])}
+    if run.stats:
+        result["data_stats"] = {kind: s.info for kind, s in run.stats.items()}
     if tuned_rows:
         result["tuned_rows"] = tuned_rows
     if open_grid:
         result["grid_note"] = (f"{prediction} prediction is undefined at snr = 0: every run starts at log snr -5 "
                                f"(grid {OPEN_GRID}), the references at -12 ({OPEN_REFERENCE_GRID}); point-mass "
-                               "frames (which start at snr = 0) are left out")
+                               "frames (which start at snr = 0) and the data-frame integrators (which skip the "
+                               "call at t = 0) are left out")
     result.update(_floors(bench, n, seed))
     return result
+
+
+def _methods(run: "_Runner", methods: list[OurMethod] | None, full: bool, open_grid: bool, save, log) -> list[OurMethod]:
+    """The methods to run; computes the path reference and the statistics they need (the default list adds
+    the data-frame methods and, for an exact model, the Gaussian map's samples)."""
+    import torch
+
+    default = methods is None
+    methods = our_methods(full) if default else list(methods)
+    if open_grid:
+        methods = open_start(methods)
+    with torch.no_grad():
+        run.prepare_path(log)
+    kinds = stats_kinds(math.prod(run.shape[1:])) if default and not open_grid else ()
+    needed = tuple(dict.fromkeys((*kinds, *(m.stats for m in methods if m.stats))))
+    if needed:
+        run.prepare_stats(needed, save, log)
+    return methods + data_frame_methods(full, kinds)
 
 
 def _references(run: "_Runner", exact: bool, open_grid: bool, log) -> list[dict]:
@@ -319,16 +375,39 @@ def _floors(bench: BenchModel, n: int, seed: int) -> dict:
 
 
 class _Runner:
-    """Runs and scores one method (ours, by its sample_args' options) or one peer, from paired noise."""
+    """Runs and scores one method (ours, by its sample_args' options) or one peer, all from the same start
+    noise ``start`` (x0 of every row); deterministic rows get ``path`` against ``path`` (the reference)."""
 
     def __init__(self, bench: BenchModel, shape: tuple[int, ...], seed: int, args_for: Callable,
                  on_samples: Callable | None):
-        self.model, self.scorer, self.shape, self.seed = bench.loaded.model, bench.scorer, shape, seed
+        from ..core.noise import standard_normal
+
+        self.bench, self.model, self.scorer, self.shape, self.seed = bench, bench.loaded.model, bench.scorer, shape, seed
         self.source, self.prediction = bench.loaded.source, bench.loaded.prediction
         self.args_for, self.on_samples = args_for, on_samples
+        self.start = standard_normal(seed, range(shape[0]), 0, shape[1:])   # what sample() starts from
+        self.path: PathReference | None = None
+        self.path_scores: dict[str, float] = {}
+        self.stats: dict[str, BenchStats] = {}
+        self.exact_samples = None
 
-    def _score(self, x) -> tuple[float | None, dict, str]:
+    def prepare_path(self, log) -> None:
+        self.path = path_reference(self.bench.peer_model(), self.source, self.start)
+        self.path_scores = self.scorer.score(self.path.samples.to(self.start.dtype))
+        log(f"  path reference {self.path.method}, {self.path.steps} steps in float64: halving its steps moves it "
+            f"by {self.path.check:.2e} ({self.path.seconds:.1f} s)")
+
+    def prepare_stats(self, kinds: tuple[str, ...], save, log) -> None:
+        """The data-frame rows' statistics (and, for an exact model, the samples they came from)."""
+        self.stats, self.exact_samples = bench_stats(self.model, self.shape[1:], kinds, save, source=self.source,
+                                                     prediction=self.prediction)
+        for kind, found in self.stats.items():
+            log(f"  data statistics {kind}: {found.info['from']}, {found.info['samples']} samples, "
+                f"{found.info['model_calls']} model calls" + (f", written to {found.file}" if found.file else ""))
+
+    def _score(self, x, stochastic: bool) -> tuple[float | None, dict, str]:
         scores = self.scorer.score(x)
+        scores[PATH_METRIC] = None if stochastic or self.path is None else self.path.error(x)
         return scores[self.scorer.metrics[0]], scores, ""
 
     def one(self, method: OurMethod, steps: int, budget: int) -> dict:
@@ -336,16 +415,23 @@ class _Runner:
 
         counter = CountingModel(self.model)
         start = time.perf_counter()
-        x = None
+        x, found = None, self.stats.get(method.stats) if method.stats else None
+        stochastic = method.target().stochastic
         try:
             x = sample(counter, self.shape, schedule=method.target(), source=self.source, steps=steps,
                        integrator=method.integrator, grid=method.grid, final_step=method.final_step,
-                       prediction=self.prediction, seed=self.seed)
-            fd, scores, error = self._score(x)
+                       prediction=self.prediction, data_stats=None if found is None else found.stats, seed=self.seed)
+            fd, scores, error = self._score(x, stochastic)
         except LazyflowError as err:
             fd, scores, error = None, {}, str(err)
-        row = _row(method.name, False, method.target().stochastic, budget, counter.calls, fd,
-                   time.perf_counter() - start, error, scores, self.args_for(method, steps))
+        file = None if found is None or found.file is None else str(found.file)
+        row = _row(method.name, False, stochastic, budget, counter.calls, fd, time.perf_counter() - start, error,
+                   scores, self.args_for(method, steps, file))
+        if method.stats:
+            row["stats"] = method.stats
+            if file is None:
+                row["sample_args_need"] = (f"the {method.stats} statistics file (bench run without an output path, so "
+                                           f"not written): replace {STATS_FILE_MISSING} by a file of these statistics")
         if self.on_samples is not None and x is not None:
             self.on_samples(row, x)
         return row
@@ -374,7 +460,7 @@ class _Runner:
         row.update(tuned=True, held_out=tuning.get("seed") != self.seed, tuning_seed=tuning.get("seed"),
                    tuning_seconds=tuning.get("seconds"), tuning_model_calls=tuning.get("model_calls"),
                    tuning_samples=tuning.get("samples"), untuned={"grid": init, **{k: base.get(k) for k in
-                                                                                    self.scorer.metrics}})
+                                                                                    (*self.scorer.metrics, PATH_METRIC)}})
         log(f"  tuned {row['method']} at {row['nfe']} NFE: {_fmt(row['fd'])} (untuned {init}: {_fmt(base.get('fd'))})")
         return row
 
@@ -386,23 +472,38 @@ class _Runner:
             log(f"  {method.name}: " + ", ".join(f"{r['nfe']}->{_fmt(r['fd'])}" for r in rows[-len(nfes):]))
         return rows
 
+    def baseline_rows(self, nfes: list[int], log) -> list[dict]:
+        """The baseline mu + Sigma^(1/2) x0 (moments of the exact samples behind the statistics; no network
+        call), one row per budget so that it shows in every column; flagged ``baseline``."""
+        start = time.perf_counter()
+        x = gaussian_map(self.exact_samples, self.start)
+        fd, scores, error = self._score(x, stochastic=False)
+        seconds = time.perf_counter() - start
+        rows = []
+        for budget in nfes:
+            rows.append(_row(GAUSSIAN_MAP, False, False, budget, 0, fd, seconds, error, scores))
+            rows[-1].update(baseline=True, stats_samples=len(self.exact_samples))
+            if self.on_samples is not None:
+                self.on_samples(rows[-1], x)
+        log(f"  {GAUSSIAN_MAP}: {_fmt(fd)}")
+        return rows
+
     def peers(self, model, nfes: list[int], log) -> list[dict]:
-        """The installed peers on the velocity ``model``, each from our first noise draw (paired)."""
+        """The installed peers on the velocity ``model``, each from a copy of our start noise (paired)."""
         import torch
 
-        from ..core.noise import standard_normal
         from .peers import available_peers
 
-        n, rows = self.shape[0], []
+        rows = []
         for name, (stochastic, fn) in available_peers()[0].items():
             for budget in nfes:
                 counter = CountingModel(model)
-                x0 = standard_normal(self.seed, range(n), 0, self.shape[1:])  # our start draw: paired
                 start = time.perf_counter()
                 scores, x = {}, None
                 try:
-                    x = fn(counter, x0, budget, self.seed)
-                    fd, scores, error = self._score(x) if torch.isfinite(x).all() else (None, {}, "non-finite samples")
+                    x = fn(counter, self.start.clone(), budget, self.seed)
+                    fd, scores, error = self._score(x, stochastic) if torch.isfinite(x).all() else \
+                        (None, {}, "non-finite samples")
                 except Exception as err:  # noqa: BLE001 - a peer failing must not stop the bench
                     fd, error = None, f"{type(err).__name__}: {err}"
                 rows.append(_row(name, True, stochastic, budget, counter.calls, fd, time.perf_counter() - start,
@@ -423,7 +524,7 @@ def machine() -> str:
 def _fmt(value) -> str:
     if value is None:
         return "  -  "
-    return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.0f}"
+    return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
 
 
 def format_table(result: dict, metric: str = "fd") -> str:
@@ -446,9 +547,14 @@ def format_table(result: dict, metric: str = "fd") -> str:
             cells.append(f"{text:>11}")
         lines.append(f"{method.ljust(width)}{'yes' if peer else '':>5}{'yes' if stochastic else '':>5}" + "".join(cells))
     lines.append("")
+    if any(r.get("baseline") for r in result["rows"]):
+        lines.append(f"{GAUSSIAN_MAP}: a baseline, not a sampler (mu + Sigma^(1/2) x0 with the moments of "
+                     f"{STATS_SAMPLES:,} exact samples, no network call); never counted as ours")
     refs = "; ".join(f"{r['kind'].upper()} reference {r['method']} at {r['nfe']} NFE: {_fmt3(r.get(metric))}"
                      for r in result.get("references", [result["reference"]] if "reference" in result else []))
-    if "floors" in result:
+    if metric == PATH_METRIC:
+        lines.append(path_note(result) + f"; {refs}")
+    elif "floors" in result:
         floor = result["floors"][metric]
         lines.append(f"{metric} on {result['n']} samples; floor ({result['n']} exact samples, mean of {floor['sets']} "
                      f"sets, range {floor['min']:.4f}-{floor['max']:.4f}): {floor['mean']:.4f}; {refs}")
@@ -465,6 +571,31 @@ def format_table(result: dict, metric: str = "fd") -> str:
     if result["skipped"]:
         lines.append("skipped peers: " + "; ".join(result["skipped"]))
     return "\n".join(lines)
+
+
+def path_check(result: dict) -> dict | None:
+    """How far halving the path reference's steps moves it, against the best deterministic ``path`` (ours or
+    a peer's, no baseline) at 4 NFE (else the smallest budget): {budget, best, check, ratio}."""
+    reference = result.get("path_reference")
+    budgets = sorted(result["nfe_budgets"], key=lambda b: (b != 4, b))
+    if not reference or not budgets:
+        return None
+    rows = [best_row(result, PATH_METRIC, budgets[0], peer, False) for peer in (False, True)]
+    best = min((r[PATH_METRIC] for r in rows if r is not None), default=None)
+    ratio = reference["check"] / best if best else None
+    return {"budget": budgets[0], "best": best, "check": reference["check"], "ratio": ratio}
+
+
+def path_note(result: dict) -> str:
+    """The line under the path table: what path is, how its reference is computed, and its convergence."""
+    reference, check = result["path_reference"], path_check(result)
+    text = (f"path: mean over the {result['n']} samples of |x - x*| (L2 over each sample's coordinates), x* = the "
+            f"model's own ODE solution from the same initial noise: {reference['method']} at {reference['steps']} "
+            f"steps ({reference['nfe']} NFE) in float64; halving its steps moves it by {reference['check']:.2e}")
+    if check and check["ratio"] is not None:
+        text += f" ({check['ratio']:.2%} of the best {check['budget']}-NFE path, {check['best']:.4g})"
+    scores = ", ".join(f"{k} {_fmt3(v)}" for k, v in reference.get("scores", {}).items())
+    return text + (f"; x* itself scores {scores}" if scores else "") + "; stochastic rows: -"
 
 
 def format_tuned(result: dict, metric: str = "fd") -> str:
@@ -487,44 +618,36 @@ def format_report(result: dict, metrics: list[str], markdown: bool = False) -> s
     for metric in metrics:
         parts += [format_table(result, metric), best_by_kind(result, metric), ""]
         parts += [goals_markdown(result, metric), ""] if markdown else []
+    if PATH_METRIC in metrics and PATH_METRIC in result.get("metrics", []):
+        parts += [path_goals_markdown(result), ""]
     return "\n".join(parts)
 
 
 def _fmt3(value) -> str:
-    return "-" if value is None else f"{value:.4f}" if value < 1 else f"{value:.3f}"
+    return "-" if value is None else f"{value:.4f}" if abs(value) < 1 else f"{value:.3f}"
 
 
 def best_by_kind(result: dict, metric: str = "fd") -> str:
-    """The best deterministic and stochastic sampler, ours and peers', at each budget."""
+    """The best deterministic and stochastic sampler, ours and peers', at each budget (baseline rows left out;
+    nll_gap by its absolute value)."""
     lines = [f"best {metric} per budget:      ours ODE | peer ODE | ours SDE | peer SDE"]
     for budget in result["nfe_budgets"]:
         cells = []
         for stochastic in (False, True):
             for peer in (False, True):
-                rows = [r for r in result["rows"] if r["peer"] == peer and r["stochastic"] == stochastic
-                        and r.get(metric) is not None and r["budget"] == budget]
-                best = min(rows, key=lambda r: r[metric], default=None)
+                best = best_row(result, metric, budget, peer, stochastic)
                 cells.append(f"{_fmt(best[metric])} {best['method']}" if best else "-")
         lines.append(f"  nfe {budget:>3}: " + " | ".join(cells))
     return "\n".join(lines)
 
 
-#: two numbers within this relative distance are called a tie (the same algorithm from other noise moves
-#: the digits FD by about 0.6 at 2,000 samples: the README shows it)
-TIE = 0.05
-
-
 def _best(result: dict, metric: str, budget: int, peer: bool, stochastic: bool, tuned: bool = False):
-    rows = [r for r in result["rows"] if r["peer"] == peer and r["stochastic"] == stochastic]
-    if tuned:
-        rows += [r for r in result.get("tuned_rows", []) if r["stochastic"] == stochastic]
-    rows = [r for r in rows if r.get(metric) is not None and r["budget"] == budget]
-    return min(rows, key=lambda r: r[metric], default=None)
+    return best_row(result, metric, budget, peer, stochastic, tuned)
 
 
-def _versus(ours: float, theirs: float) -> str:
-    """'x% lower', 'tie' or 'x% higher' for ours against theirs."""
-    change = ours / theirs - 1
+def _versus(ours: float, theirs: float, metric: str = "fd") -> str:
+    """'x% lower', 'tie' or 'x% higher' for ours against theirs (TIE: within 5%; nll_gap in absolute value)."""
+    change = rank_value(metric, ours) / rank_value(metric, theirs) - 1
     if abs(change) <= TIE:
         return f"tie ({change:+.0%})"
     return f"{-change:.0%} lower" if change < 0 else f"{change:.0%} higher"
@@ -550,13 +673,13 @@ def goals_markdown(result: dict, metric: str = "fd") -> str:
                 return "-"
             mark = " (tuned)" if row.get("tuned") else ""
             return f"{_fmt3(row[metric])} {row['method']}{mark}"
-        versus = _versus(ours[metric], peer[metric]) if ours and peer else "-"
+        versus = _versus(ours[metric], peer[metric], metric) if ours and peer else "-"
         lines.append(f"| {budget} | {cell(ours)} | {cell(peer)} | {versus} | {cell(ours_sde)} | {cell(peer_sde)} |")
         if budget in (4, 6) and ours and peer:
-            met = ours[metric] <= 0.8 * peer[metric]
+            met = rank_value(metric, ours[metric]) <= 0.8 * rank_value(metric, peer[metric])
             verdicts.append(f"- {budget} NFE, deterministic 20% below the best deterministic peer: "
                             f"{'met' if met else 'missed'} ({_fmt3(ours[metric])} against {_fmt3(peer[metric])}, "
-                            f"{_versus(ours[metric], peer[metric])})")
+                            f"{_versus(ours[metric], peer[metric], metric)})")
         if budget == 4 and ours_sde and peer:
             met = ours_sde[metric] <= peer[metric]
             verdicts.append(f"- 4 NFE, stochastic at or below the best deterministic peer: {'met' if met else 'missed'}"

@@ -1,6 +1,7 @@
 """The model kinds lazyflow ships: the embedded models (``digits``, ``moons``), the exact Gaussian mixtures
-(``gmm64``, ``gmm4096``), model files (``file``: .safetensors with a .json config, TorchScript .pt) and
-SiT checkpoints (``sit-s/2`` ... ``sit-xl/8``).  :mod:`lazyflow.runtime.models.registry` registers them."""
+(``gmm64``, ``gmm4096``, and the random ``gmm:SEED[,dim=D][,components=K][,rank=R]``), model files (``file``: .safetensors with a .json config, TorchScript .pt) and
+SiT checkpoints (``sit-s/2`` ... ``sit-xl/8``).  :mod:`lazyflow.runtime.models.registry` registers them.
+How the bench scores each is the evaluation layer's business (:mod:`lazyflow.runtime.evaluation.scorers`)."""
 from __future__ import annotations
 
 from functools import partial
@@ -10,15 +11,17 @@ from typing import Any
 import torch
 
 from . import embedded, gmm, sit
-from .kind import LoadedModel, ModelKind, Scorer
+from .kind import LoadedModel, ModelKind
 from .sit_checkpoint import SIT_OPTIONS, load_sit_checkpoint
 
-__all__ = ["BUILTIN_KINDS", "FILE_KIND", "DIGITS_SHAPE"]
+__all__ = ["BUILTIN_KINDS", "FILE_KIND", "DIGITS_SHAPE", "RANDOM_MIXTURE_OPTIONS"]
 
 #: the kind that loads a ``--model`` path given without ``--model-kind``
 FILE_KIND = "file"
 #: the samples the digits measure (the bench's Fréchet distance in the digits classifier's features) takes
 DIGITS_SHAPE = (1, 8, 8)
+#: the options of the random mixture kind ``gmm:SEED`` (also accepted in its name: ``gmm:101,dim=64``)
+RANDOM_MIXTURE_OPTIONS = tuple(gmm.RANDOM_DEFAULTS)
 
 
 def _trained(kind: str, model: Any) -> LoadedModel:
@@ -38,22 +41,18 @@ def _load_file(path: str, *, device: torch.device, num_samples: int) -> LoadedMo
     return _trained(FILE_KIND, embedded.load(Path(path)).to(device))
 
 
-def _load_mixture(name: str, *, device: torch.device, num_samples: int) -> LoadedModel:
-    model = gmm.load(name).to(device)
-    return LoadedModel(kind=name, model=model, data_shape=model.data_shape, source=model.source.name,
+def _exact(model: gmm.ExactMixtureModel) -> LoadedModel:
+    return LoadedModel(kind=model.name, model=model, data_shape=model.data_shape, source=model.source.name,
                        prediction=model.prediction, metadata=dict(model.metadata), view=model.view)
 
 
-def _digits_scorer(loaded: LoadedModel, n: int) -> Scorer | None:
-    from ..evaluation.bench import DigitsScorer
-
-    return DigitsScorer() if loaded.data_shape == DIGITS_SHAPE else None
+def _load_mixture(name: str, *, device: torch.device, num_samples: int) -> LoadedModel:
+    return _exact(gmm.load(name).to(device))
 
 
-def _mixture_scorer(loaded: LoadedModel, n: int) -> Scorer:
-    from ..evaluation.gmm_metrics import MixtureScorer
-
-    return MixtureScorer(loaded.model, n)
+def _load_random_mixture(spec: str, *, device: torch.device, num_samples: int, dim: int | None = None,
+                         components: int | None = None, rank: int | None = None) -> LoadedModel:
+    return _exact(gmm.load_random(spec, dim=dim, components=components, rank=rank).to(device))
 
 
 def _sit_kind(name: str) -> ModelKind:
@@ -65,12 +64,17 @@ def _sit_kind(name: str) -> ModelKind:
 
 BUILTIN_KINDS: tuple[ModelKind, ...] = (
     ModelKind(name="digits", description="the embedded 8x8 digits flow (linear schedule, velocity)",
-              load=_load_embedded, scorer=_digits_scorer, metrics=("fd",)),
+              load=_load_embedded),
     ModelKind(name="moons", description="the embedded 2D two-moons flow (for the figures)", load=_load_embedded),
     *(ModelKind(name=name, description=f"an exact Gaussian mixture in {shape} (no weights; any prediction)",
-                load=_load_mixture, exact=True, scorer=_mixture_scorer, metrics=("fd", "sw", "weight_tv"))
+                load=_load_mixture, exact=True)
       for name, (shape, _) in gmm.NAMES.items()),
+    ModelKind(name=gmm.RANDOM_KIND, argument="SEED[,dim=D][,components=K][,rank=R]",
+              description="a random exact Gaussian mixture built from SEED (default: dim {dim}, {components} "
+                          "components with rank-{rank} covariances; no weights; any prediction)".format(
+                              **gmm.RANDOM_DEFAULTS),
+              load=_load_random_mixture, options=RANDOM_MIXTURE_OPTIONS, exact=True),
     ModelKind(name=FILE_KIND, description="a model file: .safetensors with its .json config, or TorchScript .pt",
-              load=_load_file, takes_file=True, scorer=_digits_scorer, metrics=("fd",)),
+              load=_load_file, takes_file=True),
     *(_sit_kind(name) for name in sit.KINDS),
 )

@@ -20,10 +20,14 @@ both ends of the path (alpha = 0 or beta = 0).  The velocity is alpha' eta_Z + b
 Everything is computed in float64; only matrix products touch the d coordinates (x against the means and
 the K r low-rank directions) and the outputs are assembled in one pass (see ``posterior``), so memory is
 O(n d + n K r) and d = 4096 at batch 2000 runs on a CPU.
+
+The named models are ``gmm64`` and ``gmm4096`` (:func:`load`); ``gmm:SEED[,dim=D][,components=K][,rank=R]``
+(:func:`load_random`) is a random mixture built from SEED, for problems nobody tuned on.
 """
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +35,8 @@ from torch import nn
 
 from ...errors import LazyflowError
 
-__all__ = ["GaussianMixture", "ExactMixtureModel", "mixture", "load", "NAMES", "PREDICTIONS"]
+__all__ = ["GaussianMixture", "ExactMixtureModel", "mixture", "random_mixture", "load", "load_random",
+           "parse_random", "NAMES", "PREDICTIONS", "RANDOM_KIND", "RANDOM_DEFAULTS"]
 
 PREDICTIONS = ("velocity", "x", "noise", "score")
 
@@ -104,6 +109,16 @@ class GaussianMixture:
     def log_probs(self, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         """(n, K): log w_k + log N(x; beta mu_k, alpha^2 I + beta^2 C_k) for x (n, d), alpha and beta (n, 1)."""
         return self._terms(x, alpha, beta)[0]
+
+    def log_density(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """(n,): log p(x) = logsumexp_k (log w_k + log N(x; mu_k, C_k)) of the data for x (n, d), in chunks."""
+        x = x.reshape(len(x), -1).to(device=self.mu.device, dtype=torch.float64)
+        out = []
+        for start in range(0, len(x), chunk):
+            part = x[start:start + chunk]
+            ones = torch.ones(len(part), 1, dtype=torch.float64, device=x.device)
+            out.append(torch.logsumexp(self.log_probs(part, 0 * ones, ones), dim=1))
+        return torch.cat(out) if out else x.new_zeros(0)
 
     def posterior(self, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, cx: torch.Tensor,
                   cg: torch.Tensor) -> torch.Tensor:
@@ -212,3 +227,57 @@ def _cached_mixture(dim: int, rank: int, seed: int) -> GaussianMixture:
     if key not in _CACHE:
         _CACHE[key] = mixture(dim, rank, seed)
     return _CACHE[key]
+
+
+#: the model kind of the random mixtures (``gmm:SEED``) and its options' defaults
+RANDOM_KIND = "gmm"
+RANDOM_DEFAULTS = {"dim": 32, "components": 6, "rank": 3}
+
+
+def random_mixture(seed: int, dim: int = 32, components: int = 6, rank: int = 3) -> GaussianMixture:
+    """A random mixture, a function of its arguments alone: weights w_k proportional to 0.25 + u_k and
+    widths s_k = 0.05 * 8^v_k (log-uniform in [0.05, 0.4]) with u, v ~ U(0, 1) from a generator seeded by
+    ``seed`` (Python's ``random``, seeded with the text ``gmm:SEED``), then :func:`mixture` (means, ``rank``
+    low-rank directions, overall scale: tr Cov[X] / d = 1) from the same ``seed``."""
+    if dim < 1 or components < 1 or not 1 <= rank <= dim:
+        raise LazyflowError(f"a random mixture needs dim >= 1, components >= 1 and 1 <= rank <= dim; got dim {dim}, "
+                            f"components {components}, rank {rank}")
+    rng = random.Random(f"gmm:{int(seed)}")
+    weights = tuple(0.25 + rng.random() for _ in range(components))
+    widths = tuple(0.05 * 8 ** rng.random() for _ in range(components))
+    return mixture(dim, rank, int(seed), weights=weights, widths=widths)
+
+
+def parse_random(spec: str, **options: int | None) -> tuple[int, dict[str, int]]:
+    """(seed, {dim, components, rank}) of ``gmm:SEED[,dim=D][,components=K][,rank=R]``; ``options`` (the
+    model kind's options, None where not given) fill in what the name leaves out, else
+    :data:`RANDOM_DEFAULTS`.  A value given both ways must agree."""
+    head, _, tail = str(spec).partition(":")
+    seed_text, *pairs = tail.split(",")
+    usage = f"--model {RANDOM_KIND}:SEED[,dim=D][,components=K][,rank=R] (e.g. {RANDOM_KIND}:101,dim=64)"
+    if head != RANDOM_KIND or not seed_text.strip().isdigit():
+        raise LazyflowError(f"{spec!r}: a random mixture is named {usage}")
+    named: dict[str, int] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key.strip() not in RANDOM_DEFAULTS or not value.strip().isdigit():
+            raise LazyflowError(f"{spec!r}: {pair!r} is not one of dim=, components=, rank= with an integer; {usage}")
+        named[key.strip()] = int(value)
+    settings = dict(RANDOM_DEFAULTS)
+    for key in RANDOM_DEFAULTS:
+        given, option = named.get(key), options.get(key)
+        if given is not None and option is not None and given != option:
+            raise LazyflowError(f"{spec!r}: {key}={given} in the name but {key}={option} as an option")
+        settings[key] = next((v for v in (given, option) if v is not None), settings[key])
+    return int(seed_text), settings
+
+
+def load_random(spec: str, source="linear", prediction: str = "velocity", **options: int | None) -> ExactMixtureModel:
+    """The random mixture ``gmm:SEED[,dim=D][,components=K][,rank=R]`` (:func:`random_mixture`; defaults
+    :data:`RANDOM_DEFAULTS`), samples of shape (dim,), named by its full recipe when it differs from them."""
+    seed, settings = parse_random(spec, **options)
+    extra = "".join(f",{k}={v}" for k, v in settings.items() if v != RANDOM_DEFAULTS[k])
+    key = ("random", seed, *settings.values())
+    if key not in _CACHE:
+        _CACHE[key] = random_mixture(seed, **settings)
+    return ExactMixtureModel(_CACHE[key], (settings["dim"],), f"{RANDOM_KIND}:{seed}{extra}", source, prediction)

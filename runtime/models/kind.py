@@ -53,20 +53,31 @@ class ModelKind:
     """One kind of model that ``lazyflow sample --model``/``--model-kind``, the bench and tune-grid load.
 
     ``load(spec, *, device, num_samples, **options)`` returns a :class:`LoadedModel`: ``spec`` is the
-    kind's own name, or the path of a file when ``takes_file`` (chosen with ``--model-kind``);
-    ``device`` and ``num_samples`` are given to every loader, the other ``options`` only when asked
-    for and only those named in ``options`` (others are refused).  ``latents``: the samples are latents,
-    never written as a ``.png``.  For the bench: ``scorer(loaded, n)`` returns a :class:`Scorer`, or
-    None where the loaded model cannot be scored; ``metrics`` are its metrics; ``exact`` marks a model
-    whose samples are exact (the bench measures floors from its exact samples and lets ``--prediction``
-    pick its output)."""
+    kind's own name, ``NAME:ARGUMENT`` for a kind with an ``argument`` (e.g. ``gmm:101``; ``argument``
+    says what follows the colon, e.g. ``SEED``), or the path of a file when ``takes_file`` (chosen with
+    ``--model-kind``); ``device`` and ``num_samples`` are given to every loader, the other ``options``
+    only when asked for and only those named in ``options`` (others are refused).  ``latents``: the
+    samples are latents, never written as a ``.png``.  ``exact`` marks a model whose samples are exact
+    (the bench measures floors from its exact samples and lets ``--prediction`` pick its output).
+
+    The bench's measure of the samples is attached in the evaluation layer (a table kind name -> scorer
+    there, :mod:`lazyflow.runtime.evaluation.scorers`), so models never import evaluation.  ``scorer``
+    (``scorer(loaded, n)`` returns a :class:`Scorer`, or None where the loaded model cannot be scored)
+    and its ``metrics`` are an optional override for a kind the table does not know, e.g. one
+    registered by a user."""
 
     name: str
     description: str
     load: Callable[..., LoadedModel] = field(repr=False)
     options: tuple[str, ...] = ()
+    argument: str = ""
     takes_file: bool = False
     latents: bool = False
     exact: bool = False
     scorer: Callable[[LoadedModel, int], Scorer | None] | None = field(default=None, repr=False)
     metrics: tuple[str, ...] = ()
+
+    @property
+    def usage(self) -> str:
+        """How ``--model`` names this kind: ``NAME`` or ``NAME:ARGUMENT``."""
+        return f"{self.name}:{self.argument}" if self.argument else self.name

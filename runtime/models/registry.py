@@ -3,6 +3,7 @@
 
     >>> from lazyflow.runtime.models.registry import load_model
     >>> loaded = load_model("gmm64", prediction="x")      # an exact mixture answers with its x prediction
+    >>> loaded = load_model("gmm:101", dim=64)            # a kind with an argument: NAME:ARGUMENT
 
 A new kind is one :func:`register_model_kind` call (see :class:`~lazyflow.runtime.models.kind.ModelKind`).
 """
@@ -58,21 +59,33 @@ def model_kind(name: str) -> ModelKind:
 
 
 def model_names() -> list[str]:
-    """The models loaded by name (``--model digits``): the kinds that do not take a file."""
-    return [k.name for k in MODEL_KINDS.values() if not k.takes_file]
+    """The models loaded by name (``--model digits``, ``--model gmm:SEED``): the kinds that do not take a file."""
+    return [k.usage for k in MODEL_KINDS.values() if not k.takes_file]
+
+
+def _with_argument(model: str) -> ModelKind | None:
+    """The kind with an argument that ``NAME:ARGUMENT`` names (None if ``model`` is not of that form)."""
+    name, colon, _ = str(model).partition(":")
+    found = MODEL_KINDS.get(name)
+    return found if colon and found is not None and found.argument else None
 
 
 def model_kind_for(model: str, kind: str | None = None) -> ModelKind:
     """The kind that loads ``--model model``: ``kind`` when given (a file of that kind), else the named
-    model, else a model file (which must exist)."""
+    model (``NAME`` or, for a kind with an argument, ``NAME:ARGUMENT``), else a model file (which must exist)."""
     if kind is not None:
         found = model_kind(kind)
         if not found.takes_file:
             raise LazyflowError(f"--model-kind {kind}: {found.name!r} is a model name, not a kind of file; "
                                 f"use --model {found.name}")
         return found
+    if _with_argument(model) is not None:
+        return _with_argument(model)
     if str(model) in MODEL_KINDS and not MODEL_KINDS[str(model)].takes_file:
-        return MODEL_KINDS[str(model)]
+        found = MODEL_KINDS[str(model)]
+        if found.argument:
+            raise LazyflowError(f"--model {found.name} takes an argument: --model {found.usage}")
+        return found
     if not Path(model).exists():
         raise LazyflowError(f"no model {str(model)!r}: not a model name ({', '.join(model_names())}) "
                             "nor an existing file")
@@ -127,7 +140,7 @@ def load_measured(model: str, prediction: str | None = None) -> tuple[ModelKind,
 
 def describe_kinds(*, files: bool) -> str:
     """``name (description)`` of each kind that takes a file (``files``) or is loaded by name."""
-    return "; ".join(f"{k.name} ({k.description})" for k in MODEL_KINDS.values() if k.takes_file == files)
+    return "; ".join(f"{k.usage} ({k.description})" for k in MODEL_KINDS.values() if k.takes_file == files)
 
 
 for _kind in BUILTIN_KINDS:

@@ -1,0 +1,108 @@
+"""What the bench's data-frame rows and its Gaussian-map baseline are made of: the data's statistics
+estimated from :data:`STATS_SAMPLES` samples, never exact moments.
+
+* An exact model (one with ``exact_samples(n, seed)``): 2,000 exact samples, seed :data:`STATS_SEED`
+  (distinct from the scoring, floor and baseline seeds).
+* Any other model: 2,000 of the model's own samples, ``stats_from_model`` (multistep-pc, 32 steps,
+  float64, seed :data:`STATS_SEED`), whose cost in network calls is recorded.
+
+Kinds: ``full`` and ``diag`` for d <= :data:`FULL_STATS_MAX_DIM`, ``diag`` above.  The Gaussian map
+(0 NFE, no network call) is mu + Sigma^(1/2) z with the sample mean mu and covariance Sigma of the same
+2,000 exact samples and z the bench's start noise: Sigma^(1/2) = V diag(s) V^T from the SVD
+(X - mu) / sqrt(n - 1) = U diag(s) V^T, so the map has exactly those moments in expectation over z."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..core.data_stats import DataStats
+
+__all__ = ["BenchStats", "bench_stats", "stats_kinds", "stats_file", "gaussian_map", "STATS_SAMPLES", "STATS_SEED",
+           "FULL_STATS_MAX_DIM", "STATS_STEPS", "STATS_INTEGRATOR"]
+
+STATS_SAMPLES = 2000
+STATS_SEED = 40_000
+FULL_STATS_MAX_DIM = 1024
+STATS_STEPS = 32
+STATS_INTEGRATOR = "multistep-pc"
+
+
+def stats_kinds(dim: int) -> tuple[str, ...]:
+    """The statistics kinds the bench runs the data-frame integrators with at dimension ``dim``."""
+    return ("full", "diag") if dim <= FULL_STATS_MAX_DIM else ("diag",)
+
+
+def stats_file(save: str | Path, kind: str) -> Path:
+    """Where the statistics of ``kind`` go next to the bench's JSON ``save``: ``NAME.stats-KIND.safetensors``."""
+    save = Path(save)
+    return save.with_name(f"{save.stem}.stats-{kind}.safetensors")
+
+
+@dataclass(frozen=True)
+class BenchStats:
+    """One kind of statistics: ``stats``, ``info`` (how they were made and what that cost) and the ``file``
+    they were written to (None when the bench had no output path)."""
+
+    stats: DataStats
+    info: dict[str, Any] = field(default_factory=dict)
+    file: Path | None = None
+
+
+def _exact_stats(model: Any, kinds: tuple[str, ...]) -> tuple[dict[str, BenchStats], torch.Tensor]:
+    x = model.exact_samples(STATS_SAMPLES, STATS_SEED)
+    info = {"from": "exact samples", "samples": STATS_SAMPLES, "seed": STATS_SEED, "model_calls": 0}
+    return {kind: BenchStats(DataStats.from_samples(x, kind=kind), {"kind": kind, **info}) for kind in kinds}, x
+
+
+def _model_stats(model: Callable, shape: tuple[int, ...], kinds: tuple[str, ...], **options: Any) -> dict[str, BenchStats]:
+    from ..core.sampler import resolve_dtypes, stats_from_model
+
+    call_dtype = resolve_dtypes(torch.float64, None, model)[1]   # a module is called in its own dtype
+    out = {}
+    for kind in kinds:
+        calls = [0]
+
+        def counted(x, t, **kwargs):
+            calls[0] += 1
+            return model(x, t, **kwargs)
+
+        start = time.perf_counter()
+        with torch.no_grad():
+            stats = stats_from_model(counted, (STATS_SAMPLES, *shape), kind=kind, steps=STATS_STEPS,
+                                     integrator=STATS_INTEGRATOR, seed=STATS_SEED, model_dtype=call_dtype, **options)
+        out[kind] = BenchStats(stats, {"kind": kind, "from": f"the model's own samples ({STATS_INTEGRATOR}, "
+                                       f"{STATS_STEPS} steps, float64)", "samples": STATS_SAMPLES, "seed": STATS_SEED,
+                                       "model_calls": calls[0], "sample_evaluations": calls[0] * STATS_SAMPLES,
+                                       "seconds": round(time.perf_counter() - start, 3)})
+    return out
+
+
+def bench_stats(model: Any, shape: tuple[int, ...], kinds: tuple[str, ...], save: str | Path | None = None,
+                **options: Any) -> tuple[dict[str, BenchStats], torch.Tensor | None]:
+    """({kind: statistics}, the exact samples they came from or None), for a model of samples ``shape``;
+    ``options`` go to ``stats_from_model`` (source, prediction).  With ``save`` (the bench's JSON path) each
+    kind is written to :func:`stats_file` and its path recorded."""
+    exact = None
+    if callable(getattr(model, "exact_samples", None)):
+        found, exact = _exact_stats(model, kinds)
+    else:
+        found = _model_stats(model, shape, kinds, **options)
+    if save is not None:
+        found = {kind: BenchStats(s.stats, {**s.info, "file": str(stats_file(save, kind))},
+                                  s.stats.save(stats_file(save, kind))) for kind, s in found.items()}
+    return found, exact
+
+
+def gaussian_map(samples: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """mu + Sigma^(1/2) z, with mu and Sigma the mean and covariance of ``samples`` (n, *data_shape), for z of
+    shape (m, *data_shape); float64 math, returned in z's dtype."""
+    x = samples.reshape(len(samples), -1).to(torch.float64)
+    mu = x.mean(0)
+    _, s, vh = torch.linalg.svd((x - mu) / math.sqrt(len(x) - 1), full_matrices=False)
+    flat = z.reshape(len(z), -1).to(torch.float64)
+    return (mu + ((flat @ vh.T) * s) @ vh).to(z.dtype).reshape(z.shape)
