@@ -36,15 +36,6 @@ def _params(items: list[str], flag: str = "--param") -> dict[str, str]:
     return params
 
 
-def _numbers(items: list[str], flag: str) -> dict[str, float]:
-    """NAME=VALUE items whose values are numbers."""
-    params = _params(items, flag)
-    try:
-        return {key: float(value) for key, value in params.items()}
-    except ValueError:
-        raise LazyflowError(f"{flag}: values must be numbers, got {params}") from None
-
-
 def _schedule_parts(args: argparse.Namespace) -> dict[str, Any]:
     """The schedule flags besides --schedule, as the keywords of spec_from_parts and load_schedule_parts."""
     return {"alpha": args.alpha, "beta": args.beta, "sigma": args.sigma, "params": _params(args.param),
@@ -100,14 +91,16 @@ def run_derive(args: argparse.Namespace) -> int:
 
 def run_lazy(args: argparse.Namespace) -> int:
     from .derive import derive
-    from .derive.flags import data_variance, lazy_inputs
+    from .derive.flags import data_mean, data_variance, lazy_inputs
     from .derive.lazy import solve_lazy_with_notes
 
+    mean = data_mean(args.data_mean)
     spec, notes = solve_lazy_with_notes(*lazy_inputs(args.alpha, args.beta, args.sigma),
-                                        data_var=data_variance(args.data_var.strip()))
+                                        data_var=data_variance(args.data_var.strip()), data_mean=mean)
     f = derive(spec)
+    data = f"N({0 if mean is None else mean}, {spec.data_var} I)"
     _print_formulas({"alpha": f.alpha, "beta": f.beta, "sigma": f.sigma}, args,
-                    [f"zero drift on data N(0, {spec.data_var} I); diffusion: {spec.diffusion}", *notes])
+                    [f"zero drift on data {data}; diffusion: {spec.diffusion}", *notes])
     return 0
 
 
@@ -171,11 +164,13 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    from .runtime.core.schedule import param_numbers
     from .runtime.models.sampling import sample_to_file
 
+    source_params = param_numbers(_params(args.source_param, "--source-param"), "--source-param")
     run = sample_to_file(args.model, args.out, kind=args.model_kind, model_options=_model_options(args),
                          num_samples=args.num_samples, schedule=schedule(args), source=args.source,
-                         source_params=_numbers(args.source_param, "--source-param"), prediction=args.prediction,
+                         source_params=source_params, prediction=args.prediction,
                          diffusion_scale=args.diffusion_scale, data_stats=args.data_stats,
                          shape=_numbers_of(args.shape, "--shape", "comma-separated sizes", int),
                          steps=args.steps, integrator=args.integrator, final_step=args.final_step,

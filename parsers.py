@@ -93,6 +93,8 @@ def _formula_parsers(sub) -> None:
     p.add_argument("--beta")
     p.add_argument("--sigma", help="ode, optimal, or an expression for sigma(t)")
     p.add_argument("--data-var", default="1", help="data variance v (a number, or v for a symbol)")
+    p.add_argument("--data-mean", default=None, help="data mean (a number, or mu for a symbol): the lazy frame "
+                   "is then centred, w = x - beta mu (default 0)")
     _output_args(p)
     p = _command(sub, "convert", "time map and scale from a target schedule to a source schedule")
     p.add_argument("--source", required=True, help="schedule the model was trained on (preset, .toml or kernel .py)")

@@ -11,9 +11,9 @@ import sympy as sp
 from ..errors import LazyflowError
 from .parse import parse_expression
 from .schedule import DIFFUSION_KEYWORDS, ScheduleSpec, from_expressions, resolve
-from .symbols import v
+from .symbols import mu, v
 
-__all__ = ["spec_from_parts", "lazy_inputs", "data_variance", "param_numbers"]
+__all__ = ["spec_from_parts", "lazy_inputs", "data_variance", "data_mean", "param_numbers"]
 
 
 def param_numbers(params: Mapping[str, str] | None, flag: str = "--param") -> dict[str, float]:
@@ -32,6 +32,13 @@ def data_variance(text: str) -> sp.Expr:
     if not value.is_number or not value.is_positive:
         raise LazyflowError(f"--data-var must be a positive number or v, got {text!r}")
     return value
+
+
+def data_mean(text: str | None) -> sp.Expr | None:
+    """The data mean of ``--data-mean``: a number or an expression in the symbol ``mu`` (None when not given)."""
+    if text is None:
+        return None
+    return parse_expression(text.strip(), {}, variables={"mu": mu}, what="--data-mean")
 
 
 def _with_sigma(spec: ScheduleSpec, sigma: str) -> ScheduleSpec:

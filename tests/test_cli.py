@@ -175,3 +175,15 @@ def test_the_schedule_flags_are_library_calls():
     assert spec_from_parts("linear", sigma="optimal").diffusion == "optimal"
     with pytest.raises(LazyflowError, match="not both"):
         spec_from_parts("linear", alpha="1 - t")
+
+
+def test_lazy_with_a_data_mean_prints_the_centred_frame(capsys):
+    """lazy --data-mean: the schedule of mean 0 (here the point mass for the optimal SDE) and the notes on
+    the centred frame w = x - beta mu; a mean naming t is refused in one line."""
+    from lazyflow.cli import main
+
+    assert main(["lazy", "--beta", "t", "--sigma", "optimal", "--data-mean", "mu", "--data-var", "v"]) == 0
+    out = capsys.readouterr().out
+    assert "alpha = sqrt(t)*sqrt(v)*sqrt(1 - t)" in out and "N(mu, v I)" in out and "w = x - beta mu" in out
+    assert main(["lazy", "--beta", "t", "--sigma", "optimal", "--data-mean", "t"]) == 2
+    assert "unknown symbol 't'" in capsys.readouterr().err

@@ -24,7 +24,7 @@ import torch
 from .. import kernels
 from ...errors import LazyflowError
 
-__all__ = ["Schedule", "ScheduleValues", "load_schedule", "load_schedule_parts", "cache_dir", "invert_log_snr"]
+__all__ = ["Schedule", "ScheduleValues", "load_schedule", "param_numbers", "load_schedule_parts", "cache_dir", "invert_log_snr"]
 
 
 @dataclass(frozen=True)
@@ -316,11 +316,16 @@ def load_schedule_parts(schedule: Any = None, /, *, alpha: str | None = None, be
 
         return load_schedule(spec_from_parts(schedule, alpha=alpha, beta=beta, sigma=sigma, params=params,
                                              data_var=data_var, name=name))
+    return load_schedule(schedule, **param_numbers(params))
+
+
+def param_numbers(params: Mapping[str, str] | None, flag: str = "--param") -> dict[str, float]:
+    """``params`` (NAME -> text) as numbers; text that is not a number is refused naming ``flag`` (the
+    derive layer, below this one, has its own for spec parameters)."""
     try:
-        numbers = {key: float(value) for key, value in (params or {}).items()}
+        return {key: float(value) for key, value in (params or {}).items()}
     except ValueError:
-        raise LazyflowError(f"--param: values must be numbers, got {dict(params or {})}") from None
-    return load_schedule(schedule, **numbers)
+        raise LazyflowError(f"{flag}: values must be numbers, got {dict(params or {})}") from None
 
 
 def _bound(module: ModuleType, origin: str) -> Schedule:

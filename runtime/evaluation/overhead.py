@@ -22,7 +22,7 @@ from ..core.integrators import INTEGRATORS
 from ..integrations.flow_convention import time_of_timestep, velocity_of_output
 from ..models.embedded import VelocityMLP
 
-__all__ = ["ConvNet", "FAMILIES", "MODELS", "overhead_bench", "measure_overhead", "format_overhead"]
+__all__ = ["ConvNet", "FAMILIES", "DATA_FAMILIES", "MODELS", "overhead_bench", "measure_overhead", "format_overhead"]
 
 
 class ConvNet(nn.Module):
@@ -50,6 +50,12 @@ FAMILIES = {
     "two-stage": ("pointmass", "exp-midpoint"),
     "multistep": ("vp", "multistep"),
     "multistep-pc": ("pointmass", "multistep-pc"),
+}
+#: the data frames measured: label -> (schedule, integrator, statistics kind); the statistics are a
+#: zero mean and unit variances of the model's shape (the work per step does not depend on their values)
+DATA_FAMILIES = {
+    "data frame per channel": ("linear", "data-multistep-pc", "channel"),
+    "data frame per element": ("linear", "data-multistep-pc", "diag"),
 }
 
 
@@ -213,6 +219,25 @@ def _lazyflow_runners(model: nn.Module, shape: tuple[int, ...], steps: int, mode
                               steps=INTEGRATORS[integrator].steps_for_nfe(steps), device=dev,
                               model_kwargs=kwargs, **options)
             runners.append(_Runner(f"lazyflow {family} ({schedule}/{integrator}) {mode}", run, steps, []))
+    return runners + _data_frame_runners(model, shape, steps, dev, kwargs)
+
+
+def _data_frame_runners(model: nn.Module, shape: tuple[int, ...], steps: int, dev: torch.device,
+                        kwargs: dict) -> list[_Runner]:
+    """One eager :func:`sample` runner per data frame of :data:`DATA_FAMILIES` at ``steps`` network calls."""
+    from ..core.data_stats import DataStats
+    from ..core.sampler import sample
+
+    runners = []
+    for family, (schedule, integrator, kind) in DATA_FAMILIES.items():
+        data = tuple(shape[1:])
+        var = torch.ones((data[0], *[1] * (len(data) - 1)) if kind == "channel" else data, dtype=torch.float64)
+        stats = DataStats(kind, torch.zeros(data, dtype=torch.float64), var)
+
+        def run(schedule=schedule, integrator=integrator, stats=stats):
+            return sample(model, shape, schedule=schedule, integrator=integrator, data_stats=stats, device=dev,
+                          steps=INTEGRATORS[integrator].steps_for_nfe(steps), model_kwargs=kwargs)
+        runners.append(_Runner(f"lazyflow {family} ({schedule}/{integrator}) eager", run, steps, []))
     return runners
 
 
