@@ -67,6 +67,13 @@ def test_woodbury_formulas_match_dense_covariances(source):
         assert torch.allclose(alpha * eta_z + beta * eta_x, x, atol=1e-9)   # I = alpha eta_Z + beta eta_X
 
 
+def test_log_density_is_the_logsumexp_of_the_dense_component_densities():
+    mix = small_mixture()
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2
+    logp = dense(mix, x, 0.0, 1.0)[3]
+    assert torch.allclose(mix.log_density(x, chunk=7), torch.logsumexp(logp, 1), rtol=1e-10, atol=1e-9)
+
+
 def test_single_gaussian_matches_the_closed_form_velocity():
     var = 0.7
     one = gmm.GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, 5, dtype=torch.float64),

@@ -116,3 +116,18 @@ def test_a_model_runs_on_the_asked_source_and_prediction():
     assert exact.model.prediction == "x" and exact.model.source.name == "vp" and exact.prediction == "x"
     trained = load_model("digits", prediction="x")
     assert trained.prediction == "x" and trained.source.name == "linear" and trained.data_shape == (1, 8, 8)
+
+
+def test_a_kind_with_an_argument_is_named_NAME_colon_ARGUMENT():
+    """``gauss:M`` loads a Gaussian with mean M in every coordinate: the loader gets the whole name."""
+    def load(spec: str, *, device: torch.device, num_samples: int) -> LoadedModel:
+        return LoadedModel(kind="gaussm", model=ExactGaussian(), data_shape=(3,), metadata={"spec": spec})
+
+    register_model_kind(ModelKind(name="gaussm", argument="M", description="a test", load=load))
+    try:
+        assert model_kind_for("gaussm:2.5").name == "gaussm" and load_model("gaussm:2.5").metadata["spec"] == "gaussm:2.5"
+        with pytest.raises(LazyflowError, match="takes an argument: --model gaussm:M"):
+            model_kind_for("gaussm")
+        assert model_kind_for("gmm:7").name == "gmm" and load_model("gmm:7", dim=4).data_shape == (4,)
+    finally:
+        unregister_model_kind("gaussm")

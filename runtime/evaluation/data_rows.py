@@ -59,7 +59,8 @@ def _exact_stats(model: Any, kinds: tuple[str, ...]) -> tuple[dict[str, BenchSta
     return {kind: BenchStats(DataStats.from_samples(x, kind=kind), {"kind": kind, **info}) for kind in kinds}, x
 
 
-def _model_stats(model: Callable, shape: tuple[int, ...], kinds: tuple[str, ...], **options: Any) -> dict[str, BenchStats]:
+def _model_stats(model: Callable, shape: tuple[int, ...], kinds: tuple[str, ...],
+                 **options: Any) -> dict[str, BenchStats]:
     from ..core.sampler import resolve_dtypes, stats_from_model
 
     call_dtype = resolve_dtypes(torch.float64, None, model)[1]   # a module is called in its own dtype
@@ -67,7 +68,7 @@ def _model_stats(model: Callable, shape: tuple[int, ...], kinds: tuple[str, ...]
     for kind in kinds:
         calls = [0]
 
-        def counted(x, t, **kwargs):
+        def counted(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
             calls[0] += 1
             return model(x, t, **kwargs)
 

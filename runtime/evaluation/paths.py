@@ -64,7 +64,7 @@ def _solve(model: Callable, x0: torch.Tensor, source: Any, steps: int) -> tuple[
     call_dtype = resolve_dtypes(torch.float64, None, model)[1]   # a module is called in its own dtype
     calls = [0]
 
-    def counted(x, t, **kwargs):
+    def counted(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         calls[0] += 1
         return model(x, t, **kwargs)
 

@@ -46,7 +46,7 @@ def _dpm(model, x, nfe, seed, algorithm="dpmsolver++"):
     return _diffusers_loop(scheduler, model, x, nfe, seed)
 
 
-def _unipc(model, x, nfe, seed, sigmas: str | None = None):
+def _unipc(model: Model, x: torch.Tensor, nfe: int, seed: int, sigmas: str | None = None) -> torch.Tensor:
     """diffusers' UniPC on flow sigmas; ``sigmas`` names a spacing option (``karras``: ``use_karras_sigmas``)."""
     from diffusers import UniPCMultistepScheduler
 

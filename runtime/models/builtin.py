@@ -1,7 +1,8 @@
 """The model kinds lazyflow ships: the embedded models (``digits``, ``moons``), the exact Gaussian mixtures
-(``gmm64``, ``gmm4096``, and the random ``gmm:SEED[,dim=D][,components=K][,rank=R]``), model files (``file``: .safetensors with a .json config, TorchScript .pt) and
-SiT checkpoints (``sit-s/2`` ... ``sit-xl/8``).  :mod:`lazyflow.runtime.models.registry` registers them.
-How the bench scores each is the evaluation layer's business (:mod:`lazyflow.runtime.evaluation.scorers`)."""
+(``gmm64``, ``gmm4096``, and the random ``gmm:SEED[,dim=D][,components=K][,rank=R]``), model files (``file``:
+.safetensors with a .json config, TorchScript .pt) and SiT checkpoints (``sit-s/2`` ... ``sit-xl/8``).
+:mod:`lazyflow.runtime.models.registry` registers them.  How the bench scores each is the evaluation
+layer's business (:mod:`lazyflow.runtime.evaluation.scorers`)."""
 from __future__ import annotations
 
 from functools import partial
