@@ -193,7 +193,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_tune_grid(args: argparse.Namespace) -> int:
-    from .runtime.models.tuning import tune_grid_file
+    from .runtime.evaluation.tune import tune_grid_file
 
     target = schedule(args) if args.diffusion_scale is None else schedule(args).with_diffusion_scale(args.diffusion_scale)
     path, grid = tune_grid_file(args.model, args.out, schedule=target, prediction=args.prediction,
@@ -230,7 +230,8 @@ def run_bench(args: argparse.Namespace) -> int:
     metrics = bench_metrics(args.model, args.metric)
     result = run_quality_bench(args.model, nfes, args.n, args.seed, include_peers=not args.no_peers,
                                full=not args.quick, log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print,
-                               prediction=args.prediction, grid_files=[f for g in args.grid_file for f in g.split(",") if f])
+                               prediction=args.prediction, grid_files=[f for g in args.grid_file for f in g.split(",") if f],
+                               save=args.save)
     print(json.dumps(result, indent=1) if args.json else format_report(result, metrics, args.markdown))
     if args.save:
         Path(args.save).write_text(json.dumps(result, indent=1))

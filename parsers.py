@@ -185,7 +185,7 @@ def _bench_parser(sub) -> None:
     p.add_argument("--prediction", default=None, choices=PREDICTIONS,
                    help="what an exact model outputs (default velocity; peers always get its velocity)")
     p.add_argument("--metric", default=None, help="comma-separated tables to print: the model's metrics, fd (digits) "
-                   "or fd, sw, weight_tv (exact mixtures); default all of them")
+                   "or fd, sw, weight_tv, nll_gap (exact mixtures), and path (all); default all of them")
     p.add_argument("--nfe", default="2,4,6,8,12,16")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..errors import LazyflowError  # noqa: E402
+from ..runtime.core.output import save_image_grid, tile_images  # noqa: E402  (sample grids, drawn by the runtime)
 
 __all__ = ["plot_schedules", "plot_drift", "plot_trajectories", "plot_samples", "plot_bench", "tile_images",
            "save_image_grid", "save_figure", "read_bench_result", "PALETTE"]
@@ -209,7 +210,7 @@ def plot_bench(result: dict | str | Path, out: str | Path | None = None):
     legend stays readable; every peer is drawn as it is."""
     if not isinstance(result, dict):
         result = json.loads(Path(result).read_text())
-    rows = result["rows"]
+    rows = [r for r in result["rows"] if not r.get("baseline")]   # the 0-NFE Gaussian map is no sampler
     fig, axes = plt.subplots(1, 2, figsize=(15, 7.5), constrained_layout=True, sharey=True)
     for ax, stochastic in zip(axes, (False, True)):
         colour = 0
@@ -244,27 +245,6 @@ def plot_bench(result: dict | str | Path, out: str | Path | None = None):
     if out is not None:
         fig.savefig(out, dpi=110)
     return fig
-
-
-def tile_images(x: torch.Tensor, columns: int | None = None) -> np.ndarray:
-    """Samples (n, C, H, W) in [-1, 1] (first channel) tiled into one array in [0, 1], 1-pixel grey borders."""
-    if x.dim() != 4:
-        raise LazyflowError(f"an image grid needs image samples (n, C, H, W), got shape {tuple(x.shape)}")
-    n, h, w = x.shape[0], x.shape[2], x.shape[3]
-    columns = columns or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / columns)
-    canvas = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1), 0.3)
-    images = ((x[:, 0].float().clamp(-1, 1) + 1) / 2).cpu().numpy()
-    for i in range(n):
-        r, c = divmod(i, columns)
-        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = images[i]
-    return canvas
-
-
-def save_image_grid(x: torch.Tensor, path: str | Path, columns: int | None = None, zoom: int = 4) -> None:
-    """Write samples (n, C, H, W) in [-1, 1] as a PNG grid, each pixel drawn ``zoom`` x ``zoom``."""
-    canvas = tile_images(x, columns)
-    plt.imsave(path, np.kron(canvas, np.ones((zoom, zoom))), cmap="gray_r", vmin=0, vmax=1, format="png")
 
 
 # --- files ---------------------------------------------------------------------------------------

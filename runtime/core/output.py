@@ -4,6 +4,7 @@ shard per rank (``OUT.rank00002-of-00008.npy``) and an index (``OUT.index.json``
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from ...errors import LazyflowError
 from .distributed import Ranks, gather_batches, share
 
-__all__ = ["OUTPUT_SUFFIXES", "Written", "output_path", "shard_path", "write_shard_index", "write_as_they_finish",
+__all__ = ["tile_images", "save_image_grid", "OUTPUT_SUFFIXES", "Written", "output_path", "shard_path", "write_shard_index", "write_as_they_finish",
            "write_batches", "read_samples"]
 
 #: raw samples, an image grid, a torch tensor
@@ -71,10 +72,34 @@ def _save(x: torch.Tensor, out: Path) -> None:
     elif out.suffix == ".pt":
         torch.save(x, partial)
     else:
-        from ...figures.plots import save_image_grid
-
         save_image_grid(x, partial)
     partial.replace(out)
+
+
+def tile_images(x: torch.Tensor, columns: int | None = None) -> np.ndarray:
+    """Samples (n, C, H, W) in [-1, 1] (first channel) tiled into one array in [0, 1], 1-pixel grey borders."""
+    import numpy as np
+
+    if x.dim() != 4:
+        raise LazyflowError(f"an image grid needs image samples (n, C, H, W), got shape {tuple(x.shape)}")
+    n, h, w = x.shape[0], x.shape[2], x.shape[3]
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    canvas = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1), 0.3)
+    images = ((x[:, 0].float().clamp(-1, 1) + 1) / 2).cpu().numpy()
+    for i in range(n):
+        r, c = divmod(i, columns)
+        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = images[i]
+    return canvas
+
+
+def save_image_grid(x: torch.Tensor, path: str | Path, columns: int | None = None, zoom: int = 4) -> None:
+    """Write samples (n, C, H, W) in [-1, 1] as a PNG grid, each pixel drawn ``zoom`` x ``zoom``."""
+    import numpy as np
+    from matplotlib import image
+
+    canvas = tile_images(x, columns)
+    image.imsave(path, np.kron(canvas, np.ones((zoom, zoom))), cmap="gray_r", vmin=0, vmax=1, format="png")
 
 
 def _stderr(line: str) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -36,7 +37,7 @@ from ..core.grids import GridSpec, make_grid
 from ..core.integrators import get_integrator
 from ..core.schedule import Schedule, load_schedule
 
-__all__ = ["tune_grid", "grid_loss", "times_from_logits", "logits_from_times", "nelder_mead", "reference_samples"]
+__all__ = ["tune_grid", "tune_grid_file", "grid_loss", "times_from_logits", "logits_from_times", "nelder_mead", "reference_samples"]
 
 
 def times_from_logits(theta: torch.Tensor, t0: float) -> torch.Tensor:
@@ -268,3 +269,19 @@ def _fit_interior_times(loss: _GridLoss, init_times: torch.Tensor, seed: int, be
     if after > before:   # never worse than the start (Nelder-Mead keeps the best vertex, so this is a guard)
         times, after = init_times, before
     return times, after, evals
+
+
+def tune_grid_file(model: str, out: str | Path, *, schedule: Any, prediction: str | None = None,
+                   log: Callable[[str], None] | None = None, **tuning: Any) -> tuple[Path, TunedGrid]:
+    """Tune a grid for ``model`` (from the model registry; ``prediction`` picks an exact model's output) in
+    ``schedule`` and write it to ``out`` (a ``.json`` file, refused before any work otherwise); ``tuning``
+    are the settings of :func:`tune_grid` (integrator, nfe, init, ...)."""
+    from ..core.gridfile import save_grid_file
+    from ..models.registry import load_measured
+
+    if not str(out).endswith(".json"):
+        raise LazyflowError(f"--out must end in .json, got {str(out)!r}")
+    loaded = load_measured(model, prediction)[1]
+    grid = tune_grid(loaded.model, model_name=model, schedule=schedule, source=loaded.source,
+                     prediction=loaded.prediction, log=log, **tuning)
+    return save_grid_file(grid, out), grid
