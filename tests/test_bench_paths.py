@@ -118,6 +118,7 @@ def test_data_frame_rows_carry_their_statistics_and_reproduce_from_the_written_f
     capsys.readouterr()
 
 
+@pytest.mark.slow   # 2,000 of the model's own samples; CI's slow pass runs it
 def test_digits_statistics_come_from_the_models_own_samples_with_their_cost():
     result = run_quality_bench("digits", [4], 20, 0, include_peers=False, **QUIET,
                                methods=[OurMethod("linear", "data-multistep-pc", "uniform", stats="diag")])

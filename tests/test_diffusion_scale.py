@@ -23,7 +23,8 @@ def _moments_by_rk4(schedule, t0: float, t1: float, n: int = 4000):
 
 
 @pytest.mark.parametrize("name", ["linear-sde", "vp-sde", "pointmass"])
-@pytest.mark.parametrize("scale", [0.0, 0.3, 1.0, 1.7])
+@pytest.mark.parametrize("scale", [0.0, pytest.param(0.3, marks=pytest.mark.slow), 1.0,
+                                   pytest.param(1.7, marks=pytest.mark.slow)])   # 0.3 and 1.7 in the slow pass
 def test_exponential_step_is_the_exact_solution_of_the_scaled_sde(name, scale):
     if scale == 0 and name == "pointmass":
         pytest.skip("a point-mass schedule needs diffusion")

@@ -83,6 +83,7 @@ def test_sample_command_refuses_bad_input(capsys):
     assert "--out must end in .npy, .png or .pt" in capsys.readouterr().err
 
 
+@pytest.mark.slow   # a whole bench on digits (8 s); CI's slow pass runs it
 def test_bench_rows_count_real_evaluations():
     result = run_quality_bench("digits", [2, 4], n=100, seed=0, include_peers=False, full=False, log=lambda *a: None)
     rows = result["rows"]
