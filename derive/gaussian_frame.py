@@ -22,6 +22,7 @@ from sympy.core.function import AppliedUndef
 from ..errors import SpecError
 from .formulas import derive, simplify
 from .limits import TimeLimit, call_with_time_limit
+from .parse import as_expression
 from .schedule import ScheduleSpec
 from .symbols import eta_X, eta_Z, mu as mu_symbol, t, t_next, v as v_symbol, w, x
 
@@ -37,40 +38,28 @@ LIMIT_SECONDS = 10.0
 _RESERVED = frozenset({t, t_next, x, w, eta_X, eta_Z})
 
 
-def _expr(value: object, what: str) -> sp.Expr:
-    """A number or SymPy expression (strings are refused: parse user text with parse_expression)."""
-    try:
-        expr = sp.sympify(value, strict=True)
-    except (sp.SympifyError, TypeError):
-        raise SpecError(f"{what} must be a number or a SymPy expression (parse user text with "
-                        f"lazyflow.derive.parse_expression), got {value!r}") from None
-    if not isinstance(expr, sp.Expr):
-        raise SpecError(f"{what} must be an expression, got {value!r}")
-    return expr
-
-
 def schedule_parts(schedule: Schedule, eps: sp.Expr | None = None,
                    v: sp.Expr | None = None) -> tuple[sp.Expr, sp.Expr, sp.Expr, sp.Expr]:
     """(alpha, beta, eps, v): a spec's own eps and data_var unless given; for a pair eps = 0 and v = v."""
     if isinstance(schedule, ScheduleSpec):
         alpha, beta = schedule.alpha, schedule.beta
-        eps = derive(schedule).eps if eps is None else _expr(eps, "eps")
-        v = schedule.data_var if v is None else _expr(v, "v")
+        eps = derive(schedule).eps if eps is None else as_expression(eps, "eps", "a number or a SymPy expression")
+        v = schedule.data_var if v is None else as_expression(v, "v", "a number or a SymPy expression")
         return alpha, beta, eps, v
     try:
         alpha, beta = schedule
     except (TypeError, ValueError):
         raise SpecError(f"a schedule is a ScheduleSpec or a pair (alpha, beta), got {schedule!r}") from None
-    eps = sp.Integer(0) if eps is None else _expr(eps, "eps")
-    v = v_symbol if v is None else _expr(v, "v")
-    return _expr(alpha, "alpha"), _expr(beta, "beta"), eps, v
+    eps = sp.Integer(0) if eps is None else as_expression(eps, "eps", "a number or a SymPy expression")
+    v = v_symbol if v is None else as_expression(v, "v", "a number or a SymPy expression")
+    return as_expression(alpha, "alpha"), as_expression(beta, "beta"), eps, v
 
 
 def data_mean_value(data_mean: object) -> sp.Expr | None:
     """The data mean mu as a SymPy expression, None for None or 0 (mean 0); a constant: no t, x, w, eta."""
     if data_mean is None:
         return None
-    mean = _expr(data_mean, "data_mean")
+    mean = as_expression(data_mean, "data_mean")
     clash = mean.free_symbols & _RESERVED
     if clash:
         raise SpecError(f"data_mean = {mean} depends on {sorted(map(str, clash))}; the mean of the data is a "
@@ -184,7 +173,7 @@ def residual_at_start(schedule: Schedule, data_mean: sp.Expr, mu: sp.Expr = mu_s
     alpha, beta, _, v = schedule_parts(schedule, sp.Integer(0), v)
     if not isinstance(beta, AppliedUndef) and _endpoint(beta, alpha, beta, 0) != 0:
         raise SpecError(f"eta_X(0, x) = E[X] needs beta_0 = 0, got beta = {sp.sstr(beta)}")
-    return _endpoint(gaussian_residual((alpha, beta), _expr(data_mean, "data_mean"), mu, v), alpha, beta, 0)
+    return _endpoint(gaussian_residual((alpha, beta), as_expression(data_mean, "data_mean"), mu, v), alpha, beta, 0)
 
 
 def residual_at_end(schedule: Schedule, mu: sp.Expr = mu_symbol, v: sp.Expr | None = None) -> sp.Expr:

@@ -41,7 +41,7 @@ from ..errors import SpecError
 from .formulas import derive, simplify
 from .gaussian_frame import centred_drift, data_mean_value
 from .limits import TimeLimit, call_with_time_limit
-from .parse import parse_expression
+from .parse import as_expression, parse_expression
 from .schedule import ScheduleSpec
 from .symbols import t, v as v_symbol, w
 from .validate import Validation, evaluate_on_grid, validate
@@ -128,10 +128,10 @@ def _solve(alpha, beta, sigma, data_var, name) -> list[tuple[ScheduleSpec, tuple
     if isinstance(sigma, str) and sigma not in ("ode", "optimal"):
         raise SpecError(f"sigma must be 'ode', 'optimal' or an expression to solve against, got {sigma!r}")
     v = _data_var(data_var)
-    alpha = None if alpha is None else _expression(alpha, "alpha")
-    beta = None if beta is None else _expression(beta, "beta")
+    alpha = None if alpha is None else as_expression(alpha, "alpha", "a SymPy expression in t")
+    beta = None if beta is None else as_expression(beta, "beta", "a SymPy expression in t")
     if sigma is not None and not isinstance(sigma, str):
-        sigma = _expression(sigma, "sigma")
+        sigma = as_expression(sigma, "sigma", "a SymPy expression in t")
     if sigma is None:
         return _solve_sigma(alpha, beta, v, name)
     if beta is not None:
@@ -153,17 +153,6 @@ def _data_var(data_var) -> sp.Expr:
     if value.is_positive is not True or value.is_finite is not True:
         raise SpecError(f"data_var must be positive and finite (the data variance v of N(0, v I)), got {value}")
     return value
-
-
-def _expression(value, what: str) -> sp.Expr:
-    try:
-        expr = sp.sympify(value, strict=True)
-    except (sp.SympifyError, TypeError):
-        raise SpecError(f"{what} must be a SymPy expression in t (parse user text with parse_expression), "
-                        f"got {value!r}") from None
-    if not isinstance(expr, sp.Expr):
-        raise SpecError(f"{what} must be an expression in t, got {value!r}")
-    return expr
 
 
 def _diffusion(sigma: str | sp.Expr) -> tuple[str, sp.Expr | None]:

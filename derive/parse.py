@@ -36,8 +36,8 @@ import sympy as sp
 from ..errors import ExpressionError
 from .symbols import t
 
-__all__ = ["ExpressionError", "parse_expression", "ALLOWED_FUNCTIONS", "ALLOWED_CONSTANTS", "MAX_LENGTH",
-           "MAX_NESTING", "MAX_TREE_DEPTH", "MAX_LITERAL", "MAX_CONSTANT", "MAX_POWER_DIGITS",
+__all__ = ["ExpressionError", "parse_expression", "as_expression", "ALLOWED_FUNCTIONS", "ALLOWED_CONSTANTS",
+           "MAX_LENGTH", "MAX_NESTING", "MAX_TREE_DEPTH", "MAX_LITERAL", "MAX_CONSTANT", "MAX_POWER_DIGITS",
            "MAX_SYMBOLIC_EXPONENT"]
 
 
@@ -484,3 +484,15 @@ def _binop_shadow(op: type, left: complex | None, right: complex | None) -> comp
 def _short_repr(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def as_expression(value: object, what: str, kind: str = "a SymPy expression") -> sp.Expr:
+    """A number or SymPy expression given in code, as an expression; strings are refused (``sympify`` in
+    strict mode converts no text: user text goes through :func:`parse_expression`)."""
+    try:
+        expr = sp.sympify(value, strict=True)
+    except (sp.SympifyError, TypeError):
+        raise ExpressionError(f"{what} must be {kind} (parse user text with parse_expression), got {value!r}") from None
+    if not isinstance(expr, sp.Expr):
+        raise ExpressionError(f"{what} must be an expression, got {value!r}")
+    return expr
