@@ -39,8 +39,8 @@ class SourceUniform:
 @dataclass(frozen=True)
 class LogSNR:
     """Interior points uniform in log snr over [lo, hi]; the ends are t = 0 and t = 1.  Beyond 16 steps
-    the range widens by log2(N / 16) half-widths on each side, so that the first and last steps shrink
-    and the grid converges as N grows."""
+    the range widens by ln(N / 16) on each side, so that the first and last steps shrink and the grid
+    converges as N grows."""
 
     lo: float = -3.0
     hi: float = 3.0
@@ -171,7 +171,7 @@ def _spaced_log_snrs(grid: Union[LogSNR, EDM, SourceUniform], source: Schedule, 
     if isinstance(grid, LogSNR):
         if not grid.lo < grid.hi:
             raise LazyflowError(f"logsnr grid needs lo < hi, got {grid}")
-        widen = (grid.hi - grid.lo) / 2 * _widening(steps)
+        widen = _widening(steps)
         return torch.linspace(grid.lo - widen, grid.hi + widen, steps + 1, dtype=torch.float64)
     return -torch.log(_edm_noise_levels(grid, steps))
 
@@ -181,10 +181,10 @@ WIDEN_AFTER = 16
 
 
 def _widening(steps: int) -> float:
-    """log2(N / 16) for N > 16 steps, else 0: how far a spaced grid's log-snr range grows on each side (in
-    half-widths), so that its first and last steps (from snr 0 and into t = 1) shrink as N grows and the
-    grid converges; grids of at most 16 steps are unchanged."""
-    return math.log2(steps / WIDEN_AFTER) if steps > WIDEN_AFTER else 0.0
+    """ln(N / 16) for N > 16 steps, else 0: how far (in log snr) a spaced grid's range grows on each side,
+    so that its first and last steps (from snr 0 and into t = 1) shrink as N grows and the grid converges,
+    while its interior spacing still falls about as 1/N; grids of at most 16 steps are unchanged."""
+    return math.log(steps / WIDEN_AFTER) if steps > WIDEN_AFTER else 0.0
 
 
 def _edm_noise_levels(grid: EDM, steps: int) -> torch.Tensor:
