@@ -15,8 +15,8 @@ import torch
 from ...errors import LazyflowError
 from .distributed import Ranks, gather_batches, share
 
-__all__ = ["tile_images", "save_image_grid", "OUTPUT_SUFFIXES", "Written", "output_path", "shard_path", "write_shard_index", "write_as_they_finish",
-           "write_batches", "read_samples"]
+__all__ = ["tile_images", "save_image_grid", "OUTPUT_SUFFIXES", "Written", "output_path", "shard_path",
+           "write_shard_index", "write_as_they_finish", "write_batches", "read_samples"]
 
 #: raw samples, an image grid, a torch tensor
 OUTPUT_SUFFIXES = (".npy", ".png", ".pt")

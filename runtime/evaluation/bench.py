@@ -31,7 +31,7 @@ from ...errors import LazyflowError
 from ..core.integrators import INTEGRATORS
 from ..models.kind import LoadedModel, ModelKind, Scorer
 from .data_rows import STATS_SAMPLES, BenchStats, bench_stats, gaussian_map, stats_kinds
-from .goals import TIE, best_row, path_goals_markdown, rank_value
+from .goals import best_row, path_goals_markdown, rank_value, versus
 from .paths import PathReference, path_reference
 from .scorers import PATH_METRIC, DigitsScorer, kind_metrics, scorer_factory
 
@@ -650,18 +650,6 @@ def best_by_kind(result: dict, metric: str = "fd") -> str:
     return "\n".join(lines)
 
 
-def _best(result: dict, metric: str, budget: int, peer: bool, stochastic: bool, tuned: bool = False) -> dict | None:
-    return best_row(result, metric, budget, peer, stochastic, tuned)
-
-
-def _versus(ours: float, theirs: float, metric: str = "fd") -> str:
-    """'x% lower', 'tie' or 'x% higher' for ours against theirs (TIE: within 5%; nll_gap in absolute value)."""
-    change = rank_value(metric, ours) / rank_value(metric, theirs) - 1
-    if abs(change) <= TIE:
-        return f"tie ({change:+.0%})"
-    return f"{-change:.0%} lower" if change < 0 else f"{change:.0%} higher"
-
-
 def goals_markdown(result: dict, metric: str = "fd") -> str:
     """The best of each kind per budget as a markdown table, with the bench's goals checked: at 4 and 6 NFE
     the best deterministic sampler of ours 20% below the best deterministic peer; at 4 NFE the best
@@ -672,23 +660,23 @@ def goals_markdown(result: dict, metric: str = "fd") -> str:
              "best stochastic peer |", "|---|---|---|---|---|---|"]
     verdicts = []
     for budget in result["nfe_budgets"]:
-        ours = _best(result, metric, budget, False, False, tuned=True)
-        peer = _best(result, metric, budget, True, False)
-        ours_sde = _best(result, metric, budget, False, True, tuned=True)
-        peer_sde = _best(result, metric, budget, True, True)
+        ours = best_row(result, metric, budget, False, False, tuned=True)
+        peer = best_row(result, metric, budget, True, False)
+        ours_sde = best_row(result, metric, budget, False, True, tuned=True)
+        peer_sde = best_row(result, metric, budget, True, True)
 
         def cell(row):
             if row is None:
                 return "-"
             mark = " (tuned)" if row.get("tuned") else ""
             return f"{_fmt3(row[metric])} {row['method']}{mark}"
-        versus = _versus(ours[metric], peer[metric], metric) if ours and peer else "-"
-        lines.append(f"| {budget} | {cell(ours)} | {cell(peer)} | {versus} | {cell(ours_sde)} | {cell(peer_sde)} |")
+        against = versus(metric, ours[metric], peer[metric])[1] if ours and peer else "-"
+        lines.append(f"| {budget} | {cell(ours)} | {cell(peer)} | {against} | {cell(ours_sde)} | {cell(peer_sde)} |")
         if budget in (4, 6) and ours and peer:
             met = rank_value(metric, ours[metric]) <= 0.8 * rank_value(metric, peer[metric])
             verdicts.append(f"- {budget} NFE, deterministic 20% below the best deterministic peer: "
                             f"{'met' if met else 'missed'} ({_fmt3(ours[metric])} against {_fmt3(peer[metric])}, "
-                            f"{_versus(ours[metric], peer[metric], metric)})")
+                            f"{versus(metric, ours[metric], peer[metric])[1]})")
         if budget == 4 and ours_sde and peer:
             met = rank_value(metric, ours_sde[metric]) <= rank_value(metric, peer[metric])
             verdicts.append(f"- 4 NFE, stochastic at or below the best deterministic peer: {'met' if met else 'missed'}"

@@ -12,7 +12,7 @@ values within :data:`TIE` (5%) of each other are a tie, and so are two values bo
 that exact samples score (the result's floors, where measured); a tie is no worse."""
 from __future__ import annotations
 
-__all__ = ["TIE", "PATH_GOAL", "PATH_GOAL_BUDGETS", "ABSOLUTE_METRICS", "rank_value", "best_row", "compare",
+__all__ = ["TIE", "PATH_GOAL", "PATH_GOAL_BUDGETS", "ABSOLUTE_METRICS", "rank_value", "best_row", "compare", "versus",
            "path_goals_markdown"]
 
 #: two numbers within this relative distance are called a tie (the same algorithm from other noise moves
@@ -50,10 +50,15 @@ def _floor_top(result: dict, metric: str) -> float | None:
 
 def compare(result: dict, metric: str, ours: float, theirs: float) -> tuple[bool, str]:
     """(ours no worse than theirs, a phrase): 'tie (+3%)', 'tie (both within the floor)', 'x% lower/higher'."""
-    a, b = rank_value(metric, ours), rank_value(metric, theirs)
     top = _floor_top(result, metric)
-    if top is not None and a <= top and b <= top:
+    if top is not None and rank_value(metric, ours) <= top and rank_value(metric, theirs) <= top:
         return True, "tie (both within the floor)"
+    return versus(metric, ours, theirs)
+
+
+def versus(metric: str, ours: float, theirs: float) -> tuple[bool, str]:
+    """(ours no worse, 'tie (+3%)' or 'x% lower/higher'): ties within :data:`TIE`, nll_gap in absolute value."""
+    a, b = rank_value(metric, ours), rank_value(metric, theirs)
     change = a / b - 1 if b else (0.0 if a == b else float("inf"))
     if abs(change) <= TIE:
         return True, f"tie ({change:+.0%})"
