@@ -92,12 +92,10 @@ class DataFrameCoefficients(Tables):
             if k + 1 < plan.steps:
                 m = yield Call(x_next, plan.tau[k + 1], plan.in_scale[k + 1], k + 1)
                 f = self.residual(k + 1, x_next, y_next, m)
-                if self.corrector is not None:
-                    y_next = self.A[k] * y + _weighted(self.corrector, k, [f, *history[:-1]])
-                    x_corrected = self.state(k + 1, y_next)
                 observe(callback, plan, k + 1, x_next, plan.P[k + 1] * x_next + plan.Q[k + 1] * m)
-                if self.corrector is not None:
-                    x_next = x_corrected
+                if self.corrector is not None:   # the step redone with the residual just seen at its end
+                    y_next = self.A[k] * y + _weighted(self.corrector, k, [f, *history[:-1]])
+                    x_next = self.state(k + 1, y_next)
             y, x = y_next, x_next
             if progress is not None:
                 progress(1)
