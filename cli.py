@@ -37,9 +37,24 @@ def _params(items: list[str], flag: str = "--param") -> dict[str, str]:
 
 
 def _schedule_parts(args: argparse.Namespace) -> dict[str, Any]:
-    """The schedule flags besides --schedule, as the keywords of spec_from_parts and load_schedule_parts."""
+    """The schedule flags besides --schedule, as the keywords of spec_from_parts and load_schedule_parts
+    (with the command's default, used only when neither --schedule nor --alpha/--beta is given)."""
     return {"alpha": args.alpha, "beta": args.beta, "sigma": args.sigma, "params": _params(args.param),
-            "data_var": args.data_var, "name": args.name}
+            "data_var": args.data_var, "name": args.name, "default": getattr(args, "schedule_default", None)}
+
+
+def schedule_given(args: argparse.Namespace) -> bool:
+    """True when any flag of the schedule group was given (for commands whose default is many schedules)."""
+    return any(getattr(args, key) not in (None, []) for key in ("schedule", "alpha", "beta", "sigma", "param",
+                                                                "data_var", "name"))
+
+
+def schedule_text(args: argparse.Namespace) -> str:
+    """The schedule the flags name as one text load_schedule resolves (a generated kernel's path for
+    expressions, parameters or a changed diffusion)."""
+    from .runtime.core.schedule import schedule_text_parts
+
+    return schedule_text_parts(args.schedule, **_schedule_parts(args))
 
 
 def schedule_spec(args: argparse.Namespace):
@@ -107,7 +122,7 @@ def run_lazy(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     from .derive import convert, derive, resolve
 
-    source, target = resolve(args.source).substituted(), resolve(args.target).substituted()
+    source, target = resolve(args.source).substituted(), schedule_spec(args).substituted()
     conv = convert(source, target)
     if conv.closed_form:
         values = {"time_map": conv.time_map, "scale": conv.scale, "diffusion": conv.target_eps(derive(source).eps)}
@@ -228,7 +243,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.n < 10:
         raise LazyflowError(f"--n must be at least 10 (the Fréchet distance needs a covariance), got {args.n}")
     metrics = bench_metrics(args.model, args.metric)
-    result = run_quality_bench(args.model, nfes, args.n, args.seed, include_peers=not args.no_peers,
+    methods = _bench_methods(args) if schedule_given(args) else None
+    result = run_quality_bench(args.model, nfes, args.n, args.seed, include_peers=not args.no_peers, methods=methods,
                                full=not args.quick, log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print,
                                prediction=args.prediction, grid_files=[f for g in args.grid_file for f in g.split(",") if f],
                                save=args.save)
@@ -240,6 +256,17 @@ def run_bench(args: argparse.Namespace) -> int:
 
         print(f"wrote {save_figure(plot_bench(result), args.plot)}")
     return 0
+
+
+def _bench_methods(args: argparse.Namespace) -> list:
+    """The rows of ours for one given schedule: each one-call integrator on the uniform grid (and logsnr
+    unless --quick)."""
+    from .runtime.evaluation.bench import OurMethod
+
+    text = schedule_text(args)
+    grids = ("uniform",) if args.quick else ("uniform", "logsnr")
+    return [OurMethod(text, integrator, grid) for integrator in ("euler", "multistep", "multistep-pc")
+            for grid in grids]
 
 
 def run_overhead(args: argparse.Namespace) -> int:
@@ -257,6 +284,8 @@ def run_plot(args: argparse.Namespace) -> int:
     from .figures import plots
 
     names = [n.strip() for n in getattr(args, "schedules", "").split(",") if n.strip()]
+    if args.kind != "bench" and schedule_given(args):
+        names = [schedule_text(args)]
     if args.kind == "schedules":
         fig = plots.plot_schedules(names, source=args.source)
     elif args.kind == "drift":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
+from .runtime.core import defaults as DEFAULTS
+
 __all__ = ["build_parser", "join_expressions", "PREDICTIONS"]
 
 PREDICTIONS = ("velocity", "x", "noise", "score")
@@ -57,16 +59,26 @@ def _models_help(more: str) -> _Lazy:
 
 # --- schedules: one identity for every subcommand ----------------------------------------------------
 
-def _schedule_args(p: argparse.ArgumentParser, *, default: str | None = None) -> None:
-    p.add_argument("--schedule", default=default,
-                   help="preset name, a .toml schedule or a kernel .py file" + (f" (default {default})" if default else ""))
-    p.add_argument("--alpha", help="alpha(t), e.g. 'cos(pi*t/2)' (with --beta, instead of --schedule)")
-    p.add_argument("--beta", help="beta(t), e.g. 'sin(pi*t/2)'")
-    p.add_argument("--sigma", help="ode, optimal, lazy or an expression for sigma(t)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+def _schedule_args(p: argparse.ArgumentParser, *, default: str | None = None, what: str = "the schedule",
+                   alias: str | None = None) -> None:
+    """The one schedule group of every command that takes a schedule: a preset, a ``.toml`` or kernel ``.py``
+    file, or ``--alpha/--beta`` expressions, each with ``--sigma``, ``--param``, ``--data-var`` and ``--name``.
+    ``--schedule`` is None unless given; ``schedule_default`` holds the command's default (used only when
+    neither --schedule nor --alpha/--beta is given: lazyflow.derive.flags.spec_from_parts)."""
+    g = p.add_argument_group(what, "a preset name, a .toml schedule, a kernel .py file, or --alpha and --beta "
+                             "expressions in t (never both)")
+    names = ["--schedule", *([alias] if alias else [])]
+    g.add_argument(*names, dest="schedule", default=None, metavar="SCHEDULE",
+                   help="preset name, a .toml schedule or a kernel .py file" + (f" (default {default})" if default
+                                                                                 else ""))
+    g.add_argument("--alpha", help="alpha(t), e.g. 'cos(pi*t/2)' (with --beta, instead of --schedule)")
+    g.add_argument("--beta", help="beta(t), e.g. 'sin(pi*t/2)'")
+    g.add_argument("--sigma", help="ode, optimal, lazy or an expression for sigma(t)")
+    g.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="a schedule parameter, e.g. shift=1.7 for sd3 (repeatable)")
-    p.add_argument("--data-var", default=None, help="data variance v of the Gaussian oracle (default 1)")
-    p.add_argument("--name", default=None, help="a name for a schedule given by expressions")
+    g.add_argument("--data-var", default=None, help="data variance v of the Gaussian oracle (default 1)")
+    g.add_argument("--name", default=None, help="a name for a schedule given by expressions")
+    p.set_defaults(schedule_default=default)
 
 
 # --- one short function per subcommand -------------------------------------------------------
@@ -98,7 +110,7 @@ def _formula_parsers(sub) -> None:
     _output_args(p)
     p = _command(sub, "convert", "time map and scale from a target schedule to a source schedule")
     p.add_argument("--source", required=True, help="schedule the model was trained on (preset, .toml or kernel .py)")
-    p.add_argument("--target", required=True, help="schedule to sample in (preset, .toml or kernel .py)")
+    _schedule_args(p, what="the target schedule (the one to sample in; --target is --schedule)", alias="--target")
     _output_args(p)
     p = _command(sub, "emit", "generate a PyTorch kernel module for a schedule")
     _schedule_args(p)
@@ -108,12 +120,12 @@ def _formula_parsers(sub) -> None:
 
 def _run_args(p: argparse.ArgumentParser, *, integrator: str, what: str, scale: str, prediction: str) -> None:
     """The schedule, integrator, final step, diffusion scale and prediction of a sampling run."""
-    _schedule_args(p, default="pointmass")
+    _schedule_args(p, default=DEFAULTS.SCHEDULE)
     p.add_argument("--integrator", default=integrator, choices=_names("core.integrators", "INTEGRATORS"),
                    metavar="NAME", help=_integrators_help(what, integrator))
     p.add_argument("--final-step", default=None, choices=_names("core.integrators", "FINAL_STEPS"), metavar="STEP",
                    help=_Lazy(lambda: "the last step: " + ", ".join(_registry("core.integrators", "FINAL_STEPS"))
-                              + " (the denoised mean eta_X; default euler)"))
+                              + f" (the denoised mean eta_X; default {DEFAULTS.FINAL_STEP})"))
     p.add_argument("--diffusion-scale", type=float, default=None, metavar="LAMBDA", help=scale)
     p.add_argument("--prediction", default=None, choices=PREDICTIONS, help=prediction)
 
@@ -141,18 +153,19 @@ def _sample_parser(sub) -> None:
     p.add_argument("--model", default="digits", help=_models_help("; or a model file, or a checkpoint with "
                                                                   "--model-kind (default digits)"))
     _sit_args(p)
-    _run_args(p, integrator="euler", what="the integrator", scale="sigma = LAMBDA * the schedule's sigma (0: its ODE; "
+    _run_args(p, integrator=DEFAULTS.INTEGRATOR, what="the integrator", scale="sigma = LAMBDA * the schedule's sigma (0: its ODE; "
               "default 1, or a tuned grid file's); a stochastic schedule only", prediction="the model's output "
               "(default: the model's own, else velocity; an exact model answers with the one asked)")
     p.add_argument("--source", default=None, help="schedule the model was trained on (default: the model's own, "
                    "else linear)")
     p.add_argument("--source-param", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter of the source schedule, e.g. shift=3 (repeatable)")
-    p.add_argument("--steps", type=int, default=None, help="steps (default 8, or a tuned --grid file's)")
-    p.add_argument("--grid", default="uniform", help=_Lazy(lambda: ", ".join(_registry("core.grids", "GRIDS")) +
+    p.add_argument("--steps", type=int, default=None, help=f"steps (default {DEFAULTS.STEPS}, or a tuned --grid "
+                   "file's)")
+    p.add_argument("--grid", default=DEFAULTS.GRID, help=_Lazy(lambda: ", ".join(_registry("core.grids", "GRIDS")) +
                    ", logsnr:FIRST,LAST (uniform in log snr between these, from t = 0), logsnr-open:FIRST,LAST "
                    "(starting at log snr FIRST: for noise and score models), a tuned grid's .json file (lazyflow "
-                   "tune-grid), or comma-separated times (default uniform)"))
+                   f"tune-grid), or comma-separated times ending at 1 (default {DEFAULTS.GRID})"))
     p.add_argument("--shape", default=None, help="data shape, e.g. 1,8,8 (default: the model's own)")
     p.add_argument("--data-stats", default=None, metavar="FILE", help="the data's statistics (a DataStats .safetensors "
                    "file) for the data-frame integrators")
@@ -196,6 +209,7 @@ def _bench_parser(sub) -> None:
                    "markdown table, each goal checked: ours against the best peer at 4 and 6 NFE, each family "
                    "against its converged reference at 8 (what the README shows)")
     p.add_argument("--no-peers", action="store_true")
+    _schedule_args(p, what="only this schedule's rows of ours (default: every schedule the bench compares)")
     p.add_argument("--quick", action="store_true", help="uniform grids only")
     p.add_argument("--grid-file", action="append", default=[], metavar="FILE.json",
                    help="a tuned grid (lazyflow tune-grid; repeatable or comma-separated): scored at its own NFE beside "
@@ -239,6 +253,7 @@ def _plot_parser(sub) -> None:
     common.add_argument("--out", required=True, help="PNG file to write")
     common.add_argument("--schedules", default="linear,vp,pointmass", help="comma-separated presets, .toml or kernel "
                         ".py files")
+    _schedule_args(common, what="one schedule drawn instead of --schedules")
     kinds.add_parser("schedules", parents=[common], help="alpha, beta, log snr, sigma, eps*, time map, scale") \
         .add_argument("--source", default="linear")
     kinds.add_parser("drift", parents=[common], help="Gaussian drift and drift norm along 2D paths") \

@@ -13,7 +13,7 @@ from .parse import parse_expression
 from .schedule import DIFFUSION_KEYWORDS, ScheduleSpec, from_expressions, resolve
 from .symbols import mu, v
 
-__all__ = ["spec_from_parts", "lazy_inputs", "data_variance", "data_mean", "param_numbers"]
+__all__ = ["spec_from_parts", "chosen_schedule", "lazy_inputs", "data_variance", "data_mean", "param_numbers"]
 
 
 def param_numbers(params: Mapping[str, str] | None, flag: str = "--param") -> dict[str, float]:
@@ -49,14 +49,26 @@ def _with_sigma(spec: ScheduleSpec, sigma: str) -> ScheduleSpec:
     return spec.with_diffusion("sigma", parse_expression(sigma, dict(spec.param_symbols), what="sigma"))
 
 
+def chosen_schedule(schedule: str | None, alpha: str | None, beta: str | None, default: str | None) -> str | None:
+    """The schedule named by ``schedule``, else ``default`` when no expressions are given either (a default
+    never counts as given); refuses a schedule with expressions, and one expression without the other."""
+    if schedule is not None and (alpha is not None or beta is not None):
+        raise LazyflowError("give either --schedule or --alpha/--beta, not both")
+    if (alpha is None) != (beta is None):
+        raise LazyflowError("give --schedule NAME, or both --alpha and --beta (only --"
+                            f"{'alpha' if beta is None else 'beta'} was given)")
+    if schedule is not None and not str(schedule).strip():
+        raise LazyflowError("--schedule: empty name; give a preset, a .toml or a kernel .py file")
+    return schedule if schedule is not None or alpha is not None else default
+
+
 def spec_from_parts(schedule: str | None = None, *, alpha: str | None = None, beta: str | None = None,
                     sigma: str | None = None, params: Mapping[str, str] | None = None, data_var: str | None = None,
-                    name: str | None = None) -> ScheduleSpec:
+                    name: str | None = None, default: str | None = None) -> ScheduleSpec:
     """The spec that ``schedule`` (a preset, ``.toml`` or kernel ``.py``; ``params`` rebind its parameters)
     or ``alpha`` and ``beta`` (expressions in t; ``params`` are their parameters' defaults) name, with the
-    diffusion ``sigma`` and the data variance ``data_var`` when given."""
-    if schedule and (alpha or beta):
-        raise LazyflowError("give either --schedule or --alpha/--beta, not both")
+    diffusion ``sigma`` and the data variance ``data_var`` when given; ``default`` when neither is given."""
+    schedule = chosen_schedule(schedule, alpha, beta, default)
     if schedule:
         spec = resolve(schedule)
         if params:

@@ -24,7 +24,7 @@ import torch
 from .. import kernels
 from ...errors import LazyflowError
 
-__all__ = ["Schedule", "ScheduleValues", "load_schedule", "param_numbers", "load_schedule_parts", "cache_dir", "invert_log_snr"]
+__all__ = ["Schedule", "ScheduleValues", "load_schedule", "param_numbers", "load_schedule_parts", "schedule_text_parts", "cache_dir", "invert_log_snr"]
 
 
 @dataclass(frozen=True)
@@ -306,17 +306,37 @@ def load_schedule(schedule: Any, /, **params: float) -> Schedule:
 
 def load_schedule_parts(schedule: Any = None, /, *, alpha: str | None = None, beta: str | None = None,
                         sigma: str | None = None, params: Mapping[str, str] | None = None,
-                        data_var: str | None = None, name: str | None = None) -> Schedule:
+                        data_var: str | None = None, name: str | None = None, default: Any = None) -> Schedule:
     """The schedule the command line's parts name: ``schedule`` (anything :func:`load_schedule` takes) with
     ``params`` (NAME -> number text) bound, or expressions ``alpha``/``beta`` (with ``params`` as their
-    parameters' defaults).  A changed diffusion ``sigma``, a ``data_var`` or expressions need SymPy
+    parameters' defaults); ``default`` when neither is given (a default never counts as given).  A changed
+    diffusion ``sigma``, a ``data_var`` or expressions need SymPy
     (:func:`lazyflow.derive.flags.spec_from_parts`; the kernel is generated once into :func:`cache_dir`)."""
-    if alpha or beta or sigma or data_var is not None:
+    if alpha is not None or beta is not None or sigma or data_var is not None:
         from ...derive.flags import spec_from_parts  # SymPy, only for what needs a new kernel
 
         return load_schedule(spec_from_parts(schedule, alpha=alpha, beta=beta, sigma=sigma, params=params,
-                                             data_var=data_var, name=name))
+                                             data_var=data_var, name=name, default=default))
+    if schedule is None:
+        schedule = default
+    if schedule is None or (isinstance(schedule, str) and not schedule.strip()):
+        raise LazyflowError("give --schedule NAME, or both --alpha and --beta")
     return load_schedule(schedule, **param_numbers(params))
+
+
+def schedule_text_parts(schedule: str | None = None, /, *, alpha: str | None = None, beta: str | None = None,
+                        sigma: str | None = None, params: Mapping[str, str] | None = None,
+                        data_var: str | None = None, name: str | None = None, default: str | None = None) -> str:
+    """The parts of :func:`load_schedule_parts` as one text that :func:`load_schedule` resolves to the same
+    schedule (for what names schedules by text: bench rows, plots): the preset or file itself when nothing
+    else is given, else the path of the kernel generated for them (parameters bound as its defaults)."""
+    if alpha is None and beta is None and not sigma and data_var is None and not params:
+        load_schedule_parts(schedule, default=default)   # refused here if it names no schedule
+        return str(default if schedule is None else schedule)
+    from ...derive.flags import spec_from_parts  # SymPy: the bound spec gets its own kernel
+
+    return str(load_schedule(spec_from_parts(schedule, alpha=alpha, beta=beta, sigma=sigma, params=params,
+                                             data_var=data_var, name=name, default=default)).kernel.__file__)
 
 
 def param_numbers(params: Mapping[str, str] | None, flag: str = "--param") -> dict[str, float]:
