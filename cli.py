@@ -191,6 +191,7 @@ def run_sample(args: argparse.Namespace) -> int:
                          steps=args.steps, integrator=args.integrator, final_step=args.final_step,
                          grid=parse_grid(args.grid), seed=args.seed, batch_size=args.batch_size, device=args.device,
                          compile=args.compile, capture=args.capture, shards=args.shards,
+                         force=args.force, resume=args.resume,
                          note=lambda line: print(f"lazyflow sample: {line}", file=sys.stderr))
     for line in run.report(args.grid):
         print(line)
@@ -283,6 +284,8 @@ def run_overhead(args: argparse.Namespace) -> int:
 def run_plot(args: argparse.Namespace) -> int:
     from .figures import plots
 
+    if args.kind == "all":
+        return _plot_all(args)
     names = [n.strip() for n in getattr(args, "schedules", "").split(",") if n.strip()]
     if args.kind != "bench" and schedule_given(args):
         names = [schedule_text(args)]
@@ -298,6 +301,15 @@ def run_plot(args: argparse.Namespace) -> int:
     else:
         fig = plots.plot_bench(plots.read_bench_result(args.source_json))
     print(f"wrote {plots.save_figure(fig, args.out)}")
+    return 0
+
+
+def _plot_all(args: argparse.Namespace) -> int:
+    """``lazyflow plot all``: every committed figure, drawn into ``--out-dir``."""
+    from .figures.catalog import BENCH_JSON, draw_all
+
+    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    draw_all(args.out_dir, only=only, bench=args.source_json or BENCH_JSON, log=print)
     return 0
 
 

@@ -11,9 +11,18 @@ from typing import Any, Callable
 
 from .runtime.core import defaults as DEFAULTS
 
-__all__ = ["build_parser", "join_expressions", "PREDICTIONS"]
+__all__ = ["build_parser", "join_expressions", "PREDICTIONS", "OneLineParser"]
 
 PREDICTIONS = ("velocity", "x", "noise", "score")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose refusals are one line on stderr (exit 2), as every other refusal of the
+    command line: ``lazyflow sample: error: MESSAGE (lazyflow sample --help lists the flags)``."""
+
+    def error(self, message: str) -> None:   # argparse's own prints the usage first: several lines
+        text = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {text} ({self.prog} --help lists the flags)\n")
 
 
 # --- registries, read when argparse checks a value or prints help -----------------------------------
@@ -181,6 +190,11 @@ def _sample_parser(sub) -> None:
                    "torchrun rank 0 writes it after gathering every rank's samples")
     p.add_argument("--shards", action="store_true", help="under torchrun: each rank writes its own share as "
                    "OUT.rankRRRRR-of-WWWWW.SUFFIX and rank 0 writes OUT.index.json (no gathering; for large runs)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--force", action="store_true", help="overwrite existing output (and drop an unfinished run "
+                       "kept in OUT.partial/)")
+    again.add_argument("--resume", action="store_true", help="continue a killed run from the batches it finished "
+                       "(kept in OUT.partial/; same settings, refused otherwise); the output equals an uninterrupted run's")
 
 
 def _train_parser(sub) -> None:
@@ -268,6 +282,12 @@ def _plot_parser(sub) -> None:
     q = kinds.add_parser("bench", help="quality against NFE from a bench JSON")
     q.add_argument("--from", dest="source_json", required=True, help="JSON written by lazyflow bench --save")
     q.add_argument("--out", required=True)
+    q = kinds.add_parser("all", help="redraw every figure committed in figures/ with the settings that drew it")
+    q.add_argument("--out-dir", required=True, help="folder to write the PNGs into (figures/ redraws the committed ones)")
+    q.add_argument("--only", default=None, metavar="FILES", help="comma-separated file names, e.g. schedules.png "
+                   "(default: every figure)")
+    q.add_argument("--from", dest="source_json", default=None, metavar="FILE", help="the bench result of "
+                   "quality_vs_nfe.png (default: the committed figures/bench_digits.json)")
 
 
 def _stats_parser(sub) -> None:
@@ -296,8 +316,11 @@ def _stats_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``lazyflow`` parser with every subcommand (``args.command`` names the one given)."""
-    parser = argparse.ArgumentParser(prog="lazyflow", description="Sample pretrained flow models in fewer steps "
-                                     "by integrating them in a lazy schedule.")
+    from . import __version__
+
+    parser = OneLineParser(prog="lazyflow", description="Sample pretrained flow models in fewer steps "
+                           "by integrating them in a lazy schedule.")
+    parser.add_argument("--version", action="version", version=f"lazyflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_formula_parsers, _sample_parser, _train_parser, _bench_parser, _tune_parser, _overhead_parser,
                 _plot_parser, _stats_parser):

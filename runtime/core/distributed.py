@@ -16,7 +16,8 @@ import torch
 
 from ...errors import LazyflowError
 
-__all__ = ["Ranks", "ranks_of", "share", "gather", "gather_batches", "launched_by_torchrun", "local_device"]
+__all__ = ["Ranks", "ranks_of", "share", "gather", "gather_batches", "launched_by_torchrun", "local_device", "barrier",
+           "agree"]
 
 
 @dataclass(frozen=True)
@@ -96,3 +97,27 @@ def gather_batches(pieces: list[torch.Tensor], n: int, data_shape: tuple[int, ..
     ranks than samples), then :func:`gather`ed into all n samples."""
     local = torch.cat(pieces) if pieces else torch.empty((0, *data_shape), device=device, dtype=dtype)
     return gather(local, n, ranks)
+
+
+def barrier(ranks: Ranks) -> None:
+    """Wait for every rank (nothing for one process)."""
+    if not ranks.single:
+        import torch.distributed as dist
+
+        dist.barrier(group=ranks.group)
+
+
+def agree(ranks: Ranks, refusal: str | None) -> None:
+    """Every rank's verdict on starting, made one: if any rank refuses, all raise its reason (so that no
+    rank waits for one that stopped)."""
+    if ranks.single:
+        if refusal:
+            raise LazyflowError(refusal)
+        return
+    import torch.distributed as dist
+
+    verdicts: list[Any] = [None] * ranks.world
+    dist.all_gather_object(verdicts, refusal, group=ranks.group)
+    for rank, verdict in enumerate(verdicts):
+        if verdict:
+            raise LazyflowError(verdict if rank == ranks.rank else f"rank {rank}: {verdict}")

@@ -1,6 +1,8 @@
-"""Samples into files as their batches finish: ``.npy`` (raw samples), ``.pt`` (a torch tensor) or ``.png``
-(an image grid).  Under torchrun, one file written by rank 0 after gathering every rank's samples, or one
-shard per rank (``OUT.rank00002-of-00008.npy``) and an index (``OUT.index.json``) that rank 0 writes."""
+"""Samples into files: ``.npy`` (raw samples), ``.pt`` (a torch tensor) or ``.png`` (an image grid).
+Each batch is kept in the work folder ``OUT.partial/`` as it finishes (:mod:`.resume`); the output is
+assembled from those batches at the end, written to a hidden name and renamed.  Under torchrun, one
+file written by rank 0 after gathering every rank's samples, or one shard per rank
+(``OUT.rank00002-of-00008.npy``) and an index (``OUT.index.json``) that rank 0 writes."""
 from __future__ import annotations
 
 import json
@@ -13,10 +15,11 @@ from typing import Callable, Iterable
 import torch
 
 from ...errors import LazyflowError
-from .distributed import Ranks, gather_batches, share
+from .distributed import Ranks, barrier, gather_batches, share
+from .resume import WorkDir
 
 __all__ = ["tile_images", "save_image_grid", "OUTPUT_SUFFIXES", "Written", "output_path", "shard_path",
-           "write_shard_index", "write_as_they_finish", "write_batches", "read_samples"]
+           "write_shard_index", "output_files", "check_format", "keep_batches", "assemble", "read_samples"]
 
 #: raw samples, an image grid, a torch tensor
 OUTPUT_SUFFIXES = (".npy", ".png", ".pt")
@@ -106,42 +109,64 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def write_as_they_finish(batches: Batches, out: Path, *, note: Callable[[str], None] = _stderr) -> int:
-    """Write the samples to ``out`` after every finished batch (atomically), so that a run interrupted or
-    failing in batch k keeps batches 1..k-1; returns the number of samples written.  A failure names the
-    samples kept; an interrupt is told to ``note`` and raised again."""
-    finished: list[torch.Tensor] = []
-    count = 0
-    out.parent.mkdir(parents=True, exist_ok=True)
+def output_files(out: Path, *, ranks: Ranks, shards: bool, images: bool = False) -> list[Path]:
+    """Every file a run writes (the same list on every rank): ``out``, or each rank's shard and the
+    index; ``images``: also the decoded ``OUT.png`` beside ``out``."""
+    files = [out] if not shards else [*(shard_path(out, r, ranks.world) for r in range(ranks.world)),
+                                      out.with_name(f"{out.stem}.index.json")]
+    return files + ([out.with_suffix(".png")] if images and out.suffix != ".png" else [])
+
+
+def check_format(out: Path, data_shape: tuple[int, ...]) -> None:
+    """Refuse, before sampling, an output format that cannot hold samples of ``data_shape``."""
+    if out.suffix == ".png" and len(data_shape) != 3:
+        raise LazyflowError(f"--out {out.name}: an image grid needs image samples (C, H, W), these have shape "
+                            f"{tuple(data_shape)}: write .npy or .pt")
+
+
+def keep_batches(batches: Batches, work: WorkDir, *, note: Callable[[str], None] = _stderr) -> None:
+    """Keep every batch in ``work`` as it finishes; a failure or an interrupt says what is kept and how
+    to continue (the failure raised again with that added, the interrupt told to ``note`` and raised)."""
     try:
-        for _, x in batches:
-            finished.append(x)
-            count += len(x)
-            _save(torch.cat(finished).float().cpu(), out)
+        for indices, x in batches:
+            work.keep(indices, x)
     except (LazyflowError, KeyboardInterrupt) as err:
-        if count:
-            kept = f"kept the {count} samples of the finished batches in {out}"
+        if work.finished:
+            kept = f"the {work.count()} samples of {len(work.finished)} finished batches are kept in " \
+                   f"{work.folder}/: run it again with --resume to continue"
             if isinstance(err, KeyboardInterrupt):
                 note(f"interrupted; {kept}")
             else:
                 raise type(err)(f"{err} ({kept})") from err
         raise
-    return count
 
 
-def write_batches(batches: Batches, out: Path, *, num_samples: int, data_shape: tuple[int, ...], ranks: Ranks,
-                  shards: bool, device: torch.device, note: Callable[[str], None] = _stderr) -> Written:
-    """One process: ``out`` as the batches finish.  Several with ``shards``: each rank its own shard as its
-    batches finish, rank 0 the index.  Several without: every rank's samples gathered, rank 0 writes ``out``."""
+def _local(work: WorkDir, chunks: list[range], data_shape: tuple[int, ...]) -> torch.Tensor:
+    """This process's samples, its batches in index order, from the work folder."""
+    if not chunks:
+        return torch.empty((0, *data_shape), dtype=torch.float32)
+    return torch.cat([work.load(indices) for indices in chunks])
+
+
+def assemble(work: WorkDir, chunks: list[range], out: Path, *, num_samples: int, data_shape: tuple[int, ...],
+             ranks: Ranks, shards: bool, device: torch.device) -> Written:
+    """The output from the finished batches ``chunks`` of this rank.  One process: ``out``.  Several with
+    ``shards``: each rank its shard, rank 0 the index once every shard is written.  Several without:
+    every rank's samples gathered, rank 0 writes ``out``."""
+    local = _local(work, chunks, data_shape)
     if ranks.single:
-        return Written(path=out, index=None, count=write_as_they_finish(batches, out, note=note), processes=1)
+        _save(local, out)
+        return Written(path=out, index=None, count=len(local), processes=1)
     if shards:
-        write_as_they_finish(batches, shard_path(out, ranks.rank, ranks.world), note=note)
+        _save(local, shard_path(out, ranks.rank, ranks.world))
+        barrier(ranks)
         index = write_shard_index(out, num_samples, ranks.world) if ranks.rank == 0 else None
         return Written(path=None, index=index, count=num_samples, processes=ranks.world, shards=ranks.world)
-    x = gather_batches([x for _, x in batches], num_samples, data_shape, ranks, device=device, dtype=torch.float32)
+    on = device if device.type == "cuda" else torch.device("cpu")
+    x = gather_batches([local.to(on)] if len(local) else [], num_samples, data_shape, ranks, device=on,
+                       dtype=torch.float32)
     if ranks.rank == 0:
-        write_as_they_finish([(range(num_samples), x)], out, note=note)
+        _save(x.cpu(), out)
     return Written(path=out if ranks.rank == 0 else None, index=None, count=num_samples, processes=ranks.world)
 
 

@@ -1,16 +1,22 @@
 """A registered model sampled into a file: what ``lazyflow sample`` runs.  The model comes from the
-registry (:mod:`lazyflow.runtime.models.registry`), the samples go to the file as their batches finish
-(:mod:`lazyflow.runtime.core.output`, also under torchrun), and a model that decodes its samples into
-images (a SiT with a VAE) writes them beside the file as ``.png``."""
+registry (:mod:`lazyflow.runtime.models.registry`), every check is made before sampling, each batch is
+kept in ``OUT.partial/`` as it finishes (:mod:`lazyflow.runtime.core.resume`: ``resume`` continues a
+killed run), the output is written from the batches at the end (:mod:`lazyflow.runtime.core.output`,
+also under torchrun), and a model that decodes its samples into images (a SiT with a VAE) writes them
+beside the file as ``.png``."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import torch
+
 from ...errors import LazyflowError
 from ..core.gridfile import TunedGrid, load_grid_file
-from ..core.output import Written, output_path, read_samples, write_batches
+from ..core.output import Written, assemble, check_format, keep_batches, output_files, output_path, read_samples
+from ..core.resume import WorkDir, check_outputs, clear_leftovers, discard, file_hash
 from .kind import LoadedModel
 from .registry import load_model, model_kind_for
 
@@ -88,6 +94,51 @@ def _decoded(loaded: LoadedModel, written: Written) -> tuple[Path, int, int, int
     return path, len(images), images.shape[1], images.shape[2]
 
 
+def _schedule_id(schedule: Any) -> dict[str, Any]:
+    """What makes a schedule's numbers: its kernel file's hash, parameters and diffusion scale."""
+    kernel = Path(getattr(schedule.kernel, "__file__", "") or "")
+    return {"name": schedule.describe(), "kernel": file_hash(kernel) if kernel.is_file() else schedule.kernel.__name__,
+            "params": [list(p) for p in schedule.params], "diffusion_scale": schedule.diffusion_scale}
+
+
+def _settings(model: str, found: Any, model_options: Mapping[str, Any] | None, loaded: LoadedModel, target: Any,
+              run: Any, knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """Every setting that changes the samples, for the manifest of ``OUT.partial/`` (:mod:`..core.resume`)."""
+    from ... import __version__
+
+    options = json.loads(json.dumps(dict(model_options or {}), sort_keys=True, default=str))
+    stats = knobs["data_stats"]
+    return {"lazyflow": __version__, "model": str(model), "model file": file_hash(model) if Path(model).is_file()
+            else None, "model kind": found.name, "model options": options, "source": _schedule_id(loaded.source),
+            "prediction": loaded.prediction, "schedule": _schedule_id(target), "integrator": knobs["integrator"],
+            "final step": knobs["final_step"], "grid times": [float(t) for t in run.plan.times.tolist()],
+            "data stats": None if stats is None else file_hash(stats), "data shape": list(knobs["data_shape"]),
+            "seed": int(knobs["seed"]), "num samples": knobs["num_samples"], "batch size": knobs["batch_size"],
+            "dtype": str(run.dtype).replace("torch.", ""), "device": run.device.type, "compile": knobs["compile"],
+            "capture": knobs["capture"], "processes": run.ranks.world, "shards": knobs["shards"]}
+
+
+def _finish(run: Any, work: WorkDir, out: Path, *, num_samples: int, data_shape: tuple[int, ...], shards: bool,
+            note: Callable[[str], None]) -> Written:
+    """Run the batches not finished yet (each kept as it finishes), write the output from all of them,
+    then remove the work folder (rank 0, once every rank is done)."""
+    from dataclasses import replace
+
+    from ..core.distributed import barrier
+
+    pending = [indices for indices in run.chunks if not work.done(indices)]
+    if len(pending) < len(run.chunks):
+        note(f"resuming: {len(run.chunks) - len(pending)} of {len(run.chunks)} batches were finished"
+             + (f" on rank {run.ranks.rank}" if not run.ranks.single else ""))
+    keep_batches(replace(run, chunks=pending).batches(), work, note=note)
+    written = assemble(work, run.chunks, out, num_samples=num_samples, data_shape=data_shape, ranks=run.ranks,
+                       shards=shards, device=run.device)
+    barrier(run.ranks)
+    if run.ranks.rank == 0:
+        discard(out)
+    return written
+
+
 def sample_to_file(model: str, out: str | Path, *, kind: str | None = None,
                    model_options: Mapping[str, Any] | None = None, num_samples: int = 64, schedule: Any = "pointmass",
                    diffusion_scale: float | None = None, source: Any = None,
@@ -96,21 +147,27 @@ def sample_to_file(model: str, out: str | Path, *, kind: str | None = None,
                    steps: int | None = None, integrator: str = "euler",
                    final_step: str | None = None, grid: Any = "uniform", seed: int = 0, batch_size: int | None = None,
                    device: Any = None, compile: bool = False, capture: bool = False, shards: bool = False,
-                   note: Callable[[str], None] = _silent) -> SampleRun:
+                   force: bool = False, resume: bool = False, note: Callable[[str], None] = _silent) -> SampleRun:
     """Sample ``num_samples`` of ``model`` (a name or a file of ``kind``; ``model_options`` go to its
-    loader) in ``schedule`` (at ``diffusion_scale``) and write them to ``out`` as they finish; under
-    torchrun every rank samples its share (``shards``: each writes its own file).  ``source`` and
-    ``prediction`` default to the model's own, ``shape`` to its data shape, ``steps`` to a tuned grid
-    file's or 8; ``data_stats``: a statistics file (:class:`~lazyflow.runtime.core.data_stats.DataStats`) for
-    the data-frame integrators; ``note`` hears what the run remarks on (an interrupt, a grid tuned for another integrator)."""
+    loader) in ``schedule`` (at ``diffusion_scale``) and write them to ``out``; under torchrun every rank
+    samples its share (``shards``: each writes its own file).  ``source`` and ``prediction`` default to the
+    model's own, ``shape`` to its data shape, ``steps`` to a tuned grid file's or 8; ``data_stats``: a
+    statistics file (:class:`~lazyflow.runtime.core.data_stats.DataStats`) for the data-frame integrators.
+    Every check (the output's format and folder, existing files) is made before sampling.  Finished
+    batches are kept in ``OUT.partial/`` (:mod:`~lazyflow.runtime.core.resume`): ``resume`` continues an
+    unfinished run of the same settings, ``force`` overwrites existing output (without either, existing
+    output is refused).  ``note`` hears what the run remarks on (an interrupt, a resumed run, a grid tuned
+    for another integrator)."""
     from ..core.data_stats import DataStats
-    from ..core.distributed import launched_by_torchrun, ranks_of
-    from ..core.sampler import resolve_device, sample_batches
+    from ..core.distributed import agree, barrier, launched_by_torchrun, ranks_of
+    from ..core.sampler import _Run, resolve_device
     from ..core.schedule import load_schedule
 
     out = output_path(out)
     if num_samples < 1:
         raise LazyflowError(f"--num-samples must be >= 1, got {num_samples}")
+    if force and resume:
+        raise LazyflowError("--force starts over and --resume continues: give one of them")
     device = resolve_device(device)
     found = model_kind_for(model, kind)
     if found.latents and out.suffix == ".png":
@@ -122,19 +179,29 @@ def sample_to_file(model: str, out: str | Path, *, kind: str | None = None,
     loaded = load_model(model, kind=kind, device=device, num_samples=num_samples, source=source,
                         source_params=source_params, prediction=prediction, **(model_options or {}))
     data_shape = _data_shape(shape, loaded)
+    check_format(out, data_shape)
     grid, target, steps = _tuned(grid, target, steps, integrator, diffusion_scale is not None, note)
     steps = DEFAULT_STEPS if steps is None else steps
     ranks = ranks_of(launched_by_torchrun(), device)
     if shards and ranks.single:
         raise LazyflowError("--shards is for runs under torchrun (several processes); one process writes --out")
     stats = None if data_stats is None else DataStats.load(data_stats)
-    batches = sample_batches(loaded.model, (num_samples, *data_shape), schedule=target, source=loaded.source,
-                             steps=steps, integrator=integrator, final_step=final_step, grid=grid, data_stats=stats,
-                             prediction=loaded.prediction, seed=seed, batch_size=batch_size, device=device,
-                             compile=compile, capture=capture, model_kwargs=loaded.model_kwargs or None,
-                             distributed=not ranks.single, progress=ranks.rank == 0 and num_samples * steps > 2000)
-    written = write_batches(batches, out, num_samples=num_samples, data_shape=data_shape, ranks=ranks, shards=shards,
-                            device=device, note=note)
+    run = _Run.prepare(loaded.model, (num_samples, *data_shape), schedule=target, source=loaded.source, steps=steps,
+                       integrator=integrator, final_step=final_step, grid=grid, prediction=loaded.prediction,
+                       data_stats=stats, seed=seed, batch_size=batch_size, device=device, dtype=torch.float32,
+                       model_dtype=None, compile=compile, model_kwargs=loaded.model_kwargs or None, initial=None,
+                       callback=None, progress=ranks.rank == 0 and num_samples * steps > 2000, noise=None,
+                       distributed=not ranks.single, capture=capture)
+    settings = _settings(model, found, model_options, loaded, target, run, dict(
+        integrator=integrator, final_step=final_step, data_stats=data_stats, data_shape=data_shape, seed=seed,
+        num_samples=num_samples, batch_size=batch_size, compile=compile, capture=capture, shards=shards))
+    outputs = output_files(out, ranks=ranks, shards=shards, images=loaded.decode_images is not None)
+    agree(ranks, check_outputs(out, outputs, settings, force=force, resume=resume))
+    if ranks.rank == 0:
+        clear_leftovers(out, force=force)
+    barrier(ranks)
+    work = WorkDir.open(out, settings, rank=ranks.rank, world=ranks.world)
+    written = _finish(run, work, out, num_samples=num_samples, data_shape=data_shape, shards=shards, note=note)
     if not ranks.single:
         import torch.distributed as dist
 
