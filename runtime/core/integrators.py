@@ -116,7 +116,7 @@ class MultistepCoefficients(Tables):
         return (False,) * self.steps
 
     def extrapolate(self, k: int, eta: torch.Tensor, history: list[torch.Tensor]) -> torch.Tensor:
-        """sum_j predictor[j][k] eta_k-j (``history`` = [eta_k-1, eta_k-2, ...])."""
+        """``sum_j predictor[j][k] eta_k-j`` (``history`` = [eta_k-1, eta_k-2, ...])."""
         mix = self.predictor[0][k] * eta
         for weight, past in zip(self.predictor[1:], history):
             mix = mix + weight[k] * past

@@ -1,0 +1,32 @@
+"""mkdocs hook: let mkdocstrings find the package ``lazyflow`` from this checkout.
+
+The repository root *is* the package (setup.cfg maps ``lazyflow`` to ``.``), so no folder named
+``lazyflow`` exists for griffe to find, whatever the checkout's folder is called.  At start-up this hook
+makes a temporary folder holding one link, ``lazyflow`` -> the repository root, and puts it first on
+``sys.path`` (mkdocstrings reads its search paths from ``sys.path`` when it starts); the link and its
+folder are removed when mkdocs exits.  Nothing is written into the repository.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _remove(folder: str, link: str) -> None:
+    if os.path.islink(link):
+        os.unlink(link)                 # the link only: never the repository it points to
+    os.rmdir(folder)
+
+
+def on_startup(command: str, dirty: bool) -> None:
+    """Put a folder holding ``lazyflow`` -> the repository root first on ``sys.path``."""
+    folder = tempfile.mkdtemp(prefix="lazyflow-docs-")
+    link = os.path.join(folder, "lazyflow")
+    os.symlink(ROOT, link, target_is_directory=True)
+    sys.path.insert(0, folder)
+    atexit.register(_remove, folder, link)
