@@ -147,6 +147,9 @@ def _sit_args(p: argparse.ArgumentParser) -> None:
                    help="override a setting of --model-kind, e.g. depth=2 (repeatable)")
     p.add_argument("--class-labels", default=None, metavar="L1,L2,...",
                    help="SiT class labels, repeated in order over the samples (sample i gets label i mod count)")
+    p.add_argument("--prompt-embeds", default=None, metavar="FILE", help="for --model-kind diffusers-transformer: a "
+                   "safetensors file of encoder_hidden_states (P, tokens, dim) and pooled_projections (P, dim); "
+                   "sample i gets prompt i mod P")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale for a SiT (default 1: "
                    "none; a guided evaluation is one network call on a doubled batch)")
     p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
@@ -213,8 +216,8 @@ def _bench_parser(sub) -> None:
                    help="what an exact model outputs (default velocity; peers always get its velocity)")
     p.add_argument("--metric", default=None, help="comma-separated tables to print: the model's metrics, fd (digits) "
                    "or fd, sw, weight_tv, nll_gap (exact mixtures), and path (all); default all of them")
-    p.add_argument("--nfe", default="2,4,6,8,12,16")
-    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--nfe", default=None, help="comma-separated budgets (default 2,4,6,8,12,16; 4,6,8 with --model-kind)")
+    p.add_argument("--n", type=int, default=None, help="samples (default 2000; 64 with --model-kind)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--save", default=None, help="also write the JSON result to this file")
@@ -228,6 +231,26 @@ def _bench_parser(sub) -> None:
     p.add_argument("--grid-file", action="append", default=[], metavar="FILE.json",
                    help="a tuned grid (lazyflow tune-grid; repeatable or comma-separated): scored at its own NFE beside "
                         "its untuned starting grid and reported apart from the table as tuned")
+    _model_bench_args(p)
+
+
+def _model_bench_args(p: argparse.ArgumentParser) -> None:
+    """``lazyflow bench --model FILE --model-kind KIND``: pathwise errors on the user's own model (no dataset)."""
+    _sit_args(p)
+    g = p.add_argument_group("a model file (--model-kind)", "every deterministic sampler's path error against the "
+                             "model's own converged ODE solution from the same noise; no dataset")
+    g.add_argument("--shape", default=None, metavar="C,H,W", help="the data (latent) shape where the model does not "
+                   "say it (a TorchScript file without data_shape, FLUX's packed latents)")
+    g.add_argument("--label-seed", type=int, default=0, help="without --class-labels, a SiT's labels are drawn "
+                   "uniformly from this seed (default 0)")
+    g.add_argument("--batch-size", type=int, default=32, help="samples per batch: every run and the reference go "
+                   "batch by batch (default 32)")
+    g.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or mps")
+    g.add_argument("--reference-steps", type=int, default=400, help="steps N of the reference (multistep3-pc, uniform, "
+                   "float64), checked against N/2 (default 400)")
+    g.add_argument("--reference-cache", default=None, metavar="FILE.safetensors", help="read the reference from FILE "
+                   "if it exists (refused if made with other settings), else compute it and write it there")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (network evaluations, on stderr)")
 
 
 def _tune_parser(sub) -> None:

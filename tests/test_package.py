@@ -90,11 +90,11 @@ def test_a_toml_schedule_is_the_same_schedule_everywhere(tmp_path, capsys):
     capsys.readouterr()
     from lazyflow.runtime import models
     net = models.load("digits")
-    via_api = sample(net, (4, 1, 8, 8), schedule=str(path), steps=3)
+    via_api = sample(net, (4, 1, 8, 8), schedule=str(path), steps=3, integrator="euler")
     assert np.array_equal(np.load(out), via_api.numpy())
     # emit: the written kernel samples identically
     assert main(["emit", "--schedule", str(path), "--out-dir", str(tmp_path)]) == 0
-    assert torch.equal(sample(net, (4, 1, 8, 8), schedule=str(tmp_path / "mine.py"), steps=3), via_api)
+    assert torch.equal(sample(net, (4, 1, 8, 8), schedule=str(tmp_path / "mine.py"), steps=3, integrator="euler"), via_api)
     # plot: the curve is the TOML's alpha
     from lazyflow.figures import plots
     fig = plots.plot_schedules([str(path)])
@@ -103,9 +103,9 @@ def test_a_toml_schedule_is_the_same_schedule_everywhere(tmp_path, capsys):
     assert np.allclose(line.get_ydata(), np.cos(np.pi * ts / 2) ** 2)
     # edit the file: every route sees the new schedule
     path.write_text(TOML.format(k=1))
-    edited = sample(net, (4, 1, 8, 8), schedule=str(path), steps=3)
+    edited = sample(net, (4, 1, 8, 8), schedule=str(path), steps=3, integrator="euler")
     assert not torch.allclose(edited, via_api)
-    assert torch.equal(edited, sample(net, (4, 1, 8, 8), schedule="vp", steps=3))   # k = 1 is the VP schedule
+    assert torch.equal(edited, sample(net, (4, 1, 8, 8), schedule="vp", steps=3, integrator="euler"))   # k = 1 is the VP schedule
     fig = plots.plot_schedules([str(path)])
     assert np.allclose(fig.axes[0].get_lines()[0].get_ydata(), np.cos(np.pi * ts / 2))
 
@@ -113,9 +113,9 @@ def test_a_toml_schedule_is_the_same_schedule_everywhere(tmp_path, capsys):
 def test_expression_schedules_and_the_cache(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LAZYFLOW_CACHE", str(tmp_path / "cache"))
     spec = {"alpha": "1 - t**2", "beta": "t", "sigma": "ode", "name": "quad"}
-    first = sample(MIXTURE, (5, 2), schedule=spec, steps=4, dtype=F64)
+    first = sample(MIXTURE, (5, 2), schedule=spec, steps=4, dtype=F64, integrator="euler")
     assert "generated the kernel of schedule 'quad'" in capsys.readouterr().err
-    again = sample(MIXTURE, (5, 2), schedule=spec, steps=4, dtype=F64)
+    again = sample(MIXTURE, (5, 2), schedule=spec, steps=4, dtype=F64, integrator="euler")
     assert capsys.readouterr().err == ""          # the second use is a cache hit
     assert torch.equal(first, again)
     assert len(list((tmp_path / "cache" / "kernels").glob("quad_*.py"))) == 1
@@ -221,10 +221,10 @@ def test_a_model_is_called_in_its_own_dtype():
     from lazyflow.runtime.models import VelocityMLP
 
     net = VelocityMLP((2,), width=8, depth=1, time_freqs=1)
-    x = sample(net, (2, 2), dtype="float64")
+    x = sample(net, (2, 2), dtype="float64", schedule="pointmass", integrator="euler")
     assert x.dtype == torch.float64
     with pytest.raises(LazyflowError, match="unknown dtype 'float65'"):
-        sample(net, (2, 2), dtype="float65")
+        sample(net, (2, 2), dtype="float65", schedule="pointmass", integrator="euler")
 
 
 # --- nothing is written into the package ---------------------------------------------------------

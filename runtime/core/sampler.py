@@ -8,6 +8,7 @@ branching on tensor values; NaN or inf from the model is reported after the loop
 from __future__ import annotations
 
 import numbers
+import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 
 from ...errors import LazyflowError, SamplingError
 from .grids import GridSpec, make_grid
+from .gridfile import TunedGrid, load_grid_file
 from .capture import captured_loop
 from .data_stats import DataStats
 from .distributed import Ranks, gather_batches, local_device, ranks_of, share
@@ -25,13 +27,15 @@ from .plan import EAGER, Call, Callback, Integrator, Plan, compiled_ops, drive
 from .noise import CounterNormal, NoiseSource
 from .progress import progress_bar
 from .schedule import Schedule, load_schedule
+from . import defaults
 
 __all__ = ["sample", "sample_batches", "stats_from_model", "run_plan", "resolve_device", "resolve_dtype", "resolve_dtypes",
            "SamplingWarning", "DEFAULT_FINAL_STEP"]
 
-#: the default last step, chosen by measurement on the digits model (README: a plain step was better
-#: than returning eta_X for point-mass Euler, 8.7 against 13.4 FD at 8 NFE, and about equal elsewhere)
-DEFAULT_FINAL_STEP = "euler"
+#: the default last step (:mod:`.defaults`: the run's defaults, shared with the CLI and the diffusers scheduler)
+DEFAULT_FINAL_STEP = defaults.FINAL_STEP
+#: seeds are counters of the noise generator: integers in [0, 2^64)
+SEED_RANGE = 2**64
 
 Model = Callable[..., torch.Tensor]
 
@@ -176,9 +180,9 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     return device
 
 
-def sample(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", source: Any = "linear",
-           steps: int = 8, integrator: str | Integrator = "euler", final_step: str | None = None,
-           grid: GridSpec = "uniform", prediction: str = "velocity", data_stats: DataStats | None = None,
+def sample(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHEDULE, source: Any = "linear",
+           steps: int | None = None, integrator: str | Integrator = defaults.INTEGRATOR, final_step: str | None = None,
+           grid: GridSpec = defaults.GRID, prediction: str = "velocity", data_stats: DataStats | None = None,
            seed: int = 0, batch_size: int | None = None,
            device: torch.device | str | None = None, dtype: torch.dtype | str = torch.float32,
            model_dtype: torch.dtype | str | None = None, compile: bool = False,
@@ -190,7 +194,10 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", s
 
     ``model(x, t, **model_kwargs)`` is the network trained on the ``source`` schedule, t of shape
     (batch,) in the source's time, returning a ``prediction`` (velocity, x, noise or score).  The run
-    integrates in the ``schedule`` frame over a ``grid`` of ``steps`` steps with ``integrator``; the
+    integrates in the ``schedule`` frame over a ``grid`` of ``steps`` steps with ``integrator`` (defaults:
+    linear, multistep-pc, uniform, 8 steps, last step euler, as on the command line and in the diffusers
+    scheduler: :mod:`lazyflow.runtime.core.defaults` names the bench row that chose them; ``steps`` of a
+    tuned grid file is read from it).  An explicit grid ends at t = 1 unless ``final_step="denoise"``; the
     ``data-*`` integrators integrate in the frame exact for the data's Gaussian, ``data_stats``
     (:class:`~lazyflow.runtime.core.data_stats.DataStats`).
     ``schedule`` and ``source`` are anything :func:`load_schedule` resolves (a preset name, a .toml or
@@ -219,9 +226,9 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", s
     return gather_batches(pieces, run.shape[0], run.shape[1:], run.ranks, device=run.device, dtype=run.dtype)
 
 
-def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = "pointmass", source: Any = "linear",
-                   steps: int = 8, integrator: str | Integrator = "euler", final_step: str | None = None,
-                   grid: GridSpec = "uniform", prediction: str = "velocity", data_stats: DataStats | None = None,
+def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHEDULE, source: Any = "linear",
+                   steps: int | None = None, integrator: str | Integrator = defaults.INTEGRATOR, final_step: str | None = None,
+                   grid: GridSpec = defaults.GRID, prediction: str = "velocity", data_stats: DataStats | None = None,
                    seed: int = 0, batch_size: int | None = None, device: torch.device | str | None = None,
                    dtype: torch.dtype | str = torch.float32, model_dtype: torch.dtype | str | None = None,
                    compile: bool = False, model_kwargs: dict[str, Any] | None = None,
@@ -309,18 +316,19 @@ class _Run:
         method = get_integrator(integrator)
         shape = _checked_shape(model, shape)
         batch_size = None if batch_size is None else _count(batch_size, "batch_size")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise LazyflowError(f"seed must be an integer, got {seed!r}")
+        _check_seed(seed)
         if initial is not None and (not isinstance(initial, torch.Tensor) or tuple(initial.shape) != shape):
             got = tuple(initial.shape) if isinstance(initial, torch.Tensor) else type(initial).__name__
             raise LazyflowError(f"initial must be a tensor of the samples' shape {shape}, got {got}")
         if capture and (noise is not None or callback is not None):
             raise LazyflowError("capture=True records the loop once: it needs the default noise and no callback")
-        final_step = DEFAULT_FINAL_STEP if final_step is None else final_step
+        given_final, final_step = final_step, DEFAULT_FINAL_STEP if final_step is None else final_step
         device = resolve_device(device)
         dtype, call_dtype = resolve_dtypes(dtype, model_dtype, model)
         ranks = ranks_of(distributed, device)
+        grid, steps = _grid_and_steps(grid, steps)
         times = make_grid(target, src, steps, grid)
+        _check_grid_end(times, given_final)
         _check_data_stats(data_stats, shape)
         plan = _plan(target, src, times, method, final_step, prediction, device, dtype, data_stats)
         plan_key = (target, src, tuple(times.tolist()), method, final_step, prediction, compile, data_stats)
@@ -380,6 +388,36 @@ def _plan(target, src, times, method, final_step, prediction, device, dtype, dat
             _PLANS.popitem(last=False)
     _PLANS.move_to_end(key)
     return plan
+
+
+def _check_seed(seed: Any) -> None:
+    """A seed is an integer in [0, 2^64) (a counter of the noise generator: no wrapping)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise LazyflowError(f"seed must be an integer, got {seed!r}")
+    if not 0 <= seed < SEED_RANGE:
+        raise LazyflowError(f"seed must be in [0, 2^64), got {seed}")
+
+
+def _grid_and_steps(grid: GridSpec, steps: int | None) -> tuple[GridSpec, int]:
+    """The grid (a tuned grid's file read once) and the steps: given, else the tuned grid's own, else the
+    default (:data:`defaults.STEPS`)."""
+    if isinstance(grid, os.PathLike) or (isinstance(grid, str) and grid.strip().endswith(".json")):
+        grid = load_grid_file(grid)
+    if steps is None:
+        steps = grid.steps if isinstance(grid, TunedGrid) else defaults.STEPS
+    return grid, steps
+
+
+def _check_grid_end(times: torch.Tensor, final_step: str | None) -> None:
+    """A grid that stops short of t = 1 (the data) leaves noise in the samples: refused unless the caller
+    says how it ends (``final_step`` given: "denoise" returns the denoised mean eta_X at the grid's last time,
+    "euler" the state there)."""
+    end = float(times[-1])
+    if end < 1 and final_step is None:
+        raise LazyflowError(f"the grid ends at t = {end:g}, not at t = 1 (the data), so the samples would keep "
+                            "noise; end it at 1, or say how the run ends: final_step='denoise' (--final-step "
+                            "denoise) returns the denoised mean at its last time, final_step='euler' the noisy "
+                            "state there")
 
 
 def _checked_shape(model: Model, shape: Any) -> tuple[int, ...]:

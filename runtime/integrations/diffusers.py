@@ -1,8 +1,12 @@
 """lazyflow inside diffusers pipelines: :class:`LazyFlowScheduler`, a drop-in for FlowMatchEuler.
 
     from lazyflow.diffusers import LazyFlowScheduler
-    pipe.scheduler = LazyFlowScheduler.from_config(pipe.scheduler.config, schedule="pointmass",
-                                                   integrator="multistep-pc")
+    pipe.scheduler = LazyFlowScheduler.from_config(pipe.scheduler.config)   # linear, multistep-pc
+
+Defaults: those of :func:`lazyflow.sample` and ``lazyflow sample`` (:mod:`lazyflow.runtime.core.defaults`:
+schedule linear, integrator multistep-pc, last step euler, the best general-purpose row of the committed
+benches), except the grid: a pipeline chooses its steps and sigmas (its shift, its ``mu``), so the default
+grid is the pipeline's own (``grid="pipeline"``; ``grid="uniform"`` gives :func:`lazyflow.sample`'s).
 
 The scheduler drives the same integrator loop as :func:`lazyflow.sample` (the generator loops of
 :mod:`lazyflow.runtime.core.integrators`): ``set_timesteps`` builds the plan and each ``step`` is one
@@ -49,6 +53,7 @@ import numpy as np
 import torch
 
 from ...errors import LazyflowError
+from ..core import defaults
 
 try:
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -120,8 +125,9 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
                  max_image_seq_len: int = 4096, invert_sigmas: bool = False, shift_terminal: float | None = None,
                  use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False,
                  time_shift_type: str = "exponential", stochastic_sampling: bool = False,
-                 schedule: str = "pointmass", schedule_params: dict | None = None, integrator: str = "multistep-pc",
-                 grid: str = PIPELINE_GRID, final_step: str = "euler", seed: int = 0, diffusion_scale: float = 1.0,
+                 schedule: str = defaults.SCHEDULE, schedule_params: dict | None = None,
+                 integrator: str = defaults.INTEGRATOR, grid: str = PIPELINE_GRID, final_step: str = defaults.FINAL_STEP,
+                 seed: int = 0, diffusion_scale: float = 1.0,
                  data_stats: str | None = None):
         if invert_sigmas:
             raise LazyflowError("LazyFlowScheduler: invert_sigmas (Mochi's inverted sigmas) is not supported")
@@ -381,3 +387,5 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
     def _check_seed(seed: Any) -> None:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise LazyflowError(f"seed must be an integer, got {seed!r}")
+        if not 0 <= seed < 2**64:
+            raise LazyflowError(f"seed must be in [0, 2^64), got {seed}")
