@@ -417,6 +417,9 @@ def _check_finite(coefficients: Coefficients, now: Frame, times: torch.Tensor, i
             if after:
                 raise SamplingError(f"{integrator} coefficient {name!r} at step {k} (t = {times[k].item():.6g}) "
                                     f"overflows after {after}; sample with dtype=torch.float64 or another grid")
+            last = k == times.numel() - 2   # the last step: returning eta_X there needs no drift
+            fix = ("return the denoised mean there instead, final_step='denoise' (--final-step denoise), or use a "
+                   "grid that avoids that time") if last else "use a grid that avoids that time"
             raise SamplingError(f"{integrator} coefficient {name!r} is not finite at step {k} "
                                 f"(t = {times[k].item():.6g} -> {times[min(k + 1, steps)].item():.6g}): the schedule "
-                                "is singular there; try final_step='denoise' or a grid that avoids that time")
+                                f"is singular there; {fix}")

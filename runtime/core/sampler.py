@@ -197,7 +197,7 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHED
     integrates in the ``schedule`` frame over a ``grid`` of ``steps`` steps with ``integrator`` (defaults:
     linear, multistep-pc, uniform, 8 steps, last step euler, as on the command line and in the diffusers
     scheduler: :mod:`lazyflow.runtime.core.defaults` names the bench row that chose them; ``steps`` of a
-    tuned grid file is read from it).  An explicit grid ends at t = 1 unless ``final_step="denoise"``; the
+    tuned grid file is read from it).  A grid ends at t = 1 unless ``final_step`` is given (it says how the run ends); the
     ``data-*`` integrators integrate in the frame exact for the data's Gaussian, ``data_stats``
     (:class:`~lazyflow.runtime.core.data_stats.DataStats`).
     ``schedule`` and ``source`` are anything :func:`load_schedule` resolves (a preset name, a .toml or
