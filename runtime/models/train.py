@@ -73,8 +73,10 @@ def train_moons(out_dir: Path, progress: bool = True, **overrides) -> Path:
                  "recipe": recipe, "command": "lazyflow train moons"})
 
 
-def train_classifier(out_dir: Path, seed: int = 0, epochs: int = 60, progress: bool = True) -> Path:
-    """Train the digits classifier on 80% of the data; report accuracy on the other 20%."""
+def train_classifier(out_dir: Path, seed: int = 0, epochs: int = 60, progress: bool = True,
+                     steps: int | None = None) -> Path:
+    """Train the digits classifier on 80% of the data; report accuracy on the other 20%.  ``steps`` (optimiser
+    steps, batches of 64) stops the training early or runs further epochs; default ``epochs`` full epochs."""
     torch.manual_seed(seed)
     images, labels = data.digits(), data.digits_labels()
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
@@ -83,10 +85,13 @@ def train_classifier(out_dir: Path, seed: int = 0, epochs: int = 60, progress: b
     model = Classifier()
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
+    per_epoch = -(-len(train_idx) // 64)
+    total = epochs * per_epoch if steps is None else steps
+    epochs = -(-total // per_epoch)
     with progress_bar(epochs, enabled=progress, desc="classifier", unit="epoch") as update:
-        for _ in range(epochs):
+        for epoch in range(epochs):
             perm = train_idx[torch.randperm(len(train_idx), generator=generator)]
-            for batch in perm.split(64):
+            for batch in perm.split(64)[:total - epoch * per_epoch]:
                 # light augmentation: pixel noise keeps features smooth for imperfect samples
                 x = images[batch] + 0.1 * torch.randn(images[batch].shape, generator=generator)
                 loss = nn.functional.cross_entropy(model(x), labels[batch])
@@ -98,8 +103,10 @@ def train_classifier(out_dir: Path, seed: int = 0, epochs: int = 60, progress: b
     model.eval()
     with torch.no_grad():
         accuracy = (model(images[test_idx]).argmax(1) == labels[test_idx]).float().mean().item()
-    return save(model, Path(out_dir) / "digits_classifier.safetensors",
-                {"test_accuracy": round(accuracy, 4), "split": "80/20, seed 0", "command": "lazyflow train classifier"})
+    card = {"test_accuracy": round(accuracy, 4), "split": "80/20, seed 0", "command": "lazyflow train classifier"}
+    if steps is not None:
+        card.update(steps=total, command=f"lazyflow train classifier --steps {steps}")
+    return save(model, Path(out_dir) / "digits_classifier.safetensors", card)
 
 
 #: what ``lazyflow train`` reproduces
@@ -108,14 +115,16 @@ RECIPES = ("digits", "moons", "classifier")
 
 def train(what: str, out_dir: str | Path, *, steps: int | None = None) -> Path:
     """Reproduce the embedded ``what`` (one of :data:`RECIPES`) into ``out_dir``; ``steps`` overrides a flow
-    model's number of steps (the classifier trains for a fixed number of epochs)."""
+    model's number of steps, or the classifier's optimiser steps (default: its 60 epochs)."""
     from ...errors import LazyflowError
 
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise LazyflowError(f"--steps must be a positive integer, got {steps!r}")
     overrides = {"steps": steps} if steps else {}
     if what == "digits":
         return train_digits(Path(out_dir), **overrides)
     if what == "moons":
         return train_moons(Path(out_dir), **overrides)
     if what == "classifier":
-        return train_classifier(Path(out_dir))
+        return train_classifier(Path(out_dir), **overrides)
     raise LazyflowError(f"nothing to train named {what!r}; choose one of {', '.join(RECIPES)}")
