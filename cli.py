@@ -174,7 +174,8 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options given for a --model-kind (a model that takes none refuses them)."""
     given = {"class_labels": args.class_labels, "vae": args.vae, "model_params": _params(args.model_param,
              "--model-param"), "guidance_interval": _numbers_of(args.guidance_interval, "--guidance-interval", "lo,hi"),
-             "guidance_channels": args.guidance_channels, "guidance": None if args.guidance == 1.0 else args.guidance}
+             "guidance_channels": args.guidance_channels, "guidance": None if args.guidance == 1.0 else args.guidance,
+             "prompt_embeds": args.prompt_embeds}
     return {key: value for key, value in given.items() if value not in (None, "", {})}
 
 
@@ -240,7 +241,10 @@ def _positive_ints(text: str, flag: str) -> list[int]:
 def run_bench(args: argparse.Namespace) -> int:
     from .runtime.evaluation.bench import bench_metrics, format_report, run_quality_bench
 
-    nfes = sorted(set(_positive_ints(args.nfe, "--nfe")))
+    if args.model_kind:
+        return _run_model_bench(args)
+    nfes = sorted(set(_positive_ints(args.nfe or "2,4,6,8,12,16", "--nfe")))
+    args.n = 2000 if args.n is None else args.n
     if args.n < 10:
         raise LazyflowError(f"--n must be at least 10 (the Fréchet distance needs a covariance), got {args.n}")
     metrics = bench_metrics(args.model, args.metric)
@@ -256,6 +260,33 @@ def run_bench(args: argparse.Namespace) -> int:
         from .figures.plots import plot_bench, save_figure
 
         print(f"wrote {save_figure(plot_bench(result), args.plot)}")
+    return 0
+
+
+def _run_model_bench(args: argparse.Namespace) -> int:
+    """``lazyflow bench --model FILE --model-kind KIND``: the path table on the user's own model
+    (:mod:`lazyflow.runtime.evaluation.model_bench`)."""
+    from .runtime.evaluation.model_bench import format_model_report, run_model_bench
+
+    for flag, given in (("--prediction", args.prediction), ("--grid-file", args.grid_file), ("--plot", args.plot),
+                        ("--markdown", args.markdown), ("--metric", args.metric not in (None, "path"))):
+        if given:
+            raise LazyflowError(f"{flag}: not with --model-kind (a model file is measured by path alone, no dataset)")
+    nfes = sorted(set(_positive_ints(args.nfe or "4,6,8", "--nfe")))
+    n = 64 if args.n is None else args.n
+    if n < 1:
+        raise LazyflowError(f"--n must be positive, got {n}")
+    methods = [m for m in _bench_methods(args) if not m.target().stochastic] if schedule_given(args) else None
+    options = {**_model_options(args), **({"shape": args.shape} if args.shape else {})}
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    result = run_model_bench(args.model, args.model_kind, nfes, n, args.seed, options=options, methods=methods,
+                             label_seed=args.label_seed, batch_size=args.batch_size, device=args.device,
+                             reference_steps=args.reference_steps, reference_cache=args.reference_cache,
+                             include_peers=not args.no_peers, full=not args.quick, log=log,
+                             progress=not args.no_progress)
+    print(json.dumps(result, indent=1) if args.json else format_model_report(result))
+    if args.save:
+        Path(args.save).write_text(json.dumps(result, indent=1))
     return 0
 
 

@@ -25,14 +25,14 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ...errors import LazyflowError
 from ..core.integrators import INTEGRATORS
 from ..models.kind import LoadedModel, ModelKind, Scorer
 from .data_rows import STATS_SAMPLES, BenchStats, bench_stats, gaussian_map, stats_kinds
 from .goals import best_row, path_goals_markdown, rank_value, versus
-from .paths import PathReference, path_reference
+from .paths import PATH_REFERENCE_STEPS, PathReference, path_reference
 from .scorers import PATH_METRIC, DigitsScorer, kind_metrics, scorer_factory
 
 __all__ = ["CountingModel", "OurMethod", "our_methods", "data_frame_methods", "run_quality_bench", "format_table",
@@ -381,21 +381,30 @@ class _Runner:
     noise ``start`` (x0 of every row); deterministic rows get ``path`` against ``path`` (the reference)."""
 
     def __init__(self, bench: BenchModel, shape: tuple[int, ...], seed: int, args_for: Callable,
-                 on_samples: Callable | None):
+                 on_samples: Callable | None, *, batch_size: int | None = None, device=None):
         from ..core.noise import standard_normal
 
         self.bench, self.model, self.scorer = bench, bench.loaded.model, bench.scorer
         self.shape, self.seed = shape, seed
         self.source, self.prediction = bench.loaded.source, bench.loaded.prediction
         self.args_for, self.on_samples = args_for, on_samples
-        self.start = standard_normal(seed, range(shape[0]), 0, shape[1:])   # what sample() starts from
+        # batches of batch_size samples (bounded memory), the loaded model's conditioning following its samples
+        self.size = batch_size or shape[0]
+        self.batches = math.ceil(shape[0] / self.size)
+        self.options = {"batch_size": batch_size, "model_kwargs": bench.loaded.model_kwargs or None, "device": device}
+        self.start = standard_normal(seed, range(shape[0]), 0, shape[1:], device=device)   # what sample() starts from
         self.path: PathReference | None = None
         self.path_scores: dict[str, float] = {}
         self.stats: dict[str, BenchStats] = {}
         self.exact_samples = None
 
+    def reference(self, steps: int = PATH_REFERENCE_STEPS) -> PathReference:
+        """x*, the model's converged ODE solution from this run's start noise (batched and conditioned as the
+        rows are: :func:`.paths.path_reference`)."""
+        return path_reference(self.bench.peer_model(), self.source, self.start, steps, **self.options)
+
     def prepare_path(self, log) -> None:
-        self.path = path_reference(self.bench.peer_model(), self.source, self.start)
+        self.path = self.reference()
         self.path_scores = self.scorer.score(self.path.samples.to(self.start.dtype))
         log(f"  path reference {self.path.method}, {self.path.steps} steps in float64: halving its steps moves it "
             f"by {self.path.check:.2e} ({self.path.seconds:.1f} s)")
@@ -411,7 +420,7 @@ class _Runner:
     def _score(self, x, stochastic: bool) -> tuple[float | None, dict, str]:
         scores = self.scorer.score(x)
         scores[PATH_METRIC] = None if stochastic or self.path is None else self.path.error(x)
-        return scores[self.scorer.metrics[0]], scores, ""
+        return scores[(*self.scorer.metrics, PATH_METRIC)[0]], scores, ""   # a path-only scorer: path is primary
 
     def one(self, method: OurMethod, steps: int, budget: int) -> dict:
         from ..core.sampler import sample
@@ -423,13 +432,14 @@ class _Runner:
         try:
             x = sample(counter, self.shape, schedule=method.target(), source=self.source, steps=steps,
                        integrator=method.integrator, grid=method.grid, final_step=method.final_step,
-                       prediction=self.prediction, data_stats=None if found is None else found.stats, seed=self.seed)
+                       prediction=self.prediction, data_stats=None if found is None else found.stats, seed=self.seed,
+                       **self.options)
             fd, scores, error = self._score(x, stochastic)
         except LazyflowError as err:
             fd, scores, error = None, {}, str(err)
         file = None if found is None or found.file is None else str(found.file)
-        row = _row(method.name, False, stochastic, budget, counter.calls, fd, time.perf_counter() - start, error,
-                   scores, self.args_for(method, steps, file))
+        row = _row(method.name, False, stochastic, budget, counter.calls // self.batches, fd,
+                   time.perf_counter() - start, error, scores, self.args_for(method, steps, file))
         if method.stats:
             row["stats"] = method.stats
             if file is None:
@@ -491,26 +501,44 @@ class _Runner:
         log(f"  {GAUSSIAN_MAP}: {_fmt(fd)}")
         return rows
 
-    def peers(self, model, nfes: list[int], log) -> list[dict]:
-        """The installed peers on the velocity ``model``, each from a copy of our start noise (paired)."""
+    def peer_samples(self, fn: Callable, model: Callable, budget: int):
+        """The peer ``fn`` on the velocity ``model`` from a copy of our start noise, one batch at a time, each
+        batch's model bound to that batch's conditioning (per-sample tensors of the loaded model_kwargs)."""
+        import torch
+
+        n, kwargs, pieces = self.shape[0], self.options["model_kwargs"] or {}, []
+        for lo in range(0, n, self.size):
+            part = slice(lo, lo + self.size)
+            bound = {k: v[part] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v
+                     for k, v in kwargs.items()}
+            call = model if not bound and self.options["device"] is None else \
+                (lambda x, t, bound=bound: model(x, t.to(x.device), **bound))   # noqa: E731 - one batch's binding
+            pieces.append(fn(call, self.start[part].clone(), budget, self.seed))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def peers(self, model, nfes: list[int], log, stochastic_too: bool = True) -> list[dict]:
+        """The installed peers on the velocity ``model``, each from a copy of our start noise (paired);
+        ``stochastic_too=False`` leaves the stochastic peers out."""
         import torch
 
         from .peers import available_peers
 
         rows = []
         for name, (stochastic, fn) in available_peers()[0].items():
+            if stochastic and not stochastic_too:
+                continue
             for budget in nfes:
                 counter = CountingModel(model)
                 start = time.perf_counter()
                 scores, x = {}, None
                 try:
-                    x = fn(counter, self.start.clone(), budget, self.seed)
+                    x = self.peer_samples(fn, counter, budget)
                     fd, scores, error = self._score(x, stochastic) if torch.isfinite(x).all() else \
                         (None, {}, "non-finite samples")
                 except Exception as err:  # noqa: BLE001 - a peer failing must not stop the bench
                     fd, error = None, f"{type(err).__name__}: {err}"
-                rows.append(_row(name, True, stochastic, budget, counter.calls, fd, time.perf_counter() - start,
-                                 error, scores))
+                rows.append(_row(name, True, stochastic, budget, counter.calls // self.batches, fd,
+                                 time.perf_counter() - start, error, scores))
                 if self.on_samples is not None and x is not None:
                     self.on_samples(rows[-1], x)
             log(f"  {name}: " + ", ".join(f"{r['nfe']}->{_fmt(r['fd'])}" for r in rows[-len(nfes):]))
@@ -530,9 +558,11 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
 
 
-def format_table(result: dict, metric: str = "fd") -> str:
-    """Rows = methods, columns = NFE budgets; each cell the ``metric`` (actual NFE when it differs from the
-    budget); below, the floor and the converged references in the same metric."""
+def format_table(result: dict, metric: str = "fd", fmt: Callable[[Any], str] | None = None) -> str:
+    """Rows = methods, columns = NFE budgets; each cell the ``metric`` written by ``fmt`` (default 3 decimals
+    below 1; actual NFE when it differs from the budget); below, the floor and the converged references in
+    the same metric."""
+    fmt = fmt or _fmt
     budgets = result["nfe_budgets"]
     by_method: dict[str, list[dict]] = {}
     for row in result["rows"]:
@@ -548,7 +578,7 @@ def format_table(result: dict, metric: str = "fd") -> str:
     for (method, peer, stochastic), rows in by_method.items():
         cells = []
         for budget, row in zip(budgets, rows):
-            text = _fmt(row.get(metric))
+            text = fmt(row.get(metric))
             if row["nfe"] != budget:
                 text += f" ({row['nfe']})"
             cells.append(f"{text:>11}")
@@ -560,7 +590,7 @@ def format_table(result: dict, metric: str = "fd") -> str:
     refs = "; ".join(f"{r['kind'].upper()} reference {r['method']} at {r['nfe']} NFE: {_fmt3(r.get(metric))}"
                      for r in result.get("references", [result["reference"]] if "reference" in result else []))
     if metric == PATH_METRIC:
-        lines.append(path_note(result) + f"; {refs}")
+        lines.append(path_note(result) + (f"; {refs}" if refs else ""))
     elif "floors" in result:
         floor = result["floors"][metric]
         lines.append(f"{metric} on {result['n']} samples; floor ({result['n']} exact samples, mean of {floor['sets']} "

@@ -58,7 +58,11 @@ class PathReference:
                 "check_steps": self.check_steps, "check": self.check, "seconds": round(self.seconds, 3)}
 
 
-def _solve(model: Callable, x0: torch.Tensor, source: Any, steps: int) -> tuple[torch.Tensor, int]:
+def _solve(model: Callable, x0: torch.Tensor, source: Any, steps: int, **options: Any) -> tuple[torch.Tensor, int]:
+    """x* at ``steps`` steps and the network evaluations per sample; ``options`` (batch_size, model_kwargs,
+    device) go to ``sample``."""
+    import math
+
     from ..core.sampler import resolve_dtypes, sample
 
     call_dtype = resolve_dtypes(torch.float64, None, model)[1]   # a module is called in its own dtype
@@ -71,20 +75,22 @@ def _solve(model: Callable, x0: torch.Tensor, source: Any, steps: int) -> tuple[
     with torch.no_grad():
         x = sample(counted, tuple(x0.shape), schedule=source, source=source, steps=steps,
                    integrator=PATH_REFERENCE_INTEGRATOR, grid=PATH_REFERENCE_GRID, prediction="velocity",
-                   dtype=torch.float64, model_dtype=call_dtype, initial=x0.to(torch.float64))
-    return x.cpu(), calls[0]
+                   dtype=torch.float64, model_dtype=call_dtype, initial=x0.to(torch.float64), **options)
+    batches = math.ceil(len(x0) / (options.get("batch_size") or len(x0)))
+    return x.cpu(), calls[0] // batches
 
 
-def path_reference(velocity: Callable, source: Any, x0: torch.Tensor,
-                   steps: int = PATH_REFERENCE_STEPS) -> PathReference:
+def path_reference(velocity: Callable, source: Any, x0: torch.Tensor, steps: int = PATH_REFERENCE_STEPS,
+                   **options: Any) -> PathReference:
     """x* from the start noise ``x0`` (n, *data_shape) for the ``velocity`` model on its ``source`` schedule,
-    with its convergence check at steps // 2."""
+    with its convergence check at steps // 2; ``options`` (``batch_size``, ``model_kwargs`` with per-sample
+    conditioning, ``device``) go to ``sample``: the solve runs batch by batch (bounded memory)."""
     from ..core.schedule import load_schedule
 
     start = time.perf_counter()
     source = load_schedule(source)
-    samples, nfe = _solve(velocity, x0, source, steps)
-    coarse, _ = _solve(velocity, x0, source, steps // 2)
+    samples, nfe = _solve(velocity, x0, source, steps, **options)
+    coarse, _ = _solve(velocity, x0, source, steps // 2, **options)
     name = f"{source.name}/{PATH_REFERENCE_INTEGRATOR}/{PATH_REFERENCE_GRID}"
     return PathReference(samples, name, steps, nfe, steps // 2, path_error(coarse, samples),
                          time.perf_counter() - start)

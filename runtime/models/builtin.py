@@ -1,6 +1,7 @@
 """The model kinds lazyflow ships: the embedded models (``digits``, ``moons``), the exact Gaussian mixtures
 (``gmm64``, ``gmm4096``, and the random ``gmm:SEED[,dim=D][,components=K][,rank=R]``), model files (``file``:
-.safetensors with a .json config, TorchScript .pt) and SiT checkpoints (``sit-s/2`` ... ``sit-xl/8``).
+.safetensors with a .json config, TorchScript .pt), SiT checkpoints (``sit-s/2`` ... ``sit-xl/8``), TorchScript
+velocity models (``torchscript``) and diffusers flow transformers with prompt embeddings (``diffusers-transformer``).
 :mod:`lazyflow.runtime.models.registry` registers them.  How the bench scores each is the evaluation
 layer's business (:mod:`lazyflow.runtime.evaluation.scorers`)."""
 from __future__ import annotations
@@ -12,8 +13,10 @@ from typing import Any
 import torch
 
 from . import embedded, gmm, sit
+from .diffusers_transformer import DIFFUSERS_TRANSFORMER_KIND
 from .kind import LoadedModel, ModelKind
 from .sit_checkpoint import SIT_OPTIONS, load_sit_checkpoint
+from .torchscript import TORCHSCRIPT_KIND
 
 __all__ = ["BUILTIN_KINDS", "FILE_KIND", "DIGITS_SHAPE", "RANDOM_MIXTURE_OPTIONS"]
 
@@ -78,4 +81,6 @@ BUILTIN_KINDS: tuple[ModelKind, ...] = (
     ModelKind(name=FILE_KIND, description="a model file: .safetensors with its .json config, or TorchScript .pt",
               load=_load_file, takes_file=True),
     *(_sit_kind(name) for name in sit.KINDS),
+    TORCHSCRIPT_KIND,
+    DIFFUSERS_TRANSFORMER_KIND,
 )
