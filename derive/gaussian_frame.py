@@ -7,6 +7,10 @@ the condition for mean 0 (derive/lazy.py solves it), so the lazy schedules do no
 Per direction i of a covariance (variance lam_i) the probability-flow ODE in w is dw/dt = a_i w,
 a_i = r_i'/(2 r_i), with the exact propagator sqrt(r_i(t')/r_i(t)); the residual f = b - b_Gauss of
 any data vanishes at t = 0 when mu = E[X] and at t = 1 always.
+With the optimal diffusion scaled, eps = s^2 eps*, the SDE in w is linear per direction too:
+dw = g w dt + sqrt(2 eps) dW, g = r'/(2r) - eps/r, with the exact Gaussian transition
+w(t') = Phi w(t) + N(0, V): Phi = sqrt(r(t')/r(t)) D, D = (beta(t)^2 r(t') / (beta(t')^2 r(t)))^(s^2/2),
+V = r(t') (1 - D^2) (:func:`direction_sde_transition`, checked against g and the variance equation).
 
 A *schedule* argument is a :class:`ScheduleSpec` (its own eps and data_var are the defaults) or a pair
 (alpha, beta) of SymPy expressions in t, undefined functions alpha(t), beta(t) included (defaults:
@@ -28,7 +32,7 @@ from .symbols import eta_X, eta_Z, mu as mu_symbol, t, t_next, v as v_symbol, w,
 
 __all__ = ["Schedule", "schedule_parts", "data_mean_value", "gaussian_mean_eta_x", "drift_from_eta",
            "gaussian_mean_drift", "centred_drift", "centred_lazy_condition", "direction_rate",
-           "direction_propagator", "gaussian_residual", "residual_at_start", "residual_at_end", "LIMIT_SECONDS"]
+           "direction_propagator", "direction_sde_rate", "direction_sde_transition", "gaussian_residual", "residual_at_start", "residual_at_end", "LIMIT_SECONDS"]
 
 #: a ScheduleSpec or a pair (alpha, beta) of expressions in t
 Schedule = Union[ScheduleSpec, tuple[sp.Expr, sp.Expr]]
@@ -156,6 +160,42 @@ def direction_propagator(schedule: Schedule, lam: sp.Expr, end: sp.Symbol = t_ne
     if simplify(rate - sp.diff(sp.log(r), t) / 2) != 0:
         raise SpecError(f"the linear part {sp.sstr(rate)[:200]} does not simplify to (log r)'/2")
     return sp.sqrt(r.subs(t, end) / r)
+
+
+def _optimal_eps(alpha: sp.Expr, beta: sp.Expr) -> sp.Expr:
+    """eps* = alpha^2 (log snr)' (MATH.md §1)."""
+    return alpha**2 * sp.diff(sp.log(beta) - sp.log(alpha), t)
+
+
+def direction_sde_rate(schedule: Schedule, lam: sp.Expr, scale: sp.Expr = sp.Integer(1)) -> sp.Expr:
+    """g = d/dw of the centred drift with eps = scale^2 eps* along a direction of variance lam: the SDE in w is
+    dw = g w dt + sqrt(2 eps) dW (= r'/(2r) - eps/r)."""
+    alpha, beta, _, _ = schedule_parts(schedule, sp.Integer(0), lam)
+    eps = scale**2 * _optimal_eps(alpha, beta)
+    return _at_schedule(sp.diff(_centred(mu_symbol, lam), w), alpha, beta, eps)
+
+
+def direction_sde_transition(schedule: Schedule, lam: sp.Expr, scale: sp.Expr = sp.Integer(1),
+                             end: sp.Symbol = t_next) -> tuple[sp.Expr, sp.Expr]:
+    """(Phi, V): w(end) = Phi w(t) + N(0, V) for dw = g w dt + sqrt(2 eps) dW, eps = scale^2 eps*.  With
+    q = beta^2/r, int eps*/r dt = (log q)/2 (substitute snr), so D = exp(-scale^2 int_t^end eps*/r) = (q(t)/q(end))^(scale^2/2),
+    Phi = sqrt(r(end)/r(t)) D and V = r(end) (1 - D^2).  Checked by SymPy: d/d(end) log Phi = g(end), Phi = 1 at
+    end = t, and dV/d(end) = 2 g(end) V + 2 eps(end), V = 0 at end = t (SpecError if it cannot show it)."""
+    alpha, beta, _, _ = schedule_parts(schedule, sp.Integer(0), lam)
+    r = alpha**2 + lam * beta**2
+    log_q = 2 * sp.log(beta) - sp.log(r)
+    log_phi = (sp.log(r.subs(t, end)) - sp.log(r)) / 2 + scale**2 / 2 * (log_q - log_q.subs(t, end))
+    log_d = scale**2 / 2 * (log_q - log_q.subs(t, end))
+    rate = direction_sde_rate((alpha, beta), lam, scale).subs(t, end)
+    eps_end = (scale**2 * _optimal_eps(alpha, beta)).subs(t, end)
+    variance = r.subs(t, end) * (1 - sp.exp(2 * log_d))
+    checks = {"d log Phi/dt' - g": sp.diff(log_phi, end) - rate, "log Phi at t' = t": log_phi.subs(end, t),
+              "dV/dt' - 2 g V - 2 eps": sp.diff(variance, end) - 2 * rate * variance - 2 * eps_end,
+              "V at t' = t": variance.subs(end, t)}
+    for label, expr in checks.items():
+        if simplify(sp.expand_log(expr, force=True)) != 0:
+            raise SpecError(f"the SDE transition per direction: {label} does not simplify to 0")
+    return sp.exp(log_phi), variance
 
 
 def gaussian_residual(schedule: Schedule, eta: sp.Expr, mu: sp.Expr = mu_symbol, v: sp.Expr | None = None) -> sp.Expr:

@@ -15,6 +15,16 @@ Gauss-Legendre quadrature once per grid.  Two facts come free: with the data's t
 vanishes at t = 0 (no call is needed there: N calls buy N + 1 steps) and, for any data, at t = 1 (the
 ``anchor``: a node with value 0 on the last step); both are used on grids of fewer than
 :data:`ANCHORS_BELOW` steps.  On Gaussian data f = 0 and every step is exact.
+
+The stochastic variant (``data-sde*``, MATH.md §10) integrates the SDE of a schedule with the optimal
+diffusion eps = lambda^2 eps*, eps* = alpha^2 (log snr)' (lambda: the diffusion scale).  Per direction
+dy = (a - eps/r) y dt + f dt + sqrt(2 eps) dW, with the residual f = (1 + lambda^2) (v - v_G), and the
+Gaussian part has the exact transition
+
+    y' = sqrt(r(t')/r(t)) D ⊙ y + sum_j W_j ⊙ f_j + sqrt(r(t') (1 - D^2)) ⊙ R xi,
+    D(t, t') = (beta(t)^2 r(t') / (beta(t')^2 r(t)))^(lambda^2 / 2)
+
+(int eps*/r dt = [log(beta^2/r)]/2 in closed form), W_j with the kernel sqrt(r(t')/r(s)) D(s, t').
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ from ...errors import LazyflowError
 from .data_stats import Directions
 from .plan import BuildContext, Call, Callback, Integrator, Loop, Ops, Plan, Tables, observe
 
-__all__ = ["DataFrameCoefficients", "data_frame_integrator", "without_skip", "ANCHORS_BELOW", "DATA_FRAME_INTEGRATORS", "QUADRATURE_NODES"]
+__all__ = ["DataFrameCoefficients", "data_frame_integrator", "without_skip", "stochastic_data_frame", "ANCHORS_BELOW", "DATA_FRAME_INTEGRATORS", "QUADRATURE_NODES"]
 
 #: Gauss-Legendre nodes per step for the weights (64 vs 128 changes them by < 1e-13 on the tests' grids)
 QUADRATURE_NODES = 64
@@ -40,7 +50,9 @@ class DataFrameCoefficients(Tables):
     """One network call per step (none at the first step with ``first_call`` = 1).  Per step k:
     ``A`` the propagator sqrt(r(t_k+1)/r(t_k)), ``predictor[j]`` the weight of f_k-j, ``corrector[j]``
     the weight of f_k+1 (j = 0) and f_k+1-j; ``a`` = r'/(2r) at t_k; v = F x + G m the model's velocity
-    in the target frame; ``beta``, ``d_beta`` the target's beta and beta' at t_k (beta also at t_N)."""
+    in the target frame; ``beta``, ``d_beta`` the target's beta and beta' at t_k (beta also at t_N).  The
+    stochastic variant: ``C`` the noise scale sqrt(r(t_k+1) (1 - D^2)) per direction and ``residual_scale``
+    1 + lambda^2 (the SDE's residual is that multiple of the ODE's)."""
 
     A: torch.Tensor
     predictor: tuple[torch.Tensor, ...]
@@ -52,6 +64,8 @@ class DataFrameCoefficients(Tables):
     d_beta: torch.Tensor
     directions: Directions
     skip_first: bool = False
+    C: torch.Tensor | None = None
+    residual_scale: float = 1.0
 
     STATE = ()
 
@@ -64,9 +78,10 @@ class DataFrameCoefficients(Tables):
         return (False,) * self.A.shape[0]
 
     def residual(self, k: int, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """f_k = R (v - beta' mu) - a ⊙ y with v = F x + G m."""
+        """f_k = s (R (v - beta' mu) - a ⊙ y) with v = F x + G m the probability-flow velocity, s = residual_scale."""
         v = self.F[k] * x + self.G[k] * m - self.d_beta[k] * self.directions.mean
-        return self.directions.to(v) - self.a[k] * y
+        f = self.directions.to(v) - self.a[k] * y
+        return f if self.residual_scale == 1 else self.residual_scale * f
 
     def state(self, k: int, y: torch.Tensor) -> torch.Tensor:
         """x = R^-1 y + beta(t_k) mu."""
@@ -74,7 +89,7 @@ class DataFrameCoefficients(Tables):
 
     def loop(self, x: torch.Tensor, plan: Plan, noise: Callable[[int], torch.Tensor], ops: Ops,
              callback: Callback | None, progress: Callable[[int], None] | None) -> Loop:
-        """Integrate from x (an ODE: ``noise`` is not used)."""
+        """Integrate from x (``noise(k)``, step k's xi, only where ``C`` is set: the stochastic variant)."""
         dirs = self.directions
         y = dirs.to(x - self.beta[0] * dirs.mean)
         history = [torch.zeros_like(y)] * len(self.predictor)
@@ -87,14 +102,15 @@ class DataFrameCoefficients(Tables):
             observe(callback, plan, 0, x, plan.P[0] * x + plan.Q[0] * m)
         for k in range(plan.steps):
             history = [f, *history[:-1]]
-            y_next = self.A[k] * y + _weighted(self.predictor, k, history)
+            start = self.A[k] * y if self.C is None else self.A[k] * y + self.C[k] * dirs.to(noise(k))
+            y_next = start + _weighted(self.predictor, k, history)
             x_next = self.state(k + 1, y_next)
             if k + 1 < plan.steps:
                 m = yield Call(x_next, plan.tau[k + 1], plan.in_scale[k + 1], k + 1)
                 f = self.residual(k + 1, x_next, y_next, m)
                 observe(callback, plan, k + 1, x_next, plan.P[k + 1] * x_next + plan.Q[k + 1] * m)
                 if self.corrector is not None:   # the step redone with the residual just seen at its end
-                    y_next = self.A[k] * y + _weighted(self.corrector, k, [f, *history[:-1]])
+                    y_next = start + _weighted(self.corrector, k, [f, *history[:-1]])
                     x_next = self.state(k + 1, y_next)
             y, x = y_next, x_next
             if progress is not None:
@@ -137,35 +153,51 @@ def _step_weights(kernel: torch.Tensor, points: torch.Tensor, gauss_w: torch.Ten
 
 
 def _propagators(b: BuildContext, lam: torch.Tensor):
-    """r = alpha^2 + lam beta^2 per direction at the grid (steps + 1, *lam) and a = r'/(2r) at the step starts."""
+    """r = alpha^2 + lam beta^2 per direction at the grid (steps + 1, *lam), a = r'/(2r) at the step starts
+    and log q = log(beta^2 / r) at the grid (the SDE's damping is exp(lambda^2 (log q(t) - log q(t'))/2))."""
     v = b.target.values(b.t)
     shape = (-1, *[1] * lam.dim())
     alpha, beta, d_alpha, d_beta = (u.reshape(shape) for u in (v.alpha, v.beta, v.d_alpha, v.d_beta))
     r = alpha**2 + lam * beta**2
     a = (alpha * d_alpha + lam * beta * d_beta) / r
-    return r, a[:-1]
+    return r, a[:-1], 2 * torch.log(beta) - torch.log(r)
 
 
-def _quadrature_kernel(b: BuildContext, lam: torch.Tensor, r_end: torch.Tensor):
-    """Gauss-Legendre points s (steps, G), weights (steps, G) and sqrt(r(t_k+1)/r(s)) (steps, G, *lam)."""
+def _damping(log_q: torch.Tensor, log_q_end: torch.Tensor, scale2: float) -> torch.Tensor:
+    """D(s, t') = exp(-lambda^2 int_s^t' eps*/r) = exp(lambda^2 (log q(s) - log q(t'))/2): 1 for the ODE,
+    0 from s = 0 (beta = 0, where the optimal diffusion is infinite) for lambda > 0."""
+    if scale2 == 0:
+        return torch.ones_like(log_q + log_q_end)
+    return torch.exp(scale2 / 2 * (log_q - log_q_end))
+
+
+def _quadrature_kernel(b: BuildContext, lam: torch.Tensor, r_end: torch.Tensor, log_q_end: torch.Tensor,
+                       scale2: float):
+    """Gauss-Legendre points s (steps, G), weights (steps, G) and the kernel sqrt(r(t_k+1)/r(s)) D(s, t_k+1)
+    (steps, G, *lam)."""
     nodes, weights = (torch.as_tensor(u, dtype=b.t.dtype, device=b.t.device)
                       for u in np.polynomial.legendre.leggauss(QUADRATURE_NODES))
     h = b.h[:, None]
     points = b.t0[:, None] + (nodes[None, :] + 1) / 2 * h
     v = b.target.values(points.reshape(-1))
     shape = (*points.shape, *[1] * lam.dim())
-    r = v.alpha.reshape(shape) ** 2 + lam * v.beta.reshape(shape) ** 2
-    return points, weights[None, :] * h / 2, torch.sqrt(r_end[:, None] / r)
+    beta = v.beta.reshape(shape)
+    r = v.alpha.reshape(shape) ** 2 + lam * beta**2
+    damping = _damping(2 * torch.log(beta) - torch.log(r), log_q_end[:, None], scale2)
+    return points, weights[None, :] * h / 2, torch.sqrt(r_end[:, None] / r) * damping
 
 
-def _build(b: BuildContext, *, history: int, corrector: bool, anchor_below: int) -> DataFrameCoefficients:
+def _build(b: BuildContext, *, history: int, corrector: bool, anchor_below: int,
+           stochastic: bool = False) -> DataFrameCoefficients:
     """The data frame's tables on the grid b.t (float64); the t = 1 anchor on grids of fewer than
-    ``anchor_below`` steps."""
-    _check_frame(b)
+    ``anchor_below`` steps; ``stochastic``: the SDE of the target's (optimal) diffusion."""
+    _check_frame(b, stochastic)
     dirs = b.data_stats.directions(device=b.t.device, dtype=b.t.dtype)
     lam = dirs.lam
-    r, a = _propagators(b, lam)
-    points, gauss_w, kernel = _quadrature_kernel(b, lam, r[1:])
+    scale2 = b.target.diffusion_scale**2 if stochastic and b.target.stochastic else 0.0
+    r, a, log_q = _propagators(b, lam)
+    points, gauss_w, kernel = _quadrature_kernel(b, lam, r[1:], log_q[1:], scale2)
+    D = _damping(log_q[:-1], log_q[1:], scale2)
     t, steps = b.t.tolist(), b.h.numel()
     pred, corr = [], []
     for k in range(steps):
@@ -177,20 +209,27 @@ def _build(b: BuildContext, *, history: int, corrector: bool, anchor_below: int)
             corr.append(_step_weights(kernel[k], points[k], gauss_w[k], nodes, []))
     stack = lambda rows: tuple(torch.stack([row[j] for row in rows]) for j in range(history))  # noqa: E731
     values = b.target.values(b.t)
-    return DataFrameCoefficients(A=torch.sqrt(r[1:] / r[:-1]), predictor=stack(pred),
-                                 corrector=stack(corr) if corrector else None, a=a, F=b.now.F, G=b.now.G,
+    ode = b.frame(b.t0, ode=torch.ones_like(b.ode)) if stochastic else b.now   # the probability-flow velocity
+    return DataFrameCoefficients(A=torch.sqrt(r[1:] / r[:-1]) * D, predictor=stack(pred),
+                                 corrector=stack(corr) if corrector else None, a=a, F=ode.F, G=ode.G,
                                  beta=values.beta, d_beta=values.d_beta[:-1], directions=dirs,
-                                 skip_first=b.integrator.skips_first_call(steps))
+                                 skip_first=b.integrator.skips_first_call(steps),
+                                 C=torch.sqrt(r[1:] * (1 - D * D)) if stochastic else None,
+                                 residual_scale=1 + scale2)
 
 
-def _check_frame(b: BuildContext) -> None:
+def _check_frame(b: BuildContext, stochastic: bool = False) -> None:
     """The data frames integrate the probability-flow ODE of a standard schedule from t = 0 with statistics
-    of the samples' shape."""
+    of the samples' shape; the stochastic variant the SDE of a schedule with the optimal diffusion."""
     name = b.integrator.name
     if b.data_stats is None:
         raise LazyflowError(f"integrator {name!r} integrates in the data's frame: give data_stats "
                             "(DataStats.from_samples(...) or DataStats.load(path); CLI: --data-stats FILE)")
-    if b.target.stochastic or b.target.point_mass:
+    if stochastic:
+        if b.target.point_mass or getattr(b.target.kernel, "DIFFUSION", None) != "optimal":
+            raise LazyflowError(f"integrator {name!r} integrates the SDE of the optimal diffusion eps* (scaled by "
+                                f"the diffusion scale): use linear-sde or vp-sde, not {b.target.describe()}")
+    elif b.target.stochastic or b.target.point_mass:
         raise LazyflowError(f"integrator {name!r} integrates the probability-flow ODE: use an ODE schedule "
                             f"(e.g. linear or vp), not {b.target.describe()}")
     if b.integrator.skips_first_call(b.h.numel()) and float(b.t[0]) > 0:
@@ -206,26 +245,37 @@ ANCHORS_BELOW = 32
 
 
 def data_frame_integrator(*, order: int = 2, corrector: bool = True, skip_start: bool | None = None,
-                          anchor: bool | None = None, name: str | None = None) -> Integrator:
+                          anchor: bool | None = None, stochastic: bool = False, name: str | None = None) -> Integrator:
     """A data-frame integrator of ``order`` (1 to 3: the residual held, extrapolated linearly or
     quadratically in t), with a ``corrector`` that reuses the next call, skipping the call at t = 0
     (``skip_start``: the residual is 0 there with the data's true mean) and anchoring the residual at 0
     at t = 1 on the last step (``anchor``).  ``None`` (the default): each on grids of fewer than
-    :data:`ANCHORS_BELOW` steps.  Pass it to ``sample(integrator=...)`` or register it."""
+    :data:`ANCHORS_BELOW` steps.  ``stochastic``: the SDE of a schedule with the optimal diffusion (linear-sde,
+    vp-sde; any diffusion scale), its Gaussian part's transition exact.  Pass it to ``sample(integrator=...)``
+    or register it."""
     if order not in (1, 2, 3):
         raise LazyflowError(f"a data-frame integrator has order 1, 2 or 3, got {order!r}")
     if corrector and order == 1:
         raise LazyflowError("a first-order data-frame integrator has no corrector")
     below = {None: ANCHORS_BELOW, True: 1 << 62, False: 0}
-    base = {1: "data-euler", 2: "data-multistep", 3: "data-multistep3"}[order] + ("-pc" if corrector else "")
+    names = {1: "data-sde", 2: "data-sde-multistep", 3: "data-sde-multistep3"} if stochastic else \
+        {1: "data-euler", 2: "data-multistep", 3: "data-multistep3"}
+    base = names[order] + ("-pc" if corrector else "")
     options = [f"{label}={'on' if value else 'off'}" for label, value in (("skip", skip_start), ("anchor", anchor))
                if value is not None]
     return Integrator(name=name or base + (f"[{','.join(options)}]" if options else ""), order=order,
-                      build=partial(_build, history=order, corrector=corrector, anchor_below=below[anchor]),
+                      build=partial(_build, history=order, corrector=corrector, anchor_below=below[anchor],
+                                    stochastic=stochastic),
                       history=order, corrector=corrector, skip_first_call_below=below[skip_start],
                       needs_data_stats=True,
-                      description=f"data frame, residual {['held', 'linear', 'quadratic'][order - 1]} in t"
+                      description=f"data frame{' SDE (exact Gaussian transition)' if stochastic else ''}, residual "
+                                  f"{['held', 'linear', 'quadratic'][order - 1]} in t"
                                   + (" with a corrector" if corrector else ""))
+
+
+def stochastic_data_frame(integrator: Integrator) -> bool:
+    """Whether ``integrator`` is a stochastic data frame (``data-sde*``: it needs linear-sde or vp-sde)."""
+    return integrator.needs_data_stats and bool(getattr(integrator.build, "keywords", {}).get("stochastic"))
 
 
 def without_skip(integrator: Integrator) -> Integrator:
@@ -237,4 +287,5 @@ def without_skip(integrator: Integrator) -> Integrator:
 
 #: the registered data-frame integrators (the t = 0 skip and t = 1 anchor below ANCHORS_BELOW steps)
 DATA_FRAME_INTEGRATORS = tuple(data_frame_integrator(order=order, corrector=pc)
-                               for order, pc in ((1, False), (2, False), (2, True), (3, False), (3, True)))
+                               for order, pc in ((1, False), (2, False), (2, True), (3, False), (3, True))) + tuple(
+    data_frame_integrator(order=order, corrector=pc, stochastic=True) for order, pc in ((1, False), (2, False), (2, True)))
