@@ -55,3 +55,4 @@ class _Alias(types.ModuleType):
 
 
 sys.modules.setdefault(f"{__name__}.diffusers", _Alias(f"{__name__}.diffusers", f"{__name__}.runtime.integrations.diffusers"))
+sys.modules.setdefault(f"{__name__}.k_diffusion", _Alias(f"{__name__}.k_diffusion", f"{__name__}.runtime.integrations.k_diffusion_samplers"))

@@ -1,0 +1,283 @@
+"""lazyflow.k_diffusion against k-diffusion's own samplers on exact mixture denoisers.
+
+k-diffusion (``pip install --no-deps k-diffusion==0.1.1.post1`` beside scipy, torchsde, torchdiffeq,
+tqdm) is loaded without its package ``__init__`` (which imports clip, kornia, wandb, torchvision, ...):
+only ``k_diffusion/utils.py`` and ``k_diffusion/sampling.py`` are executed, with an empty stand-in for
+``torchvision.transforms.functional`` (used by utils' image helpers only) where torchvision is absent.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+from lazyflow.errors import LazyflowError
+from lazyflow.runtime.core.noise import CounterNormal
+from lazyflow.runtime.models import gmm
+
+for _name in ("scipy", "torchsde", "torchdiffeq", "tqdm"):
+    pytest.importorskip(_name)
+
+_TEMPORARY = ("k_diffusion", "k_diffusion.utils", "k_diffusion.sampling", "torchvision", "torchvision.transforms",
+              "torchvision.transforms.functional")
+
+
+def _load_sampling() -> types.ModuleType:
+    """k_diffusion.sampling from the installed k-diffusion, its package __init__ not run; sys.modules restored."""
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or spec.origin is None:
+        pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion==0.1.1.post1)")
+    saved = {name: sys.modules.get(name) for name in _TEMPORARY}
+    package = types.ModuleType("k_diffusion")
+    package.__path__ = [os.path.dirname(spec.origin)]
+    sys.modules["k_diffusion"] = package
+    if importlib.util.find_spec("torchvision") is None:
+        vision, transforms, functional = (types.ModuleType(n) for n in _TEMPORARY[3:])
+        vision.transforms, transforms.functional = transforms, functional
+        sys.modules.update(dict(zip(_TEMPORARY[3:], (vision, transforms, functional))))
+    try:
+        return importlib.import_module("k_diffusion.sampling")
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+@pytest.fixture(scope="module")
+def K():
+    return _load_sampling()
+
+
+MIXTURE = gmm.random_mixture(5, dim=6, components=4, rank=2)
+
+
+def denoiser(parameterization: str):
+    """The exact E[X | x] of MIXTURE: x = X + sigma Z (alpha = sigma, beta = 1) or x = (1 - sigma) X + sigma Z."""
+    def call(x, sigma, **kwargs):
+        s = sigma.to(torch.float64)[:, None]
+        beta = torch.ones_like(s) if parameterization == "diffusion" else 1 - s
+        flat = x.reshape(len(x), -1).to(torch.float64)
+        return MIXTURE.posterior(flat, s, beta, torch.ones_like(s), torch.zeros_like(s)).to(x.dtype).reshape(x.shape)
+    return call
+
+
+def start(parameterization: str, sigmas: torch.Tensor, n: int = 12, dtype=torch.float64) -> torch.Tensor:
+    z = torch.randn(n, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    return z * sigmas[0] if parameterization == "diffusion" else z
+
+
+def _sigmas(K, kind: str) -> tuple[str, torch.Tensor]:
+    return {"karras": ("diffusion", K.get_sigmas_karras(10, 0.02, 80.0)),
+            "exponential": ("diffusion", K.get_sigmas_exponential(9, 0.01, 20.0)),
+            "flow-karras": ("flow", K.get_sigmas_karras(10, 0.002, 1.0)),
+            "flow-uniform": ("flow", torch.linspace(1.0, 0.0, 9)),
+            "flow-exponential": ("flow", K.get_sigmas_exponential(7, 0.01, 1.0))}[kind]
+
+
+@pytest.mark.parametrize("kind", ["karras", "exponential", "flow-karras", "flow-uniform", "flow-exponential"])
+def test_linear_euler_is_sample_euler(K, kind):
+    from lazyflow.k_diffusion import sample_lazyflow
+
+    p, sigmas = _sigmas(K, kind)
+    sigmas = sigmas.double()
+    x = start(p, sigmas)
+    ours = sample_lazyflow(denoiser(p), x, sigmas, parameterization=p, schedule="linear", integrator="euler")
+    theirs = K.sample_euler(denoiser(p), x, sigmas, disable=True)
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-11), (ours - theirs).abs().max()
+    x32 = x.float()
+    ours = sample_lazyflow(denoiser(p), x32, sigmas.float(), parameterization=p, schedule="linear", integrator="euler")
+    assert ours.dtype == torch.float32
+    assert torch.allclose(ours, K.sample_euler(denoiser(p), x32, sigmas.float(), disable=True), rtol=0, atol=2e-5)
+
+
+def test_flow_heun_is_sample_heun(K):
+    """Heun in the linear schedule's t is Heun in the flow sigma; both end with a plain Euler step into 0."""
+    from lazyflow.k_diffusion import sample_lazyflow
+
+    sigmas = K.get_sigmas_karras(7, 0.01, 1.0).double()
+    x = start("flow", sigmas)
+    ours = sample_lazyflow(denoiser("flow"), x, sigmas, parameterization="flow", schedule="linear", integrator="heun")
+    theirs = K.sample_heun(denoiser("flow"), x, sigmas, disable=True)
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-12), (ours - theirs).abs().max()
+
+
+@pytest.mark.parametrize("schedule", ["vp", "sd3", "poly"])
+def test_exponential_step_is_sample_euler_in_any_frame_and_stops_at_the_last_sigma(K, schedule):
+    """Euler on x0 + sigma n is DDIM, which lazyflow's exponential step is in every frame: the sigmas mapped
+    into another schedule by equal log snr, and a list without the final 0 returned at its last sigma."""
+    from lazyflow.k_diffusion import sample_lazyflow
+
+    for p, sigmas in (("diffusion", K.get_sigmas_karras(8, 0.05, 30.0)[:-1]), ("flow", torch.linspace(1, 0.1, 7))):
+        sigmas = sigmas.double()
+        x = start(p, sigmas)
+        ours = sample_lazyflow(denoiser(p), x, sigmas, parameterization=p, schedule=schedule, integrator="exponential")
+        theirs = K.sample_euler(denoiser(p), x, sigmas, disable=True)
+        assert torch.allclose(ours, theirs, rtol=0, atol=1e-10), (schedule, p, (ours - theirs).abs().max())
+
+
+@pytest.mark.parametrize("p", ["diffusion", "flow"])
+def test_converged_answers_equal(K, p):
+    """k-diffusion's Heun and DPM-Solver++(2M) on 400 Karras steps and lazyflow's third-order multistep on 128
+    steps (in the vp frame; Karras sigmas for diffusion, uniform ones for flow) reach the same ODE solution; at 8 steps they still differ, so the test can fail."""
+    from lazyflow.k_diffusion import sample_lazyflow
+
+    sigma_max = 80.0 if p == "diffusion" else 1.0
+    fine = K.get_sigmas_karras(400, 0.002, sigma_max).double()
+    x = start(p, fine, n=8)
+    heun = K.sample_heun(denoiser(p), x, fine, disable=True)
+    dpm = K.sample_dpmpp_2m(denoiser(p), x, fine, disable=True)
+    assert (heun - dpm).abs().max() < 2e-3
+    # flow: a uniform grid (Karras' rho = 7 makes the first step from sigma = 1, where every multistep is first
+    # order, as long as 1 -> 0.89 at 128 steps: 2e-2 off at 50 steps against 1.4e-3 for the uniform grid)
+    grid = K.get_sigmas_karras(128, 0.002, sigma_max) if p == "diffusion" else torch.linspace(1, 0, 129)
+    ours = sample_lazyflow(denoiser(p), x, grid.double(), parameterization=p, schedule="vp", integrator="multistep3-pc")
+    assert (ours - heun).abs().max() < 2e-3 and (ours - dpm).abs().max() < 2e-3
+    coarse = sample_lazyflow(denoiser(p), x, K.get_sigmas_karras(8, 0.002, sigma_max).double(), parameterization=p,
+                             schedule="vp", integrator="euler")
+    assert (coarse - heun).abs().max() > 1e-2
+
+
+def test_callback_gets_k_diffusions_dict(K):
+    from lazyflow.k_diffusion import sample_lazyflow
+
+    for p, kind in (("diffusion", "karras"), ("flow", "flow-uniform")):
+        sigmas = _sigmas(K, kind)[1].double()
+        x = start(p, sigmas)
+        ours, theirs = [], []
+        sample_lazyflow(denoiser(p), x, sigmas, parameterization=p, schedule="vp", integrator="exponential",
+                        callback=ours.append)
+        K.sample_euler(denoiser(p), x, sigmas, callback=theirs.append, disable=True)
+        assert [d["i"] for d in ours] == [d["i"] for d in theirs] == list(range(len(sigmas) - 1))
+        for a, b in zip(ours, theirs):
+            assert set(a) >= {"x", "i", "sigma", "sigma_hat", "denoised"}
+            assert float(a["sigma"]) == float(b["sigma"]) and float(a["sigma_hat"]) == float(b["sigma_hat"])
+            assert torch.allclose(a["x"], b["x"], atol=1e-10) and torch.allclose(a["denoised"], b["denoised"], atol=1e-10)
+
+
+def test_denoiser_gets_the_given_sigmas_exactly():
+    """Every call at a grid time passes that sigma bitwise (float32 sigmas from a float32 list), in any frame;
+    a point-mass run from sigma = 1 shows the denoiser the caller's noise at its first call."""
+    from lazyflow.k_diffusion import sample_lazyflow
+
+    seen = []
+
+    def record(x, sigma, **kwargs):
+        seen.append((x.clone(), sigma.clone()))
+        return denoiser("flow")(x, sigma)
+
+    sigmas = torch.tensor([1.0, 0.83, 0.61, 0.37, 0.12, 0.0])
+    x = start("flow", sigmas, dtype=torch.float32)
+    sample_lazyflow(record, x, sigmas, parameterization="flow", schedule="pointmass", integrator="multistep-pc", seed=0)
+    assert [s for _, s in seen] and all(s.dtype == torch.float32 and s.shape == (len(x),) for _, s in seen)
+    assert torch.equal(torch.stack([s[0] for _, s in seen]), sigmas[:-1])
+    assert torch.equal(seen[0][0], x)
+    seen.clear()
+    sigmas = torch.tensor([14.6, 6.1, 2.2, 0.7, 0.03, 0.0])
+    sample_lazyflow(record, start("diffusion", sigmas, dtype=torch.float32), sigmas, schedule="vp", integrator="heun")
+    assert torch.equal(torch.stack([s[0] for _, s in seen]), torch.tensor([14.6, 6.1, 6.1, 2.2, 2.2, 0.7, 0.7, 0.03, 0.03]))
+
+
+def test_noise_per_sample_seed_and_noise_sampler():
+    """With an integer ``seed`` sample i's path does not depend on the batch size, with one seed per sample
+    a sample is redrawn alone; a noise_sampler is called with
+    (sigmas[k], sigmas[k+1]) and its draws are the noise: the same draws give the same samples."""
+    from lazyflow.k_diffusion import sample_lazyflow
+
+    sigmas = torch.tensor([20.0, 5.0, 1.5, 0.4, 0.1, 0.0], dtype=torch.float64)
+    x = start("diffusion", sigmas, n=10)
+    whole = sample_lazyflow(denoiser("diffusion"), x, sigmas, seed=7, schedule="linear-sde", integrator="euler")
+    part = sample_lazyflow(denoiser("diffusion"), x[:4], sigmas, seed=7, schedule="linear-sde", integrator="euler")
+    assert torch.equal(whole[:4], part)
+    listed = sample_lazyflow(denoiser("diffusion"), x[:4], sigmas, seed=[11, 12, 13, 14], schedule="linear-sde",
+                             integrator="euler")
+    alone = sample_lazyflow(denoiser("diffusion"), x[2:3], sigmas, seed=[13], schedule="linear-sde", integrator="euler")
+    assert torch.allclose(listed[2:3], alone, rtol=0, atol=1e-12) and (listed[2] - part[2]).abs().max() > 1e-2
+    other = sample_lazyflow(denoiser("diffusion"), x, sigmas, seed=8, schedule="linear-sde", integrator="euler")
+    assert (other - whole).abs().max() > 1e-2
+    draws, pairs = CounterNormal(7, range(10), (6,), dtype=torch.float64), []
+
+    def noise_sampler(sigma, sigma_next):
+        pairs.append((float(sigma), float(sigma_next)))
+        return draws(1 + len(pairs) - 1)
+
+    same = sample_lazyflow(denoiser("diffusion"), x, sigmas, noise_sampler=noise_sampler, schedule="linear-sde",
+                           integrator="euler")
+    assert pairs == list(zip(sigmas[:-1].tolist(), sigmas[1:].tolist()))
+    assert torch.allclose(same, whole, atol=1e-12)
+
+
+@pytest.mark.parametrize("p", ["diffusion", "flow"])
+def test_point_mass_sde_samples_standard_gaussian_data(p):
+    """Data N(0, 1): the point-mass SDE's drift vanishes, so Euler-Maruyama at 6 steps samples it exactly from
+    x = X + sigma_0 Z (diffusion) or Z (flow, sigma_0 = 1): mean 0, variance 1 within 4 standard errors of
+    4000 samples (a wrong noise scale or start state moves the variance by far more)."""
+    from lazyflow.k_diffusion import sample_lazyflow
+
+    def gaussian(x, sigma, **kwargs):
+        s = sigma.reshape(-1, 1)
+        beta = torch.ones_like(s) if p == "diffusion" else 1 - s
+        return beta / (beta * beta + s * s) * x
+
+    sigmas = torch.tensor([60.0, 8.0, 2.0, 0.6, 0.15, 0.02, 0.0] if p == "diffusion" else
+                          [1.0, 0.9, 0.7, 0.5, 0.3, 0.1, 0.0], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    z, data = (torch.randn(4000, 1, generator=g, dtype=torch.float64) for _ in range(2))
+    x = data + sigmas[0] * z if p == "diffusion" else z
+    out = sample_lazyflow(gaussian, x, sigmas, parameterization=p, schedule="pointmass", integrator="euler", seed=1)
+    assert abs(out.mean().item()) < 0.065 and abs(out.var().item() - 1) < 0.09
+
+
+def test_adapter_in_lazyflow_sample_matches():
+    """from_denoiser makes the denoiser a linear-schedule x-prediction model for lazyflow.sample."""
+    from lazyflow import sample
+    from lazyflow.k_diffusion import from_denoiser, sample_lazyflow
+
+    z = torch.randn(6, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    model = from_denoiser(denoiser("flow"), "flow")
+    ours = sample(model, (6, 6), schedule="vp", integrator="multistep-pc", prediction="x", initial=z, steps=6,
+                  dtype=torch.float64)
+    times = torch.linspace(0, 1, 7, dtype=torch.float64)   # a uniform vp grid, as flow sigmas of equal log snr
+    from lazyflow import load_schedule
+    vp, lin = load_schedule("vp"), load_schedule("linear")
+    sigmas = 1 - lin.time_of_log_snr(vp.log_snr(times))
+    sigmas[0], sigmas[-1] = 1.0, 0.0
+    k = sample_lazyflow(denoiser("flow"), z, sigmas, parameterization="flow", schedule="vp", integrator="multistep-pc")
+    assert torch.allclose(ours, k, atol=1e-9)
+
+
+def test_refusals():
+    from lazyflow.k_diffusion import sample_lazyflow
+
+    d, x = denoiser("diffusion"), torch.zeros(2, 6)
+    with pytest.raises(LazyflowError, match="parameterization"):
+        sample_lazyflow(d, x, [1.0, 0.0], parameterization="eps")
+    with pytest.raises(LazyflowError, match="flow sigmas lie in"):
+        sample_lazyflow(d, x, [14.6, 0.0], parameterization="flow")
+    with pytest.raises(LazyflowError, match="decrease strictly"):
+        sample_lazyflow(d, x, [1.0, 2.0, 0.0])
+    with pytest.raises(LazyflowError, match="finite"):
+        sample_lazyflow(d, x, [float("inf"), 1.0, 0.0])
+    with pytest.raises(LazyflowError, match="data_stats"):
+        sample_lazyflow(d, x, [10.0, 1.0, 0.0], integrator="data-multistep-pc")
+    with pytest.raises(LazyflowError, match="unknown integrator"):
+        sample_lazyflow(d, x, [10.0, 1.0, 0.0], integrator="dpmpp")
+    assert sample_lazyflow(d, x, [3.0]) is x
+
+
+def test_alias_does_not_shadow_the_real_package():
+    """lazyflow.k_diffusion is an alias in sys.modules, not a file: the repository root on sys.path (pytest)
+    holds nothing named k_diffusion, so ``import k_diffusion`` still finds the installed package."""
+    import lazyflow
+    from lazyflow.k_diffusion import sample_lazyflow, sample_lazyflow_ode, sample_lazyflow_sde  # noqa: F401
+
+    root = os.path.dirname(lazyflow.__file__)
+    assert not os.path.exists(os.path.join(root, "k_diffusion.py")) and not os.path.isdir(os.path.join(root, "k_diffusion"))
+    spec = importlib.util.find_spec("k_diffusion")
+    assert spec is None or not os.path.dirname(spec.origin).startswith(root + os.sep + "k_diffusion")
