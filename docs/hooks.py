@@ -5,6 +5,9 @@ The repository root *is* the package (setup.cfg maps ``lazyflow`` to ``.``), so 
 makes a temporary folder holding one link, ``lazyflow`` -> the repository root, and puts it first on
 ``sys.path`` (mkdocstrings reads its search paths from ``sys.path`` when it starts); the link and its
 folder are removed when mkdocs exits.  Nothing is written into the repository.
+
+The images of ``figures/`` (outside ``docs/``) are added to the site as ``figures/NAME.png``, so a page
+shows one with ``![...](figures/NAME.png)`` and mkdocs checks the link.
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+
+from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,3 +35,11 @@ def on_startup(command: str, dirty: bool) -> None:
     os.symlink(ROOT, link, target_is_directory=True)
     sys.path.insert(0, folder)
     atexit.register(_remove, folder, link)
+
+
+def on_files(files: Files, config) -> Files:
+    """Add the committed figures (``figures/*.png``) to the site under ``figures/``."""
+    for image in sorted((ROOT / "figures").glob("*.png")):
+        files.append(File(f"figures/{image.name}", src_dir=str(ROOT), dest_dir=config.site_dir,
+                          use_directory_urls=config.use_directory_urls))
+    return files
