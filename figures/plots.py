@@ -1,15 +1,19 @@
 """``lazyflow plot``: pictures that compare schedules and samplers.
 
-Each plot is a function returning a matplotlib Figure (tests inspect its axes and lines), with
-``main()`` as the command-line entry.  Colours: the Okabe-Ito colour-blind-safe palette.
+Each plot is a function returning a matplotlib Figure (tests inspect its axes and lines); ``lazyflow plot``
+calls them and :func:`save_figure` writes them.  Every plot draws under matplotlib's default style (a user's
+matplotlibrc never changes a figure) and its PNG carries no software version, so that the same command draws
+the same bytes with the same matplotlib.  Colours: the Okabe-Ito colour-blind-safe palette; every series in
+a plot has its own (colour, line style, marker).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import matplotlib
 
@@ -22,12 +26,50 @@ from ..errors import LazyflowError  # noqa: E402
 from ..runtime.core.output import save_image_grid, tile_images  # noqa: E402  (sample grids, drawn by the runtime)
 
 __all__ = ["plot_schedules", "plot_drift", "plot_trajectories", "plot_samples", "plot_bench", "tile_images",
-           "save_image_grid", "save_figure", "read_bench_result", "PALETTE"]
+           "save_image_grid", "save_figure", "read_bench_result", "house_style", "line_style", "marker_style",
+           "our_styles", "PALETTE"]
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 #: peers get their own colours, dashed lines and square markers, so they never pass for ours
 PEER_PALETTE = ["#CC79A7", "#56B4E9", "#D55E00", "#000000", "#999999", "#882255"]
 STYLES = ["-", "--", "-.", ":"]
+#: markers of ours in the bench plot (one per diffusion scale of a schedule) and of the peers
+OUR_MARKERS = ["o", "^", "v", "D", "P", "X", "*", "h"]
+PEER_MARKERS = ["s", "D", "p", "<", ">", "d"]
+#: matplotlib's defaults, whatever the user's matplotlibrc says (svg.hashsalt: SVG ids that do not change)
+HOUSE_STYLE: list[Any] = ["default", {"svg.hashsalt": "lazyflow"}]
+#: PNG text chunks: none (matplotlib writes its version as Software unless told not to)
+PNG_METADATA: dict[str, Any] = {"Software": None}
+#: figure sizes are multiples of 0.5 inch: whole pixels at this dpi in floating point too (4.6 in * 110 =
+#: 505.99..., which matplotlib 3.11.0 and 3.11.2 round to different sizes)
+DPI = 110
+
+_Draw = TypeVar("_Draw", bound=Callable[..., Any])
+
+
+def house_style(draw: _Draw) -> _Draw:
+    """``draw`` run under :data:`HOUSE_STYLE`."""
+    @functools.wraps(draw)
+    def styled(*args: Any, **kwargs: Any) -> Any:
+        with plt.style.context(HOUSE_STYLE):
+            return draw(*args, **kwargs)
+    return styled  # type: ignore[return-value]
+
+
+def line_style(index: int) -> dict[str, str]:
+    """Series ``index`` of a line plot: colour PALETTE[i mod 8] and line style STYLES[(i + i // 8) mod 4], a
+    pair no other index below 32 has (the line styles shift by one each round of colours)."""
+    if index >= len(PALETTE) * len(STYLES):
+        raise LazyflowError(f"at most {len(PALETTE) * len(STYLES)} series fit in one plot, got {index + 1}")
+    return {"color": PALETTE[index % len(PALETTE)], "linestyle": STYLES[(index + index // len(PALETTE)) % len(STYLES)]}
+
+
+def marker_style(index: int, colours: Sequence[str], markers: Sequence[str], linestyle: str) -> dict[str, str]:
+    """Series ``index`` of a family drawn with one line style: colour i mod C, marker (i // C) mod M, a pair
+    no other index below C * M has."""
+    if index >= len(colours) * len(markers):
+        raise LazyflowError(f"at most {len(colours) * len(markers)} series of one kind fit in one plot, got {index + 1}")
+    return {"color": colours[index % len(colours)], "marker": markers[index // len(colours)], "linestyle": linestyle}
 
 
 def _schedules(names: Sequence[str]):
@@ -41,6 +83,7 @@ def _data_var(schedule) -> float:
     return float(Fraction(str(schedule.kernel.SPEC.get("data_var", "1"))))
 
 
+@house_style
 def plot_schedules(names: Sequence[str], source: str = "linear"):
     """alpha, beta, log snr, sigma, eps* and the time map and scale to ``source``: one panel each."""
     from ..runtime.core.frames import conversion
@@ -58,8 +101,7 @@ def plot_schedules(names: Sequence[str], source: str = "linear"):
         values = {"alpha": v.alpha, "beta": v.beta, "log_snr": schedule.log_snr(ts), "sigma": v.sigma,
                   "eps_star": v.eps_star, "tau": tau, "scale": scale}
         for ax, (_, key) in zip(axes.flat, panels):
-            ax.plot(ts.numpy(), values[key].numpy(), color=PALETTE[index % len(PALETTE)],
-                    linestyle=STYLES[index % len(STYLES)], label=schedule.name,
+            ax.plot(ts.numpy(), values[key].numpy(), **line_style(index), label=schedule.name,
                     linewidth=2.2 if index % len(STYLES) else 2.8)
     for ax, (title, key) in zip(axes.flat, panels):
         ax.set_title(title)
@@ -106,26 +148,35 @@ def _trajectories(model, schedule, steps: int, n: int, seed: int, grid: str = "u
 
     with torch.no_grad():
         end = sample(model, (n, 2), schedule=schedule, steps=steps, integrator="euler", grid=grid, seed=seed,
-                     dtype=torch.float64, callback=observe)
+                     final_step="euler", dtype=torch.float64, callback=observe)
     return np.array([*times, 1.0]), torch.stack([*path, end]).numpy(), np.array(drift_norm)
 
 
+def _own_drift(schedule, times: np.ndarray) -> np.ndarray:
+    """The steps whose reported drift is the frame's own: all but t = 0 of a schedule whose diffusion eps is
+    infinite there (linear-sde: eps* = (1-t)/t).  The sampler takes that first step with the probability-flow
+    ODE drift (finite), while the SDE drift's eps s term grows like 1/t as t -> 0: no finite value to draw at 0,
+    and drawing the ODE's made a jump of two decades at t = 0."""
+    return ~((times <= 0) & schedule.singular_start)
+
+
+@house_style
 def plot_drift(names: Sequence[str], steps: int = 64, n: int = 512, seed: int = 0):
     """k(t) of Gaussian data (zero for the lazy schedules) and the mean drift norm along paths
     of a 2D Gaussian mixture (exact model) and of two moons (the shipped model)."""
     schedules = _schedules(names)
     ts = torch.linspace(1e-3, 1 - 1e-3, 400, dtype=torch.float64)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), constrained_layout=True)
     for index, schedule in enumerate(schedules):
-        style = dict(color=PALETTE[index % len(PALETTE)], linestyle=STYLES[index % len(STYLES)], label=schedule.name,
-                     linewidth=2.2)
+        style = dict(**line_style(index), label=schedule.name, linewidth=2.2)
         # data N(0, v I): eta_X = v beta x / (alpha^2 + v beta^2), so b = k x with k = K_x + K_e v beta / r
         v, var = schedule.values(ts), _data_var(schedule)
         k_x, k_e = schedule.drift(ts)
         axes[0].plot(ts.numpy(), (k_x + k_e * var * v.beta / (v.alpha**2 + var * v.beta**2)).numpy(), **style)
         for ax, model in ((axes[1], _gmm_model()), (axes[2], _moons_model())):
             times, _, norms = _trajectories(model, schedule, steps, n, seed)
-            ax.plot(times[:-1], norms, **style)
+            own = _own_drift(schedule, times[:-1])
+            ax.plot(times[:-1][own], norms[own], **style)
     axes[0].set_title("Gaussian data: drift coefficient k(t)")
     axes[0].set_ylabel("k(t), drift b = k(t) x")
     axes[0].set_ylim(-6, 6)
@@ -142,13 +193,14 @@ def plot_drift(names: Sequence[str], steps: int = 64, n: int = 512, seed: int = 
     return fig
 
 
+@house_style
 def plot_trajectories(names: Sequence[str], data: str = "gmm", steps: int = 16, n: int = 48, seed: int = 0):
     """2D sample paths from the same seeds under each schedule, side by side (each in its own frame)."""
     if data not in ("gmm", "moons"):
         raise LazyflowError(f"--data must be gmm or moons, got {data!r}")
     schedules = _schedules(names)
     model = _gmm_model() if data == "gmm" else _moons_model()
-    fig, axes = plt.subplots(1, len(schedules), figsize=(4.6 * len(schedules), 4.6), constrained_layout=True,
+    fig, axes = plt.subplots(1, len(schedules), figsize=(4.5 * len(schedules), 4.5), constrained_layout=True,
                              squeeze=False)
     for ax, schedule in zip(axes[0], schedules):
         times, path, _ = _trajectories(model, schedule, steps, n, seed)
@@ -166,6 +218,7 @@ def plot_trajectories(names: Sequence[str], data: str = "gmm", steps: int = 16, 
     return fig
 
 
+@house_style
 def plot_samples(names: Sequence[str], nfes: Sequence[int], model: str = "digits", per_cell: int = 16,
                  integrators: Sequence[str] = ("euler", "multistep-pc"), seed: int = 0):
     """Digit grids: rows = (schedule, integrator), columns = NFE, same seeds everywhere."""
@@ -175,13 +228,14 @@ def plot_samples(names: Sequence[str], nfes: Sequence[int], model: str = "digits
 
     net = models.load(model)
     rows = [(name, integrator) for name in names for integrator in integrators]
-    fig, axes = plt.subplots(len(rows), len(nfes), figsize=(1.9 * len(nfes) + 1.5, 1.9 * len(rows)),
+    fig, axes = plt.subplots(len(rows), len(nfes), figsize=(2 * len(nfes) + 1.5, 2 * len(rows)),
                              constrained_layout=True, squeeze=False)
     for r, (name, integrator) in enumerate(rows):
         for c, nfe in enumerate(nfes):
             steps = get_integrator(integrator).steps_for_nfe(nfe)
             with torch.no_grad():
-                x = sample(net, (per_cell, *net.data_shape), schedule=name, steps=steps, integrator=integrator, seed=seed)
+                x = sample(net, (per_cell, *net.data_shape), schedule=name, steps=steps, integrator=integrator,
+                           grid="uniform", final_step="euler", seed=seed)
             ax = axes[r][c]
             ax.imshow(tile_images(x), cmap="gray_r", vmin=0, vmax=1)
             ax.set_xticks([])
@@ -203,8 +257,48 @@ def _best(rows: list[dict], budgets: list[int]) -> list[float]:
     return [min(by_budget.get(b, [np.nan])) for b in budgets]
 
 
+def our_styles(schedules: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Solid lines for ours: colour by schedule and marker by diffusion scale (``name*scale``; ``o`` for the
+    schedule's own), so ``linear-sde*0.5`` reads as a relative of ``linear-sde``; when there are more
+    schedules or scales than colours or markers, one (colour, marker) pair per series instead."""
+    bases = sorted({name.partition("*")[0] for name in schedules})
+    scales = sorted({name.partition("*")[2] for name in schedules})
+    if len(bases) <= len(PALETTE) and len(scales) <= len(OUR_MARKERS):
+        return {name: {"color": PALETTE[bases.index(name.partition("*")[0])], "linestyle": "-",
+                       "marker": OUR_MARKERS[scales.index(name.partition("*")[2])]} for name in schedules}
+    return {name: marker_style(i, PALETTE, OUR_MARKERS, "-") for i, name in enumerate(schedules)}
+
+
+def _bench_panel(ax, rows: list[dict], stochastic: bool, result: dict) -> None:
+    """One panel of :func:`plot_bench`: ours (the best row of each schedule per NFE), the peers, the lines."""
+    ours = sorted({r["method"].split("/")[0] for r in rows if not r["peer"] and r["stochastic"] == stochastic})
+    for schedule, style in our_styles(ours).items():
+        group = [r for r in rows if not r["peer"] and r["method"].split("/")[0] == schedule]
+        nfes = sorted({r["budget"] for r in group})
+        ax.plot(nfes, _best(group, nfes), **style, label=f"lazyflow {schedule} (best integrator/grid)", linewidth=2.4)
+    peers = sorted({r["method"] for r in rows if r["peer"] and r["stochastic"] == stochastic})
+    for index, name in enumerate(peers):
+        group = [r for r in rows if r["method"] == name]
+        fds = [r["fd"] if r["fd"] is not None else np.nan for r in group]
+        ax.plot([r["budget"] for r in group], fds, **marker_style(index, PEER_PALETTE, PEER_MARKERS, "--"),
+                label=f"peer: {name}", linewidth=1.4, alpha=0.9)
+    ref = result["reference"]
+    ax.axhline(ref["fd"], color="grey", linestyle=":", label=f"reference: {ref['method']}, {ref['nfe']} NFE")
+    if "floor_bootstrap_fd" in result:
+        ax.axhline(result["floor_bootstrap_fd"], color="grey", linestyle="-.",
+                   label=f"floor: {result['n']} images drawn from the data itself")
+    ax.set_title("deterministic samplers (ODE)" if not stochastic else "stochastic samplers (SDE)")
+    ax.set_xlabel("network evaluations per sample (NFE budget; counted calls never exceed it)")
+    ax.set_yscale("log")
+    ax.set_ylim(0.3, 300)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+
+
+@house_style
 def plot_bench(result: dict | str | Path, out: str | Path | None = None):
-    """FD against NFE: ours (solid, circles) and peers (dashed, squares); ODE and SDE panels.
+    """FD against NFE: ours (solid lines; colour by schedule, marker by diffusion scale) and peers (dashed,
+    their own colours and square-like markers); ODE and SDE panels.
 
     Ours are grouped by schedule (the best integrator and grid of that schedule at each NFE), so the
     legend stays readable; every peer is drawn as it is."""
@@ -213,49 +307,26 @@ def plot_bench(result: dict | str | Path, out: str | Path | None = None):
     rows = [r for r in result["rows"] if not r.get("baseline")]   # the 0-NFE Gaussian map is no sampler
     fig, axes = plt.subplots(1, 2, figsize=(15, 7.5), constrained_layout=True, sharey=True)
     for ax, stochastic in zip(axes, (False, True)):
-        colour = 0
-        ours = sorted({r["method"].split("/")[0] for r in rows if not r["peer"] and r["stochastic"] == stochastic})
-        for schedule in ours:
-            group = [r for r in rows if not r["peer"] and r["method"].split("/")[0] == schedule]
-            nfes = sorted({r["budget"] for r in group})
-            ax.plot(nfes, _best(group, nfes), marker="o", linestyle="-", color=PALETTE[colour % 3],
-                    label=f"lazyflow {schedule} (best integrator/grid)", linewidth=2.4)
-            colour += 1
-        peers = sorted({r["method"] for r in rows if r["peer"] and r["stochastic"] == stochastic})
-        for index, name in enumerate(peers):
-            group = [r for r in rows if r["method"] == name]
-            nfes = [r["budget"] for r in group]
-            fds = [r["fd"] if r["fd"] is not None else np.nan for r in group]
-            ax.plot(nfes, fds, marker="s", linestyle="--", color=PEER_PALETTE[index % len(PEER_PALETTE)],
-                    label=f"peer: {name}", linewidth=1.4, alpha=0.9)
-        ref = result["reference"]
-        ax.axhline(ref["fd"], color="grey", linestyle=":", label=f"reference: {ref['method']}, {ref['nfe']} NFE")
-        if "floor_bootstrap_fd" in result:
-            ax.axhline(result["floor_bootstrap_fd"], color="grey", linestyle="-.",
-                       label=f"floor: {result['n']} images drawn from the data itself")
-        ax.set_title("deterministic samplers (ODE)" if not stochastic else "stochastic samplers (SDE)")
-        ax.set_xlabel("network evaluations per sample (NFE budget; counted calls never exceed it)")
-        ax.set_yscale("log")
-        ax.set_ylim(0.3, 300)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+        _bench_panel(ax, rows, stochastic, result)
     axes[0].set_ylabel(f"Fréchet distance, classifier features ({result['n']} samples; lower is better)")
     fig.suptitle(f"Quality against NFE on the {result['model']!r} model ({result['machine']}, {result['date']}); "
                  "points above 300 lie off the chart")
     if out is not None:
-        fig.savefig(out, dpi=110)
+        fig.savefig(out, dpi=DPI, metadata=PNG_METADATA)
     return fig
 
 
 # --- files ---------------------------------------------------------------------------------------
 
 def save_figure(fig, out: str | Path) -> Path:
-    """Write ``fig`` to ``out`` (a ``.png``; its folder is made) and close it; returns the path."""
+    """Write ``fig`` to ``out`` (a ``.png``; its folder is made) and close it; returns the path.  Saved under
+    :data:`HOUSE_STYLE` at :data:`DPI` with no PNG text chunks: the bytes depend on the figure alone."""
     path = Path(out)
     if path.suffix.lower() != ".png":
         raise LazyflowError(f"--out must be a .png file, got {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with plt.style.context(HOUSE_STYLE):
+        fig.savefig(path, dpi=DPI, metadata=PNG_METADATA)
     plt.close(fig)
     return path
 
@@ -264,7 +335,7 @@ def read_bench_result(source: str | Path) -> dict:
     """The bench result a ``lazyflow bench --save`` file holds; anything else is refused naming ``--from``."""
     try:
         result = json.loads(Path(source).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise LazyflowError(f"--from {source}: cannot read a bench result ({err})") from None
     if not isinstance(result, dict) or "rows" not in result:
         raise LazyflowError(f"--from {source}: not a bench result (written by lazyflow bench --save)")

@@ -1,0 +1,91 @@
+"""Every figure committed in ``figures/``, with the exact settings that drew it: ``lazyflow plot all`` redraws
+them all, and tests/test_figures.py checks that the committed PNGs are what it draws.
+
+Each entry is one ``lazyflow plot KIND`` command (its options as the command line spells them), so the
+command printed for a figure and the call that draws it come from the same place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..errors import LazyflowError
+from . import plots
+
+__all__ = ["FIGURES_DIR", "BENCH_JSON", "FigureSpec", "CATALOG", "figure_spec", "DRAW", "draw_figure", "draw_all"]
+
+#: the folder the figures are committed in (this package folder: read, never written by the library)
+FIGURES_DIR = Path(__file__).resolve().parent
+#: the bench result the quality figure is drawn from
+BENCH_JSON = FIGURES_DIR / "bench_digits.json"
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One committed figure: its file name, the plot kind and the options of ``lazyflow plot KIND``."""
+
+    file: str
+    kind: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    def argv(self, out: str | Path) -> list[str]:
+        """The command line (after ``lazyflow``) that draws this figure into ``out``."""
+        flags = [item for name, value in self.options.items() for item in (f"--{name}", value)]
+        return ["plot", self.kind, *flags, "--out", str(out)]
+
+    @property
+    def command(self) -> str:
+        """The command as the docs print it, writing into figures/."""
+        return "lazyflow " + " ".join(self.argv(f"figures/{self.file}"))
+
+
+CATALOG: tuple[FigureSpec, ...] = (
+    FigureSpec("schedules.png", "schedules", {"schedules": "linear,vp,pointmass,linear-sde,sd3,score-vp"}),
+    FigureSpec("gaussian_drift.png", "drift", {"schedules": "linear,vp,pointmass,linear-sde"}),
+    FigureSpec("trajectories_gmm.png", "trajectories", {"data": "gmm", "schedules": "linear,vp,pointmass",
+                                                        "steps": "16"}),
+    FigureSpec("trajectories_moons.png", "trajectories", {"data": "moons", "schedules": "linear,vp,pointmass",
+                                                          "steps": "16"}),
+    FigureSpec("digits_grid.png", "samples", {"schedules": "linear,vp,pointmass,linear-sde", "nfe": "2,4,8,16"}),
+    FigureSpec("quality_vs_nfe.png", "bench", {"from": "figures/bench_digits.json"}),
+)
+
+
+def figure_spec(file: str) -> FigureSpec:
+    """The catalog entry of ``file`` (e.g. ``"schedules.png"``)."""
+    for spec in CATALOG:
+        if spec.file == file:
+            return spec
+    raise LazyflowError(f"--only: no committed figure {file!r}; choose from {', '.join(s.file for s in CATALOG)}")
+
+
+def _names(options: dict[str, str]) -> list[str]:
+    return [name.strip() for name in options["schedules"].split(",") if name.strip()]
+
+
+DRAW: dict[str, Callable[[dict[str, str], Path], Any]] = {
+    "schedules": lambda o, _: plots.plot_schedules(_names(o), source=o.get("source", "linear")),
+    "drift": lambda o, _: plots.plot_drift(_names(o), steps=int(o.get("steps", 64))),
+    "trajectories": lambda o, _: plots.plot_trajectories(_names(o), data=o["data"], steps=int(o.get("steps", 16))),
+    "samples": lambda o, _: plots.plot_samples(_names(o), [int(v) for v in o["nfe"].split(",")],
+                                               model=o.get("model", "digits")),
+    "bench": lambda _, bench: plots.plot_bench(plots.read_bench_result(bench)),
+}
+
+
+def draw_figure(spec: FigureSpec, out_dir: str | Path, bench: str | Path = BENCH_JSON) -> Path:
+    """Draw ``spec`` into ``out_dir/spec.file`` (the quality figure from the bench result ``bench``)."""
+    return plots.save_figure(DRAW[spec.kind](spec.options, Path(bench)), Path(out_dir) / spec.file)
+
+
+def draw_all(out_dir: str | Path, only: Iterable[str] | None = None, bench: str | Path = BENCH_JSON,
+             log: Callable[[str], None] | None = None) -> list[Path]:
+    """Draw every catalog figure (or those named in ``only``) into ``out_dir``; returns the paths written."""
+    specs = CATALOG if only is None else tuple(figure_spec(name) for name in only)
+    written = []
+    for spec in specs:
+        written.append(draw_figure(spec, out_dir, bench))
+        if log is not None:
+            log(f"wrote {written[-1]}  ({spec.command})")
+    return written
