@@ -6,6 +6,7 @@ command printed for a figure and the call that draws it come from the same place
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -64,28 +65,46 @@ def _names(options: dict[str, str]) -> list[str]:
     return [name.strip() for name in options["schedules"].split(",") if name.strip()]
 
 
-DRAW: dict[str, Callable[[dict[str, str], Path], Any]] = {
+DRAW: dict[str, Callable[[dict[str, str], dict | None], Any]] = {
     "schedules": lambda o, _: plots.plot_schedules(_names(o), source=o.get("source", "linear")),
     "drift": lambda o, _: plots.plot_drift(_names(o), steps=int(o.get("steps", 64))),
     "trajectories": lambda o, _: plots.plot_trajectories(_names(o), data=o["data"], steps=int(o.get("steps", 16))),
     "samples": lambda o, _: plots.plot_samples(_names(o), [int(v) for v in o["nfe"].split(",")],
                                                model=o.get("model", "digits")),
-    "bench": lambda _, bench: plots.plot_bench(plots.read_bench_result(bench)),
+    "bench": lambda _, result: plots.plot_bench(result),
 }
 
 
-def draw_figure(spec: FigureSpec, out_dir: str | Path, bench: str | Path = BENCH_JSON) -> Path:
-    """Draw ``spec`` into ``out_dir/spec.file`` (the quality figure from the bench result ``bench``)."""
-    return plots.save_figure(DRAW[spec.kind](spec.options, Path(bench)), Path(out_dir) / spec.file)
+def draw_figure(spec: FigureSpec, out_dir: str | Path, bench: str | Path | dict = BENCH_JSON) -> Path:
+    """Draw ``spec`` into ``out_dir/spec.file`` (the quality figure from ``bench``: a bench result or its file)."""
+    result = None
+    if spec.kind == "bench":
+        result = bench if isinstance(bench, dict) else plots.read_bench_result(bench)
+    return plots.save_figure(DRAW[spec.kind](spec.options, result), Path(out_dir) / spec.file)
+
+
+def _writable_folder(out_dir: str | Path) -> Path:
+    """``out_dir``, made if missing; refused before any drawing when it cannot be written."""
+    folder = Path(out_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LazyflowError(f"--out-dir {out_dir}: cannot make the folder ({err.strerror or err})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LazyflowError(f"--out-dir {out_dir}: the folder cannot be written")
+    return folder
 
 
 def draw_all(out_dir: str | Path, only: Iterable[str] | None = None, bench: str | Path = BENCH_JSON,
              log: Callable[[str], None] | None = None) -> list[Path]:
-    """Draw every catalog figure (or those named in ``only``) into ``out_dir``; returns the paths written."""
+    """Draw every catalog figure (or those named in ``only``) into ``out_dir``; returns the paths written.
+    The names, the bench result and the folder are checked before the first figure is drawn."""
     specs = CATALOG if only is None else tuple(figure_spec(name) for name in only)
+    result = plots.read_bench_result(bench) if any(spec.kind == "bench" for spec in specs) else None
+    folder = _writable_folder(out_dir)
     written = []
     for spec in specs:
-        written.append(draw_figure(spec, out_dir, bench))
+        written.append(draw_figure(spec, folder, result if result is not None else bench))
         if log is not None:
             log(f"wrote {written[-1]}  ({spec.command})")
     return written

@@ -267,3 +267,16 @@ def test_drift_curves_are_continuous_at_t0(drawn):
             # linear-sde's eps* = (1-t)/t is infinite at t = 0: its curve starts at the first step after it
             assert t[0] == (1 / 64 if label == "linear-sde" else 0)
     assert all(np.isfinite(y).all() for *_, y in gaussian["lines"])
+
+
+def test_plot_all_checks_before_drawing(tmp_path, capsys):
+    """A bad bench result or an unwritable folder is one line on stderr, before any figure is drawn."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    out = tmp_path / "out"
+    assert main(["plot", "all", "--out-dir", str(out), "--from", str(bad)]) == 2
+    assert "not a bench result" in capsys.readouterr().err and not out.exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["plot", "all", "--out-dir", str(blocker / "sub"), "--only", "quality_vs_nfe.png"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
