@@ -1,0 +1,153 @@
+"""A ComfyUI custom node: a lazyflow SAMPLER for ``SamplerCustom`` (and ``SamplerCustomAdvanced``).
+
+Install (in ComfyUI's own Python): ``pip install lazyflow``, then ``lazyflow comfyui-node
+ComfyUI/custom_nodes/lazyflow`` (or :func:`write_custom_node`), which writes a one-file custom node::
+
+    from lazyflow.runtime.integrations.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+The node "lazyflow sampler" (category sampling/custom_sampling/samplers) takes the target schedule, the
+integrator, the diffusion scale, the parameterization (``auto`` reads the model) and optionally the
+path of a data statistics file (``lazyflow stats``, for the ``data-*`` integrators), and returns
+``comfy.samplers.KSAMPLER(sample_comfy, extra_options)``.  ComfyUI then calls :func:`sample_comfy` as it
+calls its k-diffusion samplers: with its denoiser ``model`` (x, sigma -> x0), the noised latent x at
+``sigmas[0]`` and ``extra_args`` (model options, seed, denoise mask).  ComfyUI presents flow models
+(``model_sampling`` a ``comfy.model_sampling.CONST``: x = (1 - sigma) x0 + sigma n) and every other model
+(EPS, V_PREDICTION, EDM, X0: x = x0 + sigma n) to its samplers; ``auto`` picks ``flow`` for the first
+and ``diffusion`` for the rest.  Nothing here imports ComfyUI before the node is used.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ...errors import LazyflowError
+from ..core.data_stats import DataStats
+from ..core.integrators import INTEGRATORS, get_integrator
+from .. import kernels
+from .k_diffusion_samplers import PARAMETERIZATIONS, _resolved_target, sample_lazyflow
+
+__all__ = ["LazyflowSampler", "sample_comfy", "parameterization_of", "write_custom_node", "NODE_CLASS_MAPPINGS",
+           "NODE_DISPLAY_NAME_MAPPINGS", "NODE_FILE"]
+
+#: the one file a ComfyUI custom node folder needs
+NODE_FILE = '''"""lazyflow sampler for ComfyUI (written by lazyflow comfyui-node): the node lives in the lazyflow package."""
+from lazyflow.runtime.integrations.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+'''
+
+
+def _is_flow(model_sampling: Any) -> bool:
+    """True for ComfyUI's CONST model sampling (x = (1 - sigma) x0 + sigma n): ``comfy.model_sampling.CONST``
+    where ComfyUI is importable, else a class named CONST in the object's class hierarchy."""
+    try:
+        from comfy.model_sampling import CONST  # ComfyUI itself, only when the node runs there
+    except ImportError:
+        return any(cls.__name__ == "CONST" for cls in type(model_sampling).__mro__)
+    return isinstance(model_sampling, CONST)
+
+
+def parameterization_of(model: Any) -> str:
+    """``"flow"`` or ``"diffusion"`` for the denoiser ComfyUI hands its samplers: its ``model_sampling`` is
+    found where ComfyUI's own samplers read it (``model.inner_model.inner_model.model_sampling``), else on
+    the first of the nested ``inner_model`` objects that has one."""
+    seen, node = 0, model
+    while node is not None and seen < 6:
+        sampling = getattr(node, "model_sampling", None)
+        if sampling is not None:
+            return "flow" if _is_flow(sampling) else "diffusion"
+        node, seen = getattr(node, "inner_model", None), seen + 1
+    raise LazyflowError("cannot tell the model's parameterization (no model_sampling on it or its inner models); "
+                        "set the node's parameterization to flow or diffusion")
+
+
+def sample_comfy(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor,
+                 extra_args: dict[str, Any] | None = None, callback: Callable[[dict], None] | None = None,
+                 disable: bool | None = None, *, parameterization: str = "auto", **options: Any) -> torch.Tensor:
+    """The function ``KSAMPLER`` calls: :func:`~lazyflow.runtime.integrations.k_diffusion_samplers.sample_lazyflow`
+    with the parameterization read from the model (``auto``) and the noise of stochastic schedules drawn
+    per sample from ComfyUI's seed (``extra_args["seed"]``; sample i of the batch: stream (seed, i))."""
+    extra_args = {} if extra_args is None else extra_args
+    if parameterization == "auto":
+        parameterization = parameterization_of(model)
+    seed = extra_args.get("seed")
+    if options.get("noise_sampler") is None and isinstance(seed, int) and not isinstance(seed, bool):
+        options.setdefault("seed", seed)
+    return sample_lazyflow(model, x, sigmas, extra_args, callback, disable, parameterization=parameterization,
+                           **options)
+
+
+def _schedule_names() -> list[str]:
+    return [name.replace("_", "-") for name in kernels.shipped()]
+
+
+class LazyflowSampler:
+    """ComfyUI node: a lazyflow SAMPLER for SamplerCustom (schedule, integrator, diffusion scale,
+    parameterization, data statistics file)."""
+
+    CATEGORY = "sampling/custom_sampling/samplers"
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get_sampler"
+    DESCRIPTION = ("Integrates the model in a lazyflow schedule with a lazyflow integrator over the sigmas it is given "
+                   "(pointmass + multistep-pc: the optimal SDE; vp + multistep-pc: the ODE).")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
+        return {"required": {
+            "schedule": (_schedule_names(), {"default": "pointmass"}),
+            "integrator": (list(INTEGRATORS), {"default": "multistep-pc"}),
+            "diffusion_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.05,
+                                          "tooltip": "sigma = scale * the schedule's sigma (stochastic schedules; "
+                                                     "0 = their ODE)"}),
+            "parameterization": (["auto", *PARAMETERIZATIONS], {"default": "auto"}),
+        }, "optional": {
+            "data_stats": ("STRING", {"default": "", "tooltip": "a file written by lazyflow stats (data-* integrators)"}),
+        }}
+
+    def get_sampler(self, schedule: str, integrator: str, diffusion_scale: float, parameterization: str = "auto",
+                    data_stats: str = "") -> tuple[Any]:
+        """Check the choices now (a bad one fails when the node runs, not mid-sampling) and wrap
+        :func:`sample_comfy` in ComfyUI's KSAMPLER."""
+        import comfy.samplers  # ComfyUI's, present where the node runs
+
+        options = sampler_options(schedule, integrator, diffusion_scale, parameterization, data_stats)
+        return (comfy.samplers.KSAMPLER(sample_comfy, extra_options=options),)
+
+
+def sampler_options(schedule: str, integrator: str, diffusion_scale: float, parameterization: str = "auto",
+                    data_stats: str = "") -> dict[str, Any]:
+    """The node's inputs, checked, as :func:`sample_comfy`'s options (the statistics file read once here)."""
+    if parameterization not in ("auto", *PARAMETERIZATIONS):
+        raise LazyflowError(f"unknown parameterization {parameterization!r}; choose auto, flow or diffusion")
+    _resolved_target(schedule, None, float(diffusion_scale))
+    method = get_integrator(integrator)
+    stats = DataStats.load(data_stats.strip()) if data_stats and data_stats.strip() else None
+    if method.needs_data_stats and stats is None:
+        raise LazyflowError(f"integrator {method.name!r} integrates in the data's frame: give the path of a data "
+                            "statistics file (lazyflow stats) in data_stats")
+    return {"schedule": schedule, "integrator": method.name, "diffusion_scale": float(diffusion_scale),
+            "parameterization": parameterization, "data_stats": stats}
+
+
+def write_custom_node(directory: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write ``directory/__init__.py``, the one-file custom node that imports the node from this package
+    (for ``ComfyUI/custom_nodes/lazyflow``).  Refused inside the lazyflow package folder, and over an
+    existing different file unless ``force``."""
+    folder = Path(directory).expanduser().resolve()
+    package = Path(__file__).resolve().parents[2]
+    if folder == package or package in folder.parents:
+        raise LazyflowError(f"{folder} is inside the lazyflow package folder; write the node into ComfyUI's "
+                            "custom_nodes folder, e.g. ComfyUI/custom_nodes/lazyflow")
+    target = folder / "__init__.py"
+    if target.exists() and target.read_text() != NODE_FILE and not force:
+        raise LazyflowError(f"{target} exists and is not lazyflow's node file; remove it or pass force")
+    folder.mkdir(parents=True, exist_ok=True)
+    target.write_text(NODE_FILE)
+    return target
+
+
+NODE_CLASS_MAPPINGS = {"LazyflowSampler": LazyflowSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"LazyflowSampler": "lazyflow sampler"}
