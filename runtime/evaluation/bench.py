@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...errors import LazyflowError
+from ..core.data_frame import stochastic_data_frame
 from ..core.integrators import INTEGRATORS
 from ..models.kind import LoadedModel, ModelKind, Scorer
 from .data_rows import STATS_SAMPLES, BenchStats, bench_stats, gaussian_map, stats_kinds
@@ -115,15 +116,25 @@ def data_frame_methods(full: bool, kinds: tuple[str, ...]) -> list[OurMethod]:
     for kind in kinds:
         for schedule in BENCH_SCHEDULES:
             target = load_schedule(schedule)
-            if target.stochastic or target.point_mass:
-                continue   # the data frames integrate the probability-flow ODE
+            if target.point_mass:
+                continue   # the data frames start from noise at t = 0
             for integrator, method in INTEGRATORS.items():
-                if not method.needs_data_stats:
+                if not method.needs_data_stats or stochastic_data_frame(method) != target.stochastic:
+                    continue   # the ODE frames in the ODE schedules, data-sde* in the optimal-diffusion ones
+                if target.stochastic:
+                    if integrator in BENCH_SDE_FRAMES:
+                        methods += [OurMethod(schedule, integrator, grid, None, scale, stats=kind)
+                                    for scale in (1.0, *BENCH_DIFFUSION_SCALES)
+                                    for grid in (("uniform", "logsnr") if full else ("uniform",))]
                     continue
                 for grid in ("uniform", "source", "logsnr") if full else ("uniform",):
                     if not (grid == "source" and schedule == "linear"):
                         methods.append(OurMethod(schedule, integrator, grid, stats=kind))
     return methods
+
+
+#: the stochastic data frames the bench runs (data-sde-multistep without its corrector left out)
+BENCH_SDE_FRAMES = ("data-sde", "data-sde-multistep-pc")
 
 
 #: the diffusion strengths between the ODE (0) and the schedule's own (1) that the bench measures
@@ -581,7 +592,7 @@ def format_table(result: dict, metric: str = "fd", fmt: Callable[[Any], str] | N
             text = fmt(row.get(metric))
             if row["nfe"] != budget:
                 text += f" ({row['nfe']})"
-            cells.append(f"{text:>11}")
+            cells.append(f" {text:>10}")   # at least one space between cells
         lines.append(f"{method.ljust(width)}{'yes' if peer else '':>5}{'yes' if stochastic else '':>5}" + "".join(cells))
     lines.append("")
     if any(r.get("baseline") for r in result["rows"]):

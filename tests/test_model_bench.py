@@ -1,0 +1,241 @@
+"""``lazyflow bench --model FILE --model-kind KIND`` on models built here with random weights (a SiT
+checkpoint, a TorchScript file, a tiny diffusers SD3 transformer with saved prompt embeddings): the
+printed pathwise errors equal an independent computation (our own Euler / midpoint loops against our
+own RK4 solution), the reference is batched, cached, reused and refused when the settings differ."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lazyflow.cli import main
+from lazyflow.runtime.core.noise import standard_normal
+from lazyflow.runtime.evaluation import bench as bench_module
+from lazyflow.runtime.models.adapters import from_sit
+from lazyflow.runtime.models.sit import build_sit, save_sit
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
+SIT_PARAMS = ["--model-param", "hidden_size=32", "--model-param", "depth=2", "--model-param", "num_heads=4"]
+QUICK = ["--quick", "--no-progress", "--json"]
+
+
+def small_sit(seed: int = 0):
+    """A SiT-S/2 of depth 2 on 8x8 latents, every weight random (adaLN-Zero would make the output 0)."""
+    torch.manual_seed(seed)
+    model = build_sit("sit-s/2", input_size=8, hidden_size=32, depth=2, num_heads=4, num_classes=10)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name != "pos_embed":
+                p.normal_(0, 0.1)
+    return model.eval()
+
+
+class Velocity(torch.nn.Module):
+    """v(x, t) = tanh(W [x, t]) reshaped: a smooth velocity for TorchScript."""
+
+    def __init__(self, dim: int = 6):
+        super().__init__()
+        torch.manual_seed(3)
+        self.layer = torch.nn.Linear(dim + 1, dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        flat = torch.cat([x.reshape(x.shape[0], -1), t.reshape(-1, 1).to(x.dtype)], dim=1)
+        return torch.tanh(self.layer(flat)).reshape(x.shape)
+
+
+def run_bench(capsys, *argv: str) -> dict:
+    assert main(["bench", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def rows_of(result: dict, method: str) -> dict[int, dict]:
+    return {r["budget"]: r for r in result["rows"] if r["method"] == method}
+
+
+@torch.no_grad()
+def rk4(v, x0: torch.Tensor, steps: int = 200) -> torch.Tensor:
+    """x(1) of dx/dt = v(x, t) from x(0) = x0: classical RK4, float64 state, the model in float32."""
+    x, h = x0.double(), 1.0 / steps
+    f = (lambda x, t: v(x.float(), torch.full((len(x),), t)).double())   # noqa: E731
+    for k in range(steps):
+        t = k * h
+        a = f(x, t)
+        b = f(x + h / 2 * a, t + h / 2)
+        c = f(x + h / 2 * b, t + h / 2)
+        d = f(x + h * c, t + h)
+        x = x + h / 6 * (a + 2 * b + 2 * c + d)
+    return x
+
+
+@torch.no_grad()
+def euler(v, x0: torch.Tensor, steps: int) -> torch.Tensor:
+    x = x0.clone()
+    for k in range(steps):
+        x = x + v(x, torch.full((len(x),), k / steps)) / steps
+    return x
+
+
+@torch.no_grad()
+def midpoint(v, x0: torch.Tensor, steps: int) -> torch.Tensor:
+    x, h = x0.clone(), 1.0 / steps
+    for k in range(steps):
+        t = torch.full((len(x),), k * h)
+        x = x + h * v(x + h / 2 * v(x, t), t + h / 2)
+    return x
+
+
+def mean_distance(x: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((x.double() - reference.double()).reshape(len(x), -1).norm(dim=1).mean())
+
+
+def test_sit_checkpoint_path_equals_an_independent_euler_loop_and_sample_reproduces_it(tmp_path, capsys):
+    net = small_sit()
+    ckpt = save_sit(net, tmp_path / "sit.pt")
+    cache = tmp_path / "ref.safetensors"
+    result = run_bench(capsys, "--model", str(ckpt), "--model-kind", "sit-s/2", *SIT_PARAMS, "--class-labels", "1,2",
+                       "--n", "4", "--nfe", "4,6", "--batch-size", "3", "--reference-steps", "64",
+                       "--reference-cache", str(cache), "--no-peers", *QUICK)
+    assert result["data_shape"] == [4, 8, 8] and result["conditioning"]["class_labels"] == [1, 2, 1, 2]
+    labels = torch.tensor([1, 2, 1, 2])
+    v = (lambda x, t: from_sit(net)(x, t, y=labels))   # noqa: E731
+    x0 = standard_normal(0, range(4), 0, (4, 8, 8))
+    exact = rk4(v, x0, 64)
+    from safetensors.torch import load_file
+    assert (load_file(str(cache))["samples"] - exact).abs().max() < 1e-3        # the reference is x*
+    row = rows_of(result, "linear/euler/uniform")[4]
+    check = result["path_reference"]["check"]       # |x*_N - x*_N/2| bounds |x*_N - x*| (measured)
+    assert row["nfe"] == 4 and row["path"] == pytest.approx(mean_distance(euler(v, x0, 4), exact), abs=check)
+    assert all(r["path"] is not None and r["nfe"] <= r["budget"] for r in result["rows"])
+    assert result["path_reference"]["steps"] == 64 and result["path_reference"]["check_steps"] == 32
+    out = tmp_path / "x.pt"                                                    # the row's flags reproduce it
+    assert main(["sample", *row["sample_args"], "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert mean_distance(torch.load(out, weights_only=True), load_file(str(cache))["samples"]) == \
+        pytest.approx(row["path"], rel=1e-6)
+
+
+def test_sit_labels_drawn_from_the_label_seed(tmp_path, capsys):
+    ckpt = save_sit(small_sit(), tmp_path / "sit.pt")
+    result = run_bench(capsys, "--model", str(ckpt), "--model-kind", "sit-s/2", *SIT_PARAMS, "--n", "3", "--nfe", "2",
+                       "--label-seed", "5", "--reference-steps", "8", "--no-peers", "--schedule", "linear", *QUICK)
+    drawn = torch.randint(10, (3,), generator=torch.Generator().manual_seed(5)).tolist()
+    assert result["conditioning"]["class_labels"] == drawn and "--label-seed 5" in result["conditioning"]["labels"]
+    assert {r["method"] for r in result["rows"]} == {"linear/euler/uniform", "linear/multistep/uniform",
+                                                     "linear/multistep-pc/uniform"}
+
+
+def test_torchscript_file_with_the_peers_batched(tmp_path, capsys):
+    pytest.importorskip("flow_matching")
+    path = tmp_path / "v.pt"
+    torch.jit.save(torch.jit.script(Velocity()), str(path))
+    argv = ["--model", str(path), "--model-kind", "torchscript", "--n", "5", "--nfe", "4", "--batch-size", "2",
+            "--reference-steps", "64", *QUICK]
+    assert main(["bench", *argv]) == 2                                      # no data shape: refused
+    assert "--shape" in capsys.readouterr().err
+    result = run_bench(capsys, *argv, "--shape", "2,3")
+    v = torch.jit.load(str(path))
+    x0 = standard_normal(0, range(5), 0, (2, 3))
+    exact = rk4(v, x0, 64)
+    ours, peer = rows_of(result, "linear/euler/uniform")[4], rows_of(result, "flow_matching midpoint")[4]
+    check = result["path_reference"]["check"]
+    assert 0 < check < 1e-3
+    assert ours["path"] == pytest.approx(mean_distance(euler(v, x0, 4), exact), abs=check)
+    assert peer["peer"] and peer["nfe"] == 4
+    assert peer["path"] == pytest.approx(mean_distance(midpoint(v, x0, 2), exact), abs=check)
+    assert not any(r["stochastic"] for r in result["rows"])
+
+
+def test_diffusers_transformer_with_saved_prompt_embeddings(tmp_path, capsys):
+    pytest.importorskip("diffusers")
+    from diffusers import SD3Transformer2DModel
+    from safetensors.torch import save_file
+
+    from lazyflow.runtime.integrations.flow_convention import from_diffusers_flow
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
+                                        num_attention_heads=2, caption_projection_dim=16, joint_attention_dim=16,
+                                        pooled_projection_dim=16, out_channels=4).eval()
+    transformer.save_pretrained(tmp_path / "transformer")
+    g = torch.Generator().manual_seed(1)
+    embeds = {"prompt_embeds": torch.randn(2, 5, 16, generator=g), "pooled_prompt_embeds": torch.randn(2, 16, generator=g)}
+    save_file(embeds, str(tmp_path / "prompts.safetensors"))
+    base = ["--model", str(tmp_path / "transformer"), "--model-kind", "diffusers-transformer"]
+    assert main(["bench", *base, *QUICK]) == 2 and "--prompt-embeds" in capsys.readouterr().err
+    result = run_bench(capsys, *base, "--prompt-embeds", str(tmp_path / "prompts.safetensors"), "--n", "3",
+                       "--nfe", "4", "--batch-size", "2", "--reference-steps", "32", "--no-peers", *QUICK)
+    prompt = torch.tensor([0, 1, 0])
+    flow = from_diffusers_flow(transformer)
+    v = (lambda x, t: flow(x, t, encoder_hidden_states=embeds["prompt_embeds"][prompt],   # noqa: E731
+                           pooled_projections=embeds["pooled_prompt_embeds"][prompt]))
+    x0 = standard_normal(0, range(3), 0, (4, 8, 8))
+    exact = rk4(v, x0, 32)
+    row = rows_of(result, "linear/euler/uniform")[4]
+    assert result["data_shape"] == [4, 8, 8] and result["conditioning"]["prompts"] == 2
+    assert row["path"] == pytest.approx(mean_distance(euler(v, x0, 4), exact), abs=result["path_reference"]["check"])
+
+
+def test_reference_cache_is_reused_and_refused_when_settings_differ(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "v.pt"
+    torch.jit.save(torch.jit.script(Velocity()), str(path))
+    cache = tmp_path / "ref.safetensors"
+    argv = ["--model", str(path), "--model-kind", "torchscript", "--shape", "6", "--n", "4", "--nfe", "2,4",
+            "--reference-steps", "32", "--reference-cache", str(cache), "--no-peers", *QUICK]
+    first = run_bench(capsys, *argv)
+    assert cache.exists() and not first["path_reference"]["read_from_cache"]
+
+    def never(self, steps):
+        raise AssertionError("the reference was computed again")
+    monkeypatch.setattr(bench_module._Runner, "reference", never)
+    second = run_bench(capsys, *argv, "--batch-size", "3")                 # the batch size is not a setting
+    assert second["path_reference"]["read_from_cache"]
+    assert [r["path"] for r in second["rows"]] == pytest.approx([r["path"] for r in first["rows"]], rel=1e-5)
+    assert second["path_reference"]["check"] == first["path_reference"]["check"]
+    for flag, value, named in (("--seed", "1", "seed"), ("--n", "5", "n"), ("--reference-steps", "64", "steps")):
+        changed = [*argv, flag, value]
+        assert main(["bench", *changed]) == 2
+        err = capsys.readouterr().err
+        assert "made with other settings" in err and f"{named} " in err
+    other = Velocity()
+    other.layer.bias.data += 1
+    torch.jit.save(torch.jit.script(other), str(path))                      # same path, other weights
+    assert main(["bench", *argv]) == 2 and "model '" in capsys.readouterr().err
+
+
+def test_model_file_refusals(tmp_path, capsys):
+    path = tmp_path / "v.pt"
+    torch.jit.save(torch.jit.script(Velocity()), str(path))
+    base = ["bench", "--model", str(path), "--model-kind", "torchscript", "--shape", "6", *QUICK]
+    for extra, said in ((["--metric", "fd"], "--metric"), (["--prediction", "x"], "--prediction"),
+                        (["--class-labels", "1"], "--class-labels"), (["--schedule", "linear-sde"], "deterministic"),
+                        (["--reference-steps", "2"], "--reference-steps"), (["--shape", "0"], "--shape")):
+        assert main([*base, *extra]) == 2
+        assert said in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not an archive")
+    assert main(["bench", "--model", str(bad), "--model-kind", "torchscript", *QUICK]) == 2
+    assert "TorchScript" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_sit_bench_with_peers_converges(tmp_path, capsys):
+    """Every default row and the deterministic peers on a random SiT; the verdict on the reference's
+    convergence follows its check, and the text report names the sampler to use at each budget."""
+    ckpt = save_sit(small_sit(), tmp_path / "sit.pt")
+    argv = ["bench", "--model", str(ckpt), "--model-kind", "sit-s/2", *SIT_PARAMS, "--n", "8", "--nfe", "4,6,8",
+            "--reference-steps", "400", "--no-progress"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "which sampler at each budget" in text and "mean norm" in text
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    check = result["path_reference"]["check"]
+    assert 0 < check < 1e-4                         # 400 -> 200 steps on this smooth random field
+    verdict = "reference converged" if check <= 0.01 * min(r["path"] for r in result["rows"] if r["budget"] == 4) \
+        else "reference NOT converged"
+    assert verdict in text
+    assert {r["method"] for r in result["rows"] if r["peer"]} >= {"diffusers UniPC", "diffusers DPM-Solver++ 2M"}
+    assert all(r["path"] is not None and math.isfinite(r["path"]) for r in result["rows"])
