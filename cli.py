@@ -460,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:   # the reader went away (``lazyflow derive ... | head``): stop quietly
         sys.stdout = open(os.devnull, "w")
         return 0
+    except OSError as err:    # the file system refused a path the user gave (exists, not a folder, no access, full)
+        where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        print(f"lazyflow {args.command}: error: {where + ': ' if where else ''}{err.strerror or err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -269,6 +269,8 @@ def from_toml(path: str | Path) -> ScheduleSpec:
         raise SpecError(f"schedule file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"schedule file {str(path)!r} is not valid TOML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:   # a folder, no access, binary content
+        raise SpecError(f"schedule file {str(path)!r} cannot be read: {err}") from None
     allowed = {"name", "alpha", "beta", "sigma", "data_var", "params", "description", "boundary_tol"}
     unknown = set(data) - allowed
     if unknown:

@@ -115,7 +115,8 @@ def load_file(path: str | Path) -> ModuleType:
         module = importlib.util.module_from_spec(spec)
         try:
             spec.loader.exec_module(module)
-        except (SyntaxError, ImportError) as err:
-            raise KernelError(f"{path} is not a lazyflow kernel: it does not import ({err})") from None
+        except Exception as err:  # noqa: BLE001 - whatever a file that is no kernel raises when it runs
+            raise KernelError(f"{path} is not a lazyflow kernel: it does not import "
+                              f"({type(err).__name__}: {' '.join(str(err).split())})") from None
         _FILES[stamp] = check(module)
     return _FILES[stamp]
