@@ -437,13 +437,22 @@ def run_stats(args: argparse.Namespace) -> int:
     print(f"wrote {stats.save(out)} ({stats.describe()} {cost})")
     return 0
 
+
+def run_comfyui_node(args: argparse.Namespace) -> int:
+    from .runtime.integrations.comfyui import write_custom_node
+
+    print(f"wrote {write_custom_node(args.directory, force=args.force)} (restart ComfyUI; the node is "
+          "'lazyflow sampler' under sampling/custom_sampling/samplers)")
+    return 0
+
+
 # --- the shell ---------------------------------------------------------------------------------
 
 def handler_for(command: str) -> Callable[[argparse.Namespace], int]:
     """The function that runs ``command`` (looked up at each call, so that a test may replace one)."""
     return {"derive": run_derive, "lazy": run_lazy, "convert": run_convert, "emit": run_emit, "sample": run_sample,
             "train": run_train, "bench": run_bench, "tune-grid": run_tune_grid, "bench-overhead": run_overhead,
-            "plot": run_plot, "stats": run_stats}[command]
+            "plot": run_plot, "stats": run_stats, "comfyui-node": run_comfyui_node}[command]
 
 
 def main(argv: list[str] | None = None) -> int:

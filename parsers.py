@@ -337,6 +337,13 @@ def _stats_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
 
 
+def _comfyui_parser(sub) -> None:
+    p = _command(sub, "comfyui-node", "write the lazyflow sampler custom node for ComfyUI (a one-file "
+                 "custom_nodes folder that imports it from this package)")
+    p.add_argument("directory", metavar="DIR", help="the node's folder, e.g. ComfyUI/custom_nodes/lazyflow")
+    p.add_argument("--force", action="store_true", help="replace an existing DIR/__init__.py")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lazyflow`` parser with every subcommand (``args.command`` names the one given)."""
     from . import __version__
@@ -346,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lazyflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_formula_parsers, _sample_parser, _train_parser, _bench_parser, _tune_parser, _overhead_parser,
-                _plot_parser, _stats_parser):
+                _plot_parser, _stats_parser, _comfyui_parser):
         add(sub)
     return parser
 

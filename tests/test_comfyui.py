@@ -261,3 +261,17 @@ def test_written_custom_node_loads(comfy, tmp_path):
         write_custom_node(other)
     with pytest.raises(LazyflowError, match="inside the lazyflow package folder"):
         write_custom_node(lazyflow.__path__[0] + "/custom_nodes")
+
+
+def test_cli_writes_the_node(tmp_path, capsys):
+    import lazyflow
+    from lazyflow.cli import main
+    from lazyflow.runtime.integrations.comfyui import NODE_FILE
+
+    folder = tmp_path / "ComfyUI" / "custom_nodes" / "lazyflow"
+    assert main(["comfyui-node", str(folder)]) == 0
+    assert (folder / "__init__.py").read_text() == NODE_FILE
+    assert "lazyflow sampler" in capsys.readouterr().out
+    assert main(["comfyui-node", lazyflow.__path__[0]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "inside the lazyflow package folder" in err
