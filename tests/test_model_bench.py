@@ -161,21 +161,26 @@ def test_diffusers_transformer_with_saved_prompt_embeddings(tmp_path, capsys):
                                         pooled_projection_dim=16, out_channels=4).eval()
     transformer.save_pretrained(tmp_path / "transformer")
     g = torch.Generator().manual_seed(1)
-    embeds = {"prompt_embeds": torch.randn(2, 5, 16, generator=g), "pooled_prompt_embeds": torch.randn(2, 16, generator=g)}
+    embeds = {"prompt_embeds": torch.randn(2, 5, 16, generator=g),
+              "pooled_prompt_embeds": torch.randn(2, 16, generator=g)}
     save_file(embeds, str(tmp_path / "prompts.safetensors"))
     base = ["--model", str(tmp_path / "transformer"), "--model-kind", "diffusers-transformer"]
     assert main(["bench", *base, *QUICK]) == 2 and "--prompt-embeds" in capsys.readouterr().err
+    cache = tmp_path / "ref.safetensors"
     result = run_bench(capsys, *base, "--prompt-embeds", str(tmp_path / "prompts.safetensors"), "--n", "3",
-                       "--nfe", "4", "--batch-size", "2", "--reference-steps", "32", "--no-peers", *QUICK)
+                       "--nfe", "4", "--batch-size", "2", "--reference-steps", "32", "--reference-cache", str(cache),
+                       "--no-peers", *QUICK)
     prompt = torch.tensor([0, 1, 0])
     flow = from_diffusers_flow(transformer)
     v = (lambda x, t: flow(x, t, encoder_hidden_states=embeds["prompt_embeds"][prompt],   # noqa: E731
                            pooled_projections=embeds["pooled_prompt_embeds"][prompt]))
     x0 = standard_normal(0, range(3), 0, (4, 8, 8))
-    exact = rk4(v, x0, 32)
     row = rows_of(result, "linear/euler/uniform")[4]
     assert result["data_shape"] == [4, 8, 8] and result["conditioning"]["prompts"] == 2
-    assert row["path"] == pytest.approx(mean_distance(euler(v, x0, 4), exact), abs=result["path_reference"]["check"])
+    # a random transformer's velocity oscillates in t (timestep 1000 sigma): the reference is not converged at
+    # 32 steps, so the row is checked against the reference it was scored by (the SiT test checks x* itself)
+    from safetensors.torch import load_file
+    assert row["path"] == pytest.approx(mean_distance(euler(v, x0, 4), load_file(str(cache))["samples"]), rel=1e-5)
 
 
 def test_reference_cache_is_reused_and_refused_when_settings_differ(tmp_path, capsys, monkeypatch):
@@ -239,3 +244,35 @@ def test_full_sit_bench_with_peers_converges(tmp_path, capsys):
     assert verdict in text
     assert {r["method"] for r in result["rows"] if r["peer"]} >= {"diffusers UniPC", "diffusers DPM-Solver++ 2M"}
     assert all(r["path"] is not None and math.isfinite(r["path"]) for r in result["rows"])
+
+
+@pytest.mark.slow
+def test_flux_transformer_with_packed_latents_and_shared_ids(tmp_path, capsys):
+    """FLUX takes sigma (timestep scale 1), packed latents (--shape) and ids passed to every call as they are."""
+    pytest.importorskip("diffusers")
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from safetensors.torch import load_file, save_file
+
+    from lazyflow.runtime.integrations.flow_convention import from_diffusers_flow
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]).eval()
+    transformer.save_pretrained(tmp_path / "flux")
+    g = torch.Generator().manual_seed(2)
+    ids = FluxPipeline._prepare_latent_image_ids(1, 4, 4, "cpu", torch.float32).contiguous()
+    cond = {"prompt_embeds": torch.randn(2, 5, 32, generator=g), "pooled_prompt_embeds": torch.randn(2, 32, generator=g),
+            "txt_ids": torch.zeros(5, 3), "img_ids": ids}
+    save_file(cond, str(tmp_path / "prompts.safetensors"))
+    cache = tmp_path / "ref.safetensors"
+    result = run_bench(capsys, "--model", str(tmp_path / "flux"), "--model-kind", "diffusers-transformer",
+                       "--prompt-embeds", str(tmp_path / "prompts.safetensors"), "--shape", "16,4", "--n", "3",
+                       "--nfe", "4", "--reference-steps", "16", "--reference-cache", str(cache), "--no-peers", *QUICK)
+    prompt = torch.tensor([0, 1, 0])
+    flow = from_diffusers_flow(transformer, timestep_scale=1)
+    v = (lambda x, t: flow(x, t, encoder_hidden_states=cond["prompt_embeds"][prompt], txt_ids=cond["txt_ids"],   # noqa: E731
+                           pooled_projections=cond["pooled_prompt_embeds"][prompt], img_ids=ids, guidance=None))
+    x0 = standard_normal(0, range(3), 0, (16, 4))
+    row = rows_of(result, "linear/euler/uniform")[4]
+    assert row["path"] == pytest.approx(mean_distance(euler(v, x0, 4), load_file(str(cache))["samples"]), rel=1e-5)

@@ -163,13 +163,14 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
     usable, skipped = available_peers() if include_peers else ({}, [])
     peers = sum(not stochastic for stochastic, _ in usable.values())
     total = n * ((len(methods) + peers) * sum(nfes) + reference_steps + reference_steps // 2)
-    flags = _kind_flags(found.name, options, loaded)
+    flags = _kind_flags(found.name, options, loaded) + (["--device", str(device)] if device.type != "cpu" else [])
+
+    def args_for(method: OurMethod, steps: int, _stats: str | None) -> list[str]:
+        return [*sample_args(model, method, steps, n, seed), *flags]
     with progress_bar(total, enabled=progress, desc="model evaluations", unit="eval") as update:
         metered = _Metered(loaded.model, update)
         bench = BenchModel(model, found, replace(loaded, model=metered), PathOnlyScorer())
-        run = _Runner(bench, (n, *loaded.data_shape), seed, lambda method, steps, _: [
-            *sample_args(model, method, steps, n, seed), *flags] + (["--device", str(device)] if device.type != "cpu"
-                                                                    else []), None, batch_size=batch_size, device=device)
+        run = _Runner(bench, (n, *loaded.data_shape), seed, args_for, None, batch_size=batch_size, device=device)
         settings = _settings(model, found, options, loaded, n, seed, reference_steps)
         with torch.no_grad():
             run.path, reused = cached_reference(reference_cache, settings, lambda: run.reference(reference_steps))
@@ -228,7 +229,7 @@ def format_model_report(result: dict) -> str:
     for budget in result["nfe_budgets"]:
         ours = best_row(result, PATH_METRIC, budget, False, False)
         peer = best_row(result, PATH_METRIC, budget, True, False)
-        text = f"  nfe {budget:>3}: ours {ours['method']} {_sig(ours[PATH_METRIC])}" if ours else f"  nfe {budget:>3}: -"
+        text = f"  nfe {budget:>3}: " + (f"ours {ours['method']} {_sig(ours[PATH_METRIC])}" if ours else "-")
         if peer:
             text += f" | best peer {peer['method']} {_sig(peer[PATH_METRIC])}"
             if ours:
