@@ -10,10 +10,13 @@ run-time arguments: ``load_schedule("sd3", shift=1.7)`` needs no new file.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -369,18 +372,99 @@ def _from_text(text: str) -> Schedule:
 
 
 def _generated(spec, origin: str) -> Schedule:
-    """The cached kernel of ``spec``, generated on first use."""
-    from ...derive.codegen import kernel_name, render_kernel, spec_key
+    """The cached kernel of ``spec``, generated on first use, and again when the cached entry is damaged
+    (its footer's SHA-256 does not match: truncated, edited, half written) or does not load.  Written to a
+    temporary name and moved into place (``os.replace``), so parallel runs never read half a file; an unusable
+    cache folder gives one note and a per-user temporary folder instead."""
+    from ...derive.codegen import kernel_name, spec_key
 
-    path = cache_dir() / f"{kernel_name(spec.name)}_{spec_key(spec)}.py"
-    if not path.is_file():
-        start = time.perf_counter()
-        text = render_kernel(spec, name=kernel_name(spec.name),
-                             command=f"generated on first use from {origin} (lazyflow.runtime.core.schedule)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
+    file = f"{kernel_name(spec.name)}_{spec_key(spec)}.py"
+    folder = _writable_cache()
+    path = folder / file
+    if not _intact(path):
+        path = _write_entry(path, spec, origin, damaged=path.exists())
+    try:
+        return _bound(kernels.load_file(path), origin)
+    except kernels.KernelError:   # intact but not loadable (another runtime's entry): write it again, once
+        return _bound(kernels.load_file(_write_entry(path, spec, origin, damaged=True)), origin)
+
+
+#: the last line of a cache entry: the SHA-256 of everything above it
+_FOOTER = "# lazyflow cache entry, sha256 of the text above: "
+_NOTED: set[str] = set()
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _intact(path: Path) -> bool:
+    """True when ``path`` is a cache entry whose footer matches its text."""
+    try:
+        data = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    body, found, digest = data.rpartition(_FOOTER)
+    return bool(found) and digest.strip() == _digest(body) and data.endswith("\n")
+
+
+def _write_entry(path: Path, spec, origin: str, *, damaged: bool) -> Path:
+    """Render the kernel of ``spec`` into ``path`` atomically (temporary name, then ``os.replace``); an
+    unusable folder falls back to the temporary one.  Returns where it went."""
+    from ...derive.codegen import kernel_name, render_kernel
+
+    start = time.perf_counter()
+    text = render_kernel(spec, name=kernel_name(spec.name),
+                         command=f"generated on first use from {origin} (lazyflow.runtime.core.schedule)")
+    text = f"{text}{_FOOTER}{_digest(text)}\n"
+    try:
+        _replace_atomically(path, text)
+    except OSError as err:
+        path = _fallback_folder(path.parent, err) / path.name
+        _replace_atomically(path, text)
+    what = "regenerated the damaged cached kernel" if damaged else "generated the kernel"
+    print(f"lazyflow: {what} of schedule {spec.name!r} in {time.perf_counter() - start:.1f} s "
+          f"(once; cached as {path})", file=sys.stderr)
+    return path
+
+
+def _replace_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
         partial.write_text(text)
-        partial.replace(path)   # atomic: a parallel run never reads half a file
-        print(f"lazyflow: generated the kernel of schedule {spec.name!r} in {time.perf_counter() - start:.1f} s "
-              f"(once; cached as {path})", file=sys.stderr)
-    return _bound(kernels.load_file(path), origin)
+        os.replace(partial, path)   # atomic: a parallel run sees the old entry or the whole new one
+    finally:
+        if partial.exists():
+            partial.unlink()
+
+
+def _writable_cache() -> Path:
+    """:func:`cache_dir`, created if needed; when it cannot be (a file in its place, no access), the
+    per-user temporary folder, with one note on stderr."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable", str(folder))
+        return folder
+    except OSError as err:
+        return _fallback_folder(folder, err)
+
+
+def _fallback_folder(folder: Path, err: OSError) -> Path:
+    """The temporary kernel folder used when ``folder`` is unusable (``err``), noted once per process; a
+    LazyflowError (one line) when that one is unusable too."""
+    spare = Path(tempfile.gettempdir()) / f"lazyflow-{getattr(os, 'getuid', lambda: 'user')()}" / "kernels"
+    reason = err.strerror or str(err)
+    try:
+        spare.mkdir(parents=True, exist_ok=True)
+        if not os.access(spare, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable", str(spare))
+    except OSError as spare_err:
+        raise LazyflowError(f"the kernel cache {folder} is unusable ({reason}) and so is {spare} "
+                            f"({spare_err.strerror or spare_err}): set LAZYFLOW_CACHE to a writable folder") from None
+    if str(folder) not in _NOTED:
+        _NOTED.add(str(folder))
+        print(f"lazyflow: the kernel cache {folder} is unusable ({reason}); generating into {spare} instead "
+              "(set LAZYFLOW_CACHE to a writable folder)", file=sys.stderr)
+    return spare
