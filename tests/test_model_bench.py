@@ -276,3 +276,21 @@ def test_flux_transformer_with_packed_latents_and_shared_ids(tmp_path, capsys):
     x0 = standard_normal(0, range(3), 0, (16, 4))
     row = rows_of(result, "linear/euler/uniform")[4]
     assert row["path"] == pytest.approx(mean_distance(euler(v, x0, 4), load_file(str(cache))["samples"]), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_the_built_in_bench_and_the_model_bench_are_one_code_path(tmp_path):
+    """The embedded digits model exported to TorchScript: the model bench's path equals the built-in bench's
+    on the same rows (same noise, same reference solver and steps), to the last bit."""
+    from lazyflow.runtime.evaluation.bench import OurMethod, run_quality_bench
+    from lazyflow.runtime.evaluation.model_bench import run_model_bench
+    from lazyflow.runtime.models import embedded
+
+    path = tmp_path / "digits.pt"
+    torch.jit.save(torch.jit.script(embedded.load("digits")), str(path))
+    methods = [OurMethod("linear", "euler", "uniform"), OurMethod("vp", "multistep-pc", "logsnr")]
+    built_in = run_quality_bench("digits", [4], 16, 0, include_peers=False, methods=methods, log=lambda *a: None)
+    model = run_model_bench(str(path), "torchscript", [4], 16, 0, methods=methods, include_peers=False,
+                            reference_steps=800, log=lambda *a: None, progress=False)
+    assert [r["path"] for r in model["rows"]] == [r["path"] for r in built_in["rows"]]
+    assert model["path_reference"]["check"] == built_in["path_reference"]["check"]
