@@ -211,7 +211,8 @@ def _train_parser(sub) -> None:
 def _bench_parser(sub) -> None:
     p = _command(sub, "bench", "sample quality (FD) against NFE, ours and peers side by side")
     p.add_argument("--model", default="digits", help=_Lazy(lambda: "a model the bench scores: " + ", ".join(
-        _registry("evaluation.bench", "bench_models")()) + ", or a digits model file (default digits)"))
+        _registry("evaluation.bench", "bench_models")()) + ", or a digits model file (default digits); any model "
+        "file with --model-kind (a SiT checkpoint, torchscript, diffusers-transformer): the path table alone"))
     p.add_argument("--prediction", default=None, choices=PREDICTIONS,
                    help="what an exact model outputs (default velocity; peers always get its velocity)")
     p.add_argument("--metric", default=None, help="comma-separated tables to print: the model's metrics, fd (digits) "

@@ -162,7 +162,8 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
         raise LazyflowError("no deterministic sampler of ours to run (a stochastic schedule has no pathwise target)")
     usable, skipped = available_peers() if include_peers else ({}, [])
     peers = sum(not stochastic for stochastic, _ in usable.values())
-    total = n * ((len(methods) + peers) * sum(nfes) + reference_steps + reference_steps // 2)
+    cached = reference_cache is not None and Path(reference_cache).exists()
+    total = n * ((len(methods) + peers) * sum(nfes) + (0 if cached else reference_steps + reference_steps // 2))
     flags = _kind_flags(found.name, options, loaded) + (["--device", str(device)] if device.type != "cpu" else [])
 
     def args_for(method: OurMethod, steps: int, _stats: str | None) -> list[str]:
