@@ -44,7 +44,8 @@ def cache(tmp_path, monkeypatch):
     return folder
 
 
-@pytest.mark.parametrize("damage", ["truncate", "edit", "garbage", "empty"])
+@pytest.mark.parametrize("damage", ["truncate", *(pytest.param(d, marks=pytest.mark.slow) for d in ("edit", "garbage",
+                                                                                                 "empty"))])
 def test_a_damaged_entry_is_detected_and_regenerated(cache, capsys, damage):
     k = 2
     first = load_schedule(_spec(k))
@@ -62,6 +63,7 @@ def test_a_damaged_entry_is_detected_and_regenerated(cache, capsys, damage):
     assert torch.allclose(_values(again), _reference(k))
 
 
+@pytest.mark.slow
 def test_an_entry_that_does_not_load_is_regenerated(cache, capsys):
     """Intact footer but a module that is no kernel (e.g. another runtime's format): written again."""
     k = 3

@@ -196,7 +196,7 @@ def _fuzz(files, monkeypatch, data) -> None:
     check(argv, code, stderr)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+@settings(max_examples=30, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_no_traceback_for_user_errors(files, monkeypatch, data, one_torch_thread):
