@@ -14,12 +14,12 @@ from typing import Callable, Iterable
 
 import torch
 
-from ...errors import LazyflowError
+from ...errors import LazyflowError, SamplingError
 from .distributed import Ranks, barrier, gather_batches, share
 from .resume import WorkDir
 
 __all__ = ["tile_images", "save_image_grid", "OUTPUT_SUFFIXES", "Written", "output_path", "shard_path",
-           "write_shard_index", "output_files", "check_format", "keep_batches", "assemble", "read_samples"]
+           "write_shard_index", "output_files", "check_format", "kept", "keep_batches", "assemble", "read_samples"]
 
 #: raw samples, an image grid, a torch tensor
 OUTPUT_SUFFIXES = (".npy", ".png", ".pt")
@@ -124,20 +124,32 @@ def check_format(out: Path, data_shape: tuple[int, ...]) -> None:
                             f"{tuple(data_shape)}: write .npy or .pt")
 
 
-def keep_batches(batches: Batches, work: WorkDir, *, note: Callable[[str], None] = _stderr) -> None:
+def kept(work: WorkDir) -> str:
+    """What an unfinished run leaves for ``--resume``, in words."""
+    return f"the {work.count()} samples of {len(work.finished)} finished batches are kept in {work.folder}/: " \
+           "run it again with --resume to continue"
+
+
+def keep_batches(batches: Batches, work: WorkDir, *, note: Callable[[str], None] = _stderr,
+                 why: Callable[[], str | None] = lambda: None) -> None:
     """Keep every batch in ``work`` as it finishes; a failure or an interrupt says what is kept and how
-    to continue (the failure raised again with that added, the interrupt told to ``note`` and raised)."""
+    to continue (the failure raised again with that added, the interrupt told to ``note`` and raised;
+    ``why``, asked after every batch and on an interrupt, gives the reason to stop (a dead rank), raised
+    as a :class:`SamplingError`)."""
     try:
         for indices, x in batches:
             work.keep(indices, x)
+            if why() is not None:
+                raise KeyboardInterrupt
     except (LazyflowError, KeyboardInterrupt) as err:
+        reason = why() if isinstance(err, KeyboardInterrupt) else None
+        if reason is not None:
+            raise SamplingError(f"{reason}; {kept(work)}") from None
         if work.finished:
-            kept = f"the {work.count()} samples of {len(work.finished)} finished batches are kept in " \
-                   f"{work.folder}/: run it again with --resume to continue"
             if isinstance(err, KeyboardInterrupt):
-                note(f"interrupted; {kept}")
+                note(f"interrupted; {kept(work)}")
             else:
-                raise type(err)(f"{err} ({kept})") from err
+                raise type(err)(f"{err} ({kept(work)})") from err
         raise
 
 

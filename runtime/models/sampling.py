@@ -13,9 +13,10 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ...errors import LazyflowError
+from ...errors import LazyflowError, SamplingError
 from ..core.gridfile import TunedGrid, load_grid_file
-from ..core.output import Written, assemble, check_format, keep_batches, output_files, output_path, read_samples
+from ..core.output import (Written, assemble, check_format, keep_batches, kept, output_files, output_path,
+                           read_samples)
 from ..core.resume import WorkDir, check_outputs, clear_leftovers, discard, file_hash
 from .kind import LoadedModel
 from .registry import load_model, model_kind_for
@@ -124,16 +125,27 @@ def _finish(run: Any, work: WorkDir, out: Path, *, num_samples: int, data_shape:
     then remove the work folder (rank 0, once every rank is done)."""
     from dataclasses import replace
 
-    from ..core.distributed import barrier
+    from ..core.distributed import Watchdog, barrier
 
     pending = [indices for indices in run.chunks if not work.done(indices)]
     if len(pending) < len(run.chunks):
         note(f"resuming: {len(run.chunks) - len(pending)} of {len(run.chunks)} batches were finished"
              + (f" on rank {run.ranks.rank}" if not run.ranks.single else ""))
-    keep_batches(replace(run, chunks=pending).batches(), work, note=note)
-    written = assemble(work, run.chunks, out, num_samples=num_samples, data_shape=data_shape, ranks=run.ranks,
-                       shards=shards, device=run.device)
-    barrier(run.ranks)
+    with Watchdog(run.ranks) as watchdog:
+        keep_batches(replace(run, chunks=pending).batches(), work, note=note, why=lambda: watchdog.failure)
+        try:
+            watchdog.finished()
+        except SamplingError as err:
+            raise SamplingError(f"{err}; {kept(work)}") from None
+    try:
+        written = assemble(work, run.chunks, out, num_samples=num_samples, data_shape=data_shape, ranks=run.ranks,
+                           shards=shards, device=run.device)
+        barrier(run.ranks)
+    except RuntimeError as err:   # a collective failed: a rank died while the finished samples were exchanged
+        if run.ranks.single or isinstance(err, LazyflowError):
+            raise
+        raise SamplingError(f"rank {run.ranks.rank}: exchanging the finished samples failed, another rank died? "
+                            f"({str(err).splitlines()[0][:200]}); {kept(work)}") from None
     if run.ranks.rank == 0:
         discard(out)
     return written
