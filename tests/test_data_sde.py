@@ -16,7 +16,7 @@ from scipy.integrate import quad
 from lazyflow import DataStats, LazyflowError, sample
 from lazyflow.derive.gaussian_frame import direction_sde_transition
 from lazyflow.derive.symbols import t as t_sym, t_next
-from lazyflow.runtime.core.data_frame import stochastic_data_frame
+from lazyflow.runtime.core.data_frame import data_frame_integrator, stochastic_data_frame
 from lazyflow.runtime.core.grids import make_grid
 from lazyflow.runtime.core.integrators import INTEGRATORS, build_plan
 from lazyflow.runtime.core.plan import drive
@@ -26,7 +26,8 @@ from exact import GMMVelocity
 from test_data_frame import gaussian
 
 F64 = torch.float64
-SDE_FRAMES = [name for name, method in INTEGRATORS.items() if stochastic_data_frame(method)]
+SDE_PC = data_frame_integrator(order=2, corrector=True, stochastic=True)   # built, not registered
+SDE_FRAMES = [name for name, method in INTEGRATORS.items() if stochastic_data_frame(method)] + [SDE_PC]
 LINEAR = load_schedule("linear")
 
 
@@ -79,7 +80,7 @@ def test_two_time_covariance_against_an_independent_quadrature(schedule):
     d, steps, scale = 3, 6, 0.7
     model, _, stats = gaussian(d, seed=3, kind="diag")
     target = _target(scale, schedule)
-    plan = _plan(target, steps, "data-sde-multistep-pc", stats)
+    plan = _plan(target, steps, SDE_PC, stats)
     _, jac, seen = _affine_moments(plan, model, d, steps)
     times = plan.times.tolist()
     for k in (2, 4):
@@ -139,15 +140,16 @@ def _coupled_noise(fine, coarse_steps: int, fine_noise: torch.Tensor):
     return out
 
 
-@pytest.mark.parametrize("name,low", [("data-sde", 0.8), ("data-sde-multistep-pc", 0.8)])
+@pytest.mark.parametrize("name,low", [("data-sde", 0.8), ("data-sde-multistep", 0.8), (SDE_PC, 0.8)])
 def test_strong_convergence_on_a_mixture(name, low):
     """On one Brownian path per sample, the RMS error at 32, 64, 128 steps to data-sde-multistep-pc at 1024 steps
-    falls at a measured rate >= ``low`` (the residual f(t, x_t) is only Hölder-1/2 along a path: strong order 1)."""
+    falls at a measured rate >= ``low`` (the residual f(t, x_t) is only Hölder-1/2 along a path: strong order 1;
+    measured RMS 0.033, 0.011, 0.0056 for data-sde)."""
     stats, n, d, fine_steps = _mixture_stats(), 64, 2, 1024
     target = _target(1.0)
     z = torch.randn(n, d, generator=torch.Generator().manual_seed(11), dtype=F64)
     xi = torch.randn(fine_steps, n, d, generator=torch.Generator().manual_seed(12), dtype=F64)
-    fine = _plan(target, fine_steps, "data-sde-multistep-pc", stats)
+    fine = _plan(target, fine_steps, SDE_PC, stats)
     ref = _run(fine, MIXTURE, z.clone(), lambda k: xi[k])
     errors = []
     for steps in (32, 64, 128):
@@ -162,11 +164,35 @@ def test_strong_convergence_on_a_mixture(name, low):
 def test_sample_runs_it_from_seeds_and_refuses_ode_schedules():
     """Through sample: per-sample seeds (batch-size independent), and the ODE/point-mass refusals."""
     model, _, stats = gaussian(3, seed=2, kind="diag")
-    a = sample(model, (6, 3), schedule="linear-sde", integrator="data-sde-multistep-pc", steps=4, dtype=F64,
+    a = sample(model, (6, 3), schedule="linear-sde", integrator="data-sde-multistep", steps=4, dtype=F64,
                data_stats=stats, seed=3)
-    b = sample(model, (6, 3), schedule="linear-sde", integrator="data-sde-multistep-pc", steps=4, dtype=F64,
+    b = sample(model, (6, 3), schedule="linear-sde", integrator="data-sde-multistep", steps=4, dtype=F64,
                data_stats=stats, seed=3, batch_size=2)
     assert torch.equal(a, b) and torch.isfinite(a).all()
     for schedule in ("linear", "pointmass"):
         with pytest.raises(LazyflowError, match="optimal diffusion"):
             sample(model, (2, 3), schedule=schedule, integrator="data-sde", steps=4, dtype=F64, data_stats=stats)
+
+
+def test_the_diffusers_scheduler_runs_the_stochastic_frame_and_equals_sample(tmp_path):
+    """The scheduler's data-sde run (with the call at the first sigma, as a pipeline makes it) draws the same
+    per-sample noise as sample with the same seed and integrator."""
+    pytest.importorskip("diffusers")
+    from lazyflow.diffusers import LazyFlowScheduler
+    from lazyflow.runtime.core.data_frame import without_skip
+
+    model, _, stats = gaussian(4, seed=2, kind="full")
+    path = stats.save(tmp_path / "stats.safetensors")
+    scheduler = LazyFlowScheduler(schedule="linear-sde", integrator="data-sde-multistep", grid="uniform",
+                                  data_stats=str(path), diffusion_scale=0.5, seed=5)
+    scheduler.set_timesteps(4)
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(2), dtype=F64)
+    x = z
+    for timestep in scheduler.timesteps:
+        sigma = (timestep / 1000).to(F64)
+        x = scheduler.step(-model(x, (1 - sigma).expand(3)), timestep, x, return_dict=False)[0]
+    ref = sample(model, (3, 4), schedule=_target(0.5), integrator=without_skip(INTEGRATORS["data-sde-multistep"]),
+                 steps=4, dtype=F64, initial=z, data_stats=stats, seed=5)
+    other = sample(model, (3, 4), schedule=_target(0.5), integrator=without_skip(INTEGRATORS["data-sde-multistep"]),
+                   steps=4, dtype=F64, initial=z, data_stats=stats, seed=6)
+    assert torch.isfinite(x).all() and (x - ref).abs().max() < 1e-6 < (x - other).abs().max()
