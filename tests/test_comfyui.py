@@ -240,6 +240,10 @@ def test_node_refuses_bad_choices(comfy, tmp_path):
         node.get_sampler("vp", "data-multistep-pc", 1.0, "auto", str(tmp_path / "missing.safetensors"))
     with pytest.raises(LazyflowError, match="unknown integrator"):
         node.get_sampler("vp", "dpmpp_2m", 1.0)
+    path = tmp_path / "stats.safetensors"
+    DataStats.from_samples(MIXTURE.sample(50, 0)[0].reshape(50, 3, 2, 2)).save(path)
+    with pytest.raises(LazyflowError, match="probability-flow ODE"):
+        node.get_sampler("pointmass", "data-multistep-pc", 1.0, "auto", str(path))
 
 
 def test_written_custom_node_loads(comfy, tmp_path):

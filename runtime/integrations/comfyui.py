@@ -25,9 +25,11 @@ import torch
 
 from ...errors import LazyflowError
 from ..core.data_stats import DataStats
-from ..core.integrators import INTEGRATORS, get_integrator
+from ..core.data_frame import without_skip
+from ..core.integrators import INTEGRATORS, build_plan, get_integrator
+from ..core.schedule import load_schedule
 from .. import kernels
-from .k_diffusion_samplers import PARAMETERIZATIONS, _resolved_target, sample_lazyflow
+from .k_diffusion_samplers import PARAMETERIZATIONS, SOURCE, _resolved_target, sample_lazyflow
 
 __all__ = ["LazyflowSampler", "sample_comfy", "parameterization_of", "write_custom_node", "NODE_CLASS_MAPPINGS",
            "NODE_DISPLAY_NAME_MAPPINGS", "NODE_FILE"]
@@ -122,12 +124,16 @@ def sampler_options(schedule: str, integrator: str, diffusion_scale: float, para
     """The node's inputs, checked, as :func:`sample_comfy`'s options (the statistics file read once here)."""
     if parameterization not in ("auto", *PARAMETERIZATIONS):
         raise LazyflowError(f"unknown parameterization {parameterization!r}; choose auto, flow or diffusion")
-    _resolved_target(schedule, None, float(diffusion_scale))
+    target = _resolved_target(schedule, None, float(diffusion_scale))
     method = get_integrator(integrator)
     stats = DataStats.load(data_stats.strip()) if data_stats and data_stats.strip() else None
     if method.needs_data_stats and stats is None:
         raise LazyflowError(f"integrator {method.name!r} integrates in the data's frame: give the path of a data "
                             "statistics file (lazyflow stats) in data_stats")
+    # the pairing of schedule and integrator, refused now rather than mid-sampling: a plan on a small grid
+    build_plan(target, load_schedule(SOURCE), torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64),
+               integrator=without_skip(method) if method.needs_data_stats else method, final_step="euler",
+               prediction="x", device="cpu", dtype=torch.float64, data_stats=stats)
     return {"schedule": schedule, "integrator": method.name, "diffusion_scale": float(diffusion_scale),
             "parameterization": parameterization, "data_stats": stats}
 
