@@ -123,6 +123,8 @@ def test_plot_kinds_and_bench_each_form(forms, capsys, tmp_path):
             run(capsys, "plot", kind, *forms[form], "--out", str(tmp_path / f"{form}-{kind}.png"))
         run(capsys, "plot", "samples", *forms[form], "--nfe", "2", "--integrators", "euler",
             "--out", str(tmp_path / f"{form}-samples.png"))
+        if form not in ("preset", "expressions"):   # the bench's share of the schedule flags is the same code
+            continue
         saved = tmp_path / f"{form}.json"
         run(capsys, "bench", *forms[form], "--n", "10", "--nfe", "2", "--quick", "--no-peers", "--metric", "fd",
             "--save", str(saved))

@@ -204,7 +204,7 @@ def test_no_traceback_for_user_errors(files, monkeypatch, data, one_torch_thread
 
 
 @pytest.mark.slow
-@settings(max_examples=400, deadline=None, database=None,
+@settings(max_examples=300, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_no_traceback_for_user_errors_long(files, monkeypatch, data, one_torch_thread):
