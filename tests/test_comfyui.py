@@ -108,7 +108,8 @@ class KSamplerX0Inpaint:
 
 class KSAMPLER:
     def __init__(self, sampler_function, extra_options={}, inpaint_options={}):
-        self.sampler_function, self.extra_options, self.inpaint_options = sampler_function, extra_options, inpaint_options
+        self.sampler_function, self.extra_options = sampler_function, extra_options
+        self.inpaint_options = inpaint_options
 
     def max_denoise(self, model_wrap, sigmas):
         return float(sigmas[0]) >= float(model_wrap.inner_model.model_sampling.sigma_max) * (1 - 1e-5)
@@ -129,7 +130,8 @@ class KSAMPLER:
 @pytest.fixture
 def comfy(monkeypatch):
     """``comfy``, ``comfy.samplers`` and ``comfy.model_sampling`` stand-ins for this test only."""
-    package, samplers, model_sampling = (types.ModuleType(n) for n in ("comfy", "comfy.samplers", "comfy.model_sampling"))
+    names = ("comfy", "comfy.samplers", "comfy.model_sampling")
+    package, samplers, model_sampling = (types.ModuleType(n) for n in names)
     samplers.KSAMPLER, samplers.KSamplerX0Inpaint = KSAMPLER, KSamplerX0Inpaint
     model_sampling.EPS, model_sampling.CONST = EPS, CONST
     package.samplers, package.model_sampling = samplers, model_sampling
@@ -196,7 +198,8 @@ def test_auto_reads_the_parameterization(comfy):
 def test_stochastic_node_uses_comfys_seed_and_callback(comfy):
     steps = []
     a = run_custom(node_sampler(schedule="pointmass", integrator="multistep-pc"), True, FLOW_SIGMAS, seed=3,
-                   callback=lambda i, denoised, x, total: steps.append((i, total, tuple(x.shape), tuple(denoised.shape))))
+                   callback=lambda i, denoised, x, total: steps.append((i, total, tuple(x.shape),
+                                                                          tuple(denoised.shape))))
     assert steps == [(i, 7, (4, 3, 2, 2), (4, 3, 2, 2)) for i in range(7)]
     b = run_custom(node_sampler(schedule="pointmass", integrator="multistep-pc"), True, FLOW_SIGMAS, seed=3)
     c = run_custom(node_sampler(schedule="pointmass", integrator="multistep-pc", diffusion_scale=0.5), True,
@@ -219,7 +222,8 @@ def test_data_statistics_file(comfy, tmp_path):
     path = tmp_path / "latents.safetensors"
     stats = DataStats.from_samples(MIXTURE.sample(500, 0)[0].reshape(500, 3, 2, 2), kind="diag")
     stats.save(path)
-    ours = run_custom(node_sampler(schedule="vp", integrator="data-multistep-pc", data_stats=str(path)), False, EPS_SIGMAS)
+    sampler = node_sampler(schedule="vp", integrator="data-multistep-pc", data_stats=str(path))
+    ours = run_custom(sampler, False, EPS_SIGMAS)
     guider = Guider(BaseModel(DiscreteEPS()))
     noise = torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     direct = sample_lazyflow(lambda x, s, **kw: guider(x, s), noise * (1 + EPS_SIGMAS[0] ** 2) ** 0.5, EPS_SIGMAS,

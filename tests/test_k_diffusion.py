@@ -125,7 +125,8 @@ def test_exponential_step_is_sample_euler_in_any_frame_and_stops_at_the_last_sig
 @pytest.mark.parametrize("p", ["diffusion", "flow"])
 def test_converged_answers_equal(K, p):
     """k-diffusion's Heun and DPM-Solver++(2M) on 400 Karras steps and lazyflow's third-order multistep on 128
-    steps (in the vp frame; Karras sigmas for diffusion, uniform ones for flow) reach the same ODE solution; at 8 steps they still differ, so the test can fail."""
+    steps (in the vp frame; Karras sigmas for diffusion, uniform ones for flow) reach the same ODE solution; at 8
+    steps they still differ, so the test can fail."""
     from lazyflow.k_diffusion import sample_lazyflow
 
     sigma_max = 80.0 if p == "diffusion" else 1.0
@@ -158,7 +159,8 @@ def test_callback_gets_k_diffusions_dict(K):
         for a, b in zip(ours, theirs):
             assert set(a) >= {"x", "i", "sigma", "sigma_hat", "denoised"}
             assert float(a["sigma"]) == float(b["sigma"]) and float(a["sigma_hat"]) == float(b["sigma_hat"])
-            assert torch.allclose(a["x"], b["x"], atol=1e-10) and torch.allclose(a["denoised"], b["denoised"], atol=1e-10)
+            assert torch.allclose(a["x"], b["x"], atol=1e-10)
+            assert torch.allclose(a["denoised"], b["denoised"], atol=1e-10)
 
 
 def test_denoiser_gets_the_given_sigmas_exactly():
@@ -181,7 +183,8 @@ def test_denoiser_gets_the_given_sigmas_exactly():
     seen.clear()
     sigmas = torch.tensor([14.6, 6.1, 2.2, 0.7, 0.03, 0.0])
     sample_lazyflow(record, start("diffusion", sigmas, dtype=torch.float32), sigmas, schedule="vp", integrator="heun")
-    assert torch.equal(torch.stack([s[0] for _, s in seen]), torch.tensor([14.6, 6.1, 6.1, 2.2, 2.2, 0.7, 0.7, 0.03, 0.03]))
+    expected = torch.tensor([14.6, 6.1, 6.1, 2.2, 2.2, 0.7, 0.7, 0.03, 0.03])   # heun: two calls a step, one last
+    assert torch.equal(torch.stack([s[0] for _, s in seen]), expected)
 
 
 def test_noise_per_sample_seed_and_noise_sampler():
@@ -273,11 +276,18 @@ def test_refusals():
 
 def test_alias_does_not_shadow_the_real_package():
     """lazyflow.k_diffusion is an alias in sys.modules, not a file: the repository root on sys.path (pytest)
-    holds nothing named k_diffusion, so ``import k_diffusion`` still finds the installed package."""
+    holds nothing named k_diffusion, so ``import k_diffusion`` still finds the installed package; the named
+    variants are sample_lazyflow with their defaults."""
     import lazyflow
-    from lazyflow.k_diffusion import sample_lazyflow, sample_lazyflow_ode, sample_lazyflow_sde  # noqa: F401
+    from lazyflow.k_diffusion import sample_lazyflow, sample_lazyflow_ode, sample_lazyflow_sde
 
     root = os.path.dirname(lazyflow.__file__)
-    assert not os.path.exists(os.path.join(root, "k_diffusion.py")) and not os.path.isdir(os.path.join(root, "k_diffusion"))
+    assert not os.path.exists(os.path.join(root, "k_diffusion.py"))
+    assert not os.path.isdir(os.path.join(root, "k_diffusion"))
+    sigmas, x = torch.tensor([30.0, 4.0, 0.7, 0.1, 0.0], dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    assert torch.equal(sample_lazyflow_ode(denoiser("diffusion"), x, sigmas),
+                       sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule="vp", integrator="multistep-pc"))
+    sde = sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule="pointmass", integrator="multistep-pc", seed=2)
+    assert torch.equal(sample_lazyflow_sde(denoiser("diffusion"), x, sigmas, seed=2), sde)
     spec = importlib.util.find_spec("k_diffusion")
     assert spec is None or not os.path.dirname(spec.origin).startswith(root + os.sep + "k_diffusion")

@@ -35,7 +35,7 @@ __all__ = ["LazyflowSampler", "sample_comfy", "parameterization_of", "write_cust
            "NODE_DISPLAY_NAME_MAPPINGS", "NODE_FILE"]
 
 #: the one file a ComfyUI custom node folder needs
-NODE_FILE = '''"""lazyflow sampler for ComfyUI (written by lazyflow comfyui-node): the node lives in the lazyflow package."""
+NODE_FILE = '''"""lazyflow sampler for ComfyUI (written by lazyflow comfyui-node); the node is in lazyflow."""
 from lazyflow.runtime.integrations.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
@@ -106,7 +106,8 @@ class LazyflowSampler:
                                                      "0 = their ODE)"}),
             "parameterization": (["auto", *PARAMETERIZATIONS], {"default": "auto"}),
         }, "optional": {
-            "data_stats": ("STRING", {"default": "", "tooltip": "a file written by lazyflow stats (data-* integrators)"}),
+            "data_stats": ("STRING", {"default": "",
+                                      "tooltip": "a file written by lazyflow stats (data-* integrators)"}),
         }}
 
     def get_sampler(self, schedule: str, integrator: str, diffusion_scale: float, parameterization: str = "auto",

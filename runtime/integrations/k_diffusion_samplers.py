@@ -23,9 +23,8 @@ convention.
 """
 from __future__ import annotations
 
-import functools
-import math
 import sys
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -70,7 +69,9 @@ def sigma_of_source_time(t: Any, parameterization: str) -> Any:
 
 def state_scale(t: Any, parameterization: str) -> Any:
     """s with x = s I_t: 1 / t (diffusion, x = X + sigma Z = I_t / t) or 1 (flow, x = I_t)."""
-    return 1 / t if _checked_parameterization(parameterization) == "diffusion" else t * 0 + 1
+    if _checked_parameterization(parameterization) == "diffusion":
+        return 1 / t
+    return torch.ones_like(t) if isinstance(t, torch.Tensor) else 1.0
 
 
 class _Denoiser:
@@ -97,7 +98,8 @@ class _Denoiser:
 
 
 def from_denoiser(denoiser: Callable[..., torch.Tensor], parameterization: str = "diffusion", *,
-                  extra_args: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Callable[..., torch.Tensor]:
+                  extra_args: dict[str, Any] | None = None,
+                  dtype: torch.dtype | None = None) -> Callable[..., torch.Tensor]:
     """A k-diffusion denoiser as a lazyflow model: use it with ``sample(..., source="linear", prediction="x")``.
 
     ``model(I_t, t)`` = ``denoiser(s(t) I_t, sigma(t) * s_in, **extra_args)`` with sigma(t) and s(t) of
@@ -111,7 +113,8 @@ def _checked_sigmas(sigmas: Any, parameterization: str) -> torch.Tensor:
     try:
         values = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
-        raise LazyflowError(f"sigmas must be a 1-D tensor or sequence of numbers, got {type(sigmas).__name__}") from None
+        raise LazyflowError(f"sigmas must be a 1-D tensor or sequence of numbers, got "
+                            f"{type(sigmas).__name__}") from None
     if values.dim() != 1 or values.numel() < 1:
         raise LazyflowError(f"sigmas must be a non-empty 1-D tensor, got shape {tuple(values.shape)}")
     if not torch.isfinite(values).all() or (values < 0).any():
@@ -282,44 +285,56 @@ def sample_lazyflow(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas:
         raise LazyflowError(f"x must be a floating-point tensor of shape (batch, ...), got {type(x).__name__}")
     if sig.numel() == 1:
         return x
-    run = _prepare(x, sig, parameterization, schedule, integrator, diffusion_scale, final_step, schedule_params,
-                   data_stats)
-    plan, exact, state, first, factors = run["plan"], run["exact"], run["state"], run["first"], run["factors"]
+    run = _Run.prepare(x, sig, parameterization, _resolved_target(schedule, schedule_params, diffusion_scale),
+                       integrator, final_step, data_stats)
     given = sigmas if isinstance(sigmas, torch.Tensor) else sig
     calls = _CallSequence(_Denoiser(model, parameterization, extra_args, x.dtype),
-                          *_call_points(exact, run["t_src"], sig, parameterization),
-                          first=first if exact.coefficients.first_call == 0 else None)
-    noise = _step_noise(run["target"], float(exact.times[0]), state, first, given, noise_sampler, seed)
-    start = None if first is None else first * float(state_scale(run["t_src"][0], parameterization))
-    observe = _k_callback(callback, factors, given, start, x.dtype)
-    with progress_bar(plan.steps, enabled=_show_progress(disable), desc="lazyflow") as update, torch.no_grad():
-        out = run_plan(calls, state, plan, noise, model_dtype=state.dtype, callback=observe, progress=update)
-    return (out * run["end_factor"]).to(x.dtype)
+                          *_call_points(run.exact, run.t_src, sig, parameterization),
+                          first=run.first if run.exact.coefficients.first_call == 0 else None)
+    noise = _step_noise(run.target, float(run.exact.times[0]), run.state, run.first, given, noise_sampler, seed)
+    start = None if run.first is None else run.first * float(state_scale(run.t_src[0], parameterization))
+    observe = _k_callback(callback, run.factors, given, start, x.dtype)
+    with progress_bar(run.plan.steps, enabled=_show_progress(disable), desc="lazyflow") as update, torch.no_grad():
+        out = run_plan(calls, run.state, run.plan, noise, model_dtype=run.state.dtype, callback=observe,
+                       progress=update)
+    return (out * run.end_factor).to(x.dtype)
 
 
-def _prepare(x: torch.Tensor, sig: torch.Tensor, parameterization: str, schedule: Any, integrator: Any,
-             diffusion_scale: float, final_step: str, schedule_params: Any, data_stats: Any) -> dict[str, Any]:
-    """Everything a run needs before its loop: the target, the float64 CPU plan (exact call times) and the
-    working plan (the state's dtype on x's device), the start state, and the factors that take a state
-    back to the caller's convention (at each step and at the end)."""
-    source = load_schedule(SOURCE)
-    target = _resolved_target(schedule, schedule_params, diffusion_scale)
-    t_src = source_time_of_sigma(sig, parameterization)
-    times = _target_times(target, source, t_src)
-    method, stats = _resolved_integrator(integrator, data_stats, float(times[0]), tuple(x.shape[1:]))
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    options = dict(integrator=method, final_step=final_step, prediction="x", data_stats=stats)
-    exact = build_plan(target, source, times, device="cpu", dtype=torch.float64, **options)
-    plan = exact if (x.device.type == "cpu" and dtype == torch.float64) else \
-        build_plan(target, source, times, device=x.device, dtype=dtype, **options)
-    x_lin = x.to(dtype) / float(state_scale(t_src[0], parameterization))     # I_t0 of the linear schedule
-    at_point = target.starts_at_point(float(times[0]))
-    state = torch.zeros_like(x_lin) if at_point else x_lin / float(exact.in_scale[0])
-    factors = exact.in_scale * state_scale(t_src[:-1], parameterization)       # state -> caller's x at each step
-    c_end = 1.0 if float(times[-1]) >= 1 else float(conversion(target, source, times[-1:])[1][0])
-    return {"target": target, "t_src": t_src, "exact": exact, "plan": plan, "state": state,
-            "first": x_lin if at_point else None, "factors": factors.to(device=x.device, dtype=dtype),
-            "end_factor": float(state_scale(t_src[-1], parameterization)) / c_end}
+@dataclass(frozen=True)
+class _Run:
+    """Everything a run needs before its loop: the target, the source times of the sigmas, the float64 CPU
+    plan (exact call times) and the working plan (the state's dtype on x's device), the start state (and
+    the caller's noise at a point-mass start), and the factors that take a state back to the caller's
+    convention: per step (x_caller = factors[k] x) and at the end."""
+
+    target: Schedule
+    t_src: torch.Tensor
+    exact: Plan
+    plan: Plan
+    state: torch.Tensor
+    first: torch.Tensor | None
+    factors: torch.Tensor
+    end_factor: float
+
+    @classmethod
+    def prepare(cls, x: torch.Tensor, sig: torch.Tensor, parameterization: str, target: Schedule, integrator: Any,
+                final_step: str, data_stats: Any) -> "_Run":
+        source = load_schedule(SOURCE)
+        t_src = source_time_of_sigma(sig, parameterization)
+        times = _target_times(target, source, t_src)
+        method, stats = _resolved_integrator(integrator, data_stats, float(times[0]), tuple(x.shape[1:]))
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        options = dict(integrator=method, final_step=final_step, prediction="x", data_stats=stats)
+        exact = build_plan(target, source, times, device="cpu", dtype=torch.float64, **options)
+        plan = exact if (x.device.type == "cpu" and dtype == torch.float64) else \
+            build_plan(target, source, times, device=x.device, dtype=dtype, **options)
+        x_lin = x.to(dtype) / float(state_scale(t_src[0], parameterization))     # I_t0 of the linear schedule
+        at_point = target.starts_at_point(float(times[0]))
+        state = torch.zeros_like(x_lin) if at_point else x_lin / float(exact.in_scale[0])
+        factors = exact.in_scale * state_scale(t_src[:-1], parameterization)
+        c_end = 1.0 if float(times[-1]) >= 1 else float(conversion(target, source, times[-1:])[1][0])
+        return cls(target, t_src, exact, plan, state, x_lin if at_point else None,
+                   factors.to(device=x.device, dtype=dtype), float(state_scale(t_src[-1], parameterization)) / c_end)
 
 
 def sample_lazyflow_ode(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: Any,
