@@ -187,3 +187,26 @@ def test_lazy_with_a_data_mean_prints_the_centred_frame(capsys):
     assert "alpha = sqrt(t)*sqrt(v)*sqrt(1 - t)" in out and "N(mu, v I)" in out and "w = x - beta mu" in out
     assert main(["lazy", "--beta", "t", "--sigma", "optimal", "--data-mean", "t"]) == 2
     assert "unknown symbol 't'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_classifier_honours_steps(tmp_path, monkeypatch, capsys):
+    """--steps counts the classifier's optimiser steps (the recipe's 60 epochs when not given)."""
+    import torch
+
+    from lazyflow.runtime.models import train as train_module
+
+    calls = []
+
+    class Counting(torch.optim.Adam):
+        def step(self, *args, **kwargs):
+            calls.append(1)
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module.torch.optim, "Adam", Counting)
+    assert main(["train", "classifier", "--steps", "3", "--out-dir", str(tmp_path)]) == 0
+    assert len(calls) == 3
+    card = json.loads((tmp_path / "digits_classifier.json").read_text())
+    assert card["steps"] == 3 and card["command"] == "lazyflow train classifier --steps 3"
+    assert main(["train", "classifier", "--steps", "0", "--out-dir", str(tmp_path)]) == 2
+    assert "--steps must be a positive integer" in capsys.readouterr().err

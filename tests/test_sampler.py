@@ -453,3 +453,78 @@ def test_frame_invariance_is_exactly_what_the_readme_says(frames, grid):
             assert max(gaps) > 1e-3, (integrator, gaps)
         else:
             assert max(gaps) < 1e-12, (integrator, gaps)
+
+
+# --- defaults and the checks of issue 19 ---------------------------------------------------------------------
+
+def test_the_defaults_are_one_set_for_sample_the_command_line_and_the_scheduler():
+    """sample(), sample_batches(), `lazyflow sample` and LazyFlowScheduler default to the same schedule,
+    integrator and last step (grid: the scheduler's is the pipeline's own), and the CLI's default run equals
+    sample() with those settings named explicitly."""
+    import inspect
+
+    from lazyflow import sample_batches
+    from lazyflow.parsers import build_parser
+    from lazyflow.runtime.core import defaults
+
+    expected = {"schedule": "linear", "integrator": "multistep-pc", "grid": "uniform", "final_step": "euler"}
+    assert {k: getattr(defaults, k.upper()) for k in expected} == expected
+    for fn in (sample, sample_batches):
+        params = inspect.signature(fn).parameters
+        assert (params["schedule"].default, params["integrator"].default, params["grid"].default) == \
+            (expected["schedule"], expected["integrator"], expected["grid"])
+    args = build_parser().parse_args(["sample", "--out", "x.npy"])
+    assert (args.schedule_default, args.integrator, args.grid) == (expected["schedule"], expected["integrator"],
+                                                                   expected["grid"])
+    pytest.importorskip("diffusers")
+    from lazyflow.diffusers import LazyFlowScheduler
+
+    config = LazyFlowScheduler().config
+    assert (config.schedule, config.integrator, config.final_step) == \
+        (expected["schedule"], expected["integrator"], expected["final_step"])
+    model = GMMVelocity(WEIGHTS, MEANS, STDS)
+    assert torch.equal(sample(model, (8, 2), dtype=F64),
+                       sample(model, (8, 2), schedule="linear", integrator="multistep-pc", grid="uniform", steps=8,
+                              final_step="euler", dtype=F64))
+
+
+def test_seeds_outside_the_counter_range_are_refused():
+    """No wrap modulo 2^64: the largest seed runs, one more is refused, as is -1."""
+    model = gaussian_velocity(1.0)
+    sample(model, (2, 2), steps=1, seed=2**64 - 1)
+    for seed in (2**64, -1, 2**70):
+        with pytest.raises(LazyflowError, match=r"seed must be in \[0, 2\^64\)"):
+            sample(model, (2, 2), steps=1, seed=seed)
+
+
+def test_a_grid_that_stops_short_of_one_needs_final_step():
+    """A grid ending at 0.9 is refused by default; final_step='euler' returns the state there (equal to the
+    first two steps of the same grid continued to 1), 'denoise' the denoised mean there."""
+    model = GMMVelocity(WEIGHTS, MEANS, STDS)
+    with pytest.raises(LazyflowError, match="ends at t = 0.9, not at t = 1.*final_step='denoise'"):
+        sample(model, (4, 2), steps=2, grid=[0.0, 0.5, 0.9], integrator="euler")
+    short = sample(model, (4, 2), steps=2, grid=[0.0, 0.5, 0.9], integrator="euler", final_step="euler", dtype=F64)
+    seen = []
+    sample(model, (4, 2), steps=3, grid=[0.0, 0.5, 0.9, 1.0], integrator="euler", dtype=F64, callback=seen.append)
+    assert torch.equal(short, seen[2].x)
+    sample(model, (4, 2), steps=2, grid=[0.0, 0.5, 0.9], integrator="euler", final_step="denoise")
+
+
+def test_steps_are_read_from_a_grid_file(tmp_path):
+    """sample(grid="g.json") takes the file's steps, as the command line does; other steps are refused."""
+    import json
+
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"format": "lazyflow-grid/1", "times": [0.0, 0.3, 0.7, 1.0], "schedule": "linear"}))
+    model = GMMVelocity(WEIGHTS, MEANS, STDS)
+    from_file = sample(model, (4, 2), grid=str(path), dtype=F64)
+    assert torch.equal(from_file, sample(model, (4, 2), grid=[0.0, 0.3, 0.7, 1.0], steps=3, dtype=F64))
+    with pytest.raises(LazyflowError, match=r"has 3 steps, not 5; use steps=3 \(--steps 3\)"):
+        sample(model, (4, 2), grid=str(path), steps=5)
+
+
+def test_sample_batches_is_exported():
+    import lazyflow
+    from lazyflow.runtime.core.sampler import sample_batches
+
+    assert lazyflow.sample_batches is sample_batches and "sample_batches" in lazyflow.__all__

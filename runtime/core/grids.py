@@ -144,7 +144,8 @@ def _tuned_times(grid: TunedGrid, target: Schedule, steps: int) -> list[float]:
     """A tuned grid's times, refused unless they are times of ``target`` and it has ``steps`` steps."""
     grid.schedule_for(target, scale_given=True)   # refused unless these are times of target
     if grid.steps != steps:
-        raise LazyflowError(f"{grid.describe()}: it has {grid.steps} steps, not {steps}; use steps={grid.steps}")
+        raise LazyflowError(f"{grid.describe()}: it has {grid.steps} steps, not {steps}; use steps={grid.steps} "
+                            f"(--steps {grid.steps}), or leave steps out: the file's own are used")
     return list(grid.times)
 
 
