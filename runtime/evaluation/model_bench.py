@@ -40,6 +40,8 @@ __all__ = ["run_model_bench", "format_model_report", "model_bench_methods", "loa
 
 #: the reference's default steps (its check runs half of them)
 MODEL_REFERENCE_STEPS = 400
+#: the kind options that name a file the model depends on (the cache compares their bytes)
+FILE_OPTIONS = ("prompt_embeds",)
 #: the reference counts as converged when halving its steps moves it by less than this share of the best
 #: 4-NFE path (the triangle inequality bounds how far any row's path moves by that distance)
 CONVERGED = 0.01
@@ -128,7 +130,7 @@ def _settings(model: str, kind: ModelKind, options: dict[str, Any], loaded: Load
     """What the reference depends on (a cache made with other settings is refused)."""
     from .reference_cache import content_digest, tensors_digest
 
-    files = {k: content_digest(v) for k, v in options.items() if isinstance(v, (str, Path)) and Path(v).exists()}
+    files = {k: content_digest(options[k]) for k in FILE_OPTIONS if options.get(k)}   # by content, not by name
     given = {k: (files[k] if k in files else v if isinstance(v, (int, float, str)) else repr(v))
              for k, v in sorted(options.items()) if k != "class_labels"}
     return {"model": content_digest(model), "kind": kind.name, "options": given,
