@@ -20,15 +20,14 @@ from lazyflow.errors import LazyflowError
 from lazyflow.runtime.core.noise import CounterNormal
 from lazyflow.runtime.models import gmm
 
-for _name in ("scipy", "torchsde", "torchdiffeq", "tqdm"):
-    pytest.importorskip(_name)
-
 _TEMPORARY = ("k_diffusion", "k_diffusion.utils", "k_diffusion.sampling", "torchvision", "torchvision.transforms",
               "torchvision.transforms.functional")
 
 
 def _load_sampling() -> types.ModuleType:
     """k_diffusion.sampling from the installed k-diffusion, its package __init__ not run; sys.modules restored."""
+    for name in ("scipy", "torchsde", "torchdiffeq", "tqdm"):   # k_diffusion.sampling's imports (the test extra)
+        pytest.importorskip(name)
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or spec.origin is None:
         pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion==0.1.1.post1)")
