@@ -104,7 +104,7 @@ COMMANDS = {
         "--param": "param", "--integrator": "integrator", "--final-step": "expr", "--diffusion-scale": "number",
         "--prediction": "expr", "--source": "schedule", "--source-param": "param", "--steps": "small",
         "--grid": "grid", "--shape": "grid", "--data-stats": "path", "--n": "small", "--seed": "number",
-        "--batch-size": "small", "--device": "expr", "--out": "out", "--class-labels": "grid",
+        "--batch-size": "small", "--device": "expr", "--out": "out", "--class-labels": "grid", "--prompt-embeds": "path",
         "--guidance": "number", "--guidance-interval": "grid", "--model-kind": "expr", "--model-param": "param"}),
     "train": (["train", "digits", "--out-dir", "{out}"], {"--steps": "number", "--out-dir": "out"}),
     "bench": (["bench", "--n", "10", "--nfe", "2", "--quick", "--no-peers"], {
@@ -125,6 +125,7 @@ COMMANDS = {
     "stats": (["stats", "--from", "{path}", "--out", "{out}.safetensors"], {
         "--from": "path", "--kind": "expr", "--rank": "small", "--floor": "number", "--out": "out",
         "--force": None}),
+    "comfyui-node": (["comfyui-node", "{out}"], {"--force": None}),
     "stats-model": (["stats", "--from-model", "digits", "--n", "4", "--steps", "2", "--out", "{out}.safetensors"], {
         "--from-model": "model", "--n": "small", "--steps": "small", "--integrator": "integrator",
         "--seed": "number", "--kind": "expr", "--out": "out"}),
@@ -218,6 +219,13 @@ def test_no_traceback_for_user_errors_long(files, monkeypatch, data, one_torch_t
 def test_argparse_refusals_are_one_line(argv):
     code, stderr = run_main(argv)
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "--help lists the flags" in stderr, stderr
+
+
+def test_every_subcommand_is_fuzzed():
+    from lazyflow.parsers import build_parser
+
+    names = build_parser()._subparsers._group_actions[0].choices
+    assert set(names) <= {base[0] for base, _ in COMMANDS.values()}, sorted(names)
 
 
 def test_version(capsys):
