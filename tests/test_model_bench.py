@@ -181,6 +181,11 @@ def test_diffusers_transformer_with_saved_prompt_embeddings(tmp_path, capsys):
     # 32 steps, so the row is checked against the reference it was scored by (the SiT test checks x* itself)
     from safetensors.torch import load_file
     assert row["path"] == pytest.approx(mean_distance(euler(v, x0, 4), load_file(str(cache))["samples"]), rel=1e-5)
+    save_file({**embeds, "pooled_prompt_embeds": embeds["pooled_prompt_embeds"] + 1},
+              str(tmp_path / "prompts.safetensors"))                        # other embeddings, same file name
+    assert main(["bench", *base, "--prompt-embeds", str(tmp_path / "prompts.safetensors"), "--n", "3", "--nfe", "4",
+                 "--reference-steps", "32", "--reference-cache", str(cache), *QUICK]) == 2
+    assert "prompt_embeds" in capsys.readouterr().err
 
 
 def test_reference_cache_is_reused_and_refused_when_settings_differ(tmp_path, capsys, monkeypatch):
