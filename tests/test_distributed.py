@@ -1,9 +1,12 @@
 """Sampling across processes with torch.distributed (gloo on the CPU, launched by torchrun): each rank
 samples its share of the indices, and the gathered result is the single-process one."""
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -90,3 +93,89 @@ def test_torchrun_cli_gathers_and_shards(tmp_path):
     parts = np.concatenate([np.load(tmp_path / s["file"]) for s in index["shards"]])
     assert np.allclose(parts, one, atol=1e-5)
     assert np.array_equal(parts, np.load(tmp_path / "all.npy"))
+
+
+LONG = ["-m", "lazyflow", "sample", "--model", "digits", "--steps", "32", "--num-samples", "320", "--batch-size", "8",
+        "--seed", "4"]   # 2 x 20 batches of 8: each batch the same 8 samples as in one process, so bitwise equal
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn_ranks(cwd, *flags, timeout="3"):
+    """Two ranks started as torchrun starts them (RANK, WORLD_SIZE, MASTER_ADDR/PORT), without its agent
+    (which would end the other rank itself)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port()), "LAZYFLOW_PEER_TIMEOUT": timeout}
+    return [subprocess.Popen([sys.executable, *LONG, *flags], cwd=cwd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in range(2)]
+
+
+def _when_batches(folder, count, processes, limit=120.0):
+    """Wait until ``count`` batch files are in ``folder`` (or a process ended)."""
+    start = time.monotonic()
+    while len(list(folder.glob("batch-*.npy"))) < count:
+        assert time.monotonic() - start < limit and all(p.poll() is None for p in processes)
+        time.sleep(0.01)
+
+
+def _single(cwd, out):
+    subprocess.run([sys.executable, *LONG, "--out", out], cwd=cwd, check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return np.load(cwd / out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dead", [1, 0])
+def test_a_dead_rank_stops_the_other_with_a_message_then_resume(tmp_path, dead):
+    """Rank ``dead`` SIGKILLed mid-run: the other exits (rc 2) within the peer timeout (3 s) plus the
+    watchdog's beat (1 s) and one batch, saying which rank died or that the store's host went away;
+    rank 1 dead: torchrun --resume then ends with one process's samples, bitwise."""
+    ranks = _spawn_ranks(tmp_path, "--out", "x.npy")
+    _when_batches(tmp_path / "x.npy.partial", 4, ranks)
+    ranks[dead].kill()
+    killed = time.monotonic()
+    other = ranks[1 - dead]
+    _, err = other.communicate(timeout=60)
+    took = time.monotonic() - killed
+    ranks[dead].wait()
+    last = err.strip().splitlines()[-1]
+    said = "rank 1 of 2 gave no sign of life for 3 s" if dead == 1 else "lost the launcher's store"
+    assert other.returncode == 2 and said in last and "--resume" in last, err[-2000:]
+    assert took < 3 + 1 + 1 + 3, took    # timeout + beat + last-seen granularity + a batch and exit, generously
+    if dead == 1:
+        reference = _single(tmp_path, "one.npy")
+        torchrun(*LONG, "--out", "x.npy", "--resume", cwd=tmp_path)
+        assert np.array_equal(np.load(tmp_path / "x.npy"), reference)
+        assert not (tmp_path / "x.npy.partial").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_shards_resume_after_sigkill(tmp_path):
+    """``torchrun ... --shards`` with both workers SIGKILLed mid-run, then ``--resume``: the shards hold
+    one process's samples, bitwise; a resume with other settings is refused before any work."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+               *LONG, "--out", "x.npy", "--shards"]
+    agent = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    _when_batches(tmp_path / "x.npy.partial", 6, [agent])
+    workers = [int(line.split()[0]) for line in subprocess.run(["ps", "-o", "pid=", "--ppid", str(agent.pid)],
+                                                              capture_output=True, text=True).stdout.splitlines()]
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    agent.wait(timeout=60)
+    kept = sorted(p.name for p in (tmp_path / "x.npy.partial").glob("batch-*.npy"))
+    assert 6 <= len(kept) < 40 and not (tmp_path / "x.index.json").exists()
+    done = subprocess.run(command[:-3] + ["--seed", "5", "--out", "x.npy", "--shards", "--resume"], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0 and "seed: 4 there, 5 here" in done.stderr
+    torchrun(*LONG, "--out", "x.npy", "--shards", "--resume", cwd=tmp_path)
+    index = json.loads((tmp_path / "x.index.json").read_text())
+    parts = np.concatenate([np.load(tmp_path / s["file"]) for s in index["shards"]])
+    assert np.array_equal(parts, _single(tmp_path, "one.npy"))
