@@ -151,6 +151,36 @@ def _finish(run: Any, work: WorkDir, out: Path, *, num_samples: int, data_shape:
     return written
 
 
+def _prepared(loaded: LoadedModel, target: Any, grid: Any, steps: int, device: Any, ranks: Any,
+              knobs: Mapping[str, Any]) -> Any:
+    """The sampler's checked run (its plan and this rank's batches), before anything runs."""
+    from ..core.data_stats import DataStats
+    from ..core.sampler import _Run
+
+    stats = None if knobs["data_stats"] is None else DataStats.load(knobs["data_stats"])
+    n = knobs["num_samples"]
+    return _Run.prepare(loaded.model, (n, *knobs["data_shape"]), schedule=target, source=loaded.source, steps=steps,
+                        integrator=knobs["integrator"], final_step=knobs["final_step"], grid=grid,
+                        prediction=loaded.prediction, data_stats=stats, seed=knobs["seed"],
+                        batch_size=knobs["batch_size"], device=device, dtype=torch.float32, model_dtype=None,
+                        compile=knobs["compile"], model_kwargs=loaded.model_kwargs or None, initial=None,
+                        callback=None, progress=ranks.rank == 0 and n * steps > 2000, noise=None,
+                        distributed=not ranks.single, capture=knobs["capture"])
+
+
+def _open_work(out: Path, outputs: list[Path], settings: dict[str, Any], ranks: Any, *, force: bool,
+               resume: bool) -> WorkDir:
+    """Every rank's verdict on the outputs and the work folder made one (all start or all refuse), then
+    this rank's part of ``OUT.partial/`` (cleared first with ``force``)."""
+    from ..core.distributed import agree, barrier
+
+    agree(ranks, check_outputs(out, outputs, settings, force=force, resume=resume))
+    if ranks.rank == 0:
+        clear_leftovers(out, force=force)
+    barrier(ranks)
+    return WorkDir.open(out, settings, rank=ranks.rank, world=ranks.world)
+
+
 def sample_to_file(model: str, out: str | Path, *, kind: str | None = None,
                    model_options: Mapping[str, Any] | None = None, num_samples: int = 64, schedule: Any = "pointmass",
                    diffusion_scale: float | None = None, source: Any = None,
@@ -170,9 +200,8 @@ def sample_to_file(model: str, out: str | Path, *, kind: str | None = None,
     unfinished run of the same settings, ``force`` overwrites existing output (without either, existing
     output is refused).  ``note`` hears what the run remarks on (an interrupt, a resumed run, a grid tuned
     for another integrator)."""
-    from ..core.data_stats import DataStats
-    from ..core.distributed import agree, barrier, launched_by_torchrun, ranks_of
-    from ..core.sampler import _Run, resolve_device
+    from ..core.distributed import launched_by_torchrun, ranks_of
+    from ..core.sampler import resolve_device
     from ..core.schedule import load_schedule
 
     out = output_path(out)
@@ -197,22 +226,12 @@ def sample_to_file(model: str, out: str | Path, *, kind: str | None = None,
     ranks = ranks_of(launched_by_torchrun(), device)
     if shards and ranks.single:
         raise LazyflowError("--shards is for runs under torchrun (several processes); one process writes --out")
-    stats = None if data_stats is None else DataStats.load(data_stats)
-    run = _Run.prepare(loaded.model, (num_samples, *data_shape), schedule=target, source=loaded.source, steps=steps,
-                       integrator=integrator, final_step=final_step, grid=grid, prediction=loaded.prediction,
-                       data_stats=stats, seed=seed, batch_size=batch_size, device=device, dtype=torch.float32,
-                       model_dtype=None, compile=compile, model_kwargs=loaded.model_kwargs or None, initial=None,
-                       callback=None, progress=ranks.rank == 0 and num_samples * steps > 2000, noise=None,
-                       distributed=not ranks.single, capture=capture)
-    settings = _settings(model, found, model_options, loaded, target, run, dict(
-        integrator=integrator, final_step=final_step, data_stats=data_stats, data_shape=data_shape, seed=seed,
-        num_samples=num_samples, batch_size=batch_size, compile=compile, capture=capture, shards=shards))
+    knobs = dict(integrator=integrator, final_step=final_step, data_stats=data_stats, data_shape=data_shape, seed=seed,
+                 num_samples=num_samples, batch_size=batch_size, compile=compile, capture=capture, shards=shards)
+    run = _prepared(loaded, target, grid, steps, device, ranks, knobs)
+    settings = _settings(model, found, model_options, loaded, target, run, knobs)
     outputs = output_files(out, ranks=ranks, shards=shards, images=loaded.decode_images is not None)
-    agree(ranks, check_outputs(out, outputs, settings, force=force, resume=resume))
-    if ranks.rank == 0:
-        clear_leftovers(out, force=force)
-    barrier(ranks)
-    work = WorkDir.open(out, settings, rank=ranks.rank, world=ranks.world)
+    work = _open_work(out, outputs, settings, ranks, force=force, resume=resume)
     written = _finish(run, work, out, num_samples=num_samples, data_shape=data_shape, shards=shards, note=note)
     if not ranks.single:
         import torch.distributed as dist
