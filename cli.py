@@ -377,6 +377,7 @@ def _checked_stats_args(args: argparse.Namespace) -> Path:
     if (args.kind == "lowrank") != (args.rank is not None):
         raise LazyflowError("--kind lowrank needs --rank" if args.rank is None else "--rank is for --kind lowrank")
     given = [f"--{key}" for key in MODEL_RUN_DEFAULTS if getattr(args, key) is not None]
+    given += ["the schedule flags"] if schedule_given(args) else []
     if args.samples is not None and given:
         raise LazyflowError(f"{', '.join(given)}: settings of --from-model, not of --from")
     vars(args).update({key: value for key, value in MODEL_RUN_DEFAULTS.items() if getattr(args, key) is None})
@@ -416,8 +417,9 @@ def _model_stats(args: argparse.Namespace):
     if loaded.data_shape is None:
         raise LazyflowError(f"--from-model {args.model}: the model does not record its data shape")
     counted, start = _Counting(loaded.model), time.perf_counter()
+    args.schedule_default = "linear"
     stats = stats_from_model(counted, (args.n, *loaded.data_shape), kind=args.kind, rank=args.rank,
-                             steps=args.steps, integrator=args.integrator, seed=args.seed, floor=args.floor,
+                             schedule=schedule(args), steps=args.steps, integrator=args.integrator, seed=args.seed, floor=args.floor,
                              source=loaded.source, prediction=loaded.prediction, device=device,
                              model_kwargs=loaded.model_kwargs or None,
                              model_dtype=resolve_dtypes(torch.float64, None, loaded.model)[1])

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 from lazyflow.cli import main  # noqa: E402
 
 #: notes that a successful or refused run may print before its one line (not errors)
-NOTES = ("lazyflow: generated the kernel", "lazyflow: regenerated the damaged", "lazyflow: the kernel cache")
+NOTES = ("lazyflow: generated the kernel", "lazyflow: regenerated the", "lazyflow: the kernel cache")
 WATCHDOG_S = 60
 
 

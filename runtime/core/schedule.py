@@ -382,11 +382,11 @@ def _generated(spec, origin: str) -> Schedule:
     folder = _writable_cache()
     path = folder / file
     if not _intact(path):
-        path = _write_entry(path, spec, origin, damaged=path.exists())
+        path = _write_entry(path, spec, origin, found=_what_is_there(path))
     try:
         return _bound(kernels.load_file(path), origin)
     except kernels.KernelError:   # intact but not loadable (another runtime's entry): write it again, once
-        return _bound(kernels.load_file(_write_entry(path, spec, origin, damaged=True)), origin)
+        return _bound(kernels.load_file(_write_entry(path, spec, origin, found="damaged")), origin)
 
 
 #: the last line of a cache entry: the SHA-256 of everything above it
@@ -408,7 +408,18 @@ def _intact(path: Path) -> bool:
     return bool(found) and digest.strip() == _digest(body) and data.endswith("\n")
 
 
-def _write_entry(path: Path, spec, origin: str, *, damaged: bool) -> Path:
+def _what_is_there(path: Path) -> str:
+    """What stands at a cache entry's place that is not intact: nothing, an entry of an older lazyflow (no
+    footer), or a damaged one."""
+    if not path.exists():
+        return "nothing"
+    try:
+        return "damaged" if _FOOTER in path.read_text() else "old"
+    except (OSError, UnicodeDecodeError):
+        return "damaged"
+
+
+def _write_entry(path: Path, spec, origin: str, *, found: str) -> Path:
     """Render the kernel of ``spec`` into ``path`` atomically (temporary name, then ``os.replace``); an
     unusable folder falls back to the temporary one.  Returns where it went."""
     from ...derive.codegen import kernel_name, render_kernel
@@ -422,7 +433,8 @@ def _write_entry(path: Path, spec, origin: str, *, damaged: bool) -> Path:
     except OSError as err:
         path = _fallback_folder(path.parent, err) / path.name
         _replace_atomically(path, text)
-    what = "regenerated the damaged cached kernel" if damaged else "generated the kernel"
+    what = {"damaged": "regenerated the damaged cached kernel", "old": "regenerated the cached kernel (damaged, or "
+            "written by an older lazyflow)"}.get(found, "generated the kernel")
     print(f"lazyflow: {what} of schedule {spec.name!r} in {time.perf_counter() - start:.1f} s "
           f"(once; cached as {path})", file=sys.stderr)
     return path
