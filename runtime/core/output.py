@@ -124,10 +124,11 @@ def check_format(out: Path, data_shape: tuple[int, ...]) -> None:
                             f"{tuple(data_shape)}: write .npy or .pt")
 
 
-def kept(work: WorkDir) -> str:
-    """What an unfinished run leaves for ``--resume``, in words."""
-    return f"the {work.count()} samples of {len(work.finished)} finished batches are kept in {work.folder}/: " \
-           "run it again with --resume to continue"
+def kept(work: WorkDir, *, hint: bool = True) -> str:
+    """What an unfinished run leaves in its work folder, in words (``hint``: and that --resume continues;
+    not said after a failure that a rerun would meet again)."""
+    return f"the {work.count()} samples of {len(work.finished)} finished batches are kept in {work.folder}/" + \
+        (": run it again with --resume to continue" if hint else "")
 
 
 def keep_batches(batches: Batches, work: WorkDir, *, note: Callable[[str], None] = _stderr,
@@ -149,7 +150,7 @@ def keep_batches(batches: Batches, work: WorkDir, *, note: Callable[[str], None]
             if isinstance(err, KeyboardInterrupt):
                 note(f"interrupted; {kept(work)}")
             else:
-                raise type(err)(f"{err} ({kept(work)})") from err
+                raise type(err)(f"{err} ({kept(work, hint=False)})") from err
         raise
 
 
