@@ -151,5 +151,5 @@ def test_every_command_with_a_schedule_uses_the_one_group():
             takers.append(sub.prog)
             assert {"--alpha", "--beta", "--sigma", "--param", "--data-var", "--name"} <= flags, sub.prog
     assert {"lazyflow derive", "lazyflow emit", "lazyflow convert", "lazyflow sample", "lazyflow tune-grid",
-            "lazyflow bench", "lazyflow plot drift"} <= set(takers), takers
+            "lazyflow bench", "lazyflow plot drift", "lazyflow stats"} <= set(takers), takers
     assert Path  # the module's imports stay used
