@@ -521,6 +521,7 @@ def test_steps_are_read_from_a_grid_file(tmp_path):
     assert torch.equal(from_file, sample(model, (4, 2), grid=[0.0, 0.3, 0.7, 1.0], steps=3, dtype=F64))
     with pytest.raises(LazyflowError, match=r"has 3 steps, not 5; use steps=3 \(--steps 3\)"):
         sample(model, (4, 2), grid=str(path), steps=5)
+    assert torch.equal(sample(model, (4, 2), grid=[0.0, 0.3, 0.7, 1.0], dtype=F64), from_file)   # explicit times too
 
 
 def test_sample_batches_is_exported():

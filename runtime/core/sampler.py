@@ -197,7 +197,7 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHED
     integrates in the ``schedule`` frame over a ``grid`` of ``steps`` steps with ``integrator`` (defaults:
     linear, multistep-pc, uniform, 8 steps, last step euler, as on the command line and in the diffusers
     scheduler: :mod:`lazyflow.runtime.core.defaults` names the bench row that chose them; ``steps`` of a
-    tuned grid file is read from it).  A grid ends at t = 1 unless ``final_step`` is given (it says how the run ends); the
+    tuned grid file or of explicit times is read from them).  A grid ends at t = 1 unless ``final_step`` is given (it says how the run ends); the
     ``data-*`` integrators integrate in the frame exact for the data's Gaussian, ``data_stats``
     (:class:`~lazyflow.runtime.core.data_stats.DataStats`).
     ``schedule`` and ``source`` are anything :func:`load_schedule` resolves (a preset name, a .toml or
@@ -399,12 +399,14 @@ def _check_seed(seed: Any) -> None:
 
 
 def _grid_and_steps(grid: GridSpec, steps: int | None) -> tuple[GridSpec, int]:
-    """The grid (a tuned grid's file read once) and the steps: given, else the tuned grid's own, else the
-    default (:data:`defaults.STEPS`)."""
+    """The grid (a tuned grid's file read once) and the steps: given, else the tuned grid's own or one fewer
+    than an explicit grid's times, else the default (:data:`defaults.STEPS`)."""
     if isinstance(grid, os.PathLike) or (isinstance(grid, str) and grid.strip().endswith(".json")):
         grid = load_grid_file(grid)
     if steps is None:
-        steps = grid.steps if isinstance(grid, TunedGrid) else defaults.STEPS
+        explicit = isinstance(grid, (list, tuple)) or (isinstance(grid, torch.Tensor) and grid.dim() == 1)
+        steps = grid.steps if isinstance(grid, TunedGrid) else \
+            len(grid) - 1 if explicit and len(grid) >= 2 else defaults.STEPS
     return grid, steps
 
 
