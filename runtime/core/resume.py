@@ -5,11 +5,14 @@ The folder holds one file per finished batch (``batch-000000016-000000032.npy``:
 [16, 32) as float32, written to a temporary name and renamed, so a batch file is whole or absent) and
 one manifest per process (``manifest.json``; under torchrun ``manifest.rank00001-of-00002.json``): the
 lazyflow version, every setting that changes the samples (model and its file's SHA-256, schedules with
-their kernels' hashes, integrator, grid, steps, seed, number of samples, batch size, processes, device
-type, ...) and the SHA-256 of each finished batch file.  A batch counts as finished only when its file
-exists and its hash matches the manifest; the manifest is rewritten (temporary file, rename) after the
-batch file, so a run killed at any moment leaves a folder that a resumed run can trust.  Since sample i
-depends only on (seed, i) and the batches are the same ones, the resumed output is the same bits.
+their kernels' hashes, integrator, steps and grid times, seed, number of samples, batch size,
+processes, device type, ...) and the SHA-256 of each finished batch file.  The manifest is written
+whole (temporary file, rename) when a run starts; each batch finished after that appends one line
+``NAME SHA256`` to the manifest's ledger (``manifest.log``), after its file is in place, and the next
+run folds the ledger into the manifest.  A batch counts as finished only when its file exists and
+matches its recorded hash, so a run killed at any moment leaves a folder that a resumed run can trust
+(a torn last ledger line only costs that batch).  Since sample i depends only on (seed, i) and the
+batches are the same ones, the resumed output is the same bits.
 
 When the output is written the folder is renamed to a hidden name and removed (a removal cut short
 leaves only that hidden folder, which the next run clears).
@@ -177,16 +180,32 @@ class WorkDir:
             raise LazyflowError(f"cannot create {folder}/: {err.strerror or err}") from None
         settings = dict(settings)
         work = cls(folder, rank, world, {k: v for k, v in settings.items() if k != "lazyflow"}, __version__)
-        path = folder / _manifest_name(rank, world)
-        if path.exists():
-            try:
-                recorded = json.loads(path.read_text()).get("batches", {})
-            except (OSError, ValueError):
-                recorded = {}
-            work.finished = {key: digest for key, digest in recorded.items()
-                             if (folder / key).is_file() and file_hash(folder / key) == digest}
+        work.finished = {name: digest for name, digest in work._recorded_batches().items()
+                         if (folder / name).is_file() and file_hash(folder / name) == digest}
         work._save_manifest()
+        work._ledger().unlink(missing_ok=True)    # its lines are in the manifest now
         return work
+
+    def _ledger(self) -> Path:
+        """The batches finished since the manifest was written, one ``NAME SHA256`` line each (appended:
+        writing a whole manifest per batch would cost O(batches^2))."""
+        return self.folder / (_manifest_name(self.rank, self.world)[:-len(".json")] + ".log")
+
+    def _recorded_batches(self) -> dict[str, str]:
+        """The batches this rank's manifest and ledger name (a torn last ledger line is left out)."""
+        try:
+            recorded = dict(json.loads((self.folder / _manifest_name(self.rank, self.world)).read_text())["batches"])
+        except (OSError, ValueError, KeyError, TypeError):
+            recorded = {}
+        try:
+            lines = self._ledger().read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 2 and len(parts[1]) == 64:
+                recorded[parts[0]] = parts[1]
+        return recorded
 
     def _save_manifest(self) -> None:
         manifest = {"lazyflow": self.version, "settings": self.settings, "batches": self.finished}
@@ -201,16 +220,23 @@ class WorkDir:
         return self.name(indices) in self.finished
 
     def keep(self, indices: range, x: torch.Tensor) -> None:
-        """Keep one finished batch: its file (float32, temporary name then rename), then the manifest."""
+        """Keep one finished batch: its file (float32 .npy, temporary name then rename), then its line
+        in the ledger."""
+        import io
+
         import numpy as np
 
-        name = self.name(indices)
+        buffer = io.BytesIO()
+        np.save(buffer, x.detach().float().cpu().numpy())
+        data, name = buffer.getvalue(), self.name(indices)
         path = self.folder / name
-        temporary = path.with_name(f".{name}.{os.getpid()}.tmp.npy")
-        np.save(temporary, x.detach().float().cpu().numpy())
+        temporary = path.with_name(f".{name}.{os.getpid()}.tmp")
+        temporary.write_bytes(data)
         os.replace(temporary, path)
-        self.finished[name] = file_hash(path)
-        self._save_manifest()
+        digest = hashlib.sha256(data).hexdigest()
+        with open(self._ledger(), "a") as ledger:
+            ledger.write(f"{name} {digest}\n")
+        self.finished[name] = digest
 
     def load(self, indices: range) -> torch.Tensor:
         """The samples of a finished batch."""
