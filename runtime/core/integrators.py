@@ -394,7 +394,7 @@ def _check_informative_start(target: Schedule, prediction: str, t: torch.Tensor)
                "(e.g. schedule='linear' or 'vp', --schedule linear) and a grid starting at t_0 > 0")
     else:
         fix = (f"start the grid after t = {t[0].item():g}, e.g. grid=[0.01, ...] (--grid 0.01,...,1: explicit "
-               "times; the run then starts from alpha(t_0) Z), or grid='logsnr-open:-6,8'")
+               "times; the run then starts from alpha(t_0) Z), or grid='logsnr-open:-6,8' (--grid logsnr-open:-6,8)")
     raise SamplingError(f"a {prediction}-prediction model does not determine eta_X at snr = 0 (t = {t[0].item():g}, "
                         f"where this grid starts): its output there carries no information on the data; {fix}")
 

@@ -172,7 +172,7 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise LazyflowError(f"device {str(device)!r}: this torch build or machine has no CUDA "
-                                f"(torch {torch.__version__}); use device='cpu'")
+                                f"(torch {torch.__version__}); use device='cpu' (--device cpu)")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise LazyflowError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
