@@ -181,7 +181,8 @@ class Watchdog:
         self._done: set[int] = set()
 
     def _key(self, what: str, rank: int) -> str:
-        return f"lazyflow/{what}/{rank}"
+        """A key of this attempt (torchrun restarts a failed group with TORCHELASTIC_RESTART_COUNT + 1)."""
+        return f"lazyflow/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{what}/{rank}"
 
     def __enter__(self) -> "Watchdog":
         if self.store is not None:

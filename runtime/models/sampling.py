@@ -131,12 +131,18 @@ def _finish(run: Any, work: WorkDir, out: Path, *, num_samples: int, data_shape:
     if len(pending) < len(run.chunks):
         note(f"resuming: {len(run.chunks) - len(pending)} of {len(run.chunks)} batches were finished"
              + (f" on rank {run.ranks.rank}" if not run.ranks.single else ""))
-    with Watchdog(run.ranks) as watchdog:
-        keep_batches(replace(run, chunks=pending).batches(), work, note=note, why=lambda: watchdog.failure)
-        try:
-            watchdog.finished()
-        except SamplingError as err:
-            raise SamplingError(f"{err}; {kept(work)}") from None
+    watchdog = Watchdog(run.ranks)
+    try:
+        with watchdog:
+            keep_batches(replace(run, chunks=pending).batches(), work, note=note, why=lambda: watchdog.failure)
+            try:
+                watchdog.finished()
+            except SamplingError as err:
+                raise SamplingError(f"{err}; {kept(work)}") from None
+    except KeyboardInterrupt:   # the watchdog's interrupt, landing between the batches and the wait
+        if watchdog.failure is None:
+            raise
+        raise SamplingError(f"{watchdog.failure}; {kept(work)}") from None
     try:
         written = assemble(work, run.chunks, out, num_samples=num_samples, data_shape=data_shape, ranks=run.ranks,
                            shards=shards, device=run.device)
