@@ -49,6 +49,17 @@ def schedule_given(args: argparse.Namespace) -> bool:
                                                                 "data_var", "name"))
 
 
+def schedule_words(args: argparse.Namespace) -> list[str]:
+    """The schedule flags as given (the command's default schedule when none), as command-line words."""
+    chosen = args.schedule if args.schedule is not None or args.alpha is not None else \
+        getattr(args, "schedule_default", None)
+    words = ["--schedule", chosen] if chosen is not None else ["--alpha", args.alpha, "--beta", args.beta]
+    words += [w for item in args.param for w in ("--param", item)]
+    for flag, value in (("--sigma", args.sigma), ("--data-var", args.data_var), ("--name", args.name)):
+        words += [flag, value] if value else []
+    return words
+
+
 def schedule_text(args: argparse.Namespace) -> str:
     """The schedule the flags name as one text load_schedule resolves (a generated kernel's path for
     expressions, parameters or a changed diffusion)."""
@@ -139,11 +150,7 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_emit(args: argparse.Namespace) -> int:
     from .derive.codegen import write_kernel
 
-    words = ["lazyflow", "emit", *(["--schedule", args.schedule] if args.schedule else
-                                   ["--alpha", args.alpha, "--beta", args.beta])]
-    words += [w for item in args.param for w in ("--param", item)]
-    for flag, value in (("--sigma", args.sigma), ("--data-var", args.data_var), ("--name", args.name)):
-        words += [flag, value] if value else []
+    words = ["lazyflow", "emit", *schedule_words(args)]
     spec = schedule_spec(args)
     path = write_kernel(spec, args.out_dir, name=args.name or spec.name, force=args.force,
                         command=" ".join(shlex.quote(w) for w in words))   # the command that regenerates it
@@ -229,8 +236,9 @@ def run_tune_grid(args: argparse.Namespace) -> int:
           f"{[round(v, 5) for v in grid.times]}; loss {t['loss_before']:.4g} -> {t['loss_after']:.4g} (seed {t['seed']}), "
           f"held-out seed {t['holdout_seed']}: {t['holdout_loss_before']:.4g} -> {t['holdout_loss_after']:.4g}; "
           f"cost {t['seconds']:.1f} s, {t['model_calls']} model calls")
-    print(f"use: lazyflow sample --model {args.model} --schedule {grid.base_schedule} --integrator {grid.integrator} "
-          f"--grid {path} --out samples.npy")
+    words = ["lazyflow", "sample", "--model", args.model, *schedule_words(args), "--integrator", grid.integrator,
+             "--grid", str(path), "--out", "samples.npy"]
+    print("use: " + " ".join(shlex.quote(w) for w in words))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -101,10 +102,15 @@ def test_sample_takes_expressions_although_it_has_a_default_schedule(capsys, tmp
 def test_tune_grid_each_form(forms, capsys, tmp_path):
     for form in FORMS:
         out = tmp_path / f"{form}.json"
-        run(capsys, "tune-grid", *forms[form], "--nfe", "2", "--samples", "4", "--reference-steps", "4",
-            "--max-evals", "3", "--out", str(out))
+        printed = run(capsys, "tune-grid", *forms[form], "--nfe", "2", "--samples", "4", "--reference-steps", "4",
+                      "--max-evals", "3", "--out", str(out))
         grid = json.loads(out.read_text())
         assert grid["times"][0] == 0 and grid["times"][-1] == 1 and len(grid["times"]) == 3, form
+        # the printed command runs as written (the schedule in the form it was given)
+        (use,) = [line for line in printed.splitlines() if line.startswith("use: lazyflow sample ")]
+        words = shlex.split(use[len("use: lazyflow "):])
+        words[words.index("--out") + 1] = str(tmp_path / f"{form}.npy")
+        run(capsys, *words, "--n", "2")
 
 
 @pytest.mark.slow
