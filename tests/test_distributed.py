@@ -76,6 +76,41 @@ def test_two_processes_give_the_single_process_samples(tmp_path):
         assert got[f"indices{n}"] == rank0_batches
 
 
+def test_watchdog_stops_on_a_silent_rank_not_on_a_slow_one(monkeypatch):
+    """In-process store: rank 1 never beats (declared dead after the limit, named), rank 2 said it
+    finished (not watched); then a rank that keeps beating for longer than the limit is waited for."""
+    import threading
+    import time as clock
+
+    import torch.distributed as dist
+
+    from lazyflow import SamplingError
+    from lazyflow.runtime.core import distributed
+
+    store = dist.HashStore()
+    monkeypatch.setattr(distributed, "_STORE", [store])
+    with distributed.Watchdog(Ranks(0, 3), beat=0.02, limit=0.2) as dog:
+        store.set(dog._key("done", 2), "1")
+        with pytest.raises(SamplingError, match="rank 1 of 3 gave no sign of life for 0.2 s"):
+            dog.finished()
+    assert store.add(dog._key("beat", 0), 0) >= 5      # this rank beat meanwhile
+
+    store = dist.HashStore()
+    monkeypatch.setattr(distributed, "_STORE", [store])
+    with distributed.Watchdog(Ranks(0, 2), beat=0.02, limit=0.2) as dog:
+        def slow_peer():
+            for _ in range(30):    # 0.6 s of beats, three times the limit, then done
+                store.add(dog._key("beat", 1), 1)
+                clock.sleep(0.02)
+            store.set(dog._key("done", 1), "1")
+
+        peer = threading.Thread(target=slow_peer)
+        peer.start()
+        dog.finished()
+        peer.join()
+    assert dog.failure is None
+
+
 @pytest.mark.slow
 def test_torchrun_cli_gathers_and_shards(tmp_path):
     """``torchrun -m lazyflow sample --num-samples``: rank 0 writes the gathered samples; ``--shards`` writes
