@@ -147,8 +147,8 @@ def _spawn_ranks(cwd, *flags, timeout="3"):
     (which would end the other rank itself)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(_free_port()), "LAZYFLOW_PEER_TIMEOUT": timeout}
-    return [subprocess.Popen([sys.executable, *LONG, *flags], cwd=cwd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    return [subprocess.Popen([sys.executable, *LONG, *flags], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, text=True) for r in range(2)]
 
 
 def _when_batches(folder, count, processes, limit=120.0):

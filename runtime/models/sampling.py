@@ -112,7 +112,8 @@ def _settings(model: str, found: Any, model_options: Mapping[str, Any] | None, l
     return {"lazyflow": __version__, "model": str(model), "model file": file_hash(model) if Path(model).is_file()
             else None, "model kind": found.name, "model options": options, "source": _schedule_id(loaded.source),
             "prediction": loaded.prediction, "schedule": _schedule_id(target), "integrator": knobs["integrator"],
-            "final step": knobs["final_step"], "steps": run.plan.steps, "grid times": [float(t) for t in run.plan.times.tolist()],
+            "final step": knobs["final_step"], "steps": run.plan.steps,
+            "grid times": [float(t) for t in run.plan.times.tolist()],
             "data stats": None if stats is None else file_hash(stats), "data shape": list(knobs["data_shape"]),
             "seed": int(knobs["seed"]), "num samples": knobs["num_samples"], "batch size": knobs["batch_size"],
             "dtype": str(run.dtype).replace("torch.", ""), "device": run.device.type, "compile": knobs["compile"],
