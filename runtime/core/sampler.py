@@ -169,6 +169,8 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
         device = local_device(torch.device(device if device is not None else "cpu"))
     except (RuntimeError, TypeError):
         raise LazyflowError(f"unknown device {device!r} (use cpu, cuda, cuda:N or mps)") from None
+    if device.type not in ("cpu", "cuda", "mps"):   # meta, lazy, xla, ...: tensors without values or a backend
+        raise LazyflowError(f"device {str(device)!r}: lazyflow samples on cpu, cuda, cuda:N or mps")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise LazyflowError(f"device {str(device)!r}: this torch build or machine has no CUDA "
