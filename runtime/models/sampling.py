@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ...errors import LazyflowError, SamplingError
+from ..core import defaults
 from ..core.gridfile import TunedGrid, load_grid_file
 from ..core.output import (Written, assemble, check_format, keep_batches, kept, output_files, output_path,
                            read_samples)
@@ -24,7 +25,7 @@ from .registry import load_model, model_kind_for
 __all__ = ["SampleRun", "sample_to_file", "DEFAULT_STEPS"]
 
 #: steps of a run that neither asks for a number nor uses a tuned grid
-DEFAULT_STEPS = 8
+DEFAULT_STEPS = defaults.STEPS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,12 +190,12 @@ def _open_work(out: Path, outputs: list[Path], settings: dict[str, Any], ranks: 
 
 
 def sample_to_file(model: str, out: str | Path, *, kind: str | None = None,
-                   model_options: Mapping[str, Any] | None = None, num_samples: int = 64, schedule: Any = "pointmass",
-                   diffusion_scale: float | None = None, source: Any = None,
+                   model_options: Mapping[str, Any] | None = None, num_samples: int = 64,
+                   schedule: Any = defaults.SCHEDULE, diffusion_scale: float | None = None, source: Any = None,
                    source_params: dict[str, float] | None = None, prediction: str | None = None,
                    shape: tuple[int, ...] | None = None, data_stats: str | Path | None = None,
-                   steps: int | None = None, integrator: str = "euler",
-                   final_step: str | None = None, grid: Any = "uniform", seed: int = 0, batch_size: int | None = None,
+                   steps: int | None = None, integrator: str = defaults.INTEGRATOR, final_step: str | None = None,
+                   grid: Any = defaults.GRID, seed: int = 0, batch_size: int | None = None,
                    device: Any = None, compile: bool = False, capture: bool = False, shards: bool = False,
                    force: bool = False, resume: bool = False, note: Callable[[str], None] = _silent) -> SampleRun:
     """Sample ``num_samples`` of ``model`` (a name or a file of ``kind``; ``model_options`` go to its
