@@ -11,7 +11,8 @@ from lazyflow.derive import (SpecError, centred_drift, centred_lazy_condition, d
                              gaussian_mean_drift, gaussian_mean_eta_x, residual_at_end, residual_at_start,
                              solve_lazy, solve_lazy_with_notes)
 from lazyflow.derive import lazy as lazy_module
-from lazyflow.derive.gaussian_frame import data_mean_value, gaussian_residual
+from lazyflow.derive.gaussian_frame import (data_mean_value, direction_sde_rate, direction_sde_transition,
+                                            gaussian_residual)
 from lazyflow.derive.symbols import mu, t, t_next, v, w, x
 
 pi = sp.pi
@@ -152,6 +153,36 @@ def test_propagator_solves_the_linear_ode(name, lam):
         value, s = value + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), s + h
     assert prop(start, end) == pytest.approx(value, rel=1e-10)
     assert prop(0.4, 0.4) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_sde_transition_moments_by_an_independent_solve(name):
+    """The SDE per direction, dw = g w dt + sqrt(2 eps) dW with eps = s^2 eps*: Phi from an RK4 solve of
+    dPhi/dt' = g Phi and V from dV/dt' = 2 g V + 2 eps, with g = r'/(2r) - eps/r and eps* = alpha^2 (log snr)'
+    by central differences (not from the library)."""
+    lam, scale = sp.Rational(3, 5), sp.Rational(7, 10)
+    phi, var = (sp.lambdify((t, t_next), e, "numpy") for e in direction_sde_transition(SCHEDULES[name], lam, scale))
+    fa, fb = (_numeric(u) for u in SCHEDULES[name])
+    lam_f, s2 = float(lam), float(scale) ** 2
+
+    def rates(at: float) -> tuple[float, float]:
+        a, b = fa(at), fb(at)
+        r = a * a + lam_f * b * b
+        dr = 2 * a * _d(fa, at) + 2 * lam_f * b * _d(fb, at)
+        eps = s2 * a * a * (_d(fb, at) / b - _d(fa, at) / a)
+        return dr / (2 * r) - eps / r, eps
+
+    start, end, steps = 0.2, 0.85, 400
+    h, y, s = (end - start) / steps, np.array([1.0, 0.0]), start
+    f = lambda at, u: np.array([rates(at)[0] * u[0], 2 * rates(at)[0] * u[1] + 2 * rates(at)[1]])   # noqa: E731
+    for _ in range(steps):
+        k1 = f(s, y)
+        k2 = f(s + h / 2, y + h / 2 * k1)
+        k3 = f(s + h / 2, y + h / 2 * k2)
+        k4 = f(s + h, y + h * k3)
+        y, s = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), s + h
+    assert phi(start, end) == pytest.approx(y[0], rel=1e-7) and var(start, end) == pytest.approx(y[1], rel=1e-7)
+    assert direction_sde_rate(SCHEDULES[name], lam, sp.Integer(0)) == direction_rate(SCHEDULES[name], lam)
 
 
 # --- the residual f = b - b_Gauss at the ends ---------------------------------------------------------------
