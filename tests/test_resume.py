@@ -260,3 +260,30 @@ def test_sigkill_at_20_random_moments_then_resume_gives_the_same_bytes(tmp_path)
     assert runs[-1]["rc"] in (0, 2)    # 2: the last kill came after the output was complete
     assert (tmp_path / "x.npy").read_bytes() == (tmp_path / "ref.npy").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killer.py", "ref.npy", "x.npy"]
+
+
+def test_a_full_disk_is_one_message_that_says_what_is_kept(tmp_path, monkeypatch):
+    """An OSError while keeping batch 2 (no space left): a LazyflowError naming the batch and the
+    reason, batch 1 kept and counted, no temporary file left."""
+    from pathlib import Path
+
+    work, real, calls = WorkDir.open(tmp_path / "x.npy", {}), Path.write_bytes, []
+
+    def full(self, data):
+        calls.append(self)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, data)
+
+    def batches():
+        yield range(0, 2), torch.zeros(2, 3)
+        yield range(2, 4), torch.ones(2, 3)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(LazyflowError, match=r"cannot keep the batch batch-000000002-000000004.npy in .*: No space "
+                                            r"left on device \(the 2 samples of 1 finished batches are kept"):
+        keep_batches(batches(), work)
+    monkeypatch.undo()
+    assert sorted(p.name for p in work.folder.iterdir()) == ["batch-000000000-000000002.npy", "manifest.json",
+                                                            "manifest.log"]
+    assert WorkDir.open(tmp_path / "x.npy", {}).finished.keys() == {"batch-000000000-000000002.npy"}

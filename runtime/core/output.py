@@ -70,13 +70,18 @@ def _save(x: torch.Tensor, out: Path) -> None:
     import numpy as np
 
     partial = out.with_name(f".{out.stem}.partial{out.suffix}")
-    if out.suffix == ".npy":
-        np.save(partial, x.numpy())
-    elif out.suffix == ".pt":
-        torch.save(x, partial)
-    else:
-        save_image_grid(x, partial)
-    partial.replace(out)
+    try:
+        if out.suffix == ".npy":
+            np.save(partial, x.numpy())
+        elif out.suffix == ".pt":
+            torch.save(x, partial)
+        else:
+            save_image_grid(x, partial)
+        partial.replace(out)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise LazyflowError(f"cannot write {out}: {err.strerror or err} (the finished batches stay in "
+                            f"{out.name}.partial/: --resume writes it again)") from None
 
 
 def tile_images(x: torch.Tensor, columns: int | None = None) -> np.ndarray:

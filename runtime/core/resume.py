@@ -231,11 +231,15 @@ class WorkDir:
         data, name = buffer.getvalue(), self.name(indices)
         path = self.folder / name
         temporary = path.with_name(f".{name}.{os.getpid()}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
         digest = hashlib.sha256(data).hexdigest()
-        with open(self._ledger(), "a") as ledger:
-            ledger.write(f"{name} {digest}\n")
+        try:
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+            with open(self._ledger(), "a") as ledger:
+                ledger.write(f"{name} {digest}\n")
+        except OSError as err:
+            temporary.unlink(missing_ok=True)
+            raise LazyflowError(f"cannot keep the batch {name} in {self.folder}/: {err.strerror or err}") from None
         self.finished[name] = digest
 
     def load(self, indices: range) -> torch.Tensor:
