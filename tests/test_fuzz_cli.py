@@ -79,6 +79,7 @@ def _values(files: dict) -> dict[str, list[str]]:
         "grid": ["uniform", "logsnr", "edm", "source", "0,0.5,1", "0,0.5", "0,1,0.5", "logsnr:-2,2", "logsnr:1",
                  "logsnr-open:-2,2", "x,y", "nope"] + paths,
         "integrator": ["euler", "multistep-pc", "heun", "exponential", "data-euler", "nope"],
+        "device": ["cpu", "cuda", "cuda:7", "mps", "meta", "lazy", "xla", "cpu:0", "", "nope"],
         "out": ["{out}.npy", "{out}.png", "{out}.pt", "{out}.txt", "{out}", "{out}/deep/x.npy"] + paths,
         "path": paths,
     }
@@ -104,7 +105,7 @@ COMMANDS = {
         "--param": "param", "--integrator": "integrator", "--final-step": "expr", "--diffusion-scale": "number",
         "--prediction": "expr", "--source": "schedule", "--source-param": "param", "--steps": "small",
         "--grid": "grid", "--shape": "grid", "--data-stats": "path", "--n": "small", "--seed": "number",
-        "--batch-size": "small", "--device": "expr", "--out": "out", "--class-labels": "grid", "--prompt-embeds": "path",
+        "--batch-size": "small", "--device": "device", "--out": "out", "--class-labels": "grid", "--prompt-embeds": "path",
         "--guidance": "number", "--guidance-interval": "grid", "--model-kind": "expr", "--model-param": "param"}),
     "train": (["train", "digits", "--out-dir", "{out}"], {"--steps": "number", "--out-dir": "out"}),
     "bench": (["bench", "--n", "10", "--nfe", "2", "--quick", "--no-peers"], {
@@ -115,7 +116,7 @@ COMMANDS = {
         "--model": "model", "--nfe": "small", "--schedule": "schedule", "--integrator": "integrator",
         "--init": "grid", "--samples": "small", "--seed": "number", "--out": "out", "--alpha": "expr",
         "--beta": "expr"}),
-    "bench-overhead": (["bench-overhead", "--steps", "2"], {"--device": "expr", "--steps": "small",
+    "bench-overhead": (["bench-overhead", "--steps", "2"], {"--device": "device", "--steps": "small",
                                                            "--models": "expr", "--batches": "grid",
                                                            "--repeats": "small", "--modes": "expr"}),
     "plot": (["plot", "drift", "--steps", "2", "--out", "{out}.png"], {
@@ -128,7 +129,8 @@ COMMANDS = {
     "comfyui-node": (["comfyui-node", "{out}"], {"--force": None}),
     "stats-model": (["stats", "--from-model", "digits", "--n", "4", "--steps", "2", "--out", "{out}.safetensors"], {
         "--from-model": "model", "--n": "small", "--steps": "small", "--integrator": "integrator",
-        "--seed": "number", "--kind": "expr", "--out": "out"}),
+        "--seed": "number", "--kind": "expr", "--out": "out", "--device": "device", "--schedule": "schedule",
+        "--alpha": "expr", "--beta": "expr"}),
 }
 HEAVY = {"train": ("lazyflow.runtime.models.train", "train"),
          "bench": ("lazyflow.runtime.evaluation.bench", "run_quality_bench"),
