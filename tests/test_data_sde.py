@@ -196,3 +196,20 @@ def test_the_diffusers_scheduler_runs_the_stochastic_frame_and_equals_sample(tmp
     other = sample(model, (3, 4), schedule=_target(0.5), integrator=without_skip(INTEGRATORS["data-sde-multistep"]),
                    steps=4, dtype=F64, initial=z, data_stats=stats, seed=6)
     assert torch.isfinite(x).all() and (x - ref).abs().max() < 1e-6 < (x - other).abs().max()
+
+
+@pytest.mark.slow   # the bench's 800-step path reference: ~2-4 s
+def test_the_bench_runs_the_stochastic_frames_and_the_data_frame_grid():
+    """data_frame_methods: data-sde rows in the optimal-diffusion schedules at the bench's diffusion scales (no
+    path: stochastic), the 4-NFE grid for the ODE frames; a data-sde row scores and reproduces from its flags."""
+    from lazyflow.runtime.evaluation.bench import DATA_FRAME_GRID, OurMethod, data_frame_methods, run_quality_bench
+
+    names = {m.name for m in data_frame_methods(True, ("full",))}
+    assert {"linear-sde/data-sde/uniform[full]", "vp-sde*0.25/data-sde-multistep/logsnr[full]",
+            f"linear/data-multistep/{DATA_FRAME_GRID}[full]"} <= names
+    assert not any("data-sde" in n and not n.split("/")[0].split("*")[0].endswith("-sde") for n in names)
+    method = OurMethod("linear-sde", "data-sde-multistep", "uniform", None, 0.25, stats="diag")
+    result = run_quality_bench("gmm:3,dim=8,components=3,rank=2", [4], 48, 1, include_peers=False,
+                               methods=[method], log=lambda *a: None)
+    row = next(r for r in result["rows"] if r["method"] == method.name)
+    assert row["stochastic"] and row["path"] is None and row["nfe"] == 4 and np.isfinite(row["nll_gap"])
