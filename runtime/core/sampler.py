@@ -29,7 +29,7 @@ from .progress import progress_bar
 from .schedule import Schedule, load_schedule
 from . import defaults
 
-__all__ = ["sample", "sample_batches", "stats_from_model", "run_plan", "resolve_device", "resolve_dtype", "resolve_dtypes",
+__all__ = ["sample", "sample_batches", "SamplingRun", "stats_from_model", "run_plan", "resolve_device", "resolve_dtype", "resolve_dtypes",
            "SamplingWarning", "DEFAULT_FINAL_STEP"]
 
 #: the default last step (:mod:`.defaults`: the run's defaults, shared with the CLI and the diffusers scheduler)
@@ -218,7 +218,7 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHED
     options (``initial``, ``noise``, ``compile``, ``capture``, ``distributed``) are those of
     :func:`sample_batches`; with ``distributed`` every rank gets all the samples.
     """
-    run = _Run.prepare(model, shape, schedule=schedule, source=source, steps=steps, integrator=integrator,
+    run = SamplingRun.prepare(model, shape, schedule=schedule, source=source, steps=steps, integrator=integrator,
                        final_step=final_step, grid=grid, prediction=prediction, data_stats=data_stats, seed=seed,
                        batch_size=batch_size,
                        device=device, dtype=dtype, model_dtype=model_dtype, compile=compile,
@@ -262,7 +262,7 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = defaul
     ``distributed``: ``True`` (the default process group, joined from torchrun's environment if
     needed) or a process group: this rank yields only its contiguous share of the indices
     (:mod:`lazyflow.runtime.core.distributed`); :func:`sample` gathers all of them on every rank."""
-    run = _Run.prepare(model, shape, schedule=schedule, source=source, steps=steps, integrator=integrator,
+    run = SamplingRun.prepare(model, shape, schedule=schedule, source=source, steps=steps, integrator=integrator,
                        final_step=final_step, grid=grid, prediction=prediction, data_stats=data_stats, seed=seed,
                        batch_size=batch_size,
                        device=device, dtype=dtype, model_dtype=model_dtype, compile=compile,
@@ -284,9 +284,11 @@ def stats_from_model(model: Model, shape: Sequence[int], *, kind: str = "diag", 
 
 
 @dataclass(frozen=True)
-class _Run:
+class SamplingRun:
     """One checked run: its plan, shape, dtypes, noise and this rank's chunks (every check is in
-    :meth:`prepare`; :meth:`batches` only runs)."""
+    :meth:`prepare`; :meth:`batches` only runs).  :func:`sample_batches` is ``prepare(...).batches()``;
+    a caller that keeps finished batches (``lazyflow sample --resume``) runs only the chunks still to do
+    with ``dataclasses.replace(run, chunks=pending).batches()``."""
 
     model: Model
     shape: tuple[int, ...]
@@ -313,7 +315,7 @@ class _Run:
                 data_stats: DataStats | None, seed: int,
                 batch_size: int | None, device: Any, dtype: Any, model_dtype: Any, compile: bool,
                 model_kwargs: dict[str, Any] | None, initial: torch.Tensor | None, callback: Callback | None,
-                progress: bool, noise: Callable[..., NoiseSource] | None, distributed: Any, capture: bool) -> "_Run":
+                progress: bool, noise: Callable[..., NoiseSource] | None, distributed: Any, capture: bool) -> "SamplingRun":
         target, src = load_schedule(schedule), load_schedule(source)
         method = get_integrator(integrator)
         shape = _checked_shape(model, shape)

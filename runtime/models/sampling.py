@@ -163,11 +163,11 @@ def _prepared(loaded: LoadedModel, target: Any, grid: Any, steps: int, device: A
               knobs: Mapping[str, Any]) -> Any:
     """The sampler's checked run (its plan and this rank's batches), before anything runs."""
     from ..core.data_stats import DataStats
-    from ..core.sampler import _Run
+    from ..core.sampler import SamplingRun
 
     stats = None if knobs["data_stats"] is None else DataStats.load(knobs["data_stats"])
     n = knobs["num_samples"]
-    return _Run.prepare(loaded.model, (n, *knobs["data_shape"]), schedule=target, source=loaded.source, steps=steps,
+    return SamplingRun.prepare(loaded.model, (n, *knobs["data_shape"]), schedule=target, source=loaded.source, steps=steps,
                         integrator=knobs["integrator"], final_step=knobs["final_step"], grid=grid,
                         prediction=loaded.prediction, data_stats=stats, seed=knobs["seed"],
                         batch_size=knobs["batch_size"], device=device, dtype=torch.float32, model_dtype=None,
