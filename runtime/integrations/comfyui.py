@@ -26,10 +26,11 @@ import torch
 from ...errors import LazyflowError
 from ..core.data_stats import DataStats
 from ..core.data_frame import without_skip
+from ..core import defaults
 from ..core.integrators import INTEGRATORS, build_plan, get_integrator
 from ..core.schedule import load_schedule
 from .. import kernels
-from .k_diffusion_samplers import PARAMETERIZATIONS, SOURCE, _resolved_target, sample_lazyflow
+from .k_diffusion_samplers import PARAMETERIZATIONS, SOURCE, resolved_target, sample_lazyflow
 
 __all__ = ["LazyflowSampler", "sample_comfy", "parameterization_of", "write_custom_node", "NODE_CLASS_MAPPINGS",
            "NODE_DISPLAY_NAME_MAPPINGS", "NODE_FILE"]
@@ -94,13 +95,14 @@ class LazyflowSampler:
     RETURN_TYPES = ("SAMPLER",)
     FUNCTION = "get_sampler"
     DESCRIPTION = ("Integrates the model in a lazyflow schedule with a lazyflow integrator over the sigmas it is given "
-                   "(pointmass + multistep-pc: the optimal SDE; vp + multistep-pc: the ODE).")
+                   "(default linear + multistep-pc, lazyflow's own default: the ODE; pointmass + multistep-pc: the "
+                   "optimal SDE).")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
         return {"required": {
-            "schedule": (_schedule_names(), {"default": "pointmass"}),
-            "integrator": (list(INTEGRATORS), {"default": "multistep-pc"}),
+            "schedule": (_schedule_names(), {"default": defaults.SCHEDULE}),
+            "integrator": (list(INTEGRATORS), {"default": defaults.INTEGRATOR}),
             "diffusion_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.05,
                                           "tooltip": "sigma = scale * the schedule's sigma (stochastic schedules; "
                                                      "0 = their ODE)"}),
@@ -125,7 +127,7 @@ def sampler_options(schedule: str, integrator: str, diffusion_scale: float, para
     """The node's inputs, checked, as :func:`sample_comfy`'s options (the statistics file read once here)."""
     if parameterization not in ("auto", *PARAMETERIZATIONS):
         raise LazyflowError(f"unknown parameterization {parameterization!r}; choose auto, flow or diffusion")
-    target = _resolved_target(schedule, None, float(diffusion_scale))
+    target = resolved_target(schedule, None, float(diffusion_scale))
     method = get_integrator(integrator)
     stats = DataStats.load(data_stats.strip()) if data_stats and data_stats.strip() else None
     if method.needs_data_stats and stats is None:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch
 
 from ...errors import LazyflowError, SamplingError
+from ..core import defaults
 from ..core.data_frame import without_skip
 from ..core.data_stats import DataStats
 from ..core.frames import conversion
@@ -41,7 +42,7 @@ from ..core.sampler import run_plan
 from ..core.schedule import Schedule, load_schedule
 
 __all__ = ["sample_lazyflow", "sample_lazyflow_ode", "sample_lazyflow_sde", "from_denoiser", "PARAMETERIZATIONS",
-           "SOURCE", "source_time_of_sigma", "sigma_of_source_time", "state_scale"]
+           "SOURCE", "resolved_target", "source_time_of_sigma", "sigma_of_source_time", "state_scale"]
 
 PARAMETERIZATIONS = ("diffusion", "flow")
 #: the denoiser's schedule in lazyflow's terms: both conventions are the linear schedule, rescaled
@@ -140,7 +141,7 @@ def _target_times(target: Schedule, source: Schedule, t_src: torch.Tensor) -> to
     return times
 
 
-def _resolved_target(schedule: Any, schedule_params: dict[str, float] | None, diffusion_scale: float) -> Schedule:
+def resolved_target(schedule: Any, schedule_params: dict[str, float] | None, diffusion_scale: float) -> Schedule:
     """The target schedule with its parameters bound and sigma = diffusion_scale * its sigma."""
     target = load_schedule(schedule, **(schedule_params or {}))
     return target if diffusion_scale == 1 else target.with_diffusion_scale(diffusion_scale)
@@ -256,8 +257,9 @@ def _show_progress(disable: bool | None) -> bool:
 
 def sample_lazyflow(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: Any,
                     extra_args: dict[str, Any] | None = None, callback: KCallback | None = None,
-                    disable: bool | None = None, *, parameterization: str = "diffusion", schedule: Any = "pointmass",
-                    integrator: str | Integrator = "multistep-pc", diffusion_scale: float = 1.0,
+                    disable: bool | None = None, *, parameterization: str = "diffusion",
+                    schedule: Any = defaults.SCHEDULE,
+                    integrator: str | Integrator = defaults.INTEGRATOR, diffusion_scale: float = 1.0,
                     final_step: str = "euler", schedule_params: dict[str, float] | None = None,
                     data_stats: Any = None, noise_sampler: Callable[..., torch.Tensor] | None = None,
                     seed: int | None = None) -> torch.Tensor:
@@ -285,7 +287,7 @@ def sample_lazyflow(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas:
         raise LazyflowError(f"x must be a floating-point tensor of shape (batch, ...), got {type(x).__name__}")
     if sig.numel() == 1:
         return x
-    run = _Run.prepare(x, sig, parameterization, _resolved_target(schedule, schedule_params, diffusion_scale),
+    run = _Run.prepare(x, sig, parameterization, resolved_target(schedule, schedule_params, diffusion_scale),
                        integrator, final_step, data_stats)
     given = sigmas if isinstance(sigmas, torch.Tensor) else sig
     calls = _CallSequence(_Denoiser(model, parameterization, extra_args, x.dtype),
