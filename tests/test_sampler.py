@@ -314,7 +314,7 @@ def test_point_mass_starts_at_zero_and_calls_the_source_at_snr_zero():
     (dict(integrator="rk45"), LazyflowError, "unknown integrator"),
     (dict(grid="weird"), LazyflowError, "unknown grid"),
     (dict(grid=[0.0, 0.7, 0.5], steps=2), LazyflowError, "strictly increasing"),
-    (dict(grid=[0.0, 0.5, 1.0]), LazyflowError, "an explicit grid for 8 steps needs 9 times, got 3"),
+    (dict(grid=[0.0, 0.5, 1.0], steps=8), LazyflowError, "an explicit grid for 8 steps needs 9 times, got 3"),
     (dict(prediction="eps"), LazyflowError, "unknown prediction"),
     (dict(final_step="last"), LazyflowError, "unknown final_step"),
     (dict(dtype="float128"), LazyflowError, "unknown dtype 'float128'"),
