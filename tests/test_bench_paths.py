@@ -161,8 +161,12 @@ def test_pathwise_goals_compare_the_lowest_path_and_call_ties():
     assert "- 4 NFE, path of ours at most 0.6 x the best peer's: met" in text
     assert "- 6 NFE, path of ours at most 0.6 x the best peer's: missed" in text
     assert "0.0500 vs 0.0800: no worse (tie (both within the floor))" in text
-    assert "likelihood gap of ours (lowest |nll_gap|, deterministic) at or below the best deterministic peer's: met " \
-           "(-0.5000 b against 0.6000 p, 17% lower)" in text
+    # a wins in path, b in likelihood: no one sampler of ours does both
+    assert "- 4 NFE, one sampler of ours meeting the path goal and no worse than the best peer in fd, nll_gap: " \
+           "missed (no row of ours does both)" in text
+    result["rows"].append(row("c", False, 4, 0.55, 1.04, 0.58))
+    assert "- 4 NFE, one sampler of ours meeting the path goal and no worse than the best peer in fd, nll_gap: met by " \
+           "c (path 0.5500, ratio 0.55; fd 1.040, nll_gap 0.5800)" in path_goals_markdown(result)
 
 
 def test_models_never_import_the_evaluation_layer():
