@@ -111,7 +111,7 @@ def test_convergence_order_against_an_independent_rk4(mixture_reference, name, l
     assert rates.mean() >= low, (errors, rates)
 
 
-@pytest.mark.parametrize("grid", ["uniform", "logsnr", "source"])
+@pytest.mark.parametrize("grid", ["uniform", "logsnr", "source", "logsnr:-1,2.5"])
 def test_every_grid_converges_to_the_ode_solution(mixture_reference, grid):
     """The logsnr grid widens its range beyond 16 steps, so its first and last steps shrink: the error to
     the RK4 solution falls as steps grow, for the data frame and for a classic integrator."""

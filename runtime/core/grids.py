@@ -49,7 +49,8 @@ class LogSNR:
 @dataclass(frozen=True)
 class LogSNRRange:
     """Times uniform in log snr from ``first`` to ``last`` (lam_k = first + j (last - first) / (M - 1) for the
-    M points j = 0..M-1, or just ``first`` when M = 1), then t_N = 1.
+    M points j = 0..M-1, or just ``first`` when M = 1), then t_N = 1; beyond 16 steps the range widens as
+    :class:`LogSNR`'s does (the first end only when not open).
 
     ``open=False``: t_0 = 0 (snr 0) and the M = N - 1 interior times carry the log snrs; ``open=True``: the
     grid starts at t_0 = t(first) > 0 (a standard schedule starts from alpha(t_0) Z, dropping beta(t_0) X),
@@ -151,10 +152,15 @@ def _tuned_times(grid: TunedGrid, target: Schedule, steps: int) -> list[float]:
 
 def _log_snr_range_times(grid: LogSNRRange, target: Schedule, steps: int) -> torch.Tensor:
     """t_j = t(lam_j), lam_j = first + j (last - first) / (M - 1) for j = 0..M-1 (M = steps when open, else
-    steps - 1 behind t_0 = 0), then t_N = 1; refused unless finite and strictly increasing."""
+    steps - 1 behind t_0 = 0), then t_N = 1; refused unless finite and strictly increasing.  Beyond 16 steps
+    the range widens by ln(N / 16) (:func:`_widening`) at its last end, and at its first end unless open (an
+    open grid starts at ``first`` on purpose), so that the steps from t = 0 and into t = 1 shrink and the
+    grid converges as N grows; grids of at most 16 steps are unchanged."""
     count = steps if grid.open else steps - 1
-    lam = torch.linspace(grid.first, grid.last, count, dtype=torch.float64) if count > 1 else \
-        torch.full((count,), grid.first, dtype=torch.float64)
+    widen = _widening(steps)
+    first, last = grid.first - (0.0 if grid.open else widen), grid.last + widen
+    lam = torch.linspace(first, last, count, dtype=torch.float64) if count > 1 else \
+        torch.full((count,), first, dtype=torch.float64)
     inner = target.time_of_log_snr(lam)
     head = [] if grid.open else [torch.zeros(1, dtype=torch.float64)]
     times = torch.cat([*head, inner, torch.ones(1, dtype=torch.float64)])
