@@ -95,7 +95,7 @@ from matplotlib import image as mpimg  # noqa: E402
 from lazyflow.errors import LazyflowError  # noqa: E402
 from lazyflow.figures import catalog  # noqa: E402
 
-#: The matplotlib series of the committed figures (setup.cfg pins it): one series draws the same bytes
+#: The matplotlib series of the committed figures (setup.cfg's test extra pins it): one series draws the same bytes
 #: (3.11.0 and 3.11.2 did), another lays text out anew (3.10.9 moved 5% to 27% of the pixels).
 MATPLOTLIB_SERIES = "3.11"
 #: a pixel differs when a channel moves by more than this (of 1)
@@ -107,7 +107,7 @@ MAX_DIFFERING = 0.001
 MAX_MEAN_DIFF = 0.0005
 same_matplotlib = pytest.mark.skipif(
     not matplotlib.__version__.startswith(MATPLOTLIB_SERIES + "."),
-    reason=f"the committed figures are drawn with matplotlib {MATPLOTLIB_SERIES}.x (setup.cfg), this is "
+    reason=f"the committed figures are drawn with matplotlib {MATPLOTLIB_SERIES}.x (setup.cfg's test extra), this is "
            f"{matplotlib.__version__}")
 
 
@@ -170,7 +170,8 @@ def test_plot_all_draws_every_committed_png(redrawn):
 def test_matplotlib_pin_is_the_series_of_the_figures():
     setup = (catalog.FIGURES_DIR.parent / "setup.cfg").read_text()
     major, minor = MATPLOTLIB_SERIES.split(".")
-    assert f"matplotlib>={major}.{minor},<{major}.{int(minor) + 1}" in setup
+    test_extra = setup.split("\ntest =", 1)[1].split("\npeers =", 1)[0]
+    assert f"matplotlib>={major}.{minor},<{major}.{int(minor) + 1}" in test_extra
 
 
 def test_tolerance_sees_the_old_drift_jump(tmp_path, redrawn, monkeypatch):
