@@ -287,3 +287,15 @@ def test_a_full_disk_is_one_message_that_says_what_is_kept(tmp_path, monkeypatch
     assert sorted(p.name for p in work.folder.iterdir()) == ["batch-000000000-000000002.npy", "manifest.json",
                                                             "manifest.log"]
     assert WorkDir.open(tmp_path / "x.npy", {}).finished.keys() == {"batch-000000000-000000002.npy"}
+
+
+def test_shards_need_a_sample_for_every_rank(tmp_path, monkeypatch):
+    """Four processes and three samples: one rank would have no shard to write (an image shard cannot be
+    empty): refused before anything is sampled or written."""
+    from lazyflow.runtime.core import distributed
+
+    monkeypatch.setattr(distributed, "launched_by_torchrun", lambda: True)
+    monkeypatch.setattr(distributed, "ranks_of", lambda flag, device: distributed.Ranks(rank=0, world=4))
+    with pytest.raises(LazyflowError, match="3 samples on 4 processes leave a rank without a shard"):
+        sample_to_file("digits", tmp_path / "d.png", num_samples=3, shards=True)
+    assert list(tmp_path.iterdir()) == []

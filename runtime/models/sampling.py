@@ -234,6 +234,9 @@ def sample_to_file(model: str, out: str | Path, *, kind: str | None = None,
     ranks = ranks_of(launched_by_torchrun(), device)
     if shards and ranks.single:
         raise LazyflowError("--shards is for runs under torchrun (several processes); one process writes --out")
+    if shards and num_samples < ranks.world:
+        raise LazyflowError(f"--shards: {num_samples} samples on {ranks.world} processes leave a rank without a "
+                            f"shard; ask for at least {ranks.world} samples")
     knobs = dict(integrator=integrator, final_step=final_step, data_stats=data_stats, data_shape=data_shape, seed=seed,
                  num_samples=num_samples, batch_size=batch_size, compile=compile, capture=capture, shards=shards)
     run = _prepared(loaded, target, grid, steps, device, ranks, knobs)
