@@ -29,7 +29,7 @@ from .progress import progress_bar
 from .schedule import Schedule, load_schedule
 from . import defaults
 
-__all__ = ["sample", "sample_batches", "SamplingRun", "stats_from_model", "run_plan", "resolve_device", "resolve_dtype", "resolve_dtypes",
+__all__ = ["sample", "sample_batches", "SamplingRun", "check_seed", "stats_from_model", "run_plan", "resolve_device", "resolve_dtype", "resolve_dtypes",
            "SamplingWarning", "DEFAULT_FINAL_STEP"]
 
 #: the default last step (:mod:`.defaults`: the run's defaults, shared with the CLI and the diffusers scheduler)
@@ -320,7 +320,7 @@ class SamplingRun:
         method = get_integrator(integrator)
         shape = _checked_shape(model, shape)
         batch_size = None if batch_size is None else _count(batch_size, "batch_size")
-        _check_seed(seed)
+        check_seed(seed)
         if initial is not None and (not isinstance(initial, torch.Tensor) or tuple(initial.shape) != shape):
             got = tuple(initial.shape) if isinstance(initial, torch.Tensor) else type(initial).__name__
             raise LazyflowError(f"initial must be a tensor of the samples' shape {shape}, got {got}")
@@ -394,7 +394,7 @@ def _plan(target, src, times, method, final_step, prediction, device, dtype, dat
     return plan
 
 
-def _check_seed(seed: Any) -> None:
+def check_seed(seed: Any) -> None:
     """A seed is an integer in [0, 2^64) (a counter of the noise generator: no wrapping)."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise LazyflowError(f"seed must be an integer, got {seed!r}")

@@ -44,7 +44,6 @@ the same model.
 """
 from __future__ import annotations
 
-import numbers
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +70,7 @@ from ..core.plan import Plan
 from ..core.data_frame import without_skip
 from ..core.data_stats import DataStats
 from ..core.noise import CounterNormal
+from ..core.sampler import check_seed
 from .flow_convention import sigma_of_time, time_of_sigma, timestep_of_time, velocity_of_output
 from ..core.schedule import Schedule, load_schedule
 
@@ -161,7 +161,7 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
             if getattr(tuned, "open", False) or getattr(tuned, "times", (0.0,))[0] > 0:
                 raise LazyflowError(f"grid {grid!r} starts after t = 0: a pipeline starts from pure noise, so its "
                                     "grid must start at 0 (use logsnr:FIRST,LAST)")
-        self._check_seed(seed)
+        check_seed(seed)
         # the pipeline's sigmas come from FlowMatchEuler itself (its shift, dynamic shift, terminal stretch,
         # Karras/exponential/beta spacing), always given explicitly so that the shift is applied once
         self._sigma_maker = FlowMatchEulerDiscreteScheduler(**{k: getattr(self.config, k) for k in _EULER_FIELDS})
@@ -207,7 +207,7 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
 
     def set_seed(self, seed: int) -> None:
         """Seed the per-sample noise streams of the next runs (overrides the config's ``seed``)."""
-        self._check_seed(seed)
+        check_seed(seed)
         self._seed = int(seed)
 
     @property
@@ -382,10 +382,3 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
             x = latents / plan.in_scale[0]
         self._loop = plan.loop(x, self.target.step_noise(t0, draws, latents, x))
         next(self._loop)   # the first call: the pipeline has made it already
-
-    @staticmethod
-    def _check_seed(seed: Any) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise LazyflowError(f"seed must be an integer, got {seed!r}")
-        if not 0 <= seed < 2**64:
-            raise LazyflowError(f"seed must be in [0, 2^64), got {seed}")
