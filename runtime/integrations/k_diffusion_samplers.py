@@ -230,8 +230,9 @@ def _seeded_draws(seed: Any, state: torch.Tensor) -> Callable[[int], torch.Tenso
                             f"got {seed!r}")
     if isinstance(seed, int):
         return CounterNormal(seed, range(state.shape[0]), shape, **options)
-    streams = [CounterNormal(s, range(1), shape, **options) for s in seeds]
-    return lambda d: torch.cat([stream(d) for stream in streams])
+    # a stream is its per-sample key (its row): one generator over the rows of (seed_i, 0) draws them all at once
+    rows = torch.cat([CounterNormal(s, range(1), shape, **options).rows for s in seeds])
+    return CounterNormal(seeds[0], range(len(seeds)), shape, **options).with_rows(rows)
 
 
 def _k_callback(callback: KCallback | None, factors: torch.Tensor, sigmas: Any, first: torch.Tensor | None,
