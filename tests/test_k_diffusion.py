@@ -290,3 +290,14 @@ def test_alias_does_not_shadow_the_real_package():
     assert torch.equal(sample_lazyflow_sde(denoiser("diffusion"), x, sigmas, seed=2), sde)
     spec = importlib.util.find_spec("k_diffusion")
     assert spec is None or not os.path.dirname(spec.origin).startswith(root + os.sep + "k_diffusion")
+
+
+def test_seeds_outside_the_counter_range_are_refused():
+    """As sample() and the scheduler: a seed (or one seed of a list) outside [0, 2^64) is refused, not wrapped."""
+    from lazyflow.k_diffusion import sample_lazyflow
+
+    sigmas = torch.tensor([20.0, 5.0, 0.0], dtype=torch.float64)
+    x = start("diffusion", sigmas, n=2)
+    for seed in (-1, 2**64, [3, -1]):
+        with pytest.raises(LazyflowError, match=r"seed must be in \[0, 2\^64\)"):
+            sample_lazyflow(denoiser("diffusion"), x, sigmas, seed=seed, schedule="linear-sde", integrator="euler")

@@ -38,7 +38,7 @@ from ..core.integrators import build_plan, get_integrator
 from ..core.noise import CounterNormal
 from ..core.plan import Integrator, Plan, StepInfo
 from ..core.progress import progress_bar
-from ..core.sampler import run_plan
+from ..core.sampler import check_seed, run_plan
 from ..core.schedule import Schedule, load_schedule
 
 __all__ = ["sample_lazyflow", "sample_lazyflow_ode", "sample_lazyflow_sde", "from_denoiser", "PARAMETERIZATIONS",
@@ -228,6 +228,8 @@ def _seeded_draws(seed: Any, state: torch.Tensor) -> Callable[[int], torch.Tenso
             (not isinstance(seed, int) and len(seeds) != state.shape[0]):
         raise LazyflowError(f"seed must be an integer or a sequence of one integer per sample ({state.shape[0]}), "
                             f"got {seed!r}")
+    for one in seeds:
+        check_seed(one)   # in [0, 2^64) as everywhere: no wrap
     if isinstance(seed, int):
         return CounterNormal(seed, range(state.shape[0]), shape, **options)
     # a stream is its per-sample key (its row): one generator over the rows of (seed_i, 0) draws them all at once
