@@ -110,15 +110,19 @@ class GaussianMixture:
         """(n, K): log w_k + log N(x; beta mu_k, alpha^2 I + beta^2 C_k) for x (n, d), alpha and beta (n, 1)."""
         return self._terms(x, alpha, beta)[0]
 
-    def log_density(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """(n,): log p(x) = logsumexp_k (log w_k + log N(x; mu_k, C_k)) of the data for x (n, d), in chunks."""
+    def data_log_probs(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """(n, K): log w_k + log N(x; mu_k, C_k) of the data (alpha = 0, beta = 1) for x (n, d), in chunks."""
         x = x.reshape(len(x), -1).to(device=self.mu.device, dtype=torch.float64)
         out = []
         for start in range(0, len(x), chunk):
             part = x[start:start + chunk]
             ones = torch.ones(len(part), 1, dtype=torch.float64, device=x.device)
-            out.append(torch.logsumexp(self.log_probs(part, 0 * ones, ones), dim=1))
-        return torch.cat(out) if out else x.new_zeros(0)
+            out.append(self.log_probs(part, 0 * ones, ones))
+        return torch.cat(out) if out else x.new_zeros(0, len(self.w))
+
+    def log_density(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """(n,): log p(x) = logsumexp_k (log w_k + log N(x; mu_k, C_k)) of the data for x (n, d), in chunks."""
+        return torch.logsumexp(self.data_log_probs(x, chunk), dim=1)
 
     def posterior(self, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, cx: torch.Tensor,
                   cg: torch.Tensor) -> torch.Tensor:
