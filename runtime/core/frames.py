@@ -15,7 +15,7 @@ import torch
 
 from .schedule import Schedule
 
-__all__ = ["Frame", "frame", "conversion"]
+__all__ = ["Frame", "frame", "conversion", "times_of_equal_log_snr"]
 
 
 def conversion(target: Schedule, source: Schedule, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,6 +25,15 @@ def conversion(target: Schedule, source: Schedule, t: torch.Tensor) -> tuple[tor
     tau = source.time_of_log_snr(target.log_snr(t))
     now, then = target.values(t), source.values(tau)
     return tau, (now.alpha + now.beta) / (then.alpha + then.beta)
+
+
+def times_of_equal_log_snr(target: Schedule, source: Schedule, t_src: torch.Tensor) -> torch.Tensor:
+    """Source times -> target times of equal log snr, t = t_target(lambda_source(t_src)) (the identity for the
+    same path); t_src <= 0 and t_src >= 1 map to 0 and 1, where the log snr is infinite."""
+    if target.same_path(source):
+        return t_src.clone()
+    times = target.time_of_log_snr(source.log_snr(t_src))
+    return torch.where(t_src <= 0, torch.zeros_like(times), torch.where(t_src >= 1, torch.ones_like(times), times))
 
 
 @dataclass(frozen=True)

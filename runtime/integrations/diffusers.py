@@ -69,6 +69,7 @@ from ..core.integrators import build_plan, check_plan_options, get_integrator
 from ..core.plan import Plan
 from ..core.data_frame import without_skip
 from ..core.data_stats import DataStats
+from ..core.frames import times_of_equal_log_snr
 from ..core.noise import CounterNormal
 from ..core.sampler import check_seed
 from .flow_convention import sigma_of_time, time_of_sigma, timestep_of_time, velocity_of_output
@@ -268,13 +269,8 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
         self._last = None
 
     def _target_times(self, t_src: torch.Tensor) -> torch.Tensor:
-        """Network times -> target times by equal log snr (the identity for the same path)."""
-        if self.target.same_path(self.source):
-            times = t_src.clone()
-        else:
-            times = self.target.time_of_log_snr(self.source.log_snr(t_src))
-            times = torch.where(t_src <= 0, torch.zeros_like(times), times)
-            times[-1] = 1.0
+        """Network times -> target times by equal log snr (the identity for the same path); ``t_src`` ends at 1."""
+        times = times_of_equal_log_snr(self.target, self.source, t_src)
         if not torch.isfinite(times).all() or (times[1:] <= times[:-1]).any() or times[0] < 0 or times[-1] > 1:
             raise LazyflowError(f"the pipeline's sigmas do not give an increasing grid in [0, 1] for "
                                 f"{self.target.describe()}: sigmas must decrease strictly from at most 1 to above 0 "

@@ -33,7 +33,7 @@ from ...errors import LazyflowError, SamplingError
 from ..core import defaults
 from ..core.data_frame import without_skip
 from ..core.data_stats import DataStats
-from ..core.frames import conversion
+from ..core.frames import conversion, times_of_equal_log_snr
 from ..core.integrators import build_plan, get_integrator
 from ..core.noise import CounterNormal
 from ..core.plan import Integrator, Plan, StepInfo
@@ -130,11 +130,7 @@ def _checked_sigmas(sigmas: Any, parameterization: str) -> torch.Tensor:
 
 def _target_times(target: Schedule, source: Schedule, t_src: torch.Tensor) -> torch.Tensor:
     """Source times -> target times by equal log snr (the identity for the same path; 0 and 1 stay)."""
-    if target.same_path(source):
-        times = t_src.clone()
-    else:
-        times = target.time_of_log_snr(source.log_snr(t_src))
-        times = torch.where(t_src <= 0, torch.zeros_like(times), torch.where(t_src >= 1, torch.ones_like(times), times))
+    times = times_of_equal_log_snr(target, source, t_src)
     if not torch.isfinite(times).all() or (times[1:] <= times[:-1]).any():
         raise LazyflowError(f"the sigmas give no strictly increasing grid on {target.describe()} (times "
                             f"{times.tolist()}); sigmas too close together for float64")
