@@ -18,5 +18,3 @@ GRID = "uniform"
 FINAL_STEP = "euler"
 #: the number of steps
 STEPS = 8
-#: the bench row that justifies them (lazyflow bench --markdown prints it from figures/bench_*.json)
-BENCH_ROW = f"{SCHEDULE}/{INTEGRATOR}/{GRID}"
