@@ -431,7 +431,6 @@ def _model_stats(args: argparse.Namespace):
     if loaded.data_shape is None:
         raise LazyflowError(f"--from-model {args.model}: the model does not record its data shape")
     counted, start = _Counting(loaded.model), time.perf_counter()
-    args.schedule_default = "linear"
     stats = stats_from_model(counted, (args.n, *loaded.data_shape), kind=args.kind, rank=args.rank,
                              schedule=schedule(args), steps=args.steps, integrator=args.integrator, seed=args.seed, floor=args.floor,
                              source=loaded.source, prediction=loaded.prediction, device=device,

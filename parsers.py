@@ -333,7 +333,7 @@ def _stats_parser(sub) -> None:
                    metavar="NAME", help="--from-model: the sampler's integrator (default multistep-pc)")
     p.add_argument("--seed", type=int, default=None, help="--from-model: the noise seed (default 0)")
     p.add_argument("--device", default=None, help="--from-model: where the model runs")
-    _schedule_args(p, what="--from-model: the sampler's schedule (default linear)")
+    _schedule_args(p, default="linear", what="--from-model: the sampler's schedule")
     p.add_argument("--out", required=True, help="the statistics file to write (.safetensors; lazyflow sample "
                    "--data-stats reads it)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
