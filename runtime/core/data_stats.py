@@ -64,6 +64,12 @@ class DataStats:
                 raise LazyflowError(f"data statistics: {name} is not finite")
         if (self.var <= 0).any() or (self.rest is not None and (self.rest <= 0).any()):
             raise LazyflowError("data statistics: variances must be positive (use a floor)")
+        # stored contiguous (eigh returns its eigenvectors column-major): a matmul with another memory layout
+        # sums in another order, so a copy saved and loaded (contiguous) would sample a few ulp apart
+        for name in ("mean", "var", "basis", "rest"):
+            value = getattr(self, name)
+            if value is not None and not value.is_contiguous():
+                object.__setattr__(self, name, value.contiguous())
 
     @property
     def data_shape(self) -> tuple[int, ...]:
