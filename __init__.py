@@ -19,7 +19,7 @@ _WHERE = {
     "sample": "runtime.core.sampler", "sample_batches": "runtime.core.sampler", "load_schedule": "runtime.core.schedule", "Schedule": "runtime.core.schedule",
     "ScheduleValues": "runtime.core.schedule", "SamplingError": "errors", "LazyflowError": "errors",
     "INTEGRATORS": "runtime.core.integrators", "StepInfo": "runtime.core.plan", "DataStats": "runtime.core.data_stats",
-    "stats_from_model": "runtime.core.sampler",
+    "ConditionalStats": "runtime.core.data_stats", "stats_from_model": "runtime.core.model_stats",
 }
 __all__ = ["__version__", "derive", "runtime", "figures", *_WHERE]
 

@@ -297,6 +297,8 @@ def _run_model_bench(args: argparse.Namespace) -> int:
                              label_seed=args.label_seed, batch_size=args.batch_size, device=args.device,
                              reference_steps=args.reference_steps, reference_cache=args.reference_cache,
                              include_peers=not args.no_peers, full=not args.quick, log=log,
+                             data_frames=not args.no_data_frames, stats_samples=args.stats_samples, tune=args.tune,
+                             save=args.save, pilot=args.pilot,
                              progress=not args.no_progress)
     print(json.dumps(result, indent=1) if args.json else format_model_report(result))
     if args.save:
@@ -361,7 +363,8 @@ def _plot_all(args: argparse.Namespace) -> int:
 # --- stats -----------------------------------------------------------------------------------------
 
 #: the settings of --from-model and their defaults (given with --from they are refused, not ignored)
-MODEL_RUN_DEFAULTS = {"n": 2000, "steps": 32, "integrator": "multistep-pc", "seed": 0, "device": None}
+MODEL_RUN_DEFAULTS = {"n": 2000, "steps": 32, "integrator": "multistep-pc", "seed": 0, "device": None,
+                      "condition": "none"}
 
 
 class _Counting:
@@ -392,6 +395,8 @@ def _checked_stats_args(args: argparse.Namespace) -> Path:
         raise LazyflowError("--kind lowrank needs --rank" if args.rank is None else "--rank is for --kind lowrank")
     given = [f"--{key}" for key in MODEL_RUN_DEFAULTS if getattr(args, key) is not None]
     given += ["the schedule flags"] if schedule_given(args) else []
+    given += ["--model-kind"] if args.model_kind else []
+    given += [f"--{key.replace('_', '-')}" for key in _model_options(args)]
     if args.samples is not None and given:
         raise LazyflowError(f"{', '.join(given)}: settings of --from-model, not of --from")
     vars(args).update({key: value for key, value in MODEL_RUN_DEFAULTS.items() if getattr(args, key) is None})
@@ -423,17 +428,21 @@ def _model_stats(args: argparse.Namespace):
     """The statistics of ``args.n`` of the model's own samples, and what they cost."""
     import torch
 
-    from .runtime.core.sampler import resolve_device, resolve_dtypes, stats_from_model
+    from .runtime.core.model_stats import stats_from_model
+    from .runtime.core.sampler import resolve_device, resolve_dtypes
     from .runtime.models.registry import load_model
 
     device = resolve_device(args.device)
-    loaded = load_model(args.model, device=device, num_samples=args.n)
+    loaded = load_model(args.model, kind=args.model_kind, device=device, num_samples=args.n, **_model_options(args))
     if loaded.data_shape is None:
         raise LazyflowError(f"--from-model {args.model}: the model does not record its data shape")
+    if args.condition == "label" and "y" not in loaded.model_kwargs:
+        raise LazyflowError(f"--condition label: {args.model} has no class labels (a conditional or SiT model "
+                            "with --class-labels has)")
     counted, start = _Counting(loaded.model), time.perf_counter()
     stats = stats_from_model(counted, (args.n, *loaded.data_shape), kind=args.kind, rank=args.rank,
                              schedule=schedule(args), steps=args.steps, integrator=args.integrator, seed=args.seed, floor=args.floor,
-                             source=loaded.source, prediction=loaded.prediction, device=device,
+                             condition=args.condition, source=loaded.source, prediction=loaded.prediction, device=device,
                              model_kwargs=loaded.model_kwargs or None,
                              model_dtype=resolve_dtypes(torch.float64, None, loaded.model)[1])
     return stats, (f"of {args.model}: {args.steps} steps of {args.integrator}, {counted.evaluations} network "

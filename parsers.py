@@ -252,6 +252,16 @@ def _model_bench_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reference-cache", default=None, metavar="FILE.safetensors", help="read the reference from FILE "
                    "if it exists (refused if made with other settings), else compute it and write it there")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (network evaluations, on stderr)")
+    g.add_argument("--stats-samples", type=int, default=2000, metavar="N", help="the data frames' statistics come from "
+                   "N of the model's own samples, drawn once (multistep-pc, 32 steps; default 2000); with --save "
+                   "they are written next to it for the rows' lazyflow sample flags")
+    g.add_argument("--no-data-frames", action="store_true", help="leave out the data-frame rows (and their statistics)")
+    g.add_argument("--pilot", default=None, metavar="FILE.json", help="the JSON of an earlier bench of this model "
+                   "(--save; other --seed, fewer --n): its recommended sampler at each budget is run here and checked "
+                   "against this bench's best of ours and the best peer")
+    g.add_argument("--tune", type=int, default=0, metavar="K", help="per budget, tune the grids of the K lowest-path "
+                   "rows of ours on other noise (seed + 1, 128 samples; lazyflow tune-grid's method) and score them "
+                   "here; the grids are written next to --save (default 0: none)")
 
 
 def _tune_parser(sub) -> None:
@@ -333,6 +343,11 @@ def _stats_parser(sub) -> None:
                    metavar="NAME", help="--from-model: the sampler's integrator (default multistep-pc)")
     p.add_argument("--seed", type=int, default=None, help="--from-model: the noise seed (default 0)")
     p.add_argument("--device", default=None, help="--from-model: where the model runs")
+    p.add_argument("--condition", default=None, choices=("none", "label", "first-call"),
+                   help="--from-model, a conditional model: one set for all samples (none, the default), one per "
+                        "class label (label), or the covariance within the conditions with each sample's mean read "
+                        "from its first call (first-call: prompts, guidance)")
+    _sit_args(p)
     _schedule_args(p, default="linear", what="--from-model: the sampler's schedule")
     p.add_argument("--out", required=True, help="the statistics file to write (.safetensors; lazyflow sample "
                    "--data-stats reads it)")

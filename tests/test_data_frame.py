@@ -11,7 +11,7 @@ from lazyflow import INTEGRATORS, DataStats, LazyflowError, sample
 from lazyflow.runtime.core.data_frame import ANCHORS_BELOW, data_frame_integrator, stochastic_data_frame
 from lazyflow.runtime.core.integrators import build_plan
 from lazyflow.runtime.core.grids import make_grid
-from lazyflow.runtime.core.sampler import stats_from_model
+from lazyflow.runtime.core.model_stats import stats_from_model
 from lazyflow.runtime.core.schedule import load_schedule
 
 from exact import GMMVelocity, rk4

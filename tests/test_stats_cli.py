@@ -139,3 +139,18 @@ def test_one_source_is_needed(capsys):
         main(["stats", "--out", "s.safetensors"])
     assert exit_.value.code == 2
     assert "one of the arguments --from --from-model is required" in capsys.readouterr().err
+
+
+def test_from_a_model_file_of_any_kind(tmp_path, capsys):
+    """--model-kind loads the model as sample does (a TorchScript file here; the conditional and SiT kinds with
+    their labels and guidance in tests/test_conditional_integrations.py)."""
+    from lazyflow.runtime.models import embedded
+
+    path = tmp_path / "digits.pt"
+    torch.jit.save(torch.jit.script(embedded.load("digits")), str(path))
+    out = tmp_path / "s.safetensors"
+    assert main(["stats", "--from-model", str(path), "--model-kind", "torchscript", "--n", "20", "--steps", "3",
+                 "--out", str(out)]) == 0
+    assert DataStats.load(out).data_shape == (1, 8, 8) and "3 steps of multistep-pc" in capsys.readouterr().out
+    assert main(["stats", "--from", str(path), "--model-kind", "torchscript", "--out", str(out), "--force"]) == 2
+    assert "--model-kind: settings of --from-model" in capsys.readouterr().err

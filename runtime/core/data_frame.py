@@ -66,8 +66,40 @@ class DataFrameCoefficients(Tables):
     skip_first: bool = False
     C: torch.Tensor | None = None
     residual_scale: float = 1.0
+    first_call_mean: bool = False
+    first_gain: torch.Tensor | None = None
 
     STATE = ()
+    #: the tables with an axis per direction (per label: the label axis first)
+    PER_DIRECTION = ("A", "predictor", "corrector", "a", "C")
+
+    @property
+    def conditional_key(self) -> str | None:
+        """The conditioning keyword whose labels pick each sample's statistics (None: one set for all)."""
+        return self.directions.key if self.directions.conditions is not None else None
+
+    def for_batch(self, model_kwargs: dict) -> "DataFrameCoefficients":
+        """Per-label statistics: the tables of the batch whose conditioning is ``model_kwargs``."""
+        key = self.conditional_key
+        if key is None:
+            return self
+        values = model_kwargs.get(key)
+        if not isinstance(values, torch.Tensor):
+            raise LazyflowError(f"the statistics are per {key}: the model call needs {key} in model_kwargs")
+        return self.for_labels(values)
+
+    def for_labels(self, values: torch.Tensor) -> "DataFrameCoefficients":
+        """The tables of one batch whose samples have labels ``values``: each sample's label's row of every
+        per-direction table (steps, batch, ...), and its mean and rotation."""
+        rows = self.directions.label_rows(values.to(self.A.device))
+        changes = {}
+        for name in self.PER_DIRECTION:
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                changes[name] = tuple(v[:, rows] for v in value)
+            elif value is not None:
+                changes[name] = value[:, rows]
+        return replace(self, directions=self.directions.select(rows), **changes)
 
     @property
     def first_call(self) -> int:
@@ -83,6 +115,16 @@ class DataFrameCoefficients(Tables):
         f = self.directions.to(v) - self.a[k] * y
         return f if self.residual_scale == 1 else self.residual_scale * f
 
+    def mean_of_first_call(self, x: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+        """The mean mu for which the Gaussian's eta_X at (t_0, x) is the model's ``eta``.  Per direction
+        eta_G - mu = g (x - beta mu) with the gain g = beta lam / r, so R mu = (R eta - g R x) / (1 - beta g)
+        (``first_gain`` = g at t_0): at snr = 0 (beta = 0) mu = eta = E[X | c] exactly; later (a grid from a
+        finite sigma_max, img2img) it is exact for Gaussian data of this covariance."""
+        if self.first_gain is None:
+            return eta
+        dirs = self.directions
+        return dirs.back((dirs.to(eta) - self.first_gain * dirs.to(x)) / (1 - self.beta[0] * self.first_gain))
+
     def state(self, k: int, y: torch.Tensor) -> torch.Tensor:
         """x = R^-1 y + beta(t_k) mu."""
         return self.directions.back(y) + self.beta[k] * self.directions.mean
@@ -91,15 +133,20 @@ class DataFrameCoefficients(Tables):
              callback: Callback | None, progress: Callable[[int], None] | None) -> Loop:
         """Integrate from x (``noise(k)``, step k's xi, only where ``C`` is set: the stochastic variant)."""
         dirs = self.directions
-        y = dirs.to(x - self.beta[0] * dirs.mean)
-        history = [torch.zeros_like(y)] * len(self.predictor)
         if self.skip_first:   # the residual is 0 at t = 0 and eta_X = E[X]
+            y = dirs.to(x - self.beta[0] * dirs.mean)
             f = torch.zeros_like(y)
             observe(callback, plan, 0, x, dirs.mean.expand_as(x))
         else:
             m = yield Call(x, plan.tau[0], plan.in_scale[0], 0)
+            eta = plan.P[0] * x + plan.Q[0] * m
+            if self.first_call_mean:   # each sample's own mean: the one whose Gaussian has this eta_X here
+                dirs = replace(dirs, mean=self.mean_of_first_call(x, eta))
+                self = replace(self, directions=dirs)
+            y = dirs.to(x - self.beta[0] * dirs.mean)
             f = self.residual(0, x, y, m)
-            observe(callback, plan, 0, x, plan.P[0] * x + plan.Q[0] * m)
+            observe(callback, plan, 0, x, eta)
+        history = [torch.zeros_like(y)] * len(self.predictor)
         for k in range(plan.steps):
             history = [f, *history[:-1]]
             start = self.A[k] * y if self.C is None else self.A[k] * y + self.C[k] * dirs.to(noise(k))
@@ -225,7 +272,8 @@ def _build(b: BuildContext, *, history: int, corrector: bool, anchor_below: int,
                                  beta=values.beta, d_beta=values.d_beta[:-1], directions=dirs,
                                  skip_first=b.integrator.skips_first_call(steps),
                                  C=torch.sqrt(r[1:] * (1 - D * D)) if stochastic else None,
-                                 residual_scale=1 + scale2)
+                                 residual_scale=1 + scale2, first_call_mean=b.data_stats.first_call_mean,
+                                 first_gain=values.beta[0] * lam / r[0] if float(values.beta[0]) > 0 else None)
 
 
 def _check_frame(b: BuildContext, stochastic: bool = False) -> None:
@@ -242,7 +290,10 @@ def _check_frame(b: BuildContext, stochastic: bool = False) -> None:
     elif b.target.stochastic or b.target.point_mass:
         raise LazyflowError(f"integrator {name!r} integrates the probability-flow ODE: use an ODE schedule "
                             f"(e.g. linear or vp), not {b.target.describe()}")
-    if b.integrator.skips_first_call(b.h.numel()) and float(b.t[0]) > 0:
+    if b.data_stats.first_call_mean and b.integrator.skips_first_call(b.h.numel()):
+        raise LazyflowError(f"integrator {name!r} skips the call at t = 0, where statistics with the first call's "
+                            "mean read it: use without_skip(integrator) (sample() does)")
+    if not b.data_stats.first_call_mean and b.integrator.skips_first_call(b.h.numel()) and float(b.t[0]) > 0:
         raise LazyflowError(f"integrator {name!r} skips the call at t = 0, where the residual vanishes; this grid "
                             f"starts at t = {float(b.t[0]):g}")
 

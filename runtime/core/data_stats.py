@@ -12,17 +12,26 @@
 Eigenvalues and variances are floored at ``floor`` (default 1e-3): pixels that never vary would give
 directions that never move.  ``save``/``load`` use safetensors.
 
+Conditional models (class labels, prompts, guidance) have a Gaussian per condition.  Two ways to give it:
+
+- :class:`ConditionalStats`: one ``DataStats`` per value of a conditioning keyword (``y``: class labels),
+  estimated from labelled samples; each sample is integrated in its own label's frame.
+- ``first_call_mean`` (:meth:`DataStats.with_first_call_mean`): the mean is read from the model itself, per
+  sample, at the run's first call.  At snr = 0 the state carries no information on the data, so
+  eta_X(0, x) = E[X | c] exactly, whatever the condition c (a prompt, a guided model); the covariance stays
+  the file's (or an isotropic one, :meth:`DataStats.isotropic`: no data at all).
+
 A sampler uses the statistics through *directions*: coordinates in which the covariance is diagonal
 with variances ``lam`` (:meth:`DataStats.directions`): the elements themselves (scalar, diag, channel),
 the eigenvector coordinates (full), or the top eigenvectors' coordinates beside the remainder (lowrank).
-Statistics of a model's own samples, where no data is at hand: :func:`lazyflow.runtime.core.sampler.stats_from_model`.
+Statistics of a model's own samples, where no data is at hand: :func:`lazyflow.runtime.core.model_stats.stats_from_model`.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +39,7 @@ import torch
 
 from ...errors import LazyflowError
 
-__all__ = ["DataStats", "KINDS", "Directions"]
+__all__ = ["DataStats", "ConditionalStats", "KINDS", "Directions", "as_data_stats"]
 
 KINDS = ("scalar", "diag", "channel", "lowrank", "full")
 FORMAT = 1
@@ -52,6 +61,8 @@ class DataStats:
     rest: torch.Tensor | None = None
     samples: int = 0
     floor: float = 1e-3
+    #: the sampler takes each sample's mean from its call at snr = 0 (E[X | c]) instead of ``mean``
+    first_call_mean: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -77,7 +88,20 @@ class DataStats:
 
     def describe(self) -> str:
         extra = f", rank {self.var.numel()}" if self.kind == "lowrank" else ""
-        return f"{self.kind} statistics of shape {self.data_shape}{extra} from {self.samples} samples"
+        mean = ", the mean from the first call" if self.first_call_mean else ""
+        return f"{self.kind} statistics of shape {self.data_shape}{extra} from {self.samples} samples{mean}"
+
+    def with_first_call_mean(self, on: bool = True) -> "DataStats":
+        """The same covariance, the mean read per sample from the model's call at snr = 0 (``on``)."""
+        return replace(self, first_call_mean=bool(on))
+
+    @classmethod
+    def isotropic(cls, data_shape: tuple[int, ...], var: float = 1.0) -> "DataStats":
+        """N(E[X | c], var I) with the mean from the first call: a data frame that needs no data."""
+        if isinstance(var, bool) or not isinstance(var, (int, float)) or not var > 0:
+            raise LazyflowError(f"the variance must be a positive number, got {var!r}")
+        return cls("scalar", torch.zeros(tuple(data_shape), dtype=torch.float64),
+                   torch.tensor(float(var), dtype=torch.float64), first_call_mean=True)
 
     # --- estimating ----------------------------------------------------------------------------
     @classmethod
@@ -126,21 +150,15 @@ class DataStats:
     # --- files -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the statistics as a safetensors file (tensors plus their kind in the metadata)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tensors = {name: getattr(self, name).contiguous() for name in ("mean", "var", "basis", "rest")
+        tensors = {name: getattr(self, name) for name in ("mean", "var", "basis", "rest")
                    if getattr(self, name) is not None}
-        meta = {"format": str(FORMAT), "kind": self.kind, "samples": str(self.samples), "floor": repr(self.floor)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        save_file(tensors, str(partial), metadata={"lazyflow_data_stats": json.dumps(meta)})
-        partial.replace(path)
-        return path
+        return _write(path, tensors, {"format": str(FORMAT), "kind": self.kind, "samples": str(self.samples),
+                                      "floor": repr(self.floor), "first_call_mean": self.first_call_mean})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "DataStats":
-        """Read a file written by :meth:`save`; anything else is refused with the reason."""
+    def load(cls, path: str | os.PathLike) -> "DataStats | ConditionalStats":
+        """Read a file written by :meth:`save` (or :meth:`ConditionalStats.save`: then that); anything else is
+        refused with the reason."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -154,8 +172,11 @@ class DataStats:
             raise LazyflowError(f"{path}: not a safetensors file ({str(err).splitlines()[0] if str(err) else err})") from None
         if not isinstance(meta, dict) or meta.get("format") != str(FORMAT) or "mean" not in tensors or "var" not in tensors:
             raise LazyflowError(f"{path}: not a lazyflow data statistics file (write one with lazyflow stats)")
+        if "conditional" in meta:
+            return ConditionalStats._from_file(path, meta, tensors)
         return cls(meta["kind"], tensors["mean"], tensors["var"], tensors.get("basis"), tensors.get("rest"),
-                   samples=int(meta.get("samples", 0)), floor=float(meta.get("floor", 1e-3)))
+                   samples=int(meta.get("samples", 0)), floor=float(meta.get("floor", 1e-3)),
+                   first_call_mean=bool(meta.get("first_call_mean", False)))
 
     # --- what a sampler needs ------------------------------------------------------------------
     def directions(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> "Directions":
@@ -166,10 +187,144 @@ class DataStats:
         return Directions(self.kind, self.data_shape, put(self.mean), put(self.var), put(self.basis), put(self.rest))
 
 
+def _write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """``tensors`` and ``meta`` (under ``lazyflow_data_stats``) to ``path`` as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial),
+              metadata={"lazyflow_data_stats": json.dumps(meta)})
+    partial.replace(path)
+    return path
+
+
+@dataclass(frozen=True, eq=False)
+class ConditionalStats:
+    """One :class:`DataStats` per label: ``stats[j]`` for the samples whose conditioning keyword ``key`` (a
+    per-sample integer tensor of ``model_kwargs``, e.g. SiT's and the test beds' ``y``) equals ``labels[j]``.
+    All of one kind and shape; the sampler integrates each sample in its own label's frame."""
+
+    key: str
+    labels: tuple[int, ...]
+    stats: tuple[DataStats, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key:
+            raise LazyflowError(f"conditional statistics need the name of the conditioning keyword, got {self.key!r}")
+        labels = tuple(self.labels)
+        if not labels or len(set(labels)) != len(labels) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                     for v in labels):
+            raise LazyflowError(f"conditional statistics need distinct integer labels, got {labels!r}")
+        if len(self.stats) != len(labels) or not all(isinstance(s, DataStats) for s in self.stats):
+            raise LazyflowError(f"conditional statistics need one DataStats per label ({len(labels)} labels, "
+                                f"{len(self.stats)} statistics)")
+        first = self.stats[0]
+        for s in self.stats:
+            if (s.kind, s.data_shape, s.var.shape) != (first.kind, first.data_shape, first.var.shape):
+                raise LazyflowError("conditional statistics: every label's statistics must have one kind, shape "
+                                    f"and rank ({s.describe()} vs {first.describe()})")
+            if s.first_call_mean:
+                raise LazyflowError("conditional statistics carry each label's own mean (no first_call_mean)")
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "stats", tuple(self.stats))
+
+    @property
+    def kind(self) -> str:
+        return self.stats[0].kind
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return self.stats[0].data_shape
+
+    @property
+    def first_call_mean(self) -> bool:
+        return False
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.stats)
+
+    def describe(self) -> str:
+        return (f"{self.kind} statistics of shape {self.data_shape} per {self.key} ({len(self.labels)} labels, "
+                f"{min(s.samples for s in self.stats)}-{max(s.samples for s in self.stats)} samples each)")
+
+    @classmethod
+    def from_samples(cls, x: Any, labels: Any, *, key: str = "y", kind: str = "diag", rank: int | None = None,
+                     floor: float = 1e-3) -> "ConditionalStats":
+        """Per label, :meth:`DataStats.from_samples` of the samples ``x`` (n, *data_shape) with that label
+        (``labels``: n integers); a label needs at least 2 samples."""
+        x = torch.as_tensor(x)
+        labels = torch.as_tensor(labels).reshape(-1)
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.numel() != x.shape[0]:
+            raise LazyflowError(f"conditional statistics need one integer label per sample ({x.shape[0]} samples, "
+                                f"labels of shape {tuple(labels.shape)} and dtype {labels.dtype})")
+        values = sorted(int(v) for v in labels.unique())
+        counts = {v: int((labels == v).sum()) for v in values}
+        few = [v for v, c in counts.items() if c < 2]
+        if few:
+            raise LazyflowError(f"conditional statistics need at least 2 samples per label; label(s) "
+                                f"{', '.join(map(str, few))} have 1")
+        return cls(key, tuple(values), tuple(DataStats.from_samples(x[labels == v], kind=kind, rank=rank, floor=floor)
+                                             for v in values))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """One safetensors file: each tensor stacked over the labels, the labels and key in the metadata."""
+        tensors = {name: torch.stack([getattr(s, name) for s in self.stats]) for name in ("mean", "var", "basis", "rest")
+                   if getattr(self.stats[0], name) is not None}
+        first = self.stats[0]
+        return _write(path, tensors, {"format": str(FORMAT), "kind": first.kind, "floor": repr(first.floor),
+                                      "conditional": {"key": self.key, "labels": list(self.labels),
+                                                      "samples": [s.samples for s in self.stats]}})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ConditionalStats":
+        """Read a file written by :meth:`save` (:meth:`DataStats.load` reads either kind of file)."""
+        found = DataStats.load(path)
+        if not isinstance(found, cls):
+            raise LazyflowError(f"{path}: statistics for all samples alike, not per label")
+        return found
+
+    @classmethod
+    def _from_file(cls, path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "ConditionalStats":
+        info = meta["conditional"]
+        try:
+            labels, samples = [int(v) for v in info["labels"]], [int(v) for v in info["samples"]]
+            per = [DataStats(meta["kind"], *(tensors[name][j] if name in tensors else None
+                                              for name in ("mean", "var", "basis", "rest")),
+                             samples=samples[j], floor=float(meta.get("floor", 1e-3))) for j in range(len(labels))]
+            return cls(str(info["key"]), tuple(labels), tuple(per))
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise LazyflowError(f"{path}: conditional statistics file is damaged ({type(err).__name__}: {err})") from None
+
+    def directions(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> "Directions":
+        """The per-label directions stacked on a leading axis (``conditions``: the labels)."""
+        per = [s.directions(device, dtype) for s in self.stats]
+        stack = lambda name: None if getattr(per[0], name) is None else torch.stack([getattr(d, name) for d in per])  # noqa: E731
+        return Directions(self.kind, self.data_shape, stack("mean"), stack("var"), stack("basis"), stack("rest"),
+                          conditions=self.labels, key=self.key)
+
+
+def as_data_stats(value: Any) -> "DataStats | ConditionalStats | None":
+    """Statistics as given (a :class:`DataStats` or :class:`ConditionalStats`), read from a file path (str or
+    path-like: :meth:`DataStats.load`), or None; anything else is refused in one line."""
+    if value is None or isinstance(value, (DataStats, ConditionalStats)):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return DataStats.load(value)
+    raise LazyflowError(f"data_stats must be a DataStats, a ConditionalStats or the path of a file written by "
+                        f"lazyflow stats, got {type(value).__name__}")
+
+
 @dataclass(frozen=True, eq=False)
 class Directions:
     """Coordinates y = R(w) of a centred state w (batch, *data_shape) with per-coordinate variances
-    ``lam`` (broadcasting against y without its batch dimension).  ``to`` and ``back`` are inverse maps."""
+    ``lam`` (broadcasting against y without its batch dimension).  ``to`` and ``back`` are inverse maps.
+
+    Per label (``conditions``: the labels of conditioning keyword ``key``), every tensor has a leading axis
+    over the labels, and so has ``lam``; :meth:`select` picks each sample's row for one batch (``groups``:
+    which rows of the batch have which label, for the rotations of ``full`` and ``lowrank``)."""
 
     kind: str
     data_shape: tuple[int, ...]
@@ -177,38 +332,70 @@ class Directions:
     var: torch.Tensor
     basis: torch.Tensor | None
     rest: torch.Tensor | None
+    conditions: tuple[int, ...] | None = None
+    key: str = ""
+    groups: tuple[tuple[int, torch.Tensor], ...] | None = None
 
     def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Directions":
         """The same directions with ``fn`` applied to every tensor (a plan's cast)."""
-        return Directions(self.kind, self.data_shape, *(None if v is None else fn(v)
-                                                        for v in (self.mean, self.var, self.basis, self.rest)))
+        return replace(self, **{name: fn(v) for name in ("mean", "var", "basis", "rest")
+                                if (v := getattr(self, name)) is not None})
 
     @property
     def lam(self) -> torch.Tensor:
-        """The variance of each coordinate (shape of one y without the batch)."""
+        """The variance of each coordinate (shape of one y without the batch; per label: a leading label axis)."""
+        lead = 0 if self.conditions is None else 1
         if self.kind == "full":
             return self.var
         if self.kind == "lowrank":
-            return torch.cat([self.var, self.rest.reshape(-1)])
+            return torch.cat([self.var, self.rest.flatten(lead)], dim=lead)
         if self.kind == "scalar":
-            return self.var.reshape([1] * len(self.data_shape))
+            return self.var.reshape(*self.var.shape, *[1] * len(self.data_shape))
         return self.var
+
+    def label_rows(self, values: torch.Tensor) -> torch.Tensor:
+        """The row of each sample's label (``values``: the batch's labels); an unknown label is refused."""
+        if self.conditions is None:
+            raise LazyflowError("these statistics are not per label")
+        known = torch.as_tensor(self.conditions, device=values.device)
+        match = values.reshape(-1, 1).long() == known.reshape(1, -1)
+        if not bool(match.any(1).all()):
+            missing = sorted({int(v) for v, ok in zip(values.reshape(-1).tolist(), match.any(1).tolist()) if not ok})
+            raise LazyflowError(f"the statistics have no {self.key} = {', '.join(map(str, missing))} (they cover "
+                                f"{', '.join(map(str, self.conditions))})")
+        return match.long().argmax(1)
+
+    def select(self, rows: torch.Tensor) -> "Directions":
+        """The directions of one batch whose sample i has label row ``rows[i]``: the mean per sample, the
+        rotations grouped by label (one host synchronisation, before the loop)."""
+        groups = tuple((int(j), (rows == j).nonzero().reshape(-1)) for j in rows.unique().tolist())
+        return replace(self, mean=self.mean[rows], groups=groups)
+
+    def _rotate(self, flat: torch.Tensor, transpose: bool) -> torch.Tensor:
+        """flat @ U (or U^T), with each sample's own label's U."""
+        if self.groups is None:
+            return flat @ (self.basis.T if transpose else self.basis)
+        out = flat.new_empty(flat.shape[0], self.basis.shape[-2] if transpose else self.basis.shape[-1])
+        for j, rows in self.groups:
+            basis = self.basis[j]
+            out[rows] = flat[rows] @ (basis.T if transpose else basis)
+        return out
 
     def to(self, w: torch.Tensor) -> torch.Tensor:
         """y = R w: U^T w (full), [U^T w, w] (lowrank: the top directions, then all elements), else w."""
         if self.kind == "full":
-            return w.reshape(w.shape[0], -1) @ self.basis
+            return self._rotate(w.reshape(w.shape[0], -1), False)
         if self.kind == "lowrank":
             flat = w.reshape(w.shape[0], -1)
-            top = flat @ self.basis
-            return torch.cat([top, flat - top @ self.basis.T], dim=1)
+            top = self._rotate(flat, False)
+            return torch.cat([top, flat - self._rotate(top, True)], dim=1)
         return w
 
     def back(self, y: torch.Tensor) -> torch.Tensor:
         """w = R^-1 y."""
         if self.kind == "full":
-            return (y @ self.basis.T).reshape(y.shape[0], *self.data_shape)
+            return self._rotate(y, True).reshape(y.shape[0], *self.data_shape)
         if self.kind == "lowrank":
-            rank = self.var.numel()
-            return (y[:, :rank] @ self.basis.T + y[:, rank:]).reshape(y.shape[0], *self.data_shape)
+            rank = self.var.shape[-1]
+            return (self._rotate(y[:, :rank], True) + y[:, rank:]).reshape(y.shape[0], *self.data_shape)
         return y

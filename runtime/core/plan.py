@@ -135,6 +135,10 @@ class Tables:
                 changes[f.name] = value.map_tensors(fn)
         return replace(self, **changes)
 
+    def for_batch(self, model_kwargs: dict[str, Any]):
+        """The tables one batch runs with (the same for every batch, except per-label data statistics)."""
+        return self
+
     def at_point_mass_start(self, zero: torch.Tensor):
         """The tables of x zeroed where ``zero`` (the point-mass start, x = 0)."""
         changes = {name: torch.where(zero, torch.zeros_like(v), v) for name in self.STATE
@@ -278,6 +282,11 @@ class Plan:
             if self.two_stage[k]:
                 times.append(self.coefficients.tau2[k])
         return torch.stack(times)
+
+    def for_batch(self, model_kwargs: dict[str, Any]) -> "Plan":
+        """The plan of one batch with conditioning ``model_kwargs`` (itself unless its tables depend on it)."""
+        coefficients = self.coefficients.for_batch(model_kwargs)
+        return self if coefficients is self.coefficients else replace(self, coefficients=coefficients)
 
     def loop(self, x: torch.Tensor, noise: Callable[[int], torch.Tensor], ops: Ops = EAGER,
              callback: Callback | None = None, progress: Callable[[int], None] | None = None) -> Loop:

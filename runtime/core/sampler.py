@@ -20,7 +20,8 @@ from ...errors import LazyflowError, SamplingError
 from .grids import GridSpec, make_grid
 from .gridfile import TunedGrid, load_grid_file
 from .capture import captured_loop
-from .data_stats import DataStats
+from .data_frame import without_skip
+from .data_stats import ConditionalStats, DataStats, as_data_stats
 from .distributed import Ranks, gather_batches, local_device, ranks_of, share
 from .integrators import build_plan, get_integrator
 from .plan import EAGER, Call, Callback, Integrator, Plan, compiled_ops, drive
@@ -29,7 +30,7 @@ from .progress import progress_bar
 from .schedule import Schedule, load_schedule
 from . import defaults
 
-__all__ = ["sample", "sample_batches", "SamplingRun", "check_seed", "stats_from_model", "run_plan", "resolve_device", "resolve_dtype", "resolve_dtypes",
+__all__ = ["sample", "sample_batches", "SamplingRun", "check_seed", "run_plan", "resolve_device", "resolve_dtype", "resolve_dtypes",
            "SamplingWarning", "DEFAULT_FINAL_STEP"]
 
 #: the default last step (:mod:`.defaults`: the run's defaults, shared with the CLI and the diffusers scheduler)
@@ -184,7 +185,7 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 
 def sample(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHEDULE, source: Any = "linear",
            steps: int | None = None, integrator: str | Integrator = defaults.INTEGRATOR, final_step: str | None = None,
-           grid: GridSpec = defaults.GRID, prediction: str = "velocity", data_stats: DataStats | None = None,
+           grid: GridSpec = defaults.GRID, prediction: str = "velocity", data_stats: DataStats | ConditionalStats | None = None,
            seed: int = 0, batch_size: int | None = None,
            device: torch.device | str | None = None, dtype: torch.dtype | str = torch.float32,
            model_dtype: torch.dtype | str | None = None, compile: bool = False,
@@ -201,7 +202,8 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHED
     scheduler: :mod:`lazyflow.runtime.core.defaults` names the bench row that chose them; ``steps`` of a
     tuned grid file or of explicit times is read from them).  A grid ends at t = 1 unless ``final_step`` is given (it says how the run ends); the
     ``data-*`` integrators integrate in the frame exact for the data's Gaussian, ``data_stats``
-    (:class:`~lazyflow.runtime.core.data_stats.DataStats`).
+    (:class:`~lazyflow.runtime.core.data_stats.DataStats`, per label :class:`~lazyflow.runtime.core.data_stats.ConditionalStats`,
+    or the path of their file).
     ``schedule`` and ``source`` are anything :func:`load_schedule` resolves (a preset name, a .toml or
     kernel path, a :class:`Schedule` such as ``load_schedule("sd3", shift=1.7)``).  Sample i depends
     only on (seed, i).  Tensors in ``model_kwargs`` whose first dimension is ``shape[0]`` are
@@ -230,7 +232,7 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHED
 
 def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHEDULE, source: Any = "linear",
                    steps: int | None = None, integrator: str | Integrator = defaults.INTEGRATOR, final_step: str | None = None,
-                   grid: GridSpec = defaults.GRID, prediction: str = "velocity", data_stats: DataStats | None = None,
+                   grid: GridSpec = defaults.GRID, prediction: str = "velocity", data_stats: DataStats | ConditionalStats | None = None,
                    seed: int = 0, batch_size: int | None = None, device: torch.device | str | None = None,
                    dtype: torch.dtype | str = torch.float32, model_dtype: torch.dtype | str | None = None,
                    compile: bool = False, model_kwargs: dict[str, Any] | None = None,
@@ -271,18 +273,6 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = defaul
     return run.batches()
 
 
-def stats_from_model(model: Model, shape: Sequence[int], *, kind: str = "diag", rank: int | None = None,
-                     steps: int = 32, integrator: str | Integrator = "multistep-pc", schedule: Any = "linear",
-                     seed: int = 0, floor: float = 1e-3, **options: Any) -> DataStats:
-    """Data statistics from the model's own samples where no data is at hand: ``shape[0]`` samples drawn in
-    float64 with a deterministic sampler (``integrator`` on ``schedule``, ``steps`` steps; cost: ``shape[0]``
-    times the integrator's NFE network calls; ``options`` are :func:`sample`'s), then
-    :meth:`DataStats.from_samples`."""
-    x = sample(model, shape, schedule=schedule, steps=steps, integrator=integrator, seed=seed,
-               dtype=options.pop("dtype", torch.float64), **options)
-    return DataStats.from_samples(x, kind=kind, rank=rank, floor=floor)
-
-
 @dataclass(frozen=True)
 class SamplingRun:
     """One checked run: its plan, shape, dtypes, noise and this rank's chunks (every check is in
@@ -312,7 +302,7 @@ class SamplingRun:
     @classmethod
     def prepare(cls, model: Model, shape: Sequence[int], *, schedule: Any, source: Any, steps: int,
                 integrator: str | Integrator, final_step: str | None, grid: GridSpec, prediction: str,
-                data_stats: DataStats | None, seed: int,
+                data_stats: DataStats | ConditionalStats | None, seed: int,
                 batch_size: int | None, device: Any, dtype: Any, model_dtype: Any, compile: bool,
                 model_kwargs: dict[str, Any] | None, initial: torch.Tensor | None, callback: Callback | None,
                 progress: bool, noise: Callable[..., NoiseSource] | None, distributed: Any, capture: bool) -> "SamplingRun":
@@ -333,7 +323,13 @@ class SamplingRun:
         grid, steps = _grid_and_steps(grid, steps)
         times = make_grid(target, src, steps, grid)
         _check_grid_end(times, given_final)
-        _check_data_stats(data_stats, shape)
+        data_stats = as_data_stats(data_stats)
+        _check_data_stats(data_stats, shape, model_kwargs)
+        if capture and isinstance(data_stats, ConditionalStats):
+            raise LazyflowError("capture=True records one loop for every batch; per-label statistics change the "
+                                "tables with each batch's labels (sample without capture)")
+        if data_stats is not None and data_stats.first_call_mean:
+            method = without_skip(method)   # the mean is read from the call at t = 0
         plan = _plan(target, src, times, method, final_step, prediction, device, dtype, data_stats)
         plan_key = (target, src, tuple(times.tolist()), method, final_step, prediction, compile, data_stats)
         local, chunk = share(shape[0], ranks), batch_size or shape[0]   # all of range(n) in one process
@@ -362,7 +358,8 @@ class SamplingRun:
         x = self.target.initial_state(t0, (lambda: draws(0)) if first is None else (lambda: first), like)
         kwargs = _chunk_kwargs(self.model_kwargs, self.shape[0], indices)
         if not self.capture:
-            return run_plan(self.model, x, self.plan, self.target.step_noise(t0, draws, first, x), model_kwargs=kwargs,
+            plan = self.plan.for_batch(kwargs)
+            return run_plan(self.model, x, plan, self.target.step_noise(t0, draws, first, x), model_kwargs=kwargs,
                             model_dtype=self.call_dtype, compile=self.compile, callback=self.callback, progress=update)
 
         def loop(x, rows, first, kwargs, draws=draws):
@@ -441,15 +438,20 @@ def _checked_shape(model: Model, shape: Any) -> tuple[int, ...]:
     return shape
 
 
-def _check_data_stats(data_stats: Any, shape: tuple[int, ...]) -> None:
-    """Statistics, when given, are a :class:`DataStats` of the samples' shape."""
+def _check_data_stats(data_stats: Any, shape: tuple[int, ...], model_kwargs: dict[str, Any] | None) -> None:
+    """Statistics, when given, are a :class:`DataStats` or :class:`ConditionalStats` of the samples' shape;
+    per-label statistics need that label for every sample in ``model_kwargs``, among their labels."""
     if data_stats is None:
         return
-    if not isinstance(data_stats, DataStats):
-        raise LazyflowError(f"data_stats must be a DataStats (DataStats.from_samples or DataStats.load), got "
-                            f"{type(data_stats).__name__}")
     if data_stats.data_shape != shape[1:]:
         raise LazyflowError(f"data_stats are of shape {data_stats.data_shape}, the samples of shape {shape[1:]}")
+    if isinstance(data_stats, ConditionalStats):
+        values = (model_kwargs or {}).get(data_stats.key)
+        if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.shape[0] != shape[0] \
+                or values.is_floating_point():
+            raise LazyflowError(f"the statistics are per {data_stats.key}: give model_kwargs={{{data_stats.key!r}: "
+                                f"one integer label per sample ({shape[0]})}}")
+        data_stats.directions("cpu").label_rows(values.cpu())
 
 
 def _count(value: Any, what: str) -> int:

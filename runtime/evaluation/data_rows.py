@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..core.data_stats import DataStats
+from ..core.data_stats import ConditionalStats, DataStats
 
-__all__ = ["BenchStats", "bench_stats", "stats_kinds", "stats_file", "gaussian_map", "STATS_SAMPLES", "STATS_SEED",
+__all__ = ["BenchStats", "bench_stats", "stats_kinds", "stats_key", "split_key", "stats_file", "gaussian_map", "STATS_SAMPLES", "STATS_SEED",
            "FULL_STATS_MAX_DIM", "STATS_STEPS", "STATS_INTEGRATOR"]
 
 STATS_SAMPLES = 2000
@@ -32,15 +32,21 @@ STATS_STEPS = 32
 STATS_INTEGRATOR = "multistep-pc"
 
 
-def stats_kinds(dim: int) -> tuple[str, ...]:
-    """The statistics kinds the bench runs the data-frame integrators with at dimension ``dim``."""
-    return ("full", "diag") if dim <= FULL_STATS_MAX_DIM else ("diag",)
+def stats_kinds(dim: int, samples: int | None = None) -> tuple[str, ...]:
+    """The statistics kinds the bench runs the data-frame integrators with at dimension ``dim``: ``full`` and
+    ``diag`` up to :data:`FULL_STATS_MAX_DIM`, ``diag`` above; ``full`` only from at least 2 ``dim`` samples
+    where ``samples`` is given (fewer leave most eigenvalues at the floor: on the 784-pixel test bed bn-mlp28,
+    per-label full statistics from 200 samples each had 5 to 31 times the path of per-label diag ones)."""
+    if dim > FULL_STATS_MAX_DIM or (samples is not None and samples < 2 * dim):
+        return ("diag",)
+    return ("full", "diag")
 
 
-def stats_file(save: str | Path, kind: str) -> Path:
-    """Where the statistics of ``kind`` go next to the bench's JSON ``save``: ``NAME.stats-KIND.safetensors``."""
+def stats_file(save: str | Path, key: str) -> Path:
+    """Where the statistics ``key`` (:func:`stats_key`) go next to the bench's JSON ``save``:
+    ``NAME.stats-KIND.safetensors`` (``NAME.stats-KIND-CONDITION.safetensors`` for a conditional model's)."""
     save = Path(save)
-    return save.with_name(f"{save.stem}.stats-{kind}.safetensors")
+    return save.with_name(f"{save.stem}.stats-{key.replace('|', '-')}.safetensors")
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class BenchStats:
     """One kind of statistics: ``stats``, ``info`` (how they were made and what that cost) and the ``file``
     they were written to (None when the bench had no output path)."""
 
-    stats: DataStats
+    stats: DataStats | ConditionalStats
     info: dict[str, Any] = field(default_factory=dict)
     file: Path | None = None
 
@@ -59,43 +65,59 @@ def _exact_stats(model: Any, kinds: tuple[str, ...]) -> tuple[dict[str, BenchSta
     return {kind: BenchStats(DataStats.from_samples(x, kind=kind), {"kind": kind, **info}) for kind in kinds}, x
 
 
-def _model_stats(model: Callable, shape: tuple[int, ...], kinds: tuple[str, ...],
+def stats_key(kind: str, condition: str = "none") -> str:
+    """How a row names its statistics: the kind, and for a conditional model how the condition is treated
+    (``full``, ``full|label``, ``diag|first-call``: :data:`~lazyflow.runtime.core.model_stats.CONDITIONS`)."""
+    return kind if condition == "none" else f"{kind}|{condition}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(kind, condition) of a statistics key (:func:`stats_key`)."""
+    kind, _, condition = key.partition("|")
+    return kind, condition or "none"
+
+
+def _model_stats(model: Callable, shape: tuple[int, ...], keys: tuple[str, ...], samples: int = STATS_SAMPLES,
                  **options: Any) -> dict[str, BenchStats]:
-    from ..core.sampler import resolve_dtypes, stats_from_model
+    """The statistics ``keys`` (:func:`stats_key`: a kind, or kind|condition) from one draw of ``samples`` of the
+    model's own samples (``options``: :func:`~lazyflow.runtime.core.model_stats.own_samples`'s, ``model_kwargs``
+    among them)."""
+    from ..core.model_stats import own_samples
+    from ..core.sampler import resolve_dtypes
 
     call_dtype = resolve_dtypes(torch.float64, None, model)[1]   # a module is called in its own dtype
-    out = {}
-    for kind in kinds:
-        calls = [0]
+    calls = [0]
 
-        def counted(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-            calls[0] += 1
-            return model(x, t, **kwargs)
+    def counted(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        calls[0] += 1
+        return model(x, t, **kwargs)
 
-        start = time.perf_counter()
-        with torch.no_grad():
-            stats = stats_from_model(counted, (STATS_SAMPLES, *shape), kind=kind, steps=STATS_STEPS,
-                                     integrator=STATS_INTEGRATOR, seed=STATS_SEED, model_dtype=call_dtype, **options)
-        out[kind] = BenchStats(stats, {"kind": kind, "from": f"the model's own samples ({STATS_INTEGRATOR}, "
-                                       f"{STATS_STEPS} steps, float64)", "samples": STATS_SAMPLES, "seed": STATS_SEED,
-                                       "model_calls": calls[0], "sample_evaluations": calls[0] * STATS_SAMPLES,
-                                       "seconds": round(time.perf_counter() - start, 3)})
-    return out
+    start = time.perf_counter()
+    with torch.no_grad():
+        own = own_samples(counted, (samples, *shape), steps=STATS_STEPS, integrator=STATS_INTEGRATOR, seed=STATS_SEED,
+                          model_dtype=call_dtype, **options)
+    batches = math.ceil(samples / (options.get("batch_size") or samples))
+    info = {"from": f"the model's own samples ({STATS_INTEGRATOR}, {STATS_STEPS} steps, float64)", "samples": samples,
+            "seed": STATS_SEED, "model_calls": calls[0] // batches, "sample_evaluations": calls[0] // batches * samples,
+            "seconds": round(time.perf_counter() - start, 3)}
+    return {key: BenchStats(own.stats(*split_key(key)), {"kind": split_key(key)[0], "condition": split_key(key)[1],
+                                                         **info}) for key in keys}
 
 
-def bench_stats(model: Any, shape: tuple[int, ...], kinds: tuple[str, ...], save: str | Path | None = None,
+def bench_stats(model: Any, shape: tuple[int, ...], keys: tuple[str, ...], save: str | Path | None = None,
                 **options: Any) -> tuple[dict[str, BenchStats], torch.Tensor | None]:
-    """({kind: statistics}, the exact samples they came from or None), for a model of samples ``shape``;
-    ``options`` go to ``stats_from_model`` (source, prediction).  With ``save`` (the bench's JSON path) each
-    kind is written to :func:`stats_file` and its path recorded."""
+    """({key: statistics}, the exact samples they came from or None), for a model of samples ``shape``;
+    ``keys``: :func:`stats_key` (an exact model's: kinds); ``options`` go to :func:`_model_stats` (samples, source,
+    prediction, model_kwargs, batch_size, device).  With ``save`` (the bench's JSON path) each is written to
+    :func:`stats_file` and its path recorded."""
     exact = None
     if callable(getattr(model, "exact_samples", None)):
-        found, exact = _exact_stats(model, kinds)
+        found, exact = _exact_stats(model, keys)
     else:
-        found = _model_stats(model, shape, kinds, **options)
+        found = _model_stats(model, shape, keys, **options)
     if save is not None:
-        found = {kind: BenchStats(s.stats, {**s.info, "file": str(stats_file(save, kind))},
-                                  s.stats.save(stats_file(save, kind))) for kind, s in found.items()}
+        found = {key: BenchStats(s.stats, {**s.info, "file": str(stats_file(save, key))},
+                                 s.stats.save(stats_file(save, key))) for key, s in found.items()}
     return found, exact
 
 

@@ -130,6 +130,9 @@ def sampler_options(schedule: str, integrator: str, diffusion_scale: float, para
     target = resolved_target(schedule, None, float(diffusion_scale))
     method = get_integrator(integrator)
     stats = DataStats.load(data_stats.strip()) if data_stats and data_stats.strip() else None
+    if not isinstance(stats, (DataStats, type(None))):
+        raise LazyflowError(f"{data_stats.strip()}: statistics per class label; ComfyUI conditions on prompts, so "
+                            "give statistics with the first call's mean (lazyflow stats --condition first-call)")
     if method.needs_data_stats and stats is None:
         raise LazyflowError(f"integrator {method.name!r} integrates in the data's frame: give the path of a data "
                             "statistics file (lazyflow stats) in data_stats")

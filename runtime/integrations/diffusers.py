@@ -112,7 +112,8 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
     - ``seed``: the per-sample noise streams of a stochastic schedule;
     - ``data_stats``: the path of a data statistics file (``lazyflow stats``) for the ``data-*``
       integrators, which integrate in the frame exact for the data's Gaussian (they call the network at
-      the first sigma too, as the pipeline does);
+      the first sigma too, as the pipeline does); statistics with the first call's mean (``lazyflow stats
+      --condition first-call``) take each sample's mean from that call, so they follow prompts and guidance;
     - ``diffusion_scale``: sigma = diffusion_scale * the schedule's sigma (0: its ODE; a stochastic schedule);
       a tuned grid file tuned at a scale brings its own when this is left at 1.
     """
@@ -145,6 +146,11 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
         self.integrator = get_integrator(integrator)
         check_plan_options(self.target, self.integrator, final_step)
         self.data_stats = None if data_stats is None else DataStats.load(data_stats)
+        if not isinstance(self.data_stats, (DataStats, type(None))):
+            raise LazyflowError(f"LazyFlowScheduler: {data_stats} holds statistics per class label, which a "
+                                "scheduler cannot match to its samples (it never sees the labels); give statistics "
+                                "with the first call's mean (lazyflow stats --condition first-call), which read each "
+                                "sample's condition from the pipeline's first network call (prompts, guidance)")
         if self.integrator.needs_data_stats:
             if self.data_stats is None:
                 raise LazyflowError(f"integrator {self.integrator.name!r} integrates in the data's frame: give "

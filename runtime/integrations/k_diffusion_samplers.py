@@ -32,7 +32,7 @@ import torch
 from ...errors import LazyflowError, SamplingError
 from ..core import defaults
 from ..core.data_frame import without_skip
-from ..core.data_stats import DataStats
+from ..core.data_stats import ConditionalStats, DataStats, as_data_stats
 from ..core.frames import conversion, times_of_equal_log_snr
 from ..core.integrators import build_plan, get_integrator
 from ..core.noise import CounterNormal
@@ -144,22 +144,19 @@ def resolved_target(schedule: Any, schedule_params: dict[str, float] | None, dif
 
 
 def _resolved_integrator(integrator: str | Integrator, data_stats: Any, t0: float,
-                         data_shape: tuple[int, ...]) -> tuple[Integrator, DataStats | None]:
-    """The integrator and its data statistics (a :class:`DataStats` or the path of one); a data frame that
-    starts after t = 0 makes its first call (it skips it only at t = 0, where its residual vanishes)."""
+                         data_shape: tuple[int, ...]) -> tuple[Integrator, DataStats | ConditionalStats | None]:
+    """The integrator and its data statistics (a :class:`DataStats`, :class:`ConditionalStats` or the path of
+    one); a data frame that starts after t = 0, or reads its mean from its first call, makes that call (it
+    skips it only at t = 0, where its residual vanishes with the statistics' mean)."""
     method = get_integrator(integrator)
-    if isinstance(data_stats, (str, bytes)) or hasattr(data_stats, "__fspath__"):
-        data_stats = DataStats.load(data_stats)
-    if data_stats is not None and not isinstance(data_stats, DataStats):
-        raise LazyflowError(f"data_stats must be a DataStats or the path of a file written by lazyflow stats, got "
-                            f"{type(data_stats).__name__}")
+    data_stats = as_data_stats(data_stats)
     if data_stats is not None and data_stats.data_shape != data_shape:
         raise LazyflowError(f"data_stats are of shape {data_stats.data_shape}, the samples of shape {data_shape}")
     if method.needs_data_stats:
         if data_stats is None:
             raise LazyflowError(f"integrator {method.name!r} integrates in the data's frame: give data_stats (a "
                                 "DataStats or the path of a file written by lazyflow stats)")
-        if t0 > 0:
+        if t0 > 0 or data_stats.first_call_mean:
             method = without_skip(method)
     return method, data_stats
 
@@ -295,8 +292,9 @@ def sample_lazyflow(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas:
     noise = _step_noise(run.target, float(run.exact.times[0]), run.state, run.first, given, noise_sampler, seed)
     start = None if run.first is None else run.first * float(state_scale(run.t_src[0], parameterization))
     observe = _k_callback(callback, run.factors, given, start, x.dtype)
+    plan = run.plan.for_batch(extra_args or {})    # per-label statistics: each sample's label (extra_args[key])
     with progress_bar(run.plan.steps, enabled=_show_progress(disable), desc="lazyflow") as update, torch.no_grad():
-        out = run_plan(calls, run.state, run.plan, noise, model_dtype=run.state.dtype, callback=observe,
+        out = run_plan(calls, run.state, plan, noise, model_dtype=run.state.dtype, callback=observe,
                        progress=update)
     return (out * run.end_factor).to(x.dtype)
 

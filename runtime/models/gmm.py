@@ -35,7 +35,7 @@ from torch import nn
 
 from ...errors import LazyflowError
 
-__all__ = ["GaussianMixture", "ExactMixtureModel", "mixture", "random_mixture", "load", "load_random",
+__all__ = ["GaussianMixture", "ExactMixtureModel", "ConditionalMixtureModel", "mixture", "random_mixture", "load", "load_random",
            "parse_random", "NAMES", "PREDICTIONS", "RANDOM_KIND", "RANDOM_DEFAULTS"]
 
 PREDICTIONS = ("velocity", "x", "noise", "score")
@@ -187,6 +187,69 @@ class ExactMixtureModel(nn.Module):
         cx, cg = {"x": (one, zero), "noise": (zero, alpha), "score": (zero, -one),
                   "velocity": (v.d_beta[:, None], v.d_alpha[:, None] * alpha)}[self.prediction]
         return self.mixture.posterior(flat, alpha, beta, cx, cg).to(x.dtype).reshape(x.shape)
+
+
+class ConditionalMixtureModel(ExactMixtureModel):
+    """model(x, t, y): class-conditional mixture data, label y's data the mixture of the shared components with
+    weights ``class_weights[y]`` (L, K), so that E[X | y] = class_weights[y] @ mu differs per label.  Label
+    ``L`` (the null class) is the unconditional mixture (weights ``mixture.w``), as label dropout trains it;
+    so ``guided(model, s, null={"y": L})`` is an exact guided model.  Same predictions and source schedules
+    as :class:`ExactMixtureModel`."""
+
+    def __init__(self, mixture: GaussianMixture, class_weights: torch.Tensor, data_shape: tuple[int, ...], name: str,
+                 source="linear", prediction: str = "velocity"):
+        super().__init__(mixture, data_shape, name, source, prediction)
+        weights = class_weights.to(torch.float64)
+        self.class_weights = weights / weights.sum(1, keepdim=True)
+        self.num_classes = len(weights)
+
+    def view(self, source=None, prediction: str | None = None) -> "ConditionalMixtureModel":
+        return ConditionalMixtureModel(self.mixture, self.class_weights, self.data_shape, self.name,
+                                       self.source if source is None else source, prediction or self.prediction)
+
+    def to(self, *args, **kwargs):
+        super().to(*args, **kwargs)
+        self.class_weights = self.class_weights.to(self.mixture.mu.device)
+        return self
+
+    def of_label(self, y: int) -> GaussianMixture:
+        """The data of label ``y`` (``num_classes``: the unconditional mixture)."""
+        m = self.mixture
+        w = m.w if y == self.num_classes else self.class_weights[y]
+        return GaussianMixture(w, m.mu, m.s, m.Q, m.l)
+
+    def class_mean(self, y: int) -> torch.Tensor:
+        """E[X | y] (shape data_shape)."""
+        return self.of_label(y).mean().reshape(self.data_shape)
+
+    def exact_samples(self, n: int, seed: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """n exact draws, sample i of label ``labels[i]`` (default i mod num_classes); float32."""
+        labels = torch.arange(n) % self.num_classes if labels is None else labels.reshape(-1).cpu()
+        out = torch.empty(n, self.mixture.dim, dtype=torch.float64)
+        for y in labels.unique().tolist():
+            rows = (labels == y).nonzero()[:, 0]
+            out[rows] = self.of_label(y).sample(len(rows), seed * 1000 + y)[0].cpu()
+        return out.float().reshape(n, *self.data_shape)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        labels = torch.full((x.shape[0],), self.num_classes) if y is None else y.reshape(-1).expand(x.shape[0]).cpu()
+        out = torch.empty_like(x)
+        tt = t.reshape(-1).expand(x.shape[0])
+        for label in labels.unique().tolist():
+            rows = (labels == label).nonzero()[:, 0].to(x.device)
+            part = ExactMixtureModel(self.of_label(label), self.data_shape, self.name, self.source, self.prediction)
+            out[rows] = part(x[rows], tt[rows])
+        return out
+
+
+def conditional_mixture(seed: int, classes: int = 4, dim: int = 16, components: int = 6, rank: int = 2,
+                        source="linear", prediction: str = "velocity") -> ConditionalMixtureModel:
+    """A random class-conditional mixture (:class:`ConditionalMixtureModel`): :func:`random_mixture` components
+    and per class weights proportional to u^3, u ~ U(0, 1) from ``seed`` (each class favours a few components)."""
+    base = random_mixture(seed, dim=dim, components=components, rank=rank)
+    g = torch.Generator().manual_seed(int(seed) + 7)
+    weights = torch.rand(classes, components, generator=g, dtype=torch.float64) ** 3 + 1e-3
+    return ConditionalMixtureModel(base, weights, (dim,), f"conditional-gmm:{seed}", source, prediction)
 
 
 def mixture(dim: int, rank: int, seed: int, weights=(0.3, 0.2, 0.15, 0.12, 0.1, 0.08, 0.05),

@@ -1,0 +1,96 @@
+"""Data statistics from a model's own samples, where no data is at hand (``lazyflow stats --from-model``).
+
+A conditional model has a Gaussian per condition c (a class label, a prompt, a guidance scale), so its
+statistics say how they treat the condition (``condition``):
+
+- ``none``: one :class:`DataStats` of all the samples (the mixture over the conditions);
+- ``label``: a :class:`ConditionalStats`, one per value of the per-sample label ``model_kwargs[key]``;
+- ``first-call``: the covariance of x_i - E[X | c_i] (within the conditions, pooled), with the mean read
+  from each run's first call (``first_call_mean``).  E[X | c_i] is eta_X at t = 0, which the sampler that
+  draws the samples already computes at its first call (no extra network call): any conditioning works,
+  prompts and guidance included.
+
+:func:`own_samples` draws the samples once; :meth:`OwnSamples.stats` estimates any kind and condition
+from them (the bench estimates several from one draw).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ...errors import LazyflowError
+from .data_stats import ConditionalStats, DataStats
+from .plan import Integrator, StepInfo
+from .sampler import sample
+
+__all__ = ["stats_from_model", "own_samples", "OwnSamples", "CONDITIONS"]
+
+#: how :func:`stats_from_model` treats a conditional model's condition
+CONDITIONS = ("none", "label", "first-call")
+
+
+@dataclass(frozen=True)
+class OwnSamples:
+    """The model's own samples ``x`` (n, *data_shape) in float64, each sample's E[X | c_i] (``means``: eta_X at
+    the sampler's call at t = 0) and its label (``labels``, None where the model call had no ``key``)."""
+
+    x: torch.Tensor
+    means: torch.Tensor
+    labels: torch.Tensor | None
+    key: str = "y"
+
+    def stats(self, kind: str = "diag", condition: str = "none", *, rank: int | None = None,
+              floor: float = 1e-3) -> DataStats | ConditionalStats:
+        """The statistics of ``kind`` treating the condition as ``condition`` (:data:`CONDITIONS`)."""
+        if condition == "none":
+            return DataStats.from_samples(self.x, kind=kind, rank=rank, floor=floor)
+        if condition == "first-call":
+            return DataStats.from_samples(self.x - self.means, kind=kind, rank=rank, floor=floor).with_first_call_mean()
+        if condition == "label":
+            if self.labels is None:
+                raise LazyflowError(f"statistics per label need one label per sample in model_kwargs[{self.key!r}]")
+            return ConditionalStats.from_samples(self.x, self.labels, key=self.key, kind=kind, rank=rank, floor=floor)
+        raise LazyflowError(f"unknown condition {condition!r}; choose one of {', '.join(CONDITIONS)}")
+
+
+def own_samples(model: Callable[..., torch.Tensor], shape: Sequence[int], *, steps: int = 32,
+                integrator: str | Integrator = "multistep-pc", schedule: Any = "linear", seed: int = 0, key: str = "y",
+                **options: Any) -> OwnSamples:
+    """``shape[0]`` of the model's own samples, drawn in float64 with a deterministic sampler (``integrator`` on
+    ``schedule``, ``steps`` steps from t = 0; cost: ``shape[0]`` times its NFE network calls; ``options`` are
+    :func:`sample`'s, ``model_kwargs`` among them), with each sample's E[X | c_i] read at the first call."""
+    if options.get("callback") is not None:
+        raise LazyflowError("the model's own samples read the run's callback themselves")
+    labels = (options.get("model_kwargs") or {}).get(key)
+    if labels is not None and (not isinstance(labels, torch.Tensor) or labels.dim() != 1
+                               or labels.shape[0] != shape[0] or labels.is_floating_point()):
+        labels = None   # not one integer label per sample: no per-label statistics
+    means: list[torch.Tensor] = []
+    x = sample(model, shape, schedule=schedule, steps=steps, integrator=integrator, seed=seed,
+               dtype=options.pop("dtype", torch.float64), callback=lambda info: _first_mean(info, means), **options)
+    if sum(len(m) for m in means) != len(x):
+        raise LazyflowError(f"the sampler {getattr(integrator, 'name', integrator)!r} made no call at t = 0, "
+                            "where each sample's mean is read; use one that does (multistep-pc)")
+    return OwnSamples(x, torch.cat(means).to(x), None if labels is None else labels.cpu(), key)
+
+
+def stats_from_model(model: Callable[..., torch.Tensor], shape: Sequence[int], *, kind: str = "diag",
+                     rank: int | None = None, floor: float = 1e-3, condition: str = "none",
+                     **options: Any) -> DataStats | ConditionalStats:
+    """Statistics of ``kind`` of ``shape[0]`` of the model's own samples (:func:`own_samples`, which takes the
+    other ``options``), treating the condition as ``condition`` (:data:`CONDITIONS`)."""
+    if condition not in CONDITIONS:
+        raise LazyflowError(f"unknown condition {condition!r}; choose one of {', '.join(CONDITIONS)}")
+    found = own_samples(model, shape, **options)
+    if condition == "label" and found.labels is None:
+        raise LazyflowError(f"statistics per label need one integer label per sample in "
+                            f"model_kwargs[{found.key!r}] ({shape[0]} samples)")
+    return found.stats(kind, condition, rank=rank, floor=floor)
+
+
+def _first_mean(info: StepInfo, means: list[torch.Tensor]) -> None:
+    """Keep eta_X at t = 0 (E[X | c] of each sample of the batch)."""
+    if info.step == 0 and info.t == 0.0:
+        means.append(info.eta_x.detach().to(torch.float64).cpu())
