@@ -12,13 +12,17 @@ from typing import Any
 
 import torch
 
+from ...errors import LazyflowError
 from . import embedded, gmm, sit
+from .conditional import ConditionalVelocityNet
 from .diffusers_transformer import DIFFUSERS_TRANSFORMER_KIND
+from .guidance import guided
 from .kind import LoadedModel, ModelKind
 from .sit_checkpoint import SIT_OPTIONS, load_sit_checkpoint
 from .torchscript import TORCHSCRIPT_KIND
 
-__all__ = ["BUILTIN_KINDS", "FILE_KIND", "DIGITS_SHAPE", "RANDOM_MIXTURE_OPTIONS"]
+__all__ = ["BUILTIN_KINDS", "FILE_KIND", "DIGITS_SHAPE", "RANDOM_MIXTURE_OPTIONS", "CONDITIONAL_OPTIONS",
+           "load_conditional"]
 
 #: the kind that loads a ``--model`` path given without ``--model-kind``
 FILE_KIND = "file"
@@ -26,6 +30,8 @@ FILE_KIND = "file"
 DIGITS_SHAPE = (1, 8, 8)
 #: the options of the random mixture kind ``gmm:SEED`` (also accepted in its name: ``gmm:101,dim=64``)
 RANDOM_MIXTURE_OPTIONS = tuple(gmm.RANDOM_DEFAULTS)
+#: the options of the ``conditional`` kind (a class-conditional network file)
+CONDITIONAL_OPTIONS = ("class_labels", "guidance", "guidance_interval")
 
 
 def _trained(kind: str, model: Any) -> LoadedModel:
@@ -43,6 +49,31 @@ def _load_embedded(name: str, *, device: torch.device, num_samples: int) -> Load
 
 def _load_file(path: str, *, device: torch.device, num_samples: int) -> LoadedModel:
     return _trained(FILE_KIND, embedded.load(Path(path)).to(device))
+
+
+def load_conditional(path: str, *, device: torch.device, num_samples: int, class_labels: str | None = None,
+                     guidance: float = 1.0, guidance_interval: tuple[float, float] | None = None) -> LoadedModel:
+    """The :class:`~.conditional.ConditionalVelocityNet` file at ``path`` (.safetensors with its .json) as a
+    velocity model on the linear schedule, its samples labelled by ``class_labels`` (comma-separated, repeated
+    in order over the ``num_samples``; ``num_classes`` is the null class) and guided at scale ``guidance``
+    (1: none) on the model's times in ``guidance_interval``."""
+    net = embedded.load(Path(path)) if Path(path).suffix == ".safetensors" and Path(path).is_file() else None
+    if not isinstance(net, ConditionalVelocityNet):
+        raise LazyflowError(f"--model {path}: not a ConditionalVelocityNet file (.safetensors with its .json, as "
+                            "lazyflow train cond-mlp writes)")
+    if not class_labels:
+        raise LazyflowError(f"--class-labels is needed for a conditional model (comma-separated labels in "
+                            f"0..{net.num_classes - 1}; {net.num_classes} is the null class)")
+    net = net.to(device)
+    labels = sit.class_labels(class_labels, num_samples, net.num_classes).to(device)
+    model, note = net, ""
+    if guidance != 1.0:
+        model = guided(net, guidance, null={"y": net.null_class}, interval=guidance_interval)
+        note = f"guidance {guidance:g}" + (f" on t in {list(guidance_interval)}" if guidance_interval else "") + \
+            " (one network call on a doubled batch per evaluation)"
+    return LoadedModel(kind="conditional", model=model, data_shape=net.data_shape, source="linear",
+                       prediction="velocity", model_kwargs={"y": labels},
+                       metadata={**net.metadata, "num_classes": net.num_classes}, note=note)
 
 
 def _exact(model: gmm.ExactMixtureModel) -> LoadedModel:
@@ -80,6 +111,9 @@ BUILTIN_KINDS: tuple[ModelKind, ...] = (
               load=_load_random_mixture, options=RANDOM_MIXTURE_OPTIONS, exact=True),
     ModelKind(name=FILE_KIND, description="a model file: .safetensors with its .json config, or TorchScript .pt",
               load=_load_file, takes_file=True),
+    ModelKind(name="conditional", description="a class-conditional velocity network file (ConditionalVelocityNet "
+              ".safetensors + .json, e.g. the test beds in weights/testbeds/); --class-labels, --guidance",
+              load=load_conditional, options=CONDITIONAL_OPTIONS, takes_file=True),
     *(_sit_kind(name) for name in sit.KINDS),
     TORCHSCRIPT_KIND,
     DIFFUSERS_TRANSFORMER_KIND,

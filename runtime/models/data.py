@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["digits", "digits_labels", "two_moons", "gmm_2d", "gmm_eta_x", "gmm_velocity"]
+__all__ = ["digits", "digits_labels", "digits28", "two_moons", "gmm_2d", "gmm_eta_x", "gmm_velocity"]
 
 
 def digits() -> torch.Tensor:
@@ -22,6 +22,29 @@ def digits_labels() -> torch.Tensor:
     from sklearn.datasets import load_digits
 
     return torch.from_numpy(load_digits().target.astype(np.int64))
+
+
+def digits28(copies: int = 4, seed: int = 0) -> torch.Tensor:
+    """The digits at 28 x 28 (n * copies, 1, 28, 28) in [-1, 1]: each image resampled (bilinear) under
+    ``copies`` random affine maps (rotation within 12 degrees, scale 0.9-1.1, shift within 0.6 of an 8x8 pixel),
+    so that the 784 pixels do not lie on the 64-dimensional subspace plain upsampling would give.  Copy j of
+    every image is row j * n + i (labels: ``digits_labels().repeat(copies)``)."""
+    images = digits()
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(copies):
+        n = len(images)
+        angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(12)
+        scale = 0.9 + 0.2 * torch.rand(n, generator=g)
+        shift = (torch.rand(n, 2, generator=g) * 2 - 1) * 0.6 / 4      # in [-1, 1] units: 2 / 8 per pixel
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = torch.nn.functional.affine_grid(theta, (n, 1, 28, 28), align_corners=False)
+        # background is -1: resample the image + 1 with zero padding, then shift back
+        moved = torch.nn.functional.grid_sample(images + 1, grid, mode="bilinear", padding_mode="zeros",
+                                                align_corners=False) - 1
+        out.append(moved.clamp(-1, 1))
+    return torch.cat(out)
 
 
 def two_moons(n: int, seed: int = 0, noise: float = 0.05) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ...errors import LazyflowError
+from .conditional import ConditionalVelocityNet
 
 __all__ = ["VelocityMLP", "Classifier", "load", "load_classifier", "save", "WEIGHTS", "EMBEDDED"]
 
@@ -72,16 +73,20 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-_KINDS = {"VelocityMLP": VelocityMLP, "Classifier": Classifier}
+_KINDS = {"VelocityMLP": VelocityMLP, "Classifier": Classifier, "ConditionalVelocityNet": ConditionalVelocityNet}
 
 
-def save(model: nn.Module, path: str | Path, metadata: dict | None = None) -> Path:
-    """Write ``path`` (.safetensors) and its ``.json`` config (the model's ``config`` plus ``metadata``)."""
+def save(model: nn.Module, path: str | Path, metadata: dict | None = None, *, half_parameters: bool = False) -> Path:
+    """Write ``path`` (.safetensors) and its ``.json`` config (the model's ``config`` plus ``metadata``);
+    ``half_parameters``: the parameters in float16 (half the file; buffers such as BatchNorm's statistics and
+    Fourier frequencies stay float32), loaded back into the float32 model."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path))
+    params = {name for name, _ in model.named_parameters()} if half_parameters else set()
+    save_file({k: (v.half() if k in params else v).detach().contiguous().cpu() for k, v in model.state_dict().items()},
+              str(path))
     path.with_suffix(".json").write_text(json.dumps({**model.config, **(metadata or {})}, indent=2) + "\n")
     return path
 

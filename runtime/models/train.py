@@ -1,12 +1,16 @@
-"""Training of the embedded models: ``lazyflow train digits|moons|classifier``.
+"""Training of the embedded models: ``lazyflow train digits|moons|classifier`` and the class-conditional test
+beds (``lazyflow train cond-mlp|guided-mlp|fourier-unet|bn-unet|bn-mlp28|sit-digits``, :data:`TESTBED_RECIPES`).
 
 Flow matching on the linear schedule: x_t = (1 - t) z + t x, target velocity x - z, t ~ U(0, 1);
-Adam with cosine decay and an exponential moving average of the weights.  Fixed seeds; CPU.
-Weights go to the folder the caller names, never into the package's own ``weights/``.
+Adam with cosine decay and, where the recipe says, an exponential moving average of the weights.  A
+conditional model sees its label y, replaced by the null class with probability ``label_dropout``
+(classifier-free guidance).  Fixed seeds; CPU.  Weights go to the folder the caller names, never into the
+package's own ``weights/``.
 """
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from pathlib import Path
@@ -15,11 +19,12 @@ import torch
 from torch import nn
 
 from . import data
+from .conditional import ConditionalVelocityNet
 from .embedded import Classifier, VelocityMLP, save
 from ..core.progress import progress_bar
 
-__all__ = ["train_flow", "train_digits", "train_moons", "train_classifier", "train", "RECIPES", "DIGITS_RECIPE",
-           "MOONS_RECIPE"]
+__all__ = ["train_flow", "train_conditional", "train_digits", "train_moons", "train_classifier", "train_testbed",
+           "train", "RECIPES", "DIGITS_RECIPE", "MOONS_RECIPE", "TESTBED_RECIPES", "SIT_TESTBED_PARAMS"]
 
 DIGITS_RECIPE = {"steps": 16000, "batch": 256, "lr": 1e-3, "width": 512, "depth": 3, "time_freqs": 8,
                  "ema": 0.9995, "seed": 0}
@@ -53,6 +58,123 @@ def train_flow(points: torch.Tensor, *, steps: int, batch: int, lr: float, width
             if update is not None:
                 update(1, loss=f"{loss.item():.4f}")
     return averaged.eval()
+
+
+#: the class-conditional test beds: each differs from the embedded digits MLP the way public checkpoints do
+#: (labels, label dropout for guidance, Fourier time features of scale 30, BatchNorm, a U-Net, 784 pixels,
+#: under-training).  ``data``: ``digits`` (8x8) or ``digits28`` (the digits moved by small random affine maps
+#: and resampled at 28x28, :func:`.data.digits28`); ``net``: :class:`ConditionalVelocityNet`'s options;
+#: ``ema`` None trains without an average (the last weights are the model).
+TESTBED_RECIPES: dict[str, dict] = {
+    "cond-mlp": {"data": "digits", "net": {"arch": "mlp", "width": 512, "depth": 3, "time": "dyadic", "time_freqs": 8},
+                 "steps": 12000, "batch": 256, "lr": 1e-3, "ema": 0.9995, "seed": 1,
+                 "about": "labels always given, well trained"},
+    "guided-mlp": {"data": "digits", "net": {"arch": "mlp", "width": 512, "depth": 3, "time": "dyadic",
+                                             "time_freqs": 8, "label_dropout": 0.15},
+                   "steps": 12000, "batch": 256, "lr": 1e-3, "ema": 0.9995, "seed": 2,
+                   "about": "15% label dropout: sampled with classifier-free guidance"},
+    "fourier-unet": {"data": "digits", "net": {"arch": "unet", "width": 32, "time": "gaussian", "time_freqs": 16,
+                                               "time_scale": 30.0, "norm": "group"},
+                     "steps": 3000, "batch": 128, "lr": 2e-3, "ema": 0.999, "seed": 3,
+                     "about": "a U-Net with Gaussian Fourier time features of scale 30"},
+    "bn-unet": {"data": "digits", "net": {"arch": "unet", "width": 32, "time": "gaussian", "time_freqs": 16,
+                                          "time_scale": 30.0, "norm": "batch"},
+                "steps": 1200, "batch": 128, "lr": 2e-3, "ema": None, "seed": 4,
+                "about": "a BatchNorm U-Net with Fourier time features of scale 30, under-trained, no average"},
+    "bn-mlp28": {"data": "digits28", "net": {"arch": "mlp", "width": 512, "depth": 3, "time": "gaussian",
+                                             "time_freqs": 16, "time_scale": 30.0, "norm": "batch"},
+                 "steps": 3000, "batch": 256, "lr": 1e-3, "ema": None, "seed": 5,
+                 "about": "784 pixels, BatchNorm, Fourier time features of scale 30, under-trained, no average"},
+    "sit-digits": {"data": "digits", "net": {"arch": "sit", "hidden_size": 64, "depth": 3, "num_heads": 4,
+                                             "patch_size": 2, "label_dropout": 0.1},
+                   "steps": 4000, "batch": 128, "lr": 1e-3, "ema": 0.999, "seed": 6,
+                   "about": "a SiT (lazyflow's, official key names) of width 64, depth 3, patch 2, 10% label dropout: "
+                            "load it with --model-kind sit-s/2 --model-param hidden_size=64 --model-param depth=3 "
+                            "--model-param num_heads=4, sample it with --guidance"},
+}
+#: the --model-param flags the SiT test bed loads with (its size differs from sit-s/2's)
+SIT_TESTBED_PARAMS = {"hidden_size": 64, "depth": 3, "num_heads": 4}
+
+
+def _conditional_net(net: dict, data_shape: tuple[int, ...], classes: int, seed: int) -> nn.Module:
+    """A test bed's network: a :class:`ConditionalVelocityNet`, or for ``arch`` ``sit`` a SiT of that size (its
+    null class is ``num_classes`` too)."""
+    options = {k: v for k, v in net.items() if k != "label_dropout"}
+    if options.get("arch") == "sit":
+        from .sit import SiT
+
+        options.pop("arch")
+        return SiT(input_size=data_shape[-1], in_channels=data_shape[0], num_classes=classes, learn_sigma=False,
+                   **options)
+    return ConditionalVelocityNet(data_shape, num_classes=classes, seed=seed, label_dropout=net.get("label_dropout", 0.0),
+                                  **options)
+
+
+def train_conditional(points: torch.Tensor, labels: torch.Tensor, *, net: dict, steps: int, batch: int, lr: float,
+                      ema: float | None, seed: int, progress: bool = True) -> nn.Module:
+    """Flow-matching training of a :class:`ConditionalVelocityNet` (or a SiT, ``net["arch"]`` ``sit``) on
+    (``points``, ``labels``); label dropout as ``net`` says.  Returns the averaged model (``ema``) or the last
+    one, in eval mode; the averaged model takes the live model's buffers (BatchNorm's running statistics)."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = _conditional_net(net, tuple(points.shape[1:]), int(labels.max()) + 1, seed)
+    null = model.num_classes
+    averaged = copy.deepcopy(model).requires_grad_(False) if ema is not None else None
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
+    dropout = float(net.get("label_dropout", 0.0))
+    model.train()
+    with progress_bar(steps, enabled=progress, desc="training") as update:
+        for _ in range(steps):
+            index = torch.randint(len(points), (batch,), generator=generator)
+            x, y = points[index], labels[index].clone()
+            if dropout > 0:
+                y[torch.rand(batch, generator=generator) < dropout] = null
+            z = torch.randn(x.shape, generator=generator)
+            t = torch.rand(batch, generator=generator)
+            tb = t.view(-1, *([1] * (x.dim() - 1)))
+            loss = ((model((1 - tb) * z + tb * x, t, y) - (x - z)) ** 2).mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            if averaged is not None:
+                with torch.no_grad():
+                    for p_avg, p in zip(averaged.parameters(), model.parameters()):
+                        p_avg.lerp_(p, 1 - ema)
+            if update is not None:
+                update(1, loss=f"{loss.item():.4f}")
+    if averaged is None:
+        return model.requires_grad_(False).eval()
+    for b_avg, b in zip(averaged.buffers(), model.buffers()):
+        b_avg.copy_(b)
+    return averaged.eval()
+
+
+def train_testbed(name: str, out_dir: Path, progress: bool = True, **overrides) -> Path:
+    """Train the test bed ``name`` of :data:`TESTBED_RECIPES` into ``out_dir``/``name``.safetensors."""
+    recipe = {**TESTBED_RECIPES[name], **overrides}
+    points = data.digits() if recipe["data"] == "digits" else data.digits28()
+    labels = data.digits_labels().repeat(len(points) // len(data.digits_labels()))
+    start = time.time()
+    model = train_conditional(points, labels, progress=progress,
+                              **{k: recipe[k] for k in ("net", "steps", "batch", "lr", "ema", "seed")})
+    card = {"schedule": "linear", "prediction": "velocity", "data": _DATA_NOTES[recipe["data"]],
+            "about": recipe["about"], "recipe": recipe, "train_seconds": round(time.time() - start, 1),
+            "parameters": "float16 (run in float32)",
+            "command": f"lazyflow train {name}" + (f" --steps {overrides['steps']}" if "steps" in overrides else "")}
+    if recipe["net"].get("arch") == "sit":   # a SiT checkpoint (official key names) with its card beside it
+        from .sit import save_sit
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        path = save_sit(model.half(), Path(out_dir) / f"{name}.safetensors")
+        path.with_suffix(".json").write_text(json.dumps({"kind": "SiT", **model.config, **card}, indent=2) + "\n")
+        return path
+    return save(model, Path(out_dir) / f"{name}.safetensors", card, half_parameters=True)
+
+
+_DATA_NOTES = {"digits": "sklearn digits, 8x8, scaled to [-1, 1], with their labels",
+               "digits28": "sklearn digits under 4 random affine maps each, resampled at 28x28, in [-1, 1], with labels"}
 
 
 def train_digits(out_dir: Path, progress: bool = True, **overrides) -> Path:
@@ -110,7 +232,7 @@ def train_classifier(out_dir: Path, seed: int = 0, epochs: int = 60, progress: b
 
 
 #: what ``lazyflow train`` reproduces
-RECIPES = ("digits", "moons", "classifier")
+RECIPES = ("digits", "moons", "classifier", *TESTBED_RECIPES)
 
 
 def train(what: str, out_dir: str | Path, *, steps: int | None = None) -> Path:
@@ -127,4 +249,6 @@ def train(what: str, out_dir: str | Path, *, steps: int | None = None) -> Path:
         return train_moons(Path(out_dir), **overrides)
     if what == "classifier":
         return train_classifier(Path(out_dir), **overrides)
+    if what in TESTBED_RECIPES:
+        return train_testbed(what, Path(out_dir), **overrides)
     raise LazyflowError(f"nothing to train named {what!r}; choose one of {', '.join(RECIPES)}")
