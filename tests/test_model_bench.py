@@ -19,7 +19,7 @@ from lazyflow.runtime.models.sit import build_sit, save_sit
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
 
 SIT_PARAMS = ["--model-param", "hidden_size=32", "--model-param", "depth=2", "--model-param", "num_heads=4"]
-QUICK = ["--quick", "--no-progress", "--json"]
+QUICK = ["--quick", "--no-progress", "--json", "--no-data-frames"]   # the data frames: tests/test_testbeds.py
 
 
 def small_sit(seed: int = 0):
@@ -299,3 +299,24 @@ def test_the_built_in_bench_and_the_model_bench_are_one_code_path(tmp_path):
                             reference_steps=800, log=lambda *a: None, progress=False)
     assert [r["path"] for r in model["rows"]] == [r["path"] for r in built_in["rows"]]
     assert model["path_reference"]["check"] == built_in["path_reference"]["check"]
+
+
+def test_the_recommendation_is_the_lowest_path_of_ours_and_the_pilot_check_scores_the_first_halfs_pick():
+    from lazyflow.runtime.evaluation.model_bench import recommendations
+
+    def row(method, peer, path, halves, budget=4, **extra):
+        return {"method": method, "peer": peer, "stochastic": False, "budget": budget, "nfe": budget, "path": path,
+                "path_halves": halves, "sample_args": ["--x"] if not peer else None, **extra}
+
+    result = {"nfe_budgets": [4], "rows": [row("linear/multistep-pc/uniform", False, 1.0, [1.0, 1.0]),
+                                           row("a", False, 0.8, [0.7, 0.9], choice={"grid": "uniform"}),
+                                           row("b", False, 0.75, [0.8, 0.7]),
+                                           row("peer", True, 0.9, [0.95, 0.85])],
+              "tuned_rows": [row("a/tuned", False, 0.85, [0.6, 1.1], tuned=True)]}
+    rec = recommendations(result)["4"]
+    assert rec["method"] == "b" and rec["path"] == 0.75 and rec["best_peer"] == "peer"
+    assert abs(rec["ratio_to_peer"] - 0.75 / 0.9) < 1e-12
+    pilot = rec["pilot"]                      # chosen on the first half: the tuned row (0.6), scored on the second
+    assert pilot["method"] == "a/tuned" and pilot["second_half"] == 1.1 and pilot["best_second_half"] == 0.7
+    assert abs(pilot["ratio_to_peer"] - 1.1 / 0.85) < 1e-12
+    assert rec["path"] <= min(r["path"] for r in result["rows"] if not r["peer"])   # never worse than multistep-pc

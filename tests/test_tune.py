@@ -208,7 +208,7 @@ def test_a_grid_tuned_at_a_diffusion_scale_runs_at_it_in_sample_and_the_bench(tm
     assert args[args.index("--diffusion-scale") + 1] == "0.5" and args[args.index("--schedule") + 1] == "linear-sde"
     out = tmp_path / "row.npy"
     assert main(["sample", *args, "--out", str(out)]) == 0
-    assert torch.equal(torch.from_numpy(np.load(out)), seen[f"linear-sde*0.5/euler/{path}"].cpu())
+    assert torch.equal(torch.from_numpy(np.load(out)), seen["linear-sde*0.5/euler/tuned:sde.json"].cpu())
 
 
 @pytest.mark.parametrize("fields, scale", [({}, 0.25), ({"diffusion_scale": 0.25}, 0.25), ({"diffusion_scale": 0.5}, None),

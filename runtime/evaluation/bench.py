@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...errors import LazyflowError
-from ..core.data_frame import stochastic_data_frame
+from ..core.data_frame import stochastic_data_frame, without_skip
 from ..core.integrators import INTEGRATORS
 from ..models.kind import LoadedModel, ModelKind, Scorer
 from .data_rows import STATS_SAMPLES, BenchStats, bench_stats, gaussian_map, stats_kinds
 from .goals import best_row, path_goals_markdown, rank_value, versus
-from .paths import PATH_REFERENCE_STEPS, PathReference, path_reference
+from .paths import PATH_REFERENCE_STEPS, PathReference, path_error, path_reference
 from .scorers import PATH_METRIC, DigitsScorer, kind_metrics, scorer_factory
 
 __all__ = ["CountingModel", "OurMethod", "our_methods", "data_frame_methods", "run_quality_bench", "format_table",
@@ -72,10 +72,12 @@ class OurMethod:
 
     @property
     def name(self) -> str:
+        """``schedule[*scale]/integrator/grid[/final][[stats]]``; a tuned grid's file as ``tuned:FILE``."""
         last = f"/{self.final_step}" if self.final_step else ""
         scale = f"*{self.diffusion:g}" if self.diffusion != 1 else ""
         kind = f"[{self.stats}]" if self.stats else ""
-        return f"{self.schedule}{scale}/{self.integrator}/{self.grid}{last}{kind}"
+        grid = f"tuned:{Path(self.grid).name}" if self.grid.endswith(".json") else self.grid
+        return f"{self.schedule}{scale}/{self.integrator}/{grid}{last}{kind}"
 
     def target(self):
         """The schedule this method integrates in, with its diffusion scale."""
@@ -399,7 +401,7 @@ class _Runner:
     noise ``start`` (x0 of every row); deterministic rows get ``path`` against ``path`` (the reference)."""
 
     def __init__(self, bench: BenchModel, shape: tuple[int, ...], seed: int, args_for: Callable,
-                 on_samples: Callable | None, *, batch_size: int | None = None, device=None):
+                 on_samples: Callable | None, *, batch_size: int | None = None, device=None, halves: bool = False):
         from ..core.noise import standard_normal
 
         self.bench, self.model, self.scorer = bench, bench.loaded.model, bench.scorer
@@ -415,6 +417,7 @@ class _Runner:
         self.path_scores: dict[str, float] = {}
         self.stats: dict[str, BenchStats] = {}
         self.exact_samples = None
+        self.halves = halves   # each row also records path on each half of the samples (a pilot's check)
 
     def reference(self, steps: int = PATH_REFERENCE_STEPS) -> PathReference:
         """x*, the model's converged ODE solution from this run's start noise (batched and conditioned as the
@@ -438,6 +441,10 @@ class _Runner:
     def _score(self, x, stochastic: bool) -> tuple[float | None, dict, str]:
         scores = self.scorer.score(x)
         scores[PATH_METRIC] = None if stochastic or self.path is None else self.path.error(x)
+        if self.halves and scores[PATH_METRIC] is not None:
+            half = len(x) // 2
+            scores["path_halves"] = [path_error(x[:half], self.path.samples[:half]),
+                                     path_error(x[half:], self.path.samples[half:])]
         return scores[(*self.scorer.metrics, PATH_METRIC)[0]], scores, ""   # a path-only scorer: path is primary
 
     def one(self, method: OurMethod, steps: int, budget: int) -> dict:
@@ -495,11 +502,26 @@ class _Runner:
         log(f"  tuned {row['method']} at {row['nfe']} NFE: {_fmt(row['fd'])} (untuned {init}: {_fmt(base.get('fd'))})")
         return row
 
+    def steps_for(self, method: OurMethod, budget: int) -> int:
+        """The steps of ``method`` within ``budget`` network calls (a tuned grid file's own; a data frame whose
+        statistics read the mean at its first call makes that call)."""
+        from ..core.gridfile import load_grid_file
+
+        if method.grid.endswith(".json"):
+            return load_grid_file(method.grid).steps
+        integrator = INTEGRATORS[method.integrator]
+        if method.stats:
+            if method.stats not in self.stats:
+                raise LazyflowError(f"{method.name}: this bench has no {method.stats} statistics (made with other "
+                                    f"settings: {', '.join(self.stats) or 'none'})")
+            if self.stats[method.stats].stats.first_call_mean:
+                integrator = without_skip(integrator)   # the mean is read at t = 0: that call is made
+        return integrator.steps_for_nfe(budget)
+
     def ours(self, methods: list[OurMethod], nfes: list[int], log) -> list[dict]:
         rows = []
         for method in methods:
-            integrator = INTEGRATORS[method.integrator]
-            rows += [self.one(method, integrator.steps_for_nfe(budget), budget) for budget in nfes]
+            rows += [self.one(method, self.steps_for(method, budget), budget) for budget in nfes]
             log(f"  {method.name}: " + ", ".join(f"{r['nfe']}->{_fmt(r['fd'])}" for r in rows[-len(nfes):]))
         return rows
 

@@ -10,7 +10,15 @@ probability-flow ODE of the model's velocity on its source schedule, solved by :
 dtype), checked against the same solver at half the steps.  Measured on the tests' random SiT against RK4 at
 256 steps: 50/100/200/400 steps are 8.5e-4/2.2e-4/5.6e-5/1.4e-5 away (second order: the grid's end steps), so
 x*_N is about check/3 from the exact solution, and the check bounds it.  Stochastic samplers have no
-pathwise target and are left out, and so are the data-frame integrators (they need the data's statistics).
+pathwise target and are left out.
+
+The data frames run on statistics of the model's own samples (:func:`data_frame_rows`; ``stats_samples`` of
+them, drawn once with multistep-pc on 32 steps, their cost in the result): one set for all samples
+(``[full]``), the covariance within the conditions with each sample's mean read from its first call
+(``[full|first-call]``: prompts, guidance) and, where the model has class labels, one set per label
+(``[full|label]``).  Per budget the report names the lowest path of ours beside the best peer's: the
+sampler to use (the recommendation, with its ``lazyflow sample`` flags), and checks the pick as a pilot would
+make it: chosen on the first half of the samples, scored on the second.
 
 It is the built-in bench's machinery (:class:`.bench._Runner`: the same rows, tables and ``lazyflow sample``
 flags) with what a checkpoint needs: the conditioning (SiT class labels, given or drawn from a seed; a
@@ -20,6 +28,8 @@ file that records the settings it was made with (:mod:`.reference_cache`; anothe
 from __future__ import annotations
 
 import datetime
+import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +40,7 @@ import torch
 from ...errors import LazyflowError
 from ..models.kind import LoadedModel, ModelKind
 from .bench import BenchModel, OurMethod, _Runner, format_table, machine, our_methods, sample_args
+from .data_rows import STATS_SAMPLES, STATS_STEPS, BenchStats, bench_stats, stats_key, stats_kinds
 from .goals import best_row, versus
 from .paths import PATH_REFERENCE_GRID, PATH_REFERENCE_INTEGRATOR
 from .reference_cache import cached_reference
@@ -72,8 +83,46 @@ class _Metered(torch.nn.Module):
 
 def model_bench_methods(full: bool = True) -> list[OurMethod]:
     """Ours in :func:`.bench.our_methods` that integrate an ODE (path is defined for them), without the
-    data-frame integrators (not in that list: they need the data's statistics)."""
+    data-frame integrators (:func:`data_frame_rows` adds them with the model's own statistics)."""
     return [m for m in our_methods(full) if not m.target().stochastic]
+
+
+#: the data-frame integrators the model bench runs, on these grids and in these schedules (full; --quick: the
+#: linear schedule only).  Chosen on the two development test beds (cond-mlp, guided-mlp at guidance 2; docs/
+#: data-frames.md): every one of them was the lowest path of some statistics at some budget of 4, 6, 8 NFE
+MODEL_DATA_FRAMES = ("data-multistep", "data-multistep-pc", "data-multistep3", "data-multistep3-pc")
+MODEL_DATA_FRAME_GRIDS = ("uniform", "logsnr:-1,2.5")
+MODEL_DATA_FRAME_SCHEDULES = ("linear", "vp")
+
+
+def data_frame_rows(keys: list[str], full: bool = True) -> list[OurMethod]:
+    """The data-frame rows of the model bench, once per statistics key (:func:`.data_rows.stats_key`)."""
+    schedules = MODEL_DATA_FRAME_SCHEDULES if full else MODEL_DATA_FRAME_SCHEDULES[:1]
+    return [OurMethod(schedule, integrator, grid, stats=key) for key in keys for schedule in schedules
+            for integrator in MODEL_DATA_FRAMES for grid in MODEL_DATA_FRAME_GRIDS]
+
+
+def stats_conditions(loaded: LoadedModel) -> tuple[str, ...]:
+    """How the statistics treat the model's condition: all samples alike, and for a conditional model (one
+    with per-sample conditioning) the first call's mean, and per class label where it has labels."""
+    per_sample = any(isinstance(v, torch.Tensor) and v.dim() > 0 for v in loaded.model_kwargs.values())
+    return ("none",) + (("first-call",) if per_sample else ()) + (("label",) if "y" in loaded.model_kwargs else ())
+
+
+def stats_keys(loaded: LoadedModel, samples: int) -> list[str]:
+    """The statistics the data-frame rows run with: per condition (:func:`stats_conditions`) the kinds that
+    :func:`.data_rows.stats_kinds` allows for the samples each set is estimated from (per label: samples over
+    the number of classes)."""
+    classes = max(1, int(loaded.metadata.get("num_classes", 0)))
+    dim = math.prod(loaded.data_shape)
+    keys = []
+    for condition in stats_conditions(loaded):
+        per = samples // classes if condition == "label" else samples
+        if per < 2:
+            raise LazyflowError(f"--stats-samples {samples}: statistics per label need at least 2 samples of each of "
+                                f"the {classes} labels")
+        keys += [stats_key(kind, condition) for kind in stats_kinds(dim, per)]
+    return keys
 
 
 def _random_labels(loaded: LoadedModel, n: int, label_seed: int) -> LoadedModel:
@@ -120,7 +169,9 @@ def _kind_flags(kind: str, options: dict[str, Any], loaded: LoadedModel) -> list
         elif name != "class_labels" and value not in (None, ""):
             text = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
             flags += ["--" + name.replace("_", "-"), text]
-    if "y" in loaded.model_kwargs:
+    if options.get("class_labels"):           # the given pattern, repeated over the samples as here
+        flags += ["--class-labels", str(options["class_labels"])]
+    elif "y" in loaded.model_kwargs:          # labels drawn from --label-seed: each one
         flags += ["--class-labels", ",".join(str(int(v)) for v in loaded.model_kwargs["y"].tolist())]
     return flags
 
@@ -144,10 +195,16 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
                     options: dict[str, Any] | None = None, label_seed: int = 0, batch_size: int | None = None,
                     device: Any = None, reference_steps: int = MODEL_REFERENCE_STEPS,
                     reference_cache: str | Path | None = None, include_peers: bool = True, full: bool = True,
-                    methods: list[OurMethod] | None = None, log: Callable = print, progress: bool = True) -> dict:
-    """Every deterministic sampler of ours (``methods``, default :func:`model_bench_methods`) and the installed
-    peers' at each budget of ``nfes`` on ``n`` samples of the model file ``model`` of ``kind``, scored by
-    ``path`` (see the module's docstring)."""
+                    methods: list[OurMethod] | None = None, data_frames: bool = True,
+                    stats_samples: int = STATS_SAMPLES, tune: int = 0, save: str | Path | None = None,
+                    pilot: str | Path | None = None, log: Callable = print, progress: bool = True) -> dict:
+    """Every deterministic sampler of ours (``methods``, default :func:`model_bench_methods` and, with
+    ``data_frames``, :func:`data_frame_rows` on ``stats_samples`` of the model's own samples, written next to
+    ``save`` when given) and the installed peers' at each budget of ``nfes`` on ``n`` samples of the model
+    file ``model`` of ``kind``, scored by ``path`` (see the module's docstring).  ``tune``: per budget, the
+    grids of that many lowest-path rows of ours are tuned on other noise (:func:`tuned_rows`; needs ``save``).
+    ``pilot``: the JSON of an earlier bench of the model on other noise (fewer samples): its recommended sampler
+    at each budget is run here and checked against this bench's best (:func:`pilot_check`)."""
     from ..core.progress import progress_bar
     from ..core.sampler import resolve_device
     from .peers import available_peers
@@ -159,38 +216,208 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
     device = resolve_device(device)
     options = dict(options or {})
     found, loaded = load_bench_model(model, kind, n, options=options, label_seed=label_seed, device=device)
+    if tune and save is None:
+        raise LazyflowError("--tune writes the tuned grids next to the result: give --save FILE.json")
+    keys = stats_keys(loaded, stats_samples) if data_frames and methods is None else []
     methods = model_bench_methods(full) if methods is None else list(methods)
+    methods += data_frame_rows(keys, full)
     if not methods:
         raise LazyflowError("no deterministic sampler of ours to run (a stochastic schedule has no pathwise target)")
     usable, skipped = available_peers() if include_peers else ({}, [])
     peers = sum(not stochastic for stochastic, _ in usable.values())
     cached = reference_cache is not None and Path(reference_cache).exists()
-    total = n * ((len(methods) + peers) * sum(nfes) + (0 if cached else reference_steps + reference_steps // 2))
+    total = n * ((len(methods) + peers) * sum(nfes) + (0 if cached else reference_steps + reference_steps // 2)) + \
+        (stats_samples * STATS_STEPS if keys else 0)
     flags = _kind_flags(found.name, options, loaded) + (["--device", str(device)] if device.type != "cpu" else [])
 
-    def args_for(method: OurMethod, steps: int, _stats: str | None) -> list[str]:
-        return [*sample_args(model, method, steps, n, seed), *flags]
+    def args_for(method: OurMethod, steps: int, stats: str | None) -> list[str]:
+        return [*sample_args(model, method, steps, n, seed, data_stats=stats), *flags]
     with progress_bar(total, enabled=progress, desc="model evaluations", unit="eval") as update:
         metered = _Metered(loaded.model, update)
         bench = BenchModel(model, found, replace(loaded, model=metered), PathOnlyScorer())
-        run = _Runner(bench, (n, *loaded.data_shape), seed, args_for, None, batch_size=batch_size, device=device)
+        run = _Runner(bench, (n, *loaded.data_shape), seed, args_for, None, batch_size=batch_size, device=device,
+                      halves=True)
         settings = _settings(model, found, options, loaded, n, seed, reference_steps)
         with torch.no_grad():
             run.path, reused = cached_reference(reference_cache, settings, lambda: run.reference(reference_steps))
             log(f"  path reference {run.path.method}, {run.path.steps} steps in float64 "
                 f"{'read from ' + str(reference_cache) if reused else f'({run.path.seconds:.1f} s)'}: halving "
                 f"its steps moves it by {run.path.check:.2e}")
+            if keys:
+                run.stats = _own_stats(model, found, options, label_seed, device, batch_size, tuple(keys),
+                                       stats_samples, save, update, log)
             rows = run.ours(methods, nfes, log)
+            by_name = {m.name: m for m in methods}
+            for row in rows:
+                row["choice"] = _choice(by_name[row["method"]])
+            tuned = tuned_rows(run, rows, methods, tune, replace(loaded, model=metered), save, log) if tune else []
+            picked = _pilot_rows(run, pilot, nfes, log) if pilot is not None else []
             rows += run.peers(metered, nfes, log, stochastic_too=False) if include_peers else []
     size = float(run.path.samples.reshape(n, -1).norm(dim=1).mean())   # the scale path is read against
-    return {"rows": rows, "model": model, "model_kind": found.name, "n": n, "seed": seed, "nfe_budgets": nfes,
-            "metrics": [PATH_METRIC], "data_shape": list(loaded.data_shape), "batch_size": batch_size,
-            "conditioning": _conditioning(loaded, options, label_seed), "references": [],
-            "path_reference": {**run.path.fields(), "cache": None if reference_cache is None else str(reference_cache),
-                               "read_from_cache": reused, "mean_norm": size, "settings": settings},
-            "skipped": [s for s in skipped if "needs" in s] + ["stochastic samplers (no pathwise target)"],
-            "machine": machine(), "device": str(device), "date": datetime.date.today().isoformat(),
-            "command": "lazyflow " + " ".join(sys.argv[1:])}
+    result = {"rows": rows, "model": model, "model_kind": found.name, "n": n, "seed": seed, "nfe_budgets": nfes,
+              "metrics": [PATH_METRIC], "data_shape": list(loaded.data_shape), "batch_size": batch_size,
+              "conditioning": _conditioning(loaded, options, label_seed), "references": [],
+              "path_reference": {**run.path.fields(), "cache": None if reference_cache is None else str(reference_cache),
+                                 "read_from_cache": reused, "mean_norm": size, "settings": settings},
+              "skipped": [s for s in skipped if "needs" in s] + ["stochastic samplers (no pathwise target)"],
+              "machine": machine(), "device": str(device), "date": datetime.date.today().isoformat(),
+              "command": "lazyflow " + " ".join(sys.argv[1:])}
+    if run.stats:
+        result["data_stats"] = {key: s.info for key, s in run.stats.items()}
+    if tuned:
+        result["tuned_rows"] = tuned
+    result["recommendation"] = recommendations(result)
+    if pilot is not None:
+        result["pilot"] = pilot_check(result, picked, str(pilot))
+    return result
+
+
+def _pilot_rows(run: _Runner, pilot: str | Path, nfes: list[int], log: Callable) -> list[dict]:
+    """The pilot's pick at each budget of ``nfes``, run here (on this bench's noise)."""
+    rows = []
+    for budget, method in sorted(pilot_methods(pilot).items()):
+        if budget not in nfes:
+            continue
+        row = run.one(method, run.steps_for(method, budget), budget)
+        row["choice"] = _choice(method)
+        log(f"  the pilot's pick at {budget} NFE, {row['method']}: {_sig(row[PATH_METRIC])}")
+        rows.append(row)
+    return rows
+
+
+def pilot_check(result: dict, picked: list[dict], pilot: str) -> dict[str, Any]:
+    """Per budget, the pilot's pick scored on this bench's noise beside the best of ours and the best peer."""
+    out = {"from": pilot, "budgets": {}}
+    for row in picked:
+        budget = row["budget"]
+        ours = best_row(result, PATH_METRIC, budget, False, False, tuned=True)
+        peer = best_row(result, PATH_METRIC, budget, True, False)
+        out["budgets"][str(budget)] = {
+            "method": row["method"], "path": row[PATH_METRIC], "sample_args": row.get("sample_args"),
+            "best_of_ours": ours[PATH_METRIC] if ours else None, "best_peer": peer["method"] if peer else None,
+            "best_peer_path": peer[PATH_METRIC] if peer else None,
+            "ratio_to_peer": row[PATH_METRIC] / peer[PATH_METRIC] if peer and row[PATH_METRIC] else None,
+            "ratio_to_best_of_ours": row[PATH_METRIC] / ours[PATH_METRIC] if ours and row[PATH_METRIC] else None}
+    return out
+
+
+def _choice(method: OurMethod) -> dict[str, Any]:
+    """What a row of ours is, as the fields of its :class:`.bench.OurMethod` (a pilot's pick, rerun by another
+    bench with ``pilot``)."""
+    return {"schedule": method.schedule, "integrator": method.integrator, "grid": method.grid,
+            "final_step": method.final_step, "diffusion": method.diffusion, "stats": method.stats}
+
+
+def pilot_methods(pilot: str | Path) -> dict[int, OurMethod]:
+    """Per budget, the sampler an earlier bench of the model (a pilot: other noise, fewer samples) recommends;
+    a tuned grid's file is found beside that bench's JSON when its path does not resolve from here."""
+    path = Path(pilot)
+    try:
+        found = json.loads(path.read_text())["recommendation"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise LazyflowError(f"--pilot {pilot}: not the JSON of a lazyflow bench --model-kind run "
+                            f"({type(err).__name__}: {err})") from None
+    out = {}
+    for budget, entry in found.items():
+        choice = dict(entry.get("choice") or {})
+        if not choice:
+            continue
+        grid = choice["grid"]
+        if grid.endswith(".json") and not Path(grid).exists() and (path.parent / Path(grid).name).exists():
+            choice["grid"] = str(path.parent / Path(grid).name)
+        out[int(budget)] = OurMethod(**choice)
+    return out
+
+
+#: the tuning of the model bench's best rows: samples, Nelder-Mead evaluations, the reference's Heun steps
+TUNE_SAMPLES, TUNE_EVALS, TUNE_REFERENCE_STEPS = 128, 200, 200
+
+
+def tuned_rows(run: _Runner, rows: list[dict], methods: list[OurMethod], top: int, loaded: LoadedModel,
+               save: str | Path, log: Callable) -> list[dict]:
+    """Per budget, the ``top`` lowest-path rows of ours with their grid tuned (:func:`.tune.tune_grid`: path
+    loss on :data:`TUNE_SAMPLES` samples of the noise of seed + 1, the bench's samples held out), each grid
+    written next to ``save`` and scored here as a row marked ``tuned`` beside its untuned path."""
+    from ..core.gridfile import save_grid_file
+    from .tune import tune_grid
+
+    by_name = {m.name: m for m in methods}
+    count = min(TUNE_SAMPLES, run.shape[0])
+    kwargs = {k: v[:count] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == run.shape[0] else v
+              for k, v in loaded.model_kwargs.items()}
+    out = []
+    for budget in sorted({r["budget"] for r in rows}):
+        ranked = sorted((r for r in rows if r["budget"] == budget and r.get(PATH_METRIC) is not None),
+                        key=lambda r: r[PATH_METRIC])[:top]
+        for row in ranked:
+            method = by_name[row["method"]]
+            stats = run.stats[method.stats].stats if method.stats else None
+            grid = tune_grid(loaded.model, model_name=run.bench.name, schedule=method.schedule, source=loaded.source,
+                             integrator=method.integrator, nfe=budget, init=method.grid, samples=count,
+                             seed=run.seed + 1, reference_steps=TUNE_REFERENCE_STEPS, max_evals=TUNE_EVALS,
+                             model_kwargs=kwargs or None, data_stats=stats, data_shape=loaded.data_shape)
+            file = Path(save).with_name(f"{Path(save).stem}.grid-{len(out)}.json")
+            save_grid_file(grid, file)
+            scored = run.one(replace(method, grid=str(file)), grid.steps, budget)
+            scored.update(tuned=True, choice=_choice(replace(method, grid=str(file))), held_out=True,
+                          tuning_seed=run.seed + 1,
+                          tuning_samples=count, tuning_seconds=grid.tuning["seconds"],
+                          tuning_model_calls=grid.tuning["model_calls"], grid_file=str(file),
+                          untuned={"grid": method.grid, PATH_METRIC: row[PATH_METRIC]})
+            log(f"  tuned {row['method']} at {budget} NFE: {_sig(scored[PATH_METRIC])} (untuned "
+                f"{_sig(row[PATH_METRIC])}; {grid.tuning['seconds']:.1f} s, {grid.tuning['model_calls']} calls)")
+            out.append(scored)
+    return out
+
+
+def _own_stats(model: str, kind: ModelKind, options: dict[str, Any], label_seed: int, device: torch.device,
+               batch_size: int | None, keys: tuple[str, ...], samples: int, save: str | Path | None,
+               update: Callable[[int], None] | None, log: Callable) -> dict[str, BenchStats]:
+    """The data frames' statistics ``keys`` of ``samples`` of the model's own samples, one draw for all; a
+    labelled model's draw has every class label in turn (i mod num_classes)."""
+    _, loaded = load_bench_model(model, kind.name, samples, options=options, label_seed=label_seed, device=device)
+    kwargs = dict(loaded.model_kwargs)
+    classes = int(loaded.metadata.get("num_classes", 0))
+    if "y" in kwargs and classes > 0:
+        kwargs["y"] = (torch.arange(samples) % classes).to(kwargs["y"].device)
+    found, _ = bench_stats(_Metered(loaded.model, update), loaded.data_shape, keys, save,
+                           samples=samples, source=loaded.source, prediction=loaded.prediction,
+                           model_kwargs=kwargs or None, batch_size=batch_size, device=device)
+    info = next(iter(found.values())).info
+    log(f"  data statistics {', '.join(found)}: {info['from']}, {samples} samples, {info['model_calls']} calls "
+        f"({info['seconds']:.1f} s)" + (f", written next to {save}" if save else ""))
+    return found
+
+
+
+def recommendations(result: dict) -> dict[str, dict]:
+    """Per budget (keys are the budgets as text, as in JSON): the sampler of ours with the lowest path, its
+    ``lazyflow sample`` flags, the best peer and their ratio; and ``pilot``, the same choice made on the first
+    half of the samples and scored on the second (the second half's best of ours and of the peers beside it):
+    how well a pilot of n/2 samples picks."""
+    out = {}
+    for budget in result["nfe_budgets"]:
+        ours = best_row(result, PATH_METRIC, budget, False, False, tuned=True)
+        if ours is None:
+            continue
+        peer = best_row(result, PATH_METRIC, budget, True, False)
+        entry = {"method": ours["method"], "path": ours[PATH_METRIC], "nfe": ours["nfe"],
+                 "sample_args": ours.get("sample_args"), "choice": ours.get("choice"),
+                 "best_peer": peer["method"] if peer else None, "best_peer_path": peer[PATH_METRIC] if peer else None,
+                 "ratio_to_peer": ours[PATH_METRIC] / peer[PATH_METRIC] if peer else None}
+        halves = [r for r in [*result["rows"], *result.get("tuned_rows", [])]
+                  if r["budget"] == budget and r.get("path_halves") and not r["stochastic"]]
+        mine = [r for r in halves if not r["peer"]]
+        if mine:
+            pick = min(mine, key=lambda r: r["path_halves"][0])
+            second = pick["path_halves"][1]
+            best_mine = min(r["path_halves"][1] for r in mine)
+            best_peer = min((r["path_halves"][1] for r in halves if r["peer"]), default=None)
+            entry["pilot"] = {"method": pick["method"], "second_half": second, "best_second_half": best_mine,
+                              "ratio_to_best": second / best_mine,
+                              "ratio_to_peer": None if best_peer is None else second / best_peer}
+        out[str(budget)] = entry
+    return out
 
 
 def _conditioning(loaded: LoadedModel, options: dict[str, Any], label_seed: int) -> dict[str, Any]:
@@ -227,17 +454,37 @@ def format_model_report(result: dict) -> str:
     """The path table (:func:`.bench.format_table`), the convergence verdict, and per budget the lowest path
     of ours beside the lowest of the peers: which sampler to use at that budget on this model."""
     scale = f"the samples x* have mean norm {result['path_reference']['mean_norm']:.4g} (path is in the same units)"
-    lines = [format_table(result, PATH_METRIC, _sig), _converged(result), scale, "",
-             "which sampler at each budget (lowest path; deterministic):"]
+    lines = [format_table(result, PATH_METRIC, _sig), _converged(result), scale]
+    if result.get("data_stats"):
+        info = next(iter(result["data_stats"].values()))
+        lines.append(f"data frames [KIND|CONDITION]: statistics of {info['samples']} of the model's own samples "
+                     f"({info['model_calls']} calls on each, {info['sample_evaluations']:,} network evaluations in "
+                     f"all, {info['seconds']:.1f} s), [full|label] one set per class label, [full|first-call] the mean "
+                     "read from each run's first call")
+    lines += ["", "which sampler at each budget (lowest path; deterministic):"]
+    recommended = result.get("recommendation") or recommendations(result)
     for budget in result["nfe_budgets"]:
-        ours = best_row(result, PATH_METRIC, budget, False, False)
+        rec = recommended.get(str(budget))
         peer = best_row(result, PATH_METRIC, budget, True, False)
-        text = f"  nfe {budget:>3}: " + (f"ours {ours['method']} {_sig(ours[PATH_METRIC])}" if ours else "-")
+        text = f"  nfe {budget:>3}: " + (f"ours {rec['method']} {_sig(rec['path'])}" if rec else "-")
         if peer:
             text += f" | best peer {peer['method']} {_sig(peer[PATH_METRIC])}"
-            if ours:
-                text += f" (ours {versus(PATH_METRIC, ours[PATH_METRIC], peer[PATH_METRIC])[1]})"
+            if rec:
+                text += f" (ours {versus(PATH_METRIC, rec['path'], peer[PATH_METRIC])[1]})"
         lines.append(text)
-    if ours:
-        lines.append(f"  lazyflow sample {' '.join(ours['sample_args'])} --out samples.pt   # ours at {budget} NFE")
+        if rec and rec.get("pilot"):
+            pilot = rec["pilot"]
+            lines.append(f"           pilot check: chosen on samples 0-{result['n'] // 2 - 1}, {pilot['method']} "
+                         f"scores {_sig(pilot['second_half'])} on the others, {pilot['ratio_to_best']:.2f}x their "
+                         f"best of ours" + (f", {pilot['ratio_to_peer']:.2f}x their best peer"
+                                            if pilot["ratio_to_peer"] is not None else ""))
+    for budget, check in (result.get("pilot") or {}).get("budgets", {}).items():
+        lines.append(f"  the pilot's pick ({result['pilot']['from']}) at {budget} NFE: {check['method']} "
+                     f"{_sig(check['path'])} here, {check['ratio_to_best_of_ours']:.2f}x the best of ours"
+                     + (f", {check['ratio_to_peer']:.2f}x the best peer ({check['best_peer']} {_sig(check['best_peer_path'])})"
+                        if check["ratio_to_peer"] is not None else ""))
+    for budget in result["nfe_budgets"]:
+        rec = recommended.get(str(budget))
+        if rec and rec.get("sample_args"):
+            lines.append(f"  lazyflow sample {' '.join(rec['sample_args'])} --out samples.pt   # ours at {budget} NFE")
     return "\n".join(lines)

@@ -34,6 +34,7 @@ import torch
 from ...errors import LazyflowError, SamplingError
 from ..core.gridfile import TunedGrid
 from ..core.grids import GridSpec, make_grid
+from ..core.data_frame import without_skip
 from ..core.integrators import get_integrator
 from ..core.schedule import Schedule, load_schedule
 
@@ -110,7 +111,7 @@ class _Counting:
 
 
 def reference_samples(model, shape: tuple[int, ...], target: Schedule, source: Schedule, prediction: str,
-                      t0: float, seed: int, steps: int = 200) -> torch.Tensor:
+                      t0: float, seed: int, steps: int = 200, model_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
     """End points of the probability-flow ODE from the initial noise of ``seed``: Heun on ``steps`` steps
     uniform in the source's time from the source time of t_0's log snr to 1, in the frame of ``target`` when
     it is deterministic (so that the start alpha(t_0) Z is the same point), else of ``source``."""
@@ -123,7 +124,7 @@ def reference_samples(model, shape: tuple[int, ...], target: Schedule, source: S
     times = tau if frame.same_path(source) else frame.time_of_log_snr(source.log_snr(tau))
     times[0], times[-1] = (0.0 if t0 <= 0 else times[0]), 1.0
     return sample(model, shape, schedule=frame, source=source, steps=steps, integrator="heun", grid=times,
-                  prediction=prediction, seed=seed)
+                  prediction=prediction, seed=seed, model_kwargs=model_kwargs)
 
 
 def sliced_w2(a: torch.Tensor, b: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -146,26 +147,32 @@ def tune_grid(model, *, model_name: str = "", schedule: Any = "pointmass", sourc
               prediction: str = "velocity", integrator: str = "multistep", nfe: int = 4, final_step: str | None = None,
               init: GridSpec = "logsnr", samples: int = 256, seed: int = 0, holdout_seed: int | None = None,
               reference_steps: int = 200, max_evals: int = 400, directions: int = 128,
-              log: Callable[[str], None] | None = None) -> TunedGrid:
+              model_kwargs: dict[str, Any] | None = None, data_stats: Any = None,
+              data_shape: tuple[int, ...] | None = None, log: Callable[[str], None] | None = None) -> TunedGrid:
     """Fit the interior times of a grid for ``integrator`` at ``nfe`` network evaluations (see the module's
     docstring); returns the :class:`TunedGrid` (save it with :func:`lazyflow.runtime.core.gridfile.save_grid_file`).
-    ``init`` is the starting grid (its first and last times are kept)."""
+    ``init`` is the starting grid (its first and last times are kept); ``model_kwargs`` (the conditioning of the
+    ``samples`` samples) and ``data_stats`` (a data frame's statistics) go to every run; ``data_shape``: the
+    samples' shape where the model has no ``data_shape``."""
     start = time.perf_counter()
     say = log if log is not None else _silent
     target, src = load_schedule(schedule), load_schedule(source)
     method = get_integrator(integrator)
+    if data_stats is not None and data_stats.first_call_mean:
+        method = without_skip(method)   # the mean is read at t = 0: that call is made
     _check_budget(nfe, samples)
     steps = _steps_within(method, nfe, final_step)
     holdout_seed = _checked_holdout_seed(seed, holdout_seed)
     init_times = make_grid(target, src, steps, init)
     t0 = float(init_times[0])
-    shape = (samples, *tuple(model.data_shape))
+    shape = (samples, *tuple(data_shape or model.data_shape))
     counter = _Counting(model)
     loss = _GridLoss(counter, shape, steps, target.stochastic, _unit_directions(math.prod(shape[1:]), directions),
-                     dict(schedule=target, source=src, integrator=method.name, final_step=final_step,
-                          prediction=prediction))
+                     dict(schedule=target, source=src, integrator=method, final_step=final_step,
+                          prediction=prediction, model_kwargs=model_kwargs, data_stats=data_stats))
     for s in (seed, holdout_seed):
-        loss.references[s] = reference_samples(counter, shape, target, src, prediction, t0, s, reference_steps)
+        loss.references[s] = reference_samples(counter, shape, target, src, prediction, t0, s, reference_steps,
+                                               model_kwargs=model_kwargs)
     ref_calls = counter.calls
     before = loss(init_times, seed)
     if not math.isfinite(before):
@@ -182,7 +189,7 @@ def tune_grid(model, *, model_name: str = "", schedule: Any = "pointmass", sourc
               "model_calls": counter.calls, "seconds": round(seconds, 2), "optimiser": "nelder-mead on softmax logits"}
     say(f"tuned in {seconds:.1f} s ({evals} trial grids, {counter.calls} model calls): loss {before:.6g} -> {after:.6g}; "
         f"held-out seed {holdout_seed}: {held_before:.6g} -> {held_after:.6g}")
-    return TunedGrid(times=tuple(times.tolist()), schedule=target.describe(), integrator=method.name,
+    return TunedGrid(times=tuple(times.tolist()), schedule=target.describe(), integrator=get_integrator(integrator).name,
                      final_step=final_step or "euler", model=model_name, source=src.describe(), prediction=prediction,
                      nfe=method.nfe(steps, final_step or "euler"), diffusion_scale=target.diffusion_scale, tuning=tuning)
 
