@@ -232,7 +232,12 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
 
     def args_for(method: OurMethod, steps: int, stats: str | None) -> list[str]:
         return [*sample_args(model, method, steps, n, seed, data_stats=stats), *flags]
-    with progress_bar(total, enabled=progress, desc="model evaluations", unit="eval") as update:
+    spent = [0]   # every network evaluation the bench makes (reference, statistics, rows, tuning, peers)
+    with progress_bar(total, enabled=progress, desc="model evaluations", unit="eval") as bar:
+        def update(evaluations: int) -> None:
+            spent[0] += evaluations
+            if bar is not None:
+                bar(evaluations)
         metered = _Metered(loaded.model, update)
         bench = BenchModel(model, found, replace(loaded, model=metered), PathOnlyScorer())
         run = _Runner(bench, (n, *loaded.data_shape), seed, args_for, None, batch_size=batch_size, device=device,
@@ -261,7 +266,7 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
                                  "read_from_cache": reused, "mean_norm": size, "settings": settings},
               "skipped": [s for s in skipped if "needs" in s] + ["stochastic samplers (no pathwise target)"],
               "machine": machine(), "device": str(device), "date": datetime.date.today().isoformat(),
-              "command": "lazyflow " + " ".join(sys.argv[1:])}
+              "network_evaluations": spent[0], "command": "lazyflow " + " ".join(sys.argv[1:])}
     if run.stats:
         result["data_stats"] = {key: s.info for key, s in run.stats.items()}
     if tuned:
@@ -335,9 +340,11 @@ TUNE_SAMPLES, TUNE_EVALS, TUNE_REFERENCE_STEPS = 128, 200, 200
 
 def tuned_rows(run: _Runner, rows: list[dict], methods: list[OurMethod], top: int, loaded: LoadedModel,
                save: str | Path, log: Callable) -> list[dict]:
-    """Per budget, the ``top`` lowest-path rows of ours with their grid tuned (:func:`.tune.tune_grid`: path
-    loss on :data:`TUNE_SAMPLES` samples of the noise of seed + 1, the bench's samples held out), each grid
-    written next to ``save`` and scored here as a row marked ``tuned`` beside its untuned path."""
+    """Per budget, the ``top`` lowest-path rows of ours, each of another integrator (on a model whose velocity
+    oscillates in t the best untuned row need not be the best tuned one), with their grid tuned
+    (:func:`.tune.tune_grid`: path loss on :data:`TUNE_SAMPLES` samples of the noise of seed + 1, the bench's
+    samples held out), each grid written next to ``save`` and scored here as a row marked ``tuned`` beside
+    its untuned path."""
     from ..core.gridfile import save_grid_file
     from .tune import tune_grid
 
@@ -347,8 +354,12 @@ def tuned_rows(run: _Runner, rows: list[dict], methods: list[OurMethod], top: in
               for k, v in loaded.model_kwargs.items()}
     out = []
     for budget in sorted({r["budget"] for r in rows}):
-        ranked = sorted((r for r in rows if r["budget"] == budget and r.get(PATH_METRIC) is not None),
-                        key=lambda r: r[PATH_METRIC])[:top]
+        ranked, integrators = [], set()
+        for row in sorted((r for r in rows if r["budget"] == budget and r.get(PATH_METRIC) is not None),
+                          key=lambda r: r[PATH_METRIC]):
+            if len(ranked) < top and by_name[row["method"]].integrator not in integrators:
+                ranked.append(row)
+                integrators.add(by_name[row["method"]].integrator)
         for row in ranked:
             method = by_name[row["method"]]
             stats = run.stats[method.stats].stats if method.stats else None
