@@ -298,6 +298,7 @@ def _run_model_bench(args: argparse.Namespace) -> int:
                              reference_steps=args.reference_steps, reference_cache=args.reference_cache,
                              include_peers=not args.no_peers, full=not args.quick, log=log,
                              data_frames=not args.no_data_frames, stats_samples=args.stats_samples, tune=args.tune,
+                             bespoke=args.bespoke,
                              save=args.save, pilot=args.pilot,
                              progress=not args.no_progress)
     print(json.dumps(result, indent=1) if args.json else format_model_report(result))

@@ -262,6 +262,9 @@ def _model_bench_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tune", type=int, default=0, metavar="K", help="per budget, tune the grids of the K lowest-path "
                    "rows of ours on other noise (seed + 1, 128 samples; lazyflow tune-grid's method) and score them "
                    "here; the grids are written next to --save (default 0: none)")
+    g.add_argument("--bespoke", action="store_true", help="per budget, fit a bespoke solver (its own times and step "
+                   "weights; tune-grid --integrator bespoke) on other noise (seed + 1, 128 samples) and score it here; "
+                   "written next to --save")
 
 
 def _tune_parser(sub) -> None:
@@ -278,7 +281,9 @@ def _tune_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed of the tuning samples")
     p.add_argument("--holdout-seed", type=int, default=None, help="seed of the held-out check (default seed + 1000)")
     p.add_argument("--reference-steps", type=int, default=200, help="Heun steps of the reference ODE (default 200)")
-    p.add_argument("--max-evals", type=int, default=400, help="trial grids Nelder-Mead may run (default 400)")
+    p.add_argument("--max-evals", type=int, default=400, help="trial grids Nelder-Mead may run (default 400); with "
+                   "--integrator bespoke (a solver of its own times and step weights, fitted in the model's own "
+                   "schedule by Adam through the model), its iterations")
     p.add_argument("--out", default="grid.json", help="the grid file to write (default grid.json)")
 
 

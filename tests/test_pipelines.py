@@ -26,8 +26,9 @@ SCHEDULES = ("linear", "vp", "pointmass", "linear-sde")
 DETERMINISTIC = ("linear", "vp")
 N, STEPS = 2, 4
 SD3_SIGMAS = [1.0, 0.75, 0.5, 0.25]
-#: the integrators that need no data statistics (the data frames are tested with them in test_data_frame.py)
-CLASSIC = {name: method for name, method in INTEGRATORS.items() if not method.needs_data_stats}
+#: the integrators that need no data statistics nor a solver file (the data frames: test_data_frame.py;
+#: bespoke solvers: test_bespoke.py)
+CLASSIC = {name: method for name, method in INTEGRATORS.items() if method.classic}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
@@ -380,6 +381,27 @@ def test_a_grid_file_tuned_at_a_diffusion_scale_brings_its_scale(sd3, tmp_path):
     with pytest.raises(LazyflowError, match="times of"):
         _use(pipe, schedule="linear-sde", integrator="multistep-pc", grid=str(path), diffusion_scale=0.25)
     _use(pipe, schedule="linear-sde", integrator="multistep-pc", grid="pipeline", diffusion_scale=1.0)
+
+
+def test_a_bespoke_solver_file_runs_in_the_pipeline_as_in_sample(sd3, tmp_path):
+    from lazyflow.runtime.core.bespoke import midpoint_weights
+    from lazyflow.runtime.core.gridfile import TunedGrid, save_grid_file
+
+    pipe, cond, latents = sd3
+    times, a, w = midpoint_weights(STEPS)
+    w[2, 1] *= 0.9                            # not the midpoint rule any more: the file's own weights run
+    solver = TunedGrid(tuple(times.tolist()), "linear", "bespoke", source="linear", x0_weights=tuple(a.tolist()),
+                       call_weights=tuple(tuple(w[k, :k + 1].tolist()) for k in range(STEPS)))
+    path = save_grid_file(solver, tmp_path / "solver.json")
+    scheduler = _use(pipe, schedule="linear", integrator="bespoke", grid=str(path))
+    ours = _sd3_call(pipe, cond, latents)
+    assert len(scheduler.timesteps) == STEPS
+    ref = sample(from_diffusers_flow(pipe.transformer), latents.shape, integrator="bespoke", grid=path,
+                 initial=latents, model_kwargs=_sd3_kwargs(cond))
+    assert torch.allclose(ours, ref, atol=2e-5, rtol=1e-5), (ours - ref).abs().max()
+    with pytest.raises(LazyflowError, match="run it with integrator 'bespoke'"):
+        _use(pipe, schedule="linear", integrator="midpoint", grid=str(path))
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
 
 
 def test_diffusers_stays_optional():

@@ -272,7 +272,7 @@ def test_compile_matches_eager():
     assert torch.allclose(eager, compiled, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [n for n, i in INTEGRATORS.items() if not i.needs_data_stats])
+@pytest.mark.parametrize("name", [n for n, i in INTEGRATORS.items() if i.classic])
 @pytest.mark.parametrize("final_step", ["euler", "denoise"])
 def test_nfe_is_what_the_registry_says(name, final_step):
     """Counted calls = the plan's NFE = the registry's accounting; steps_for_nfe never exceeds a budget."""

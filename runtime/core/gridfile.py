@@ -44,6 +44,9 @@ class TunedGrid:
     nfe: int = 0
     diffusion_scale: float = 1.0
     tuning: dict[str, Any] = field(default_factory=dict)
+    #: a bespoke solver's weights (:mod:`.bespoke`): per call k, a_k and the row w_k0 ... w_kk; empty for a grid
+    x0_weights: tuple[float, ...] = ()
+    call_weights: tuple[tuple[float, ...], ...] = ()
     path: str = field(default="", compare=False)
 
     @property
@@ -75,6 +78,10 @@ class TunedGrid:
         data = {"format": FORMAT, **asdict(self)}
         data.pop("path")
         data["times"] = list(self.times)
+        if not self.x0_weights:
+            data.pop("x0_weights"), data.pop("call_weights")
+        else:
+            data["x0_weights"], data["call_weights"] = list(self.x0_weights), [list(r) for r in self.call_weights]
         return data
 
 
@@ -138,6 +145,7 @@ def from_json(data: Any, where: str = "(object)") -> TunedGrid:
         raise _fail(where, f"'diffusion_scale' {scale!r} disagrees with the schedule {data['schedule']!r} "
                            "(its diffusion*X part, none meaning 1)")
     rest["diffusion_scale"] = float(scale)
+    rest.update(_solver_weights(data, len(times) - 1, where))
     return TunedGrid(times=times, schedule=data["schedule"], path=where if where != "(object)" else "", **rest)
 
 
@@ -165,3 +173,18 @@ def save_grid_file(grid: TunedGrid, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(grid.to_json(), indent=1) + "\n")
     return path
+
+
+def _solver_weights(data: dict, steps: int, where: str) -> dict[str, tuple]:
+    """A bespoke solver's ``x0_weights`` (one per call) and ``call_weights`` (row k: k + 1 finite numbers),
+    both or neither."""
+    if "x0_weights" not in data and "call_weights" not in data:
+        return {}
+    a, w = data.get("x0_weights"), data.get("call_weights")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not (isinstance(a, list) and len(a) == steps and all(map(number, a))):
+        raise _fail(where, f"'x0_weights' must be {steps} finite numbers (one per call)")
+    if not (isinstance(w, list) and len(w) == steps and all(
+            isinstance(row, list) and len(row) == k + 1 and all(map(number, row)) for k, row in enumerate(w))):
+        raise _fail(where, f"'call_weights' must be {steps} rows, row k of k + 1 finite numbers")
+    return {"x0_weights": tuple(float(v) for v in a), "call_weights": tuple(tuple(float(v) for v in row) for row in w)}

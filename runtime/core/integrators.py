@@ -37,6 +37,7 @@ import torch
 
 from ...errors import LazyflowError, SamplingError
 from . import data_frame
+from .bespoke import BESPOKE_PLACEHOLDER
 from .data_stats import DataStats
 from .frames import Frame
 from .plan import BuildContext, Call, Callback, Integrator, Loop, Ops, Plan, Tables, observe
@@ -333,6 +334,7 @@ for _integrator in (
     Integrator(name="multistep3-pc", order=3, build=_multistep3, exponential=True, history=3, corrector=True,
                description="multistep3 plus a third-order corrector that reuses the next call"),
     *data_frame.DATA_FRAME_INTEGRATORS,
+    BESPOKE_PLACEHOLDER,
 ):
     register_integrator(_integrator)
 del _integrator

@@ -220,7 +220,14 @@ class Integrator:
     skip_first_call_below: int = 0
     #: it needs the data's statistics (``sample(data_stats=...)``)
     needs_data_stats: bool = False
+    #: its tables are fitted to one model and come from a solver file given as the grid (``bespoke``)
+    needs_solver_file: bool = False
     description: str = ""
+
+    @property
+    def classic(self) -> bool:
+        """Its tables come from the schedules and the grid alone (no data statistics, no solver file)."""
+        return not (self.needs_data_stats or self.needs_solver_file)
 
     def nfe(self, steps: int, final_step: str = "euler") -> int:
         """Network calls of a run of ``steps`` steps."""

@@ -19,6 +19,7 @@ import torch
 from ...errors import LazyflowError, SamplingError
 from .grids import GridSpec, make_grid
 from .gridfile import TunedGrid, load_grid_file
+from .bespoke import integrator_for_grid
 from .capture import captured_loop
 from .data_frame import without_skip
 from .data_stats import ConditionalStats, DataStats, as_data_stats
@@ -321,6 +322,7 @@ class SamplingRun:
         dtype, call_dtype = resolve_dtypes(dtype, model_dtype, model)
         ranks = ranks_of(distributed, device)
         grid, steps = _grid_and_steps(grid, steps)
+        method = integrator_for_grid(method, grid)   # a bespoke solver's file carries its own tables
         times = make_grid(target, src, steps, grid)
         _check_grid_end(times, given_final)
         data_stats = as_data_stats(data_stats)

@@ -93,7 +93,7 @@ def our_methods(full: bool = True) -> list[OurMethod]:
     methods = []
     for schedule in BENCH_SCHEDULES:
         for integrator, method in INTEGRATORS.items():
-            if integrator in BENCH_SKIPPED_INTEGRATORS or method.needs_data_stats:
+            if integrator in BENCH_SKIPPED_INTEGRATORS or not method.classic:
                 continue   # the data-frame integrators need the data's statistics, which the bench does not give
             if schedule == "linear" and integrator == "exponential":
                 continue  # identical to Euler on the linear schedule

@@ -196,13 +196,15 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
                     device: Any = None, reference_steps: int = MODEL_REFERENCE_STEPS,
                     reference_cache: str | Path | None = None, include_peers: bool = True, full: bool = True,
                     methods: list[OurMethod] | None = None, data_frames: bool = True,
-                    stats_samples: int = STATS_SAMPLES, tune: int = 0, save: str | Path | None = None,
+                    stats_samples: int = STATS_SAMPLES, tune: int = 0, bespoke: bool = False,
+                    save: str | Path | None = None,
                     pilot: str | Path | None = None, log: Callable = print, progress: bool = True) -> dict:
     """Every deterministic sampler of ours (``methods``, default :func:`model_bench_methods` and, with
     ``data_frames``, :func:`data_frame_rows` on ``stats_samples`` of the model's own samples, written next to
     ``save`` when given) and the installed peers' at each budget of ``nfes`` on ``n`` samples of the model
     file ``model`` of ``kind``, scored by ``path`` (see the module's docstring).  ``tune``: per budget, the
-    grids of that many lowest-path rows of ours are tuned on other noise (:func:`tuned_rows`; needs ``save``).
+    grids of that many lowest-path rows of ours are tuned on other noise (:func:`tuned_rows`; needs ``save``);
+    ``bespoke``: a bespoke solver fitted per budget on that noise (:func:`bespoke_rows`; needs ``save``).
     ``pilot``: the JSON of an earlier bench of the model on other noise (fewer samples): its recommended sampler
     at each budget is run here and checked against this bench's best (:func:`pilot_check`)."""
     from ..core.progress import progress_bar
@@ -216,8 +218,8 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
     device = resolve_device(device)
     options = dict(options or {})
     found, loaded = load_bench_model(model, kind, n, options=options, label_seed=label_seed, device=device)
-    if tune and save is None:
-        raise LazyflowError("--tune writes the tuned grids next to the result: give --save FILE.json")
+    if (tune or bespoke) and save is None:
+        raise LazyflowError("--tune and --bespoke write their files next to the result: give --save FILE.json")
     keys = stats_keys(loaded, stats_samples) if data_frames and methods is None else []
     methods = model_bench_methods(full) if methods is None else list(methods)
     methods += data_frame_rows(keys, full)
@@ -256,6 +258,7 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
             for row in rows:
                 row["choice"] = _choice(by_name[row["method"]])
             tuned = tuned_rows(run, rows, methods, tune, replace(loaded, model=metered), save, log) if tune else []
+            tuned += bespoke_rows(run, nfes, replace(loaded, model=metered), save, log) if bespoke else []
             picked = _pilot_rows(run, pilot, nfes, log) if pilot is not None else []
             rows += run.peers(metered, nfes, log, stochastic_too=False) if include_peers else []
     size = float(run.path.samples.reshape(n, -1).norm(dim=1).mean())   # the scale path is read against
@@ -349,9 +352,7 @@ def tuned_rows(run: _Runner, rows: list[dict], methods: list[OurMethod], top: in
     from .tune import tune_grid
 
     by_name = {m.name: m for m in methods}
-    count = min(TUNE_SAMPLES, run.shape[0])
-    kwargs = {k: v[:count] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == run.shape[0] else v
-              for k, v in loaded.model_kwargs.items()}
+    count, kwargs = _tuning_kwargs(run, loaded)
     out = []
     for budget in sorted({r["budget"] for r in rows}):
         ranked, integrators = [], set()
@@ -378,6 +379,44 @@ def tuned_rows(run: _Runner, rows: list[dict], methods: list[OurMethod], top: in
             log(f"  tuned {row['method']} at {budget} NFE: {_sig(scored[PATH_METRIC])} (untuned "
                 f"{_sig(row[PATH_METRIC])}; {grid.tuning['seconds']:.1f} s, {grid.tuning['model_calls']} calls)")
             out.append(scored)
+    return out
+
+
+def _tuning_kwargs(run: _Runner, loaded: LoadedModel) -> tuple[int, dict[str, Any]]:
+    """The tuning samples' count and conditioning: the first :data:`TUNE_SAMPLES` of the bench's."""
+    count = min(TUNE_SAMPLES, run.shape[0])
+    return count, {k: v[:count] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == run.shape[0] else v
+                   for k, v in loaded.model_kwargs.items()}
+
+
+def bespoke_rows(run: _Runner, nfes: list[int], loaded: LoadedModel, save: str | Path, log: Callable) -> list[dict]:
+    """Per budget, a bespoke solver (:func:`.bespoke_fit.fit_bespoke`) fitted on :data:`TUNE_SAMPLES` samples of
+    the noise of seed + 1 (the bench's samples held out), written next to ``save`` and scored here as a row
+    marked ``tuned``."""
+    from ..core.gridfile import save_grid_file
+    from .bespoke_fit import fit_bespoke
+
+    count, kwargs = _tuning_kwargs(run, loaded)
+    out = []
+    for budget in sorted(nfes):
+        solver = fit_bespoke(loaded.model, model_name=run.bench.name, source=loaded.source,
+                             prediction=loaded.prediction, nfe=budget, samples=count, seed=run.seed + 1,
+                             reference_steps=TUNE_REFERENCE_STEPS, model_kwargs=kwargs or None,
+                             data_shape=loaded.data_shape)
+        file = Path(save).with_name(f"{Path(save).stem}.bespoke-{budget}.json")
+        save_grid_file(solver, file)
+        method = OurMethod(loaded.source if isinstance(loaded.source, str) else solver.schedule, "bespoke", str(file))
+        scored = run.one(method, solver.steps, budget)
+        scored.update(tuned=True, choice=_choice(method), held_out=True, tuning_seed=run.seed + 1,
+                      tuning_samples=count, tuning_seconds=solver.tuning["seconds"],
+                      tuning_model_calls=solver.tuning["model_calls"], grid_file=str(file),
+                      untuned={"grid": f"its start ({solver.tuning['init']}; fitted path "
+                                       f"{_sig(solver.tuning['loss_before'])} -> {_sig(solver.tuning['loss_after'])} "
+                                       f"on seed {run.seed + 1})", PATH_METRIC: None})
+        log(f"  bespoke solver at {budget} NFE: {_sig(scored[PATH_METRIC])} (fitted on seed {run.seed + 1}: "
+            f"{_sig(solver.tuning['loss_before'])} -> {_sig(solver.tuning['loss_after'])}; "
+            f"{solver.tuning['seconds']:.1f} s)")
+        out.append(scored)
     return out
 
 

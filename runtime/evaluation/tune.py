@@ -158,6 +158,9 @@ def tune_grid(model, *, model_name: str = "", schedule: Any = "pointmass", sourc
     say = log if log is not None else _silent
     target, src = load_schedule(schedule), load_schedule(source)
     method = get_integrator(integrator)
+    if method.needs_solver_file:
+        return _fit_solver(model, model_name, target, src, prediction, nfe, final_step, samples, seed, holdout_seed,
+                           reference_steps, max_evals, model_kwargs, data_stats, data_shape, log)
     if data_stats is not None and data_stats.first_call_mean:
         method = without_skip(method)   # the mean is read at t = 0: that call is made
     _check_budget(nfe, samples)
@@ -192,6 +195,22 @@ def tune_grid(model, *, model_name: str = "", schedule: Any = "pointmass", sourc
     return TunedGrid(times=tuple(times.tolist()), schedule=target.describe(), integrator=get_integrator(integrator).name,
                      final_step=final_step or "euler", model=model_name, source=src.describe(), prediction=prediction,
                      nfe=method.nfe(steps, final_step or "euler"), diffusion_scale=target.diffusion_scale, tuning=tuning)
+
+
+def _fit_solver(model, model_name, target, src, prediction, nfe, final_step, samples, seed, holdout_seed,
+                reference_steps, iterations, model_kwargs, data_stats, data_shape, log) -> TunedGrid:
+    """``integrator="bespoke"``: :func:`.bespoke_fit.fit_bespoke` (``max_evals`` is its number of Adam
+    iterations), in the model's own schedule, ending at t = 1, without data statistics."""
+    from .bespoke_fit import BespokeSettings, fit_bespoke
+
+    if target.describe() != src.describe() or final_step not in (None, "euler") or data_stats is not None:
+        raise LazyflowError(f"a bespoke solver is fitted in the model's own schedule ({src.describe()}), ends at "
+                            f"t = 1 and takes no data statistics (got {target.describe()}, final step {final_step}, "
+                            f"statistics {'given' if data_stats is not None else 'none'})")
+    return fit_bespoke(model, model_name=model_name, source=src, prediction=prediction, nfe=nfe, samples=samples,
+                       seed=seed, holdout_seed=holdout_seed, reference_steps=reference_steps,
+                       model_kwargs=model_kwargs, data_shape=data_shape,
+                       settings=BespokeSettings(iterations=iterations), log=log)
 
 
 def _silent(text: str) -> None:

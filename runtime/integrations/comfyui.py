@@ -27,6 +27,7 @@ from ...errors import LazyflowError
 from ..core.data_stats import DataStats
 from ..core.data_frame import without_skip
 from ..core import defaults
+from ..core.bespoke import refuse_outside_sample
 from ..core.integrators import INTEGRATORS, build_plan, get_integrator
 from ..core.schedule import load_schedule
 from .. import kernels
@@ -102,7 +103,7 @@ class LazyflowSampler:
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
         return {"required": {
             "schedule": (_schedule_names(), {"default": defaults.SCHEDULE}),
-            "integrator": (list(INTEGRATORS), {"default": defaults.INTEGRATOR}),
+            "integrator": ([n for n, m in INTEGRATORS.items() if not m.needs_solver_file], {"default": defaults.INTEGRATOR}),
             "diffusion_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.05,
                                           "tooltip": "sigma = scale * the schedule's sigma (stochastic schedules; "
                                                      "0 = their ODE)"}),
@@ -129,6 +130,7 @@ def sampler_options(schedule: str, integrator: str, diffusion_scale: float, para
         raise LazyflowError(f"unknown parameterization {parameterization!r}; choose auto, flow or diffusion")
     target = resolved_target(schedule, None, float(diffusion_scale))
     method = get_integrator(integrator)
+    refuse_outside_sample(method, "the lazyflow ComfyUI node")
     stats = DataStats.load(data_stats.strip()) if data_stats and data_stats.strip() else None
     if not isinstance(stats, (DataStats, type(None))):
         raise LazyflowError(f"{data_stats.strip()}: statistics per class label; ComfyUI conditions on prompts, so "

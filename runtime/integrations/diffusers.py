@@ -65,6 +65,7 @@ except ImportError as _err:  # diffusers is an optional extra
 
 from ..core.gridfile import load_grid_file
 from ..core.grids import GRIDS, make_grid, parse_grid
+from ..core.bespoke import holds_solver, integrator_for_grid
 from ..core.integrators import build_plan, check_plan_options, get_integrator
 from ..core.plan import Plan
 from ..core.data_frame import without_skip
@@ -165,9 +166,13 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
             if isinstance(tuned, str):   # a tuned grid file: read (and checked) now, used by set_timesteps
                 tuned = load_grid_file(tuned)
                 self.target = tuned.schedule_for(self.target, scale_given=diffusion_scale != 1)
+                self.integrator = integrator_for_grid(self.integrator, tuned)   # a bespoke solver's own tables
             if getattr(tuned, "open", False) or getattr(tuned, "times", (0.0,))[0] > 0:
                 raise LazyflowError(f"grid {grid!r} starts after t = 0: a pipeline starts from pure noise, so its "
                                     "grid must start at 0 (use logsnr:FIRST,LAST)")
+        if self.integrator.needs_solver_file and not holds_solver(self.integrator):
+            raise LazyflowError("LazyFlowScheduler: integrator 'bespoke' runs a fitted solver: give its file as "
+                                "grid='solver.json' (lazyflow tune-grid --integrator bespoke, or bench --bespoke)")
         check_seed(seed)
         # the pipeline's sigmas come from FlowMatchEuler itself (its shift, dynamic shift, terminal stretch,
         # Karras/exponential/beta spacing), always given explicitly so that the shift is applied once

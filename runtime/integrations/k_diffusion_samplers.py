@@ -34,6 +34,7 @@ from ..core import defaults
 from ..core.data_frame import without_skip
 from ..core.data_stats import ConditionalStats, DataStats, as_data_stats
 from ..core.frames import conversion, times_of_equal_log_snr
+from ..core.bespoke import refuse_outside_sample
 from ..core.integrators import build_plan, get_integrator
 from ..core.noise import CounterNormal
 from ..core.plan import Integrator, Plan, StepInfo
@@ -149,6 +150,7 @@ def _resolved_integrator(integrator: str | Integrator, data_stats: Any, t0: floa
     one); a data frame that starts after t = 0, or reads its mean from its first call, makes that call (it
     skips it only at t = 0, where its residual vanishes with the statistics' mean)."""
     method = get_integrator(integrator)
+    refuse_outside_sample(method, "sample_lazyflow")
     data_stats = as_data_stats(data_stats)
     if data_stats is not None and data_stats.data_shape != data_shape:
         raise LazyflowError(f"data_stats are of shape {data_stats.data_shape}, the samples of shape {data_shape}")

@@ -1,0 +1,175 @@
+"""Bespoke solvers: a few-step solver fitted to one model (``lazyflow tune-grid --integrator bespoke``).
+
+N network calls at times t_0 < ... < t_{N-1} (t_N = 1 ends the grid), each on a state that is a free
+linear combination of the start and the outputs so far,
+
+    m_k = model(x_k, t_k),        x_{k+1} = a_k x_0 + sum_{j <= k} w_kj m_j,        the sample is x_N,
+
+in the model's own frame (the schedule it was trained on, its own prediction).  Euler, the midpoint rule and
+every explicit Adams or Runge-Kutta method on a grid are points of this family (with a_k = 1 and w their
+step weights for a velocity model); a fit moves the times, the a_k and the w_kj to bring x_N to the
+model's own converged ODE solution from the same noise (in the spirit of the bespoke non-stationary
+solvers of Shaul et al., 2024).  The weights travel in a tuned grid file (:class:`.gridfile.TunedGrid`,
+``x0_weights`` and ``call_weights``) and run through :func:`bespoke_integrator`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ...errors import LazyflowError
+from .frames import Frame
+from .gridfile import TunedGrid
+from .plan import BuildContext, Call, Callback, Integrator, Loop, Ops, Plan, Tables, observe
+
+__all__ = ["BespokeCoefficients", "bespoke_integrator", "integrator_for_grid", "holds_solver", "refuse_outside_sample", "midpoint_weights", "rk4_weights",
+           "euler_weights", "BESPOKE"]
+
+#: the name a bespoke solver runs under (``integrator="bespoke"`` with its grid file)
+BESPOKE = "bespoke"
+
+
+@dataclass(frozen=True)
+class BespokeCoefficients(Tables):
+    """x_{k+1} = x0_weight[k] x_0 + sum_{j <= k} call_weight[k, j] m_j (``call_weight`` lower triangular)."""
+
+    x0_weight: torch.Tensor          # (steps,)
+    call_weight: torch.Tensor        # (steps, steps)
+
+    STATE = ("x0_weight",)
+
+    @property
+    def two_stage(self) -> tuple[bool, ...]:
+        return (False,) * self.steps
+
+    def loop(self, x: torch.Tensor, plan: Plan, noise: Callable[[int], torch.Tensor], ops: Ops,
+             callback: Callback | None, progress: Callable[[int], None] | None) -> Loop:
+        """One call per step; each state is the start's and the calls' combination of its row."""
+        x0, calls = x, []
+        for k in range(plan.steps):
+            m = yield Call(x, plan.tau[k], plan.in_scale[k], k)
+            observe(callback, plan, k, x, plan.P[k] * x + plan.Q[k] * m)
+            calls.append(m)
+            x = self.x0_weight[k] * x0
+            for j, m_j in enumerate(calls):
+                x = x + self.call_weight[k, j] * m_j
+            if progress is not None:
+                progress(1)
+        return x
+
+    def denoised(self, now: Frame) -> "BespokeCoefficients":
+        raise LazyflowError("a bespoke solver was fitted to end at t = 1: final_step='denoise' is not for it")
+
+
+@dataclass(frozen=True)
+class _SolverTables:
+    """The builder of one fitted solver (hashable, so equal solvers share a cached plan)."""
+
+    times: tuple[float, ...]
+    x0_weights: tuple[float, ...]
+    call_weights: tuple[tuple[float, ...], ...]
+    prediction: str
+
+    def __call__(self, context: BuildContext) -> BespokeCoefficients:
+        t = context.t
+        if t.numel() != len(self.times) or not torch.allclose(t.cpu(), torch.tensor(self.times, dtype=t.dtype), atol=1e-12):
+            raise LazyflowError("a bespoke solver runs on the times it was fitted on (steps and grid from its file)")
+        now = context.now
+        if context.prediction != self.prediction or not (torch.allclose(now.tau, t[:-1]) and
+                                                        torch.allclose(now.in_scale, torch.ones_like(now.in_scale))):
+            raise LazyflowError(f"a bespoke solver runs in the frame it was fitted in: schedule = the model's source "
+                                f"schedule, prediction {self.prediction!r} (got {context.target.describe()} on "
+                                f"{context.source.describe()}, {context.prediction!r})")
+        steps = len(self.x0_weights)
+        w = torch.zeros(steps, steps, dtype=t.dtype, device=t.device)
+        for k, row in enumerate(self.call_weights):
+            w[k, :k + 1] = torch.tensor(row, dtype=t.dtype)
+        return BespokeCoefficients(x0_weight=torch.tensor(self.x0_weights, dtype=t.dtype, device=t.device),
+                                   call_weight=w)
+
+
+def _needs_file(context: BuildContext) -> BespokeCoefficients:
+    raise LazyflowError("integrator 'bespoke' runs a fitted solver: give its file as the grid (grid='solver.json', "
+                        "--grid solver.json; lazyflow tune-grid --integrator bespoke writes one)")
+
+
+#: the registered name: its tables come from a solver file (:func:`integrator_for_grid`)
+BESPOKE_PLACEHOLDER = Integrator(name=BESPOKE, order=1, build=_needs_file, needs_solver_file=True,
+                                 description="a solver fitted to the model (its grid file holds the weights)")
+
+
+def bespoke_integrator(grid: TunedGrid) -> Integrator:
+    """The integrator that runs the solver held in ``grid`` (its times, x0_weights and call_weights)."""
+    if not grid.x0_weights:
+        raise LazyflowError(f"{grid.describe()}: holds no bespoke solver (tuned for {grid.integrator!r})")
+    return Integrator(name=BESPOKE, order=1, needs_solver_file=True, description=f"bespoke solver {grid.path or '(in memory)'}",
+                      build=_SolverTables(grid.times, grid.x0_weights, grid.call_weights, grid.prediction))
+
+
+def integrator_for_grid(method: Integrator, grid: object) -> Integrator:
+    """The integrator a run uses on ``grid``: a solver file's own (asked for as ``bespoke``), else ``method``;
+    a solver file under another integrator, or ``bespoke`` without one, is refused."""
+    holds_solver = isinstance(grid, TunedGrid) and bool(grid.x0_weights)
+    if holds_solver and method.name != BESPOKE:
+        raise LazyflowError(f"{grid.describe()} holds a bespoke solver: run it with integrator 'bespoke', "
+                            f"not {method.name!r}")
+    return bespoke_integrator(grid) if holds_solver else method
+
+
+def holds_solver(method: Integrator) -> bool:
+    """Whether ``method`` runs a solver read from its file (not the registered placeholder)."""
+    return isinstance(method.build, _SolverTables)
+
+
+def refuse_outside_sample(method: Integrator, where: str) -> None:
+    """One line for an integration that has its own grid (k-diffusion's or ComfyUI's sigmas)."""
+    if method.needs_solver_file:
+        raise LazyflowError(f"{where}: a bespoke solver runs on the times it was fitted on, which this integration "
+                            "does not take; sample it with lazyflow.sample or lazyflow sample --integrator bespoke "
+                            "--grid FILE.json")
+
+
+def euler_weights(times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, w) of Euler on ``times`` for a velocity model: x_{k+1} = x_0 + sum_{j <= k} h_j m_j."""
+    h = (times[1:] - times[:-1]).to(torch.float64)
+    n = h.numel()
+    w = torch.tril(h.expand(n, n).clone())
+    return torch.ones(n, dtype=torch.float64), w
+
+
+def midpoint_weights(steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(times, a, w) of the midpoint rule of steps / 2 uniform steps of size h for a velocity model, as
+    ``steps`` calls on the uniform grid of step h / 2: x~ = x + h/2 m(x), x' = x + h m(x~)."""
+    if steps % 2:
+        raise LazyflowError(f"the midpoint rule makes two calls a step: {steps} calls is not a whole number of steps")
+    h = 2.0 / steps
+    w = torch.zeros(steps, steps, dtype=torch.float64)
+    for k in range(steps):
+        for r in range(k // 2):
+            w[k, 2 * r + 1] = h           # the full steps taken so far, each with its midpoint's call
+        w[k, k] = h / 2 if k % 2 == 0 else h
+    return torch.linspace(0, 1, steps + 1, dtype=torch.float64), torch.ones(steps, dtype=torch.float64), w
+
+
+def rk4_weights(steps: int, gap: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(times, a, w) of classic RK4 with steps / 4 uniform steps of size H for a velocity model: per step
+    k1 at (x, t), k2 at (x + H/2 k1, t + H/2), k3 at (x + H/2 k2, t + H/2), k4 at (x + H k3, t + H),
+    x' = x + H/6 (k1 + 2 k2 + 2 k3 + k4).  The times of a solver file increase strictly and its last call is
+    before t = 1, so calls that RK4 makes at one time are ``gap`` H apart (k3 after k2, k4 before the next
+    step's k1): RK4 up to O(gap H) in each stage's time."""
+    if steps % 4:
+        raise LazyflowError(f"RK4 makes four calls a step: {steps} calls is not a whole number of steps")
+    h, eps = 4.0 / steps, gap * 4.0 / steps
+    w = torch.zeros(steps, steps, dtype=torch.float64)
+    times = []
+    for s in range(steps // 4):
+        k = 4 * s
+        times += [s * h, s * h + h / 2 - eps, s * h + h / 2 + eps, (s + 1) * h - eps]
+        for r in range(s):              # the state at the step's start: the steps taken so far
+            w[k:k + 4, 4 * r:4 * r + 4] = torch.tensor([1, 2, 2, 1], dtype=torch.float64) * h / 6
+        w[k, k], w[k + 1, k + 1], w[k + 2, k + 2] = h / 2, h / 2, h
+        w[k + 3, k:k + 4] = torch.tensor([1, 2, 2, 1], dtype=torch.float64) * h / 6
+    times = torch.tensor([*times, 1.0], dtype=torch.float64)
+    return times, torch.ones(steps, dtype=torch.float64), w
