@@ -252,6 +252,11 @@ def _positive_ints(text: str, flag: str) -> list[int]:
     return list(values)
 
 
+def _progress_line(*parts: object) -> None:
+    """A bench's progress (one line per row, reference, statistics): on stderr, so that stdout is the report."""
+    print(*parts, file=sys.stderr)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from .runtime.evaluation.bench import bench_metrics, format_report, run_quality_bench
 
@@ -264,7 +269,7 @@ def run_bench(args: argparse.Namespace) -> int:
     metrics = bench_metrics(args.model, args.metric)
     methods = _bench_methods(args) if schedule_given(args) else None
     result = run_quality_bench(args.model, nfes, args.n, args.seed, include_peers=not args.no_peers, methods=methods,
-                               full=not args.quick, log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print,
+                               full=not args.quick, log=_progress_line,
                                prediction=args.prediction, grid_files=[f for g in args.grid_file for f in g.split(",") if f],
                                save=args.save)
     print(json.dumps(result, indent=1) if args.json else format_report(result, metrics, args.markdown))
@@ -292,7 +297,7 @@ def _run_model_bench(args: argparse.Namespace) -> int:
         raise LazyflowError(f"--n must be positive, got {n}")
     methods = [m for m in _bench_methods(args) if not m.target().stochastic] if schedule_given(args) else None
     options = {**_model_options(args), **({"shape": args.shape} if args.shape else {})}
-    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    log = _progress_line
     result = run_model_bench(args.model, args.model_kind, nfes, n, args.seed, options=options, methods=methods,
                              label_seed=args.label_seed, batch_size=args.batch_size, device=args.device,
                              reference_steps=args.reference_steps, reference_cache=args.reference_cache,

@@ -362,7 +362,7 @@ def _stats_parser(sub) -> None:
 def _comfyui_parser(sub) -> None:
     p = _command(sub, "comfyui-node", "write the lazyflow sampler custom node for ComfyUI (a one-file "
                  "custom_nodes folder that imports it from this package)")
-    p.add_argument("directory", metavar="DIR", help="the node's folder, e.g. ComfyUI/custom_nodes/lazyflow")
+    p.add_argument("directory", metavar="DIR", help="the node's folder, e.g. ComfyUI/custom_nodes/lazyflow_sampler (not a folder named lazyflow)")
     p.add_argument("--force", action="store_true", help="replace an existing DIR/__init__.py")
 
 

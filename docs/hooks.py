@@ -8,11 +8,16 @@ folder are removed when mkdocs exits.  Nothing is written into the repository.
 
 The images of ``figures/`` (outside ``docs/``) are added to the site as ``figures/NAME.png``, so a page
 shows one with ``![...](figures/NAME.png)`` and mkdocs checks the link.
+
+The docstrings cross-reference in Sphinx's roles (``:func:`sample```, ``:class:`~.gridfile.TunedGrid```),
+which mkdocstrings' Google style leaves as text: each rendered page's roles become the code span alone,
+``~`` keeping the last dotted name as Sphinx shows it.
 """
 from __future__ import annotations
 
 import atexit
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -43,3 +48,16 @@ def on_files(files: Files, config) -> Files:
         files.append(File(f"figures/{image.name}", src_dir=str(ROOT), dest_dir=config.site_dir,
                           use_directory_urls=config.use_directory_urls))
     return files
+
+
+_ROLE = re.compile(r":(?:py:)?(?:mod|meth|func|class|data|attr|obj|exc|const):(<code>)(~?)\.?([^<]*)(</code>)")
+
+
+def _role_text(found: re.Match) -> str:
+    open_tag, tilde, name, close_tag = found.groups()
+    return open_tag + (name.rsplit(".", 1)[-1] if tilde else name) + close_tag
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """Sphinx roles in the rendered docstrings, ``:func:<code>~.a.b</code>``, as ``<code>b</code>``."""
+    return _ROLE.sub(_role_text, html)

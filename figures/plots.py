@@ -303,7 +303,7 @@ def plot_bench(result: dict | str | Path, out: str | Path | None = None):
     Ours are grouped by schedule (the best integrator and grid of that schedule at each NFE), so the
     legend stays readable; every peer is drawn as it is."""
     if not isinstance(result, dict):
-        result = json.loads(Path(result).read_text())
+        result = read_bench_result(result)
     rows = [r for r in result["rows"] if not r.get("baseline")]   # the 0-NFE Gaussian map is no sampler
     fig, axes = plt.subplots(1, 2, figsize=(15, 7.5), constrained_layout=True, sharey=True)
     for ax, stochastic in zip(axes, (False, True)):
@@ -337,6 +337,27 @@ def read_bench_result(source: str | Path) -> dict:
         result = json.loads(Path(source).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise LazyflowError(f"--from {source}: cannot read a bench result ({err})") from None
-    if not isinstance(result, dict) or "rows" not in result:
-        raise LazyflowError(f"--from {source}: not a bench result (written by lazyflow bench --save)")
+    problem = _bench_result_problem(result)
+    if problem:
+        raise LazyflowError(f"--from {source}: not a bench result written by lazyflow bench --save ({problem})")
     return result
+
+
+def _bench_result_problem(result: object) -> str:
+    """What a parsed file lacks to be drawn by :func:`plot_bench` ('' when nothing)."""
+    if not isinstance(result, dict):
+        return f"a JSON {type(result).__name__}, not an object"
+    for key, kind in (("rows", list), ("reference", dict), ("n", int), ("model", str), ("machine", str),
+                      ("date", str)):
+        if not isinstance(result.get(key), kind):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    ref = result["reference"]
+    if not (isinstance(ref.get("method"), str) and isinstance(ref.get("nfe"), int)
+            and isinstance(ref.get("fd"), (int, float))):
+        return "'reference' lacks its method, nfe or fd (a model bench's path table is not drawn)"
+    for index, row in enumerate(result["rows"]):
+        if not (isinstance(row, dict) and isinstance(row.get("method"), str) and isinstance(row.get("budget"), int)
+                and isinstance(row.get("peer"), bool) and isinstance(row.get("stochastic"), bool)
+                and (row.get("fd") is None or isinstance(row.get("fd"), (int, float)))):
+            return f"row {index} is not a bench row (method, budget, peer, stochastic, fd)"
+    return ""

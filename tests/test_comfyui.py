@@ -255,13 +255,15 @@ def test_written_custom_node_loads(comfy, tmp_path):
     import lazyflow
     from lazyflow.runtime.integrations.comfyui import LazyflowSampler, write_custom_node
 
-    target = write_custom_node(tmp_path / "custom_nodes" / "lazyflow")
+    target = write_custom_node(tmp_path / "custom_nodes" / "lazyflow_sampler")
     spec = importlib.util.spec_from_file_location("lazyflow_custom_node", target)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.NODE_CLASS_MAPPINGS == {"LazyflowSampler": LazyflowSampler}
     assert module.NODE_DISPLAY_NAME_MAPPINGS == {"LazyflowSampler": "lazyflow sampler"}
-    assert write_custom_node(tmp_path / "custom_nodes" / "lazyflow") == target   # the same file again: fine
+    assert write_custom_node(tmp_path / "custom_nodes" / "lazyflow_sampler") == target   # the same file again: fine
+    with pytest.raises(LazyflowError, match="would shadow the installed package"):
+        write_custom_node(tmp_path / "custom_nodes" / "lazyflow")
     other = tmp_path / "other"
     other.mkdir()
     (other / "__init__.py").write_text("print('someone else')\n")
@@ -276,7 +278,7 @@ def test_cli_writes_the_node(tmp_path, capsys):
     from lazyflow.cli import main
     from lazyflow.runtime.integrations.comfyui import NODE_FILE
 
-    folder = tmp_path / "ComfyUI" / "custom_nodes" / "lazyflow"
+    folder = tmp_path / "ComfyUI" / "custom_nodes" / "lazyflow_sampler"
     assert main(["comfyui-node", str(folder)]) == 0
     assert (folder / "__init__.py").read_text() == NODE_FILE
     assert "lazyflow sampler" in capsys.readouterr().out

@@ -83,6 +83,13 @@ def test_bench_plot_and_command(tmp_path, capsys):
     out = tmp_path / "q.png"
     assert main(["plot", "bench", "--from", str(path), "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
+    for bad, why in (({"rows": 3}, "'rows' is missing or not a list"), ([1], "a JSON list"),
+                     ({**result, "rows": [{"method": 1}]}, "row 0 is not a bench row"),
+                     ({**result, "reference": {"method": "x"}}, "'reference' lacks")):
+        path.write_text(json.dumps(bad))
+        assert main(["plot", "bench", "--from", str(path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not a bench result" in err and why in err, err
 
 
 # --- the committed figures are what `lazyflow plot all` draws ------------------------------------------

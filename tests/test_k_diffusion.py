@@ -1,16 +1,13 @@
 """lazyflow.k_diffusion against k-diffusion's own samplers on exact mixture denoisers.
 
 k-diffusion (``pip install --no-deps k-diffusion==0.1.1.post1`` beside scipy, torchsde, torchdiffeq,
-tqdm) is loaded without its package ``__init__`` (which imports clip, kornia, wandb, torchvision, ...):
-only ``k_diffusion/utils.py`` and ``k_diffusion/sampling.py`` are executed, with an empty stand-in for
-``torchvision.transforms.functional`` (used by utils' image helpers only) where torchvision is absent.
+tqdm) is loaded by ``load_k_diffusion_sampling`` without its package ``__init__`` (which imports clip, kornia,
+wandb, torchvision, ...), as a user of the README's environment loads it.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
-import sys
 import types
 
 import pytest
@@ -18,35 +15,18 @@ import torch
 
 from lazyflow.errors import LazyflowError
 from lazyflow.runtime.core.noise import CounterNormal
+from lazyflow.runtime.integrations.k_diffusion_samplers import load_k_diffusion_sampling
 from lazyflow.runtime.models import gmm
-
-_TEMPORARY = ("k_diffusion", "k_diffusion.utils", "k_diffusion.sampling", "torchvision", "torchvision.transforms",
-              "torchvision.transforms.functional")
 
 
 def _load_sampling() -> types.ModuleType:
-    """k_diffusion.sampling from the installed k-diffusion, its package __init__ not run; sys.modules restored."""
+    """k_diffusion.sampling through lazyflow's loader; the tests skip where k-diffusion or its samplers'
+    imports are absent."""
     for name in ("scipy", "torchsde", "torchdiffeq", "tqdm"):   # k_diffusion.sampling's imports (the test extra)
         pytest.importorskip(name)
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or spec.origin is None:
+    if importlib.util.find_spec("k_diffusion") is None:
         pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion==0.1.1.post1)")
-    saved = {name: sys.modules.get(name) for name in _TEMPORARY}
-    package = types.ModuleType("k_diffusion")
-    package.__path__ = [os.path.dirname(spec.origin)]
-    sys.modules["k_diffusion"] = package
-    if importlib.util.find_spec("torchvision") is None:
-        vision, transforms, functional = (types.ModuleType(n) for n in _TEMPORARY[3:])
-        vision.transforms, transforms.functional = transforms, functional
-        sys.modules.update(dict(zip(_TEMPORARY[3:], (vision, transforms, functional))))
-    try:
-        return importlib.import_module("k_diffusion.sampling")
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
+    return load_k_diffusion_sampling()
 
 
 @pytest.fixture(scope="module")

@@ -342,3 +342,16 @@ def test_bespoke_rows_are_fitted_on_other_noise_and_recommended_where_lowest(tmp
     assert row["path"] < 0.9 * midpoint["path"]
     assert result["recommendation"]["2"]["method"] == row["method"]
     assert json.loads((tmp_path / "bench.bespoke-2.json").read_text())["integrator"] == "bespoke"
+
+
+def test_the_report_is_stdout_and_the_progress_stderr(tmp_path, capsys):
+    """``lazyflow bench ... > report.txt`` keeps the report alone: the per-row lines go to stderr."""
+    path = tmp_path / "v.pt"
+    torch.jit.save(torch.jit.script(Velocity()), str(path))
+    assert main(["bench", "--model", str(path), "--model-kind", "torchscript", "--shape", "2,3", "--n", "4",
+                 "--nfe", "2", "--reference-steps", "16", "--no-peers", "--quick", "--no-progress",
+                 "--no-data-frames"]) == 0
+    out, err = capsys.readouterr()
+    assert "path reference" in err and "linear/euler/uniform: 2->" in err
+    assert "path reference" not in out and "linear/euler/uniform: 2->" not in out
+    assert out.startswith("path (") and "which sampler at each budget" in out

@@ -221,3 +221,30 @@ def test_a_grid_files_diffusion_scale_must_agree_with_its_schedule(fields, scale
     else:
         assert load_grid_file(data).diffusion_scale == scale
     assert load_grid_file({"format": "lazyflow-grid/1", "times": [0, 1], "schedule": "vp"}).diffusion_scale == 1
+
+
+def test_a_grid_file_is_one_grid_as_a_path_or_as_text_at_every_entry_point(tmp_path, capsys):
+    """sample, sample_to_file and the CLI read a tuned grid's file the same whether it is given as a Path or
+    as text: its own steps, the same samples."""
+    from pathlib import Path
+
+    import numpy as np
+
+    import lazyflow
+    from lazyflow.runtime.models import embedded
+    from lazyflow.runtime.models.sampling import sample_to_file
+
+    grid = Path(lazyflow.__file__).parent / "figures" / "grids" / "digits_vp_multistep-pc_4.json"
+    net = embedded.load("digits")
+    seen = []
+    for index, form in enumerate((grid, str(grid))):
+        x = sample(net, (4, 1, 8, 8), schedule="vp", integrator="multistep-pc", grid=form)
+        run = sample_to_file("digits", tmp_path / f"x{index}.npy", schedule="vp", integrator="multistep-pc",
+                             grid=form, num_samples=4)
+        assert run.steps == 4
+        torch.testing.assert_close(torch.from_numpy(np.load(run.written.path)), x, rtol=0, atol=0)
+        seen.append(x)
+    assert main(["sample", "--schedule", "vp", "--integrator", "multistep-pc", "--grid", str(grid), "--n", "4",
+                 "--out", str(tmp_path / "cli.npy")]) == 0
+    torch.testing.assert_close(seen[0], seen[1], rtol=0, atol=0)
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "cli.npy")), seen[0], rtol=0, atol=0)

@@ -24,7 +24,7 @@ from ...errors import LazyflowError
 if TYPE_CHECKING:
     from .schedule import Schedule
 
-__all__ = ["TunedGrid", "load_grid_file", "save_grid_file", "FORMAT"]
+__all__ = ["TunedGrid", "is_grid_file", "load_grid_file", "save_grid_file", "FORMAT"]
 
 #: the ``format`` field of a grid file
 FORMAT = "lazyflow-grid/1"
@@ -147,6 +147,12 @@ def from_json(data: Any, where: str = "(object)") -> TunedGrid:
     rest["diffusion_scale"] = float(scale)
     rest.update(_solver_weights(data, len(times) - 1, where))
     return TunedGrid(times=times, schedule=data["schedule"], path=where if where != "(object)" else "", **rest)
+
+
+def is_grid_file(grid: Any) -> bool:
+    """Whether ``grid`` is a tuned grid or names its file (a path, or text ending in ``.json``): the one test
+    every entry point uses."""
+    return isinstance(grid, (TunedGrid, os.PathLike)) or (isinstance(grid, str) and grid.strip().endswith(".json"))
 
 
 def load_grid_file(grid: str | os.PathLike | TunedGrid | dict) -> TunedGrid:

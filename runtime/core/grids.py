@@ -19,7 +19,7 @@ from typing import Sequence, Union
 import torch
 
 from ...errors import LazyflowError
-from .gridfile import TunedGrid, load_grid_file
+from .gridfile import TunedGrid, is_grid_file, load_grid_file
 from .schedule import Schedule
 
 __all__ = ["Uniform", "SourceUniform", "LogSNR", "LogSNRRange", "EDM", "GridSpec", "GRIDS", "make_grid", "parse_grid"]
@@ -130,7 +130,7 @@ def _checked_steps(steps: int) -> int:
 def _resolve_spec(grid: GridSpec) -> GridSpec:
     """Text and paths made into grids: a ``.json`` path is loaded as a :class:`TunedGrid`, other text is read
     by :func:`parse_grid` and a name becomes its :data:`GRIDS` entry; anything else is returned as given."""
-    if isinstance(grid, os.PathLike) or (isinstance(grid, str) and grid.strip().endswith(".json")):
+    if is_grid_file(grid):
         return load_grid_file(grid)
     if not isinstance(grid, str):
         return grid

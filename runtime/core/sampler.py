@@ -7,8 +7,8 @@ branching on tensor values; NaN or inf from the model is reported after the loop
 """
 from __future__ import annotations
 
+import math
 import numbers
-import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,13 +18,14 @@ import torch
 
 from ...errors import LazyflowError, SamplingError
 from .grids import GridSpec, make_grid
-from .gridfile import TunedGrid, load_grid_file
+from .gridfile import TunedGrid, is_grid_file, load_grid_file
 from .bespoke import integrator_for_grid
 from .capture import captured_loop
 from .data_frame import without_skip
 from .data_stats import ConditionalStats, DataStats, as_data_stats
 from .distributed import Ranks, gather_batches, local_device, ranks_of, share
 from .integrators import build_plan, get_integrator
+from .limits import check_memory, check_steps
 from .plan import EAGER, Call, Callback, Integrator, Plan, compiled_ops, drive
 from .noise import CounterNormal, NoiseSource
 from .progress import progress_bar
@@ -227,6 +228,8 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHED
                        device=device, dtype=dtype, model_dtype=model_dtype, compile=compile,
                        model_kwargs=model_kwargs, initial=initial, callback=callback, progress=progress,
                        noise=noise, distributed=distributed, capture=capture)
+    check_memory(steps=run.plan.steps, table_elements=1, batch=len(run.chunks[0]) if run.chunks else 0,
+                 sample_elements=math.prod(run.shape[1:]), itemsize=run.dtype.itemsize, gathered=run.shape[0])
     pieces = [x for _, x in run.batches()]
     return gather_batches(pieces, run.shape[0], run.shape[1:], run.ranks, device=run.device, dtype=run.dtype)
 
@@ -322,6 +325,10 @@ class SamplingRun:
         dtype, call_dtype = resolve_dtypes(dtype, model_dtype, model)
         ranks = ranks_of(distributed, device)
         grid, steps = _grid_and_steps(grid, steps)
+        check_steps(steps)
+        check_memory(steps=steps, table_elements=math.prod(shape[1:]) if data_stats is not None else 1,
+                     batch=min(batch_size or shape[0], shape[0]), sample_elements=math.prod(shape[1:]),
+                     itemsize=dtype.itemsize)
         method = integrator_for_grid(method, grid)   # a bespoke solver's file carries its own tables
         times = make_grid(target, src, steps, grid)
         _check_grid_end(times, given_final)
@@ -404,7 +411,7 @@ def check_seed(seed: Any) -> None:
 def _grid_and_steps(grid: GridSpec, steps: int | None) -> tuple[GridSpec, int]:
     """The grid (a tuned grid's file read once) and the steps: given, else the tuned grid's own or one fewer
     than an explicit grid's times, else the default (:data:`defaults.STEPS`)."""
-    if isinstance(grid, os.PathLike) or (isinstance(grid, str) and grid.strip().endswith(".json")):
+    if is_grid_file(grid):
         grid = load_grid_file(grid)
     if steps is None:
         explicit = isinstance(grid, (list, tuple)) or (isinstance(grid, torch.Tensor) and grid.dim() == 1)

@@ -1,7 +1,8 @@
 """A ComfyUI custom node: a lazyflow SAMPLER for ``SamplerCustom`` (and ``SamplerCustomAdvanced``).
 
-Install (in ComfyUI's own Python): ``pip install lazyflow``, then ``lazyflow comfyui-node
-ComfyUI/custom_nodes/lazyflow`` (or :func:`write_custom_node`), which writes a one-file custom node::
+Install (in ComfyUI's own Python): ``pip install --no-deps /path/to/lazyflow`` (a checkout; the package is
+not on PyPI), then ``lazyflow comfyui-node ComfyUI/custom_nodes/lazyflow_sampler`` (or
+:func:`write_custom_node`), which writes a one-file custom node::
 
     from lazyflow.runtime.integrations.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
@@ -148,13 +149,18 @@ def sampler_options(schedule: str, integrator: str, diffusion_scale: float, para
 
 def write_custom_node(directory: str | os.PathLike, *, force: bool = False) -> Path:
     """Write ``directory/__init__.py``, the one-file custom node that imports the node from this package
-    (for ``ComfyUI/custom_nodes/lazyflow``).  Refused inside the lazyflow package folder, and over an
-    existing different file unless ``force``."""
+    (for ``ComfyUI/custom_nodes/lazyflow_sampler``).  Refused inside the lazyflow package folder, in a folder
+    named ``lazyflow`` (ComfyUI loaders that import a node by its folder's name would shadow the installed
+    package with it), and over an existing different file unless ``force``."""
     folder = Path(directory).expanduser().resolve()
     package = Path(__file__).resolve().parents[2]
     if folder == package or package in folder.parents:
         raise LazyflowError(f"{folder} is inside the lazyflow package folder; write the node into ComfyUI's "
-                            "custom_nodes folder, e.g. ComfyUI/custom_nodes/lazyflow")
+                            "custom_nodes folder, e.g. ComfyUI/custom_nodes/lazyflow_sampler")
+    if folder.name == "lazyflow":
+        raise LazyflowError(f"{folder}: a node folder named lazyflow would shadow the installed package under "
+                            "ComfyUI loaders that import a node by its folder's name; use another name, e.g. "
+                            f"{folder.with_name('lazyflow_sampler')}")
     target = folder / "__init__.py"
     if target.exists() and target.read_text() != NODE_FILE and not force:
         raise LazyflowError(f"{target} exists and is not lazyflow's node file; remove it or pass force")

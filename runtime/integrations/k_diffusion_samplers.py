@@ -42,7 +42,8 @@ from ..core.progress import progress_bar
 from ..core.sampler import check_seed, run_plan
 from ..core.schedule import Schedule, load_schedule
 
-__all__ = ["sample_lazyflow", "sample_lazyflow_ode", "sample_lazyflow_sde", "from_denoiser", "PARAMETERIZATIONS",
+__all__ = ["sample_lazyflow", "sample_lazyflow_ode", "sample_lazyflow_sde", "from_denoiser", "load_k_diffusion_sampling",
+           "PARAMETERIZATIONS",
            "SOURCE", "resolved_target", "source_time_of_sigma", "sigma_of_source_time", "state_scale"]
 
 PARAMETERIZATIONS = ("diffusion", "flow")
@@ -355,3 +356,43 @@ def sample_lazyflow_sde(model: Callable[..., torch.Tensor], x: torch.Tensor, sig
     optimal SDE, lazy for Gaussian data) with ``multistep-pc``."""
     options = {"schedule": "pointmass", "integrator": "multistep-pc", **options}
     return sample_lazyflow(model, x, sigmas, extra_args, callback, disable, **options)
+
+
+_K_TEMPORARY = ("k_diffusion", "k_diffusion.utils", "k_diffusion.sampling", "torchvision", "torchvision.transforms",
+                "torchvision.transforms.functional")
+
+
+def load_k_diffusion_sampling():
+    """k-diffusion's ``k_diffusion.sampling`` module (its samplers, ``get_sigmas_karras``, ...) from an install
+    made with ``pip install --no-deps k-diffusion==0.1.1.post1``: the package's ``__init__`` (which imports
+    clip, kornia, wandb, scikit-image and torchvision, none of them installed then) is not run, and where
+    torchvision is absent an empty stand-in serves ``k_diffusion.utils``' import of it (used by its image
+    helpers only).  The samplers need scipy, torchsde, torchdiffeq and tqdm (the ``test`` extra).
+    ``sys.modules`` is left as it was found."""
+    import importlib
+    import importlib.util
+    import os
+    import types
+
+    missing = [name for name in ("scipy", "torchsde", "torchdiffeq", "tqdm") if importlib.util.find_spec(name) is None]
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or spec.origin is None:
+        raise LazyflowError("k-diffusion is not installed (python -m pip install --no-deps k-diffusion==0.1.1.post1)")
+    if missing:
+        raise LazyflowError(f"k-diffusion's samplers need {', '.join(missing)} (python -m pip install {' '.join(missing)})")
+    saved = {name: sys.modules.get(name) for name in _K_TEMPORARY}
+    package = types.ModuleType("k_diffusion")
+    package.__path__ = [os.path.dirname(spec.origin)]
+    sys.modules["k_diffusion"] = package
+    if importlib.util.find_spec("torchvision") is None:
+        vision, transforms, functional = (types.ModuleType(name) for name in _K_TEMPORARY[3:])
+        vision.transforms, transforms.functional = transforms, functional
+        sys.modules.update(dict(zip(_K_TEMPORARY[3:], (vision, transforms, functional))))
+    try:
+        return importlib.import_module("k_diffusion.sampling")
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module

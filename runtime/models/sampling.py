@@ -7,6 +7,7 @@ beside the file as ``.png``."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -15,7 +16,8 @@ import torch
 
 from ...errors import LazyflowError, SamplingError
 from ..core import defaults
-from ..core.gridfile import TunedGrid, load_grid_file
+from ..core.gridfile import is_grid_file, load_grid_file
+from ..core.limits import check_disk, check_memory
 from ..core.output import (Written, assemble, check_format, keep_batches, kept, output_files, output_path,
                            read_samples)
 from ..core.resume import WorkDir, check_outputs, clear_leftovers, discard, file_hash
@@ -68,7 +70,7 @@ def _tuned(grid: Any, target: Any, steps: int | None, integrator: str, scale_giv
            note: Callable[[str], None]) -> tuple[Any, Any, int | None]:
     """A tuned grid file brings its steps (unless ``steps`` is given) and the diffusion scale it was tuned
     at (unless ``scale_given``; :meth:`TunedGrid.schedule_for`); other grids pass through."""
-    if not (isinstance(grid, TunedGrid) or (isinstance(grid, str) and grid.endswith(".json"))):
+    if not is_grid_file(grid):
         return grid, target, steps
     tuned = load_grid_file(grid)
     target = tuned.schedule_for(target, scale_given=scale_given)
@@ -240,6 +242,10 @@ def sample_to_file(model: str, out: str | Path, *, kind: str | None = None,
     knobs = dict(integrator=integrator, final_step=final_step, data_stats=data_stats, data_shape=data_shape, seed=seed,
                  num_samples=num_samples, batch_size=batch_size, compile=compile, capture=capture, shards=shards)
     run = _prepared(loaded, target, grid, steps, device, ranks, knobs)
+    size, local = math.prod(data_shape), sum(map(len, run.chunks))   # this rank's samples
+    check_memory(steps=run.plan.steps, table_elements=1, batch=len(run.chunks[0]) if run.chunks else 0,
+                 sample_elements=size, itemsize=4, gathered=num_samples if ranks.rank == 0 else local)
+    check_disk(out.parent, 2 * num_samples * size * 4)
     settings = _settings(model, found, model_options, loaded, target, run, knobs)
     outputs = output_files(out, ranks=ranks, shards=shards, images=loaded.decode_images is not None)
     work = _open_work(out, outputs, settings, ranks, force=force, resume=resume)
