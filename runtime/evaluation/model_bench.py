@@ -211,15 +211,10 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
     from ..core.sampler import resolve_device
     from .peers import available_peers
 
-    if reference_steps < 4:
-        raise LazyflowError(f"--reference-steps must be at least 4, got {reference_steps}")
-    if batch_size is not None and batch_size < 1:
-        raise LazyflowError(f"--batch-size must be positive, got {batch_size}")
+    _refuse_bad_options(reference_steps, batch_size, tune or bespoke, save)
     device = resolve_device(device)
     options = dict(options or {})
     found, loaded = load_bench_model(model, kind, n, options=options, label_seed=label_seed, device=device)
-    if (tune or bespoke) and save is None:
-        raise LazyflowError("--tune and --bespoke write their files next to the result: give --save FILE.json")
     keys = stats_keys(loaded, stats_samples) if data_frames and methods is None else []
     methods = model_bench_methods(full) if methods is None else list(methods)
     methods += data_frame_rows(keys, full)
@@ -228,8 +223,8 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
     usable, skipped = available_peers() if include_peers else ({}, [])
     peers = sum(not stochastic for stochastic, _ in usable.values())
     cached = reference_cache is not None and Path(reference_cache).exists()
-    total = n * ((len(methods) + peers) * sum(nfes) + (0 if cached else reference_steps + reference_steps // 2)) + \
-        (stats_samples * STATS_STEPS if keys else 0)
+    total = n * ((len(methods) + peers) * sum(nfes) + (0 if cached else reference_steps * 3 // 2)) + \
+        (stats_samples * STATS_STEPS if keys else 0)   # the progress bar's total (tuning not included)
     flags = _kind_flags(found.name, options, loaded) + (["--device", str(device)] if device.type != "cpu" else [])
 
     def args_for(method: OurMethod, steps: int, stats: str | None) -> list[str]:
@@ -240,10 +235,9 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
             spent[0] += evaluations
             if bar is not None:
                 bar(evaluations)
-        metered = _Metered(loaded.model, update)
-        bench = BenchModel(model, found, replace(loaded, model=metered), PathOnlyScorer())
-        run = _Runner(bench, (n, *loaded.data_shape), seed, args_for, None, batch_size=batch_size, device=device,
-                      halves=True)
+        metered = replace(loaded, model=_Metered(loaded.model, update))
+        run = _Runner(BenchModel(model, found, metered, PathOnlyScorer()), (n, *loaded.data_shape), seed, args_for,
+                      None, batch_size=batch_size, device=device, halves=True)
         settings = _settings(model, found, options, loaded, n, seed, reference_steps)
         with torch.no_grad():
             run.path, reused = cached_reference(reference_cache, settings, lambda: run.reference(reference_steps))
@@ -253,23 +247,54 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
             if keys:
                 run.stats = _own_stats(model, found, options, label_seed, device, batch_size, tuple(keys),
                                        stats_samples, save, update, log)
-            rows = run.ours(methods, nfes, log)
-            by_name = {m.name: m for m in methods}
-            for row in rows:
-                row["choice"] = _choice(by_name[row["method"]])
-            tuned = tuned_rows(run, rows, methods, tune, replace(loaded, model=metered), save, log) if tune else []
-            tuned += bespoke_rows(run, nfes, replace(loaded, model=metered), save, log) if bespoke else []
-            picked = _pilot_rows(run, pilot, nfes, log) if pilot is not None else []
-            rows += run.peers(metered, nfes, log, stochastic_too=False) if include_peers else []
-    size = float(run.path.samples.reshape(n, -1).norm(dim=1).mean())   # the scale path is read against
+            rows, tuned, picked = _all_rows(run, methods, nfes, metered, tune=tune, bespoke=bespoke, pilot=pilot,
+                                            peers=include_peers, save=save, log=log)
     result = {"rows": rows, "model": model, "model_kind": found.name, "n": n, "seed": seed, "nfe_budgets": nfes,
               "metrics": [PATH_METRIC], "data_shape": list(loaded.data_shape), "batch_size": batch_size,
               "conditioning": _conditioning(loaded, options, label_seed), "references": [],
-              "path_reference": {**run.path.fields(), "cache": None if reference_cache is None else str(reference_cache),
-                                 "read_from_cache": reused, "mean_norm": size, "settings": settings},
+              "path_reference": _path_reference(run, reference_cache, reused, settings),
               "skipped": [s for s in skipped if "needs" in s] + ["stochastic samplers (no pathwise target)"],
               "machine": machine(), "device": str(device), "date": datetime.date.today().isoformat(),
               "network_evaluations": spent[0], "command": "lazyflow " + " ".join(sys.argv[1:])}
+    return _finished(result, run, tuned, picked, pilot)
+
+
+def _all_rows(run: _Runner, methods: list[OurMethod], nfes: list[int], metered: LoadedModel, *, tune: int,
+              bespoke: bool, pilot: str | Path | None, peers: bool, save: str | Path | None,
+              log: Callable) -> tuple[list[dict], list[dict], list[dict]]:
+    """(rows: ours then the peers', tuned rows: grids and bespoke solvers, the pilot's picks run here)."""
+    rows = run.ours(methods, nfes, log)
+    by_name = {m.name: m for m in methods}
+    for row in rows:
+        row["choice"] = _choice(by_name[row["method"]])
+    tuned = tuned_rows(run, rows, methods, tune, metered, save, log) if tune else []
+    tuned += bespoke_rows(run, nfes, metered, save, log) if bespoke else []
+    picked = _pilot_rows(run, pilot, nfes, log) if pilot is not None else []
+    rows += run.peers(metered.model, nfes, log, stochastic_too=False) if peers else []
+    return rows, tuned, picked
+
+
+def _refuse_bad_options(reference_steps: int, batch_size: int | None, writes_files: bool,
+                        save: str | Path | None) -> None:
+    """The model bench's options checked before any model is loaded."""
+    if reference_steps < 4:
+        raise LazyflowError(f"--reference-steps must be at least 4, got {reference_steps}")
+    if batch_size is not None and batch_size < 1:
+        raise LazyflowError(f"--batch-size must be positive, got {batch_size}")
+    if writes_files and save is None:
+        raise LazyflowError("--tune and --bespoke write their files next to the result: give --save FILE.json")
+
+
+def _path_reference(run: _Runner, cache: str | Path | None, reused: bool, settings: dict) -> dict[str, Any]:
+    """The reference's record: how it was made, whether it was read from ``cache``, and the samples' mean norm
+    (the scale a path is read against)."""
+    size = float(run.path.samples.reshape(run.shape[0], -1).norm(dim=1).mean())
+    return {**run.path.fields(), "cache": None if cache is None else str(cache), "read_from_cache": reused,
+            "mean_norm": size, "settings": settings}
+
+
+def _finished(result: dict, run: _Runner, tuned: list[dict], picked: list[dict], pilot: str | Path | None) -> dict:
+    """``result`` with the statistics' records, the tuned rows, the recommendation and the pilot's check."""
     if run.stats:
         result["data_stats"] = {key: s.info for key, s in run.stats.items()}
     if tuned:
