@@ -14,7 +14,8 @@ from lazyflow.runtime.core.noise import CounterNormal
 from lazyflow.runtime.core.gridfile import TunedGrid, load_grid_file, save_grid_file
 from lazyflow.runtime.core.sampler import sample
 from lazyflow.runtime.evaluation.bespoke_fit import BespokeSettings, fit_bespoke
-from lazyflow.runtime.evaluation.tune import reference_samples, tune_grid
+from lazyflow.runtime.evaluation.fitting import reference_samples
+from lazyflow.runtime.evaluation.tune import tune_grid
 from lazyflow.runtime.models import gmm
 
 

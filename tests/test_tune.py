@@ -15,7 +15,8 @@ from lazyflow.runtime.core.gridfile import TunedGrid, load_grid_file, save_grid_
 from lazyflow.runtime.core.grids import LogSNRRange, make_grid, parse_grid
 from lazyflow.runtime.core.sampler import sample
 from lazyflow.runtime.core.schedule import load_schedule
-from lazyflow.runtime.evaluation.tune import logits_from_times, nelder_mead, times_from_logits, tune_grid
+from lazyflow.runtime.evaluation.fitting import logits_from_times, times_from_logits
+from lazyflow.runtime.evaluation.tune import nelder_mead, tune_grid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -22,7 +22,8 @@ from ..core.bespoke import BESPOKE, euler_weights, midpoint_weights, rk4_weights
 from ..core.gridfile import TunedGrid
 from ..core.noise import CounterNormal
 from ..core.schedule import load_schedule
-from .tune import logits_from_times, reference_samples, times_from_logits
+from .fitting import CallCounter, check_budget, checked_holdout_seed, logits_from_times, reference_samples, \
+    times_from_logits
 
 __all__ = ["fit_bespoke", "BespokeSettings"]
 
@@ -89,18 +90,16 @@ def fit_bespoke(model, *, model_name: str = "", source: Any = "linear", predicti
                 log: Callable[[str], None] | None = None) -> TunedGrid:
     """Fit a bespoke solver of ``nfe`` calls to ``model`` (a velocity model of schedule ``source``) on
     ``samples`` samples of ``seed``'s noise; returns it as a :class:`TunedGrid` (integrator ``bespoke``)."""
-    from .tune import _checked_holdout_seed, _Counting, _check_budget
-
     start = time.perf_counter()
     say = log or (lambda text: None)
     src = load_schedule(source)
     if prediction != "velocity" or src.stochastic or bool(src.point_mass):
         raise LazyflowError("a bespoke solver is fitted to a velocity model of a deterministic schedule "
                             f"(got {prediction!r} on {src.describe()})")
-    _check_budget(nfe, samples)
-    holdout_seed = _checked_holdout_seed(seed, holdout_seed)
+    check_budget(nfe, samples)
+    holdout_seed = checked_holdout_seed(seed, holdout_seed)
     shape = (samples, *tuple(data_shape or model.data_shape))
-    counter = _Counting(model)
+    counter = CallCounter(model)
     kwargs = dict(model_kwargs or {})
     refs, starts = {}, {}
     for s in (seed, holdout_seed):

@@ -36,22 +36,11 @@ from ..core.gridfile import TunedGrid
 from ..core.grids import GridSpec, make_grid
 from ..core.data_frame import without_skip
 from ..core.integrators import get_integrator
-from ..core.schedule import Schedule, load_schedule
+from ..core.schedule import load_schedule
+from .fitting import (CallCounter, check_budget, checked_holdout_seed, logits_from_times, reference_samples,
+                      times_from_logits)
 
-__all__ = ["tune_grid", "tune_grid_file", "grid_loss", "times_from_logits", "logits_from_times", "nelder_mead", "reference_samples"]
-
-
-def times_from_logits(theta: torch.Tensor, t0: float) -> torch.Tensor:
-    """t_k = t_0 + (1 - t_0) cumsum(softmax([theta, 0]))_k with t_N = 1 exactly (float64)."""
-    u = torch.softmax(torch.cat([theta.to(torch.float64), torch.zeros(1, dtype=torch.float64)]), 0)
-    inner = t0 + (1 - t0) * torch.cumsum(u, 0)[:-1]
-    return torch.cat([torch.tensor([t0], dtype=torch.float64), inner, torch.ones(1, dtype=torch.float64)])
-
-
-def logits_from_times(times: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`times_from_logits`: theta_j = log(h_j / h_N), h the increments."""
-    h = times[1:] - times[:-1]
-    return torch.log(h[:-1] / h[-1])
+__all__ = ["tune_grid", "tune_grid_file", "grid_loss", "nelder_mead"]
 
 
 def nelder_mead(f: Callable[[torch.Tensor], float], x0: torch.Tensor, step: float = 0.5, max_evals: int = 400,
@@ -98,35 +87,6 @@ def nelder_mead(f: Callable[[torch.Tensor], float], x0: torch.Tensor, step: floa
     return points[i], values[i], evals
 
 
-class _Counting:
-    """Counts model calls (the tuning cost in network evaluations)."""
-
-    def __init__(self, model):
-        self.model, self.calls = model, 0
-        self.data_shape = getattr(model, "data_shape", None)
-
-    def __call__(self, x, t, **kwargs):
-        self.calls += 1
-        return self.model(x, t, **kwargs)
-
-
-def reference_samples(model, shape: tuple[int, ...], target: Schedule, source: Schedule, prediction: str,
-                      t0: float, seed: int, steps: int = 200, model_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
-    """End points of the probability-flow ODE from the initial noise of ``seed``: Heun on ``steps`` steps
-    uniform in the source's time from the source time of t_0's log snr to 1, in the frame of ``target`` when
-    it is deterministic (so that the start alpha(t_0) Z is the same point), else of ``source``."""
-    from ..core.sampler import sample
-
-    frame = target if not target.stochastic else (source if not source.stochastic else load_schedule("linear"))
-    lam0 = target.log_snr(torch.tensor([t0], dtype=torch.float64))
-    tau0 = 0.0 if t0 <= 0 else float(source.time_of_log_snr(lam0)[0])
-    tau = torch.linspace(tau0, 1.0, steps + 1, dtype=torch.float64)
-    times = tau if frame.same_path(source) else frame.time_of_log_snr(source.log_snr(tau))
-    times[0], times[-1] = (0.0 if t0 <= 0 else times[0]), 1.0
-    return sample(model, shape, schedule=frame, source=source, steps=steps, integrator="heun", grid=times,
-                  prediction=prediction, seed=seed, model_kwargs=model_kwargs)
-
-
 def sliced_w2(a: torch.Tensor, b: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     """SW_2^2(a, b) = mean over unit directions v of mean_i (sort(a v)_i - sort(b v)_i)^2 (equal counts)."""
     pa, pb = (torch.sort(x.reshape(x.shape[0], -1).to(torch.float64) @ directions, 0).values for x in (a, b))
@@ -163,13 +123,13 @@ def tune_grid(model, *, model_name: str = "", schedule: Any = "pointmass", sourc
                            reference_steps, max_evals, model_kwargs, data_stats, data_shape, log)
     if data_stats is not None and data_stats.first_call_mean:
         method = without_skip(method)   # the mean is read at t = 0: that call is made
-    _check_budget(nfe, samples)
+    check_budget(nfe, samples)
     steps = _steps_within(method, nfe, final_step)
-    holdout_seed = _checked_holdout_seed(seed, holdout_seed)
+    holdout_seed = checked_holdout_seed(seed, holdout_seed)
     init_times = make_grid(target, src, steps, init)
     t0 = float(init_times[0])
     shape = (samples, *tuple(data_shape or model.data_shape))
-    counter = _Counting(model)
+    counter = CallCounter(model)
     loss = _GridLoss(counter, shape, steps, target.stochastic, _unit_directions(math.prod(shape[1:]), directions),
                      dict(schedule=target, source=src, integrator=method, final_step=final_step,
                           prediction=prediction, model_kwargs=model_kwargs, data_stats=data_stats))
@@ -217,28 +177,12 @@ def _silent(text: str) -> None:
     """The log of a quiet tuning run: drops ``text``."""
 
 
-def _check_budget(nfe: int, samples: int) -> None:
-    """Refuses an ``nfe`` below 1 or ``samples`` below 2 (a bool is neither)."""
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-        raise LazyflowError(f"nfe must be a positive integer, got {nfe!r}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise LazyflowError(f"samples must be an integer >= 2, got {samples!r}")
-
-
 def _steps_within(method, nfe: int, final_step: str | None) -> int:
     """The most steps N of ``method`` with nfe(N) <= ``nfe``; refused when even one step costs more."""
     steps = method.steps_for_nfe(nfe)
     if method.nfe(steps, final_step or "euler") > nfe:
         raise LazyflowError(f"{method.name} needs {method.nfe(steps, final_step or 'euler')} NFE for one step")
     return steps
-
-
-def _checked_holdout_seed(seed: int, holdout_seed: int | None) -> int:
-    """The held-out seed: ``seed + 1000`` unless given, and never ``seed`` itself."""
-    holdout_seed = seed + 1000 if holdout_seed is None else holdout_seed
-    if holdout_seed == seed:
-        raise LazyflowError("holdout_seed must differ from seed (the held-out check needs other noise)")
-    return holdout_seed
 
 
 def _unit_directions(dim: int, count: int) -> torch.Tensor:

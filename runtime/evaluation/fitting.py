@@ -1,0 +1,72 @@
+"""What grid tuning (:mod:`.tune`) and bespoke fitting (:mod:`.bespoke_fit`) share: the softmax parameterisation
+of a grid's interior times, the probability-flow ODE end points they are fitted against, the call counter
+that records their cost, and the checks of their budget and held-out seed."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...errors import LazyflowError
+from ..core.schedule import Schedule, load_schedule
+
+__all__ = ["times_from_logits", "logits_from_times", "reference_samples", "CallCounter", "check_budget",
+           "checked_holdout_seed"]
+
+
+def times_from_logits(theta: torch.Tensor, t0: float) -> torch.Tensor:
+    """t_k = t_0 + (1 - t_0) cumsum(softmax([theta, 0]))_k with t_N = 1 exactly (float64)."""
+    u = torch.softmax(torch.cat([theta.to(torch.float64), torch.zeros(1, dtype=torch.float64)]), 0)
+    inner = t0 + (1 - t0) * torch.cumsum(u, 0)[:-1]
+    return torch.cat([torch.tensor([t0], dtype=torch.float64), inner, torch.ones(1, dtype=torch.float64)])
+
+
+def logits_from_times(times: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`times_from_logits`: theta_j = log(h_j / h_N), h the increments."""
+    h = times[1:] - times[:-1]
+    return torch.log(h[:-1] / h[-1])
+
+
+class CallCounter:
+    """Counts model calls (the tuning cost in network evaluations)."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+        self.data_shape = getattr(model, "data_shape", None)
+
+    def __call__(self, x, t, **kwargs):
+        self.calls += 1
+        return self.model(x, t, **kwargs)
+
+
+def reference_samples(model, shape: tuple[int, ...], target: Schedule, source: Schedule, prediction: str,
+                      t0: float, seed: int, steps: int = 200, model_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
+    """End points of the probability-flow ODE from the initial noise of ``seed``: Heun on ``steps`` steps
+    uniform in the source's time from the source time of t_0's log snr to 1, in the frame of ``target`` when
+    it is deterministic (so that the start alpha(t_0) Z is the same point), else of ``source``."""
+    from ..core.sampler import sample
+
+    frame = target if not target.stochastic else (source if not source.stochastic else load_schedule("linear"))
+    lam0 = target.log_snr(torch.tensor([t0], dtype=torch.float64))
+    tau0 = 0.0 if t0 <= 0 else float(source.time_of_log_snr(lam0)[0])
+    tau = torch.linspace(tau0, 1.0, steps + 1, dtype=torch.float64)
+    times = tau if frame.same_path(source) else frame.time_of_log_snr(source.log_snr(tau))
+    times[0], times[-1] = (0.0 if t0 <= 0 else times[0]), 1.0
+    return sample(model, shape, schedule=frame, source=source, steps=steps, integrator="heun", grid=times,
+                  prediction=prediction, seed=seed, model_kwargs=model_kwargs)
+
+
+def check_budget(nfe: int, samples: int) -> None:
+    """Refuses an ``nfe`` below 1 or ``samples`` below 2 (a bool is neither)."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise LazyflowError(f"nfe must be a positive integer, got {nfe!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise LazyflowError(f"samples must be an integer >= 2, got {samples!r}")
+
+
+def checked_holdout_seed(seed: int, holdout_seed: int | None) -> int:
+    """The held-out seed: ``seed + 1000`` unless given, and never ``seed`` itself."""
+    holdout_seed = seed + 1000 if holdout_seed is None else holdout_seed
+    if holdout_seed == seed:
+        raise LazyflowError("holdout_seed must differ from seed (the held-out check needs other noise)")
+    return holdout_seed
