@@ -83,6 +83,53 @@ def _rows(kwargs: dict[str, Any], index: torch.Tensor, n: int) -> dict[str, Any]
     return {k: v[index] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v for k, v in kwargs.items()}
 
 
+class _Problem:
+    """The fit's data: per seed the start states x_0 and the reference end points x*, the conditioning, and
+    the counted model; ``path(solver, seed)`` is the loss on every sample of that seed."""
+
+    def __init__(self, model, src, shape: tuple[int, ...], seeds: tuple[int, ...], reference_steps: int,
+                 model_kwargs: dict[str, Any] | None):
+        self.counter, self.kwargs, self.samples = CallCounter(model), dict(model_kwargs or {}), shape[0]
+        alpha0 = float(src.values(torch.zeros(1, dtype=torch.float64)).alpha[0])
+        self.refs = {s: reference_samples(self.counter, shape, src, src, "velocity", 0.0, s, reference_steps,
+                                          model_kwargs=model_kwargs).to(torch.float32) for s in seeds}
+        self.starts = {s: CounterNormal(s, range(shape[0]), shape[1:])(0) * alpha0 for s in seeds}
+
+    def path(self, solver: _Solver, seed: int) -> float:
+        with torch.no_grad():
+            return float(_path(solver(self.counter, self.starts[seed], self.kwargs), self.refs[seed]))
+
+    def train(self, solver: _Solver, seed: int, settings: BespokeSettings, say: Callable[[str], None]) -> float:
+        """Adam on minibatches of ``seed``'s samples; the solver is left at the iterate of the lowest full-set
+        path, which is returned."""
+        best, best_state = self.path(solver, seed), _copy(solver)
+        optimiser = torch.optim.Adam(solver.parameters(), lr=settings.lr)
+        generator = torch.Generator().manual_seed(seed)
+        parameters = list(solver.parameters())
+        for it in range(1, settings.iterations + 1):
+            index = torch.randperm(self.samples, generator=generator)[:min(settings.batch, self.samples)]
+            with torch.enable_grad():   # the gradient of the solver's parameters only: the model's are left alone
+                x = solver(self.counter, self.starts[seed][index], _rows(self.kwargs, index, self.samples))
+                loss = _path(x, self.refs[seed][index])
+                if not torch.isfinite(loss):
+                    say(f"  iteration {it}: the loss is not finite; stopping at the best iterate")
+                    break
+                for p, g in zip(parameters, torch.autograd.grad(loss, parameters, allow_unused=True)):
+                    p.grad = torch.zeros_like(p) if g is None else g
+            optimiser.step()
+            if it % settings.check_every == 0 or it == settings.iterations:
+                value = self.path(solver, seed)
+                if value < best:
+                    best, best_state = value, _copy(solver)
+                say(f"  iteration {it}: path {value:.6g} (best {best:.6g})")
+        solver.load_state_dict(best_state)
+        return best
+
+
+def _copy(solver: _Solver) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in solver.state_dict().items()}
+
+
 def fit_bespoke(model, *, model_name: str = "", source: Any = "linear", prediction: str = "velocity",
                 nfe: int = 4, samples: int = 128, seed: int = 0, holdout_seed: int | None = None,
                 reference_steps: int = 200, model_kwargs: dict[str, Any] | None = None,
@@ -99,66 +146,37 @@ def fit_bespoke(model, *, model_name: str = "", source: Any = "linear", predicti
     check_budget(nfe, samples)
     holdout_seed = checked_holdout_seed(seed, holdout_seed)
     shape = (samples, *tuple(data_shape or model.data_shape))
-    counter = CallCounter(model)
-    kwargs = dict(model_kwargs or {})
-    refs, starts = {}, {}
-    for s in (seed, holdout_seed):
-        refs[s] = reference_samples(counter, shape, src, src, prediction, 0.0, s, reference_steps,
-                                    model_kwargs=model_kwargs).to(torch.float32)
-        starts[s] = CounterNormal(s, range(samples), shape[1:])(0) * float(src.values(torch.zeros(1, dtype=torch.float64)).alpha[0])
-    ref_calls = counter.calls
-
-    def loss_on(s: int) -> float:
-        with torch.no_grad():
-            return float(_path(solver(counter, starts[s], kwargs), refs[s]))
-
-    tried = {}
-    for init, start_tables in _starts(nfe).items():
-        solver = _Solver(*start_tables)
-        tried[init] = loss_on(seed)
+    problem = _Problem(model, src, shape, (seed, holdout_seed), reference_steps, model_kwargs)
+    ref_calls = problem.counter.calls
+    tried = {name: problem.path(_Solver(*tables), seed) for name, tables in _starts(nfe).items()}
     init = min(tried, key=lambda name: tried[name] if math.isfinite(tried[name]) else math.inf)
     solver = _Solver(*_starts(nfe)[init])
-    before, held_before = tried[init], loss_on(holdout_seed)
+    before, held_before = tried[init], problem.path(solver, holdout_seed)
     if not math.isfinite(before):
         raise LazyflowError(f"the starting solver ({init}) does not give finite samples on this model")
-    best, best_state = before, {k: v.detach().clone() for k, v in solver.state_dict().items()}
     say(f"reference: Heun, {reference_steps} steps ({ref_calls // 2} model calls per seed); paths of the starts: "
         + ", ".join(f"{name} {value:.6g}" for name, value in tried.items()) + f"; fitting from {init}")
-    optimiser = torch.optim.Adam(solver.parameters(), lr=settings.lr)
-    generator = torch.Generator().manual_seed(seed)
-    batch = min(settings.batch, samples)
-    parameters = list(solver.parameters())
-    for it in range(1, settings.iterations + 1):
-        index = torch.randperm(samples, generator=generator)[:batch]
-        with torch.enable_grad():   # the gradient of the solver's parameters only: the model's are left alone
-            loss = _path(solver(counter, starts[seed][index], _rows(kwargs, index, samples)), refs[seed][index])
-            if not torch.isfinite(loss):
-                say(f"  iteration {it}: the loss is not finite; stopping at the best iterate")
-                break
-            for p, g in zip(parameters, torch.autograd.grad(loss, parameters, allow_unused=True)):
-                p.grad = torch.zeros_like(p) if g is None else g
-        optimiser.step()
-        if it % settings.check_every == 0 or it == settings.iterations:
-            value = loss_on(seed)
-            if value < best:
-                best, best_state = value, {k: v.detach().clone() for k, v in solver.state_dict().items()}
-            say(f"  iteration {it}: path {value:.6g} (best {best:.6g})")
-    solver.load_state_dict(best_state)
-    held_after = loss_on(holdout_seed)
+    best = problem.train(solver, seed, settings, say)
+    held_after = problem.path(solver, holdout_seed)
     seconds = time.perf_counter() - start
-    fitted_times = solver.times().detach().to(torch.float64)
-    fitted_times[-1] = 1.0
-    a_fit = solver.log_a.detach().exp().to(torch.float64)
-    w_fit = (solver.w.detach() * solver.mask).to(torch.float64)
+    calls = problem.counter.calls
     tuning = {"loss": "mean path |x - x*| to the ODE end points of the same noise", "init": init, "starts": tried,
               "samples": samples, "seed": seed, "loss_before": before, "loss_after": best,
               "holdout_seed": holdout_seed, "holdout_loss_before": held_before, "holdout_loss_after": held_after,
               "reference": f"heun, {reference_steps} steps uniform in the source time",
-              "optimiser": f"adam lr {settings.lr:g}, {settings.iterations} iterations of {batch} samples",
-              "model_calls": counter.calls, "seconds": round(seconds, 2)}
-    say(f"fitted in {seconds:.1f} s ({counter.calls} model calls, each also differentiated): path {before:.6g} -> "
+              "optimiser": f"adam lr {settings.lr:g}, {settings.iterations} iterations of "
+                           f"{min(settings.batch, samples)} samples", "model_calls": calls, "seconds": round(seconds, 2)}
+    say(f"fitted in {seconds:.1f} s ({calls} model calls, each also differentiated): path {before:.6g} -> "
         f"{best:.6g}; held-out seed {holdout_seed}: {held_before:.6g} -> {held_after:.6g}")
-    return TunedGrid(times=tuple(fitted_times.tolist()), schedule=src.describe(), integrator=BESPOKE,
-                     model=model_name, source=src.describe(), prediction=prediction, nfe=nfe, tuning=tuning,
-                     x0_weights=tuple(a_fit.tolist()),
-                     call_weights=tuple(tuple(w_fit[k, :k + 1].tolist()) for k in range(nfe)))
+    return _as_grid(solver, src.describe(), model_name, nfe, tuning)
+
+
+def _as_grid(solver: _Solver, schedule: str, model_name: str, nfe: int, tuning: dict[str, Any]) -> TunedGrid:
+    """The fitted solver as a grid file's contents: its times (t_N = 1), a_k and the rows w_k0 ... w_kk."""
+    times = solver.times().detach().to(torch.float64)
+    times[-1] = 1.0
+    a = solver.log_a.detach().exp().to(torch.float64)
+    w = (solver.w.detach() * solver.mask).to(torch.float64)
+    return TunedGrid(times=tuple(times.tolist()), schedule=schedule, integrator=BESPOKE, model=model_name,
+                     source=schedule, prediction="velocity", nfe=nfe, tuning=tuning, x0_weights=tuple(a.tolist()),
+                     call_weights=tuple(tuple(w[k, :k + 1].tolist()) for k in range(nfe)))
