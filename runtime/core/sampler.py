@@ -32,7 +32,7 @@ from .progress import progress_bar
 from .schedule import Schedule, load_schedule
 from . import defaults
 
-__all__ = ["sample", "sample_batches", "SamplingRun", "check_seed", "run_plan", "resolve_device", "resolve_dtype", "resolve_dtypes",
+__all__ = ["sample", "sample_batches", "SamplingRun", "check_seed", "per_sample_kwargs", "run_plan", "resolve_device", "resolve_dtype", "resolve_dtypes",
            "SamplingWarning", "DEFAULT_FINAL_STEP"]
 
 #: the default last step (:mod:`.defaults`: the run's defaults, shared with the CLI and the diffusers scheduler)
@@ -365,7 +365,7 @@ class SamplingRun:
         t0 = float(self.plan.times[0])
         like = torch.empty((len(indices), *self.shape[1:]), device=self.device, dtype=self.dtype)
         x = self.target.initial_state(t0, (lambda: draws(0)) if first is None else (lambda: first), like)
-        kwargs = _chunk_kwargs(self.model_kwargs, self.shape[0], indices)
+        kwargs = per_sample_kwargs(self.model_kwargs, self.shape[0], indices)
         if not self.capture:
             plan = self.plan.for_batch(kwargs)
             return run_plan(self.model, x, plan, self.target.step_noise(t0, draws, first, x), model_kwargs=kwargs,
@@ -470,11 +470,14 @@ def _count(value: Any, what: str) -> int:
     return int(value)
 
 
-def _chunk_kwargs(model_kwargs: dict[str, Any] | None, n: int, indices: range) -> dict[str, Any]:
-    """Per-sample conditioning: tensors whose first dimension is n are cut to the chunk's samples."""
+def per_sample_kwargs(model_kwargs: dict[str, Any] | None, n: int, rows: range | slice | torch.Tensor) -> dict[str, Any]:
+    """The conditioning of some of ``n`` samples: tensors whose first dimension is n (per-sample conditioning)
+    cut to ``rows`` (a range, a slice or an index tensor), everything else as it is."""
     if not model_kwargs:
         return {}
-    if len(indices) == n:
-        return dict(model_kwargs)
-    return {key: value[indices.start:indices.stop] if isinstance(value, torch.Tensor) and value.dim() > 0
-            and value.shape[0] == n else value for key, value in model_kwargs.items()}
+    if isinstance(rows, range):
+        if len(rows) == n:
+            return dict(model_kwargs)
+        rows = slice(rows.start, rows.stop)
+    return {key: value[rows] if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n
+            else value for key, value in model_kwargs.items()}

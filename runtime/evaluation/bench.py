@@ -546,11 +546,12 @@ class _Runner:
         batch's model bound to that batch's conditioning (per-sample tensors of the loaded model_kwargs)."""
         import torch
 
+        from ..core.sampler import per_sample_kwargs
+
         n, kwargs, pieces = self.shape[0], self.options["model_kwargs"] or {}, []
         for lo in range(0, n, self.size):
             part = slice(lo, lo + self.size)
-            bound = {k: v[part] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v
-                     for k, v in kwargs.items()}
+            bound = per_sample_kwargs(kwargs, n, part)
             call = model if not bound and self.options["device"] is None else \
                 (lambda x, t, bound=bound: model(x, t.to(x.device), **bound))   # noqa: E731 - one batch's binding
             pieces.append(fn(call, self.start[part].clone(), budget, self.seed))

@@ -21,6 +21,7 @@ from ...errors import LazyflowError
 from ..core.bespoke import BESPOKE, euler_weights, midpoint_weights, rk4_weights
 from ..core.gridfile import TunedGrid
 from ..core.noise import CounterNormal
+from ..core.sampler import per_sample_kwargs
 from ..core.schedule import load_schedule
 from .fitting import CallCounter, check_budget, checked_holdout_seed, logits_from_times, reference_samples, \
     times_from_logits
@@ -79,10 +80,6 @@ def _path(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return (x - ref).flatten(1).norm(dim=1).mean()
 
 
-def _rows(kwargs: dict[str, Any], index: torch.Tensor, n: int) -> dict[str, Any]:
-    return {k: v[index] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v for k, v in kwargs.items()}
-
-
 class _Problem:
     """The fit's data: per seed the start states x_0 and the reference end points x*, the conditioning, and
     the counted model; ``path(solver, seed)`` is the loss on every sample of that seed."""
@@ -109,7 +106,7 @@ class _Problem:
         for it in range(1, settings.iterations + 1):
             index = torch.randperm(self.samples, generator=generator)[:min(settings.batch, self.samples)]
             with torch.enable_grad():   # the gradient of the solver's parameters only: the model's are left alone
-                x = solver(self.counter, self.starts[seed][index], _rows(self.kwargs, index, self.samples))
+                x = solver(self.counter, self.starts[seed][index], per_sample_kwargs(self.kwargs, self.samples, index))
                 loss = _path(x, self.refs[seed][index])
                 if not torch.isfinite(loss):
                     say(f"  iteration {it}: the loss is not finite; stopping at the best iterate")

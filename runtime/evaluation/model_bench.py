@@ -38,6 +38,8 @@ from typing import Any, Callable
 import torch
 
 from ...errors import LazyflowError
+from ..core.gridfile import TunedGrid
+from ..core.sampler import per_sample_kwargs
 from ..models.kind import LoadedModel, ModelKind
 from .bench import BenchModel, OurMethod, _Runner, format_table, machine, our_methods, sample_args
 from .data_rows import STATS_SAMPLES, STATS_STEPS, BenchStats, bench_stats, stats_key, stats_kinds
@@ -373,7 +375,6 @@ def tuned_rows(run: _Runner, rows: list[dict], methods: list[OurMethod], top: in
     (:func:`.tune.tune_grid`: path loss on :data:`TUNE_SAMPLES` samples of the noise of seed + 1, the bench's
     samples held out), each grid written next to ``save`` and scored here as a row marked ``tuned`` beside
     its untuned path."""
-    from ..core.gridfile import save_grid_file
     from .tune import tune_grid
 
     by_name = {m.name: m for m in methods}
@@ -393,32 +394,39 @@ def tuned_rows(run: _Runner, rows: list[dict], methods: list[OurMethod], top: in
                              integrator=method.integrator, nfe=budget, init=method.grid, samples=count,
                              seed=run.seed + 1, reference_steps=TUNE_REFERENCE_STEPS, max_evals=TUNE_EVALS,
                              model_kwargs=kwargs or None, data_stats=stats, data_shape=loaded.data_shape)
-            file = Path(save).with_name(f"{Path(save).stem}.grid-{len(out)}.json")
-            save_grid_file(grid, file)
-            scored = run.one(replace(method, grid=str(file)), grid.steps, budget)
-            scored.update(tuned=True, choice=_choice(replace(method, grid=str(file))), held_out=True,
-                          tuning_seed=run.seed + 1,
-                          tuning_samples=count, tuning_seconds=grid.tuning["seconds"],
-                          tuning_model_calls=grid.tuning["model_calls"], grid_file=str(file),
-                          untuned={"grid": method.grid, PATH_METRIC: row[PATH_METRIC]})
+            scored = _scored_fit(run, method, grid, Path(save).with_name(f"{Path(save).stem}.grid-{len(out)}.json"),
+                                 budget, count, {"grid": method.grid, PATH_METRIC: row[PATH_METRIC]})
             log(f"  tuned {row['method']} at {budget} NFE: {_sig(scored[PATH_METRIC])} (untuned "
                 f"{_sig(row[PATH_METRIC])}; {grid.tuning['seconds']:.1f} s, {grid.tuning['model_calls']} calls)")
             out.append(scored)
     return out
 
 
+def _scored_fit(run: _Runner, method: OurMethod, fitted: TunedGrid, file: Path, budget: int, count: int,
+                untuned: dict[str, Any]) -> dict:
+    """A grid or solver fitted on the noise of seed + 1 (``count`` samples), written to ``file`` and scored here
+    as ``method`` on that file: a row marked ``tuned``, with its fit's cost and ``untuned`` beside it."""
+    from ..core.gridfile import save_grid_file
+
+    save_grid_file(fitted, file)
+    method = replace(method, grid=str(file))
+    scored = run.one(method, fitted.steps, budget)
+    scored.update(tuned=True, choice=_choice(method), held_out=True, tuning_seed=run.seed + 1, tuning_samples=count,
+                  tuning_seconds=fitted.tuning["seconds"], tuning_model_calls=fitted.tuning["model_calls"],
+                  grid_file=str(file), untuned=untuned)
+    return scored
+
+
 def _tuning_kwargs(run: _Runner, loaded: LoadedModel) -> tuple[int, dict[str, Any]]:
     """The tuning samples' count and conditioning: the first :data:`TUNE_SAMPLES` of the bench's."""
     count = min(TUNE_SAMPLES, run.shape[0])
-    return count, {k: v[:count] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == run.shape[0] else v
-                   for k, v in loaded.model_kwargs.items()}
+    return count, per_sample_kwargs(loaded.model_kwargs, run.shape[0], range(count))
 
 
 def bespoke_rows(run: _Runner, nfes: list[int], loaded: LoadedModel, save: str | Path, log: Callable) -> list[dict]:
     """Per budget, a bespoke solver (:func:`.bespoke_fit.fit_bespoke`) fitted on :data:`TUNE_SAMPLES` samples of
     the noise of seed + 1 (the bench's samples held out), written next to ``save`` and scored here as a row
     marked ``tuned``."""
-    from ..core.gridfile import save_grid_file
     from .bespoke_fit import fit_bespoke
 
     count, kwargs = _tuning_kwargs(run, loaded)
@@ -428,16 +436,12 @@ def bespoke_rows(run: _Runner, nfes: list[int], loaded: LoadedModel, save: str |
                              prediction=loaded.prediction, nfe=budget, samples=count, seed=run.seed + 1,
                              reference_steps=TUNE_REFERENCE_STEPS, model_kwargs=kwargs or None,
                              data_shape=loaded.data_shape)
-        file = Path(save).with_name(f"{Path(save).stem}.bespoke-{budget}.json")
-        save_grid_file(solver, file)
-        method = OurMethod(loaded.source if isinstance(loaded.source, str) else solver.schedule, "bespoke", str(file))
-        scored = run.one(method, solver.steps, budget)
-        scored.update(tuned=True, choice=_choice(method), held_out=True, tuning_seed=run.seed + 1,
-                      tuning_samples=count, tuning_seconds=solver.tuning["seconds"],
-                      tuning_model_calls=solver.tuning["model_calls"], grid_file=str(file),
-                      untuned={"grid": f"its start ({solver.tuning['init']}; fitted path "
-                                       f"{_sig(solver.tuning['loss_before'])} -> {_sig(solver.tuning['loss_after'])} "
-                                       f"on seed {run.seed + 1})", PATH_METRIC: None})
+        method = OurMethod(loaded.source if isinstance(loaded.source, str) else solver.schedule, "bespoke", "")
+        scored = _scored_fit(run, method, solver, Path(save).with_name(f"{Path(save).stem}.bespoke-{budget}.json"),
+                             budget, count, {"grid": f"its start ({solver.tuning['init']}; fitted path "
+                                                     f"{_sig(solver.tuning['loss_before'])} -> "
+                                                     f"{_sig(solver.tuning['loss_after'])} on seed {run.seed + 1})",
+                                             PATH_METRIC: None})
         log(f"  bespoke solver at {budget} NFE: {_sig(scored[PATH_METRIC])} (fitted on seed {run.seed + 1}: "
             f"{_sig(solver.tuning['loss_before'])} -> {_sig(solver.tuning['loss_after'])}; "
             f"{solver.tuning['seconds']:.1f} s)")
