@@ -50,7 +50,8 @@ class BespokeCoefficients(Tables):
         x0, calls = x, []
         for k in range(plan.steps):
             m = yield Call(x, plan.tau[k], plan.in_scale[k], k)
-            observe(callback, plan, k, x, plan.P[k] * x + plan.Q[k] * m)
+            if callback is not None:
+                observe(callback, plan, k, x, plan.P[k] * x + plan.Q[k] * m)
             calls.append(m)
             x = self.x0_weight[k] * x0
             for j, m_j in enumerate(calls):
@@ -111,11 +112,11 @@ def bespoke_integrator(grid: TunedGrid) -> Integrator:
 def integrator_for_grid(method: Integrator, grid: object) -> Integrator:
     """The integrator a run uses on ``grid``: a solver file's own (asked for as ``bespoke``), else ``method``;
     a solver file under another integrator, or ``bespoke`` without one, is refused."""
-    holds_solver = isinstance(grid, TunedGrid) and bool(grid.x0_weights)
-    if holds_solver and method.name != BESPOKE:
+    has_weights = isinstance(grid, TunedGrid) and bool(grid.x0_weights)
+    if has_weights and method.name != BESPOKE:
         raise LazyflowError(f"{grid.describe()} holds a bespoke solver: run it with integrator 'bespoke', "
                             f"not {method.name!r}")
-    return bespoke_integrator(grid) if holds_solver else method
+    return bespoke_integrator(grid) if has_weights else method
 
 
 def holds_solver(method: Integrator) -> bool:

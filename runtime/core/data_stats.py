@@ -39,7 +39,7 @@ import torch
 
 from ...errors import LazyflowError
 
-__all__ = ["DataStats", "ConditionalStats", "KINDS", "Directions", "as_data_stats"]
+__all__ = ["DataStats", "ConditionalStats", "KINDS", "Directions", "as_data_stats", "label_rows"]
 
 KINDS = ("scalar", "diag", "channel", "lowrank", "full")
 FORMAT = 1
@@ -306,6 +306,18 @@ class ConditionalStats:
                           conditions=self.labels, key=self.key)
 
 
+def label_rows(labels: tuple[int, ...], key: str, values: torch.Tensor) -> torch.Tensor:
+    """The index in ``labels`` of each of ``values`` (the samples' labels of keyword ``key``); a label that is
+    not among them is refused in one line."""
+    known = torch.as_tensor(labels, device=values.device)
+    match = values.reshape(-1, 1).long() == known.reshape(1, -1)
+    if not bool(match.any(1).all()):
+        missing = sorted({int(v) for v, ok in zip(values.reshape(-1).tolist(), match.any(1).tolist()) if not ok})
+        raise LazyflowError(f"the statistics have no {key} = {', '.join(map(str, missing))} (they cover "
+                            f"{', '.join(map(str, labels))})")
+    return match.long().argmax(1)
+
+
 def as_data_stats(value: Any) -> "DataStats | ConditionalStats | None":
     """Statistics as given (a :class:`DataStats` or :class:`ConditionalStats`), read from a file path (str or
     path-like: :meth:`DataStats.load`), or None; anything else is refused in one line."""
@@ -357,13 +369,7 @@ class Directions:
         """The row of each sample's label (``values``: the batch's labels); an unknown label is refused."""
         if self.conditions is None:
             raise LazyflowError("these statistics are not per label")
-        known = torch.as_tensor(self.conditions, device=values.device)
-        match = values.reshape(-1, 1).long() == known.reshape(1, -1)
-        if not bool(match.any(1).all()):
-            missing = sorted({int(v) for v, ok in zip(values.reshape(-1).tolist(), match.any(1).tolist()) if not ok})
-            raise LazyflowError(f"the statistics have no {self.key} = {', '.join(map(str, missing))} (they cover "
-                                f"{', '.join(map(str, self.conditions))})")
-        return match.long().argmax(1)
+        return label_rows(self.conditions, self.key, values)
 
     def select(self, rows: torch.Tensor) -> "Directions":
         """The directions of one batch whose sample i has label row ``rows[i]``: the mean per sample, the

@@ -22,7 +22,7 @@ from .gridfile import TunedGrid, is_grid_file, load_grid_file
 from .bespoke import integrator_for_grid
 from .capture import captured_loop
 from .data_frame import without_skip
-from .data_stats import ConditionalStats, DataStats, as_data_stats
+from .data_stats import ConditionalStats, DataStats, as_data_stats, label_rows
 from .distributed import Ranks, gather_batches, local_device, ranks_of, share
 from .integrators import build_plan, get_integrator
 from .limits import check_memory, check_steps
@@ -460,7 +460,7 @@ def _check_data_stats(data_stats: Any, shape: tuple[int, ...], model_kwargs: dic
                 or values.is_floating_point():
             raise LazyflowError(f"the statistics are per {data_stats.key}: give model_kwargs={{{data_stats.key!r}: "
                                 f"one integer label per sample ({shape[0]})}}")
-        data_stats.directions("cpu").label_rows(values.cpu())
+        label_rows(data_stats.labels, data_stats.key, values.cpu())   # every label known (no tables built)
 
 
 def _count(value: Any, what: str) -> int:
