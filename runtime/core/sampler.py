@@ -228,8 +228,7 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHED
                        device=device, dtype=dtype, model_dtype=model_dtype, compile=compile,
                        model_kwargs=model_kwargs, initial=initial, callback=callback, progress=progress,
                        noise=noise, distributed=distributed, capture=capture)
-    check_memory(steps=run.plan.steps, table_elements=1, batch=len(run.chunks[0]) if run.chunks else 0,
-                 sample_elements=math.prod(run.shape[1:]), itemsize=run.dtype.itemsize, gathered=run.shape[0])
+    run.check_memory(kept=run.shape[0])
     pieces = [x for _, x in run.batches()]
     return gather_batches(pieces, run.shape[0], run.shape[1:], run.ranks, device=run.device, dtype=run.dtype)
 
@@ -302,6 +301,14 @@ class SamplingRun:
     progress: bool
     compile: bool
     capture: bool
+    #: the coefficient tables have a value per element (a data frame's), not per step
+    per_element_tables: bool = False
+
+    def check_memory(self, kept: int) -> None:
+        """The run's planned memory with ``kept`` samples held at its end (``sample``'s gather, a file's output)
+        within the bound of :mod:`.limits`, before a batch runs."""
+        _check_run_memory(self.plan.steps, self.shape, len(self.chunks[0]) if self.chunks else 0, self.dtype,
+                          self.per_element_tables, kept)
 
     @classmethod
     def prepare(cls, model: Model, shape: Sequence[int], *, schedule: Any, source: Any, steps: int,
@@ -326,9 +333,7 @@ class SamplingRun:
         ranks = ranks_of(distributed, device)
         grid, steps = _grid_and_steps(grid, steps)
         check_steps(steps)
-        check_memory(steps=steps, table_elements=math.prod(shape[1:]) if data_stats is not None else 1,
-                     batch=min(batch_size or shape[0], shape[0]), sample_elements=math.prod(shape[1:]),
-                     itemsize=dtype.itemsize)
+        _check_run_memory(steps, shape, min(batch_size or shape[0], shape[0]), dtype, data_stats is not None)
         method = integrator_for_grid(method, grid)   # a bespoke solver's file carries its own tables
         times = make_grid(target, src, steps, grid)
         _check_grid_end(times, given_final)
@@ -345,7 +350,7 @@ class SamplingRun:
         chunks = [range(s, min(s + chunk, local.stop)) for s in range(local.start, local.stop, chunk)]
         return cls(model, shape, target, plan, plan_key, int(seed), chunks, device, dtype, call_dtype, ranks,
                    CounterNormal if noise is None else noise, model_kwargs, initial, callback, progress, compile,
-                   capture)
+                   capture, per_element_tables=data_stats is not None)
 
     def batches(self) -> Iterator[tuple[range, torch.Tensor]]:
         """Run the chunks in order, yielding (indices, samples) as each finishes."""
@@ -380,6 +385,15 @@ class SamplingRun:
         if update is not None:
             update(self.plan.steps)
         return _checked(out.clone(), evaluate)
+
+
+def _check_run_memory(steps: int, shape: tuple[int, ...], batch: int, dtype: torch.dtype, per_element: bool,
+                      kept: int = 0) -> None:
+    """:func:`.limits.check_memory` of a run: ``steps`` rows of tables (a value per element where
+    ``per_element``), batches of ``batch`` samples of ``shape[1:]`` in ``dtype``, ``kept`` samples at the end."""
+    size = math.prod(shape[1:])
+    check_memory(steps=steps, table_elements=size if per_element else 1, batch=batch, sample_elements=size,
+                 itemsize=dtype.itemsize, gathered=kept)
 
 
 _PLANS: "OrderedDict[tuple, Plan]" = OrderedDict()

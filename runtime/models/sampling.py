@@ -17,7 +17,7 @@ import torch
 from ...errors import LazyflowError, SamplingError
 from ..core import defaults
 from ..core.gridfile import is_grid_file, load_grid_file
-from ..core.limits import check_disk, check_memory
+from ..core.limits import check_disk
 from ..core.output import (Written, assemble, check_format, keep_batches, kept, output_files, output_path,
                            read_samples)
 from ..core.resume import WorkDir, check_outputs, clear_leftovers, discard, file_hash
@@ -242,10 +242,8 @@ def sample_to_file(model: str, out: str | Path, *, kind: str | None = None,
     knobs = dict(integrator=integrator, final_step=final_step, data_stats=data_stats, data_shape=data_shape, seed=seed,
                  num_samples=num_samples, batch_size=batch_size, compile=compile, capture=capture, shards=shards)
     run = _prepared(loaded, target, grid, steps, device, ranks, knobs)
-    size, local = math.prod(data_shape), sum(map(len, run.chunks))   # this rank's samples
-    check_memory(steps=run.plan.steps, table_elements=1, batch=len(run.chunks[0]) if run.chunks else 0,
-                 sample_elements=size, itemsize=4, gathered=num_samples if ranks.rank == 0 else local)
-    check_disk(out.parent, 2 * num_samples * size * 4)
+    run.check_memory(kept=num_samples if ranks.rank == 0 else sum(map(len, run.chunks)))   # rank 0 gathers all
+    check_disk(out.parent, 2 * num_samples * math.prod(data_shape) * run.dtype.itemsize)
     settings = _settings(model, found, model_options, loaded, target, run, knobs)
     outputs = output_files(out, ranks=ranks, shards=shards, images=loaded.decode_images is not None)
     work = _open_work(out, outputs, settings, ranks, force=force, resume=resume)
