@@ -491,8 +491,9 @@ class _Runner:
         scale = grid.schedule_for(load_schedule(name), scale_given=False).diffusion_scale
         with torch.no_grad():
             row = self.one(OurMethod(name, grid.integrator, str(path), final, scale), grid.steps, grid.nfe)
-            init = grid.tuning.get("init")
-            base = self.one(OurMethod(name, grid.integrator, init, final, scale), grid.steps, grid.nfe) if init else {}
+            init = grid.tuning.get("init")   # a bespoke solver's start is a solver, not a grid: no untuned row
+            base = self.one(OurMethod(name, grid.integrator, init, final, scale), grid.steps, grid.nfe) \
+                if init and not grid.x0_weights else {}
         tuning = grid.tuning
         row["method"] = f"{grid.schedule}/{grid.integrator}/tuned:{Path(path).name}" + (f"/{final}" if final else "")
         row.update(tuned=True, held_out=tuning.get("seed") != self.seed, tuning_seed=tuning.get("seed"),
