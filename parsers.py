@@ -175,7 +175,7 @@ def _sample_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help=f"steps (default {DEFAULTS.STEPS}, or a tuned --grid "
                    "file's)")
     p.add_argument("--grid", default=DEFAULTS.GRID, help=_Lazy(lambda: ", ".join(_registry("core.grids", "GRIDS")) +
-                   ", logsnr:FIRST,LAST (uniform in log snr between these, from t = 0), logsnr-open:FIRST,LAST "
+                   ", shift:S (SD3's flow sigmas shifted by S), logsnr:FIRST,LAST (uniform in log snr between these, from t = 0), logsnr-open:FIRST,LAST "
                    "(starting at log snr FIRST: for noise and score models), a tuned grid's .json file (lazyflow "
                    f"tune-grid), or comma-separated times ending at 1 (default {DEFAULTS.GRID})"))
     p.add_argument("--shape", default=None, help="data shape, e.g. 1,8,8 (default: the model's own)")

@@ -167,8 +167,10 @@ def test_the_options_change_what_they_say():
 
 def test_refusals():
     model, _, stats = gaussian(3, seed=0, kind="diag")
-    with pytest.raises(LazyflowError, match="give data_stats"):
-        sample(model, (2, 3), schedule="linear", integrator="data-multistep-pc", steps=4)
+    # no statistics: the frame N(E[X | c], I), the same samples as with those statistics given
+    assert torch.equal(sample(model, (2, 3), schedule="linear", integrator="data-multistep-pc", steps=4),
+                       sample(model, (2, 3), schedule="linear", integrator="data-multistep-pc", steps=4,
+                              data_stats=DataStats.isotropic((3,))))
     with pytest.raises(LazyflowError, match="probability-flow ODE"):
         sample(model, (2, 3), schedule="pointmass", integrator="data-multistep-pc", steps=4, data_stats=stats)
     with pytest.raises(LazyflowError, match="final_step"):
@@ -178,9 +180,11 @@ def test_refusals():
         sample(model, (2, 4), schedule="linear", integrator="data-multistep", steps=4, data_stats=stats)
     with pytest.raises(LazyflowError, match="DataStats"):
         sample(model, (2, 3), schedule="linear", integrator="data-multistep", steps=4, data_stats={"mean": 0})
-    with pytest.raises(LazyflowError, match="skips the call at t = 0"):
-        sample(model, (2, 3), schedule="linear", integrator="data-multistep", grid=[0.1, 0.5, 1.0], steps=2,
-               data_stats=stats)
+    # a grid from t > 0 makes the call there (the skip holds only at t = 0): one call per step
+    calls = []
+    sample(lambda x, t: calls.append(1) or model(x, t), (2, 3), schedule="linear", integrator="data-multistep",
+           grid=[0.1, 0.5, 1.0], steps=2, data_stats=stats)
+    assert len(calls) == 2
 
 
 # --- the statistics ------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import types
 import pytest
 import torch
 
+from lazyflow.runtime.core.data_stats import DataStats
+
 from lazyflow.errors import LazyflowError
 from lazyflow.runtime.core.noise import CounterNormal
 from lazyflow.runtime.integrations.k_diffusion_samplers import load_k_diffusion_sampling
@@ -246,8 +248,8 @@ def test_refusals():
         sample_lazyflow(d, x, [1.0, 2.0, 0.0])
     with pytest.raises(LazyflowError, match="finite"):
         sample_lazyflow(d, x, [float("inf"), 1.0, 0.0])
-    with pytest.raises(LazyflowError, match="data_stats"):
-        sample_lazyflow(d, x, [10.0, 1.0, 0.0], integrator="data-multistep-pc")
+    with pytest.raises(LazyflowError, match="data_stats are of shape"):
+        sample_lazyflow(d, x, [10.0, 1.0, 0.0], data_stats=DataStats.isotropic((7,)))
     with pytest.raises(LazyflowError, match="unknown integrator"):
         sample_lazyflow(d, x, [10.0, 1.0, 0.0], integrator="dpmpp")
     assert sample_lazyflow(d, x, [3.0]) is x
@@ -265,8 +267,8 @@ def test_alias_does_not_shadow_the_real_package():
     assert not os.path.isdir(os.path.join(root, "k_diffusion"))
     sigmas, x = torch.tensor([30.0, 4.0, 0.7, 0.1, 0.0], dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
     assert torch.equal(sample_lazyflow_ode(denoiser("diffusion"), x, sigmas),
-                       sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule="vp", integrator="multistep-pc"))
-    sde = sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule="pointmass", integrator="multistep-pc", seed=2)
+                       sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule="linear", integrator="data-euler"))
+    sde = sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule="linear-sde", integrator="data-sde", seed=2)
     assert torch.equal(sample_lazyflow_sde(denoiser("diffusion"), x, sigmas, seed=2), sde)
     spec = importlib.util.find_spec("k_diffusion")
     assert spec is None or not os.path.dirname(spec.origin).startswith(root + os.sep + "k_diffusion")

@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from ...errors import LazyflowError
-from .data_stats import Directions
+from .data_stats import ConditionalStats, DataStats, Directions
 from .plan import BuildContext, Call, Callback, Integrator, Loop, Ops, Plan, Tables, observe
 
-__all__ = ["DataFrameCoefficients", "data_frame_integrator", "without_skip", "stochastic_data_frame", "ANCHORS_BELOW", "DATA_FRAME_INTEGRATORS", "QUADRATURE_NODES"]
+__all__ = ["DataFrameCoefficients", "data_frame_integrator", "without_skip", "frame_for_run", "stochastic_data_frame", "ANCHORS_BELOW", "DATA_FRAME_INTEGRATORS", "QUADRATURE_NODES"]
 
 #: Gauss-Legendre nodes per step for the weights (64 vs 128 changes them by < 1e-13 on the tests' grids)
 QUADRATURE_NODES = 64
@@ -344,6 +344,21 @@ def without_skip(integrator: Integrator) -> Integrator:
     if integrator.skip_first_call_below <= 0:
         return integrator
     return replace(integrator, skip_first_call_below=0, name=f"{integrator.name}[call-at-0]")
+
+
+def frame_for_run(method: Integrator, data_stats: "DataStats | ConditionalStats | None", *, t0: float,
+                  data_shape: tuple[int, ...]) -> tuple[Integrator, "DataStats | ConditionalStats | None"]:
+    """The integrator and statistics of a run from time ``t0`` on samples of ``data_shape``: a data frame given
+    no statistics integrates in N(E[X | c], I) (:meth:`DataStats.isotropic`: the mean read from the first call,
+    exact on any Gaussian data of unit variance, whatever the grid); one that starts after t = 0 or reads its
+    mean at its first call makes that call (:func:`without_skip`).  Other integrators pass through."""
+    if not method.needs_data_stats:
+        return method, data_stats
+    if data_stats is None:
+        data_stats = DataStats.isotropic(tuple(data_shape))
+    if t0 > 0 or data_stats.first_call_mean:
+        method = without_skip(method)
+    return method, data_stats
 
 
 #: the registered data-frame integrators (the t = 0 skip and t = 1 anchor below ANCHORS_BELOW steps)

@@ -3,7 +3,8 @@
 Grids: ``uniform`` in t; ``source``, uniform in the source schedule's time; ``logsnr``, uniform in the target's log snr between clip values;
 ``logsnr:FIRST,LAST`` and ``logsnr-open:FIRST,LAST`` (:class:`LogSNRRange`), uniform in log snr with the first
 and last log snr chosen (the open form starts at t_0 > 0, which noise and score models need);
-``edm``, Karras et al.'s rho-spacing of the noise level 1/snr; a tuned grid (:class:`TunedGrid` or the path
+``edm``, Karras et al.'s rho-spacing of the noise level 1/snr; ``shift:S``, the flow sigmas of SD3's and FLUX's
+pipelines shifted by S (:class:`Shifted`); a tuned grid (:class:`TunedGrid` or the path
 of its ``.json`` file, :mod:`lazyflow.runtime.core.gridfile`); or an explicit sequence.
 Log-snr values are frame-invariant (snr_target(t) = snr_source(tau(t))), so a logsnr or edm grid
 calls the model at the same source times whatever the target schedule.
@@ -22,7 +23,7 @@ from ...errors import LazyflowError
 from .gridfile import TunedGrid, is_grid_file, load_grid_file
 from .schedule import Schedule
 
-__all__ = ["Uniform", "SourceUniform", "LogSNR", "LogSNRRange", "EDM", "GridSpec", "GRIDS", "make_grid", "parse_grid"]
+__all__ = ["Uniform", "SourceUniform", "LogSNR", "LogSNRRange", "EDM", "Shifted", "GridSpec", "GRIDS", "make_grid", "parse_grid"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,23 @@ class EDM:
     rho: float = 7.0
 
 
-GridSpec = Union[str, os.PathLike, Uniform, SourceUniform, LogSNR, LogSNRRange, EDM, TunedGrid, Sequence[float],
+@dataclass(frozen=True)
+class Shifted:
+    """The flow sigmas of SD3's and FLUX's pipelines: sigma_k = S s_k / (1 + (S - 1) s_k), s_k = 1 - k / N, called
+    where the linear schedule's t = 1 - sigma_k is (the same log snr in any frame).  ``shift`` S > 1 puts the
+    short steps at the noise end, where high-dimensional data decide their coarse structure."""
+
+    shift: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.shift) and self.shift > 0):
+            raise LazyflowError(f"a shifted grid needs a finite shift > 0, got {self.shift!r}")
+
+    def __str__(self) -> str:
+        return f"shift:{self.shift:g}"
+
+
+GridSpec = Union[str, os.PathLike, Uniform, SourceUniform, LogSNR, LogSNRRange, EDM, Shifted, TunedGrid, Sequence[float],
                  torch.Tensor]
 #: the named grids (the CLI's choices)
 GRIDS = {"uniform": Uniform(), "source": SourceUniform(), "logsnr": LogSNR(), "edm": EDM()}
@@ -88,6 +105,11 @@ def parse_grid(text: str) -> GridSpec:
     of a tuned grid's ``.json`` file, or comma-separated explicit times."""
     text = text.strip()
     head, colon, rest = text.partition(":")
+    if colon and head == "shift":
+        try:
+            return Shifted(float(rest))
+        except ValueError:
+            raise LazyflowError(f"grid {text!r}: expected shift:S (a number > 0)") from None
     if colon and head in ("logsnr", "logsnr-open"):
         try:
             first, last = (float(v) for v in rest.split(","))
@@ -117,6 +139,8 @@ def make_grid(target: Schedule, source: Schedule, steps: int, grid: GridSpec = "
         return torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     if isinstance(grid, (LogSNR, EDM, SourceUniform)):
         return _times_at_log_snrs(target, _spaced_log_snrs(grid, source, steps))
+    if isinstance(grid, Shifted):
+        return _shifted_times(grid, target, steps)
     return _checked_explicit_times(grid, target, steps)
 
 
@@ -136,7 +160,7 @@ def _resolve_spec(grid: GridSpec) -> GridSpec:
         return grid
     grid = parse_grid(grid)
     if isinstance(grid, str) and grid not in GRIDS:
-        raise LazyflowError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}, logsnr:FIRST,LAST, "
+        raise LazyflowError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}, shift:S, logsnr:FIRST,LAST, "
                             "logsnr-open:FIRST,LAST, a tuned grid's .json file or a sequence of times")
     return GRIDS.get(grid, grid) if isinstance(grid, str) else grid
 
@@ -199,6 +223,15 @@ def _edm_noise_levels(grid: EDM, steps: int) -> torch.Tensor:
     k = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     top, bottom = grid.sigma_max ** (1 / grid.rho), grid.sigma_min ** (1 / grid.rho)
     return (top + k * (bottom - top)) ** grid.rho
+
+
+def _shifted_times(grid: Shifted, target: Schedule, steps: int) -> torch.Tensor:
+    """The interior sigma_k of :class:`Shifted` as target times of equal log snr, log((1 - sigma) / sigma)."""
+    s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)[1:-1]
+    sigma = grid.shift * s / (1 + (grid.shift - 1) * s)
+    lam = torch.log1p(-sigma) - torch.log(sigma)
+    return torch.cat([torch.zeros(1, dtype=torch.float64), target.time_of_log_snr(lam),
+                      torch.ones(1, dtype=torch.float64)])
 
 
 def _times_at_log_snrs(target: Schedule, lam: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from .grids import GridSpec, make_grid
 from .gridfile import TunedGrid, is_grid_file, load_grid_file
 from .bespoke import integrator_for_grid
 from .capture import captured_loop
-from .data_frame import without_skip
+from .data_frame import frame_for_run
 from .data_stats import ConditionalStats, DataStats, as_data_stats, label_rows
 from .distributed import Ranks, gather_batches, local_device, ranks_of, share
 from .integrators import build_plan, get_integrator
@@ -342,8 +342,7 @@ class SamplingRun:
         if capture and isinstance(data_stats, ConditionalStats):
             raise LazyflowError("capture=True records one loop for every batch; per-label statistics change the "
                                 "tables with each batch's labels (sample without capture)")
-        if data_stats is not None and data_stats.first_call_mean:
-            method = without_skip(method)   # the mean is read from the call at t = 0
+        method, data_stats = frame_for_run(method, data_stats, t0=float(times[0]), data_shape=shape[1:])
         plan = _plan(target, src, times, method, final_step, prediction, device, dtype, data_stats)
         plan_key = (target, src, tuple(times.tolist()), method, final_step, prediction, compile, data_stats)
         local, chunk = share(shape[0], ranks), batch_size or shape[0]   # all of range(n) in one process

@@ -26,7 +26,7 @@ import torch
 
 from ...errors import LazyflowError
 from ..core.data_stats import DataStats
-from ..core.data_frame import without_skip
+from ..core.data_frame import frame_for_run
 from ..core import defaults
 from ..core.bespoke import refuse_outside_sample
 from ..core.integrators import INTEGRATORS, build_plan, get_integrator
@@ -104,7 +104,7 @@ class LazyflowSampler:
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
         return {"required": {
             "schedule": (_schedule_names(), {"default": defaults.SCHEDULE}),
-            "integrator": ([n for n, m in INTEGRATORS.items() if not m.needs_solver_file], {"default": defaults.INTEGRATOR}),
+            "integrator": ([n for n, m in INTEGRATORS.items() if not m.needs_solver_file], {"default": defaults.SIGMAS_INTEGRATOR}),
             "diffusion_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.05,
                                           "tooltip": "sigma = scale * the schedule's sigma (stochastic schedules; "
                                                      "0 = their ODE)"}),
@@ -136,13 +136,12 @@ def sampler_options(schedule: str, integrator: str, diffusion_scale: float, para
     if not isinstance(stats, (DataStats, type(None))):
         raise LazyflowError(f"{data_stats.strip()}: statistics per class label; ComfyUI conditions on prompts, so "
                             "give statistics with the first call's mean (lazyflow stats --condition first-call)")
-    if method.needs_data_stats and stats is None:
-        raise LazyflowError(f"integrator {method.name!r} integrates in the data's frame: give the path of a data "
-                            "statistics file (lazyflow stats) in data_stats")
-    # the pairing of schedule and integrator, refused now rather than mid-sampling: a plan on a small grid
+    # the pairing of schedule and integrator, refused now rather than mid-sampling: a plan on a small grid (a data
+    # frame without a file integrates in N(E[X | c], I), of the latent's shape once it runs)
+    check, check_stats = frame_for_run(method, stats, t0=0.25, data_shape=(1,))
     build_plan(target, load_schedule(SOURCE), torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64),
-               integrator=without_skip(method) if method.needs_data_stats else method, final_step="euler",
-               prediction="x", device="cpu", dtype=torch.float64, data_stats=stats)
+               integrator=check, final_step="euler", prediction="x", device="cpu", dtype=torch.float64,
+               data_stats=check_stats)
     return {"schedule": schedule, "integrator": method.name, "diffusion_scale": float(diffusion_scale),
             "parameterization": parameterization, "data_stats": stats}
 

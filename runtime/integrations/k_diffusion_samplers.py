@@ -31,7 +31,7 @@ import torch
 
 from ...errors import LazyflowError, SamplingError
 from ..core import defaults
-from ..core.data_frame import without_skip
+from ..core.data_frame import frame_for_run
 from ..core.data_stats import ConditionalStats, DataStats, as_data_stats
 from ..core.frames import conversion, times_of_equal_log_snr
 from ..core.bespoke import refuse_outside_sample
@@ -155,12 +155,7 @@ def _resolved_integrator(integrator: str | Integrator, data_stats: Any, t0: floa
     data_stats = as_data_stats(data_stats)
     if data_stats is not None and data_stats.data_shape != data_shape:
         raise LazyflowError(f"data_stats are of shape {data_stats.data_shape}, the samples of shape {data_shape}")
-    if method.needs_data_stats:
-        if data_stats is None:
-            raise LazyflowError(f"integrator {method.name!r} integrates in the data's frame: give data_stats (a "
-                                "DataStats or the path of a file written by lazyflow stats)")
-        if t0 > 0 or data_stats.first_call_mean:
-            method = without_skip(method)
+    method, data_stats = frame_for_run(method, data_stats, t0=t0, data_shape=data_shape)
     return method, data_stats
 
 
@@ -258,7 +253,7 @@ def sample_lazyflow(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas:
                     extra_args: dict[str, Any] | None = None, callback: KCallback | None = None,
                     disable: bool | None = None, *, parameterization: str = "diffusion",
                     schedule: Any = defaults.SCHEDULE,
-                    integrator: str | Integrator = defaults.INTEGRATOR, diffusion_scale: float = 1.0,
+                    integrator: str | Integrator = defaults.SIGMAS_INTEGRATOR, diffusion_scale: float = 1.0,
                     final_step: str = "euler", schedule_params: dict[str, float] | None = None,
                     data_stats: Any = None, noise_sampler: Callable[..., torch.Tensor] | None = None,
                     seed: int | None = None) -> torch.Tensor:
@@ -342,19 +337,19 @@ class _Run:
 def sample_lazyflow_ode(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: Any,
                         extra_args: dict[str, Any] | None = None, callback: KCallback | None = None,
                         disable: bool | None = None, **options: Any) -> torch.Tensor:
-    """:func:`sample_lazyflow` with the deterministic defaults: the probability-flow ODE (``schedule="vp"``,
-    the same samples in every ODE frame for this integrator on a given grid) with ``multistep-pc``,
-    second-order exponential multistep with a corrector that reuses the next call."""
-    options = {"schedule": "vp", "integrator": "multistep-pc", **options}
+    """:func:`sample_lazyflow` with the deterministic defaults: the probability-flow ODE in the frame exact for
+    N(E[X | c], I) (``data-euler`` without statistics; exact on Gaussian data of unit variance on any sigmas)."""
+    options = {"schedule": "linear", "integrator": "data-euler", **options}
     return sample_lazyflow(model, x, sigmas, extra_args, callback, disable, **options)
 
 
 def sample_lazyflow_sde(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: Any,
                         extra_args: dict[str, Any] | None = None, callback: KCallback | None = None,
                         disable: bool | None = None, **options: Any) -> torch.Tensor:
-    """:func:`sample_lazyflow` with the stochastic defaults: the point-mass schedule (the statistically
-    optimal SDE, lazy for Gaussian data) with ``multistep-pc``."""
-    options = {"schedule": "pointmass", "integrator": "multistep-pc", **options}
+    """:func:`sample_lazyflow` with the stochastic defaults: the statistically optimal SDE (``linear-sde``) with its
+    Gaussian part's transition exact in the frame of N(E[X | c], I) (``data-sde`` without statistics: exact in law
+    on Gaussian data of unit variance on any sigmas)."""
+    options = {"schedule": "linear-sde", "integrator": "data-sde", **options}
     return sample_lazyflow(model, x, sigmas, extra_args, callback, disable, **options)
 
 
