@@ -6,6 +6,8 @@ from lazyflow import LazyflowError, load_schedule, sample
 
 from exact import gaussian_velocity, rk4
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 F64 = torch.float64
 
 
