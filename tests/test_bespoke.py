@@ -18,6 +18,8 @@ from lazyflow.runtime.evaluation.fitting import reference_samples
 from lazyflow.runtime.evaluation.tune import tune_grid
 from lazyflow.runtime.models import gmm
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 
 def _solver(times, a, w, **extra) -> TunedGrid:
     n = a.numel()

@@ -13,6 +13,8 @@ from lazyflow.errors import LazyflowError
 from lazyflow.runtime.core import schedule as schedule_module
 from lazyflow.runtime.core.schedule import load_schedule
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

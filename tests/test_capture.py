@@ -7,6 +7,8 @@ import lazyflow.runtime.core.sampler as sampler
 from lazyflow import LazyflowError, sample
 from lazyflow.runtime.core.capture import Rerun, clear_captures
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 LAYER = torch.nn.Linear(3, 3).double()
 
 

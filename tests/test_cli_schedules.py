@@ -13,6 +13,8 @@ import pytest
 
 from lazyflow.cli import main
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 TOML = 'name = "myvp"\nalpha = "cos(k*pi*t/2)"\nbeta = "sin(k*pi*t/2)"\nsigma = "ode"\n[params]\nk = 1\n'
 EXPRESSIONS = ["--alpha", "cos(k*pi*t/2)", "--beta", "sin(k*pi*t/2)", "--sigma", "ode", "--param", "k=1",
                "--name", "myvp"]

@@ -17,6 +17,8 @@ from lazyflow.derive.formulas import PREDICTIONS
 from lazyflow.derive.schedule import spec_from_kernel_file
 from lazyflow.derive.symbols import m, t, t_next, x
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL_DIR = ROOT / "runtime" / "kernels"
 TIMES = [0.05, 0.2, 0.45, 0.7, 0.95]

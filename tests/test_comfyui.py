@@ -22,6 +22,8 @@ from lazyflow.errors import LazyflowError
 from lazyflow.runtime.core.data_stats import DataStats
 from lazyflow.runtime.models import gmm
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 MIXTURE = gmm.random_mixture(9, dim=12, components=3, rank=2)   # latents (3, 2, 2)
 
 

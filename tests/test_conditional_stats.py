@@ -13,6 +13,8 @@ from lazyflow.runtime.models.guidance import guided
 
 from test_data_frame import gaussian
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 F64 = torch.float64
 ODE_FRAMES = ("data-euler", "data-multistep", "data-multistep-pc", "data-multistep3-pc")
 

@@ -16,6 +16,8 @@ from lazyflow.runtime.core.schedule import load_schedule
 
 from exact import GMMVelocity, rk4
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 F64 = torch.float64
 DATA_FRAMES = [name for name, method in INTEGRATORS.items() if method.needs_data_stats and not stochastic_data_frame(method)]
 

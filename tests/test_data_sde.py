@@ -25,6 +25,8 @@ from lazyflow.runtime.core.schedule import load_schedule
 from exact import GMMVelocity
 from test_data_frame import gaussian
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 F64 = torch.float64
 SDE_PC = data_frame_integrator(order=2, corrector=True, stochastic=True)   # built, not registered
 SDE_FRAMES = [name for name, method in INTEGRATORS.items() if stochastic_data_frame(method)] + [SDE_PC]

@@ -6,12 +6,16 @@ from lazyflow import LazyflowError, load_schedule, sample
 
 from exact import gaussian_velocity, rk4
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 F64 = torch.float64
 
 
-def _moments_by_rk4(schedule, t0: float, t1: float, n: int = 4000):
+def _moments_by_rk4(schedule, t0: float, t1: float, n: int = 250):
     """Mean coefficients (a, b) and variance v of the linear SDE dx = (K_x x + K_e eta) dt + sigma dW over
-    [t0, t1] with eta frozen: a' = K_x a, b' = K_x b + K_e, v' = 2 K_x v + sigma^2 (RK4 in t)."""
+    [t0, t1] with eta frozen: a' = K_x a, b' = K_x b + K_e, v' = 2 K_x v + sigma^2 (RK4 in t).  250 steps on
+    [0.3, 0.55] are within 4e-11 of the closed form for every schedule and scale tested (4000 steps: 1e-13),
+    far inside the test's 1e-7 relative tolerance."""
     def rhs(t, y):
         tt = torch.tensor([t], dtype=F64)
         K_x, K_e = schedule.drift(tt)

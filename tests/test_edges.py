@@ -19,6 +19,8 @@ from lazyflow.derive.validate import boundary_value, evaluate_on_grid
 
 from exact import gaussian_velocity
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 # --- every whitelisted function end to end --------------------------------------------------------
 #
 # One valid schedule per function (alpha_0 = 1, beta_0 = 0, alpha_1 = 0, beta_1 = 1, snr increasing),

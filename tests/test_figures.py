@@ -102,6 +102,8 @@ from matplotlib import image as mpimg  # noqa: E402
 from lazyflow.errors import LazyflowError  # noqa: E402
 from lazyflow.figures import catalog  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 #: The matplotlib series of the committed figures (setup.cfg's test extra pins it): one series draws the same bytes
 #: (3.11.0 and 3.11.2 did), another lays text out anew (3.10.9 moved 5% to 27% of the pixels).
 MATPLOTLIB_SERIES = "3.11"

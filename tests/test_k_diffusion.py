@@ -20,6 +20,8 @@ from lazyflow.runtime.core.noise import CounterNormal
 from lazyflow.runtime.integrations.k_diffusion_samplers import load_k_diffusion_sampling
 from lazyflow.runtime.models import gmm
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 
 def _load_sampling() -> types.ModuleType:
     """k_diffusion.sampling through lazyflow's loader; the tests skip where k-diffusion or its samplers'

@@ -11,6 +11,8 @@ from lazyflow.runtime.core import limits
 from lazyflow.runtime.core.sampler import sample
 from lazyflow.runtime.models import gmm
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 
 @pytest.fixture
 def model():

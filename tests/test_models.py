@@ -12,6 +12,8 @@ from lazyflow.runtime.evaluation.bench import our_methods, run_quality_bench
 from lazyflow.cli import main
 from lazyflow.runtime.evaluation.metrics import digits_fd, frechet_distance
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def digits_model():

@@ -15,6 +15,8 @@ from lazyflow.runtime.core.plan import BuildContext, Integrator
 
 from exact import gaussian_velocity
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 F64 = torch.float64
 
 

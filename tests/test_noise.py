@@ -8,6 +8,8 @@ import torch
 from lazyflow import sample
 from lazyflow.runtime.core.noise import GOLDEN, CounterNormal, mix64, signed, splitmix, standard_normal
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 
 def test_splitmix_matches_the_published_sequence():
     """SplitMix64 seeded 1234567 (Vigna's reference implementation) starts with these five outputs."""

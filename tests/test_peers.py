@@ -7,6 +7,8 @@ from lazyflow.runtime.core.noise import standard_normal
 
 from exact import GMMVelocity
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 F64 = torch.float64
 MODEL = GMMVelocity(torch.tensor([0.6, 0.4], dtype=F64), torch.tensor([[-1.0, 0.5], [1.0, -0.5]], dtype=F64),
                     torch.tensor([0.2, 0.4], dtype=F64))

@@ -12,6 +12,8 @@ from lazyflow import load_schedule, sample
 from exact import GMMVelocity
 from pathlib import Path
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 F64 = torch.float64
 REFERENCE = load_file(str(Path(__file__).parent / "data" / "samples_before_redesign.safetensors"))
 MODEL = GMMVelocity(torch.tensor([0.5, 0.3, 0.2], dtype=F64), torch.tensor([[-2.0, -1.0], [2.0, 0.5], [0.0, 2.5]], dtype=F64),

@@ -12,6 +12,8 @@ from lazyflow.runtime.models.kind import LoadedModel, ModelKind
 from lazyflow.runtime.models.registry import (MODEL_KINDS, load_model, model_kind, model_kind_for, register_model_kind,
                                               unregister_model_kind)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 MEAN = (2.0, -1.0, 0.5)
 
 

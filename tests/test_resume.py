@@ -19,6 +19,8 @@ from lazyflow.runtime.core.output import keep_batches
 from lazyflow.runtime.core.resume import WorkDir, settings_mismatch, work_dir
 from lazyflow.runtime.models.sampling import sample_to_file
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 RUN = dict(num_samples=12, batch_size=4, steps=3, seed=0, schedule="linear", integrator="euler")
 
 

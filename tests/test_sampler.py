@@ -14,6 +14,8 @@ from lazyflow.runtime.core.noise import standard_normal
 
 from exact import GMMVelocity, gaussian_velocity, rk4
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 F64 = torch.float64
 LINEAR = load_schedule("linear")
 

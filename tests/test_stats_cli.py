@@ -11,6 +11,8 @@ import torch
 from lazyflow.cli import main
 from lazyflow.runtime.core.data_stats import DataStats
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
