@@ -204,17 +204,20 @@ def test_the_rule_never_picks_full_with_fewer_samples_than_elements(shape, n):
     kind, rank = choose_kind(shape, n)
     d = int(np.prod(shape))
     assert kind != "full" or n >= d
-    assert (kind == "lowrank") == (rank is not None) and (rank is None or 1 <= rank < min(n, d))
+    assert kind in ("full", "dct", "diag") and rank is None
+    assert kind != "full" or n >= 100 * d            # the measured samples per element (stats_kind's docstring)
 
 
 def test_the_rule_picks_dct_for_images_and_packed_latents_and_full_for_small_flat_data():
     assert choose_kind((4, 32, 32), 2000)[0] == "dct"
     assert choose_kind((16, 128, 128), 500)[0] == "dct"
     assert choose_kind((4096, 64), 500, packed=True)[0] == "dct"
-    assert choose_kind((8,), 4000) == ("full", None)
-    assert choose_kind((4096,), 1000)[0] == "lowrank"
+    assert choose_kind((8,), 4000) == ("full", None) and choose_kind((32,), 4000) == ("full", None)
+    assert choose_kind((64,), 4000) == ("diag", None) and choose_kind((4096,), 1000) == ("diag", None)
+    assert choose_kind((1, 8, 8), 100_000) == ("full", None)    # full where the samples allow, images too
     assert choose_kind((FULL_LIMIT * 2,), 10 ** 6)[0] != "full"
-    assert DataStats.from_samples(torch.randn(50, 2, 8, 8), kind="auto").kind == "dct"
+    assert DataStats.from_samples(torch.randn(50, 2, 16, 16), kind="auto").kind == "dct"
+    assert choose_kind((1, 8, 8), 1797) == ("diag", None)      # the digits, where dct lost (stats_kind)
 
 
 def test_the_cli_writes_dct_and_auto_statistics(tmp_path, capsys):

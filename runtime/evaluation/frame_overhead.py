@@ -90,8 +90,21 @@ def _fastest_run(fn: Callable[[], object], repeats: int) -> float:
 
 
 def frame_overhead(batches: tuple[int, ...] = (1, 4), nfe: int = 4, repeats: int = 5, rank: int = 64,
-                   kinds: tuple[str, ...] = KINDS, log: Callable[[str], None] = print) -> dict:
-    """Rows (shape, batch, kind): frame ms per call, the stand-in model's ms per call, overhead, memory."""
+                   kinds: tuple[str, ...] = KINDS, threads: int | None = 1, log: Callable[[str], None] = print) -> dict:
+    """Rows (shape, batch, kind): frame ms per call, the stand-in model's ms per call, overhead, memory; on
+    ``threads`` torch threads (default 1: on a shared CPU a parallel matmul waits for its slowest thread, and
+    the stand-in's rate is measured on the same threads; None: as set)."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _frame_rows(batches, nfe, repeats, rank, kinds, log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _frame_rows(batches: tuple[int, ...], nfe: int, repeats: int, rank: int, kinds: tuple[str, ...],
+                log: Callable[[str], None]) -> dict:
     rate, rows = _matmul_rate(), []
     steps = INTEGRATORS["data-multistep-pc"].steps_for_nfe(nfe)
     for label, (shape, grid, params, tokens) in FRAME_SHAPES.items():

@@ -71,18 +71,42 @@ def kind_choice(dims: tuple[int, ...] = (64, 1024, 4096), ns: tuple[int, ...] = 
     return {"nfe": nfe, "paths": paths, "seed": seed, "integrator": integrator, "rows": rows, "picks": picks}
 
 
+def digits_kind_choice(ns: tuple[int, ...] = (300, 1797), paths: int = 64, nfe: int = 4,
+                       integrator: str = INTEGRATOR, log: Callable[[str], None] = print) -> dict:
+    """The same on an image model: the embedded digits flow (1 x 8 x 8), statistics of the first n of the 1,797
+    digit images (its training data), path against its own converged ODE solution."""
+    from ..models.data import digits
+    from ..models.registry import load_model
+
+    model, data = load_model("digits").model, digits().to(torch.float64)
+    z = torch.randn(paths, 1, 8, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    ref = path_reference(model, "linear", z)
+    rows, picks, steps = [], [], INTEGRATORS[integrator].steps_for_nfe(nfe)
+    for n in ns:
+        for kind, rank in [("diag", None), ("lowrank", 16), ("dct", None), ("full", None)]:
+            stats = DataStats.from_samples(data[:n], kind=kind, rank=rank)
+            x = sample(model, (paths, 1, 8, 8), schedule="linear", integrator=integrator, steps=steps, data_stats=stats,
+                       dtype=torch.float64, initial=z)
+            rows.append({"d": 64, "n": n, "kind": kind, "rank": rank, "path": ref.error(x)})
+        cell = [r for r in rows if r["n"] == n]
+        picks.append({"d": 64, "n": n, "best": _label(min(cell, key=lambda r: r["path"])),
+                      "rule": _label(dict(zip(("kind", "rank"), choose_kind((1, 8, 8), n))))})
+        log(f"  digits n = {n}: " + ", ".join(f"{_label(r)} {r['path']:.3f}" for r in cell))
+    return {"nfe": nfe, "paths": paths, "seed": "digits", "integrator": integrator, "rows": rows, "picks": picks}
+
+
 def _label(row: dict) -> str:
     return f"{row['kind']}{'' if row['rank'] is None else ' ' + str(row['rank'])}"
 
 
 def format_kind_choice(result: dict) -> str:
     """One line per (d, n): every kind's path, the best and what the rule picks for a flat shape (d,)."""
-    lines = [f"path at {result['nfe']} NFE ({result['integrator']}, uniform grid, {result['paths']} samples, "
-             f"gmm:{result['seed']},dim=d)"]
+    model = "digits" if result["seed"] == "digits" else f"gmm:{result['seed']},dim=d"
+    lines = [f"path at {result['nfe']} NFE ({result['integrator']}, uniform grid, {result['paths']} samples, {model})"]
     for pick in result["picks"]:
         cell = [r for r in result["rows"] if (r["d"], r["n"]) == (pick["d"], pick["n"])]
         lines.append(f"d={pick['d']:<5} n={pick['n']:<5} " + "  ".join(f"{_label(r)}={r['path']:.3f}" for r in cell)
-                     + f"  | best {pick['best']}, rule (flat) {pick['rule']}")
+                     + f"  | best {pick['best']}, rule {pick['rule']}")
     return "\n".join(lines)
 
 
@@ -93,8 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ns", default="500,1000,4000", help="statistics samples")
     p.add_argument("--seed", type=int, default=2601, help="the mixtures gmm:SEED,dim=D")
     p.add_argument("--integrator", default=INTEGRATOR, help="the data frame (default data-multistep-pc)")
+    p.add_argument("--digits", action="store_true", help="instead: the embedded digits flow (1 x 8 x 8 images)")
     args = p.parse_args(argv)
     ints = lambda text: tuple(int(v) for v in text.split(","))   # noqa: E731
+    if args.digits:
+        print(format_kind_choice(digits_kind_choice(paths=32 if args.quick else 64, integrator=args.integrator)))
+        return
     result = kind_choice(ints(args.dims), ints(args.ns), paths=32 if args.quick else 64, seed=args.seed,
                          integrator=args.integrator)
     print(format_kind_choice(result))
