@@ -18,8 +18,9 @@ uniform grid against each model's converged 800-step solution, 32 samples, stati
 
 ``full`` won on the digits (0.414 against diag's 0.450 at n = 300 = 4.7 d) and on gmm:101 at n = 7.8 d and
 62 d (d = 64) and 125 d (d = 32) with data-multistep, but lost at n = 15.6 d (gmm:101, d = 32: 0.439 against
-0.270) and at every n up to 62 d on gmm:2601 (d = 64, data-multistep-pc: 1.98 against 1.22), by far more than
-it won: hence 100 samples per element.  ``lowrank`` lost to ``diag`` by 1.7-2.5x at every rank (16, 64, 256)
+0.270), at every n up to 62 d on gmm:2601 (d = 64, data-multistep-pc: 1.98 against 1.22), by far more than
+it won, and on gmm:101 with data-multistep-pc even at 125 d (0.516 against 0.464): hence 100 samples per
+element, not a sure win even then.  ``lowrank`` lost to ``diag`` by 1.7-2.5x at every rank (16, 64, 256)
 and n on gmm:2601 (d = 1024, 4096) and won by up to 21% on gmm:101 and 7% on the digits.  ``dct`` was within
 8% of ``diag`` on the flat mixtures seen as one plane, and lost to it on the 8 x 8 digits (0.536 against 0.450:
 centred digits are far from stationary), hence planes of 16 and more; it is chosen for larger images and
