@@ -331,6 +331,8 @@ def run_overhead(args: argparse.Namespace) -> int:
 
         if args.repeats < 3:
             raise LazyflowError(f"--repeats must be at least 3, got {args.repeats}")
+        if args.device not in (None, "cpu"):
+            raise LazyflowError(f"--frames runs on the CPU only (its model is a stand-in), not --device {args.device}")
         result = frame_overhead(tuple(_positive_ints(args.batches, "--batches")), repeats=args.repeats,
                                 log=lambda line: print(line, file=sys.stderr))
         print(json.dumps(result, indent=1) if args.json else format_frame_overhead(result))

@@ -39,3 +39,8 @@ def test_the_frame_overhead_rows_and_their_memory(monkeypatch, one_torch_thread)
     assert rows["packed", "dct"]["table_mb"] * mb == ((6 * steps + 2) * 48 + 2 * 4 * 4) * 4
     assert rows["tiny", "lowrank 4"]["table_mb"] * mb == ((6 * steps) * (4 + d) + d + 4 + d * 4 + d) * 4
     assert all(r["model_ms"] > 0 for r in rows.values()) and "overhead" in fo.format_frame_overhead(result)
+
+
+def test_the_frame_overhead_refuses_a_device(capsys):
+    assert main(["bench-overhead", "--frames", "--device", "cuda"]) == 2
+    assert "CPU only" in capsys.readouterr().err
