@@ -92,6 +92,7 @@ def test_a_basis_that_does_not_diagonalise_the_covariance_is_not_exact():
     assert (x - flow_map(z)).abs().max() > 1e-3
 
 
+@pytest.mark.slow   # 8,000 per-sample noise streams: about 8 s
 def test_the_stochastic_frame_keeps_the_stationary_gaussian_exactly():
     """data-sde on stationary Gaussian data: the output is affine in the noises, so its mean and covariance are
     those of N(mu, Sigma) at any NFE; checked on the sample moments of 8,000 draws of a (1, 4, 4) image (about
@@ -132,12 +133,12 @@ def test_estimated_statistics_converge_to_the_truth():
     coordinates, in units of the coefficient's standard deviation) like 1/sqrt(n)."""
     _, flow_map, truth = stationary((1, 8, 8), seed=4)
     errors = []
-    for n in (200, 20_000):
+    for n in (200, 10_000):
         z = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(n), dtype=F64)
         est = DataStats.from_samples(flow_map(z), kind="dct")
         errors.append(((est.var / truth.var - 1).abs().max(), (dctn(est.mean - truth.mean) / truth.var.sqrt()).abs().max()))
     (var_few, mean_few), (var_many, mean_many) = errors
-    assert var_many < 0.05 and mean_many < 0.035          # about 5 standard errors at n = 20,000
+    assert var_many < 0.07 and mean_many < 0.05           # about 5 standard errors at n = 10,000
     assert var_many < var_few / 4 and mean_many < mean_few / 4
 
 
