@@ -326,6 +326,17 @@ def _bench_methods(args: argparse.Namespace) -> list:
 def run_overhead(args: argparse.Namespace) -> int:
     from .runtime.evaluation.overhead import format_overhead, measure_overhead
 
+    if args.frames:
+        from .runtime.evaluation.frame_overhead import format_frame_overhead, frame_overhead
+
+        if args.repeats < 3:
+            raise LazyflowError(f"--repeats must be at least 3, got {args.repeats}")
+        if args.device not in (None, "cpu"):
+            raise LazyflowError(f"--frames runs on the CPU only (its model is a stand-in), not --device {args.device}")
+        result = frame_overhead(tuple(_positive_ints(args.batches, "--batches")), repeats=args.repeats,
+                                log=lambda line: print(line, file=sys.stderr))
+        print(json.dumps(result, indent=1) if args.json else format_frame_overhead(result))
+        return 0
     result = measure_overhead(args.device, models=tuple(m.strip() for m in args.models.split(",")),
                               batches=tuple(_positive_ints(args.batches, "--batches")), steps=args.steps,
                               repeats=args.repeats, modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
@@ -395,10 +406,15 @@ def _checked_stats_args(args: argparse.Namespace) -> Path:
         raise LazyflowError(f"--out must end in .safetensors, got {out.name!r}")
     if out.exists() and not args.force:
         raise LazyflowError(f"--out {out} exists; pass --force to overwrite it")
-    if args.kind not in KINDS:
-        raise LazyflowError(f"unknown --kind {args.kind!r}; choose one of {', '.join(KINDS)}")
+    if args.kind not in (*KINDS, "auto"):
+        raise LazyflowError(f"unknown --kind {args.kind!r}; choose one of {', '.join(KINDS)} or auto")
     if (args.kind == "lowrank") != (args.rank is not None):
         raise LazyflowError("--kind lowrank needs --rank" if args.rank is None else "--rank is for --kind lowrank")
+    if (args.packed or args.grid is not None) and args.kind not in ("dct", "auto"):
+        raise LazyflowError(f"--packed and --grid are for --kind dct or auto, not {args.kind}")
+    if args.grid is not None and not args.packed:
+        raise LazyflowError("--grid is the token grid of --packed latents")
+    args.grid = _token_grid(args.grid)
     given = [f"--{key}" for key in MODEL_RUN_DEFAULTS if getattr(args, key) is not None]
     given += ["the schedule flags"] if schedule_given(args) else []
     given += ["--model-kind"] if args.model_kind else []
@@ -407,6 +423,16 @@ def _checked_stats_args(args: argparse.Namespace) -> Path:
         raise LazyflowError(f"{', '.join(given)}: settings of --from-model, not of --from")
     vars(args).update({key: value for key, value in MODEL_RUN_DEFAULTS.items() if getattr(args, key) is None})
     return out
+
+
+def _token_grid(text: str | None) -> tuple[int, int] | None:
+    """--grid H,W as (H, W); anything else is refused in one line."""
+    if text is None:
+        return None
+    parts = text.replace("x", ",").split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise LazyflowError(f"--grid must be two positive integers H,W, got {text!r}")
+    return int(parts[0]), int(parts[1])
 
 
 def _read_samples(path: str):
@@ -447,6 +473,7 @@ def _model_stats(args: argparse.Namespace):
                             "with --class-labels has)")
     counted, start = _Counting(loaded.model), time.perf_counter()
     stats = stats_from_model(counted, (args.n, *loaded.data_shape), kind=args.kind, rank=args.rank,
+                             packed=args.packed, grid=args.grid,
                              schedule=schedule(args), steps=args.steps, integrator=args.integrator, seed=args.seed, floor=args.floor,
                              condition=args.condition, source=loaded.source, prediction=loaded.prediction, device=device,
                              model_kwargs=loaded.model_kwargs or None,
@@ -460,7 +487,8 @@ def run_stats(args: argparse.Namespace) -> int:
 
     out = _checked_stats_args(args)
     if args.samples is not None:
-        stats = DataStats.from_samples(_read_samples(args.samples), kind=args.kind, rank=args.rank, floor=args.floor)
+        stats = DataStats.from_samples(_read_samples(args.samples), kind=args.kind, rank=args.rank, floor=args.floor,
+                                       packed=args.packed, grid=args.grid)
         cost = f"of {args.samples}"
     else:
         stats, cost = _model_stats(args)

@@ -298,6 +298,9 @@ def _overhead_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per cell, alternating (median reported)")
     p.add_argument("--modes", default="eager,capture", help="eager, compile, capture (capture needs CUDA)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--frames", action="store_true", help="instead: the data frames' own work per call (diag, dct, "
+                   "lowrank 64) at the latent shapes of SiT-XL/2, SD3 and FLUX (packed), against a stand-in for one "
+                   "call of a model of that size (--batches, --repeats; e.g. --batches 1,4)")
 
 
 def _plot_parser(sub) -> None:
@@ -338,8 +341,13 @@ def _stats_parser(sub) -> None:
     given.add_argument("--from-model", dest="model", default=None, metavar="MODEL",
                        help=_models_help("; its own samples, drawn with a deterministic sampler, stand in for the data"))
     p.add_argument("--kind", default="diag", metavar="KIND", help="scalar, diag, channel (per channel of dimension "
-                   "1), lowrank (needs --rank) or full (small data only) (default diag)")
+                   "1), lowrank (needs --rank), full (small data only), dct (per 2-D DCT coefficient of each plane: "
+                   "images, latents; --packed for FLUX's packed latents) or auto (chosen from the data shape and the "
+                   "number of samples) (default diag)")
     p.add_argument("--rank", type=int, default=None, help="eigenpairs kept by --kind lowrank")
+    p.add_argument("--packed", action="store_true", help="--kind dct or auto: the samples are packed latents "
+                   "(n, S, K), S tokens on a square grid (FLUX); the DCT runs over the token grid per channel")
+    p.add_argument("--grid", default=None, metavar="H,W", help="--packed: the token grid, where it is not square")
     p.add_argument("--floor", type=float, default=1e-3, help="the least variance (default 1e-3)")
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=None,
                    help="--from-model: samples drawn (default 2000)")

@@ -125,7 +125,7 @@ COMMANDS = {
     "plot-bench": (["plot", "bench", "--from", "{path}", "--out", "{out}.png"], {"--from": "path", "--out": "out"}),
     "stats": (["stats", "--from", "{path}", "--out", "{out}.safetensors"], {
         "--from": "path", "--kind": "expr", "--rank": "small", "--floor": "number", "--out": "out",
-        "--force": None}),
+        "--force": None, "--packed": None, "--grid": "expr"}),
     "comfyui-node": (["comfyui-node", "{out}"], {"--force": None}),
     "stats-model": (["stats", "--from-model", "digits", "--n", "4", "--steps", "2", "--out", "{out}.safetensors"], {
         "--from-model": "model", "--n": "small", "--steps": "small", "--integrator": "integrator",

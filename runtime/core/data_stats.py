@@ -7,7 +7,13 @@
 - ``channel``: a per-channel mean and variance (dimension 1 of an image latent);
 - ``lowrank``: a per-element mean, the top ``rank`` eigenpairs of the covariance, and per element the
   variance left outside them (the diagonal of Sigma - U diag(l) U^T);
-- ``full``:    a per-element mean and the whole covariance as its eigenpairs (small d).
+- ``full``:    a per-element mean and the whole covariance as its eigenpairs (small d);
+- ``dct``:     a per-element mean and the variance of each coefficient of the orthonormal 2-D DCT-II
+  (:mod:`.dct`) over the last two axes (images, latents (C, H, W)) or over the token grid of packed
+  latents (S, K) (``grid`` (h, w), FLUX): exact for stationary data, whose covariance the DCT diagonalises
+  nearly, at O(d) numbers and O(d (H + W)) work per transform.
+
+``kind="auto"`` picks one from the shape and n (:func:`.stats_kind.choose_kind`).
 
 Eigenvalues and variances are floored at ``floor`` (default 1e-3): pixels that never vary would give
 directions that never move.  ``save``/``load`` use safetensors.
@@ -23,7 +29,8 @@ Conditional models (class labels, prompts, guidance) have a Gaussian per conditi
 
 A sampler uses the statistics through *directions*: coordinates in which the covariance is diagonal
 with variances ``lam`` (:meth:`DataStats.directions`): the elements themselves (scalar, diag, channel),
-the eigenvector coordinates (full), or the top eigenvectors' coordinates beside the remainder (lowrank).
+the eigenvector coordinates (full), the top eigenvectors' coordinates beside the remainder (lowrank), or
+the DCT coefficients (dct).
 Statistics of a model's own samples, where no data is at hand: :func:`lazyflow.runtime.core.model_stats.stats_from_model`.
 """
 from __future__ import annotations
@@ -38,13 +45,13 @@ from typing import Any, Callable
 import torch
 
 from ...errors import LazyflowError
+from .dct import DctLayout, square_grid
+from .stats_kind import FULL_LIMIT, choose_kind
 
 __all__ = ["DataStats", "ConditionalStats", "KINDS", "Directions", "as_data_stats", "label_rows"]
 
-KINDS = ("scalar", "diag", "channel", "lowrank", "full")
+KINDS = ("scalar", "diag", "channel", "lowrank", "full", "dct")
 FORMAT = 1
-#: the most elements a full covariance is estimated for (d^2 entries, an eigendecomposition of d x d)
-FULL_LIMIT = 8192
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,7 +59,8 @@ class DataStats:
     """Mean and covariance of data of shape ``mean.shape``.  ``var``: () scalar, the data shape (diag,
     channel broadcasts as (C, 1, ...)), the eigenvalues (full: (d,), lowrank: (rank,)); ``basis``: the
     eigenvectors as columns (full: (d, d), lowrank: (d, rank)); ``rest``: lowrank's per-element
-    remainder variance."""
+    remainder variance.  dct: ``var`` the variance of each DCT coefficient (the data shape), ``grid`` the token
+    grid (h, w) of packed latents (S, K) (None: the planes are the last two axes)."""
 
     kind: str
     mean: torch.Tensor
@@ -63,12 +71,20 @@ class DataStats:
     floor: float = 1e-3
     #: the sampler takes each sample's mean from its call at snr = 0 (E[X | c]) instead of ``mean``
     first_call_mean: bool = False
+    grid: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise LazyflowError(f"unknown statistics kind {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.kind in ("full", "lowrank") and self.basis is None:
             raise LazyflowError(f"{self.kind} statistics need their basis (eigenvectors)")
+        if self.kind == "dct":
+            object.__setattr__(self, "grid", DctLayout(tuple(self.mean.shape), self.grid).grid)
+            if tuple(self.var.shape) != tuple(self.mean.shape):
+                raise LazyflowError(f"dct statistics need one variance per coefficient (shape {tuple(self.mean.shape)}),"
+                                    f" got {tuple(self.var.shape)}")
+        elif self.grid is not None:
+            raise LazyflowError(f"a token grid is for dct statistics of packed latents, not {self.kind}")
         for name in ("mean", "var", "basis", "rest"):
             value = getattr(self, name)
             if value is not None and not torch.isfinite(value).all():
@@ -88,6 +104,7 @@ class DataStats:
 
     def describe(self) -> str:
         extra = f", rank {self.var.numel()}" if self.kind == "lowrank" else ""
+        extra += f", packed on a {self.grid[0]} x {self.grid[1]} token grid" if self.grid is not None else ""
         mean = ", the mean from the first call" if self.first_call_mean else ""
         return f"{self.kind} statistics of shape {self.data_shape}{extra} from {self.samples} samples{mean}"
 
@@ -105,8 +122,11 @@ class DataStats:
 
     # --- estimating ----------------------------------------------------------------------------
     @classmethod
-    def from_samples(cls, x: Any, *, kind: str = "diag", rank: int | None = None, floor: float = 1e-3) -> "DataStats":
-        """Estimate from samples ``x`` of shape (n, *data_shape) (a tensor or array), in float64."""
+    def from_samples(cls, x: Any, *, kind: str = "diag", rank: int | None = None, floor: float = 1e-3,
+                     packed: bool = False, grid: tuple[int, int] | None = None) -> "DataStats":
+        """Estimate from samples ``x`` of shape (n, *data_shape) (a tensor or array), in float64.  ``kind="auto"``:
+        :func:`.stats_kind.choose_kind` picks it (and lowrank's rank).  ``packed``: the samples are packed latents
+        (n, S, K) on a square token grid, or on ``grid`` (h, w) where given (the dct kind's packed layout)."""
         x = torch.as_tensor(x).to(torch.float64)
         if x.dim() < 2 or x.shape[0] < 2:
             raise LazyflowError(f"statistics need samples of shape (n, *data_shape) with n >= 2, got {tuple(x.shape)}")
@@ -115,6 +135,16 @@ class DataStats:
         if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not floor > 0:
             raise LazyflowError(f"the variance floor must be a positive number, got {floor!r}")
         n, shape, d = x.shape[0], tuple(x.shape[1:]), math.prod(x.shape[1:])
+        grid = _token_grid(shape, packed, grid)
+        if kind == "auto":
+            if rank is not None:
+                raise LazyflowError("kind auto chooses the rank itself; give a rank with kind lowrank")
+            kind, rank = choose_kind(shape, n, packed=grid is not None)
+            grid = grid if kind == "dct" else None   # a layout only dct has
+        if grid is not None and kind != "dct":
+            raise LazyflowError(f"packed latents (a token grid) are a layout of dct statistics, not of {kind}")
+        if kind == "dct":
+            return cls._dct(x, grid, floor)
         if kind == "channel":
             if len(shape) < 2:
                 raise LazyflowError(f"channel statistics need data of shape (C, ...), got {shape}")
@@ -138,6 +168,18 @@ class DataStats:
         return cls._lowrank(mean, centred, rank, floor)
 
     @classmethod
+    def _dct(cls, x: torch.Tensor, grid: tuple[int, int] | None, floor: float) -> "DataStats":
+        """The mean and the variance of each DCT coefficient of the centred samples, sum_i c_i^2 / (n - 1)
+        (a few hundred samples at a time: O(d) memory beyond the samples)."""
+        layout = DctLayout(tuple(x.shape[1:]), grid)
+        mean = x.mean(0)
+        squares = torch.zeros_like(mean)
+        for part in x.split(256):
+            squares += layout.forward(part - mean).pow(2).sum(0)
+        var = (squares / (x.shape[0] - 1)).clamp(min=floor)
+        return cls("dct", mean, var, samples=x.shape[0], floor=float(floor), grid=layout.grid)
+
+    @classmethod
     def _lowrank(cls, mean: torch.Tensor, centred: torch.Tensor, rank: int | None, floor: float) -> "DataStats":
         n, d = centred.shape
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(n - 1, d):
@@ -153,7 +195,8 @@ class DataStats:
         tensors = {name: getattr(self, name) for name in ("mean", "var", "basis", "rest")
                    if getattr(self, name) is not None}
         return _write(path, tensors, {"format": str(FORMAT), "kind": self.kind, "samples": str(self.samples),
-                                      "floor": repr(self.floor), "first_call_mean": self.first_call_mean})
+                                      "floor": repr(self.floor), "first_call_mean": self.first_call_mean,
+                                      **_grid_meta(self.grid)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DataStats | ConditionalStats":
@@ -176,7 +219,7 @@ class DataStats:
             return ConditionalStats._from_file(path, meta, tensors)
         return cls(meta["kind"], tensors["mean"], tensors["var"], tensors.get("basis"), tensors.get("rest"),
                    samples=int(meta.get("samples", 0)), floor=float(meta.get("floor", 1e-3)),
-                   first_call_mean=bool(meta.get("first_call_mean", False)))
+                   first_call_mean=bool(meta.get("first_call_mean", False)), grid=_grid_of(path, meta))
 
     # --- what a sampler needs ------------------------------------------------------------------
     def directions(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> "Directions":
@@ -184,7 +227,33 @@ class DataStats:
         def put(v):
             return None if v is None else v.to(device=device, dtype=dtype)
 
-        return Directions(self.kind, self.data_shape, put(self.mean), put(self.var), put(self.basis), put(self.rest))
+        return Directions(self.kind, self.data_shape, put(self.mean), put(self.var), put(self.basis), put(self.rest),
+                          grid=self.grid)
+
+
+def _token_grid(shape: tuple[int, ...], packed: bool, grid: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The token grid of packed latents of ``shape`` (S, K): ``grid`` where given, else the square one where
+    ``packed``; None for any other layout."""
+    if grid is None and not packed:
+        return None
+    if len(shape) != 2:
+        raise LazyflowError(f"packed latents have shape (S, K) (S tokens of K channels), got {shape}")
+    return square_grid(shape[0]) if grid is None else tuple(grid)
+
+
+def _grid_meta(grid: tuple[int, int] | None) -> dict[str, Any]:
+    """The metadata entry of a packed layout's token grid (none for the others: older files read alike)."""
+    return {} if grid is None else {"grid": list(grid)}
+
+
+def _grid_of(path: Path, meta: dict[str, Any]) -> tuple[int, int] | None:
+    """The token grid of a file's metadata (None where it has none)."""
+    grid = meta.get("grid")
+    if grid is None:
+        return None
+    if not isinstance(grid, list) or len(grid) != 2 or not all(isinstance(v, int) for v in grid):
+        raise LazyflowError(f"{path}: the token grid in the metadata is damaged ({grid!r})")
+    return int(grid[0]), int(grid[1])
 
 
 def _write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
@@ -222,7 +291,7 @@ class ConditionalStats:
                                 f"{len(self.stats)} statistics)")
         first = self.stats[0]
         for s in self.stats:
-            if (s.kind, s.data_shape, s.var.shape) != (first.kind, first.data_shape, first.var.shape):
+            if (s.kind, s.data_shape, s.var.shape, s.grid) != (first.kind, first.data_shape, first.var.shape, first.grid):
                 raise LazyflowError("conditional statistics: every label's statistics must have one kind, shape "
                                     f"and rank ({s.describe()} vs {first.describe()})")
             if s.first_call_mean:
@@ -252,9 +321,10 @@ class ConditionalStats:
 
     @classmethod
     def from_samples(cls, x: Any, labels: Any, *, key: str = "y", kind: str = "diag", rank: int | None = None,
-                     floor: float = 1e-3) -> "ConditionalStats":
+                     floor: float = 1e-3, packed: bool = False, grid: tuple[int, int] | None = None) -> "ConditionalStats":
         """Per label, :meth:`DataStats.from_samples` of the samples ``x`` (n, *data_shape) with that label
-        (``labels``: n integers); a label needs at least 2 samples."""
+        (``labels``: n integers); a label needs at least 2 samples.  ``kind="auto"`` chooses one kind for all
+        labels from the fewest samples of any label."""
         x = torch.as_tensor(x)
         labels = torch.as_tensor(labels).reshape(-1)
         if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.numel() != x.shape[0]:
@@ -266,8 +336,15 @@ class ConditionalStats:
         if few:
             raise LazyflowError(f"conditional statistics need at least 2 samples per label; label(s) "
                                 f"{', '.join(map(str, few))} have 1")
-        return cls(key, tuple(values), tuple(DataStats.from_samples(x[labels == v], kind=kind, rank=rank, floor=floor)
-                                             for v in values))
+        if kind == "auto":
+            if rank is not None:
+                raise LazyflowError("kind auto chooses the rank itself; give a rank with kind lowrank")
+            shape = tuple(x.shape[1:])
+            kind, rank = choose_kind(shape, min(counts.values()),
+                                     packed=_token_grid(shape, packed, grid) is not None)
+            packed, grid = (packed, grid) if kind == "dct" else (False, None)   # a layout only dct has
+        return cls(key, tuple(values), tuple(DataStats.from_samples(x[labels == v], kind=kind, rank=rank, floor=floor,
+                                                                    packed=packed, grid=grid) for v in values))
 
     def save(self, path: str | os.PathLike) -> Path:
         """One safetensors file: each tensor stacked over the labels, the labels and key in the metadata."""
@@ -276,7 +353,8 @@ class ConditionalStats:
         first = self.stats[0]
         return _write(path, tensors, {"format": str(FORMAT), "kind": first.kind, "floor": repr(first.floor),
                                       "conditional": {"key": self.key, "labels": list(self.labels),
-                                                      "samples": [s.samples for s in self.stats]}})
+                                                      "samples": [s.samples for s in self.stats]},
+                                      **_grid_meta(first.grid)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ConditionalStats":
@@ -293,7 +371,8 @@ class ConditionalStats:
             labels, samples = [int(v) for v in info["labels"]], [int(v) for v in info["samples"]]
             per = [DataStats(meta["kind"], *(tensors[name][j] if name in tensors else None
                                               for name in ("mean", "var", "basis", "rest")),
-                             samples=samples[j], floor=float(meta.get("floor", 1e-3))) for j in range(len(labels))]
+                             samples=samples[j], floor=float(meta.get("floor", 1e-3)), grid=_grid_of(path, meta))
+                   for j in range(len(labels))]
             return cls(str(info["key"]), tuple(labels), tuple(per))
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise LazyflowError(f"{path}: conditional statistics file is damaged ({type(err).__name__}: {err})") from None
@@ -303,7 +382,7 @@ class ConditionalStats:
         per = [s.directions(device, dtype) for s in self.stats]
         stack = lambda name: None if getattr(per[0], name) is None else torch.stack([getattr(d, name) for d in per])  # noqa: E731
         return Directions(self.kind, self.data_shape, stack("mean"), stack("var"), stack("basis"), stack("rest"),
-                          conditions=self.labels, key=self.key)
+                          conditions=self.labels, key=self.key, grid=self.stats[0].grid)
 
 
 def label_rows(labels: tuple[int, ...], key: str, values: torch.Tensor) -> torch.Tensor:
@@ -347,6 +426,12 @@ class Directions:
     conditions: tuple[int, ...] | None = None
     key: str = ""
     groups: tuple[tuple[int, torch.Tensor], ...] | None = None
+    #: dct: the token grid of packed latents (None: the planes are the last two axes)
+    grid: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        layout = DctLayout(self.data_shape, self.grid) if self.kind == "dct" else None
+        object.__setattr__(self, "layout", layout)
 
     def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Directions":
         """The same directions with ``fn`` applied to every tensor (a plan's cast)."""
@@ -388,7 +473,10 @@ class Directions:
         return out
 
     def to(self, w: torch.Tensor) -> torch.Tensor:
-        """y = R w: U^T w (full), [U^T w, w] (lowrank: the top directions, then all elements), else w."""
+        """y = R w: U^T w (full), [U^T w, w] (lowrank: the top directions, then all elements), the 2-D DCT of
+        each plane (dct), else w."""
+        if self.kind == "dct":
+            return self.layout.forward(w)
         if self.kind == "full":
             return self._rotate(w.reshape(w.shape[0], -1), False)
         if self.kind == "lowrank":
@@ -398,7 +486,9 @@ class Directions:
         return w
 
     def back(self, y: torch.Tensor) -> torch.Tensor:
-        """w = R^-1 y."""
+        """w = R^-1 y (dct: the inverse DCT, its transpose)."""
+        if self.kind == "dct":
+            return self.layout.inverse(y)
         if self.kind == "full":
             return self._rotate(y, True).reshape(y.shape[0], *self.data_shape)
         if self.kind == "lowrank":

@@ -42,16 +42,18 @@ class OwnSamples:
     key: str = "y"
 
     def stats(self, kind: str = "diag", condition: str = "none", *, rank: int | None = None,
-              floor: float = 1e-3) -> DataStats | ConditionalStats:
-        """The statistics of ``kind`` treating the condition as ``condition`` (:data:`CONDITIONS`)."""
+              floor: float = 1e-3, packed: bool = False, grid: tuple[int, int] | None = None) -> DataStats | ConditionalStats:
+        """The statistics of ``kind`` (``auto``: chosen from the shape and n) treating the condition as
+        ``condition`` (:data:`CONDITIONS`); ``packed``, ``grid``: :meth:`DataStats.from_samples`'s."""
+        layout = {"kind": kind, "rank": rank, "floor": floor, "packed": packed, "grid": grid}
         if condition == "none":
-            return DataStats.from_samples(self.x, kind=kind, rank=rank, floor=floor)
+            return DataStats.from_samples(self.x, **layout)
         if condition == "first-call":
-            return DataStats.from_samples(self.x - self.means, kind=kind, rank=rank, floor=floor).with_first_call_mean()
+            return DataStats.from_samples(self.x - self.means, **layout).with_first_call_mean()
         if condition == "label":
             if self.labels is None:
                 raise LazyflowError(f"statistics per label need one label per sample in model_kwargs[{self.key!r}]")
-            return ConditionalStats.from_samples(self.x, self.labels, key=self.key, kind=kind, rank=rank, floor=floor)
+            return ConditionalStats.from_samples(self.x, self.labels, key=self.key, **layout)
         raise LazyflowError(f"unknown condition {condition!r}; choose one of {', '.join(CONDITIONS)}")
 
 
@@ -77,17 +79,18 @@ def own_samples(model: Callable[..., torch.Tensor], shape: Sequence[int], *, ste
 
 
 def stats_from_model(model: Callable[..., torch.Tensor], shape: Sequence[int], *, kind: str = "diag",
-                     rank: int | None = None, floor: float = 1e-3, condition: str = "none",
-                     **options: Any) -> DataStats | ConditionalStats:
-    """Statistics of ``kind`` of ``shape[0]`` of the model's own samples (:func:`own_samples`, which takes the
-    other ``options``), treating the condition as ``condition`` (:data:`CONDITIONS`)."""
+                     rank: int | None = None, floor: float = 1e-3, condition: str = "none", packed: bool = False,
+                     grid: tuple[int, int] | None = None, **options: Any) -> DataStats | ConditionalStats:
+    """Statistics of ``kind`` (``auto``: chosen from the shape and n, :func:`.stats_kind.choose_kind`) of
+    ``shape[0]`` of the model's own samples (:func:`own_samples`, which takes the other ``options``), treating
+    the condition as ``condition`` (:data:`CONDITIONS`); ``packed``/``grid``: packed latents' token grid (dct)."""
     if condition not in CONDITIONS:
         raise LazyflowError(f"unknown condition {condition!r}; choose one of {', '.join(CONDITIONS)}")
     found = own_samples(model, shape, **options)
     if condition == "label" and found.labels is None:
         raise LazyflowError(f"statistics per label need one integer label per sample in "
                             f"model_kwargs[{found.key!r}] ({shape[0]} samples)")
-    return found.stats(kind, condition, rank=rank, floor=floor)
+    return found.stats(kind, condition, rank=rank, floor=floor, packed=packed, grid=grid)
 
 
 def _first_mean(info: StepInfo, means: list[torch.Tensor]) -> None:
