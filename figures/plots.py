@@ -248,6 +248,31 @@ def plot_samples(names: Sequence[str], nfes: Sequence[int], model: str = "digits
     return fig
 
 
+def plot_patches(model: str = "patches", steps: int = 32, integrator: str = "multistep-pc", n: int = 64, seed: int = 0,
+                 held_out_seed: int = 1):
+    """Two grids side by side: ``n`` samples of the photo-patch model (``integrator`` with ``steps`` steps on the
+    uniform grid of the linear schedule, noise ``seed``) and ``n`` real patches of the photographs' held-out
+    region (drawn from ``held_out_seed``), grey levels as in the photographs."""
+    from ..runtime import models
+    from ..runtime.core.sampler import sample
+    from ..runtime.models.image_patches import image_patches
+
+    net = models.load(model)
+    with torch.no_grad():
+        x = sample(net, (n, *net.data_shape), schedule="linear", steps=steps, integrator=integrator, grid="uniform",
+                   final_step="euler", seed=seed)
+    real = image_patches("held-out", n, seed=held_out_seed)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.8), constrained_layout=True)
+    for ax, images, title in ((axes[0], x, f"{model!r}: {integrator}, {steps} steps (linear, uniform grid)"),
+                              (axes[1], real, "held-out patches of the photographs")):
+        ax.imshow(tile_images(images), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(f"32 x 32 grayscale patches of scikit-image's photographs: {n} samples beside {n} held-out patches")
+    return fig
+
+
 def _best(rows: list[dict], budgets: list[int]) -> list[float]:
     """Best FD per NFE budget (every row competes in the budget it was run for, nfe <= budget)."""
     by_budget: dict[int, list[float]] = {}
