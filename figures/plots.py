@@ -25,9 +25,9 @@ import torch  # noqa: E402
 from ..errors import LazyflowError  # noqa: E402
 from ..runtime.core.output import save_image_grid, tile_images  # noqa: E402  (sample grids, drawn by the runtime)
 
-__all__ = ["plot_schedules", "plot_drift", "plot_trajectories", "plot_samples", "plot_bench", "tile_images",
-           "save_image_grid", "save_figure", "read_bench_result", "house_style", "line_style", "marker_style",
-           "our_styles", "PALETTE"]
+__all__ = ["plot_schedules", "plot_drift", "plot_trajectories", "plot_samples", "plot_patches", "plot_bench",
+           "tile_images", "save_image_grid", "save_figure", "read_bench_result", "house_style", "line_style",
+           "marker_style", "our_styles", "PALETTE"]
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 #: peers get their own colours, dashed lines and square markers, so they never pass for ours

@@ -45,7 +45,8 @@ def test_the_splits_share_no_pixel():
         cut = ip.split_rows(image.shape[0], spec, "held-out")[0]
         assert cut == ip.split_rows(image.shape[0], spec, "train")[1]
         assert (train.row[train.photo == k] + spec.size <= cut).all()
-        assert (held.row[held.photo == k] >= cut).all() and (held.row[held.photo == k] + spec.size <= image.shape[0]).all()
+        rows = held.row[held.photo == k]
+        assert (rows >= cut).all() and (rows + spec.size <= image.shape[0]).all()
         assert (held.col[held.photo == k] + spec.size <= image.shape[1]).all()
     with pytest.raises(LazyflowError, match="split must be one of"):
         ip.draw_crops("test", 4)
@@ -71,7 +72,8 @@ def test_the_registered_model_denoises_held_out_patches(held_out):
     xt = (1 - t.view(-1, 1, 1, 1)) * z + t.view(-1, 1, 1, 1) * x
     with torch.no_grad():
         estimate = xt + 0.1 * loaded.model(xt, t)
-        untrained = xt + 0.1 * type(loaded.model)(**{k: v for k, v in loaded.model.config.items() if k != "kind"})(xt, t)
+        fresh = type(loaded.model)(**{k: v for k, v in loaded.model.config.items() if k != "kind"})
+        untrained = xt + 0.1 * fresh(xt, t)
     before = ((xt / 0.9 - x) ** 2).mean()
     assert ((estimate - x) ** 2).mean() < 0.4 * before
     assert ((untrained - x) ** 2).mean() > 0.8 * before
@@ -132,3 +134,13 @@ def test_without_scikit_image_one_line_and_the_core_still_imports(tmp_path):
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().count("\n") == 0 and "need scikit-image" in run.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_the_bench_measures_the_model_and_its_files_by_pixel_fd(tmp_path):
+    from lazyflow.runtime.evaluation.bench import bench_metrics, bench_model
+    from lazyflow.runtime.evaluation.patch_metrics import PatchesScorer
+
+    assert bench_metrics("patches") == ["fd", "path"]
+    assert isinstance(bench_model("patches", None, 16).scorer, PatchesScorer)
+    shipped = models.WEIGHTS / "patches.safetensors"
+    assert isinstance(bench_model(str(shipped), None, 16).scorer, PatchesScorer)     # a patches model file

@@ -24,8 +24,9 @@ from .embedded import Classifier, VelocityMLP, save
 from .patch_unet import PatchUNet
 from ..core.progress import progress_bar
 
-__all__ = ["train_flow", "fit_velocity", "train_conditional", "train_patches", "train_digits", "train_moons", "train_classifier", "train_testbed",
-           "train", "RECIPES", "DIGITS_RECIPE", "MOONS_RECIPE", "PATCHES_RECIPE", "TESTBED_RECIPES", "SIT_TESTBED_PARAMS"]
+__all__ = ["train_flow", "fit_velocity", "train_conditional", "train_patches", "train_digits", "train_moons",
+           "train_classifier", "train_testbed", "train", "RECIPES", "DIGITS_RECIPE", "MOONS_RECIPE", "PATCHES_RECIPE",
+           "TESTBED_RECIPES", "SIT_TESTBED_PARAMS"]
 
 DIGITS_RECIPE = {"steps": 16000, "batch": 256, "lr": 1e-3, "width": 512, "depth": 3, "time_freqs": 8,
                  "ema": 0.9995, "seed": 0}
