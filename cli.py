@@ -351,7 +351,7 @@ def run_plot(args: argparse.Namespace) -> int:
     if args.kind == "all":
         return _plot_all(args)
     names = [n.strip() for n in getattr(args, "schedules", "").split(",") if n.strip()]
-    if args.kind != "bench" and schedule_given(args):
+    if args.kind not in ("bench", "patches") and schedule_given(args):
         names = [schedule_text(args)]
     if args.kind == "schedules":
         fig = plots.plot_schedules(names, source=args.source)
@@ -362,6 +362,8 @@ def run_plot(args: argparse.Namespace) -> int:
     elif args.kind == "samples":
         fig = plots.plot_samples(names, [int(v) for v in args.nfe.split(",")], model=args.model,
                                  integrators=[i.strip() for i in args.integrators.split(",")])
+    elif args.kind == "patches":
+        fig = plots.plot_patches(model=args.model, steps=args.steps, integrator=args.integrator)
     else:
         fig = plots.plot_bench(plots.read_bench_result(args.source_json))
     print(f"wrote {plots.save_figure(fig, args.out)}")

@@ -50,6 +50,7 @@ CATALOG: tuple[FigureSpec, ...] = (
                                                           "steps": "16"}),
     FigureSpec("digits_grid.png", "samples", {"schedules": "linear,vp,pointmass,linear-sde", "nfe": "2,4,8,16"}),
     FigureSpec("quality_vs_nfe.png", "bench", {"from": "figures/bench_digits.json"}),
+    FigureSpec("patches_samples.png", "patches", {"model": "patches", "steps": "32", "integrator": "multistep-pc"}),
 )
 
 
@@ -72,6 +73,8 @@ DRAW: dict[str, Callable[[dict[str, str], dict | None], Any]] = {
     "samples": lambda o, _: plots.plot_samples(_names(o), [int(v) for v in o["nfe"].split(",")],
                                                model=o.get("model", "digits")),
     "bench": lambda _, result: plots.plot_bench(result),
+    "patches": lambda o, _: plots.plot_patches(model=o.get("model", "patches"), steps=int(o.get("steps", 32)),
+                                               integrator=o.get("integrator", "multistep-pc")),
 }
 
 

@@ -25,9 +25,9 @@ import torch  # noqa: E402
 from ..errors import LazyflowError  # noqa: E402
 from ..runtime.core.output import save_image_grid, tile_images  # noqa: E402  (sample grids, drawn by the runtime)
 
-__all__ = ["plot_schedules", "plot_drift", "plot_trajectories", "plot_samples", "plot_bench", "tile_images",
-           "save_image_grid", "save_figure", "read_bench_result", "house_style", "line_style", "marker_style",
-           "our_styles", "PALETTE"]
+__all__ = ["plot_schedules", "plot_drift", "plot_trajectories", "plot_samples", "plot_patches", "plot_bench",
+           "tile_images", "save_image_grid", "save_figure", "read_bench_result", "house_style", "line_style",
+           "marker_style", "our_styles", "PALETTE"]
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 #: peers get their own colours, dashed lines and square markers, so they never pass for ours
@@ -245,6 +245,31 @@ def plot_samples(names: Sequence[str], nfes: Sequence[int], model: str = "digits
             if c == 0:
                 ax.set_ylabel(f"{name}\n{integrator}", fontsize=9)
     fig.suptitle(f"Samples of the {model!r} model, same seeds (uniform grids)")
+    return fig
+
+
+def plot_patches(model: str = "patches", steps: int = 32, integrator: str = "multistep-pc", n: int = 64, seed: int = 0,
+                 held_out_seed: int = 1):
+    """Two grids side by side: ``n`` samples of the photo-patch model (``integrator`` with ``steps`` steps on the
+    uniform grid of the linear schedule, noise ``seed``) and ``n`` real patches of the photographs' held-out
+    region (drawn from ``held_out_seed``), grey levels as in the photographs."""
+    from ..runtime import models
+    from ..runtime.core.sampler import sample
+    from ..runtime.models.image_patches import image_patches
+
+    net = models.load(model)
+    with torch.no_grad():
+        x = sample(net, (n, *net.data_shape), schedule="linear", steps=steps, integrator=integrator, grid="uniform",
+                   final_step="euler", seed=seed)
+    real = image_patches("held-out", n, seed=held_out_seed)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.8), constrained_layout=True)
+    for ax, images, title in ((axes[0], x, f"{model!r}: {integrator}, {steps} steps (linear, uniform grid)"),
+                              (axes[1], real, "held-out patches of the photographs")):
+        ax.imshow(tile_images(images), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(f"32 x 32 grayscale patches of scikit-image's photographs: {n} samples beside {n} held-out patches")
     return fig
 
 

@@ -260,7 +260,7 @@ def _not_measured(model_name: str) -> LazyflowError:
 
     exact = [k.usage for k in MODEL_KINDS.values() if k.exact and scorer_factory(k) is not None and not k.takes_file]
     return LazyflowError(f"the bench measures digits models (samples of shape (1, 8, 8), Fréchet distance in the "
-                         f"digits classifier's features) or the exact models ({', '.join(exact)}); "
+                         f"digits classifier's features), the patches model or the exact models ({', '.join(exact)}); "
                          f"{model_name!r} is neither")
 
 
@@ -639,7 +639,8 @@ def format_table(result: dict, metric: str = "fd", fmt: Callable[[Any], str] | N
                      f"sets, range {floor['min']:.4f}-{floor['max']:.4f}): {floor['mean']:.4f}; {refs}")
         lines.append(result["metric_notes"])
     else:
-        lines.append(f"FD on {result['n']} samples vs the 1,797 digits; floors: two dataset halves "
+        against = result.get("fd_reference", "the 1,797 digits")
+        lines.append(f"FD on {result['n']} samples vs {against}; floors: two dataset halves "
                      f"{result['floor_split_fd']:.3f}, {result['n']} images drawn from the dataset itself "
                      f"{result.get('floor_bootstrap_fd', float('nan')):.3f}; {refs}")
     if "grid_note" in result:

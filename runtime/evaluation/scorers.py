@@ -14,7 +14,10 @@ from ..models.gmm import NAMES as MIXTURE_NAMES
 from ..models.gmm import RANDOM_KIND
 from ..models.kind import LoadedModel, ModelKind, Scorer
 
-__all__ = ["DigitsScorer", "ScorerEntry", "SCORERS", "PATH_METRIC", "scorer_factory", "kind_metrics"]
+#: the samples the patches measure (pixel FD against held-out photo patches, :mod:`.patch_metrics`) takes
+PATCHES_SHAPE = (1, 32, 32)
+
+__all__ = ["DigitsScorer", "PATCHES_SHAPE", "ScorerEntry", "SCORERS", "PATH_METRIC", "scorer_factory", "kind_metrics"]
 
 #: the metric every bench row of a deterministic sampler carries (None for stochastic ones)
 PATH_METRIC = "path"
@@ -41,6 +44,17 @@ def _digits(loaded: LoadedModel, n: int) -> Scorer | None:
     return DigitsScorer() if loaded.data_shape == DIGITS_SHAPE else None
 
 
+def _patches(loaded: LoadedModel, n: int) -> Scorer | None:
+    from .patch_metrics import PatchesScorer
+
+    return PatchesScorer() if loaded.data_shape == PATCHES_SHAPE else None
+
+
+def _by_shape(loaded: LoadedModel, n: int) -> Scorer | None:
+    """A model file: the digits' measure for (1, 8, 8) samples, the patches' for (1, 32, 32)."""
+    return _digits(loaded, n) or _patches(loaded, n)
+
+
 def _mixture(loaded: LoadedModel, n: int) -> Scorer:
     from .gmm_metrics import MixtureScorer
 
@@ -61,7 +75,8 @@ _MIXTURE_METRICS = ("fd", "sw", "weight_tv", "nll_gap")
 #: the built-in kinds' scorers, by kind name
 SCORERS: dict[str, ScorerEntry] = {
     "digits": ScorerEntry(_digits, ("fd",)),
-    FILE_KIND: ScorerEntry(_digits, ("fd",)),      # a digits model file
+    "patches": ScorerEntry(_patches, ("fd",)),
+    FILE_KIND: ScorerEntry(_by_shape, ("fd",)),    # a digits or patches model file
     **{name: ScorerEntry(_mixture, _MIXTURE_METRICS) for name in (*MIXTURE_NAMES, RANDOM_KIND)},
 }
 

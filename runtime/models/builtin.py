@@ -1,4 +1,4 @@
-"""The model kinds lazyflow ships: the embedded models (``digits``, ``moons``), the exact Gaussian mixtures
+"""The model kinds lazyflow ships: the embedded models (``digits``, ``moons``, ``patches``), the exact Gaussian mixtures
 (``gmm64``, ``gmm4096``, and the random ``gmm:SEED[,dim=D][,components=K][,rank=R]``), model files (``file``:
 .safetensors with a .json config, TorchScript .pt), SiT checkpoints (``sit-s/2`` ... ``sit-xl/8``), TorchScript
 velocity models (``torchscript``) and diffusers flow transformers with prompt embeddings (``diffusers-transformer``).
@@ -101,6 +101,8 @@ BUILTIN_KINDS: tuple[ModelKind, ...] = (
     ModelKind(name="digits", description="the embedded 8x8 digits flow (linear schedule, velocity)",
               load=_load_embedded),
     ModelKind(name="moons", description="the embedded 2D two-moons flow (for the figures)", load=_load_embedded),
+    ModelKind(name="patches", description="the embedded 32x32 grayscale photo-patch flow (a small U-Net on patches "
+              "of scikit-image's photographs; linear schedule, velocity)", load=_load_embedded),
     *(ModelKind(name=name, description=f"an exact Gaussian mixture in {shape} (no weights; any prediction)",
                 load=_load_mixture, exact=True)
       for name, (shape, _) in gmm.NAMES.items()),

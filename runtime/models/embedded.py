@@ -16,13 +16,14 @@ from torch import nn
 
 from ...errors import LazyflowError
 from .conditional import ConditionalVelocityNet
+from .patch_unet import PatchUNet
 
 __all__ = ["VelocityMLP", "Classifier", "load", "load_classifier", "save", "WEIGHTS", "EMBEDDED"]
 
 #: the shipped weights (read-only: ``lazyflow train`` writes elsewhere)
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 #: names of the embedded models (each WEIGHTS/<name>.safetensors with its .json)
-EMBEDDED = ("digits", "moons")
+EMBEDDED = ("digits", "moons", "patches")
 
 
 def time_features(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -73,7 +74,8 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-_KINDS = {"VelocityMLP": VelocityMLP, "Classifier": Classifier, "ConditionalVelocityNet": ConditionalVelocityNet}
+_KINDS = {"VelocityMLP": VelocityMLP, "Classifier": Classifier, "ConditionalVelocityNet": ConditionalVelocityNet,
+          "PatchUNet": PatchUNet}
 
 
 def save(model: nn.Module, path: str | Path, metadata: dict | None = None, *, half_parameters: bool = False) -> Path:
