@@ -34,8 +34,14 @@ def load_kernel(path: Path):
     return module
 
 
-def test_golden(request):
-    """runtime/kernels holds what the generator writes today (header's SymPy version line aside)."""
+def test_golden(request, monkeypatch):
+    """runtime/kernels holds what the generator writes today (header's SymPy version line aside).  The generator's
+    wall-clock budgets (a user's schedule that SymPy cannot finish is refused) are lifted: this checks what it
+    writes, and a loaded CI machine must not turn a slow render into a failure (seen at load 13 on 2 cores)."""
+    from lazyflow.derive import codegen
+
+    monkeypatch.setattr(codegen, "RENDER_SECONDS", 600.0)
+    monkeypatch.setattr(codegen, "INTEGRATE_SECONDS", 300.0)
     if request.config.getoption("--update-kernels"):
         paths = update_shipped(KERNEL_DIR)
         print(f"note: rewrote {len(paths)} kernels in {KERNEL_DIR}")
