@@ -129,3 +129,75 @@ def test_the_sigma_options_the_bench_leaves_out_give_non_finite_samples(solver, 
         t = torch.full((16,), time_of_timestep(float(timestep), scheduler.config.num_train_timesteps), dtype=F64)
         x = scheduler.step(velocity_of_output(MODEL(x, t)), timestep, x, return_dict=False)[0]
     assert not torch.isfinite(x).all()
+
+
+def _k_diffusion():
+    from lazyflow.errors import LazyflowError
+    from lazyflow.runtime.integrations.k_diffusion_samplers import load_k_diffusion_sampling
+
+    try:
+        return load_k_diffusion_sampling()
+    except LazyflowError as err:
+        pytest.skip(str(err))
+
+
+def test_k_diffusion_euler_on_the_ve_denoiser_is_our_linear_euler():
+    """x_ve = x_t / t, sigma = (1 - t) / t, D = x_t + (1 - t) v: k-diffusion's sample_euler on Karras sigmas from 80
+    equals lazyflow's linear Euler on the times t = 1 / (1 + sigma) from (1 - t_0) z (float64)."""
+    from lazyflow.runtime.evaluation.peer_solvers import ve_denoiser
+
+    k = _k_diffusion()
+    sigmas = k.get_sigmas_karras(6, 0.002, 80.0, rho=7.0).double()
+    z = standard_normal(0, range(32), 0, (2,)).double()
+    denoise = ve_denoiser(MODEL)
+    theirs = k.sample_euler(lambda x, sigma: denoise(x, float(sigma[0])), z * float(sigmas[0]), sigmas, disable=True)
+    ours = sample(MODEL, (32, 2), schedule="linear", integrator="euler", grid=(1 / (1 + sigmas)).tolist(), dtype=F64,
+                  initial=z)
+    assert torch.allclose(theirs, ours, rtol=0, atol=1e-10)
+
+
+def _first_call(fn, *args, **kwargs):
+    seen = []
+
+    def model(x, t):
+        seen.append((x.clone(), t.clone()))
+        return MODEL(x, t)
+    fn(model, *args, **kwargs)
+    return seen[0]
+
+
+@pytest.mark.parametrize("name,needs", [("k-diffusion dpmpp_2m (Karras rho=7, sigma_max 14.6)", "k_diffusion"),
+                                        ("iPNDM (EDM rho=7, sigma_max 80)", ""),
+                                        ("diffusers UniPC (VP epsilon, karras sigmas, sigma_max 157.4)", "diffusers")])
+def test_a_started_peers_reference_starts_where_the_peer_starts(name, needs):
+    """The first model call of the peer and of its path reference (path_reference from t0, as the bench's
+    _Runner.reference_from gives it x0 * scale / (1 - t0)) see the same state at the same time."""
+    from lazyflow.runtime.evaluation.paths import path_reference
+    from lazyflow.runtime.evaluation.peers import PEERS, peer_start
+
+    if needs == "k_diffusion":
+        _k_diffusion()
+    elif needs:
+        pytest.importorskip(needs)
+    fn = PEERS[name][2]
+    t0, scale = peer_start(fn)
+    z = standard_normal(0, range(8), 0, (2,)).double()
+    x_peer, t_peer = _first_call(fn, z.clone(), 4, 0)
+    x_ref, t_ref = _first_call(lambda m, x0: path_reference(m, "linear", x0, 8, t0=t0), z * (scale / (1 - t0)))
+    assert t0 > 0 and torch.allclose(t_peer, t_ref, rtol=1e-6) and torch.allclose(x_peer, x_ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("option", ["karras", None])
+def test_diffusers_vp_mode_converges_to_the_ode_from_its_start(option):
+    """UniPC in VP epsilon mode (the time of equal log snr, x_t = x_vp t sqrt(1 + sigma^2), eps = x_t - t v) at
+    40 NFE lands on the model's own ODE solution from where it starts: the conversion is exact."""
+    pytest.importorskip("diffusers")
+    from lazyflow.runtime.evaluation.paths import path_reference
+    from lazyflow.runtime.evaluation.peers import PEERS, peer_start
+
+    name = f"diffusers UniPC (VP epsilon, {option or 'DDPM timestep'} sigmas, sigma_max 157.4)"
+    fn = PEERS[name][2]
+    t0, scale = peer_start(fn)
+    z = standard_normal(0, range(32), 0, (2,)).double()
+    reference = path_reference(MODEL, "linear", z * (scale / (1 - t0)), 200, t0=t0)
+    assert reference.check < 2e-3 and reference.error(fn(MODEL, z.clone(), 40, 0)) < 0.02
