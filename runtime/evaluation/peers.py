@@ -126,7 +126,7 @@ def peer_start(fn: Callable) -> tuple[float, float]:
 
 
 def _ve_solver(model: Model, x: torch.Tensor, nfe: int, seed: int, *, solver: Callable, grid: Callable,
-               sigma_max: float = 80.0) -> torch.Tensor:
+               sigma_max: float) -> torch.Tensor:
     """iPNDM or DEIS-tAB3 on ``grid``'s nfe sigmas from sigma_max then 0 (nfe steps, nfe calls: none at sigma = 0)."""
     return solver(ve_denoiser(model), x * sigma_max, grid(nfe, sigma_max=sigma_max))
 
@@ -197,7 +197,7 @@ def _new_peers() -> dict[str, tuple[bool, str, Callable]]:
     for label, solver in (("iPNDM", sample_ipndm), ("DEIS-tAB3", sample_deis_tab)):
         for grid_name, grid in (("EDM rho=7", edm_sigmas), ("uniform t", uniform_t_sigmas)):
             peers[f"{label} ({grid_name}, sigma_max 80)"] = (False, "", StartedPeer.ve(
-                partial(_ve_solver, solver=solver, grid=grid), 80.0))
+                partial(_ve_solver, solver=solver, grid=grid, sigma_max=80.0), 80.0))
     for sigma_max in (80.0, 14.6):
         for sampler in ("dpmpp_2m", "heun", "lms", "dpmpp_2m_sde"):
             peers[f"k-diffusion {sampler} (Karras rho=7, sigma_max {sigma_max:g})"] = (
@@ -209,7 +209,6 @@ def _new_peers() -> dict[str, tuple[bool, str, Callable]]:
                   f"{DDPM_SIGMA_MAX:.1f})"] = (False, "diffusers", StartedPeer(
                       partial(_vp, solver=solver, option=option), *_vp_start()))
     return peers
-
 
 
 #: name -> (stochastic, needs, function)
