@@ -646,7 +646,8 @@ def format_table(result: dict, metric: str = "fd", fmt: Callable[[Any], str] | N
             if row["nfe"] != budget:
                 text += f" ({row['nfe']})"
             cells.append(f" {text:>10}")   # at least one space between cells
-        lines.append(f"{shown[method, peer, stochastic].ljust(width)}{'yes' if peer else '':>5}{'yes' if stochastic else '':>5}" + "".join(cells))
+        name = shown[method, peer, stochastic]
+        lines.append(f"{name.ljust(width)}{'yes' if peer else '':>5}{'yes' if stochastic else '':>5}" + "".join(cells))
     lines.append("")
     if any(r.get("baseline") for r in result["rows"]):
         lines.append(f"{GAUSSIAN_MAP}: a baseline, not a sampler (mu + Sigma^(1/2) x0 with the moments of "

@@ -87,8 +87,9 @@ def path_reference(velocity: Callable, source: Any, x0: torch.Tensor, steps: int
     """x* from the start noise ``x0`` (n, *data_shape) for the ``velocity`` model on its ``source`` schedule,
     with its convergence check at steps // 2.  ``t0`` > 0: the solve starts at the source time t0 from
     alpha(t0) x0 (no data term; where a sampler that starts at t0 starts, e.g. a VE sampler from sigma_max:
-    t0 = 1 / (1 + sigma_max) on the linear schedule) on the grid uniform on [t0, 1]; ``options`` (``batch_size``, ``model_kwargs`` with per-sample
-    conditioning, ``device``) go to ``sample``: the solve runs batch by batch (bounded memory)."""
+    t0 = 1 / (1 + sigma_max) on the linear schedule) on the grid uniform on [t0, 1]; ``options``
+    (``batch_size``, ``model_kwargs`` with per-sample conditioning, ``device``) go to ``sample``: the solve
+    runs batch by batch (bounded memory)."""
     from ..core.schedule import load_schedule
 
     start = time.perf_counter()
