@@ -227,3 +227,17 @@ def test_a_started_peer_converges_to_the_exact_ode_solution_from_its_start(name,
     exact = scale * z / t0 * math.sqrt(var / (var + sigma0 ** 2))
     x = PEERS[name][2](gaussian_velocity(var), z.clone(), 80, 0)
     assert (x - exact).abs().max() < 2e-3
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "heun", "lms", "dpmpp_2m_sde"])
+def test_k_diffusion_peers_keep_a_float32_state(sampler):
+    """A float32 module refuses float64 input: k-diffusion's append_dims of float64 sigmas would promote the state."""
+    from lazyflow.runtime.evaluation.peers import PEERS
+
+    _k_diffusion()
+
+    def float32_only(x, t):
+        assert x.dtype == torch.float32 and t.dtype == torch.float32
+        return MODEL(x.double(), t.double()).float()
+    x = PEERS[f"k-diffusion {sampler} (Karras rho=7, sigma_max 80)"][2](float32_only, torch.ones(4, 2), 6, 0)
+    assert x.dtype == torch.float32 and torch.isfinite(x).all()

@@ -135,12 +135,14 @@ def _k_diffusion(model: Model, x: torch.Tensor, nfe: int, seed: int, *, sampler:
                  sigma_max: float) -> torch.Tensor:
     """k-diffusion's ``sample_<sampler>`` on get_sigmas_karras(n, 0.002, sigma_max, rho=7) from x_ve = sigma_max z:
     n = nfe steps of one call (dpmpp_2m, lms, dpmpp_2m_sde), Heun n = (nfe + 1) // 2 (2n - 1 calls: none at the
-    last step, to sigma = 0); dpmpp_2m_sde draws its noise from a generator seeded with ``seed``."""
+    last step, to sigma = 0); dpmpp_2m_sde draws its noise from a generator seeded with ``seed``.  The sigmas are in
+    x's dtype (float64 sigmas would turn a float32 state into float64 in Heun and LMS, which a float32 module
+    refuses)."""
     from ..integrations.k_diffusion_samplers import load_k_diffusion_sampling
 
     k = load_k_diffusion_sampling()
     steps = (nfe + 1) // 2 if sampler == "heun" else nfe
-    sigmas = k.get_sigmas_karras(steps, 0.002, sigma_max, rho=7.0).to(torch.float64)
+    sigmas = k.get_sigmas_karras(steps, 0.002, sigma_max, rho=7.0).to(x.dtype)   # else its append_dims promotes x
     denoise = ve_denoiser(model)
     options = {}
     if sampler == "dpmpp_2m_sde":
@@ -251,9 +253,9 @@ PEER_GRIDS = {
 #: "VP epsilon" rows, :data:`VP_SIGMA_OPTIONS`)
 SKIPPED_SIGMA_OPTIONS = ("diffusers UniPC with use_exponential_sigmas or use_beta_sigmas, DPM-Solver++ 2M with "
                          "use_karras_sigmas, use_exponential_sigmas or use_beta_sigmas, on flow sigmas (with "
-                         "use_flow_sigmas, diffusers 0.42 keeps these sigmas in DDPM units, 0.01 to 157, which its flow "
-                         "step reads as alpha = 1 - sigma < 0: every sample is non-finite); each runs in VP mode "
-                         "instead (the 'VP epsilon' rows)")
+                         "use_flow_sigmas, diffusers 0.42 keeps these sigmas in DDPM units, 0.01 to 157, which its "
+                         "flow step reads as alpha = 1 - sigma < 0: every sample is non-finite); each runs in VP "
+                         "mode instead (the 'VP epsilon' rows)")
 
 
 def _import(needs: str) -> None:
