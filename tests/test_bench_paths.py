@@ -177,3 +177,24 @@ def test_models_never_import_the_evaluation_layer():
     code = ("import sys, lazyflow.runtime.models.registry as r; r.load_model('gmm64'); "
             "sys.exit(any(m.startswith('lazyflow.runtime.evaluation') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.slow   # three 800-step references; CI's slow pass runs it
+def test_a_peer_that_starts_from_sigma_max_is_scored_against_the_ode_from_its_own_start(monkeypatch):
+    """A VE peer starts at t0 = 1 / 81 from (1 - t0) x0: its path is against the model's ODE solved from there
+    (the row says so), not against x* from x0 at t = 0."""
+    from lazyflow.runtime.evaluation.bench import bench_model
+
+    name = "iPNDM (EDM rho=7, sigma_max 80)"
+    monkeypatch.setattr(peers, "PEERS", {name: peers.PEERS[name]})
+    seen = {}
+    result = bench([], n=16, include_peers=True, on_samples=lambda row, x: seen.setdefault(row["method"], x))
+    row = next(r for r in result["rows"] if r["method"] == name)
+    t0, scale = peers.peer_start(peers.PEERS[name][2])
+    assert row["start"]["t"] == pytest.approx(1 / 81) and "from t = 0.0123457" in row["start"]["path_reference"]
+    x0 = standard_normal(1, range(16), 0, (8,))
+    model = bench_model(SMALL, None, 16).peer_model()
+    own = path_reference(model, "linear", x0 * (scale / (1 - t0)), t0=t0)
+    assert row["path"] == pytest.approx(own.error(seen[name]), rel=1e-9)
+    # x* from x0 at t = 0 is 4e-4 away (the data term t0 X the start drops): the row's path differs by 2.5e-4
+    assert row["path"] != pytest.approx(path_reference(model, "linear", x0).error(seen[name]), abs=1e-5)

@@ -1,11 +1,13 @@
 """Equivalence with the peers where both apply (optional extra: pip install -e .[peers])."""
+import math
+
 import pytest
 import torch
 
 from lazyflow import load_schedule, sample
 from lazyflow.runtime.core.noise import standard_normal
 
-from exact import GMMVelocity
+from exact import GMMVelocity, gaussian_velocity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/conftest.py)
 
@@ -131,3 +133,113 @@ def test_the_sigma_options_the_bench_leaves_out_give_non_finite_samples(solver, 
         t = torch.full((16,), time_of_timestep(float(timestep), scheduler.config.num_train_timesteps), dtype=F64)
         x = scheduler.step(velocity_of_output(MODEL(x, t)), timestep, x, return_dict=False)[0]
     assert not torch.isfinite(x).all()
+
+
+def _k_diffusion():
+    from lazyflow.errors import LazyflowError
+    from lazyflow.runtime.integrations.k_diffusion_samplers import load_k_diffusion_sampling
+
+    try:
+        return load_k_diffusion_sampling()
+    except LazyflowError as err:
+        pytest.skip(str(err))
+
+
+def test_k_diffusion_euler_on_the_ve_denoiser_is_our_linear_euler():
+    """x_ve = x_t / t, sigma = (1 - t) / t, D = x_t + (1 - t) v: k-diffusion's sample_euler on Karras sigmas from 80
+    equals lazyflow's linear Euler on the times t = 1 / (1 + sigma) from (1 - t_0) z (float64)."""
+    from lazyflow.runtime.evaluation.peer_solvers import ve_denoiser
+
+    k = _k_diffusion()
+    sigmas = k.get_sigmas_karras(6, 0.002, 80.0, rho=7.0).double()
+    z = standard_normal(0, range(32), 0, (2,)).double()
+    denoise = ve_denoiser(MODEL)
+    theirs = k.sample_euler(lambda x, sigma: denoise(x, float(sigma[0])), z * float(sigmas[0]), sigmas, disable=True)
+    ours = sample(MODEL, (32, 2), schedule="linear", integrator="euler", grid=(1 / (1 + sigmas)).tolist(), dtype=F64,
+                  initial=z)
+    assert torch.allclose(theirs, ours, rtol=0, atol=1e-10)
+
+
+def _first_call(fn, *args, **kwargs):
+    seen = []
+
+    def model(x, t):
+        seen.append((x.clone(), t.clone()))
+        return MODEL(x, t)
+    fn(model, *args, **kwargs)
+    return seen[0]
+
+
+@pytest.mark.parametrize("name,needs", [("k-diffusion dpmpp_2m (Karras rho=7, sigma_max 14.6)", "k_diffusion"),
+                                        ("iPNDM (EDM rho=7, sigma_max 80)", ""),
+                                        ("diffusers UniPC (VP epsilon, karras sigmas, sigma_max 157.4)", "diffusers")])
+def test_a_started_peers_reference_starts_where_the_peer_starts(name, needs):
+    """The first model call of the peer and of its path reference (path_reference from t0, as the bench's
+    _Runner.reference_from gives it x0 * scale / (1 - t0)) see the same state at the same time."""
+    from lazyflow.runtime.evaluation.paths import path_reference
+    from lazyflow.runtime.evaluation.peers import PEERS, peer_start
+
+    if needs == "k_diffusion":
+        _k_diffusion()
+    elif needs:
+        pytest.importorskip(needs)
+    fn = PEERS[name][2]
+    t0, scale = peer_start(fn)
+    z = standard_normal(0, range(8), 0, (2,)).double()
+    x_peer, t_peer = _first_call(fn, z.clone(), 4, 0)
+    x_ref, t_ref = _first_call(lambda m, x0: path_reference(m, "linear", x0, 8, t0=t0), z * (scale / (1 - t0)))
+    assert t0 > 0 and torch.allclose(t_peer, t_ref, rtol=1e-6) and torch.allclose(x_peer, x_ref, rtol=1e-6)
+
+
+@pytest.mark.slow   # 4 s: a 100-step reference; the closed-form check below is the fast one
+def test_diffusers_vp_mode_converges_to_the_ode_from_its_start():
+    """UniPC in VP epsilon mode on Karras sigmas (the time of equal log snr, x_t = x_vp t sqrt(1 + sigma^2),
+    eps = x_t - t v) at 40 NFE lands on the model's own ODE solution from where it starts: the conversion is
+    exact (measured 3.5e-3 against 200 reference steps)."""
+    pytest.importorskip("diffusers")
+    from lazyflow.runtime.evaluation.paths import path_reference
+    from lazyflow.runtime.evaluation.peers import PEERS, peer_start
+
+    fn = PEERS["diffusers UniPC (VP epsilon, karras sigmas, sigma_max 157.4)"][2]
+    t0, scale = peer_start(fn)
+    z = standard_normal(0, range(32), 0, (2,)).double()
+    reference = path_reference(MODEL, "linear", z * (scale / (1 - t0)), 100, t0=t0)
+    assert reference.check < 1e-2 and reference.error(fn(MODEL, z.clone(), 40, 0)) < 0.02
+
+
+@pytest.mark.parametrize("name,needs", [("diffusers UniPC (VP epsilon, karras sigmas, sigma_max 157.4)", "diffusers"),
+                                        ("diffusers DPM-Solver++ 2M (VP epsilon, exponential sigmas, sigma_max 157.4)",
+                                         "diffusers"),
+                                        ("k-diffusion dpmpp_2m (Karras rho=7, sigma_max 14.6)", "k_diffusion"),
+                                        ("DEIS-tAB3 (uniform t, sigma_max 80)", "")])
+def test_a_started_peer_converges_to_the_exact_ode_solution_from_its_start(name, needs):
+    """X ~ N(0, S^2) in one dimension: from the flow state scale * z at t0 (x_ve = scale z / t0 at sigma_0), the
+    probability-flow ODE ends at x_ve S / sqrt(S^2 + sigma_0^2); each peer at 80 NFE lands there (diffusers'
+    float32 internals stop it near 3e-4)."""
+    from lazyflow.runtime.evaluation.peers import PEERS, peer_start
+
+    if needs == "k_diffusion":
+        _k_diffusion()
+    elif needs:
+        pytest.importorskip(needs)
+    var = 0.09
+    t0, scale = peer_start(PEERS[name][2])
+    sigma0 = (1 - t0) / t0
+    z = torch.linspace(-2, 2, 9, dtype=F64).reshape(9, 1)
+    exact = scale * z / t0 * math.sqrt(var / (var + sigma0 ** 2))
+    x = PEERS[name][2](gaussian_velocity(var), z.clone(), 80, 0)
+    assert (x - exact).abs().max() < 2e-3
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "heun", "lms", "dpmpp_2m_sde"])
+def test_k_diffusion_peers_keep_a_float32_state(sampler):
+    """A float32 module refuses float64 input: k-diffusion's append_dims of float64 sigmas would promote the state."""
+    from lazyflow.runtime.evaluation.peers import PEERS
+
+    _k_diffusion()
+
+    def float32_only(x, t):
+        assert x.dtype == torch.float32 and t.dtype == torch.float32
+        return MODEL(x.double(), t.double()).float()
+    x = PEERS[f"k-diffusion {sampler} (Karras rho=7, sigma_max 80)"][2](float32_only, torch.ones(4, 2), 6, 0)
+    assert x.dtype == torch.float32 and torch.isfinite(x).all()

@@ -414,6 +414,7 @@ class _Runner:
         self.options = {"batch_size": batch_size, "model_kwargs": bench.loaded.model_kwargs or None, "device": device}
         self.start = standard_normal(seed, range(shape[0]), 0, shape[1:], device=device)   # what sample() starts from
         self.path: PathReference | None = None
+        self.started: dict[tuple[float, float], PathReference] = {}   # the x* of peers that start at t0 > 0
         self.path_scores: dict[str, float] = {}
         self.stats: dict[str, BenchStats] = {}
         self.exact_samples = None
@@ -423,6 +424,17 @@ class _Runner:
         """x*, the model's converged ODE solution from this run's start noise (batched and conditioned as the
         rows are: :func:`.paths.path_reference`)."""
         return path_reference(self.bench.peer_model(), self.source, self.start, steps, **self.options)
+
+    def reference_from(self, t0: float, scale: float) -> PathReference | None:
+        """x* of a peer that starts at the source time t0 from scale * x0 (:func:`.peers.peer_start`; a linear
+        source), with as many steps as the run's own x*; one per start within this run."""
+        if t0 == 0 or self.path is None:
+            return self.path
+        if (t0, scale) not in self.started:
+            x0 = self.start * (scale / (1 - t0))    # path_reference starts from alpha(t0) x0 = (1 - t0) x0
+            self.started[(t0, scale)] = path_reference(self.bench.peer_model(), self.source, x0, self.path.steps,
+                                                       t0=t0, **self.options)
+        return self.started[(t0, scale)]
 
     def prepare_path(self, log) -> None:
         self.path = self.reference()
@@ -438,13 +450,15 @@ class _Runner:
             log(f"  data statistics {kind}: {found.info['from']}, {found.info['samples']} samples, "
                 f"{found.info['model_calls']} model calls" + (f", written to {found.file}" if found.file else ""))
 
-    def _score(self, x, stochastic: bool) -> tuple[float | None, dict, str]:
+    def _score(self, x, stochastic: bool, reference: PathReference | None = None) -> tuple[float | None, dict, str]:
+        """(primary metric, scores, error); ``path`` against ``reference`` (default: the run's x*)."""
+        reference = reference or self.path
         scores = self.scorer.score(x)
-        scores[PATH_METRIC] = None if stochastic or self.path is None else self.path.error(x)
+        scores[PATH_METRIC] = None if stochastic or reference is None else reference.error(x)
         if self.halves and scores[PATH_METRIC] is not None:
             half = len(x) // 2
-            scores["path_halves"] = [path_error(x[:half], self.path.samples[:half]),
-                                     path_error(x[half:], self.path.samples[half:])]
+            scores["path_halves"] = [path_error(x[:half], reference.samples[:half]),
+                                     path_error(x[half:], reference.samples[half:])]
         return scores[(*self.scorer.metrics, PATH_METRIC)[0]], scores, ""   # a path-only scorer: path is primary
 
     def one(self, method: OurMethod, steps: int, budget: int) -> dict:
@@ -563,24 +577,31 @@ class _Runner:
         ``stochastic_too=False`` leaves the stochastic peers out."""
         import torch
 
-        from .peers import available_peers
+        from .peers import PEER_GRIDS, available_peers, peer_start
 
         rows = []
         for name, (stochastic, fn) in available_peers()[0].items():
             if stochastic and not stochastic_too:
                 continue
+            t0, scale = peer_start(fn)
+            reference = None if stochastic else self.reference_from(t0, scale)
             for budget in nfes:
                 counter = CountingModel(model)
                 start = time.perf_counter()
                 scores, x = {}, None
                 try:
                     x = self.peer_samples(fn, counter, budget)
-                    fd, scores, error = self._score(x, stochastic) if torch.isfinite(x).all() else \
+                    fd, scores, error = self._score(x, stochastic, reference) if torch.isfinite(x).all() else \
                         (None, {}, "non-finite samples")
                 except Exception as err:  # noqa: BLE001 - a peer failing must not stop the bench
                     fd, error = None, f"{type(err).__name__}: {err}"
                 rows.append(_row(name, True, stochastic, budget, counter.calls // self.batches, fd,
                                  time.perf_counter() - start, error, scores))
+                if name in PEER_GRIDS:
+                    rows[-1]["grid"] = PEER_GRIDS[name]
+                if t0 > 0:   # its path is against the model's ODE from where it starts
+                    rows[-1]["start"] = {"t": t0, "scale": scale, **({} if reference is None else {
+                        "path_reference": reference.method, "path_reference_check": reference.check})}
                 if self.on_samples is not None and x is not None:
                     self.on_samples(rows[-1], x)
             log(f"  {name}: " + ", ".join(f"{r['nfe']}->{_fmt(r['fd'])}" for r in rows[-len(nfes):]))
@@ -609,7 +630,8 @@ def format_table(result: dict, metric: str = "fd", fmt: Callable[[Any], str] | N
     by_method: dict[str, list[dict]] = {}
     for row in result["rows"]:
         by_method.setdefault((row["method"], row["peer"], row["stochastic"]), []).append(row)
-    width = max((len(m[0]) for m in by_method), default=6) + 2
+    shown = {key: f"{key[0]} [{rows[0]['grid']}]" if rows[0].get("grid") else key[0] for key, rows in by_method.items()}
+    width = max((len(name) for name in shown.values()), default=6) + 2
     header = f"{'method'.ljust(width)}{'peer':>5}{'sde':>5}" + "".join(f"{'nfe ' + str(b):>11}" for b in budgets)
     title = f"{metric} ({result['model']}" + (f", prediction {result['prediction']}" if "prediction" in result else "")
     if metric == PATH_METRIC and "path_reference" in result:
@@ -624,7 +646,8 @@ def format_table(result: dict, metric: str = "fd", fmt: Callable[[Any], str] | N
             if row["nfe"] != budget:
                 text += f" ({row['nfe']})"
             cells.append(f" {text:>10}")   # at least one space between cells
-        lines.append(f"{method.ljust(width)}{'yes' if peer else '':>5}{'yes' if stochastic else '':>5}" + "".join(cells))
+        name = shown[method, peer, stochastic]
+        lines.append(f"{name.ljust(width)}{'yes' if peer else '':>5}{'yes' if stochastic else '':>5}" + "".join(cells))
     lines.append("")
     if any(r.get("baseline") for r in result["rows"]):
         lines.append(f"{GAUSSIAN_MAP}: a baseline, not a sampler (mu + Sigma^(1/2) x0 with the moments of "

@@ -211,7 +211,7 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
     at each budget is run here and checked against this bench's best (:func:`pilot_check`)."""
     from ..core.progress import progress_bar
     from ..core.sampler import resolve_device
-    from .peers import available_peers
+    from .peers import available_peers, peer_start
 
     _refuse_bad_options(reference_steps, batch_size, tune or bespoke, save)
     device = resolve_device(device)
@@ -225,8 +225,11 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
     usable, skipped = available_peers() if include_peers else ({}, [])
     peers = sum(not stochastic for stochastic, _ in usable.values())
     cached = reference_cache is not None and Path(reference_cache).exists()
-    total = n * ((len(methods) + peers) * sum(nfes) + (0 if cached else reference_steps * 3 // 2)) + \
-        (stats_samples * STATS_STEPS if keys else 0)   # the progress bar's total (tuning not included)
+    starts = len({peer_start(fn) for stochastic, fn in usable.values() if not stochastic} - {(0.0, 1.0)})
+    total = n * ((len(methods) + peers) * sum(nfes) + (0 if cached else reference_steps * 3 // 2) +
+                 starts * (reference_steps * 3 // 2)) + \
+        (stats_samples * STATS_STEPS if keys else 0)   # the progress bar's total (tuning not included; a peer that
+    # starts at t0 > 0 gets its own reference, never cached)
     flags = _kind_flags(found.name, options, loaded) + (["--device", str(device)] if device.type != "cpu" else [])
 
     def args_for(method: OurMethod, steps: int, stats: str | None) -> list[str]:

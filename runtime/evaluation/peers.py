@@ -3,19 +3,28 @@
 Each peer is a function (model, x0, nfe, seed) -> samples, written against the peer's public API.
 A model here is ours: velocity on the linear schedule, t in [0, 1] from noise to data.
 diffusers' flow convention (t = 1 - sigma, output minus our velocity) converts through
-:mod:`lazyflow.runtime.integrations.flow_convention`.
+:mod:`lazyflow.runtime.integrations.flow_convention`.  The VE peers (iPNDM and DEIS-tAB3 of :mod:`.peer_solvers`,
+k-diffusion's samplers) see the model as the denoiser D(x_ve, sigma) = x_t + (1 - t) v(x_t, t), sigma = (1 - t) / t,
+x_ve = x_t / t (:func:`.peer_solvers.ve_denoiser`); diffusers' VP mode sees it as the noise prediction
+eps = x_t - t v at the time t = 1 / (1 + sigma) of equal log snr, x_vp = x_t / (t sqrt(1 + sigma^2)).
+A peer that starts at t0 > 0 (from sigma_max) is a :class:`StartedPeer`: its path is measured against the
+model's ODE solved from where it starts.  Rows name their grid: in the name, else in :data:`PEER_GRIDS`.
 """
 from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from ...errors import LazyflowError
 from ..integrations.flow_convention import time_of_timestep, velocity_of_output
+from .peer_solvers import edm_sigmas, sample_deis_tab, sample_ipndm, uniform_t_sigmas, ve_denoiser
 
-__all__ = ["PEERS", "available_peers", "SKIPPED_SIGMA_OPTIONS"]
+__all__ = ["PEERS", "available_peers", "SKIPPED_SIGMA_OPTIONS", "PEER_GRIDS", "StartedPeer", "peer_start",
+           "DDPM_SIGMA_MAX"]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -93,6 +102,117 @@ def _sit_em(model, x, nfe, seed, t0=1e-3, last_step=0.04):
     return x + model(x, tt) * (1.0 - grid[-1])
 
 
+@dataclass(frozen=True)
+class StartedPeer:
+    """A peer that starts at the flow time ``t0`` > 0 from the state ``scale`` * x0 (not from x0 at t = 0): a VE
+    sampler from sigma_max starts at x_ve = sigma_max z, the flow state (1 - t0) z at t0 = 1 / (1 + sigma_max)."""
+
+    fn: Callable
+    t0: float
+    scale: float
+
+    @classmethod
+    def ve(cls, fn: Callable, sigma_max: float) -> "StartedPeer":
+        """A VE sampler from x_ve = sigma_max z: t0 = 1 / (1 + sigma_max), the state (1 - t0) z."""
+        return cls(fn, 1 / (1 + sigma_max), sigma_max / (1 + sigma_max))
+
+    def __call__(self, model: Model, x0: torch.Tensor, nfe: int, seed: int) -> torch.Tensor:
+        return self.fn(model, x0, nfe, seed)
+
+
+def peer_start(fn: Callable) -> tuple[float, float]:
+    """(t0, scale): the peer starts at the flow time t0 from scale * x0; (0, 1) for one that starts from x0 at 0."""
+    return (fn.t0, fn.scale) if isinstance(fn, StartedPeer) else (0.0, 1.0)
+
+
+def _ve_solver(model: Model, x: torch.Tensor, nfe: int, seed: int, *, solver: Callable, grid: Callable,
+               sigma_max: float) -> torch.Tensor:
+    """iPNDM or DEIS-tAB3 on ``grid``'s nfe sigmas from sigma_max then 0 (nfe steps, nfe calls: none at sigma = 0)."""
+    return solver(ve_denoiser(model), x * sigma_max, grid(nfe, sigma_max=sigma_max))
+
+
+def _k_diffusion(model: Model, x: torch.Tensor, nfe: int, seed: int, *, sampler: str,
+                 sigma_max: float) -> torch.Tensor:
+    """k-diffusion's ``sample_<sampler>`` on get_sigmas_karras(n, 0.002, sigma_max, rho=7) from x_ve = sigma_max z:
+    n = nfe steps of one call (dpmpp_2m, lms, dpmpp_2m_sde), Heun n = (nfe + 1) // 2 (2n - 1 calls: none at the
+    last step, to sigma = 0); dpmpp_2m_sde draws its noise from a generator seeded with ``seed``.  The sigmas are in
+    x's dtype (float64 sigmas would turn a float32 state into float64 in Heun and LMS, which a float32 module
+    refuses)."""
+    from ..integrations.k_diffusion_samplers import load_k_diffusion_sampling
+
+    k = load_k_diffusion_sampling()
+    steps = (nfe + 1) // 2 if sampler == "heun" else nfe
+    sigmas = k.get_sigmas_karras(steps, 0.002, sigma_max, rho=7.0).to(x.dtype)   # else its append_dims promotes x
+    denoise = ve_denoiser(model)
+    options = {}
+    if sampler == "dpmpp_2m_sde":
+        generator = torch.Generator().manual_seed(seed)
+        options["noise_sampler"] = lambda *_: torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    return getattr(k, f"sample_{sampler}")(lambda y, sigma: denoise(y, float(sigma.reshape(-1)[0])),
+                                           x * float(sigmas[0]), sigmas, disable=True, **options)
+
+
+def _ddpm_sigma_max() -> float:
+    """sigma = sqrt((1 - abar) / abar) at diffusers' last DDPM timestep (linear betas 1e-4 .. 0.02, 1000 steps)."""
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float32), 0)[-1]
+    return float(((1 - abar) / abar).sqrt())
+
+
+#: the first sigma of diffusers' VP schedulers (about 157.4): their runs start at x_vp = z there
+DDPM_SIGMA_MAX = _ddpm_sigma_max()
+
+
+def _vp(model: Model, z: torch.Tensor, nfe: int, seed: int, *, solver: str, option: str | None) -> torch.Tensor:
+    """diffusers' ``solver`` in its VP (DDPM) mode with ``prediction_type="epsilon"`` (``option``: a sigma spacing,
+    ``use_<option>_sigmas``): at its sigma_i the model is called at t = 1 / (1 + sigma_i) on x_t = x_vp t
+    sqrt(1 + sigma_i^2) and gives eps = x_t - t v."""
+    import diffusers
+
+    options = {f"use_{option}_sigmas": True} if option else {}
+    scheduler = getattr(diffusers, solver)(prediction_type="epsilon", **options)
+    scheduler.set_timesteps(num_inference_steps=nfe)
+    x = z * scheduler.init_noise_sigma
+    for i, timestep in enumerate(scheduler.timesteps):
+        sigma = float(scheduler.sigmas[i])
+        t = 1 / (1 + sigma)
+        x_t = x * (t * math.sqrt(1 + sigma ** 2))
+        eps = x_t - t * model(x_t, torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device))
+        x = scheduler.step(eps, timestep, x, return_dict=False)[0]
+    return x
+
+
+def _vp_start() -> tuple[float, float]:
+    """(t0, scale) of a diffusers VP run: x_vp = z at sigma_max is the flow state t0 sqrt(1 + sigma_max^2) z."""
+    t0 = 1 / (1 + DDPM_SIGMA_MAX)
+    return t0, t0 * math.sqrt(1 + DDPM_SIGMA_MAX ** 2)
+
+
+#: the sigma spacings diffusers' UniPC and DPM-Solver++ run with in VP mode (None: the DDPM timesteps, linspace)
+VP_SIGMA_OPTIONS = (None, "karras", "exponential", "beta")
+
+
+def _new_peers() -> dict[str, tuple[bool, str, Callable]]:
+    """The VE peers (iPNDM, DEIS-tAB3, k-diffusion's) and diffusers' multistep solvers in VP mode, by name."""
+    from functools import partial
+
+    peers: dict[str, tuple[bool, str, Callable]] = {}
+    for label, solver in (("iPNDM", sample_ipndm), ("DEIS-tAB3", sample_deis_tab)):
+        for grid_name, grid in (("EDM rho=7", edm_sigmas), ("uniform t", uniform_t_sigmas)):
+            peers[f"{label} ({grid_name}, sigma_max 80)"] = (False, "", StartedPeer.ve(
+                partial(_ve_solver, solver=solver, grid=grid, sigma_max=80.0), 80.0))
+    for sigma_max in (80.0, 14.6):
+        for sampler in ("dpmpp_2m", "heun", "lms", "dpmpp_2m_sde"):
+            peers[f"k-diffusion {sampler} (Karras rho=7, sigma_max {sigma_max:g})"] = (
+                sampler.endswith("sde"), "k_diffusion", StartedPeer.ve(
+                    partial(_k_diffusion, sampler=sampler, sigma_max=sigma_max), sigma_max))
+    for solver, label in (("UniPCMultistepScheduler", "UniPC"), ("DPMSolverMultistepScheduler", "DPM-Solver++ 2M")):
+        for option in VP_SIGMA_OPTIONS:
+            peers[f"diffusers {label} (VP epsilon, {option or 'DDPM timestep'} sigmas, sigma_max "
+                  f"{DDPM_SIGMA_MAX:.1f})"] = (False, "diffusers", StartedPeer(
+                      partial(_vp, solver=solver, option=option), *_vp_start()))
+    return peers
+
+
 #: name -> (stochastic, needs, function)
 PEERS: dict[str, tuple[bool, str, Callable]] = {
     "diffusers FlowMatchEuler": (False, "diffusers", _fm_euler),
@@ -107,17 +227,45 @@ PEERS: dict[str, tuple[bool, str, Callable]] = {
     "flow_matching cosine (ScheduleTransformedModel) midpoint": (False, "flow_matching",
                                                                  lambda m, x, n, s: _fm_ode(m, x, n, s, cosine=True)),
     "SiT-style Euler-Maruyama (SBDM, Mean last step)": (True, "", _sit_em),
+    **_new_peers(),
+}
+
+#: the grids of the peers whose names do not say it (diffusers 0.42.1, read from its set_timesteps)
+PEER_GRIDS = {
+    "diffusers FlowMatchEuler": "flow sigmas: t uniform on [0, 0.999], then t = 1",
+    "diffusers DPM-Solver++ 2M": "flow sigmas: t uniform from 0.001",
+    "diffusers UniPC": "flow sigmas: t uniform from 1e-6",
+    "diffusers FlowMatchEuler stochastic": "flow sigmas: t uniform on [0, 0.999], then t = 1",
+    "diffusers SDE-DPM-Solver++ 2M": "flow sigmas: t uniform from 0.001",
+    "flow_matching midpoint": "uniform t",
+    "diffusers UniPC (karras sigmas)": "Karras sigmas of the DDPM range as flow sigmas sigma / (1 + sigma)",
+    "flow_matching heun": "uniform t",
+    "flow_matching rk4": "uniform t",
+    "flow_matching cosine (ScheduleTransformedModel) midpoint": "uniform in the cosine frame's time, to 1 - 1e-4",
+    "SiT-style Euler-Maruyama (SBDM, Mean last step)": "uniform t on [0.001, 0.96], then the mean",
 }
 
 
-#: the diffusers sigma options left out, with why (diffusers 0.42.1, read in its set_timesteps and measured on
-#: gmm64 at 4 and 8 NFE): none raises, but only UniPC's Karras branch converts its sigmas to flow sigmas
+#: the diffusers sigma options left out with flow sigmas, with why (diffusers 0.42.1, read in its set_timesteps and
+#: measured on gmm64 at 4 and 8 NFE): none raises, but only UniPC's Karras branch converts its sigmas to flow sigmas
 #: (sigma / (1 + sigma)); the others keep the DDPM schedule's sigmas (0.01 to 157), which the flow step reads
-#: as alpha = 1 - sigma < 0, and every sample comes back non-finite
+#: as alpha = 1 - sigma < 0, and every sample comes back non-finite.  Each runs instead in VP mode (the
+#: "VP epsilon" rows, :data:`VP_SIGMA_OPTIONS`)
 SKIPPED_SIGMA_OPTIONS = ("diffusers UniPC with use_exponential_sigmas or use_beta_sigmas, DPM-Solver++ 2M with "
-                         "use_karras_sigmas, use_exponential_sigmas or use_beta_sigmas (with use_flow_sigmas, "
-                         "diffusers 0.42 keeps these sigmas in DDPM units, 0.01 to 157, which its flow step reads as "
-                         "alpha = 1 - sigma < 0: every sample is non-finite)")
+                         "use_karras_sigmas, use_exponential_sigmas or use_beta_sigmas, on flow sigmas (with "
+                         "use_flow_sigmas, diffusers 0.42 keeps these sigmas in DDPM units, 0.01 to 157, which its "
+                         "flow step reads as alpha = 1 - sigma < 0: every sample is non-finite); each runs in VP "
+                         "mode instead (the 'VP epsilon' rows)")
+
+
+def _import(needs: str) -> None:
+    """Import the package a peer needs (k-diffusion's samplers without its package's heavy imports)."""
+    if needs == "k_diffusion":
+        from ..integrations.k_diffusion_samplers import load_k_diffusion_sampling
+
+        load_k_diffusion_sampling()
+    else:
+        __import__(needs)
 
 
 def available_peers() -> tuple[dict[str, tuple[bool, Callable]], list[str]]:
@@ -126,9 +274,11 @@ def available_peers() -> tuple[dict[str, tuple[bool, Callable]], list[str]]:
     for name, (stochastic, needs, fn) in PEERS.items():
         if needs:
             try:
-                __import__(needs)
-            except ImportError:
-                skipped.append(f"{name} (needs {needs}: pip install -e .[peers])")
+                _import(needs)
+            except (ImportError, LazyflowError):
+                how = "pip install --no-deps k-diffusion==0.1.1.post1" if needs == "k_diffusion" else \
+                    "pip install -e .[peers]"
+                skipped.append(f"{name} (needs {needs}: {how})")
                 continue
         usable[name] = (stochastic, fn)
     return usable, skipped
