@@ -175,12 +175,13 @@ def _sample_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help=f"steps (default {DEFAULTS.STEPS}, or a tuned --grid "
                    "file's)")
     p.add_argument("--grid", default=DEFAULTS.GRID, help=_Lazy(lambda: ", ".join(_registry("core.grids", "GRIDS")) +
-                   ", shift:S (SD3's flow sigmas shifted by S), logsnr:FIRST,LAST (uniform in log snr between these, from t = 0), logsnr-open:FIRST,LAST "
-                   "(starting at log snr FIRST: for noise and score models), a tuned grid's .json file (lazyflow "
+                   ", logsnr:FIRST,LAST (uniform in log snr between these, from t = 0), logsnr-open:FIRST,LAST "
+                   "(starting at log snr FIRST: for noise and score models), shift:S (SD3's flow sigmas shifted by S), a tuned "
+                   "grid's .json file (lazyflow "
                    f"tune-grid), or comma-separated times ending at 1 (default {DEFAULTS.GRID})"))
     p.add_argument("--shape", default=None, help="data shape, e.g. 1,8,8 (default: the model's own)")
     p.add_argument("--data-stats", default=None, metavar="FILE", help="the data's statistics (a DataStats .safetensors "
-                   "file) for the data-frame integrators")
+                   "file) for the data-frame integrators (without it they integrate in N(E[X | c], I))")
     p.add_argument("--num-samples", "--n", dest="num_samples", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)

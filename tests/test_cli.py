@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sympy as sp
 from sympy.parsing.sympy_parser import parse_expr
@@ -152,8 +153,12 @@ def test_sample_takes_the_data_statistics_of_the_data_frame_integrators(tmp_path
     argv = ["sample", "--schedule", "linear", "--integrator", "data-multistep", "--steps", "4", "--n", "4",
             "--out", str(tmp_path / "x.npy")]
     assert main([*argv, "--data-stats", str(path)]) == 0
-    assert main(argv) == 2
-    assert "--data-stats FILE" in capsys.readouterr().err
+    with_file = np.load(tmp_path / "x.npy")
+    # without a file: the frame N(E[X | c], I), other samples from the same noise
+    assert main([*argv, "--force"]) == 0
+    assert not np.array_equal(np.load(tmp_path / "x.npy"), with_file)
+    assert main([*argv, "--force", "--data-stats", str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
 
 
 def test_every_parsed_command_has_a_handler_and_the_parsers_never_import_the_shell():
