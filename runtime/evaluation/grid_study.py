@@ -7,8 +7,8 @@ behind the k-diffusion default (docs/k-diffusion.md, "Lazy on your sigmas") and 
 Rows, pathwise error (mean |x - x*| to the model's own 800-step ODE solution from the same start noise; a peer
 or sampler that starts at sigma_max is scored against the solution from where it starts) at 4, 6, 8 NFE:
 every installed deterministic peer; ``sample_lazyflow`` with its defaults on k-diffusion's Karras sigmas from 80
-and 14.6; ``sample()``'s default ``multistep-pc`` on each grid; the data frames on each grid with ``diag``
-statistics of 2,000 of the model's own samples (32 multistep-pc steps, seed 12345); then each row's ratio to
+and 14.6; ``sample()``'s default ``multistep-pc`` on each grid; the data frames on each grid without statistics
+(the frame N(E[X | c], I)) and with ``diag`` statistics of 2,000 of the model's own samples (32 multistep-pc steps, seed 12345); then each row's ratio to
 the best peer.  Start noise: seed 0, as the bench's.
 """
 from __future__ import annotations
@@ -100,6 +100,8 @@ def grid_study(model_name: str, *, n: int = 256, grids: tuple[str, ...] = ("unif
         study.k_diffusion_defaults()
         for grid in grids:
             study.ours(f"ours multistep-pc {grid}", grid=grid)
+            for integrator in integrators:   # no statistics: the frame N(E[X | c], I)
+                study.ours(f"ours {integrator} {grid} [no statistics]", grid=grid, integrator=integrator)
         start = time.perf_counter()
         stats = stats_from_model(study.model, (2000, *study.shape[1:]), kind="diag", seed=12345, steps=32)
         log(f"# diag statistics of 2,000 of the model's own samples: {time.perf_counter() - start:.0f} s")
