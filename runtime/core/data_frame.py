@@ -328,7 +328,7 @@ def data_frame_integrator(*, order: int = 2, corrector: bool = True, skip_start:
                       build=partial(_build, history=order, corrector=corrector, anchor_below=below[anchor],
                                     stochastic=stochastic),
                       history=order, corrector=corrector, skip_first_call_below=below[skip_start],
-                      needs_data_stats=True,
+                      needs_data_stats=True, stochastic=stochastic,
                       description=f"data frame{' SDE (exact Gaussian transition)' if stochastic else ''}, residual "
                                   f"{['held', 'linear', 'quadratic'][order - 1]} in t"
                                   + (" with a corrector" if corrector else ""))
@@ -336,7 +336,7 @@ def data_frame_integrator(*, order: int = 2, corrector: bool = True, skip_start:
 
 def stochastic_data_frame(integrator: Integrator) -> bool:
     """Whether ``integrator`` is a stochastic data frame (``data-sde*``: it needs linear-sde or vp-sde)."""
-    return integrator.needs_data_stats and bool(getattr(integrator.build, "keywords", {}).get("stochastic"))
+    return integrator.needs_data_stats and integrator.stochastic
 
 
 def without_skip(integrator: Integrator) -> Integrator:

@@ -218,8 +218,11 @@ class Integrator:
     #: on grids of fewer steps than this it makes no call at the first step (a data frame knows its
     #: residual there): N calls buy N + 1 steps
     skip_first_call_below: int = 0
-    #: it needs the data's statistics (``sample(data_stats=...)``)
+    #: it needs the data's statistics (``sample(data_stats=...)``; without them, N(E[X | c], I))
     needs_data_stats: bool = False
+    #: it integrates the SDE itself (a stochastic data frame, ``data-sde*``: it needs linear-sde or vp-sde),
+    #: where the classic integrators follow whichever equation the schedule gives
+    stochastic: bool = False
     #: its tables are fitted to one model and come from a solver file given as the grid (``bespoke``)
     needs_solver_file: bool = False
     description: str = ""
