@@ -99,6 +99,9 @@ def test_random_mixtures_are_a_function_of_the_seed():
 
 def test_data_frame_rows_carry_their_statistics_and_reproduce_from_the_written_file(tmp_path, capsys):
     assert stats_kinds(64) == ("full", "diag") and stats_kinds(4096) == ("diag",)
+    # image-shaped data get dct beside them (planes of 16 x 16 and more); the 8 x 8 digits do not
+    assert stats_kinds(1024, 2000, (1, 32, 32)) == ("diag", "dct")
+    assert stats_kinds(64, None, (1, 8, 8)) == ("full", "diag")
     methods = [m for m in data_frame_methods(False, ("full", "diag")) if not m.schedule.endswith("-sde")]  # ODE rows
     assert {m.name for m in methods} >= {"linear/data-multistep-pc/uniform[full]", "vp/data-euler/uniform[diag]"}
     seen = {}

@@ -33,7 +33,7 @@ from typing import Sequence
 
 from ...errors import LazyflowError
 
-__all__ = ["choose_kind", "FULL_LIMIT", "FULL_SAMPLES_PER_ELEMENT", "DCT_MIN_SIDE"]
+__all__ = ["choose_kind", "image_shaped", "FULL_LIMIT", "FULL_SAMPLES_PER_ELEMENT", "DCT_MIN_SIDE"]
 
 #: the most elements a full covariance is estimated for (d^2 entries, an eigendecomposition of d x d)
 FULL_LIMIT = 8192
@@ -52,6 +52,12 @@ def choose_kind(data_shape: Sequence[int], n: int, *, packed: bool = False) -> t
     d = math.prod(shape)
     if d <= FULL_LIMIT and n >= FULL_SAMPLES_PER_ELEMENT * d:
         return "full", None
-    if packed or (len(shape) >= 2 and min(shape[-2:]) >= DCT_MIN_SIDE):
+    if packed or image_shaped(shape):
         return "dct", None
     return "diag", None
+
+
+def image_shaped(data_shape: Sequence[int]) -> bool:
+    """Data of 2 or more axes whose last two (the plane) are both at least :data:`DCT_MIN_SIDE`: ``dct``'s own."""
+    shape = tuple(int(v) for v in data_shape)
+    return len(shape) >= 2 and min(shape[-2:]) >= DCT_MIN_SIDE

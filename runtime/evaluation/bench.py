@@ -362,7 +362,7 @@ def _methods(run: "_Runner", methods: list[OurMethod] | None, full: bool, open_g
         methods = open_start(methods)
     with torch.no_grad():
         run.prepare_path(log)
-    kinds = stats_kinds(math.prod(run.shape[1:])) if default and not open_grid else ()
+    kinds = stats_kinds(math.prod(run.shape[1:]), data_shape=tuple(run.shape[1:])) if default and not open_grid else ()
     needed = tuple(dict.fromkeys((*kinds, *(m.stats for m in methods if m.stats))))
     if needed:
         run.prepare_stats(needed, save, log)

@@ -123,7 +123,7 @@ def stats_keys(loaded: LoadedModel, samples: int) -> list[str]:
         if per < 2:
             raise LazyflowError(f"--stats-samples {samples}: statistics per label need at least 2 samples of each of "
                                 f"the {classes} labels")
-        keys += [stats_key(kind, condition) for kind in stats_kinds(dim, per)]
+        keys += [stats_key(kind, condition) for kind in stats_kinds(dim, per, tuple(loaded.data_shape))]
     return keys
 
 
