@@ -205,7 +205,8 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHED
     tuned grid file or of explicit times is read from them).  A grid ends at t = 1 unless ``final_step`` is given (it says how the run ends); the
     ``data-*`` integrators integrate in the frame exact for the data's Gaussian, ``data_stats``
     (:class:`~lazyflow.runtime.core.data_stats.DataStats`, per label :class:`~lazyflow.runtime.core.data_stats.ConditionalStats`,
-    or the path of their file).
+    or the path of their file; without them N(E[X | c], I), the mean read from the first call: exact on
+    Gaussian data of unit variance on any grid).
     ``schedule`` and ``source`` are anything :func:`load_schedule` resolves (a preset name, a .toml or
     kernel path, a :class:`Schedule` such as ``load_schedule("sd3", shift=1.7)``).  Sample i depends
     only on (seed, i).  Tensors in ``model_kwargs`` whose first dimension is ``shape[0]`` are
