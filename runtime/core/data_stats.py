@@ -135,12 +135,7 @@ class DataStats:
         if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not floor > 0:
             raise LazyflowError(f"the variance floor must be a positive number, got {floor!r}")
         n, shape, d = x.shape[0], tuple(x.shape[1:]), math.prod(x.shape[1:])
-        grid = _token_grid(shape, packed, grid)
-        if kind == "auto":
-            if rank is not None:
-                raise LazyflowError("kind auto chooses the rank itself; give a rank with kind lowrank")
-            kind, rank = choose_kind(shape, n, packed=grid is not None)
-            grid = grid if kind == "dct" else None   # a layout only dct has
+        kind, rank, grid = _chosen_kind(kind, rank, shape, n, _token_grid(shape, packed, grid))
         if grid is not None and kind != "dct":
             raise LazyflowError(f"packed latents (a token grid) are a layout of dct statistics, not of {kind}")
         if kind == "dct":
@@ -241,6 +236,18 @@ def _token_grid(shape: tuple[int, ...], packed: bool, grid: tuple[int, int] | No
     return square_grid(shape[0]) if grid is None else tuple(grid)
 
 
+def _chosen_kind(kind: str, rank: int | None, shape: tuple[int, ...], n: int,
+                 grid: tuple[int, int] | None) -> tuple[str, int | None, tuple[int, int] | None]:
+    """(kind, rank, token grid) with ``auto`` resolved by :func:`.stats_kind.choose_kind` for ``n`` samples of
+    ``shape`` (the grid kept only where it picks dct, the one kind with that layout); others as given."""
+    if kind != "auto":
+        return kind, rank, grid
+    if rank is not None:
+        raise LazyflowError("kind auto chooses the rank itself; give a rank with kind lowrank")
+    kind, rank = choose_kind(shape, n, packed=grid is not None)
+    return kind, rank, grid if kind == "dct" else None
+
+
 def _grid_meta(grid: tuple[int, int] | None) -> dict[str, Any]:
     """The metadata entry of a packed layout's token grid (none for the others: older files read alike)."""
     return {} if grid is None else {"grid": list(grid)}
@@ -336,15 +343,10 @@ class ConditionalStats:
         if few:
             raise LazyflowError(f"conditional statistics need at least 2 samples per label; label(s) "
                                 f"{', '.join(map(str, few))} have 1")
-        if kind == "auto":
-            if rank is not None:
-                raise LazyflowError("kind auto chooses the rank itself; give a rank with kind lowrank")
-            shape = tuple(x.shape[1:])
-            kind, rank = choose_kind(shape, min(counts.values()),
-                                     packed=_token_grid(shape, packed, grid) is not None)
-            packed, grid = (packed, grid) if kind == "dct" else (False, None)   # a layout only dct has
+        shape = tuple(x.shape[1:])   # one kind for all labels, from the fewest samples of any
+        kind, rank, grid = _chosen_kind(kind, rank, shape, min(counts.values()), _token_grid(shape, packed, grid))
         return cls(key, tuple(values), tuple(DataStats.from_samples(x[labels == v], kind=kind, rank=rank, floor=floor,
-                                                                    packed=packed, grid=grid) for v in values))
+                                                                    grid=grid) for v in values))
 
     def save(self, path: str | os.PathLike) -> Path:
         """One safetensors file: each tensor stacked over the labels, the labels and key in the metadata."""
