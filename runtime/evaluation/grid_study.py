@@ -26,6 +26,7 @@ from ..core.sampler import sample
 from ..integrations.k_diffusion_samplers import load_k_diffusion_sampling, sample_lazyflow
 from .bench import bench_model
 from .paths import PathReference, path_reference
+from .peer_solvers import ve_denoiser
 from .peers import available_peers, peer_start
 
 __all__ = ["grid_study", "main"]
@@ -71,19 +72,17 @@ class _Study:
         return [min(v[i] for v in peer_rows if not math.isnan(v[i])) for i in range(len(NFES))]
 
     def k_diffusion_defaults(self) -> None:
-        sampling = load_k_diffusion_sampling()
+        sampling, denoise = load_k_diffusion_sampling(), ve_denoiser(self.model)
+
+        def denoiser(x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:   # one sigma per call, as the peers'
+            return denoise(x_ve, float(sigma.reshape(-1)[0]))
+
         for sigma_max in (80.0, 14.6):
             reference = self.reference(1 / (1 + sigma_max))
-            values = [reference.error(sample_lazyflow(self._denoiser, self.start * sigma_max,
+            values = [reference.error(sample_lazyflow(denoiser, self.start * sigma_max,
                                                       sampling.get_sigmas_karras(k, 0.002, sigma_max, rho=7.0),
                                                       disable=True)) for k in NFES]
             self.row(f"ours sample_lazyflow defaults (Karras rho=7, sigma_max {sigma_max:g})", values)
-
-    def _denoiser(self, x_ve: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The flow model's data estimate in the VE convention x_ve = I_t / t, t = 1 / (1 + sigma)."""
-        t = (1 / (1 + sigma)).to(x_ve.dtype)
-        tt = t.reshape(-1, *[1] * (x_ve.dim() - 1))
-        return tt * x_ve + (1 - tt) * self.model(tt * x_ve, t)
 
     def ours(self, label: str, **options) -> None:
         reference = self.reference()
