@@ -1,0 +1,82 @@
+"""Where a bespoke fit starts (:mod:`.bespoke_fit`): known solvers written as points of the bespoke family.
+
+The family (:mod:`lazyflow.runtime.core.bespoke`) is x_{k+1} = a_k x_0 + sum_{j <= k} w_kj m_j with m_j the
+model's j-th output.  Every solver that combines its state and the model's outputs linearly with fixed
+coefficients is a point of it; its (a, w) follow by running the solver on coefficient vectors over the basis
+(x_0, m_0, ..., m_{N-1}): the state x_0 is e_0, the k-th call returns e_{k+1}.
+
+Starts: Euler and DPM-Solver++(2M) (Lu et al. 2022, data prediction, multistep) on the uniform, log-snr,
+EDM (sigma_max 80 and 14.6) and SD3-shifted (shift 3) grids, with the midpoint rule and RK4 on the uniform
+grid; the fit starts from the one of the lowest loss.  All start at t_0 = 0 from the noise itself.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ...errors import LazyflowError
+from ..core.bespoke import euler_weights, midpoint_weights, rk4_weights
+from ..core.grids import EDM, LogSNR, Shifted, Uniform, make_grid
+from ..core.schedule import Schedule
+
+__all__ = ["dpmpp_2m_weights", "bespoke_starts", "START_GRIDS"]
+
+Start = tuple[torch.Tensor, torch.Tensor, torch.Tensor]   # (times, a, w)
+
+#: the grids the Euler and DPM-Solver++(2M) starts are laid on
+START_GRIDS = {"uniform": Uniform(), "logsnr": LogSNR(), "edm": EDM(), "edm 14.6": EDM(sigma_max=14.6),
+               "shift 3": Shifted(3.0)}
+
+
+def dpmpp_2m_weights(times: torch.Tensor, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, w) of DPM-Solver++(2M) on ``times`` for a velocity model of ``schedule`` (x_t = alpha Z + beta X):
+
+        D_k = (alpha_k m_k - alpha'_k x_k) / (alpha_k beta'_k - alpha'_k beta_k)          (the data prediction)
+        x_{k+1} = (alpha_{k+1} / alpha_k) x_k + (beta_{k+1} - alpha_{k+1} beta_k / alpha_k) D^_k
+        D^_k = (1 + 1 / (2 r_k)) D_k - D_{k-1} / (2 r_k),   r_k = h_{k-1} / h_k,   h_k = lambda_{k+1} - lambda_k
+
+    with lambda = log(beta / alpha); D^_k = D_k (first order) where h_{k-1} or h_k is infinite (a step from
+    beta = 0 or to alpha = 0), as k-diffusion's sample_dpmpp_2m does on its last step."""
+    v = schedule.values(times.to(torch.float64))
+    alpha, beta, d_alpha, d_beta = v.alpha, v.beta, v.d_alpha, v.d_beta
+    steps = times.numel() - 1
+    lam = torch.log(beta / alpha)
+    x = torch.zeros(steps + 1, dtype=torch.float64)
+    x[0] = 1.0
+    a, w, previous = torch.zeros(steps, dtype=torch.float64), torch.zeros(steps, steps, dtype=torch.float64), None
+    for k in range(steps):
+        call = torch.zeros_like(x)
+        call[k + 1] = 1.0
+        denoised = (alpha[k] * call - d_alpha[k] * x) / (alpha[k] * d_beta[k] - d_alpha[k] * beta[k])
+        corrected = denoised
+        h, h_before = lam[k + 1] - lam[k], (lam[k] - lam[k - 1]) if k else torch.tensor(float("inf"))
+        if previous is not None and torch.isfinite(h) and torch.isfinite(h_before):
+            r = h_before / h
+            corrected = (1 + 1 / (2 * r)) * denoised - previous / (2 * r)
+        x = alpha[k + 1] / alpha[k] * x + (beta[k + 1] - alpha[k + 1] * beta[k] / alpha[k]) * corrected
+        a[k], w[k, :k + 1], previous = x[0], x[1:k + 2], denoised
+    return a, w
+
+
+def bespoke_starts(nfe: int, schedule: Schedule) -> dict[str, Start]:
+    """The starting solvers (times, a, w) of ``nfe`` calls for a velocity model of ``schedule``: Euler and
+    DPM-Solver++(2M) on each of :data:`START_GRIDS`, the midpoint rule (even ``nfe``) and RK4 (a multiple of 4)
+    on the uniform grid.  A start whose a_k are not all positive (the fit's parameters are log a_k) is left out."""
+    out: dict[str, Start] = {}
+    makers: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
+        "euler": euler_weights, "dpm++2m": lambda t: dpmpp_2m_weights(t, schedule)}
+    for grid_name, grid in START_GRIDS.items():
+        try:
+            times = make_grid(schedule, schedule, nfe, grid)
+        except LazyflowError:
+            continue
+        for name, weights in makers.items():
+            a, w = weights(times)
+            if bool((a > 0).all()) and bool(torch.isfinite(w).all()):
+                out[f"{name}, {grid_name}"] = (times, a, w)
+    if nfe % 2 == 0:
+        out["midpoint, uniform"] = midpoint_weights(nfe)
+    if nfe % 4 == 0:
+        out["rk4, uniform"] = rk4_weights(nfe)
+    return out
