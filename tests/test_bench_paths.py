@@ -33,6 +33,7 @@ def bench(methods, n=48, seed=1, nfes=(4,), **options):
                              methods=methods, **QUIET, **options)
 
 
+@pytest.mark.slow   # 3 s: converged references
 def test_path_is_measured_against_a_converged_reference_from_the_same_noise():
     seen = {}
     result = bench([OurMethod("linear", "midpoint", "uniform"), OurMethod("pointmass", "euler", "uniform")],
@@ -97,6 +98,7 @@ def test_random_mixtures_are_a_function_of_the_seed():
             load_model(bad)
 
 
+@pytest.mark.slow   # 3 s: a bench run and its replay
 def test_data_frame_rows_carry_their_statistics_and_reproduce_from_the_written_file(tmp_path, capsys):
     assert stats_kinds(64) == ("full", "diag") and stats_kinds(4096) == ("diag",)
     # image-shaped data get dct beside them (planes of 16 x 16 and more); the 8 x 8 digits do not

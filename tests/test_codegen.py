@@ -34,6 +34,7 @@ def load_kernel(path: Path):
     return module
 
 
+@pytest.mark.slow   # 17 s: renders and integrates every kernel (the slow pass runs it in CI)
 def test_golden(request, monkeypatch):
     """runtime/kernels holds what the generator writes today (header's SymPy version line aside).  The generator's
     wall-clock budgets (a user's schedule that SymPy cannot finish is refused) are lifted: this checks what it

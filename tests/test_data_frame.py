@@ -103,6 +103,7 @@ def mixture_reference():
 
 @pytest.mark.parametrize("name,low", [("data-euler", 0.8), ("data-multistep", 1.7), ("data-multistep-pc", 1.7),
                                       ("data-multistep3", 2.6), ("data-multistep3-pc", 2.6)])
+@pytest.mark.slow   # 3 s and more: a 4,000-step RK4 reference
 def test_convergence_order_against_an_independent_rk4(mixture_reference, name, low):
     """Past ANCHORS_BELOW steps (no skip, no anchor) the error to an RK4 solve (4000 steps) falls at the
     integrator's order: the measured rate from 64 to 256 steps is at least ``low``."""

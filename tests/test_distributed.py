@@ -55,6 +55,7 @@ def test_share_splits_contiguously_and_evenly():
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
+@pytest.mark.slow   # 5 s: two processes
 def test_two_processes_give_the_single_process_samples(tmp_path):
     """Bitwise for an element-wise model, with per-sample conditioning, and with an idle rank (n = 1)."""
     import torch

@@ -158,6 +158,7 @@ def redrawn(drawn) -> Path:
     return drawn[0]
 
 
+@pytest.mark.slow   # 13 s: redraws every committed figure
 @same_matplotlib
 @pytest.mark.parametrize("file", [spec.file for spec in catalog.CATALOG])
 def test_committed_figure_is_what_plot_all_draws(redrawn, file):

@@ -162,6 +162,7 @@ def test_predictions_agree_along_a_sampler_run():
     assert torch.allclose(runs[0], runs[1], atol=1e-4) and torch.allclose(runs[0], runs[2], atol=1e-4)
 
 
+@pytest.mark.slow   # 7 s: a bench run and a sample per row
 def test_bench_rows_reproduce_bit_for_bit_with_lazyflow_sample(tmp_path, capsys):
     methods = [OurMethod("linear", "heun", "uniform"), OurMethod("vp-sde", "exp-midpoint", "logsnr"),
                OurMethod("pointmass", "midpoint", "logsnr", "denoise"),

@@ -322,6 +322,7 @@ def test_the_recommendation_is_the_lowest_path_of_ours_and_the_pilot_check_score
     assert rec["path"] <= min(r["path"] for r in result["rows"] if not r["peer"])   # never worse than multistep-pc
 
 
+@pytest.mark.slow   # 4 s: fits bespoke solvers
 def test_bespoke_rows_are_fitted_on_other_noise_and_recommended_where_lowest(tmp_path, capsys):
     """--bespoke: per budget a solver fitted on the noise of seed + 1, written next to --save, scored here as a
     tuned row; on the digits model it follows the ODE more closely than the midpoint rule it starts from."""

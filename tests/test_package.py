@@ -75,6 +75,7 @@ def test_wheel_has_only_lazyflow_at_the_top(tmp_path):
 TOML = 'name = "mine"\nalpha = "cos(pi*t/2)**k"\nbeta = "sin(pi*t/2)"\nsigma = "ode"\n[params]\nk = {k}\n'
 
 
+@pytest.mark.slow   # 11 s: one schedule through every entry point, each a process
 def test_a_toml_schedule_is_the_same_schedule_everywhere(tmp_path, capsys):
     """derive, emit, sample, plot and the Python API resolve one TOML file to one schedule; editing the
     file changes the result (the cache is keyed by the parsed spec)."""

@@ -153,6 +153,7 @@ def test_tune_grid_refuses_bad_options():
         tune_grid(model, schedule="vp", nfe=0)
 
 
+@pytest.mark.slow   # 4 s: tunes and benches
 def test_bench_reports_tuned_rows_apart_and_runs_noise_models_on_an_open_grid(tmp_path):
     from lazyflow.runtime.evaluation.bench import OPEN_GRID, OurMethod, format_table, run_quality_bench
 

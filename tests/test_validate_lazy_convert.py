@@ -9,8 +9,8 @@ from lazyflow.derive.symbols import t, v
 
 # --- validation ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(PRESETS))
-def test_presets_validate(name):
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "score-vp" else n for n in PRESETS])
+def test_presets_validate(name):   # score-vp: 3.7 s of SymPy, in the slow pass
     report = validate(preset(name))
     assert report.kind == ("pointmass" if name == "pointmass" else "standard")
 
