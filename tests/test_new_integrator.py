@@ -129,3 +129,40 @@ def test_a_registered_integrator_runs_in_the_diffusers_scheduler(ralston):
         x = scheduler.step(-model(x, (1 - sigma).expand(x.shape[0])), timestep, x, return_dict=False)[0]
     expected = sample(model, (3, 4), schedule="vp", integrator="ralston", steps=4, initial=z)
     assert torch.allclose(x, expected, rtol=1e-5, atol=1e-6), (x - expected).abs().max()
+
+
+def test_a_registered_integrator_runs_captured_and_compiled_tables_cast(ralston, monkeypatch):
+    """The step reads tables built once per grid: the captured loop (a re-run stands in for the CUDA graph on
+    the CPU) replays the same computation as the eager run, chunk after chunk, and a float32 run reads the
+    same tables cast (equal to the float64 run to float32 rounding, 1e-5 here)."""
+    import lazyflow.runtime.core.sampler as sampler
+    from lazyflow.runtime.core.capture import Rerun, clear_captures
+
+    monkeypatch.setattr(sampler, "_recorder", Rerun)
+    clear_captures()
+    options = dict(schedule="linear-sde", integrator="ralston", steps=5, seed=4, batch_size=3)
+    eager = sample(gaussian_velocity(0.5), (7, 2), **options)
+    assert torch.equal(sample(gaussian_velocity(0.5), (7, 2), capture=True, **options), eager)   # same computation replayed
+    clear_captures()
+    wide = sample(gaussian_velocity(0.5), (7, 2), dtype=F64, **options)
+    assert torch.allclose(eager.double(), wide, rtol=1e-5, atol=1e-5)
+
+
+def test_every_registered_integrator_names_its_tables():
+    """No one-letter tables: every coefficient of every registered integrator's plan has a name that says
+    what it multiplies (the house style the step formulas are written in)."""
+    from lazyflow.runtime.core.integrators import build_plan
+    from lazyflow.runtime.core.data_stats import DataStats
+    from lazyflow.runtime.core.grids import make_grid
+    from lazyflow.runtime.core.schedule import load_schedule
+
+    stats = DataStats.from_samples(torch.randn(50, 2, generator=torch.Generator().manual_seed(5)), kind="full")
+    for name, entry in INTEGRATORS.items():
+        if entry.needs_solver_file:
+            continue
+        schedule = load_schedule("linear-sde" if entry.stochastic else "linear")
+        plan = build_plan(schedule, schedule, make_grid(schedule, schedule, 4), integrator=name, final_step="euler",
+                          prediction="velocity", device="cpu", dtype=F64,
+                          data_stats=stats if entry.needs_data_stats else None)
+        names = {table.split("[")[0].split(".")[-1] for table in plan.coefficients.tables()}
+        assert names and all(len(table) >= 4 for table in names), (name, names)   # before: a, b, c, p, q, A, C, F, G

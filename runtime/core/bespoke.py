@@ -41,10 +41,6 @@ class BespokeCoefficients(Tables):
 
     STATE = ("x0_weight",)
 
-    @property
-    def two_stage(self) -> tuple[bool, ...]:
-        return (False,) * self.steps
-
     def loop(self, x: torch.Tensor, plan: Plan, noise: Callable[[int], torch.Tensor], ops: Ops,
              callback: Callback | None, progress: Callable[[int], None] | None) -> Loop:
         """One call per step; each state is the start's and the calls' combination of its row."""

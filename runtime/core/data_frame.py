@@ -111,10 +111,6 @@ class DataFrameTables(Tables):
     def first_call(self) -> int:
         return int(self.skip_first)
 
-    @property
-    def two_stage(self) -> tuple[bool, ...]:
-        return (False,) * self.propagator.shape[0]
-
     def residual(self, k: int, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """f_k = s (R (v - beta' mu) - a ⊙ y) with v = F x + G m the probability-flow velocity, s = residual_scale."""
         v = self.velocity_per_x[k] * x + self.velocity_per_output[k] * m - self.d_beta[k] * self.directions.mean
