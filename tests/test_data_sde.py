@@ -109,9 +109,9 @@ def test_tables_match_the_symbolic_transition():
     t = plan.times.numpy()
     for k in range(1, 7):   # from t = 0 the closed form is the limit D = 0 (log 0)
         for i, v in enumerate(stats.var.tolist()):
-            assert abs(plan.coefficients.A[k, i].item() - phi(t[k], t[k + 1], v)) < 1e-12
-            assert abs(plan.coefficients.C[k, i].item() ** 2 - var(t[k], t[k + 1], v)) < 1e-12
-    assert torch.all(plan.coefficients.A[0] == 0)   # the first step forgets the start (infinite eps* at t = 0)
+            assert abs(plan.coefficients.propagator[k, i].item() - phi(t[k], t[k + 1], v)) < 1e-12
+            assert abs(plan.coefficients.noise_scale[k, i].item() ** 2 - var(t[k], t[k + 1], v)) < 1e-12
+    assert torch.all(plan.coefficients.propagator[0] == 0)   # the first step forgets the start (infinite eps* at t = 0)
 
 
 MIXTURE = GMMVelocity(torch.tensor([0.5, 0.3, 0.2], dtype=F64), torch.tensor([[-1.0, -0.5], [1.0, 0.3], [0.0, 1.2]], dtype=F64),
@@ -130,7 +130,7 @@ def _coupled_noise(fine, coarse_steps: int, fine_noise: torch.Tensor):
     """The coarse steps' xi on the same Brownian path as the fine run's: C xi = sum_j Phi(t_j+1, t') C_j xi_j over
     the fine steps j inside a coarse step, Phi the product of the later fine A's (the semigroup of the exact
     Gaussian part), divided by the coarse C."""
-    A, C = fine.coefficients.A, fine.coefficients.C
+    A, C = fine.coefficients.propagator, fine.coefficients.noise_scale
     per = A.shape[0] // coarse_steps
     out = []
     for k in range(coarse_steps):
@@ -157,7 +157,7 @@ def test_strong_convergence_on_a_mixture(name, low):
     for steps in (32, 64, 128):
         plan = _plan(target, steps, name, stats)
         coarse = _coupled_noise(fine, steps, xi)
-        noise = [c / plan.coefficients.C[k] for k, c in enumerate(coarse)]
+        noise = [c / plan.coefficients.noise_scale[k] for k, c in enumerate(coarse)]
         errors.append((_run(plan, MIXTURE, z.clone(), lambda k: noise[k]) - ref).pow(2).sum(1).mean().sqrt().item())
     rates = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
     assert rates.mean() >= low and errors[-1] < 0.05, (errors, rates)

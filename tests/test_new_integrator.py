@@ -1,8 +1,10 @@
-"""A new integrator registered from this file alone (Ralston's second-order two-stage method) runs
-through ``sample``, the command line's choices, the bench's listing and the diffusers scheduler, with no
-other file changed; and it is the method it claims to be: equal to an independent Ralston loop written
-here, second order on exact Gaussian data."""
+"""A new integrator written from this file alone (Ralston's second-order two-stage method: its tables and
+its step as the formula, a builder, one registration) runs through ``sample``, the command line's choices,
+the bench's listing and the diffusers scheduler, with no other file changed; and it is the method it
+claims to be: equal to an independent Ralston loop written here, second order on exact Gaussian data."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -10,8 +12,9 @@ import torch
 
 from lazyflow import INTEGRATORS, LazyflowError, sample
 from lazyflow.cli import main
-from lazyflow.runtime.core.integrators import StageCoefficients, register_integrator
-from lazyflow.runtime.core.plan import BuildContext, Integrator
+from lazyflow.runtime.core.frames import Frame
+from lazyflow.runtime.core.integrators import register_integrator
+from lazyflow.runtime.core.plan import BuildContext, Call, Integrator, Tables
 
 from exact import gaussian_velocity
 
@@ -20,15 +23,27 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models (tests/
 F64 = torch.float64
 
 
-def _ralston(b: BuildContext) -> StageCoefficients:
-    """x~ = x + (2h/3) b(t, x); x' = x + h (b(t, x) / 4 + 3 b(t + 2h/3, x~) / 4), as affine tables in
-    (x, m): the drift is b = F x + G m in every frame."""
-    now, h = b.now, b.h
-    late = b.frame(b.t0 + 2 * h / 3, ode=b.ode)
-    return StageCoefficients(a=1 + h / 4 * now.F, b=h / 4 * now.G, c=now.sigma * torch.sqrt(h),
-                             a1=1 + 2 * h / 3 * now.F, b1=2 * h / 3 * now.G, c1=now.sigma * torch.sqrt(2 * h / 3),
-                             tau2=late.tau, in_scale2=late.in_scale, d=3 * h / 4 * late.F, e=3 * h / 4 * late.G,
-                             two_stage=(True,) * h.numel())
+@dataclass(frozen=True)
+class RalstonStep(Tables):
+    """x~ = x + (2h/3) b(t, x);  x' = x + h (b(t, x) / 4 + 3 b(t + 2h/3, x~) / 4) + sigma sqrt(h) xi, with the
+    drift b = F x + G m of the sampling frame (``Frame.drift``); the tables are computed once per grid."""
+
+    h: torch.Tensor
+    now: Frame                  # each step's start t
+    late: Frame                 # t + 2h/3, where the second call is made
+    noise_scale: torch.Tensor   # sigma(t) sqrt(h)
+    SECOND_CALL = "late"
+
+    def step(self, k, x, m, xi, ops):
+        h, drift = self.h[k], self.now.drift(k, x, m)
+        x_late = x + 2 * h / 3 * drift
+        drift_late = self.late.drift(k, x_late, (yield Call.at(self.late, k, x_late)))
+        return x + h * (drift / 4 + 3 * drift_late / 4) + self.noise_scale[k] * xi
+
+
+def _ralston(ctx: BuildContext) -> RalstonStep:
+    late = ctx.frame(ctx.t0 + 2 * ctx.h / 3, ode=ctx.ode)
+    return RalstonStep(h=ctx.h, now=ctx.now, late=late, noise_scale=ctx.now.sigma * torch.sqrt(ctx.h))
 
 
 RALSTON = Integrator(name="ralston", order=2, build=_ralston, calls_per_step=2,
@@ -114,3 +129,40 @@ def test_a_registered_integrator_runs_in_the_diffusers_scheduler(ralston):
         x = scheduler.step(-model(x, (1 - sigma).expand(x.shape[0])), timestep, x, return_dict=False)[0]
     expected = sample(model, (3, 4), schedule="vp", integrator="ralston", steps=4, initial=z)
     assert torch.allclose(x, expected, rtol=1e-5, atol=1e-6), (x - expected).abs().max()
+
+
+def test_a_registered_integrator_runs_captured_and_compiled_tables_cast(ralston, monkeypatch):
+    """The step reads tables built once per grid: the captured loop (a re-run stands in for the CUDA graph on
+    the CPU) replays the same computation as the eager run, chunk after chunk, and a float32 run reads the
+    same tables cast (equal to the float64 run to float32 rounding, 1e-5 here)."""
+    import lazyflow.runtime.core.sampler as sampler
+    from lazyflow.runtime.core.capture import Rerun, clear_captures
+
+    monkeypatch.setattr(sampler, "_recorder", Rerun)
+    clear_captures()
+    options = dict(schedule="linear-sde", integrator="ralston", steps=5, seed=4, batch_size=3)
+    eager = sample(gaussian_velocity(0.5), (7, 2), **options)
+    assert torch.equal(sample(gaussian_velocity(0.5), (7, 2), capture=True, **options), eager)   # same computation replayed
+    clear_captures()
+    wide = sample(gaussian_velocity(0.5), (7, 2), dtype=F64, **options)
+    assert torch.allclose(eager.double(), wide, rtol=1e-5, atol=1e-5)
+
+
+def test_every_registered_integrator_names_its_tables():
+    """No one-letter tables: every coefficient of every registered integrator's plan has a name that says
+    what it multiplies (the house style the step formulas are written in)."""
+    from lazyflow.runtime.core.integrators import build_plan
+    from lazyflow.runtime.core.data_stats import DataStats
+    from lazyflow.runtime.core.grids import make_grid
+    from lazyflow.runtime.core.schedule import load_schedule
+
+    stats = DataStats.from_samples(torch.randn(50, 2, generator=torch.Generator().manual_seed(5)), kind="full")
+    for name, entry in INTEGRATORS.items():
+        if entry.needs_solver_file:
+            continue
+        schedule = load_schedule("linear-sde" if entry.stochastic else "linear")
+        plan = build_plan(schedule, schedule, make_grid(schedule, schedule, 4), integrator=name, final_step="euler",
+                          prediction="velocity", device="cpu", dtype=F64,
+                          data_stats=stats if entry.needs_data_stats else None)
+        names = {table.split("[")[0].split(".")[-1] for table in plan.coefficients.tables()}
+        assert names and all(len(table) >= 4 for table in names), (name, names)   # before: a, b, c, p, q, A, C, F, G

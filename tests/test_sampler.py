@@ -235,8 +235,8 @@ def test_multistep3_weights_are_exact_for_eta_quadratic_in_log_snr(schedule):
     x0 = torch.linspace(-1.0, 1.2, len(times) - 1, dtype=F64)
     exact = _exact_affine_step(target, times[:-1], times[1:], x0, q)
     coefficients = plan.coefficients
-    a, b = coefficients.a, coefficients.b
-    (w, minus_u, z), (v, y) = coefficients.predictor, coefficients.corrector
+    a, b = coefficients.keep_x, coefficients.from_eta
+    (w, minus_u, z), (v, y) = coefficients.extrapolation, coefficients.correction
     k = torch.arange(2, len(times) - 1)
     predicted = a[k] * x0[k] + b[k] * (w[k] * eta[k] + minus_u[k] * eta[k - 1] + z[k] * eta[k - 2])
     assert torch.allclose(predicted, exact[k], rtol=1e-9, atol=1e-10), (predicted - exact[k])
@@ -249,7 +249,7 @@ def test_multistep3_weights_are_exact_for_eta_quadratic_in_log_snr(schedule):
     # the older multistep predictor is exact only for eta linear in lambda
     older = plan_for(schedule, times, "multistep")
     k = torch.arange(2, len(times) - 1)
-    w2, minus_u2 = older.coefficients.predictor
+    w2, minus_u2 = older.coefficients.extrapolation
     linear2 = a[k] * x0[k] + b[k] * (w2[k] * eta[k] + minus_u2[k] * eta[k - 1])
     assert (linear2 - exact[k]).abs().max() > 1e-4
 
@@ -432,7 +432,7 @@ def test_multistep_slope_weight_matches_its_closed_form(schedule, closed_form):
     plan = plan_for(schedule, times, "multistep-pc")
     lam = load_schedule(schedule).log_snr(times)
     h = lam[2:-1] - lam[1:-2]
-    v = plan.coefficients.corrector[0]
+    v = plan.coefficients.correction[0]
     assert torch.allclose(v[1:-1], closed_form(h), rtol=1e-8)
     assert v[0] == 1.0   # the step from snr = 0: all weight at its far end
 

@@ -33,25 +33,22 @@ BESPOKE = "bespoke"
 
 @dataclass(frozen=True)
 class BespokeCoefficients(Tables):
-    """x_{k+1} = x0_weight[k] x_0 + sum_{j <= k} call_weight[k, j] m_j (``call_weight`` lower triangular)."""
+    """x_{k+1} = x0_weight[k] x_0 + sum_{j <= k} call_weight[k, j] m_j (``call_weight`` lower triangular;
+    ``call_weight[k, j]`` multiplies the output of call j in the state of call k + 1)."""
 
     x0_weight: torch.Tensor          # (steps,)
     call_weight: torch.Tensor        # (steps, steps)
 
     STATE = ("x0_weight",)
 
-    @property
-    def two_stage(self) -> tuple[bool, ...]:
-        return (False,) * self.steps
-
     def loop(self, x: torch.Tensor, plan: Plan, noise: Callable[[int], torch.Tensor], ops: Ops,
              callback: Callback | None, progress: Callable[[int], None] | None) -> Loop:
         """One call per step; each state is the start's and the calls' combination of its row."""
-        x0, calls = x, []
+        x0, calls, now = x, [], plan.now
         for k in range(plan.steps):
-            m = yield Call(x, plan.tau[k], plan.in_scale[k], k)
+            m = yield Call.at(now, k, x)
             if callback is not None:
-                observe(callback, plan, k, x, plan.P[k] * x + plan.Q[k] * m)
+                observe(callback, plan, k, x, now.eta(k, x, m))
             calls.append(m)
             x = self.x0_weight[k] * x0
             for j, m_j in enumerate(calls):

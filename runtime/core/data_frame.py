@@ -39,46 +39,52 @@ from ...errors import LazyflowError
 from .data_stats import ConditionalStats, DataStats, Directions
 from .plan import BuildContext, Call, Callback, Integrator, Loop, Ops, Plan, Tables, observe
 
-__all__ = ["DataFrameCoefficients", "data_frame_integrator", "without_skip", "frame_for_run", "stochastic_data_frame", "ANCHORS_BELOW", "DATA_FRAME_INTEGRATORS", "QUADRATURE_NODES"]
+__all__ = ["DataFrameTables", "data_frame_integrator", "without_skip", "frame_for_run", "stochastic_data_frame", "ANCHORS_BELOW", "DATA_FRAME_INTEGRATORS", "QUADRATURE_NODES"]
 
 #: Gauss-Legendre nodes per step for the weights (64 vs 128 changes them by < 1e-13 on the tests' grids)
 QUADRATURE_NODES = 64
 
 
 @dataclass(frozen=True)
-class DataFrameCoefficients(Tables):
-    """One network call per step (none at the first step with ``first_call`` = 1).  Per step k:
-    ``A`` the propagator sqrt(r(t_k+1)/r(t_k)), ``predictor[j]`` the weight of f_k-j, ``corrector[j]``
-    the weight of f_k+1 (j = 0) and f_k+1-j; ``a`` = r'/(2r) at t_k; v = F x + G m the model's velocity
-    in the target frame; ``beta``, ``d_beta`` the target's beta and beta' at t_k (beta also at t_N).  The
-    stochastic variant: ``C`` the noise scale sqrt(r(t_k+1) (1 - D^2)) per direction and ``residual_scale``
-    1 + lambda^2 (the SDE's residual is that multiple of the ODE's)."""
+class DataFrameTables(Tables):
+    """One network call per step (none at the first step with ``skip_first``), in the rotated coordinates
+    y = R (x - beta mu) of the data's directions.  Per step k:
 
-    A: torch.Tensor
-    predictor: tuple[torch.Tensor, ...]
-    corrector: tuple[torch.Tensor, ...] | None
-    a: torch.Tensor
-    F: torch.Tensor
-    G: torch.Tensor
+        f_k   = residual_scale (R (v_k - beta'_k mu) - gaussian_rate_k ⊙ y_k),    v_k = velocity_per_x x_k + velocity_per_output m_k
+        y_k+1 = propagator_k ⊙ y_k [+ noise_scale_k ⊙ R xi] + sum_j residual_weights[j]_k ⊙ f_k-j
+        x_k+1 = R^-1 y_k+1 + beta_k+1 mu
+
+    and with ``corrected_weights`` the step redone with f_k+1 from the next call (j = 0: f_k+1, then f_k+1-j).
+    ``propagator`` = sqrt(r(t_k+1)/r(t_k)) D per direction, ``gaussian_rate`` = r'/(2r) at t_k, v the model's
+    probability-flow velocity in the target frame, ``beta``, ``d_beta`` the target's beta (also at t_N) and
+    beta' at t_k.  The stochastic variant: ``noise_scale`` = sqrt(r(t_k+1) (1 - D^2)) per direction and
+    ``residual_scale`` = 1 + lambda^2 (the SDE's residual is that multiple of the ODE's)."""
+
+    propagator: torch.Tensor
+    residual_weights: tuple[torch.Tensor, ...]
+    corrected_weights: tuple[torch.Tensor, ...] | None
+    gaussian_rate: torch.Tensor
+    velocity_per_x: torch.Tensor
+    velocity_per_output: torch.Tensor
     beta: torch.Tensor
     d_beta: torch.Tensor
     directions: Directions
     skip_first: bool = False
-    C: torch.Tensor | None = None
+    noise_scale: torch.Tensor | None = None
     residual_scale: float = 1.0
     first_call_mean: bool = False
     first_gain: torch.Tensor | None = None
 
     STATE = ()
     #: the tables with an axis per direction (per label: the label axis first)
-    PER_DIRECTION = ("A", "predictor", "corrector", "a", "C")
+    PER_DIRECTION = ("propagator", "residual_weights", "corrected_weights", "gaussian_rate", "noise_scale")
 
     @property
     def conditional_key(self) -> str | None:
         """The conditioning keyword whose labels pick each sample's statistics (None: one set for all)."""
         return self.directions.key if self.directions.conditions is not None else None
 
-    def for_batch(self, model_kwargs: dict) -> "DataFrameCoefficients":
+    def for_batch(self, model_kwargs: dict) -> "DataFrameTables":
         """Per-label statistics: the tables of the batch whose conditioning is ``model_kwargs``."""
         key = self.conditional_key
         if key is None:
@@ -88,10 +94,10 @@ class DataFrameCoefficients(Tables):
             raise LazyflowError(f"the statistics are per {key}: the model call needs {key} in model_kwargs")
         return self.for_labels(values)
 
-    def for_labels(self, values: torch.Tensor) -> "DataFrameCoefficients":
+    def for_labels(self, values: torch.Tensor) -> "DataFrameTables":
         """The tables of one batch whose samples have labels ``values``: each sample's label's row of every
         per-direction table (steps, batch, ...), and its mean and rotation."""
-        rows = self.directions.label_rows(values.to(self.A.device))
+        rows = self.directions.label_rows(values.to(self.propagator.device))
         changes = {}
         for name in self.PER_DIRECTION:
             value = getattr(self, name)
@@ -105,14 +111,10 @@ class DataFrameCoefficients(Tables):
     def first_call(self) -> int:
         return int(self.skip_first)
 
-    @property
-    def two_stage(self) -> tuple[bool, ...]:
-        return (False,) * self.A.shape[0]
-
     def residual(self, k: int, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """f_k = s (R (v - beta' mu) - a ⊙ y) with v = F x + G m the probability-flow velocity, s = residual_scale."""
-        v = self.F[k] * x + self.G[k] * m - self.d_beta[k] * self.directions.mean
-        f = self.directions.to(v) - self.a[k] * y
+        v = self.velocity_per_x[k] * x + self.velocity_per_output[k] * m - self.d_beta[k] * self.directions.mean
+        f = self.directions.to(v) - self.gaussian_rate[k] * y
         return f if self.residual_scale == 1 else self.residual_scale * f
 
     def mean_of_first_call(self, x: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
@@ -131,33 +133,38 @@ class DataFrameCoefficients(Tables):
 
     def loop(self, x: torch.Tensor, plan: Plan, noise: Callable[[int], torch.Tensor], ops: Ops,
              callback: Callback | None, progress: Callable[[int], None] | None) -> Loop:
-        """Integrate from x (``noise(k)``, step k's xi, only where ``C`` is set: the stochastic variant)."""
-        dirs = self.directions
+        """Integrate from x (``noise(k)``, step k's xi, only where ``noise_scale`` is set: the stochastic variant)."""
+        dirs, now = self.directions, plan.now
         if self.skip_first:   # the residual is 0 at t = 0 and eta_X = E[X]
             y = dirs.to(x - self.beta[0] * dirs.mean)
             f = torch.zeros_like(y)
-            observe(callback, plan, 0, x, dirs.mean.expand_as(x))
+            if callback is not None:
+                observe(callback, plan, 0, x, dirs.mean.expand_as(x))
         else:
-            m = yield Call(x, plan.tau[0], plan.in_scale[0], 0)
-            eta = plan.P[0] * x + plan.Q[0] * m
+            m = yield Call.at(now, 0, x)
+            eta = now.eta(0, x, m)
             if self.first_call_mean:   # each sample's own mean: the one whose Gaussian has this eta_X here
                 dirs = replace(dirs, mean=self.mean_of_first_call(x, eta))
                 self = replace(self, directions=dirs)
             y = dirs.to(x - self.beta[0] * dirs.mean)
             f = self.residual(0, x, y, m)
-            observe(callback, plan, 0, x, eta)
-        history = [torch.zeros_like(y)] * len(self.predictor)
+            if callback is not None:
+                observe(callback, plan, 0, x, eta)
+        history = [torch.zeros_like(y)] * len(self.residual_weights)
         for k in range(plan.steps):
             history = [f, *history[:-1]]
-            start = self.A[k] * y if self.C is None else self.A[k] * y + self.C[k] * dirs.to(noise(k))
-            y_next = start + _weighted(self.predictor, k, history)
+            start = self.propagator[k] * y
+            if self.noise_scale is not None:
+                start = start + self.noise_scale[k] * dirs.to(noise(k))
+            y_next = start + _weighted(self.residual_weights, k, history)
             x_next = self.state(k + 1, y_next)
             if k + 1 < plan.steps:
-                m = yield Call(x_next, plan.tau[k + 1], plan.in_scale[k + 1], k + 1)
+                m = yield Call.at(now, k + 1, x_next)
                 f = self.residual(k + 1, x_next, y_next, m)
-                observe(callback, plan, k + 1, x_next, plan.P[k + 1] * x_next + plan.Q[k + 1] * m)
-                if self.corrector is not None:   # the step redone with the residual just seen at its end
-                    y_next = start + _weighted(self.corrector, k, [f, *history[:-1]])
+                if callback is not None:
+                    observe(callback, plan, k + 1, x_next, now.eta(k + 1, x_next, m))
+                if self.corrected_weights is not None:   # the step redone with the residual just seen at its end
+                    y_next = start + _weighted(self.corrected_weights, k, [f, *history[:-1]])
                     x_next = self.state(k + 1, y_next)
             y, x = y_next, x_next
             if progress is not None:
@@ -199,10 +206,10 @@ def _step_weights(kernel: torch.Tensor, points: torch.Tensor, gauss_w: torch.Ten
     return weights
 
 
-def _propagators(b: BuildContext, lam: torch.Tensor):
+def _propagators(ctx: BuildContext, lam: torch.Tensor):
     """r = alpha^2 + lam beta^2 per direction at the grid (steps + 1, *lam), a = r'/(2r) at the step starts
     and log q = log(beta^2 / r) at the grid (the SDE's damping is exp(lambda^2 (log q(t) - log q(t'))/2))."""
-    v = b.target.values(b.t)
+    v = ctx.target.values(ctx.t)
     shape = (-1, *[1] * lam.dim())
     alpha, beta, d_alpha, d_beta = (u.reshape(shape) for u in (v.alpha, v.beta, v.d_alpha, v.d_beta))
     r = alpha**2 + lam * beta**2
@@ -218,15 +225,15 @@ def _damping(log_q: torch.Tensor, log_q_end: torch.Tensor, scale2: float) -> tor
     return torch.exp(scale2 / 2 * (log_q - log_q_end))
 
 
-def _quadrature_kernel(b: BuildContext, lam: torch.Tensor, r_end: torch.Tensor, log_q_end: torch.Tensor,
+def _quadrature_kernel(ctx: BuildContext, lam: torch.Tensor, r_end: torch.Tensor, log_q_end: torch.Tensor,
                        scale2: float):
     """Gauss-Legendre points s (steps, G), weights (steps, G) and the kernel sqrt(r(t_k+1)/r(s)) D(s, t_k+1)
     (steps, G, *lam)."""
-    nodes, weights = (torch.as_tensor(u, dtype=b.t.dtype, device=b.t.device)
+    nodes, weights = (torch.as_tensor(u, dtype=ctx.t.dtype, device=ctx.t.device)
                       for u in np.polynomial.legendre.leggauss(QUADRATURE_NODES))
-    h = b.h[:, None]
-    points = b.t0[:, None] + (nodes[None, :] + 1) / 2 * h
-    v = b.target.values(points.reshape(-1))
+    h = ctx.h[:, None]
+    points = ctx.t0[:, None] + (nodes[None, :] + 1) / 2 * h
+    v = ctx.target.values(points.reshape(-1))
     shape = (*points.shape, *[1] * lam.dim())
     beta = v.beta.reshape(shape)
     r = v.alpha.reshape(shape) ** 2 + lam * beta**2
@@ -234,11 +241,11 @@ def _quadrature_kernel(b: BuildContext, lam: torch.Tensor, r_end: torch.Tensor, 
     return points, weights[None, :] * h / 2, torch.sqrt(r_end[:, None] / r) * damping
 
 
-def _weights(b: BuildContext, kernel: torch.Tensor, points: torch.Tensor, gauss_w: torch.Tensor, *, history: int,
+def _weights(ctx: BuildContext, kernel: torch.Tensor, points: torch.Tensor, gauss_w: torch.Tensor, *, history: int,
              corrector: bool, anchored: bool) -> tuple[list, list]:
     """Per step the predictor's (and corrector's) weights W_j = int kernel(s) l_j(s) ds; the anchor f(1) = 0 on
     the last step where ``anchored``."""
-    t, steps = b.t.tolist(), b.h.numel()
+    t, steps = ctx.t.tolist(), ctx.h.numel()
     pred, corr = [], []
     for k in range(steps):
         extra = [t[-1]] if anchored and k == steps - 1 else []
@@ -250,52 +257,53 @@ def _weights(b: BuildContext, kernel: torch.Tensor, points: torch.Tensor, gauss_
     return pred, corr
 
 
-def _build(b: BuildContext, *, history: int, corrector: bool, anchor_below: int,
-           stochastic: bool = False) -> DataFrameCoefficients:
-    """The data frame's tables on the grid b.t (float64); the t = 1 anchor on grids of fewer than
+def _build(ctx: BuildContext, *, history: int, corrector: bool, anchor_below: int,
+           stochastic: bool = False) -> DataFrameTables:
+    """The data frame's tables on the grid ctx.t (float64); the t = 1 anchor on grids of fewer than
     ``anchor_below`` steps; ``stochastic``: the SDE of the target's (optimal) diffusion."""
-    _check_frame(b, stochastic)
-    dirs = b.data_stats.directions(device=b.t.device, dtype=b.t.dtype)
+    _check_frame(ctx, stochastic)
+    dirs = ctx.data_stats.directions(device=ctx.t.device, dtype=ctx.t.dtype)
     lam = dirs.lam
-    scale2 = b.target.diffusion_scale**2 if stochastic and b.target.stochastic else 0.0
-    r, a, log_q = _propagators(b, lam)
-    points, gauss_w, kernel = _quadrature_kernel(b, lam, r[1:], log_q[1:], scale2)
+    scale2 = ctx.target.diffusion_scale**2 if stochastic and ctx.target.stochastic else 0.0
+    r, a, log_q = _propagators(ctx, lam)
+    points, gauss_w, kernel = _quadrature_kernel(ctx, lam, r[1:], log_q[1:], scale2)
     D = _damping(log_q[:-1], log_q[1:], scale2)
-    steps = b.h.numel()
-    pred, corr = _weights(b, kernel, points, gauss_w, history=history, corrector=corrector,
+    steps = ctx.h.numel()
+    pred, corr = _weights(ctx, kernel, points, gauss_w, history=history, corrector=corrector,
                           anchored=steps < anchor_below)
     stack = lambda rows: tuple(torch.stack([row[j] for row in rows]) for j in range(history))  # noqa: E731
-    values = b.target.values(b.t)
-    ode = b.frame(b.t0, ode=torch.ones_like(b.ode)) if stochastic else b.now   # the probability-flow velocity
-    return DataFrameCoefficients(A=torch.sqrt(r[1:] / r[:-1]) * D, predictor=stack(pred),
-                                 corrector=stack(corr) if corrector else None, a=a, F=ode.F, G=ode.G,
-                                 beta=values.beta, d_beta=values.d_beta[:-1], directions=dirs,
-                                 skip_first=b.integrator.skips_first_call(steps),
-                                 C=torch.sqrt(r[1:] * (1 - D * D)) if stochastic else None,
-                                 residual_scale=1 + scale2, first_call_mean=b.data_stats.first_call_mean,
-                                 first_gain=values.beta[0] * lam / r[0] if float(values.beta[0]) > 0 else None)
+    values = ctx.target.values(ctx.t)
+    ode = ctx.frame(ctx.t0, ode=torch.ones_like(ctx.ode)) if stochastic else ctx.now   # the probability-flow velocity
+    return DataFrameTables(propagator=torch.sqrt(r[1:] / r[:-1]) * D, residual_weights=stack(pred),
+                           corrected_weights=stack(corr) if corrector else None, gaussian_rate=a,
+                           velocity_per_x=ode.drift_per_x, velocity_per_output=ode.drift_per_output,
+                           beta=values.beta, d_beta=values.d_beta[:-1], directions=dirs,
+                           skip_first=ctx.integrator.skips_first_call(steps),
+                           noise_scale=torch.sqrt(r[1:] * (1 - D * D)) if stochastic else None,
+                           residual_scale=1 + scale2, first_call_mean=ctx.data_stats.first_call_mean,
+                           first_gain=values.beta[0] * lam / r[0] if float(values.beta[0]) > 0 else None)
 
 
-def _check_frame(b: BuildContext, stochastic: bool = False) -> None:
+def _check_frame(ctx: BuildContext, stochastic: bool = False) -> None:
     """The data frames integrate the probability-flow ODE of a standard schedule from t = 0 with statistics
     of the samples' shape; the stochastic variant the SDE of a schedule with the optimal diffusion."""
-    name = b.integrator.name
-    if b.data_stats is None:
+    name = ctx.integrator.name
+    if ctx.data_stats is None:
         raise LazyflowError(f"integrator {name!r} integrates in the data's frame: give data_stats "
                             "(DataStats.from_samples(...) or DataStats.load(path); CLI: --data-stats FILE)")
     if stochastic:
-        if b.target.point_mass or getattr(b.target.kernel, "DIFFUSION", None) != "optimal":
+        if ctx.target.point_mass or getattr(ctx.target.kernel, "DIFFUSION", None) != "optimal":
             raise LazyflowError(f"integrator {name!r} integrates the SDE of the optimal diffusion eps* (scaled by "
-                                f"the diffusion scale): use linear-sde or vp-sde, not {b.target.describe()}")
-    elif b.target.stochastic or b.target.point_mass:
+                                f"the diffusion scale): use linear-sde or vp-sde, not {ctx.target.describe()}")
+    elif ctx.target.stochastic or ctx.target.point_mass:
         raise LazyflowError(f"integrator {name!r} integrates the probability-flow ODE: use an ODE schedule "
-                            f"(e.g. linear or vp), not {b.target.describe()}")
-    if b.data_stats.first_call_mean and b.integrator.skips_first_call(b.h.numel()):
+                            f"(e.g. linear or vp), not {ctx.target.describe()}")
+    if ctx.data_stats.first_call_mean and ctx.integrator.skips_first_call(ctx.h.numel()):
         raise LazyflowError(f"integrator {name!r} skips the call at t = 0, where statistics with the first call's "
                             "mean read it: use without_skip(integrator) (sample() does)")
-    if not b.data_stats.first_call_mean and b.integrator.skips_first_call(b.h.numel()) and float(b.t[0]) > 0:
+    if not ctx.data_stats.first_call_mean and ctx.integrator.skips_first_call(ctx.h.numel()) and float(ctx.t[0]) > 0:
         raise LazyflowError(f"integrator {name!r} skips the call at t = 0, where the residual vanishes; this grid "
-                            f"starts at t = {float(b.t[0]):g}")
+                            f"starts at t = {float(ctx.t[0]):g}")
 
 
 #: below this many steps the data frames skip the t = 0 call and anchor t = 1 (fixed from the prototype's

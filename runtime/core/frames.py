@@ -4,12 +4,15 @@ as affine functions of the state x and the network output m (derive/MATH.md §2-
 The model was trained on the ``source`` schedule; the sampler integrates in the ``target`` schedule.
 At target time t the model is called at source time tau(t) (snr_source(tau) = snr_target(t)) on
 x / c(t), with c = (alpha + beta)_target(t) / (alpha + beta)_source(tau).  Then
-eta_X = P x + Q m with P = p(tau) / c, Q = q(tau), and the drift b = K_x x + K_e eta_X is
-b = F x + G m with F = K_x + K_e P, G = K_e Q.
+
+    eta_X = P x + Q m                  P = p(tau) / c,  Q = q(tau)         (``eta_per_x``, ``eta_per_output``)
+    b     = K_x x + K_e eta_X          (the schedule's drift: ``linear_drift``, ``drift_per_eta``)
+          = F x + G m                  F = K_x + K_e P,  G = K_e Q         (``drift_per_x``, ``drift_per_output``)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Callable
 
 import torch
 
@@ -38,19 +41,38 @@ def times_of_equal_log_snr(target: Schedule, source: Schedule, t_src: torch.Tens
 
 @dataclass(frozen=True)
 class Frame:
-    """Per-time coefficients; ``zero`` marks the point-mass start, where x = 0."""
+    """Per-time coefficients, one value per time t (each (times, *trailing)).  The network is called at
+    model time ``tau`` on x * ``in_scale``; with its output m, eta_X = ``eta_per_x`` x + ``eta_per_output`` m and
+    the drift b = ``drift_per_x`` x + ``drift_per_output`` m = ``linear_drift`` x + ``drift_per_eta`` eta_X;
+    ``sigma`` the diffusion (0 for an ODE step); ``zero`` marks the point-mass start, where x = 0."""
 
     t: torch.Tensor
     tau: torch.Tensor
     in_scale: torch.Tensor
-    P: torch.Tensor
-    Q: torch.Tensor
-    F: torch.Tensor
-    G: torch.Tensor
-    K_x: torch.Tensor
-    K_e: torch.Tensor
+    eta_per_x: torch.Tensor
+    eta_per_output: torch.Tensor
+    drift_per_x: torch.Tensor
+    drift_per_output: torch.Tensor
+    linear_drift: torch.Tensor
+    drift_per_eta: torch.Tensor
     sigma: torch.Tensor
     zero: torch.Tensor
+
+    #: what a step may read (the finiteness check looks at these; ``linear_drift`` and ``drift_per_eta`` may be
+    #: infinite at the point-mass start, where the drift is read through ``drift_per_x`` = 0)
+    READ = ("tau", "in_scale", "eta_per_x", "eta_per_output", "drift_per_x", "drift_per_output", "sigma")
+
+    def eta(self, k: int, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """eta_X = P x + Q m at time k."""
+        return self.eta_per_x[k] * x + self.eta_per_output[k] * m
+
+    def drift(self, k: int, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """b = F x + G m at time k."""
+        return self.drift_per_x[k] * x + self.drift_per_output[k] * m
+
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Frame":
+        """The same frame with ``fn`` applied to every floating table (``zero`` stays boolean)."""
+        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self) if f.name != "zero"})
 
 
 def frame(target: Schedule, source: Schedule, prediction: str, t: torch.Tensor, *,
@@ -68,4 +90,5 @@ def frame(target: Schedule, source: Schedule, prediction: str, t: torch.Tensor, 
         K_x, K_e = torch.where(ode, K_x0, K_x), torch.where(ode, K_e0, K_e)
     sigma = torch.where(ode, torch.zeros_like(t), target.values(t).sigma)
     F = torch.where(zero, torch.zeros_like(K_x), K_x + K_e * P)
-    return Frame(t, tau, in_scale, P, q, F, K_e * q, K_x, K_e, sigma, zero)
+    return Frame(t, tau, in_scale, eta_per_x=P, eta_per_output=q, drift_per_x=F, drift_per_output=K_e * q,
+                 linear_drift=K_x, drift_per_eta=K_e, sigma=sigma, zero=zero)

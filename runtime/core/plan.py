@@ -1,11 +1,14 @@
 """What every integrator is made of: the affine updates, the network call a loop asks for, the
-driver that answers it, the typed coefficient tables' shared behaviour, what a coefficient builder
-gets (:class:`BuildContext`), the :class:`Integrator` registry entry and the :class:`Plan` of a run.
+driver that answers it, :class:`Tables` (an integrator's named per-grid coefficients and the step that
+reads them), what a coefficient builder gets (:class:`BuildContext`), the :class:`Integrator` registry
+entry and the :class:`Plan` of a run.
 
-Every coefficient table has the shape (steps, *trailing), where the trailing shape broadcasts against
-one sample's shape: () for a per-step scalar, (C, 1, 1) per channel, the sample's own shape per
-element, (d,) per direction of a rotated state.  The integrators themselves (their builders and loop
-families) are in :mod:`lazyflow.runtime.core.integrators` and :mod:`lazyflow.runtime.core.data_frame`.
+An integrator is a :class:`Tables` subclass: its fields are the coefficients, computed once per grid
+(each of shape (steps, *trailing), where the trailing shape broadcasts against one sample's shape: ()
+for a per-step scalar, (C, 1, 1) per channel, the sample's own shape per element, (d,) per direction of
+a rotated state), and its :meth:`Tables.step` is the update written as its formula.  The integrators
+themselves are in :mod:`lazyflow.runtime.core.integrators`, :mod:`lazyflow.runtime.core.data_frame` and
+:mod:`lazyflow.runtime.core.bespoke`.
 """
 from __future__ import annotations
 
@@ -14,23 +17,25 @@ from typing import Any, Callable, ClassVar, Generator, NamedTuple
 
 import torch
 
+from ...errors import LazyflowError
+from .data_stats import ConditionalStats, DataStats
 from .frames import Frame, frame
 from .schedule import Schedule
 
-__all__ = ["affine", "two_point", "Ops", "EAGER", "compiled_ops", "Call", "Loop", "StepInfo", "Callback", "drive",
-           "observe", "Tables", "BuildContext", "Integrator", "Plan"]
+__all__ = ["affine", "two_point", "Ops", "EAGER", "compiled_ops", "Call", "Loop", "Step", "StepInfo", "Callback",
+           "drive", "observe", "Tables", "BuildContext", "Integrator", "Plan"]
 
 
 # --- one step's arithmetic and the network call it asks for -----------------------------------------
 
-def affine(x, m, a, b, c, xi):
-    """x' = a x + b m + c xi."""
-    return a * x + b * m + c * xi
+def affine(x, m, keep_x, from_output, noise_scale, xi):
+    """x' = keep_x x + from_output m + noise_scale xi."""
+    return keep_x * x + from_output * m + noise_scale * xi
 
 
-def two_point(x, m, x2, m2, a, b, d, e, c, xi):
-    """x' = a x + b m + d x~ + e m~ + c xi."""
-    return a * x + b * m + d * x2 + e * m2 + c * xi
+def two_point(x, m, x_stage, m_stage, keep_x, from_output, from_stage_x, from_stage_output, noise_scale, xi):
+    """x' = keep_x x + from_output m + from_stage_x x~ + from_stage_output m~ + noise_scale xi."""
+    return keep_x * x + from_output * m + from_stage_x * x_stage + from_stage_output * m_stage + noise_scale * xi
 
 
 class Ops(NamedTuple):
@@ -60,8 +65,16 @@ class Call(NamedTuple):
         """(x * in_scale, tau per sample) in the model's ``dtype``: the frame's rescaling c(t)^-1 and time map tau(t)."""
         return (self.x * self.in_scale).to(dtype), self.tau.to(dtype).expand(self.x.shape[0])
 
+    @classmethod
+    def at(cls, where: Frame, k: int, x: torch.Tensor) -> "Call":
+        """The call on state x at step k's time of the frame ``where``."""
+        return cls(x, where.tau[k], where.in_scale[k], k)
 
+
+#: a whole run: yields the network calls it needs, is sent their outputs, returns the final state
 Loop = Generator[Call, torch.Tensor, torch.Tensor]
+#: one step: the same, returning the state at the step's end
+Step = Generator[Call, torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -94,16 +107,22 @@ def drive(loop: Loop, evaluate: Callable[[Call], torch.Tensor]) -> torch.Tensor:
 def observe(callback: Callback | None, plan: "Plan", k: int, x: torch.Tensor, eta: torch.Tensor) -> None:
     """Report step k's state, the eta_X the integrator uses there and the frame's drift."""
     if callback is not None:
-        callback(StepInfo(k, plan.times[k].item(), x, eta, plan.K_x[k] * x + plan.K_e[k] * eta))
+        now = plan.now
+        callback(StepInfo(k, plan.times[k].item(), x, eta, now.linear_drift[k] * x + now.drift_per_eta[k] * eta))
 
 
 class Tables:
-    """What every coefficient family shares: casting, the point-mass start, naming the tables for the finiteness check."""
+    """An integrator's coefficients on one grid (a frozen dataclass of named tables, computed once per grid)
+    and its :meth:`step`.  The shared :meth:`loop` calls the network at each step's start and hands the
+    output to :meth:`step`; families whose calls fall elsewhere (multistep, data frames, bespoke) override it.
+    Fields may be tensors, tuples of tensors or whole :class:`Frame` s (the frame of a second call)."""
 
     #: the tables that multiply the state x (set to 0 at the point-mass start, where x = 0 and they may be inf)
-    STATE: ClassVar[tuple[str, ...]] = ("a",)
+    STATE: ClassVar[tuple[str, ...]] = ()
     #: the tables only read on two-stage steps
     SECOND: ClassVar[tuple[str, ...]] = ()
+    #: the :class:`Frame` field at whose times every step makes its second call (None: one call per step)
+    SECOND_CALL: ClassVar[str | None] = None
     #: 1 where the loop makes no call at the first step (its value there is known)
     first_call: ClassVar[int] = 0
 
@@ -111,8 +130,42 @@ class Tables:
     def steps(self) -> int:
         return next(iter(self.tables().values())).shape[0]
 
+    @property
+    def two_stage(self) -> tuple[bool, ...]:
+        """Whether step k makes a second network call."""
+        return (self.SECOND_CALL is not None,) * self.steps
+
+    def second_call_tau(self, k: int) -> torch.Tensor:
+        """The model time of step k's second call (where :attr:`two_stage`)."""
+        return getattr(self, self.SECOND_CALL).tau[k]
+
+    def step(self, k: int, x: torch.Tensor, m: torch.Tensor, xi: torch.Tensor, ops: Ops) -> Step | torch.Tensor:
+        """Step k from state x, given the network output m at (tau_k, x) and the step's noise xi: x_k+1, or a
+        generator that asks for more calls (``m2 = yield Call.at(frame, k, x2)``) and returns x_k+1."""
+        raise NotImplementedError(f"{type(self).__name__} runs its own loop")
+
+    def loop(self, x: torch.Tensor, plan: "Plan", noise: Callable[[int], torch.Tensor], ops: Ops,
+             callback: Callback | None, progress: Callable[[int], None] | None) -> Loop:
+        """Integrate from x: per step one call at (tau_k, x_k * in_scale_k), then :meth:`step`."""
+        now = plan.now
+        for k in range(plan.steps):
+            xi = noise(k)
+            m = yield Call(x, now.tau[k], now.in_scale[k], k)
+            if callback is not None:
+                observe(callback, plan, k, x, now.eta(k, x, m))
+            x = self.step(k, x, m, xi, ops)
+            if not isinstance(x, torch.Tensor):   # a step that makes more calls
+                x = yield from x
+            if progress is not None:
+                progress(1)
+        return x
+
+    def denoised(self, now: Frame) -> "Tables":
+        """The same tables whose last step returns eta_X (``final_step="denoise"``)."""
+        raise LazyflowError(f"{type(self).__name__} has no denoising last step: final_step='denoise' is not for it")
+
     def tables(self) -> dict[str, torch.Tensor]:
-        """Every table by name (tuples of tables as ``name[j]``)."""
+        """Every table by name (tuples of tables as ``name[j]``, a frame's as ``name.field``)."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -120,6 +173,8 @@ class Tables:
                 out[f.name] = value
             elif isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
                 out.update({f"{f.name}[{j}]": v for j, v in enumerate(value)})
+            elif isinstance(value, Frame):
+                out.update({f"{f.name}.{read}": getattr(value, read) for read in Frame.READ})
         return out
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]):
@@ -161,7 +216,7 @@ class BuildContext:
     t: torch.Tensor
     ode: torch.Tensor
     integrator: "Integrator"
-    data_stats: Any = None               # a DataStats for the data frames, else None
+    data_stats: DataStats | ConditionalStats | None = None     # for the data frames
     now: Frame = field(init=False)
 
     def __post_init__(self) -> None:
@@ -209,7 +264,7 @@ class Integrator:
 
     name: str
     order: int
-    build: Callable[[BuildContext], Any] = field(repr=False)
+    build: Callable[[BuildContext], Tables] = field(repr=False)
     calls_per_step: int = 1
     exponential: bool = False
     history: int = 1
@@ -256,23 +311,28 @@ class Integrator:
 class Plan:
     """Everything one run needs, built before the loop on the sampling device.
 
-    Step k calls the model at (tau[k], x * in_scale[k]); ``coefficients`` hold the integrator's tables
-    (and run its loop); ``P, Q, K_x, K_e`` give eta_X = P x + Q m and the drift b = K_x x + K_e eta_X
-    at the step's start (for callbacks)."""
+    Step k calls the model at (now.tau[k], x * now.in_scale[k]); ``now`` is the :class:`Frame` at each step's
+    start (eta_X and the drift there, for callbacks); ``coefficients`` are the integrator's tables and run
+    its loop."""
 
     integrator: Integrator
     times: torch.Tensor                  # (steps + 1,) float64 on the CPU (for messages)
-    tau: torch.Tensor
-    in_scale: torch.Tensor
-    coefficients: Any                    # a coefficient family: its tables and its loop
-    P: torch.Tensor
-    Q: torch.Tensor
-    K_x: torch.Tensor
-    K_e: torch.Tensor
+    now: Frame
+    coefficients: Tables
+
+    @property
+    def tau(self) -> torch.Tensor:
+        """The model time of each step's first call."""
+        return self.now.tau
+
+    @property
+    def in_scale(self) -> torch.Tensor:
+        """The input scale of each step's first call."""
+        return self.now.in_scale
 
     @property
     def steps(self) -> int:
-        return self.tau.numel()
+        return self.now.tau.numel()
 
     @property
     def two_stage(self) -> tuple[bool, ...]:
@@ -290,7 +350,7 @@ class Plan:
         for k in range(self.coefficients.first_call, self.steps):
             times.append(self.tau[k])
             if self.two_stage[k]:
-                times.append(self.coefficients.tau2[k])
+                times.append(self.coefficients.second_call_tau(k))
         return torch.stack(times)
 
     def for_batch(self, model_kwargs: dict[str, Any]) -> "Plan":

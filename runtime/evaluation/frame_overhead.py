@@ -58,7 +58,8 @@ def _table_bytes(stats: DataStats, steps: int, dtype: torch.dtype) -> int:
     plan = build_plan(linear, linear, make_grid(linear, linear, steps), integrator="data-multistep-pc",
                       final_step="euler", prediction="velocity", device="cpu", dtype=dtype, data_stats=stats)
     c = plan.coefficients
-    tensors = [c.A, c.a, *c.predictor, *(c.corrector or ()), c.directions.mean, c.directions.var]
+    tensors = [c.propagator, c.gaussian_rate, *c.residual_weights, *(c.corrected_weights or ()), c.directions.mean,
+               c.directions.var]
     tensors += [v for v in (c.directions.basis, c.directions.rest) if v is not None]
     extra = 0
     if stats.kind == "dct":
