@@ -172,6 +172,7 @@ def test_committed_figure_is_what_plot_all_draws(redrawn, file):
         f"`lazyflow plot all --out-dir figures/` draws; redraw it with that command")
 
 
+@pytest.mark.slow   # 15 s: redraws every committed figure (the fixture of the test above)
 def test_plot_all_draws_every_committed_png(redrawn):
     committed = sorted(path.name for path in catalog.FIGURES_DIR.glob("*.png"))
     assert sorted(path.name for path in redrawn.iterdir()) == committed

@@ -80,7 +80,8 @@ def test_parameterizations_invert_their_definitions(spec, prediction):
         assert num(ez_expr, t=s, x=xv, m=mv) == pytest.approx(ez, abs=1e-10)
 
 
-@pytest.mark.parametrize("spec", ALL, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [pytest.param(s, marks=pytest.mark.slow) if s.name in HEAVY_DRIFT else s for s in ALL],
+                         ids=lambda s: s.name)
 def test_gaussian_drift_against_monte_carlo(spec):
     """k(t) x = b(t, x) with eta_X = E[X | I_t = x] estimated by regression on simulated (X, Z)."""
     f = derive(spec)

@@ -20,6 +20,7 @@ def test_monotonicity_says_how_it_was_shown():
     assert validate(preset("vp")).snr_monotone.startswith("checked on a grid")
 
 
+@pytest.mark.slow   # 2-5 s of SymPy on score-vp
 def test_score_vp_tolerance_is_reported():
     notes = validate(preset("score-vp")).notes
     assert notes and "beta_0 = 0.006" in notes[0]
