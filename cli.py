@@ -386,18 +386,6 @@ MODEL_RUN_DEFAULTS = {"n": 2000, "steps": 32, "integrator": "multistep-pc", "see
                       "condition": "none"}
 
 
-class _Counting:
-    """A model that counts its batched calls and the samples they evaluate (the cost in network evaluations)."""
-
-    def __init__(self, model: Callable[..., Any]):
-        self.model, self.calls, self.evaluations = model, 0, 0
-
-    def __call__(self, x, t, **kwargs):
-        self.calls += 1
-        self.evaluations += x.shape[0]
-        return self.model(x, t, **kwargs)
-
-
 def _checked_stats_args(args: argparse.Namespace) -> Path:
     """Refuses, before any work, a kind, rank, --out or --from-model setting that cannot be run; fills the
     --from-model defaults; returns --out."""
@@ -460,10 +448,9 @@ def _read_samples(path: str):
 
 def _model_stats(args: argparse.Namespace):
     """The statistics of ``args.n`` of the model's own samples, and what they cost."""
-    import torch
-
     from .runtime.core.model_stats import stats_from_model
-    from .runtime.core.sampler import resolve_device, resolve_dtypes
+    from .runtime.core.sampler import resolve_device
+    from .runtime.evaluation.call_counter import CallCounter
     from .runtime.models.registry import load_model
 
     device = resolve_device(args.device)
@@ -473,13 +460,12 @@ def _model_stats(args: argparse.Namespace):
     if args.condition == "label" and "y" not in loaded.model_kwargs:
         raise LazyflowError(f"--condition label: {args.model} has no class labels (a conditional or SiT model "
                             "with --class-labels has)")
-    counted, start = _Counting(loaded.model), time.perf_counter()
+    counted, start = CallCounter(loaded.model), time.perf_counter()   # called in the model's own dtype
     stats = stats_from_model(counted, (args.n, *loaded.data_shape), kind=args.kind, rank=args.rank,
                              packed=args.packed, grid=args.grid,
                              schedule=schedule(args), steps=args.steps, integrator=args.integrator, seed=args.seed, floor=args.floor,
                              condition=args.condition, source=loaded.source, prediction=loaded.prediction, device=device,
-                             model_kwargs=loaded.model_kwargs or None,
-                             model_dtype=resolve_dtypes(torch.float64, None, loaded.model)[1])
+                             model_kwargs=loaded.model_kwargs or None)
     return stats, (f"of {args.model}: {args.steps} steps of {args.integrator}, {counted.evaluations} network "
                    f"evaluations in {counted.calls} calls, {time.perf_counter() - start:.1f} s")
 

@@ -37,7 +37,7 @@ def bench(methods, n=48, seed=1, nfes=(4,), **options):
 def test_path_is_measured_against_a_converged_reference_from_the_same_noise():
     seen = {}
     result = bench([OurMethod("linear", "midpoint", "uniform"), OurMethod("pointmass", "euler", "uniform")],
-                   on_samples=lambda row, x: seen.setdefault(row["method"], x))
+                   on_samples=lambda row, x: seen.setdefault(row.method, x))
     midpoint, sde = result["rows"]
     assert sde["stochastic"] and sde["path"] is None and midpoint["path"] > 0
     reference = result["path_reference"]
@@ -107,7 +107,7 @@ def test_data_frame_rows_carry_their_statistics_and_reproduce_from_the_written_f
     methods = [m for m in data_frame_methods(False, ("full", "diag")) if not m.schedule.endswith("-sde")]  # ODE rows
     assert {m.name for m in methods} >= {"linear/data-multistep-pc/uniform[full]", "vp/data-euler/uniform[diag]"}
     seen = {}
-    result = bench(methods[:1] + methods[-1:], on_samples=lambda row, x: seen.setdefault(row["method"], x),
+    result = bench(methods[:1] + methods[-1:], on_samples=lambda row, x: seen.setdefault(row.method, x),
                    save=tmp_path / "b.json")
     rows = [r for r in result["rows"] if not r.get("baseline")]
     assert [r["stats"] for r in rows] == ["full", "diag"] and all(r["path"] is not None for r in rows)
@@ -193,7 +193,7 @@ def test_a_peer_that_starts_from_sigma_max_is_scored_against_the_ode_from_its_ow
     name = "iPNDM (EDM rho=7, sigma_max 80)"
     monkeypatch.setattr(peers, "PEERS", {name: peers.PEERS[name]})
     seen = {}
-    result = bench([], n=16, include_peers=True, on_samples=lambda row, x: seen.setdefault(row["method"], x))
+    result = bench([], n=16, include_peers=True, on_samples=lambda row, x: seen.setdefault(row.method, x))
     row = next(r for r in result["rows"] if r["method"] == name)
     t0, scale = peers.peer_start(peers.PEERS[name][2])
     assert row["start"]["t"] == pytest.approx(1 / 81) and "from t = 0.0123457" in row["start"]["path_reference"]

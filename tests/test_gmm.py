@@ -175,9 +175,9 @@ def test_bench_rows_reproduce_bit_for_bit_with_lazyflow_sample(tmp_path, capsys)
         assert len(seen) == len(result["rows"]) + 2 == 2 * len(methods) + 2   # + the two references
         for row, x in seen[:3] + seen[6:7] + seen[-1:]:
             out = tmp_path / "x.npy"
-            assert main(["sample", *row["sample_args"], "--out", str(out), "--force"]) == 0, row
+            assert main(["sample", *row.sample_args, "--out", str(out), "--force"]) == 0, row
             again = np.load(out)
-            assert again.dtype == np.float32 and np.array_equal(again, x.numpy()), row["sample_args"]
+            assert again.dtype == np.float32 and np.array_equal(again, x.numpy()), row.sample_args
         if prediction:
             assert "--prediction" in result["rows"][0]["sample_args"] and result["floors"]["fd"]["sets"] >= 3
     capsys.readouterr()

@@ -12,7 +12,7 @@ import torch
 
 from lazyflow.cli import main
 from lazyflow.runtime.core.noise import standard_normal
-from lazyflow.runtime.evaluation import bench as bench_module
+from lazyflow.runtime.evaluation.bench_references import PathReferences
 from lazyflow.runtime.models.adapters import from_sit
 from lazyflow.runtime.models.sit import build_sit, save_sit
 
@@ -199,7 +199,7 @@ def test_reference_cache_is_reused_and_refused_when_settings_differ(tmp_path, ca
 
     def never(self, steps):
         raise AssertionError("the reference was computed again")
-    monkeypatch.setattr(bench_module._Runner, "reference", never)
+    monkeypatch.setattr(PathReferences, "solve", never)
     second = run_bench(capsys, *argv, "--batch-size", "3")                 # the batch size is not a setting
     assert second["path_reference"]["read_from_cache"]
     assert [r["path"] for r in second["rows"]] == pytest.approx([r["path"] for r in first["rows"]], rel=1e-5)

@@ -175,7 +175,7 @@ def _first_call(fn, *args, **kwargs):
                                         ("diffusers UniPC (VP epsilon, karras sigmas, sigma_max 157.4)", "diffusers")])
 def test_a_started_peers_reference_starts_where_the_peer_starts(name, needs):
     """The first model call of the peer and of its path reference (path_reference from t0, as the bench's
-    _Runner.reference_from gives it x0 * scale / (1 - t0)) see the same state at the same time."""
+    PathReferences.from_start gives it x0 * scale / (1 - t0)) see the same state at the same time."""
     from lazyflow.runtime.evaluation.paths import path_reference
     from lazyflow.runtime.evaluation.peers import PEERS, peer_start
 

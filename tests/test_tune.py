@@ -203,7 +203,7 @@ def test_a_grid_tuned_at_a_diffusion_scale_runs_at_it_in_sample_and_the_bench(tm
     seen = {}
     result = run_quality_bench("gmm64", [3], 64, 5, include_peers=False, log=lambda *a: None,
                                methods=[OurMethod("linear-sde", "euler", "uniform", diffusion=0.5)],
-                               grid_files=[str(path)], on_samples=lambda row, x: seen.setdefault(row["method"], x))
+                               grid_files=[str(path)], on_samples=lambda row, x: seen.setdefault(row.method, x))
     (row,) = result["tuned_rows"]
     assert row["stochastic"] and row["method"] == "linear-sde(diffusion*0.5)/euler/tuned:sde.json"
     args = row["sample_args"]

@@ -88,22 +88,16 @@ def _model_stats(model: Callable, shape: tuple[int, ...], keys: tuple[str, ...],
     model's own samples (``options``: :func:`~lazyflow.runtime.core.model_stats.own_samples`'s, ``model_kwargs``
     among them)."""
     from ..core.model_stats import own_samples
-    from ..core.sampler import resolve_dtypes
+    from .call_counter import CallCounter
 
-    call_dtype = resolve_dtypes(torch.float64, None, model)[1]   # a module is called in its own dtype
-    calls = [0]
-
-    def counted(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        calls[0] += 1
-        return model(x, t, **kwargs)
-
+    counter = CallCounter(model)   # a module is called in its own dtype (the counter keeps it)
     start = time.perf_counter()
     with torch.no_grad():
-        own = own_samples(counted, (samples, *shape), steps=STATS_STEPS, integrator=STATS_INTEGRATOR, seed=STATS_SEED,
-                          model_dtype=call_dtype, **options)
+        own = own_samples(counter, (samples, *shape), steps=STATS_STEPS, integrator=STATS_INTEGRATOR, seed=STATS_SEED,
+                          **options)
     batches = math.ceil(samples / (options.get("batch_size") or samples))
     info = {"from": f"the model's own samples ({STATS_INTEGRATOR}, {STATS_STEPS} steps, float64)", "samples": samples,
-            "seed": STATS_SEED, "model_calls": calls[0] // batches, "sample_evaluations": calls[0] // batches * samples,
+            "seed": STATS_SEED, "model_calls": counter.calls // batches, "sample_evaluations": counter.calls // batches * samples,
             "seconds": round(time.perf_counter() - start, 3)}
     return {key: BenchStats(own.stats(*split_key(key)), {"kind": split_key(key)[0], "condition": split_key(key)[1],
                                                          **info}) for key in keys}

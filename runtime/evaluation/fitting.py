@@ -1,6 +1,6 @@
 """What grid tuning (:mod:`.tune`) and bespoke fitting (:mod:`.bespoke_fit`) share: the softmax parameterisation
-of a grid's interior times, the probability-flow ODE end points they are fitted against, the call counter
-that records their cost, and the checks of their budget and held-out seed."""
+of a grid's interior times, the probability-flow ODE end points they are fitted against, and the checks of their
+budget and held-out seed (their cost is counted by :class:`.call_counter.CallCounter`)."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,7 +10,7 @@ import torch
 from ...errors import LazyflowError
 from ..core.schedule import Schedule, load_schedule
 
-__all__ = ["times_from_logits", "logits_from_times", "reference_samples", "CallCounter", "check_budget",
+__all__ = ["times_from_logits", "logits_from_times", "reference_samples", "check_budget",
            "checked_holdout_seed"]
 
 
@@ -25,18 +25,6 @@ def logits_from_times(times: torch.Tensor) -> torch.Tensor:
     """The inverse of :func:`times_from_logits`: theta_j = log(h_j / h_N), h the increments."""
     h = times[1:] - times[:-1]
     return torch.log(h[:-1] / h[-1])
-
-
-class CallCounter:
-    """Counts model calls (the tuning cost in network evaluations)."""
-
-    def __init__(self, model):
-        self.model, self.calls = model, 0
-        self.data_shape = getattr(model, "data_shape", None)
-
-    def __call__(self, x, t, **kwargs):
-        self.calls += 1
-        return self.model(x, t, **kwargs)
 
 
 def reference_samples(model, shape: tuple[int, ...], target: Schedule, source: Schedule, prediction: str,

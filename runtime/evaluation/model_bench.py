@@ -20,7 +20,7 @@ them, drawn once with multistep-pc on 32 steps, their cost in the result): one s
 sampler to use (the recommendation, with its ``lazyflow sample`` flags), and checks the pick as a pilot would
 make it: chosen on the first half of the samples, scored on the second.
 
-It is the built-in bench's machinery (:class:`.bench._Runner`: the same rows, tables and ``lazyflow sample``
+It is the built-in bench's machinery (:class:`.bench_runner.BenchRunner`: the same rows, tables and ``lazyflow sample``
 flags) with what a checkpoint needs: the conditioning (SiT class labels, given or drawn from a seed; a
 diffusers transformer's prompt embeddings) following its samples, everything run ``batch_size`` samples at
 a time (bounded memory), a progress bar of network evaluations, and the reference cached in a safetensors
@@ -41,7 +41,11 @@ from ...errors import LazyflowError
 from ..core.gridfile import TunedGrid
 from ..core.sampler import per_sample_kwargs
 from ..models.kind import LoadedModel, ModelKind
-from .bench import BenchModel, OurMethod, _Runner, format_table, machine, our_methods, sample_args
+from .bench_methods import OurMethod, our_methods, sample_args
+from .bench_report import format_table, machine, path_check
+from .bench_row import BenchRow
+from .bench_runner import BenchModel, BenchRunner
+from .call_counter import CallCounter
 from .data_rows import STATS_SAMPLES, STATS_STEPS, BenchStats, bench_stats, stats_key, stats_kinds
 from .goals import best_row, versus
 from .paths import PATH_REFERENCE_GRID, PATH_REFERENCE_INTEGRATOR
@@ -69,22 +73,8 @@ class PathOnlyScorer:
         return {}
 
 
-class _Metered(torch.nn.Module):
-    """The model, reporting each call's batch size (network evaluations) to ``update``; a module so that the
-    sampler calls it in its parameters' dtype."""
-
-    def __init__(self, model: Callable, update: Callable[[int], None] | None):
-        super().__init__()
-        self.net, self.update = model, update
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        if self.update is not None:
-            self.update(x.shape[0])
-        return self.net(x, t, **kwargs)
-
-
 def model_bench_methods(full: bool = True) -> list[OurMethod]:
-    """Ours in :func:`.bench.our_methods` that integrate an ODE (path is defined for them), without the
+    """Ours in :func:`.bench_methods.our_methods` that integrate an ODE (path is defined for them), without the
     data-frame integrators (:func:`data_frame_rows` adds them with the model's own statistics)."""
     return [m for m in our_methods(full) if not m.target().stochastic]
 
@@ -211,67 +201,89 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
     at each budget is run here and checked against this bench's best (:func:`pilot_check`)."""
     from ..core.progress import progress_bar
     from ..core.sampler import resolve_device
-    from .peers import available_peers, peer_start
 
     _refuse_bad_options(reference_steps, batch_size, tune or bespoke, save)
     device = resolve_device(device)
     options = dict(options or {})
     found, loaded = load_bench_model(model, kind, n, options=options, label_seed=label_seed, device=device)
     keys = stats_keys(loaded, stats_samples) if data_frames and methods is None else []
-    methods = model_bench_methods(full) if methods is None else list(methods)
-    methods += data_frame_rows(keys, full)
+    methods = (model_bench_methods(full) if methods is None else list(methods)) + data_frame_rows(keys, full)
     if not methods:
         raise LazyflowError("no deterministic sampler of ours to run (a stochastic schedule has no pathwise target)")
-    usable, skipped = available_peers() if include_peers else ({}, [])
-    peers = sum(not stochastic for stochastic, _ in usable.values())
-    cached = reference_cache is not None and Path(reference_cache).exists()
-    starts = len({peer_start(fn) for stochastic, fn in usable.values() if not stochastic} - {(0.0, 1.0)})
-    total = n * ((len(methods) + peers) * sum(nfes) + (0 if cached else reference_steps * 3 // 2) +
-                 starts * (reference_steps * 3 // 2)) + \
-        (stats_samples * STATS_STEPS if keys else 0)   # the progress bar's total (tuning not included; a peer that
-    # starts at t0 > 0 gets its own reference, never cached)
     flags = _kind_flags(found.name, options, loaded) + (["--device", str(device)] if device.type != "cpu" else [])
 
     def args_for(method: OurMethod, steps: int, stats: str | None) -> list[str]:
         return [*sample_args(model, method, steps, n, seed, data_stats=stats), *flags]
     spent = [0]   # every network evaluation the bench makes (reference, statistics, rows, tuning, peers)
+    total = _evaluations(n, len(methods), nfes, include_peers, reference_cache, reference_steps) + \
+        (stats_samples * STATS_STEPS if keys else 0)
     with progress_bar(total, enabled=progress, desc="model evaluations", unit="eval") as bar:
         def update(evaluations: int) -> None:
             spent[0] += evaluations
             if bar is not None:
                 bar(evaluations)
-        metered = replace(loaded, model=_Metered(loaded.model, update))
-        run = _Runner(BenchModel(model, found, metered, PathOnlyScorer()), (n, *loaded.data_shape), seed, args_for,
-                      None, batch_size=batch_size, device=device, halves=True)
+        metered = replace(loaded, model=CallCounter(loaded.model, update))
+        run = BenchRunner(BenchModel(model, found, metered, PathOnlyScorer()), (n, *loaded.data_shape), seed,
+                          args_for, None, batch_size=batch_size, device=device, halves=True)
         settings = _settings(model, found, options, loaded, n, seed, reference_steps)
         with torch.no_grad():
-            run.path, reused = cached_reference(reference_cache, settings, lambda: run.reference(reference_steps))
-            log(f"  path reference {run.path.method}, {run.path.steps} steps in float64 "
-                f"{'read from ' + str(reference_cache) if reused else f'({run.path.seconds:.1f} s)'}: halving "
-                f"its steps moves it by {run.path.check:.2e}")
+            reused = _path_solved(run, reference_cache, settings, reference_steps, log)
             if keys:
                 run.stats = _own_stats(model, found, options, label_seed, device, batch_size, tuple(keys),
                                        stats_samples, save, update, log)
             rows, tuned, picked = _all_rows(run, methods, nfes, metered, tune=tune, bespoke=bespoke, pilot=pilot,
                                             peers=include_peers, save=save, log=log)
-    result = {"rows": rows, "model": model, "model_kind": found.name, "n": n, "seed": seed, "nfe_budgets": nfes,
-              "metrics": [PATH_METRIC], "data_shape": list(loaded.data_shape), "batch_size": batch_size,
-              "conditioning": _conditioning(loaded, options, label_seed), "references": [],
-              "path_reference": _path_reference(run, reference_cache, reused, settings),
-              "skipped": [s for s in skipped if "needs" in s] + ["stochastic samplers (no pathwise target)"],
-              "machine": machine(), "device": str(device), "date": datetime.date.today().isoformat(),
-              "network_evaluations": spent[0], "command": "lazyflow " + " ".join(sys.argv[1:])}
+    result = _document(run, rows, nfes, kind=found, conditioning=_conditioning(loaded, options, label_seed),
+                       reference=_path_reference(run, reference_cache, reused, settings), peers=include_peers,
+                       evaluations=spent[0])
     return _finished(result, run, tuned, picked, pilot)
 
 
-def _all_rows(run: _Runner, methods: list[OurMethod], nfes: list[int], metered: LoadedModel, *, tune: int,
+def _evaluations(n: int, methods: int, nfes: list[int], include_peers: bool, cache: str | Path | None,
+                 reference_steps: int) -> int:
+    """The progress bar's total: network evaluations of the rows, the reference (unless cached) and the references
+    of the peers that start at t0 > 0 (never cached); tuning and statistics not included."""
+    from .peers import available_peers, peer_start
+
+    usable = available_peers()[0] if include_peers else {}
+    peers = sum(not stochastic for stochastic, _ in usable.values())
+    starts = len({peer_start(fn) for stochastic, fn in usable.values() if not stochastic} - {(0.0, 1.0)})
+    cached = cache is not None and Path(cache).exists()
+    return n * ((methods + peers) * sum(nfes) + (0 if cached else reference_steps * 3 // 2) +
+                starts * (reference_steps * 3 // 2))
+
+
+def _path_solved(run: BenchRunner, cache: str | Path | None, settings: dict, steps: int, log: Callable) -> bool:
+    """Sets the run's x*: read from ``cache`` where it holds one of these ``settings``, else solved at ``steps``
+    (and written there); returns whether it was read."""
+    run.references.main, reused = cached_reference(cache, settings, lambda: run.references.solve(steps))
+    log(f"  path reference {run.path.method}, {run.path.steps} steps in float64 "
+        f"{'read from ' + str(cache) if reused else f'({run.path.seconds:.1f} s)'}: halving "
+        f"its steps moves it by {run.path.check:.2e}")
+    return reused
+
+
+def _document(run: BenchRunner, rows: list[BenchRow], nfes: list[int], *, kind: ModelKind,
+              conditioning: dict[str, Any], reference: dict[str, Any], peers: bool, evaluations: int) -> dict:
+    """The model bench's JSON document but for its statistics, tuned rows and recommendation (:func:`_finished`)."""
+    from .peers import available_peers
+
+    skipped = available_peers()[1] if peers else []
+    return {"rows": [row.to_json() for row in rows], "model": run.bench.name, "model_kind": kind.name,
+            "n": run.shape[0], "seed": run.seed, "nfe_budgets": nfes, "metrics": [PATH_METRIC],
+            "data_shape": list(run.shape[1:]), "batch_size": run.options["batch_size"], "conditioning": conditioning,
+            "references": [], "path_reference": reference,
+            "skipped": [s for s in skipped if "needs" in s] + ["stochastic samplers (no pathwise target)"],
+            "machine": machine(), "device": str(run.options["device"]), "date": datetime.date.today().isoformat(),
+            "network_evaluations": evaluations, "command": "lazyflow " + " ".join(sys.argv[1:])}
+
+
+def _all_rows(run: BenchRunner, methods: list[OurMethod], nfes: list[int], metered: LoadedModel, *, tune: int,
               bespoke: bool, pilot: str | Path | None, peers: bool, save: str | Path | None,
-              log: Callable) -> tuple[list[dict], list[dict], list[dict]]:
+              log: Callable) -> tuple[list[BenchRow], list[BenchRow], list[BenchRow]]:
     """(rows: ours then the peers', tuned rows: grids and bespoke solvers, the pilot's picks run here)."""
-    rows = run.ours(methods, nfes, log)
     by_name = {m.name: m for m in methods}
-    for row in rows:
-        row["choice"] = _choice(by_name[row["method"]])
+    rows = [row.with_details(choice=_choice(by_name[row.method])) for row in run.ours(methods, nfes, log)]
     tuned = tuned_rows(run, rows, methods, tune, metered, save, log) if tune else []
     tuned += bespoke_rows(run, nfes, metered, save, log) if bespoke else []
     picked = _pilot_rows(run, pilot, nfes, log) if pilot is not None else []
@@ -290,7 +302,7 @@ def _refuse_bad_options(reference_steps: int, batch_size: int | None, writes_fil
         raise LazyflowError("--tune and --bespoke write their files next to the result: give --save FILE.json")
 
 
-def _path_reference(run: _Runner, cache: str | Path | None, reused: bool, settings: dict) -> dict[str, Any]:
+def _path_reference(run: BenchRunner, cache: str | Path | None, reused: bool, settings: dict) -> dict[str, Any]:
     """The reference's record: how it was made, whether it was read from ``cache``, and the samples' mean norm
     (the scale a path is read against)."""
     size = float(run.path.samples.reshape(run.shape[0], -1).norm(dim=1).mean())
@@ -298,49 +310,49 @@ def _path_reference(run: _Runner, cache: str | Path | None, reused: bool, settin
             "mean_norm": size, "settings": settings}
 
 
-def _finished(result: dict, run: _Runner, tuned: list[dict], picked: list[dict], pilot: str | Path | None) -> dict:
+def _finished(result: dict, run: BenchRunner, tuned: list[BenchRow], picked: list[BenchRow],
+              pilot: str | Path | None) -> dict:
     """``result`` with the statistics' records, the tuned rows, the recommendation and the pilot's check."""
     if run.stats:
         result["data_stats"] = {key: s.info for key, s in run.stats.items()}
     if tuned:
-        result["tuned_rows"] = tuned
+        result["tuned_rows"] = [row.to_json() for row in tuned]
     result["recommendation"] = recommendations(result)
     if pilot is not None:
         result["pilot"] = pilot_check(result, picked, str(pilot))
     return result
 
 
-def _pilot_rows(run: _Runner, pilot: str | Path, nfes: list[int], log: Callable) -> list[dict]:
+def _pilot_rows(run: BenchRunner, pilot: str | Path, nfes: list[int], log: Callable) -> list[BenchRow]:
     """The pilot's pick at each budget of ``nfes``, run here (on this bench's noise)."""
     rows = []
     for budget, method in sorted(pilot_methods(pilot).items()):
         if budget not in nfes:
             continue
-        row = run.one(method, run.steps_for(method, budget), budget)
-        row["choice"] = _choice(method)
-        log(f"  the pilot's pick at {budget} NFE, {row['method']}: {_sig(row[PATH_METRIC])}")
+        row = run.one(method, run.steps_for(method, budget), budget).with_details(choice=_choice(method))
+        log(f"  the pilot's pick at {budget} NFE, {row.method}: {_sig(row.score(PATH_METRIC))}")
         rows.append(row)
     return rows
 
 
-def pilot_check(result: dict, picked: list[dict], pilot: str) -> dict[str, Any]:
+def pilot_check(result: dict, picked: list[BenchRow], pilot: str) -> dict[str, Any]:
     """Per budget, the pilot's pick scored on this bench's noise beside the best of ours and the best peer."""
     out = {"from": pilot, "budgets": {}}
     for row in picked:
-        budget = row["budget"]
+        budget, path = row.budget, row.score(PATH_METRIC)
         ours = best_row(result, PATH_METRIC, budget, False, False, tuned=True)
         peer = best_row(result, PATH_METRIC, budget, True, False)
         out["budgets"][str(budget)] = {
-            "method": row["method"], "path": row[PATH_METRIC], "sample_args": row.get("sample_args"),
+            "method": row.method, "path": path, "sample_args": None if row.sample_args is None else list(row.sample_args),
             "best_of_ours": ours[PATH_METRIC] if ours else None, "best_peer": peer["method"] if peer else None,
             "best_peer_path": peer[PATH_METRIC] if peer else None,
-            "ratio_to_peer": row[PATH_METRIC] / peer[PATH_METRIC] if peer and row[PATH_METRIC] else None,
-            "ratio_to_best_of_ours": row[PATH_METRIC] / ours[PATH_METRIC] if ours and row[PATH_METRIC] else None}
+            "ratio_to_peer": path / peer[PATH_METRIC] if peer and path else None,
+            "ratio_to_best_of_ours": path / ours[PATH_METRIC] if ours and path else None}
     return out
 
 
 def _choice(method: OurMethod) -> dict[str, Any]:
-    """What a row of ours is, as the fields of its :class:`.bench.OurMethod` (a pilot's pick, rerun by another
+    """What a row of ours is, as the fields of its :class:`.bench_methods.OurMethod` (a pilot's pick, rerun by another
     bench with ``pilot``)."""
     return {"schedule": method.schedule, "integrator": method.integrator, "grid": method.grid,
             "final_step": method.final_step, "diffusion": method.diffusion, "stats": method.stats}
@@ -371,8 +383,8 @@ def pilot_methods(pilot: str | Path) -> dict[int, OurMethod]:
 TUNE_SAMPLES, TUNE_EVALS, TUNE_REFERENCE_STEPS = 128, 200, 200
 
 
-def tuned_rows(run: _Runner, rows: list[dict], methods: list[OurMethod], top: int, loaded: LoadedModel,
-               save: str | Path, log: Callable) -> list[dict]:
+def tuned_rows(run: BenchRunner, rows: list[BenchRow], methods: list[OurMethod], top: int, loaded: LoadedModel,
+               save: str | Path, log: Callable) -> list[BenchRow]:
     """Per budget, the ``top`` lowest-path rows of ours, each of another integrator (on a model whose velocity
     oscillates in t the best untuned row need not be the best tuned one), with their grid tuned
     (:func:`.tune.tune_grid`: path loss on :data:`TUNE_SAMPLES` samples of the noise of seed + 1, the bench's
@@ -383,50 +395,50 @@ def tuned_rows(run: _Runner, rows: list[dict], methods: list[OurMethod], top: in
     by_name = {m.name: m for m in methods}
     count, kwargs = _tuning_kwargs(run, loaded)
     out = []
-    for budget in sorted({r["budget"] for r in rows}):
+    for budget in sorted({r.budget for r in rows}):
         ranked, integrators = [], set()
-        for row in sorted((r for r in rows if r["budget"] == budget and r.get(PATH_METRIC) is not None),
-                          key=lambda r: r[PATH_METRIC]):
-            if len(ranked) < top and by_name[row["method"]].integrator not in integrators:
+        for row in sorted((r for r in rows if r.budget == budget and r.score(PATH_METRIC) is not None),
+                          key=lambda r: r.score(PATH_METRIC)):
+            if len(ranked) < top and by_name[row.method].integrator not in integrators:
                 ranked.append(row)
-                integrators.add(by_name[row["method"]].integrator)
+                integrators.add(by_name[row.method].integrator)
         for row in ranked:
-            method = by_name[row["method"]]
+            method, untuned = by_name[row.method], row.score(PATH_METRIC)
             stats = run.stats[method.stats].stats if method.stats else None
             grid = tune_grid(loaded.model, model_name=run.bench.name, schedule=method.schedule, source=loaded.source,
                              integrator=method.integrator, nfe=budget, init=method.grid, samples=count,
                              seed=run.seed + 1, reference_steps=TUNE_REFERENCE_STEPS, max_evals=TUNE_EVALS,
                              model_kwargs=kwargs or None, data_stats=stats, data_shape=loaded.data_shape)
             scored = _scored_fit(run, method, grid, Path(save).with_name(f"{Path(save).stem}.grid-{len(out)}.json"),
-                                 budget, count, {"grid": method.grid, PATH_METRIC: row[PATH_METRIC]})
-            log(f"  tuned {row['method']} at {budget} NFE: {_sig(scored[PATH_METRIC])} (untuned "
-                f"{_sig(row[PATH_METRIC])}; {grid.tuning['seconds']:.1f} s, {grid.tuning['model_calls']} calls)")
+                                 budget, count, {"grid": method.grid, PATH_METRIC: untuned})
+            log(f"  tuned {row.method} at {budget} NFE: {_sig(scored.score(PATH_METRIC))} (untuned "
+                f"{_sig(untuned)}; {grid.tuning['seconds']:.1f} s, {grid.tuning['model_calls']} calls)")
             out.append(scored)
     return out
 
 
-def _scored_fit(run: _Runner, method: OurMethod, fitted: TunedGrid, file: Path, budget: int, count: int,
-                untuned: dict[str, Any]) -> dict:
+def _scored_fit(run: BenchRunner, method: OurMethod, fitted: TunedGrid, file: Path, budget: int, count: int,
+                untuned: dict[str, Any]) -> BenchRow:
     """A grid or solver fitted on the noise of seed + 1 (``count`` samples), written to ``file`` and scored here
     as ``method`` on that file: a row marked ``tuned``, with its fit's cost and ``untuned`` beside it."""
     from ..core.gridfile import save_grid_file
 
     save_grid_file(fitted, file)
     method = replace(method, grid=str(file))
-    scored = run.one(method, fitted.steps, budget)
-    scored.update(tuned=True, choice=_choice(method), held_out=True, tuning_seed=run.seed + 1, tuning_samples=count,
-                  tuning_seconds=fitted.tuning["seconds"], tuning_model_calls=fitted.tuning["model_calls"],
-                  grid_file=str(file), untuned=untuned)
-    return scored
+    return run.one(method, fitted.steps, budget).with_details(
+        tuned=True, choice=_choice(method), held_out=True, tuning_seed=run.seed + 1, tuning_samples=count,
+        tuning_seconds=fitted.tuning["seconds"], tuning_model_calls=fitted.tuning["model_calls"],
+        grid_file=str(file), untuned=untuned)
 
 
-def _tuning_kwargs(run: _Runner, loaded: LoadedModel) -> tuple[int, dict[str, Any]]:
+def _tuning_kwargs(run: BenchRunner, loaded: LoadedModel) -> tuple[int, dict[str, Any]]:
     """The tuning samples' count and conditioning: the first :data:`TUNE_SAMPLES` of the bench's."""
     count = min(TUNE_SAMPLES, run.shape[0])
     return count, per_sample_kwargs(loaded.model_kwargs, run.shape[0], range(count))
 
 
-def bespoke_rows(run: _Runner, nfes: list[int], loaded: LoadedModel, save: str | Path, log: Callable) -> list[dict]:
+def bespoke_rows(run: BenchRunner, nfes: list[int], loaded: LoadedModel, save: str | Path,
+                 log: Callable) -> list[BenchRow]:
     """Per budget, a bespoke solver (:func:`.bespoke_fit.fit_bespoke`) fitted on :data:`TUNE_SAMPLES` samples of
     the noise of seed + 1 (the bench's samples held out), written next to ``save`` and scored here as a row
     marked ``tuned``."""
@@ -445,7 +457,7 @@ def bespoke_rows(run: _Runner, nfes: list[int], loaded: LoadedModel, save: str |
                                                      f"{_sig(solver.tuning['loss_before'])} -> "
                                                      f"{_sig(solver.tuning['loss_after'])} on seed {run.seed + 1})",
                                              PATH_METRIC: None})
-        log(f"  bespoke solver at {budget} NFE: {_sig(scored[PATH_METRIC])} (fitted on seed {run.seed + 1}: "
+        log(f"  bespoke solver at {budget} NFE: {_sig(scored.score(PATH_METRIC))} (fitted on seed {run.seed + 1}: "
             f"{_sig(solver.tuning['loss_before'])} -> {_sig(solver.tuning['loss_after'])}; "
             f"{solver.tuning['seconds']:.1f} s)")
         out.append(scored)
@@ -462,7 +474,7 @@ def _own_stats(model: str, kind: ModelKind, options: dict[str, Any], label_seed:
     classes = int(loaded.metadata.get("num_classes", 0))
     if "y" in kwargs and classes > 0:
         kwargs["y"] = (torch.arange(samples) % classes).to(kwargs["y"].device)
-    found, _ = bench_stats(_Metered(loaded.model, update), loaded.data_shape, keys, save,
+    found, _ = bench_stats(CallCounter(loaded.model, update), loaded.data_shape, keys, save,
                            samples=samples, source=loaded.source, prediction=loaded.prediction,
                            model_kwargs=kwargs or None, batch_size=batch_size, device=device)
     info = next(iter(found.values())).info
@@ -520,8 +532,6 @@ def _sig(value: float | None) -> str:
 
 def _converged(result: dict) -> str:
     """The reference's convergence verdict against the best 4-NFE (else smallest-budget) path."""
-    from .bench import path_check
-
     reference, check = result["path_reference"], path_check(result)
     if not check or check["ratio"] is None:
         return f"reference check: halving its steps moves x* by {reference['check']:.2e}"
@@ -533,7 +543,7 @@ def _converged(result: dict) -> str:
 
 
 def format_model_report(result: dict) -> str:
-    """The path table (:func:`.bench.format_table`), the convergence verdict, and per budget the lowest path
+    """The path table (:func:`.bench_report.format_table`), the convergence verdict, and per budget the lowest path
     of ours beside the lowest of the peers: which sampler to use at that budget on this model."""
     scale = f"the samples x* have mean norm {result['path_reference']['mean_norm']:.4g} (path is in the same units)"
     lines = [format_table(result, PATH_METRIC, _sig), _converged(result), scale]

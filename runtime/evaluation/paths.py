@@ -64,22 +64,17 @@ def _solve(model: Callable, x0: torch.Tensor, source: Any, steps: int, t0: float
     model_kwargs, device) go to ``sample``."""
     import math
 
-    from ..core.sampler import resolve_dtypes, sample
+    from ..core.sampler import sample
+    from .call_counter import CallCounter
 
-    call_dtype = resolve_dtypes(torch.float64, None, model)[1]   # a module is called in its own dtype
-    calls = [0]
-
-    def counted(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        calls[0] += 1
-        return model(x, t, **kwargs)
-
+    counter = CallCounter(model)   # a module is called in its own dtype (the counter keeps it)
     grid = PATH_REFERENCE_GRID if t0 == 0 else torch.linspace(t0, 1.0, steps + 1, dtype=torch.float64).tolist()
     with torch.no_grad():
-        x = sample(counted, tuple(x0.shape), schedule=source, source=source, steps=steps,
+        x = sample(counter, tuple(x0.shape), schedule=source, source=source, steps=steps,
                    integrator=PATH_REFERENCE_INTEGRATOR, grid=grid, prediction="velocity",
-                   dtype=torch.float64, model_dtype=call_dtype, initial=x0.to(torch.float64), **options)
+                   dtype=torch.float64, initial=x0.to(torch.float64), **options)
     batches = math.ceil(len(x0) / (options.get("batch_size") or len(x0)))
-    return x.cpu(), calls[0] // batches
+    return x.cpu(), counter.calls // batches
 
 
 def path_reference(velocity: Callable, source: Any, x0: torch.Tensor, steps: int = PATH_REFERENCE_STEPS,

@@ -37,7 +37,8 @@ from ..core.grids import GridSpec, make_grid
 from ..core.data_frame import without_skip
 from ..core.integrators import get_integrator
 from ..core.schedule import load_schedule
-from .fitting import (CallCounter, check_budget, checked_holdout_seed, logits_from_times, reference_samples,
+from .call_counter import CallCounter
+from .fitting import (check_budget, checked_holdout_seed, logits_from_times, reference_samples,
                       times_from_logits)
 
 __all__ = ["tune_grid", "tune_grid_file", "grid_loss", "nelder_mead"]
