@@ -186,27 +186,19 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in given.items() if value not in (None, "", {})}
 
 
-def _steps_of(steps: int | None, grid: Any) -> int | None:
-    """--steps, else one fewer than explicit --grid times (a tuned grid file brings its own; else the default)."""
-    return len(grid) - 1 if steps is None and isinstance(grid, list) and len(grid) >= 2 else steps
-
-
 def run_sample(args: argparse.Namespace) -> int:
+    from .runtime.core.options import option_names
     from .runtime.core.schedule import param_numbers
     from .runtime.models.sampling import sample_to_file
 
-    source_params = param_numbers(_params(args.source_param, "--source-param"), "--source-param")
-    grid = parse_grid(args.grid)
+    given = {name: getattr(args, name) for name in option_names() if hasattr(args, name)}   # flags named as options
     run = sample_to_file(args.model, args.out, kind=args.model_kind, model_options=_model_options(args),
-                         num_samples=args.num_samples, schedule=schedule(args), source=args.source,
-                         source_params=source_params, prediction=args.prediction,
-                         diffusion_scale=args.diffusion_scale, data_stats=args.data_stats,
-                         shape=_numbers_of(args.shape, "--shape", "comma-separated sizes", int),
-                         steps=_steps_of(args.steps, grid), integrator=args.integrator, final_step=args.final_step,
-                         grid=grid, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                         compile=args.compile, capture=args.capture, shards=args.shards,
+                         num_samples=args.num_samples, diffusion_scale=args.diffusion_scale,
+                         source_params=param_numbers(_params(args.source_param, "--source-param"), "--source-param"),
+                         shape=_numbers_of(args.shape, "--shape", "comma-separated sizes", int), shards=args.shards,
                          force=args.force, resume=args.resume,
-                         note=lambda line: print(f"lazyflow sample: {line}", file=sys.stderr))
+                         note=lambda line: print(f"lazyflow sample: {line}", file=sys.stderr),
+                         **{**given, "schedule": schedule(args), "grid": parse_grid(args.grid)})
     for line in run.report(args.grid):
         print(line)
     return 0

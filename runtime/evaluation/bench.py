@@ -520,10 +520,10 @@ class _Runner:
     def steps_for(self, method: OurMethod, budget: int) -> int:
         """The steps of ``method`` within ``budget`` network calls (a tuned grid file's own; a data frame whose
         statistics read the mean at its first call makes that call)."""
-        from ..core.gridfile import load_grid_file
+        from ..core.grid_choice import own_steps
 
-        if method.grid.endswith(".json"):
-            return load_grid_file(method.grid).steps
+        if own_steps(method.grid) is not None:   # a tuned grid file's own (the rule of every entry point)
+            return own_steps(method.grid)
         integrator = INTEGRATORS[method.integrator]
         if method.stats:
             if method.stats not in self.stats:
