@@ -166,7 +166,8 @@ def run_sample(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in option_names() if hasattr(args, name)}   # flags named as options
     run = sample_to_file(args.model, args.out, kind=args.model_kind, model_options=_model_options(args),
                          num_samples=args.num_samples, diffusion_scale=args.diffusion_scale,
-                         source_params=param_numbers(named_values(args.source_param, "--source-param"), "--source-param"),
+                         source_params=param_numbers(named_values(args.source_param, "--source-param"),
+                                                     "--source-param"),
                          shape=numbers_of(args.shape, "--shape", "comma-separated sizes", int), shards=args.shards,
                          force=args.force, resume=args.resume,
                          note=lambda line: print(f"lazyflow sample: {line}", file=sys.stderr),

@@ -12,7 +12,8 @@ from typing import Any, Callable
 from .errors import LazyflowError
 from .runtime.core import defaults as DEFAULTS
 
-__all__ = ["build_parser", "join_expressions", "PREDICTIONS", "OneLineParser", "named_values", "numbers_of", "positive_ints"]
+__all__ = ["build_parser", "join_expressions", "PREDICTIONS", "OneLineParser", "named_values", "numbers_of",
+           "positive_ints"]
 
 PREDICTIONS = ("velocity", "x", "noise", "score")
 

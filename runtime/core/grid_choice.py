@@ -2,8 +2,8 @@
 sample`` and :func:`~lazyflow.runtime.models.sampling.sample_to_file`, the diffusers scheduler, the bench, and the
 samplers on the caller's own sigmas (k-diffusion's, ComfyUI's), which give their times and get the same refusals.
 
-The rules (:func:`choose_grid`): text is read by :func:`~.grids.resolve_spec` (a name is checked); a tuned grid or bespoke solver file
-(``.json`` text or any path) is read once as a :class:`~.gridfile.TunedGrid`; the steps are those given, else the
+The rules (:func:`choose_grid`): text is read by :func:`~.grids.resolve_spec` (a name is checked); a tuned grid or
+bespoke solver file (``.json`` text or any path) is read once as a :class:`~.gridfile.TunedGrid`; the steps are those given, else the
 file's own or one fewer than explicit times, else :data:`.defaults.STEPS`; a tuned grid brings the diffusion scale
 it was tuned at unless the caller gave one (:meth:`TunedGrid.schedule_for`), and a solver file its own integrator.
 """
@@ -37,7 +37,7 @@ class GridChoice:
     notes: tuple[str, ...] = ()
 
     def times(self, source: Any) -> torch.Tensor:
-        """The ``steps + 1`` float64 times of ``target`` (:func:`~.grids.make_grid`; ``source``: the model's schedule)."""
+        """The ``steps + 1`` float64 times of ``target`` (:func:`~.grids.make_grid`; ``source``: the model's)."""
         return make_grid(self.target, load_schedule(source), self.steps, self.grid)
 
 

@@ -28,17 +28,17 @@ class SampleOptions:
     steps=8, ...)`` takes each by keyword; ``SampleOptions.of(**given)`` builds one and refuses an unknown name)."""
 
     schedule: Any = defaults.SCHEDULE
-    """the schedule integrated in: anything :func:`~lazyflow.load_schedule` resolves (a preset, a file, a Schedule)"""
+    """the schedule integrated in (default linear): what :func:`~lazyflow.load_schedule` resolves (a name, a Schedule)"""
     source: Any = "linear"
     """the schedule the model was trained on"""
     steps: int | None = None
-    """steps of the grid (None: a tuned grid file's or explicit times' own, else :data:`~.defaults.STEPS`)"""
+    """steps of the grid (None: a tuned grid file's or explicit times' own, else 8, :data:`~.defaults.STEPS`)"""
     integrator: str | Integrator = defaults.INTEGRATOR
-    """a registered integrator's name (:data:`~lazyflow.INTEGRATORS`) or an Integrator"""
+    """a registered integrator's name (default multistep-pc; :data:`~lazyflow.INTEGRATORS`) or an Integrator"""
     final_step: str | None = None
     """how a grid ends (None: euler, and a grid must end at t = 1; "denoise" returns eta_X at its last time)"""
     grid: GridSpec = defaults.GRID
-    """a grid name or spec text, a tuned grid or bespoke solver file (str or Path), a grid object or explicit times"""
+    """a grid name or spec text (default uniform), a tuned grid or solver file (str or Path), a grid object or times"""
     prediction: str = "velocity"
     """what the model returns: velocity, x, noise or score"""
     data_stats: DataStats | ConditionalStats | Any = None

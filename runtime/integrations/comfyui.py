@@ -131,7 +131,8 @@ def sampler_options(schedule: str, integrator: str, diffusion_scale: float, para
         raise LazyflowError(f"unknown parameterization {parameterization!r}; choose auto, flow or diffusion")
     target = resolved_target(schedule, None, float(diffusion_scale))
     probe = torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64)   # a small grid of the node's kind (sigmas later)
-    method = choose_grid(probe, None, target=target, integrator=integrator, times_of="the lazyflow ComfyUI node").integrator
+    method = choose_grid(probe, None, target=target, integrator=integrator,
+                         times_of="the lazyflow ComfyUI node").integrator
     stats = DataStats.load(data_stats.strip()) if data_stats and data_stats.strip() else None
     if not isinstance(stats, (DataStats, type(None))):
         raise LazyflowError(f"{data_stats.strip()}: statistics per class label; ComfyUI conditions on prompts, so "

@@ -153,7 +153,8 @@ def _file_options(given: Mapping[str, Any]) -> SampleOptions:
     """The run's :class:`SampleOptions` from :func:`sample_to_file`'s keywords (those it sets itself refused)."""
     taken = sorted(set(given) & set(SET_BY_THE_RUN))
     if taken:
-        raise LazyflowError(f"sample_to_file sets {', '.join(taken)} itself (options of lazyflow.sample, not of a file run)")
+        raise LazyflowError(f"sample_to_file sets {', '.join(taken)} itself (options of lazyflow.sample, not of a file "
+                            "run)")
     return SampleOptions.of(**given)
 
 
@@ -211,8 +212,8 @@ def _open_work(out: Path, outputs: list[Path], settings: dict[str, Any], ranks: 
 
 def sample_to_file(model: str, out: str | Path, *, kind: str | None = None,
                    model_options: Mapping[str, Any] | None = None, num_samples: int = 64,
-                   diffusion_scale: float | None = None, source: Any = None, source_params: dict[str, float] | None = None,
-                   prediction: str | None = None, shape: tuple[int, ...] | None = None, shards: bool = False,
+                   diffusion_scale: float | None = None, source: Any = None,
+                   source_params: dict[str, float] | None = None, prediction: str | None = None, shape: tuple[int, ...] | None = None, shards: bool = False,
                    force: bool = False, resume: bool = False, note: Callable[[str], None] = _silent,
                    **options: Any) -> SampleRun:
     """Sample ``num_samples`` of ``model`` (a name or a file of ``kind``; ``model_options`` go to its

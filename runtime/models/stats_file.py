@@ -87,7 +87,8 @@ class _Counting:
 
 
 def stats_of_model(model: str, *, model_kind: str | None, model_options: Mapping[str, Any], n: int, steps: int,
-                   integrator: str, device: Any, condition: str, **stats: Any) -> tuple[DataStats | ConditionalStats, str]:
+                   integrator: str, device: Any, condition: str,
+                   **stats: Any) -> tuple[DataStats | ConditionalStats, str]:
     """The statistics of ``n`` of ``model``'s own samples (``steps`` of ``integrator`` in float64; ``stats``:
     :func:`~lazyflow.runtime.core.model_stats.stats_from_model`'s kind, rank, floor, packed, grid, schedule,
     seed), and what they cost (network evaluations, calls, seconds)."""
