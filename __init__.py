@@ -16,7 +16,8 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _WHERE = {
-    "sample": "runtime.core.sampler", "sample_batches": "runtime.core.sampler", "load_schedule": "runtime.core.schedule", "Schedule": "runtime.core.schedule",
+    "sample": "runtime.core.sampler", "sample_batches": "runtime.core.sampler", "SampleOptions": "runtime.core.options",
+    "load_schedule": "runtime.core.schedule", "Schedule": "runtime.core.schedule",
     "ScheduleValues": "runtime.core.schedule", "SamplingError": "errors", "LazyflowError": "errors",
     "INTEGRATORS": "runtime.core.integrators", "StepInfo": "runtime.core.plan", "DataStats": "runtime.core.data_stats",
     "ConditionalStats": "runtime.core.data_stats", "stats_from_model": "runtime.core.model_stats",

@@ -13,33 +13,21 @@ import json
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import LazyflowError
-from .parsers import build_parser, join_expressions
+from .parsers import build_parser, join_expressions, named_values, numbers_of, positive_ints
 
 __all__ = ["main"]
 
 
 # --- schedules: one identity for every subcommand ----------------------------------------------------
 
-def _params(items: list[str], flag: str = "--param") -> dict[str, str]:
-    """NAME=VALUE items of a repeatable flag as a dict of texts."""
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise LazyflowError(f"{flag} expects NAME=VALUE, got {item!r}")
-        params[key.strip()] = value.strip()
-    return params
-
-
 def _schedule_parts(args: argparse.Namespace) -> dict[str, Any]:
     """The schedule flags besides --schedule, as the keywords of spec_from_parts and load_schedule_parts
     (with the command's default, used only when neither --schedule nor --alpha/--beta is given)."""
-    return {"alpha": args.alpha, "beta": args.beta, "sigma": args.sigma, "params": _params(args.param),
+    return {"alpha": args.alpha, "beta": args.beta, "sigma": args.sigma, "params": named_values(args.param),
             "data_var": args.data_var, "name": args.name, "default": getattr(args, "schedule_default", None)}
 
 
@@ -131,18 +119,9 @@ def run_lazy(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from .derive import convert, derive, resolve
+    from .derive import convert, resolve
 
-    source, target = resolve(args.source).substituted(), schedule_spec(args).substituted()
-    conv = convert(source, target)
-    if conv.closed_form:
-        values = {"time_map": conv.time_map, "scale": conv.scale, "diffusion": conv.target_eps(derive(source).eps)}
-        notes = [f"source time tau = time_map(t) of {source.name!r} for target time t of {target.name!r}; "
-                 f"diffusion is the target eps corresponding to the source's ({source.diffusion})"]
-    else:
-        values = {"source_log_snr": conv.source_log_snr, "target_log_snr": conv.target_log_snr}
-        notes = [f"{conv.note}: tau(t) solves source_log_snr(tau) = target_log_snr(t), found by bisection at run "
-                 "time; scale c = (alpha + beta)_target(t) / (alpha + beta)_source(tau)"]
+    values, notes = convert(resolve(args.source).substituted(), schedule_spec(args).substituted()).formulas()
     _print_formulas(values, args, notes)
     return 0
 
@@ -170,43 +149,29 @@ def parse_grid(text: str):
         raise LazyflowError(f"--grid: {err}") from None
 
 
-def _numbers_of(text: str | None, flag: str, what: str, kind: type = float) -> tuple | None:
-    try:
-        return None if text is None else tuple(kind(v) for v in text.split(","))
-    except ValueError:
-        raise LazyflowError(f"{flag}: cannot read {text!r} as {what}") from None
-
-
 def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options given for a --model-kind (a model that takes none refuses them)."""
-    given = {"class_labels": args.class_labels, "vae": args.vae, "model_params": _params(args.model_param,
-             "--model-param"), "guidance_interval": _numbers_of(args.guidance_interval, "--guidance-interval", "lo,hi"),
+    given = {"class_labels": args.class_labels, "vae": args.vae, "model_params": named_values(args.model_param,
+             "--model-param"), "guidance_interval": numbers_of(args.guidance_interval, "--guidance-interval", "lo,hi"),
              "guidance_channels": args.guidance_channels, "guidance": None if args.guidance == 1.0 else args.guidance,
              "prompt_embeds": args.prompt_embeds}
     return {key: value for key, value in given.items() if value not in (None, "", {})}
 
 
-def _steps_of(steps: int | None, grid: Any) -> int | None:
-    """--steps, else one fewer than explicit --grid times (a tuned grid file brings its own; else the default)."""
-    return len(grid) - 1 if steps is None and isinstance(grid, list) and len(grid) >= 2 else steps
-
-
 def run_sample(args: argparse.Namespace) -> int:
+    from .runtime.core.options import option_names
     from .runtime.core.schedule import param_numbers
     from .runtime.models.sampling import sample_to_file
 
-    source_params = param_numbers(_params(args.source_param, "--source-param"), "--source-param")
-    grid = parse_grid(args.grid)
+    given = {name: getattr(args, name) for name in option_names() if hasattr(args, name)}   # flags named as options
     run = sample_to_file(args.model, args.out, kind=args.model_kind, model_options=_model_options(args),
-                         num_samples=args.num_samples, schedule=schedule(args), source=args.source,
-                         source_params=source_params, prediction=args.prediction,
-                         diffusion_scale=args.diffusion_scale, data_stats=args.data_stats,
-                         shape=_numbers_of(args.shape, "--shape", "comma-separated sizes", int),
-                         steps=_steps_of(args.steps, grid), integrator=args.integrator, final_step=args.final_step,
-                         grid=grid, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                         compile=args.compile, capture=args.capture, shards=args.shards,
+                         num_samples=args.num_samples, diffusion_scale=args.diffusion_scale,
+                         source_params=param_numbers(named_values(args.source_param, "--source-param"),
+                                                     "--source-param"),
+                         shape=numbers_of(args.shape, "--shape", "comma-separated sizes", int), shards=args.shards,
                          force=args.force, resume=args.resume,
-                         note=lambda line: print(f"lazyflow sample: {line}", file=sys.stderr))
+                         note=lambda line: print(f"lazyflow sample: {line}", file=sys.stderr),
+                         **{**given, "schedule": schedule(args), "grid": parse_grid(args.grid)})
     for line in run.report(args.grid):
         print(line)
     return 0
@@ -223,7 +188,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_tune_grid(args: argparse.Namespace) -> int:
-    from .runtime.evaluation.tune import tune_grid_file
+    from .runtime.evaluation.tune import tune_grid_file, tuned_summary
 
     target = schedule(args) if args.diffusion_scale is None else schedule(args).with_diffusion_scale(args.diffusion_scale)
     path, grid = tune_grid_file(args.model, args.out, schedule=target, prediction=args.prediction,
@@ -231,11 +196,7 @@ def run_tune_grid(args: argparse.Namespace) -> int:
                                 init=parse_grid(args.init), samples=args.samples, seed=args.seed,
                                 holdout_seed=args.holdout_seed, reference_steps=args.reference_steps,
                                 max_evals=args.max_evals, log=lambda line: print(line, file=sys.stderr))
-    t = grid.tuning
-    print(f"wrote {path}: {grid.steps} steps of {grid.schedule} for {grid.integrator} at {grid.nfe} NFE, times "
-          f"{[round(v, 5) for v in grid.times]}; loss {t['loss_before']:.4g} -> {t['loss_after']:.4g} (seed {t['seed']}), "
-          f"held-out seed {t['holdout_seed']}: {t['holdout_loss_before']:.4g} -> {t['holdout_loss_after']:.4g}; "
-          f"cost {t['seconds']:.1f} s, {t['model_calls']} model calls")
+    print(tuned_summary(path, grid))
     words = ["lazyflow", "sample", "--model", args.model, *schedule_words(args), "--integrator", grid.integrator,
              "--grid", str(path), "--out", "samples.npy"]
     print("use: " + " ".join(shlex.quote(w) for w in words))
@@ -243,14 +204,6 @@ def run_tune_grid(args: argparse.Namespace) -> int:
 
 
 # --- bench, bench-overhead, plot ---------------------------------------------------------------------
-
-def _positive_ints(text: str, flag: str) -> list[int]:
-    items = [v for v in text.split(",") if v.strip()]
-    values = _numbers_of(",".join(items), flag, "comma-separated integers", int) if items else ()
-    if not values or min(values) < 1:
-        raise LazyflowError(f"{flag}: need positive integers, got {text!r}")
-    return list(values)
-
 
 def _progress_line(*parts: object) -> None:
     """A bench's progress (one line per row, reference, statistics): on stderr, so that stdout is the report."""
@@ -262,7 +215,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.model_kind:
         return _run_model_bench(args)
-    nfes = sorted(set(_positive_ints(args.nfe or "2,4,6,8,12,16", "--nfe")))
+    nfes = sorted(set(positive_ints(args.nfe or "2,4,6,8,12,16", "--nfe")))
     args.n = 2000 if args.n is None else args.n
     if args.n < 10:
         raise LazyflowError(f"--n must be at least 10 (the Fréchet distance needs a covariance), got {args.n}")
@@ -291,7 +244,7 @@ def _run_model_bench(args: argparse.Namespace) -> int:
                         ("--markdown", args.markdown), ("--metric", args.metric not in (None, "path"))):
         if given:
             raise LazyflowError(f"{flag}: not with --model-kind (a model file is measured by path alone, no dataset)")
-    nfes = sorted(set(_positive_ints(args.nfe or "4,6,8", "--nfe")))
+    nfes = sorted(set(positive_ints(args.nfe or "4,6,8", "--nfe")))
     n = 64 if args.n is None else args.n
     if n < 1:
         raise LazyflowError(f"--n must be positive, got {n}")
@@ -333,12 +286,12 @@ def run_overhead(args: argparse.Namespace) -> int:
             raise LazyflowError(f"--repeats must be at least 3, got {args.repeats}")
         if args.device not in (None, "cpu"):
             raise LazyflowError(f"--frames runs on the CPU only (its model is a stand-in), not --device {args.device}")
-        result = frame_overhead(tuple(_positive_ints(args.batches, "--batches")), repeats=args.repeats,
+        result = frame_overhead(tuple(positive_ints(args.batches, "--batches")), repeats=args.repeats,
                                 log=lambda line: print(line, file=sys.stderr))
         print(json.dumps(result, indent=1) if args.json else format_frame_overhead(result))
         return 0
     result = measure_overhead(args.device, models=tuple(m.strip() for m in args.models.split(",")),
-                              batches=tuple(_positive_ints(args.batches, "--batches")), steps=args.steps,
+                              batches=tuple(positive_ints(args.batches, "--batches")), steps=args.steps,
                               repeats=args.repeats, modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
                               log=lambda line: print(line, file=sys.stderr))
     print(json.dumps(result, indent=1) if args.json else format_overhead(result))
@@ -346,27 +299,14 @@ def run_overhead(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from .figures import plots
+    from .figures import catalog, plots
 
     if args.kind == "all":
         return _plot_all(args)
-    names = [n.strip() for n in getattr(args, "schedules", "").split(",") if n.strip()]
-    if args.kind not in ("bench", "patches") and schedule_given(args):
-        names = [schedule_text(args)]
-    if args.kind == "schedules":
-        fig = plots.plot_schedules(names, source=args.source)
-    elif args.kind == "drift":
-        fig = plots.plot_drift(names, steps=args.steps)
-    elif args.kind == "trajectories":
-        fig = plots.plot_trajectories(names, data=args.data, steps=args.steps)
-    elif args.kind == "samples":
-        fig = plots.plot_samples(names, [int(v) for v in args.nfe.split(",")], model=args.model,
-                                 integrators=[i.strip() for i in args.integrators.split(",")])
-    elif args.kind == "patches":
-        fig = plots.plot_patches(model=args.model, steps=args.steps, integrator=args.integrator)
-    else:
-        fig = plots.plot_bench(plots.read_bench_result(args.source_json))
-    print(f"wrote {plots.save_figure(fig, args.out)}")
+    options = vars(args)
+    if "schedules" in options and schedule_given(args):
+        options["schedules"] = schedule_text(args)
+    print(f"wrote {plots.save_figure(catalog.draw(args.kind, options), args.out)}")
     return 0
 
 
@@ -387,24 +327,12 @@ MODEL_RUN_DEFAULTS = {"n": 2000, "steps": 32, "integrator": "multistep-pc", "see
 
 
 def _checked_stats_args(args: argparse.Namespace) -> Path:
-    """Refuses, before any work, a kind, rank, --out or --from-model setting that cannot be run; fills the
-    --from-model defaults; returns --out."""
-    from .runtime.core.data_stats import KINDS
+    """Refuses, before any work, what cannot be run (:func:`~lazyflow.runtime.models.stats_file.check_request`) and
+    a --from-model setting given with --from; fills the --from-model defaults; returns --out."""
+    from .runtime.models.stats_file import check_request
 
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise LazyflowError(f"--out must end in .safetensors, got {out.name!r}")
-    if out.exists() and not args.force:
-        raise LazyflowError(f"--out {out} exists; pass --force to overwrite it")
-    if args.kind not in (*KINDS, "auto"):
-        raise LazyflowError(f"unknown --kind {args.kind!r}; choose one of {', '.join(KINDS)} or auto")
-    if (args.kind == "lowrank") != (args.rank is not None):
-        raise LazyflowError("--kind lowrank needs --rank" if args.rank is None else "--rank is for --kind lowrank")
-    if (args.packed or args.grid is not None) and args.kind not in ("dct", "auto"):
-        raise LazyflowError(f"--packed and --grid are for --kind dct or auto, not {args.kind}")
-    if args.grid is not None and not args.packed:
-        raise LazyflowError("--grid is the token grid of --packed latents")
-    args.grid = _token_grid(args.grid)
+    out, args.grid = check_request(args.out, force=args.force, kind=args.kind, rank=args.rank, packed=args.packed,
+                                   grid=args.grid)
     given = [f"--{key}" for key in MODEL_RUN_DEFAULTS if getattr(args, key) is not None]
     given += ["the schedule flags"] if schedule_given(args) else []
     given += ["--model-kind"] if args.model_kind else []
@@ -415,71 +343,15 @@ def _checked_stats_args(args: argparse.Namespace) -> Path:
     return out
 
 
-def _token_grid(text: str | None) -> tuple[int, int] | None:
-    """--grid H,W as (H, W); anything else is refused in one line."""
-    if text is None:
-        return None
-    parts = text.replace("x", ",").split(",")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise LazyflowError(f"--grid must be two positive integers H,W, got {text!r}")
-    return int(parts[0]), int(parts[1])
-
-
-def _read_samples(path: str):
-    """The samples (n, *data_shape) of a .npy file or a .pt file holding one tensor (loaded weights-only)."""
-    import numpy as np
-    import torch
-
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".npy", ".pt"):
-        raise LazyflowError(f"--from {path}: need a .npy or .pt file of samples (n, *data_shape)")
-    if not Path(path).is_file():
-        raise LazyflowError(f"--from {path}: no such file")
-    try:
-        x = np.load(path, allow_pickle=False) if suffix == ".npy" else torch.load(path, weights_only=True,
-                                                                                 map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
-        raise LazyflowError(f"--from {path}: cannot read it ({str(err).splitlines()[0] if str(err) else err!r})") from None
-    x = torch.from_numpy(x) if isinstance(x, np.ndarray) and x.dtype.kind in "biuf" else x
-    if not isinstance(x, torch.Tensor) or x.is_complex():
-        raise LazyflowError(f"--from {path}: holds {type(x).__name__}, not an array of real numbers")
-    return x
-
-
-def _model_stats(args: argparse.Namespace):
-    """The statistics of ``args.n`` of the model's own samples, and what they cost."""
-    from .runtime.core.model_stats import stats_from_model
-    from .runtime.core.sampler import resolve_device
-    from .runtime.evaluation.call_counter import CallCounter
-    from .runtime.models.registry import load_model
-
-    device = resolve_device(args.device)
-    loaded = load_model(args.model, kind=args.model_kind, device=device, num_samples=args.n, **_model_options(args))
-    if loaded.data_shape is None:
-        raise LazyflowError(f"--from-model {args.model}: the model does not record its data shape")
-    if args.condition == "label" and "y" not in loaded.model_kwargs:
-        raise LazyflowError(f"--condition label: {args.model} has no class labels (a conditional or SiT model "
-                            "with --class-labels has)")
-    counted, start = CallCounter(loaded.model), time.perf_counter()   # called in the model's own dtype
-    stats = stats_from_model(counted, (args.n, *loaded.data_shape), kind=args.kind, rank=args.rank,
-                             packed=args.packed, grid=args.grid,
-                             schedule=schedule(args), steps=args.steps, integrator=args.integrator, seed=args.seed, floor=args.floor,
-                             condition=args.condition, source=loaded.source, prediction=loaded.prediction, device=device,
-                             model_kwargs=loaded.model_kwargs or None)
-    return stats, (f"of {args.model}: {args.steps} steps of {args.integrator}, {counted.evaluations} network "
-                   f"evaluations in {counted.calls} calls, {time.perf_counter() - start:.1f} s")
-
-
 def run_stats(args: argparse.Namespace) -> int:
-    from .runtime.core.data_stats import DataStats
+    from .runtime.models.stats_file import stats_of_model, stats_of_samples
 
     out = _checked_stats_args(args)
-    if args.samples is not None:
-        stats = DataStats.from_samples(_read_samples(args.samples), kind=args.kind, rank=args.rank, floor=args.floor,
-                                       packed=args.packed, grid=args.grid)
-        cost = f"of {args.samples}"
-    else:
-        stats, cost = _model_stats(args)
+    kind = dict(kind=args.kind, rank=args.rank, floor=args.floor, packed=args.packed, grid=args.grid)
+    stats, cost = stats_of_samples(args.samples, **kind) if args.samples is not None else \
+        stats_of_model(args.model, model_kind=args.model_kind, model_options=_model_options(args), n=args.n,
+                       steps=args.steps, integrator=args.integrator, device=args.device, condition=args.condition,
+                       schedule=schedule(args), seed=args.seed, **kind)
     print(f"wrote {stats.save(out)} ({stats.describe()} {cost})")
     return 0
 

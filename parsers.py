@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
+from .errors import LazyflowError
 from .runtime.core import defaults as DEFAULTS
 
-__all__ = ["build_parser", "join_expressions", "PREDICTIONS", "OneLineParser"]
+__all__ = ["build_parser", "join_expressions", "PREDICTIONS", "OneLineParser", "named_values", "numbers_of",
+           "positive_ints"]
 
 PREDICTIONS = ("velocity", "x", "noise", "score")
 
@@ -23,6 +25,36 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:   # argparse's own prints the usage first: several lines
         text = " ".join(str(message).split())
         self.exit(2, f"{self.prog}: error: {text} ({self.prog} --help lists the flags)\n")
+
+
+# --- flag values: the text of a flag read as values, refused in one line naming the flag ---------------
+
+def named_values(items: list[str], flag: str = "--param") -> dict[str, str]:
+    """NAME=VALUE items of a repeatable flag as a dict of texts."""
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LazyflowError(f"{flag} expects NAME=VALUE, got {item!r}")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def numbers_of(text: str | None, flag: str, what: str, kind: type = float) -> tuple | None:
+    """Comma-separated numbers of ``kind`` (None stays None); anything else is refused naming ``flag``."""
+    try:
+        return None if text is None else tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        raise LazyflowError(f"{flag}: cannot read {text!r} as {what}") from None
+
+
+def positive_ints(text: str, flag: str) -> list[int]:
+    """Comma-separated positive integers (empty items skipped), at least one."""
+    items = [v for v in text.split(",") if v.strip()]
+    values = numbers_of(",".join(items), flag, "comma-separated integers", int) if items else ()
+    if not values or min(values) < 1:
+        raise LazyflowError(f"{flag}: need positive integers, got {text!r}")
+    return list(values)
 
 
 # --- registries, read when argparse checks a value or prints help -----------------------------------
@@ -306,30 +338,18 @@ def _overhead_parser(sub) -> None:
 
 def _plot_parser(sub) -> None:
     kinds = _command(sub, "plot", "draw comparison figures").add_subparsers(dest="kind", required=True)
+    from .figures.kinds import PLOT_KINDS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", required=True, help="PNG file to write")
-    common.add_argument("--schedules", default="linear,vp,pointmass", help="comma-separated presets, .toml or kernel "
-                        ".py files")
     _schedule_args(common, what="one schedule drawn instead of --schedules")
-    kinds.add_parser("schedules", parents=[common], help="alpha, beta, log snr, sigma, eps*, time map, scale") \
-        .add_argument("--source", default="linear")
-    kinds.add_parser("drift", parents=[common], help="Gaussian drift and drift norm along 2D paths") \
-        .add_argument("--steps", type=int, default=64)
-    q = kinds.add_parser("trajectories", parents=[common], help="2D sample paths side by side")
-    q.add_argument("--data", default="gmm", choices=["gmm", "moons"])
-    q.add_argument("--steps", type=int, default=16)
-    q = kinds.add_parser("samples", parents=[common], help="digit grids: rows schedule/integrator, columns NFE")
-    q.add_argument("--model", default="digits")
-    q.add_argument("--nfe", default="2,4,8,16")
-    q.add_argument("--integrators", default="euler,multistep-pc")
-    q = kinds.add_parser("patches", help="samples of the photo-patch model beside held-out patches (needs scikit-image)")
-    q.add_argument("--out", required=True, help="PNG file to write")
-    q.add_argument("--model", default="patches")
-    q.add_argument("--steps", type=int, default=32)
-    q.add_argument("--integrator", default="multistep-pc")
-    q = kinds.add_parser("bench", help="quality against NFE from a bench JSON")
-    q.add_argument("--from", dest="source_json", required=True, help="JSON written by lazyflow bench --save")
-    q.add_argument("--out", required=True)
+    for kind in PLOT_KINDS.values():   # each kind's flags and defaults, declared once in figures/kinds.py
+        q = kinds.add_parser(kind.name, parents=[common] if kind.schedules else [], help=kind.help)
+        if not kind.schedules:
+            q.add_argument("--out", required=True, help="PNG file to write")
+        for f in kind.all_flags:
+            q.add_argument(f"--{f.name}", dest=f.key, default=f.default, type=f.type, choices=f.choices,
+                           required=f.required, help=f.help)
     q = kinds.add_parser("all", help="redraw every figure committed in figures/ with the settings that drew it")
     q.add_argument("--out-dir", required=True, help="folder to write the PNGs into (figures/ redraws the committed ones)")
     q.add_argument("--only", default=None, metavar="FILES", help="comma-separated file names, e.g. schedules.png "

@@ -58,6 +58,18 @@ class Conversion:
             raise SpecError(f"{self.note}; the corresponding diffusion has no closed form")
         return simplify(self.scale**2 * sp.diff(self.time_map, t) * source_eps.subs(t, self.time_map))
 
+    def formulas(self) -> tuple[dict[str, sp.Expr], list[str]]:
+        """What ``lazyflow convert`` prints: the time map, scale and corresponding diffusion (closed form), else
+        both log snrs with how the runtime inverts them; and the notes that say which is which."""
+        if not self.closed_form:
+            return {"source_log_snr": self.source_log_snr, "target_log_snr": self.target_log_snr}, [
+                f"{self.note}: tau(t) solves source_log_snr(tau) = target_log_snr(t), found by bisection at run "
+                "time; scale c = (alpha + beta)_target(t) / (alpha + beta)_source(tau)"]
+        values = {"time_map": self.time_map, "scale": self.scale, "diffusion": self.target_eps(derive(self.source).eps)}
+        return values, [f"source time tau = time_map(t) of {self.source.name!r} for target time t of "
+                        f"{self.target.name!r}; diffusion is the target eps corresponding to the source's "
+                        f"({self.source.diffusion})"]
+
 
 @lru_cache(maxsize=128)
 def snr_inverse(snr: sp.Expr, at: tuple[tuple[sp.Symbol, sp.Expr], ...] = ()) -> sp.Expr | None:

@@ -1,20 +1,22 @@
 """Every figure committed in ``figures/``, with the exact settings that drew it: ``lazyflow plot all`` redraws
 them all, and tests/test_figures.py checks that the committed PNGs are what it draws.
 
-Each entry is one ``lazyflow plot KIND`` command (its options as the command line spells them), so the
-command printed for a figure and the call that draws it come from the same place.
+Each entry is one ``lazyflow plot KIND`` command (its options as the command line spells them, the others at the
+defaults :mod:`.kinds` declares for the parser too), drawn by :func:`draw` as the command is, so the command
+printed for a figure and the call that draws it come from the same place.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import LazyflowError
 from . import plots
+from .kinds import PLOT_KINDS
 
-__all__ = ["FIGURES_DIR", "BENCH_JSON", "FigureSpec", "CATALOG", "figure_spec", "DRAW", "draw_figure", "draw_all"]
+__all__ = ["FIGURES_DIR", "BENCH_JSON", "FigureSpec", "CATALOG", "figure_spec", "DRAW", "draw", "draw_figure", "draw_all"]
 
 #: the folder the figures are committed in (this package folder: read, never written by the library)
 FIGURES_DIR = Path(__file__).resolve().parent
@@ -62,28 +64,38 @@ def figure_spec(file: str) -> FigureSpec:
     raise LazyflowError(f"--only: no committed figure {file!r}; choose from {', '.join(s.file for s in CATALOG)}")
 
 
-def _names(options: dict[str, str]) -> list[str]:
+def _names(options: Mapping[str, Any]) -> list[str]:
     return [name.strip() for name in options["schedules"].split(",") if name.strip()]
 
 
-DRAW: dict[str, Callable[[dict[str, str], dict | None], Any]] = {
-    "schedules": lambda o, _: plots.plot_schedules(_names(o), source=o.get("source", "linear")),
-    "drift": lambda o, _: plots.plot_drift(_names(o), steps=int(o.get("steps", 64))),
-    "trajectories": lambda o, _: plots.plot_trajectories(_names(o), data=o["data"], steps=int(o.get("steps", 16))),
-    "samples": lambda o, _: plots.plot_samples(_names(o), [int(v) for v in o["nfe"].split(",")],
-                                               model=o.get("model", "digits")),
-    "bench": lambda _, result: plots.plot_bench(result),
-    "patches": lambda o, _: plots.plot_patches(model=o.get("model", "patches"), steps=int(o.get("steps", 32)),
-                                               integrator=o.get("integrator", "multistep-pc")),
+def _bench(source: str | Path | dict) -> dict:
+    return source if isinstance(source, dict) else plots.read_bench_result(source)
+
+
+#: each plot kind's call, on its options complete and typed (:meth:`.kinds.PlotKind.options`, argparse)
+DRAW: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "schedules": lambda o: plots.plot_schedules(_names(o), source=o["source"]),
+    "drift": lambda o: plots.plot_drift(_names(o), steps=o["steps"]),
+    "trajectories": lambda o: plots.plot_trajectories(_names(o), data=o["data"], steps=o["steps"]),
+    "samples": lambda o: plots.plot_samples(_names(o), [int(v) for v in o["nfe"].split(",")], model=o["model"],
+                                            integrators=[i.strip() for i in o["integrators"].split(",")]),
+    "bench": lambda o: plots.plot_bench(_bench(o["source_json"])),
+    "patches": lambda o: plots.plot_patches(model=o["model"], steps=o["steps"], integrator=o["integrator"]),
 }
+
+
+def draw(kind: str, options: Mapping[str, Any]):
+    """The figure of ``lazyflow plot KIND`` with ``options`` (every flag of :data:`.kinds.PLOT_KINDS`, typed: the
+    parsed command line, or a catalog entry's through :meth:`~.kinds.PlotKind.options`)."""
+    return DRAW[kind](options)
 
 
 def draw_figure(spec: FigureSpec, out_dir: str | Path, bench: str | Path | dict = BENCH_JSON) -> Path:
     """Draw ``spec`` into ``out_dir/spec.file`` (the quality figure from ``bench``: a bench result or its file)."""
-    result = None
+    options = PLOT_KINDS[spec.kind].options(spec.options)
     if spec.kind == "bench":
-        result = bench if isinstance(bench, dict) else plots.read_bench_result(bench)
-    return plots.save_figure(DRAW[spec.kind](spec.options, result), Path(out_dir) / spec.file)
+        options["source_json"] = _bench(bench)
+    return plots.save_figure(draw(spec.kind, options), Path(out_dir) / spec.file)
 
 
 def _writable_folder(out_dir: str | Path) -> Path:

@@ -138,12 +138,12 @@ def test_the_cli_fits_and_samples_a_solver(tmp_path, capsys):
 def test_the_integrations_with_their_own_sigmas_refuse_it_in_one_line():
     """k-diffusion and ComfyUI bring their sigmas; the diffusers scheduler runs a solver file (test_pipelines.py)."""
     from lazyflow.runtime.integrations.comfyui import sampler_options
-    from lazyflow.runtime.integrations.k_diffusion_samplers import _resolved_integrator
+    from lazyflow.runtime.integrations.k_diffusion_samplers import sample_lazyflow
 
     with pytest.raises(LazyflowError, match="ComfyUI node: a bespoke solver runs on the times it was fitted on"):
         sampler_options("linear", "bespoke", 1.0)
     with pytest.raises(LazyflowError, match="sample_lazyflow: a bespoke solver"):
-        _resolved_integrator("bespoke", None, 0.0, (4,))
+        sample_lazyflow(lambda x, sigma: x, torch.zeros(2, 4), torch.tensor([1.0, 0.5, 0.0]), integrator="bespoke")
     pytest.importorskip("diffusers")
     from lazyflow.runtime.integrations.diffusers import LazyFlowScheduler
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lazyflow.runtime.core.sampler import resolve_dtypes, sample
-from lazyflow.runtime.evaluation.call_counter import CallCounter
+from lazyflow.runtime.core.call_counter import CallCounter
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

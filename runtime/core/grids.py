@@ -23,7 +23,7 @@ from ...errors import LazyflowError
 from .gridfile import TunedGrid, is_grid_file, load_grid_file
 from .schedule import Schedule
 
-__all__ = ["Uniform", "SourceUniform", "LogSNR", "LogSNRRange", "EDM", "Shifted", "GridSpec", "GRIDS", "make_grid", "parse_grid"]
+__all__ = ["Uniform", "SourceUniform", "LogSNR", "LogSNRRange", "EDM", "Shifted", "GridSpec", "GRIDS", "make_grid", "parse_grid", "resolve_spec"]
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def make_grid(target: Schedule, source: Schedule, steps: int, grid: GridSpec = "
     """An increasing float64 CPU tensor of ``steps + 1`` times of ``target`` from the start (0) to 1
     (derive/MATH.md §7); ``source`` is the model's schedule (for the ``source`` grid)."""
     steps = _checked_steps(steps)
-    grid = _resolve_spec(grid)
+    grid = resolve_spec(grid)
     if isinstance(grid, TunedGrid):
         grid = _tuned_times(grid, target, steps)
     if isinstance(grid, LogSNRRange):
@@ -151,7 +151,7 @@ def _checked_steps(steps: int) -> int:
     return int(steps)
 
 
-def _resolve_spec(grid: GridSpec) -> GridSpec:
+def resolve_spec(grid: GridSpec) -> GridSpec:
     """Text and paths made into grids: a ``.json`` path is loaded as a :class:`TunedGrid`, other text is read
     by :func:`parse_grid` and a name becomes its :data:`GRIDS` entry; anything else is returned as given."""
     if is_grid_file(grid):

@@ -17,16 +17,15 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ...errors import LazyflowError, SamplingError
-from .grids import GridSpec, make_grid
-from .gridfile import TunedGrid, is_grid_file, load_grid_file
-from .bespoke import integrator_for_grid
+from .grid_choice import choose_grid
 from .capture import captured_loop
 from .data_frame import frame_for_run
-from .data_stats import ConditionalStats, DataStats, as_data_stats, label_rows
+from .data_stats import ConditionalStats, as_data_stats, label_rows
 from .distributed import Ranks, gather_batches, local_device, ranks_of, share
-from .integrators import build_plan, get_integrator
+from .integrators import build_plan
+from .options import SampleOptions
 from .limits import check_memory, check_steps
-from .plan import EAGER, Call, Callback, Integrator, Plan, compiled_ops, drive
+from .plan import EAGER, Call, Callback, Plan, compiled_ops, drive
 from .noise import CounterNormal, NoiseSource
 from .progress import progress_bar
 from .schedule import Schedule, load_schedule
@@ -185,17 +184,12 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     return device
 
 
-def sample(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHEDULE, source: Any = "linear",
-           steps: int | None = None, integrator: str | Integrator = defaults.INTEGRATOR, final_step: str | None = None,
-           grid: GridSpec = defaults.GRID, prediction: str = "velocity", data_stats: DataStats | ConditionalStats | None = None,
-           seed: int = 0, batch_size: int | None = None,
-           device: torch.device | str | None = None, dtype: torch.dtype | str = torch.float32,
-           model_dtype: torch.dtype | str | None = None, compile: bool = False,
-           model_kwargs: dict[str, Any] | None = None, initial: torch.Tensor | None = None,
-           callback: Callback | None = None, progress: bool = False,
-           noise: Callable[..., NoiseSource] | None = None, distributed: Any = False,
-           capture: bool = False) -> torch.Tensor:
+def sample(model: Model, shape: Sequence[int], *, options: SampleOptions | None = None, **given: Any) -> torch.Tensor:
     """Draw ``shape[0]`` samples of shape ``shape[1:]`` from a pretrained ``model``.
+
+    Every option is a field of :class:`~lazyflow.runtime.core.options.SampleOptions` (its default and meaning
+    there), given by keyword (``sample(model, shape, steps=8, integrator="multistep-pc")``) or as ``options``
+    (the keywords then replace its fields); an unknown keyword is refused in one line naming the options.
 
     ``model(x, t, **model_kwargs)`` is the network trained on the ``source`` schedule, t of shape
     (batch,) in the source's time, returning a ``prediction`` (velocity, x, noise or score).  The run
@@ -223,26 +217,14 @@ def sample(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHED
     options (``initial``, ``noise``, ``compile``, ``capture``, ``distributed``) are those of
     :func:`sample_batches`; with ``distributed`` every rank gets all the samples.
     """
-    run = SamplingRun.prepare(model, shape, schedule=schedule, source=source, steps=steps, integrator=integrator,
-                       final_step=final_step, grid=grid, prediction=prediction, data_stats=data_stats, seed=seed,
-                       batch_size=batch_size,
-                       device=device, dtype=dtype, model_dtype=model_dtype, compile=compile,
-                       model_kwargs=model_kwargs, initial=initial, callback=callback, progress=progress,
-                       noise=noise, distributed=distributed, capture=capture)
+    run = SamplingRun.prepare(model, shape, SampleOptions.of(options, **given))
     run.check_memory(kept=run.shape[0])
     pieces = [x for _, x in run.batches()]
     return gather_batches(pieces, run.shape[0], run.shape[1:], run.ranks, device=run.device, dtype=run.dtype)
 
 
-def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = defaults.SCHEDULE, source: Any = "linear",
-                   steps: int | None = None, integrator: str | Integrator = defaults.INTEGRATOR, final_step: str | None = None,
-                   grid: GridSpec = defaults.GRID, prediction: str = "velocity", data_stats: DataStats | ConditionalStats | None = None,
-                   seed: int = 0, batch_size: int | None = None, device: torch.device | str | None = None,
-                   dtype: torch.dtype | str = torch.float32, model_dtype: torch.dtype | str | None = None,
-                   compile: bool = False, model_kwargs: dict[str, Any] | None = None,
-                   initial: torch.Tensor | None = None, callback: Callback | None = None, progress: bool = False,
-                   noise: Callable[..., NoiseSource] | None = None, distributed: Any = False,
-                   capture: bool = False) -> Iterator[tuple[range, torch.Tensor]]:
+def sample_batches(model: Model, shape: Sequence[int], *, options: SampleOptions | None = None,
+                   **given: Any) -> Iterator[tuple[range, torch.Tensor]]:
     """:func:`sample`, one batch at a time: yields (sample indices, samples) as each batch finishes, so
     that a caller can keep the finished batches of a long run.  Everything is checked when this is
     called, before the first batch runs.
@@ -268,13 +250,7 @@ def sample_batches(model: Model, shape: Sequence[int], *, schedule: Any = defaul
     ``distributed``: ``True`` (the default process group, joined from torchrun's environment if
     needed) or a process group: this rank yields only its contiguous share of the indices
     (:mod:`lazyflow.runtime.core.distributed`); :func:`sample` gathers all of them on every rank."""
-    run = SamplingRun.prepare(model, shape, schedule=schedule, source=source, steps=steps, integrator=integrator,
-                       final_step=final_step, grid=grid, prediction=prediction, data_stats=data_stats, seed=seed,
-                       batch_size=batch_size,
-                       device=device, dtype=dtype, model_dtype=model_dtype, compile=compile,
-                       model_kwargs=model_kwargs, initial=initial, callback=callback, progress=progress,
-                       noise=noise, distributed=distributed, capture=capture)
-    return run.batches()
+    return SamplingRun.prepare(model, shape, SampleOptions.of(options, **given)).batches()
 
 
 @dataclass(frozen=True)
@@ -312,45 +288,36 @@ class SamplingRun:
                           self.per_element_tables, kept)
 
     @classmethod
-    def prepare(cls, model: Model, shape: Sequence[int], *, schedule: Any, source: Any, steps: int,
-                integrator: str | Integrator, final_step: str | None, grid: GridSpec, prediction: str,
-                data_stats: DataStats | ConditionalStats | None, seed: int,
-                batch_size: int | None, device: Any, dtype: Any, model_dtype: Any, compile: bool,
-                model_kwargs: dict[str, Any] | None, initial: torch.Tensor | None, callback: Callback | None,
-                progress: bool, noise: Callable[..., NoiseSource] | None, distributed: Any, capture: bool) -> "SamplingRun":
-        target, src = load_schedule(schedule), load_schedule(source)
-        method = get_integrator(integrator)
+    def prepare(cls, model: Model, shape: Sequence[int], options: SampleOptions = SampleOptions()) -> "SamplingRun":
+        """Every check of a run of ``options`` (:class:`~.options.SampleOptions`), then its plan and chunks."""
+        o = options
+        choice = choose_grid(o.grid, o.steps, target=o.schedule, integrator=o.integrator)
+        target, src = choice.target, load_schedule(o.source)
         shape = _checked_shape(model, shape)
-        batch_size = None if batch_size is None else _count(batch_size, "batch_size")
-        check_seed(seed)
-        if initial is not None and (not isinstance(initial, torch.Tensor) or tuple(initial.shape) != shape):
-            got = tuple(initial.shape) if isinstance(initial, torch.Tensor) else type(initial).__name__
-            raise LazyflowError(f"initial must be a tensor of the samples' shape {shape}, got {got}")
-        if capture and (noise is not None or callback is not None):
-            raise LazyflowError("capture=True records the loop once: it needs the default noise and no callback")
-        given_final, final_step = final_step, DEFAULT_FINAL_STEP if final_step is None else final_step
-        device = resolve_device(device)
-        dtype, call_dtype = resolve_dtypes(dtype, model_dtype, model)
-        ranks = ranks_of(distributed, device)
-        grid, steps = _grid_and_steps(grid, steps)
-        check_steps(steps)
-        _check_run_memory(steps, shape, min(batch_size or shape[0], shape[0]), dtype, data_stats is not None)
-        method = integrator_for_grid(method, grid)   # a bespoke solver's file carries its own tables
-        times = make_grid(target, src, steps, grid)
-        _check_grid_end(times, given_final)
-        data_stats = as_data_stats(data_stats)
-        _check_data_stats(data_stats, shape, model_kwargs)
-        if capture and isinstance(data_stats, ConditionalStats):
+        batch_size = None if o.batch_size is None else _count(o.batch_size, "batch_size")
+        check_seed(o.seed)
+        _check_loop_options(o, shape)
+        device = resolve_device(o.device)
+        dtype, call_dtype = resolve_dtypes(o.dtype, o.model_dtype, model)
+        ranks = ranks_of(o.distributed, device)
+        check_steps(choice.steps)
+        _check_run_memory(choice.steps, shape, min(batch_size or shape[0], shape[0]), dtype, o.data_stats is not None)
+        times = choice.times(src)
+        _check_grid_end(times, o.final_step)
+        data_stats = as_data_stats(o.data_stats)
+        _check_data_stats(data_stats, shape, o.model_kwargs)
+        if o.capture and isinstance(data_stats, ConditionalStats):
             raise LazyflowError("capture=True records one loop for every batch; per-label statistics change the "
                                 "tables with each batch's labels (sample without capture)")
-        method, data_stats = frame_for_run(method, data_stats, t0=float(times[0]), data_shape=shape[1:])
-        plan = _plan(target, src, times, method, final_step, prediction, device, dtype, data_stats)
-        plan_key = (target, src, tuple(times.tolist()), method, final_step, prediction, compile, data_stats)
+        method, data_stats = frame_for_run(choice.integrator, data_stats, t0=float(times[0]), data_shape=shape[1:])
+        final_step = DEFAULT_FINAL_STEP if o.final_step is None else o.final_step
+        plan = _plan(target, src, times, method, final_step, o.prediction, device, dtype, data_stats)
+        plan_key = (target, src, tuple(times.tolist()), method, final_step, o.prediction, o.compile, data_stats)
         local, chunk = share(shape[0], ranks), batch_size or shape[0]   # all of range(n) in one process
         chunks = [range(s, min(s + chunk, local.stop)) for s in range(local.start, local.stop, chunk)]
-        return cls(model, shape, target, plan, plan_key, int(seed), chunks, device, dtype, call_dtype, ranks,
-                   CounterNormal if noise is None else noise, model_kwargs, initial, callback, progress, compile,
-                   capture, per_element_tables=data_stats is not None)
+        return cls(model, shape, target, plan, plan_key, int(o.seed), chunks, device, dtype, call_dtype, ranks,
+                   CounterNormal if o.noise is None else o.noise, o.model_kwargs, o.initial, o.callback, o.progress,
+                   o.compile, o.capture, per_element_tables=data_stats is not None)
 
     def batches(self) -> Iterator[tuple[range, torch.Tensor]]:
         """Run the chunks in order, yielding (indices, samples) as each finishes."""
@@ -387,6 +354,16 @@ class SamplingRun:
         return _checked(out.clone(), evaluate)
 
 
+def _check_loop_options(options: SampleOptions, shape: tuple[int, ...]) -> None:
+    """``initial`` of the samples' shape; ``capture`` only with the default noise and no callback."""
+    initial = options.initial
+    if initial is not None and (not isinstance(initial, torch.Tensor) or tuple(initial.shape) != shape):
+        got = tuple(initial.shape) if isinstance(initial, torch.Tensor) else type(initial).__name__
+        raise LazyflowError(f"initial must be a tensor of the samples' shape {shape}, got {got}")
+    if options.capture and (options.noise is not None or options.callback is not None):
+        raise LazyflowError("capture=True records the loop once: it needs the default noise and no callback")
+
+
 def _check_run_memory(steps: int, shape: tuple[int, ...], batch: int, dtype: torch.dtype, per_element: bool,
                       kept: int = 0) -> None:
     """:func:`.limits.check_memory` of a run: ``steps`` rows of tables (a value per element where
@@ -420,18 +397,6 @@ def check_seed(seed: Any) -> None:
         raise LazyflowError(f"seed must be an integer, got {seed!r}")
     if not 0 <= seed < SEED_RANGE:
         raise LazyflowError(f"seed must be in [0, 2^64), got {seed}")
-
-
-def _grid_and_steps(grid: GridSpec, steps: int | None) -> tuple[GridSpec, int]:
-    """The grid (a tuned grid's file read once) and the steps: given, else the tuned grid's own or one fewer
-    than an explicit grid's times, else the default (:data:`defaults.STEPS`)."""
-    if is_grid_file(grid):
-        grid = load_grid_file(grid)
-    if steps is None:
-        explicit = isinstance(grid, (list, tuple)) or (isinstance(grid, torch.Tensor) and grid.dim() == 1)
-        steps = grid.steps if isinstance(grid, TunedGrid) else \
-            len(grid) - 1 if explicit and len(grid) >= 2 else defaults.STEPS
-    return grid, steps
 
 
 def _check_grid_end(times: torch.Tensor, final_step: str | None) -> None:

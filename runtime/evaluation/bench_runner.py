@@ -1,6 +1,6 @@
 """How the bench runs one row: a sampler of ours (by the options its ``lazyflow sample`` flags give), a peer, a
 tuned grid file or the Gaussian-map baseline, from the same start noise x0 = ``standard_normal(seed, range(n),
-0, data_shape)``, its network calls counted (:class:`.call_counter.CallCounter`; ``nfe`` = calls per batch)
+0, data_shape)``, its network calls counted (:class:`~lazyflow.runtime.core.call_counter.CallCounter`; ``nfe`` = calls per batch)
 and its samples scored: by the model's scorer, and a deterministic row by ``path`` against x*
 (:class:`.bench_references.PathReferences`)."""
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .bench_methods import STATS_FILE_MISSING, OurMethod
 from .bench_references import PathReferences
 from .bench_report import GAUSSIAN_MAP, short_score
 from .bench_row import BenchRow
-from .call_counter import CallCounter
+from ..core.call_counter import CallCounter
 from .data_rows import BenchStats, bench_stats, gaussian_map
 from .paths import PathReference, path_error
 from .scorers import PATH_METRIC
@@ -176,10 +176,10 @@ class BenchRunner:
     def steps_for(self, method: OurMethod, budget: int) -> int:
         """The steps of ``method`` within ``budget`` network calls (a tuned grid file's own; a data frame whose
         statistics read the mean at its first call makes that call)."""
-        from ..core.gridfile import load_grid_file
+        from ..core.grid_choice import own_steps
 
-        if method.grid.endswith(".json"):
-            return load_grid_file(method.grid).steps
+        if own_steps(method.grid) is not None:   # a tuned grid file's own (the rule of every entry point)
+            return own_steps(method.grid)
         integrator = INTEGRATORS[method.integrator]
         if method.stats:
             if method.stats not in self.stats:

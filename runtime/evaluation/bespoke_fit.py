@@ -24,7 +24,7 @@ from ..core.noise import CounterNormal
 from ..core.sampler import per_sample_kwargs
 from ..core.schedule import load_schedule
 from .bespoke_starts import bespoke_starts
-from .call_counter import CallCounter
+from ..core.call_counter import CallCounter
 from .fitting import check_budget, checked_holdout_seed, logits_from_times, reference_samples, \
     times_from_logits
 

@@ -88,7 +88,7 @@ def _model_stats(model: Callable, shape: tuple[int, ...], keys: tuple[str, ...],
     model's own samples (``options``: :func:`~lazyflow.runtime.core.model_stats.own_samples`'s, ``model_kwargs``
     among them)."""
     from ..core.model_stats import own_samples
-    from .call_counter import CallCounter
+    from ..core.call_counter import CallCounter
 
     counter = CallCounter(model)   # a module is called in its own dtype (the counter keeps it)
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """What grid tuning (:mod:`.tune`) and bespoke fitting (:mod:`.bespoke_fit`) share: the softmax parameterisation
 of a grid's interior times, the probability-flow ODE end points they are fitted against, and the checks of their
-budget and held-out seed (their cost is counted by :class:`.call_counter.CallCounter`)."""
+budget and held-out seed (their cost is counted by :class:`~lazyflow.runtime.core.call_counter.CallCounter`)."""
 from __future__ import annotations
 
 from typing import Any

@@ -45,7 +45,7 @@ from .bench_methods import OurMethod, our_methods, sample_args
 from .bench_report import format_table, machine, path_check
 from .bench_row import BenchRow
 from .bench_runner import BenchModel, BenchRunner
-from .call_counter import CallCounter
+from ..core.call_counter import CallCounter
 from .data_rows import STATS_SAMPLES, STATS_STEPS, BenchStats, bench_stats, stats_key, stats_kinds
 from .goals import best_row, versus
 from .paths import PATH_REFERENCE_GRID, PATH_REFERENCE_INTEGRATOR

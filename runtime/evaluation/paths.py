@@ -65,7 +65,7 @@ def _solve(model: Callable, x0: torch.Tensor, source: Any, steps: int, t0: float
     import math
 
     from ..core.sampler import sample
-    from .call_counter import CallCounter
+    from ..core.call_counter import CallCounter
 
     counter = CallCounter(model)   # a module is called in its own dtype (the counter keeps it)
     grid = PATH_REFERENCE_GRID if t0 == 0 else torch.linspace(t0, 1.0, steps + 1, dtype=torch.float64).tolist()

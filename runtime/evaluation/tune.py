@@ -37,11 +37,11 @@ from ..core.grids import GridSpec, make_grid
 from ..core.data_frame import without_skip
 from ..core.integrators import get_integrator
 from ..core.schedule import load_schedule
-from .call_counter import CallCounter
+from ..core.call_counter import CallCounter
 from .fitting import (check_budget, checked_holdout_seed, logits_from_times, reference_samples,
                       times_from_logits)
 
-__all__ = ["tune_grid", "tune_grid_file", "grid_loss", "nelder_mead"]
+__all__ = ["tune_grid", "tune_grid_file", "tuned_summary", "grid_loss", "nelder_mead"]
 
 
 def nelder_mead(f: Callable[[torch.Tensor], float], x0: torch.Tensor, step: float = 0.5, max_evals: int = 400,
@@ -256,3 +256,13 @@ def tune_grid_file(model: str, out: str | Path, *, schedule: Any, prediction: st
     grid = tune_grid(loaded.model, model_name=model, schedule=schedule, source=loaded.source,
                      prediction=loaded.prediction, log=log, **tuning)
     return save_grid_file(grid, out), grid
+
+
+def tuned_summary(path: Path, grid: TunedGrid) -> str:
+    """The line that says what :func:`tune_grid_file` wrote: the grid, the losses before and after (tuning and
+    held-out seeds) and the cost."""
+    t = grid.tuning
+    return (f"wrote {path}: {grid.steps} steps of {grid.schedule} for {grid.integrator} at {grid.nfe} NFE, times "
+            f"{[round(v, 5) for v in grid.times]}; loss {t['loss_before']:.4g} -> {t['loss_after']:.4g} (seed {t['seed']}), "
+            f"held-out seed {t['holdout_seed']}: {t['holdout_loss_before']:.4g} -> {t['holdout_loss_after']:.4g}; "
+            f"cost {t['seconds']:.1f} s, {t['model_calls']} model calls")

@@ -28,8 +28,8 @@ from ...errors import LazyflowError
 from ..core.data_stats import DataStats
 from ..core.data_frame import frame_for_run
 from ..core import defaults
-from ..core.bespoke import refuse_outside_sample
-from ..core.integrators import INTEGRATORS, build_plan, get_integrator
+from ..core.grid_choice import choose_grid
+from ..core.integrators import INTEGRATORS, build_plan
 from ..core.schedule import load_schedule
 from .. import kernels
 from .k_diffusion_samplers import PARAMETERIZATIONS, SOURCE, resolved_target, sample_lazyflow
@@ -130,8 +130,9 @@ def sampler_options(schedule: str, integrator: str, diffusion_scale: float, para
     if parameterization not in ("auto", *PARAMETERIZATIONS):
         raise LazyflowError(f"unknown parameterization {parameterization!r}; choose auto, flow or diffusion")
     target = resolved_target(schedule, None, float(diffusion_scale))
-    method = get_integrator(integrator)
-    refuse_outside_sample(method, "the lazyflow ComfyUI node")
+    probe = torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64)   # a small grid of the node's kind (sigmas later)
+    method = choose_grid(probe, None, target=target, integrator=integrator,
+                         times_of="the lazyflow ComfyUI node").integrator
     stats = DataStats.load(data_stats.strip()) if data_stats and data_stats.strip() else None
     if not isinstance(stats, (DataStats, type(None))):
         raise LazyflowError(f"{data_stats.strip()}: statistics per class label; ComfyUI conditions on prompts, so "
@@ -139,7 +140,7 @@ def sampler_options(schedule: str, integrator: str, diffusion_scale: float, para
     # the pairing of schedule and integrator, refused now rather than mid-sampling: a plan on a small grid (a data
     # frame without a file integrates in N(E[X | c], I), of the latent's shape once it runs)
     check, check_stats = frame_for_run(method, stats, t0=0.25, data_shape=(1,))
-    build_plan(target, load_schedule(SOURCE), torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64),
+    build_plan(target, load_schedule(SOURCE), probe,
                integrator=check, final_step="euler", prediction="x", device="cpu", dtype=torch.float64,
                data_stats=check_stats)
     return {"schedule": schedule, "integrator": method.name, "diffusion_scale": float(diffusion_scale),

@@ -63,9 +63,8 @@ except ImportError as _err:  # diffusers is an optional extra
     raise LazyflowError("lazyflow.diffusers (LazyFlowScheduler) needs diffusers, an optional extra: "
                         "pip install 'lazyflow[peers]' (or pip install diffusers)") from _err
 
-from ..core.gridfile import load_grid_file
-from ..core.grids import GRIDS, make_grid, parse_grid
-from ..core.bespoke import holds_solver, integrator_for_grid
+from ..core.grid_choice import choose_grid
+from ..core.bespoke import holds_solver
 from ..core.integrators import build_plan, check_plan_options, get_integrator
 from ..core.plan import Plan
 from ..core.data_frame import without_skip
@@ -158,18 +157,7 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
                                     "data_stats (the path of a file written by lazyflow stats)")
             # the pipeline makes the call at its first sigma, so the data frame makes it too
             self.integrator = without_skip(self.integrator)
-        if grid != PIPELINE_GRID and grid not in GRIDS:
-            if not isinstance(grid, str) or not (grid.endswith(".json") or grid.startswith("logsnr")):
-                raise LazyflowError(f"unknown grid {grid!r}; choose {PIPELINE_GRID!r} (the pipeline's sigmas), one of "
-                                    f"{', '.join(GRIDS)}, logsnr:FIRST,LAST or a tuned grid's .json file")
-            tuned = parse_grid(grid)
-            if isinstance(tuned, str):   # a tuned grid file: read (and checked) now, used by set_timesteps
-                tuned = load_grid_file(tuned)
-                self.target = tuned.schedule_for(self.target, scale_given=diffusion_scale != 1)
-                self.integrator = integrator_for_grid(self.integrator, tuned)   # a bespoke solver's own tables
-            if getattr(tuned, "open", False) or getattr(tuned, "times", (0.0,))[0] > 0:
-                raise LazyflowError(f"grid {grid!r} starts after t = 0: a pipeline starts from pure noise, so its "
-                                    "grid must start at 0 (use logsnr:FIRST,LAST)")
+        self._grid = None if grid == PIPELINE_GRID else self._chosen_grid(grid, diffusion_scale != 1)
         if self.integrator.needs_solver_file and not holds_solver(self.integrator):
             raise LazyflowError("LazyFlowScheduler: integrator 'bespoke' runs a fitted solver: give its file as "
                                 "grid='solver.json' (lazyflow tune-grid --integrator bespoke, or bench --bespoke)")
@@ -262,7 +250,7 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
             times = self._target_times(torch.cat([time_of_sigma(sigma), torch.ones(1, dtype=torch.float64)]))
         else:
             steps = num_inference_steps or len(sigmas if sigmas is not None else timesteps)
-            times = make_grid(self.target, self.source, int(steps), cfg.grid)
+            times = choose_grid(self._grid, int(steps), target=self.target, integrator=self.integrator).times(self.source)
         steps = times.numel() - 1
         plan = self._plan(times, "cpu", torch.float64)
         calls = plan.call_times()
@@ -278,6 +266,24 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = None
         self._loop = None
         self._last = None
+
+    def _chosen_grid(self, grid: Any, scale_given: bool) -> Any:
+        """A lazyflow grid instead of the pipeline's (:func:`~lazyflow.runtime.core.grid_choice.choose_grid`, the
+        rules of every entry point): a tuned grid file read now, its schedule and a solver file's integrator taken;
+        a grid that starts after t = 0 is refused (a pipeline starts from pure noise)."""
+        if isinstance(grid, os.PathLike):
+            self.register_to_config(grid=os.fspath(grid))   # the config is saved as JSON
+        try:
+            choice = choose_grid(grid, None, target=self.target, integrator=self.integrator, scale_given=scale_given)
+        except LazyflowError as err:
+            if not str(err).startswith("unknown grid"):
+                raise
+            raise LazyflowError(f"{err}; or {PIPELINE_GRID!r} (the pipeline's sigmas)") from None
+        self.target, self.integrator = choice.target, choice.integrator
+        if getattr(choice.grid, "open", False) or getattr(choice.grid, "times", (0.0,))[0] > 0:
+            raise LazyflowError(f"grid {grid!r} starts after t = 0: a pipeline starts from pure noise, so its "
+                                "grid must start at 0 (use logsnr:FIRST,LAST)")
+        return choice.grid
 
     def _target_times(self, t_src: torch.Tensor) -> torch.Tensor:
         """Network times -> target times by equal log snr (the identity for the same path); ``t_src`` ends at 1."""

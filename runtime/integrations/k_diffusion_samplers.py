@@ -34,8 +34,8 @@ from ..core import defaults
 from ..core.data_frame import frame_for_run
 from ..core.data_stats import ConditionalStats, DataStats, as_data_stats
 from ..core.frames import conversion, times_of_equal_log_snr
-from ..core.bespoke import refuse_outside_sample
-from ..core.integrators import build_plan, get_integrator
+from ..core.grid_choice import choose_grid
+from ..core.integrators import build_plan
 from ..core.noise import CounterNormal
 from ..core.plan import Integrator, Plan, StepInfo
 from ..core.progress import progress_bar
@@ -145,13 +145,14 @@ def resolved_target(schedule: Any, schedule_params: dict[str, float] | None, dif
     return target if diffusion_scale == 1 else target.with_diffusion_scale(diffusion_scale)
 
 
-def _resolved_integrator(integrator: str | Integrator, data_stats: Any, t0: float,
+def _resolved_integrator(integrator: str | Integrator, data_stats: Any, times: torch.Tensor, target: Schedule,
                          data_shape: tuple[int, ...]) -> tuple[Integrator, DataStats | ConditionalStats | None]:
-    """The integrator and its data statistics (a :class:`DataStats`, :class:`ConditionalStats` or the path of
-    one); a data frame that starts after t = 0, or reads its mean from its first call, makes that call (it
-    skips it only at t = 0, where its residual vanishes with the statistics' mean)."""
-    method = get_integrator(integrator)
-    refuse_outside_sample(method, "sample_lazyflow")
+    """The integrator on the caller's ``times`` (:func:`~lazyflow.runtime.core.grid_choice.choose_grid`: a
+    bespoke solver is refused) and its data statistics (a :class:`DataStats`, :class:`ConditionalStats` or the
+    path of one); a data frame that starts after t = 0, or reads its mean from its first call, makes that call
+    (it skips it only at t = 0, where its residual vanishes with the statistics' mean)."""
+    method = choose_grid(times, None, target=target, integrator=integrator, times_of="sample_lazyflow").integrator
+    t0 = float(times[0])
     data_stats = as_data_stats(data_stats)
     if data_stats is not None and data_stats.data_shape != data_shape:
         raise LazyflowError(f"data_stats are of shape {data_stats.data_shape}, the samples of shape {data_shape}")
@@ -319,7 +320,7 @@ class _Run:
         source = load_schedule(SOURCE)
         t_src = source_time_of_sigma(sig, parameterization)
         times = _target_times(target, source, t_src)
-        method, stats = _resolved_integrator(integrator, data_stats, float(times[0]), tuple(x.shape[1:]))
+        method, stats = _resolved_integrator(integrator, data_stats, times, target, tuple(x.shape[1:]))
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         options = dict(integrator=method, final_step=final_step, prediction="x", data_stats=stats)
         exact = build_plan(target, source, times, device="cpu", dtype=torch.float64, **options)

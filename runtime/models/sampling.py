@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
 
 from ...errors import LazyflowError, SamplingError
 from ..core import defaults
-from ..core.gridfile import is_grid_file, load_grid_file
 from ..core.limits import check_disk
+from ..core.options import SampleOptions
 from ..core.output import (Written, assemble, check_format, keep_batches, kept, output_files, output_path,
                            read_samples)
 from ..core.resume import WorkDir, check_outputs, clear_leftovers, discard, file_hash
 from .kind import LoadedModel
 from .registry import load_model, model_kind_for
 
-__all__ = ["SampleRun", "sample_to_file", "DEFAULT_STEPS"]
+__all__ = ["SampleRun", "sample_to_file", "DEFAULT_STEPS", "SET_BY_THE_RUN"]
 
 #: steps of a run that neither asks for a number nor uses a tuned grid
 DEFAULT_STEPS = defaults.STEPS
@@ -66,19 +65,6 @@ def _silent(line: str) -> None:
     """The notes of a quiet run: dropped."""
 
 
-def _tuned(grid: Any, target: Any, steps: int | None, integrator: str, scale_given: bool,
-           note: Callable[[str], None]) -> tuple[Any, Any, int | None]:
-    """A tuned grid file brings its steps (unless ``steps`` is given) and the diffusion scale it was tuned
-    at (unless ``scale_given``; :meth:`TunedGrid.schedule_for`); other grids pass through."""
-    if not is_grid_file(grid):
-        return grid, target, steps
-    tuned = load_grid_file(grid)
-    target = tuned.schedule_for(target, scale_given=scale_given)
-    if tuned.integrator and tuned.integrator != integrator:
-        note(f"note: {tuned.describe()} was tuned for {tuned.integrator}, not {integrator}")
-    return tuned, target, tuned.steps if steps is None else steps
-
-
 def _data_shape(shape: tuple[int, ...] | None, loaded: LoadedModel) -> tuple[int, ...]:
     if shape is not None:
         return tuple(shape)
@@ -105,30 +91,28 @@ def _schedule_id(schedule: Any) -> dict[str, Any]:
             "params": [list(p) for p in schedule.params], "diffusion_scale": schedule.diffusion_scale}
 
 
-def _settings(model: str, found: Any, model_options: Mapping[str, Any] | None, loaded: LoadedModel, target: Any,
-              run: Any, knobs: Mapping[str, Any]) -> dict[str, Any]:
+def _settings(model: str, found: Any, model_options: Mapping[str, Any] | None, loaded: LoadedModel, run: Any,
+              options: SampleOptions, *, num_samples: int, shards: bool) -> dict[str, Any]:
     """Every setting that changes the samples, for the manifest of ``OUT.partial/`` (:mod:`..core.resume`)."""
     from ... import __version__
 
-    options = json.loads(json.dumps(dict(model_options or {}), sort_keys=True, default=str))
-    stats = knobs["data_stats"]
+    given = json.loads(json.dumps(dict(model_options or {}), sort_keys=True, default=str))
+    o, stats = options, options.data_stats
     return {"lazyflow": __version__, "model": str(model), "model file": file_hash(model) if Path(model).is_file()
-            else None, "model kind": found.name, "model options": options, "source": _schedule_id(loaded.source),
-            "prediction": loaded.prediction, "schedule": _schedule_id(target), "integrator": knobs["integrator"],
-            "final step": knobs["final_step"], "steps": run.plan.steps,
+            else None, "model kind": found.name, "model options": given, "source": _schedule_id(loaded.source),
+            "prediction": loaded.prediction, "schedule": _schedule_id(run.target), "integrator": o.integrator,
+            "final step": o.final_step, "steps": run.plan.steps,
             "grid times": [float(t) for t in run.plan.times.tolist()],
-            "data stats": None if stats is None else file_hash(stats), "data shape": list(knobs["data_shape"]),
-            "seed": int(knobs["seed"]), "num samples": knobs["num_samples"], "batch size": knobs["batch_size"],
-            "dtype": str(run.dtype).replace("torch.", ""), "device": run.device.type, "compile": knobs["compile"],
-            "capture": knobs["capture"], "processes": run.ranks.world, "shards": knobs["shards"]}
+            "data stats": None if stats is None else file_hash(stats), "data shape": list(run.shape[1:]),
+            "seed": int(o.seed), "num samples": num_samples, "batch size": o.batch_size,
+            "dtype": str(run.dtype).replace("torch.", ""), "device": run.device.type, "compile": o.compile,
+            "capture": o.capture, "processes": run.ranks.world, "shards": shards}
 
 
 def _finish(run: Any, work: WorkDir, out: Path, *, num_samples: int, data_shape: tuple[int, ...], shards: bool,
             note: Callable[[str], None]) -> Written:
     """Run the batches not finished yet (each kept as it finishes), write the output from all of them,
     then remove the work folder (rank 0, once every rank is done)."""
-    from dataclasses import replace
-
     from ..core.distributed import Watchdog, barrier
 
     pending = [indices for indices in run.chunks if not work.done(indices)]
@@ -161,21 +145,56 @@ def _finish(run: Any, work: WorkDir, out: Path, *, num_samples: int, data_shape:
     return written
 
 
-def _prepared(loaded: LoadedModel, target: Any, grid: Any, steps: int, device: Any, ranks: Any,
-              knobs: Mapping[str, Any]) -> Any:
-    """The sampler's checked run (its plan and this rank's batches), before anything runs."""
+#: the options of :func:`sample` that a file run sets itself (from the model, the processes, the output)
+SET_BY_THE_RUN = ("dtype", "model_dtype", "model_kwargs", "initial", "callback", "progress", "noise", "distributed")
+
+
+def _file_options(given: Mapping[str, Any]) -> SampleOptions:
+    """The run's :class:`SampleOptions` from :func:`sample_to_file`'s keywords (those it sets itself refused)."""
+    taken = sorted(set(given) & set(SET_BY_THE_RUN))
+    if taken:
+        raise LazyflowError(f"sample_to_file sets {', '.join(taken)} itself (options of lazyflow.sample, not of a file "
+                            "run)")
+    return SampleOptions.of(**given)
+
+
+def _prepared(loaded: LoadedModel, options: SampleOptions, choice: Any, num_samples: int, data_shape: tuple[int, ...],
+              device: Any, ranks: Any) -> Any:
+    """The sampler's checked run (its plan and this rank's batches), before anything runs: ``options`` with the
+    grid ``choice`` and what the model, the processes and the device set."""
     from ..core.data_stats import DataStats
     from ..core.sampler import SamplingRun
 
-    stats = None if knobs["data_stats"] is None else DataStats.load(knobs["data_stats"])
-    n = knobs["num_samples"]
-    return SamplingRun.prepare(loaded.model, (n, *knobs["data_shape"]), schedule=target, source=loaded.source, steps=steps,
-                        integrator=knobs["integrator"], final_step=knobs["final_step"], grid=grid,
-                        prediction=loaded.prediction, data_stats=stats, seed=knobs["seed"],
-                        batch_size=knobs["batch_size"], device=device, dtype=torch.float32, model_dtype=None,
-                        compile=knobs["compile"], model_kwargs=loaded.model_kwargs or None, initial=None,
-                        callback=None, progress=ranks.rank == 0 and n * steps > 2000, noise=None,
-                        distributed=not ranks.single, capture=knobs["capture"])
+    stats = None if options.data_stats is None else DataStats.load(options.data_stats)
+    run_options = replace(options, schedule=choice.target, grid=choice.grid, steps=choice.steps, device=device,
+                          source=loaded.source, prediction=loaded.prediction, data_stats=stats,
+                          model_kwargs=loaded.model_kwargs or None, distributed=not ranks.single,
+                          progress=ranks.rank == 0 and num_samples * choice.steps > 2000)
+    return SamplingRun.prepare(loaded.model, (num_samples, *data_shape), run_options)
+
+
+def _check_run(num_samples: int, force: bool, resume: bool, shards: bool, ranks: Any) -> None:
+    """The counts and flags of a file run that cannot go together, refused before the model is loaded."""
+    if num_samples < 1:
+        raise LazyflowError(f"--num-samples must be >= 1, got {num_samples}")
+    if force and resume:
+        raise LazyflowError("--force starts over and --resume continues: give one of them")
+    if shards and ranks.single:
+        raise LazyflowError("--shards is for runs under torchrun (several processes); one process writes --out")
+    if shards and num_samples < ranks.world:
+        raise LazyflowError(f"--shards: {num_samples} samples on {ranks.world} processes leave a rank without a "
+                            f"shard; ask for at least {ranks.world} samples")
+
+
+def _target(found: Any, out: Path, schedule: Any, diffusion_scale: float | None) -> Any:
+    """The schedule asked for (at ``diffusion_scale``); a latent model's run refused into a ``.png``."""
+    from ..core.schedule import load_schedule
+
+    if found.latents and out.suffix == ".png":
+        raise LazyflowError(f"a {found.name} run writes latents: --out must end in .pt or .npy (with a decoder, "
+                            "e.g. --vae, the images go to the same name with .png)")
+    target = load_schedule(schedule)
+    return target if diffusion_scale is None else target.with_diffusion_scale(diffusion_scale)
 
 
 def _open_work(out: Path, outputs: list[Path], settings: dict[str, Any], ranks: Any, *, force: bool,
@@ -193,58 +212,43 @@ def _open_work(out: Path, outputs: list[Path], settings: dict[str, Any], ranks: 
 
 def sample_to_file(model: str, out: str | Path, *, kind: str | None = None,
                    model_options: Mapping[str, Any] | None = None, num_samples: int = 64,
-                   schedule: Any = defaults.SCHEDULE, diffusion_scale: float | None = None, source: Any = None,
-                   source_params: dict[str, float] | None = None, prediction: str | None = None,
-                   shape: tuple[int, ...] | None = None, data_stats: str | Path | None = None,
-                   steps: int | None = None, integrator: str = defaults.INTEGRATOR, final_step: str | None = None,
-                   grid: Any = defaults.GRID, seed: int = 0, batch_size: int | None = None,
-                   device: Any = None, compile: bool = False, capture: bool = False, shards: bool = False,
-                   force: bool = False, resume: bool = False, note: Callable[[str], None] = _silent) -> SampleRun:
+                   diffusion_scale: float | None = None, source: Any = None,
+                   source_params: dict[str, float] | None = None, prediction: str | None = None, shape: tuple[int, ...] | None = None, shards: bool = False,
+                   force: bool = False, resume: bool = False, note: Callable[[str], None] = _silent,
+                   **options: Any) -> SampleRun:
     """Sample ``num_samples`` of ``model`` (a name or a file of ``kind``; ``model_options`` go to its
     loader) in ``schedule`` (at ``diffusion_scale``) and write them to ``out``; under torchrun every rank
-    samples its share (``shards``: each writes its own file).  ``source`` and ``prediction`` default to the
-    model's own, ``shape`` to its data shape, ``steps`` to a tuned grid file's or 8; ``data_stats``: a
-    statistics file (:class:`~lazyflow.runtime.core.data_stats.DataStats`) for the data-frame integrators.
-    Every check (the output's format and folder, existing files) is made before sampling.  Finished
-    batches are kept in ``OUT.partial/`` (:mod:`~lazyflow.runtime.core.resume`): ``resume`` continues an
-    unfinished run of the same settings, ``force`` overwrites existing output (without either, existing
-    output is refused).  ``note`` hears what the run remarks on (an interrupt, a resumed run, a grid tuned
-    for another integrator)."""
+    samples its share (``shards``: each writes its own file).  ``options`` are those of :func:`lazyflow.sample`
+    (:class:`~lazyflow.runtime.core.options.SampleOptions`: schedule, steps, integrator, grid, seed, batch_size,
+    device, ...) but for those the run sets itself (:data:`SET_BY_THE_RUN`); ``data_stats`` is a statistics
+    file.  ``source`` and ``prediction`` default to the model's own, ``shape`` to its data shape, the grid and
+    steps as :func:`~lazyflow.runtime.core.grid_choice.choose_grid` decides.  Every check is made before
+    sampling.  Finished batches are kept in ``OUT.partial/`` (:mod:`~lazyflow.runtime.core.resume`): ``resume``
+    continues an unfinished run of the same settings, ``force`` overwrites existing output (without either,
+    existing output is refused).  ``note`` hears what the run remarks on (an interrupt, a resumed run, a grid
+    tuned for another integrator)."""
     from ..core.distributed import launched_by_torchrun, ranks_of
+    from ..core.grid_choice import choose_grid
     from ..core.sampler import resolve_device
-    from ..core.schedule import load_schedule
 
-    out = output_path(out)
-    if num_samples < 1:
-        raise LazyflowError(f"--num-samples must be >= 1, got {num_samples}")
-    if force and resume:
-        raise LazyflowError("--force starts over and --resume continues: give one of them")
-    device = resolve_device(device)
+    out, opts = output_path(out), _file_options(options)
+    device = resolve_device(opts.device)
+    ranks = ranks_of(launched_by_torchrun(), device)
+    _check_run(num_samples, force, resume, shards, ranks)
     found = model_kind_for(model, kind)
-    if found.latents and out.suffix == ".png":
-        raise LazyflowError(f"a {found.name} run writes latents: --out must end in .pt or .npy (with a decoder, "
-                            "e.g. --vae, the images go to the same name with .png)")
-    target = load_schedule(schedule)
-    if diffusion_scale is not None:
-        target = target.with_diffusion_scale(diffusion_scale)
+    target = _target(found, out, opts.schedule, diffusion_scale)
     loaded = load_model(model, kind=kind, device=device, num_samples=num_samples, source=source,
                         source_params=source_params, prediction=prediction, **(model_options or {}))
     data_shape = _data_shape(shape, loaded)
     check_format(out, data_shape)
-    grid, target, steps = _tuned(grid, target, steps, integrator, diffusion_scale is not None, note)
-    steps = DEFAULT_STEPS if steps is None else steps
-    ranks = ranks_of(launched_by_torchrun(), device)
-    if shards and ranks.single:
-        raise LazyflowError("--shards is for runs under torchrun (several processes); one process writes --out")
-    if shards and num_samples < ranks.world:
-        raise LazyflowError(f"--shards: {num_samples} samples on {ranks.world} processes leave a rank without a "
-                            f"shard; ask for at least {ranks.world} samples")
-    knobs = dict(integrator=integrator, final_step=final_step, data_stats=data_stats, data_shape=data_shape, seed=seed,
-                 num_samples=num_samples, batch_size=batch_size, compile=compile, capture=capture, shards=shards)
-    run = _prepared(loaded, target, grid, steps, device, ranks, knobs)
+    choice = choose_grid(opts.grid, opts.steps, target=target, integrator=opts.integrator,
+                         scale_given=diffusion_scale is not None)
+    for line in choice.notes:
+        note(line)
+    run = _prepared(loaded, opts, choice, num_samples, data_shape, device, ranks)
     run.check_memory(kept=num_samples if ranks.rank == 0 else sum(map(len, run.chunks)))   # rank 0 gathers all
     check_disk(out.parent, 2 * num_samples * math.prod(data_shape) * run.dtype.itemsize)
-    settings = _settings(model, found, model_options, loaded, target, run, knobs)
+    settings = _settings(model, found, model_options, loaded, run, opts, num_samples=num_samples, shards=shards)
     outputs = output_files(out, ranks=ranks, shards=shards, images=loaded.decode_images is not None)
     work = _open_work(out, outputs, settings, ranks, force=force, resume=resume)
     written = _finish(run, work, out, num_samples=num_samples, data_shape=data_shape, shards=shards, note=note)
@@ -252,5 +256,6 @@ def sample_to_file(model: str, out: str | Path, *, kind: str | None = None,
         import torch.distributed as dist
 
         dist.destroy_process_group()
-    return SampleRun(written=written, data_shape=data_shape, schedule=target.describe(), steps=steps,
-                     integrator=integrator, note=loaded.note, images=_decoded(loaded, written), decoder=loaded.decoder)
+    return SampleRun(written=written, data_shape=data_shape, schedule=run.target.describe(), steps=choice.steps,
+                     integrator=str(opts.integrator), note=loaded.note, images=_decoded(loaded, written),
+                     decoder=loaded.decoder)

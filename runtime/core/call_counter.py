@@ -1,4 +1,4 @@
-"""The one call counter of the evaluation layer and the command line: a model that counts its batched calls
+"""The one call counter (of the evaluation layer, the command line and `lazyflow stats`): a model that counts its batched calls
 and the samples they evaluate (the cost of a run in network evaluations), and is seen by the sampler as the
 model it wraps (a module, so that ``sample`` calls it in the wrapped module's parameters' dtype; its
 ``data_shape``)."""
