@@ -97,6 +97,24 @@ def test_a_fit_beats_its_start_on_held_out_noise_and_sample_reproduces_it(tmp_pa
         assert _path(x, ref) == pytest.approx(t["holdout_loss_after"], rel=1e-4)
 
 
+
+def test_a_rate_that_diverges_steps_back_to_the_best_iterate():
+    """lr 0.5 throws the solver off; each check above 1.5x the best goes back to the best iterate with half the
+    rate, so the fit ends no worse than its start and the log says so; without backtracking the last checks of
+    the same run are far above the best."""
+    model, lines = gmm.load_random("gmm:101"), []
+    kept = fit_bespoke(model, nfe=4, samples=32, seed=0, holdout_seed=7, reference_steps=50, log=lines.append,
+                       settings=BespokeSettings(iterations=100, lr=0.5, batch=16, check_every=10,
+                                                lr_schedule="constant"))
+    assert any("back to the best iterate" in line for line in lines), lines
+    assert kept.tuning["loss_after"] <= kept.tuning["loss_before"]
+    lines.clear()
+    fit_bespoke(model, nfe=4, samples=32, seed=0, holdout_seed=7, reference_steps=50, log=lines.append,
+                settings=BespokeSettings(iterations=100, lr=0.5, batch=16, check_every=10, lr_schedule="constant",
+                                         backtrack=None))
+    last = [float(line.split("path ")[1].split()[0]) for line in lines if line.startswith("  iteration 100:")]
+    assert last and last[0] > 1.5 * kept.tuning["loss_after"], lines
+
 def test_misuse_is_one_clear_line(tmp_path):
     model = gmm.load_random("gmm:101")
     shape = (4, *model.data_shape)

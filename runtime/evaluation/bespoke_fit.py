@@ -44,6 +44,10 @@ class BespokeSettings:
     check_every: int = 50
     #: "constant", or "cosine": lr_i = lr (1 + cos(pi i / iterations)) / 2, falling to 0 at the last iteration
     lr_schedule: str = "cosine"
+    #: at a check whose full-set path exceeds this multiple of the best, go back to the best iterate, halve the
+    #: rate and restart Adam's moments (None: never); on gmm4096 at 4 NFE a constant 1e-2 jumped from 6.6 to 20
+    #: at iteration 550 and the cosine decay settled at 7.5
+    backtrack: float | None = 1.5
 
 
 class _Solver(torch.nn.Module):
@@ -90,13 +94,13 @@ class _Problem:
             return float(_path(solver(self.counter, self.starts[seed], self.kwargs), self.refs[seed]))
 
     def train(self, solver: _Solver, seed: int, settings: BespokeSettings, say: Callable[[str], None]) -> float:
-        """Adam on minibatches of ``seed``'s samples; the solver is left at the iterate of the lowest full-set
-        path, which is returned."""
+        """Adam on minibatches of ``seed``'s samples, at the rate lr (1 + cos(pi i / iterations)) / 2 (cosine) or
+        lr, times 2^-b after b steps back (``settings.backtrack``); the solver is left at the iterate of the
+        lowest full-set path, which is returned."""
         best, best_state = self.path(solver, seed), _copy(solver)
-        optimiser = torch.optim.Adam(solver.parameters(), lr=settings.lr)
-        cosine = settings.lr_schedule == "cosine"
+        parameters, scale = list(solver.parameters()), 1.0
+        optimiser = torch.optim.Adam(parameters, lr=settings.lr)
         generator = torch.Generator().manual_seed(seed)
-        parameters = list(solver.parameters())
         for it in range(1, settings.iterations + 1):
             index = torch.randperm(self.samples, generator=generator)[:min(settings.batch, self.samples)]
             with torch.enable_grad():   # the gradient of the solver's parameters only: the model's are left alone
@@ -107,13 +111,18 @@ class _Problem:
                     break
                 for p, g in zip(parameters, torch.autograd.grad(loss, parameters, allow_unused=True)):
                     p.grad = torch.zeros_like(p) if g is None else g
-            if cosine:
-                optimiser.param_groups[0]["lr"] = settings.lr * (1 + math.cos(math.pi * (it - 1) / settings.iterations)) / 2
+            decay = (1 + math.cos(math.pi * (it - 1) / settings.iterations)) / 2 if settings.lr_schedule == "cosine" else 1
+            optimiser.param_groups[0]["lr"] = settings.lr * scale * decay
             optimiser.step()
             if it % settings.check_every == 0 or it == settings.iterations:
                 value = self.path(solver, seed)
                 if value < best:
                     best, best_state = value, _copy(solver)
+                elif settings.backtrack is not None and value > settings.backtrack * best:
+                    solver.load_state_dict(best_state)
+                    scale, optimiser = scale / 2, torch.optim.Adam(parameters, lr=settings.lr * scale / 2)
+                    say(f"  iteration {it}: path {value:.6g}: back to the best iterate, the rate halved")
+                    continue
                 say(f"  iteration {it}: path {value:.6g} (best {best:.6g})")
         solver.load_state_dict(best_state)
         return best
@@ -158,7 +167,8 @@ def fit_bespoke(model, *, model_name: str = "", source: Any = "linear", predicti
               "samples": samples, "seed": seed, "loss_before": before, "loss_after": best,
               "holdout_seed": holdout_seed, "holdout_loss_before": held_before, "holdout_loss_after": held_after,
               "reference": f"heun, {reference_steps} steps uniform in the source time",
-              "optimiser": f"adam lr {settings.lr:g} ({settings.lr_schedule}), {settings.iterations} iterations of "
+              "optimiser": f"adam lr {settings.lr:g} ({settings.lr_schedule}, back at {settings.backtrack}), "
+                           f"{settings.iterations} iterations of "
                            f"{min(settings.batch, samples)} samples", "model_calls": calls, "seconds": round(seconds, 2)}
     say(f"fitted in {seconds:.1f} s ({calls} model calls, each also differentiated): path {before:.6g} -> "
         f"{best:.6g}; held-out seed {holdout_seed}: {held_before:.6g} -> {held_after:.6g}")
