@@ -33,6 +33,7 @@ import sympy as sp
 from sympy.printing.str import StrPrinter
 
 from .conversion import snr_inverse, snr_symbol
+from ..atomic_write import write_text_atomic
 from ..errors import SpecError
 from .formulas import PREDICTIONS, Formulas, GaveUp, bounded, derive, run_budgeted, simplify
 from .limits import TimeLimit
@@ -636,8 +637,7 @@ def write_kernel(spec: ScheduleSpec, out_dir: str | Path, *, name: str | None = 
         raise SpecError(f"kernel file {str(path)!r} exists; pass --force to overwrite")
     text = render_kernel(spec, name=module, command=command)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    return write_text_atomic(path, text)
 
 
 def _shipped_text(schedule: str) -> str:

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ..atomic_write import atomic_path  # noqa: E402
 from ..errors import LazyflowError  # noqa: E402
 from ..runtime.core.output import save_image_grid, tile_images  # noqa: E402  (sample grids, drawn by the runtime)
 
@@ -337,7 +338,7 @@ def plot_bench(result: dict | str | Path, out: str | Path | None = None):
     fig.suptitle(f"Quality against NFE on the {result['model']!r} model ({result['machine']}, {result['date']}); "
                  "points above 300 lie off the chart")
     if out is not None:
-        fig.savefig(out, dpi=DPI, metadata=PNG_METADATA)
+        _savefig(fig, Path(out))
     return fig
 
 
@@ -351,9 +352,15 @@ def save_figure(fig, out: str | Path) -> Path:
         raise LazyflowError(f"--out must be a .png file, got {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with plt.style.context(HOUSE_STYLE):
-        fig.savefig(path, dpi=DPI, metadata=PNG_METADATA)
+        _savefig(fig, path)
     plt.close(fig)
     return path
+
+
+def _savefig(fig, path: Path) -> None:
+    """``fig`` into ``path`` atomically, at :data:`DPI` with :data:`PNG_METADATA`, in the format its suffix names."""
+    with atomic_path(path) as temporary:   # named .tmp: the format is given, not read from the name
+        fig.savefig(temporary, dpi=DPI, metadata=PNG_METADATA, format=path.suffix[1:] or plt.rcParams["savefig.format"])
 
 
 def read_bench_result(source: str | Path) -> dict:

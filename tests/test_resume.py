@@ -60,7 +60,7 @@ def counting(monkeypatch):
 @pytest.mark.parametrize("suffix", [".npy", ".pt", ".png"])
 def test_two_step_resume_gives_the_uninterrupted_bytes(tmp_path, monkeypatch, suffix):
     """Interrupted after batch 1 of 3, resumed: only batches 2 and 3 run, the file equals the
-    uninterrupted run's byte for byte (same name: a .pt archive records it), and the work folder is gone."""
+    uninterrupted run's byte for byte, and the work folder is gone."""
     reference, out = tmp_path / "ref" / f"x{suffix}", tmp_path / f"x{suffix}"
     sample_to_file("digits", reference, **RUN)
     assert interrupted(monkeypatch, out, after=1) == [range(0, 4)]

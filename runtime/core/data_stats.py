@@ -44,6 +44,7 @@ from typing import Any, Callable
 
 import torch
 
+from ...atomic_write import atomic_path
 from ...errors import LazyflowError
 from .dct import DctLayout, square_grid
 from .stats_kind import FULL_LIMIT, choose_kind
@@ -269,10 +270,9 @@ def _write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial),
-              metadata={"lazyflow_data_stats": json.dumps(meta)})
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial),
+                  metadata={"lazyflow_data_stats": json.dumps(meta)})
     return path
 
 

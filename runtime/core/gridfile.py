@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...atomic_write import write_text_atomic
 from ...errors import LazyflowError
 
 if TYPE_CHECKING:
@@ -172,13 +173,12 @@ def load_grid_file(grid: str | os.PathLike | TunedGrid | dict) -> TunedGrid:
 
 
 def save_grid_file(grid: TunedGrid, path: str | os.PathLike) -> Path:
-    """Write ``grid`` as JSON (one small file) and return its path."""
+    """Write ``grid`` as JSON (one small file, atomically) and return its path."""
     path = Path(path)
     if path.suffix != ".json":
         raise LazyflowError(f"a grid file ends in .json, got {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(grid.to_json(), indent=1) + "\n")
-    return path
+    return write_text_atomic(path, json.dumps(grid.to_json(), indent=1) + "\n")
 
 
 def _solver_weights(data: dict, steps: int, where: str) -> dict[str, tuple]:

@@ -1,7 +1,7 @@
 """Samples into files: ``.npy`` (raw samples), ``.pt`` (a torch tensor) or ``.png`` (an image grid).
 Each batch is kept in the work folder ``OUT.partial/`` as it finishes (:mod:`.resume`); the output is
-assembled from those batches at the end, written to a hidden name and renamed.  Under torchrun, one
-file written by rank 0 after gathering every rank's samples, or one shard per rank
+assembled from those batches at the end and written atomically (:mod:`lazyflow.atomic_write`).  Under
+torchrun, one file written by rank 0 after gathering every rank's samples, or one shard per rank
 (``OUT.rank00002-of-00008.npy``) and an index (``OUT.index.json``) that rank 0 writes."""
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from ...atomic_write import atomic_path, write_text_atomic
 from ...errors import LazyflowError, SamplingError
 from .distributed import Ranks, barrier, gather_batches, share
 from .resume import WorkDir
@@ -61,25 +62,24 @@ def write_shard_index(out: Path, n: int, world: int) -> Path:
         shards.append({"file": shard_path(out, rank, world).name, "start": part.start, "stop": part.stop})
     index = out.with_name(f"{out.stem}.index.json")
     index.parent.mkdir(parents=True, exist_ok=True)
-    index.write_text(json.dumps({"num_samples": n, "shards": shards}, indent=1) + "\n")
-    return index
+    return write_text_atomic(index, json.dumps({"num_samples": n, "shards": shards}, indent=1) + "\n")
 
 
 def _save(x: torch.Tensor, out: Path) -> None:
-    """Write ``x`` to ``out`` atomically (a hidden partial file, then a rename)."""
+    """Write ``x`` to ``out`` atomically (:func:`.atomic_path`), in the format its suffix names."""
     import numpy as np
 
-    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
     try:
-        if out.suffix == ".npy":
-            np.save(partial, x.numpy())
-        elif out.suffix == ".pt":
-            torch.save(x, partial)
-        else:
-            save_image_grid(x, partial)
-        partial.replace(out)
+        with atomic_path(out) as partial:
+            if out.suffix == ".png":
+                save_image_grid(x, partial)
+            else:   # through a handle: np.save adds .npy to a name, torch.save records the name in the archive
+                with open(partial, "wb") as handle:
+                    if out.suffix == ".npy":
+                        np.save(handle, x.numpy())
+                    else:
+                        torch.save(x, handle)
     except OSError as err:
-        partial.unlink(missing_ok=True)
         raise LazyflowError(f"cannot write {out}: {err.strerror or err} (the finished batches stay in "
                             f"{out.name}.partial/: --resume writes it again)") from None
 

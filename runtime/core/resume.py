@@ -29,6 +29,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from ...atomic_write import write_bytes_atomic, write_text_atomic
 from ...errors import LazyflowError
 
 __all__ = ["WorkDir", "work_dir", "file_hash", "check_outputs", "settings_mismatch", "discard", "clear_leftovers"]
@@ -53,13 +54,6 @@ def file_hash(path: str | Path) -> str:
         for piece in iter(lambda: f.read(1 << 20), b""):
             digest.update(piece)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """``text`` into ``path`` through a temporary file and a rename (whole or absent, never torn)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _manifest_name(rank: int, world: int) -> str:
@@ -209,7 +203,7 @@ class WorkDir:
 
     def _save_manifest(self) -> None:
         manifest = {"lazyflow": self.version, "settings": self.settings, "batches": self.finished}
-        _write_atomic(self.folder / _manifest_name(self.rank, self.world), json.dumps(manifest, indent=1) + "\n")
+        write_text_atomic(self.folder / _manifest_name(self.rank, self.world), json.dumps(manifest, indent=1) + "\n")
 
     @staticmethod
     def name(indices: range) -> str:
@@ -229,16 +223,12 @@ class WorkDir:
         buffer = io.BytesIO()
         np.save(buffer, x.detach().float().cpu().numpy())
         data, name = buffer.getvalue(), self.name(indices)
-        path = self.folder / name
-        temporary = path.with_name(f".{name}.{os.getpid()}.tmp")
         digest = hashlib.sha256(data).hexdigest()
         try:
-            temporary.write_bytes(data)
-            os.replace(temporary, path)
+            write_bytes_atomic(self.folder / name, data)
             with open(self._ledger(), "a") as ledger:
                 ledger.write(f"{name} {digest}\n")
         except OSError as err:
-            temporary.unlink(missing_ok=True)
             raise LazyflowError(f"cannot keep the batch {name} in {self.folder}/: {err.strerror or err}") from None
         self.finished[name] = digest
 

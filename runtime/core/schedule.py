@@ -16,7 +16,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +24,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from .. import kernels
+from ...atomic_write import write_text_atomic
 from ...errors import LazyflowError
 
 __all__ = ["Schedule", "ScheduleValues", "load_schedule", "param_numbers", "load_schedule_parts", "schedule_text_parts", "cache_dir", "invert_log_snr"]
@@ -420,7 +420,7 @@ def _what_is_there(path: Path) -> str:
 
 
 def _write_entry(path: Path, spec, origin: str, *, found: str) -> Path:
-    """Render the kernel of ``spec`` into ``path`` atomically (temporary name, then ``os.replace``); an
+    """Render the kernel of ``spec`` into ``path`` atomically (:func:`.write_text_atomic`); an
     unusable folder falls back to the temporary one.  Returns where it went."""
     from ...derive.codegen import kernel_name, render_kernel
 
@@ -429,25 +429,15 @@ def _write_entry(path: Path, spec, origin: str, *, found: str) -> Path:
                          command=f"generated on first use from {origin} (lazyflow.runtime.core.schedule)")
     text = f"{text}{_FOOTER}{_digest(text)}\n"
     try:
-        _replace_atomically(path, text)
+        write_text_atomic(path, text)   # a parallel run sees the old entry or the whole new one
     except OSError as err:
         path = _fallback_folder(path.parent, err) / path.name
-        _replace_atomically(path, text)
+        write_text_atomic(path, text)
     what = {"damaged": "regenerated the damaged cached kernel", "old": "regenerated the cached kernel (damaged, or "
             "written by an older lazyflow)"}.get(found, "generated the kernel")
     print(f"lazyflow: {what} of schedule {spec.name!r} in {time.perf_counter() - start:.1f} s "
           f"(once; cached as {path})", file=sys.stderr)
     return path
-
-
-def _replace_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        partial.write_text(text)
-        os.replace(partial, path)   # atomic: a parallel run sees the old entry or the whole new one
-    finally:
-        if partial.exists():
-            partial.unlink()
 
 
 def _writable_cache() -> Path:

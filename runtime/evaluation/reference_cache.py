@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from ...atomic_write import atomic_path
 from ...errors import LazyflowError
 from .paths import PathReference
 
@@ -48,15 +49,13 @@ def tensors_digest(tensors: dict[str, Any]) -> str:
 
 
 def write_reference(file: str | Path, settings: dict[str, Any], reference: PathReference) -> None:
-    """Write ``reference`` with its ``settings`` (via a temporary file, then a rename)."""
+    """Write ``reference`` with its ``settings`` atomically (:func:`lazyflow.atomic_write.atomic_path`)."""
     from safetensors.torch import save_file
 
-    file = Path(file)
-    temporary = file.with_name(file.name + ".partial")
     fields = {**reference.fields(), "seconds": reference.seconds}
-    save_file({"samples": reference.samples.to(torch.float64).contiguous().cpu()}, str(temporary),
-              metadata={"settings": json.dumps(settings, sort_keys=True), "fields": json.dumps(fields)})
-    temporary.replace(file)
+    with atomic_path(file) as temporary:
+        save_file({"samples": reference.samples.to(torch.float64).contiguous().cpu()}, str(temporary),
+                  metadata={"settings": json.dumps(settings, sort_keys=True), "fields": json.dumps(fields)})
 
 
 def _differences(found: dict[str, Any], wanted: dict[str, Any]) -> list[str]:

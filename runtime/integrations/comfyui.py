@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import torch
 
+from ...atomic_write import write_text_atomic
 from ...errors import LazyflowError
 from ..core.data_stats import DataStats
 from ..core.data_frame import frame_for_run
@@ -165,8 +166,7 @@ def write_custom_node(directory: str | os.PathLike, *, force: bool = False) -> P
     if target.exists() and target.read_text() != NODE_FILE and not force:
         raise LazyflowError(f"{target} exists and is not lazyflow's node file; remove it or pass force")
     folder.mkdir(parents=True, exist_ok=True)
-    target.write_text(NODE_FILE)
-    return target
+    return write_text_atomic(target, NODE_FILE)
 
 
 NODE_CLASS_MAPPINGS = {"LazyflowSampler": LazyflowSampler}

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ...atomic_write import atomic_path, write_text_atomic
 from ...errors import LazyflowError
 from .conditional import ConditionalVelocityNet
 from .patch_unet import PatchUNet
@@ -87,9 +88,10 @@ def save(model: nn.Module, path: str | Path, metadata: dict | None = None, *, ha
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     params = {name for name, _ in model.named_parameters()} if half_parameters else set()
-    save_file({k: (v.half() if k in params else v).detach().contiguous().cpu() for k, v in model.state_dict().items()},
-              str(path))
-    path.with_suffix(".json").write_text(json.dumps({**model.config, **(metadata or {})}, indent=2) + "\n")
+    with atomic_path(path) as temporary:
+        save_file({k: (v.half() if k in params else v).detach().contiguous().cpu()
+                   for k, v in model.state_dict().items()}, str(temporary))
+    write_text_atomic(path.with_suffix(".json"), json.dumps({**model.config, **(metadata or {})}, indent=2) + "\n")
     return path
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...atomic_write import atomic_path
 from ...errors import LazyflowError
 
 __all__ = ["SiT", "SIZES", "KINDS", "sit_config", "build_sit", "load_sit", "save_sit", "read_state_dict"]
@@ -289,15 +290,16 @@ def load_sit(path: str | Path, kind: str, **overrides: Any) -> SiT:
 
 
 def save_sit(model: SiT, path: str | Path) -> Path:
-    """Write the state dict (official key names) as ``.pt`` or ``.safetensors``."""
+    """Write the state dict (official key names) as ``.pt`` or ``.safetensors``, atomically."""
     path = Path(path)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    with atomic_path(path) as temporary:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
 
-        save_file(state, str(path))
-    else:
-        torch.save(state, str(path))
+            save_file(state, str(temporary))
+        else:
+            torch.save(state, str(temporary))
     return path
 
 
@@ -343,7 +345,8 @@ def save_image_grid(images: torch.Tensor, path: str | Path, columns: int | None 
         r, c = divmod(i, columns)
         canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i]
     path = Path(path)
-    Image.fromarray(canvas.numpy()).save(path)
+    with atomic_path(path) as temporary:
+        Image.fromarray(canvas.numpy()).save(temporary, format="PNG")
     return path
 
 

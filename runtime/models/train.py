@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import data
+from ...atomic_write import write_text_atomic
 from .conditional import ConditionalVelocityNet
 from .embedded import Classifier, VelocityMLP, save
 from .patch_unet import PatchUNet
@@ -184,7 +185,8 @@ def train_testbed(name: str, out_dir: Path, progress: bool = True, **overrides) 
 
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         path = save_sit(model.half(), Path(out_dir) / f"{name}.safetensors")
-        path.with_suffix(".json").write_text(json.dumps({"kind": "SiT", **model.config, **card}, indent=2) + "\n")
+        config = json.dumps({"kind": "SiT", **model.config, **card}, indent=2) + "\n"
+        write_text_atomic(path.with_suffix(".json"), config)
         return path
     return save(model, Path(out_dir) / f"{name}.safetensors", card, half_parameters=True)
 
