@@ -10,12 +10,11 @@ import argparse
 from typing import Any, Callable
 
 from .errors import LazyflowError
+from .predictions import PREDICTIONS
 from .runtime.core import defaults as DEFAULTS
 
 __all__ = ["build_parser", "join_expressions", "PREDICTIONS", "OneLineParser", "named_values", "numbers_of",
            "positive_ints"]
-
-PREDICTIONS = ("velocity", "x", "noise", "score")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -16,15 +16,13 @@ from typing import Any, Callable, Iterator
 import sympy as sp
 
 from ..errors import SpecError
+from ..predictions import PREDICTIONS, check_prediction
 from .limits import TimeLimit, call_with_time_limit, limits_by_signal, time_limit
 from .schedule import ScheduleSpec
 from .symbols import eta_X, eta_Z, m, t, v, x
 
 __all__ = ["Formulas", "derive", "PREDICTIONS", "simplify", "GaveUp", "budget", "bounded", "check_budget",
            "run_budgeted", "DERIVE_SECONDS", "SIMPLIFY_SECONDS"]
-
-#: network parameterizations and the relation each output m has to (eta_Z, eta_X)
-PREDICTIONS = ("velocity", "x", "noise", "score")
 
 #: budget of one derive() (every formula of one schedule), in seconds on 2 CPU cores
 DERIVE_SECONDS = 10.0
@@ -223,8 +221,7 @@ def _to_eta(alpha: sp.Expr, beta: sp.Expr, prediction: str) -> tuple[sp.Expr, sp
         "noise": eta_Z,
         "score": -eta_Z / alpha,
     }
-    if prediction not in relations:
-        raise SpecError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+    check_prediction(prediction, error=SpecError)
     solution = sp.solve([sp.Eq(x, alpha * eta_Z + beta * eta_X), sp.Eq(m, relations[prediction])],
                         [eta_X, eta_Z], dict=True)[0]
     return simplify(solution[eta_X]), simplify(solution[eta_Z])

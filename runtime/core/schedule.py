@@ -26,6 +26,7 @@ import torch
 from .. import kernels
 from ...atomic_write import write_text_atomic
 from ...errors import LazyflowError
+from ...predictions import check_prediction
 
 __all__ = ["Schedule", "ScheduleValues", "load_schedule", "param_numbers", "load_schedule_parts", "schedule_text_parts", "cache_dir", "invert_log_snr"]
 
@@ -180,8 +181,7 @@ class Schedule:
 
     def eta(self, prediction: str, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(p, q) with eta_X = p x + q m for a network trained on this schedule that outputs m."""
-        if prediction not in self.kernel.PREDICTIONS:
-            raise LazyflowError(f"unknown prediction {prediction!r}; choose one of {', '.join(self.kernel.PREDICTIONS)}")
+        check_prediction(prediction, known=self.kernel.PREDICTIONS)
         return getattr(self.kernel, f"eta_{prediction}")(t, **self._kw)
 
     def exponential(self, t0: torch.Tensor, t1: torch.Tensor, *, ode: bool = False):

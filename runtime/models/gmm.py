@@ -34,11 +34,11 @@ import torch
 from torch import nn
 
 from ...errors import LazyflowError
+from ...predictions import PREDICTIONS, check_prediction
 
 __all__ = ["GaussianMixture", "ExactMixtureModel", "ConditionalMixtureModel", "mixture", "random_mixture", "load", "load_random",
            "parse_random", "NAMES", "PREDICTIONS", "RANDOM_KIND", "RANDOM_DEFAULTS"]
 
-PREDICTIONS = ("velocity", "x", "noise", "score")
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,7 @@ class ExactMixtureModel(nn.Module):
         super().__init__()
         from ..core.schedule import load_schedule
 
-        if prediction not in PREDICTIONS:
-            raise LazyflowError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        check_prediction(prediction)
         if math.prod(data_shape) != mixture.dim:
             raise LazyflowError(f"data shape {data_shape} does not have the mixture's {mixture.dim} coordinates")
         self.mixture, self.data_shape, self.name = mixture, tuple(data_shape), name
