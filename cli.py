@@ -168,7 +168,7 @@ def run_sample(args: argparse.Namespace) -> int:
                          num_samples=args.num_samples, diffusion_scale=args.diffusion_scale,
                          source_params=param_numbers(named_values(args.source_param, "--source-param"),
                                                      "--source-param"),
-                         shape=numbers_of(args.shape, "--shape", "comma-separated sizes", int), shards=args.shards,
+                         shape=args.shape, shards=args.shards,
                          force=args.force, resume=args.resume,
                          note=lambda line: print(f"lazyflow sample: {line}", file=sys.stderr),
                          **{**given, "schedule": schedule(args), "grid": parse_grid(args.grid)})

@@ -191,6 +191,21 @@ def _sit_args(p: argparse.ArgumentParser) -> None:
                    "the SiT latents (scale 0.18215) and write them as OUT.png")
 
 
+def _data_shape(text: str) -> tuple[int, ...]:
+    """``--shape``'s type: :func:`lazyflow.runtime.models.kind.data_shape_option`, its refusal as argparse's."""
+    try:
+        return _registry("models.kind", "data_shape_option")(text, flag=None)
+    except LazyflowError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _shape_arg(p: Any) -> None:
+    """``--shape``, declared once for every command that takes it (``p``: a parser or an argument group)."""
+    p.add_argument("--shape", type=_data_shape, default=None, metavar="C,H,W", help="the data (latent) shape, "
+                   "comma-separated, e.g. 1,8,8 (default: the model's own; needed where the model does not say it: a "
+                   "TorchScript file without data_shape, FLUX's packed latents as TOKENS,CHANNELS)")
+
+
 def _sample_parser(sub) -> None:
     p = _command(sub, "sample", "sample a pretrained model in few steps")
     p.add_argument("--model", default="digits", help=_models_help("; or a model file, or a checkpoint with "
@@ -210,7 +225,7 @@ def _sample_parser(sub) -> None:
                    "(starting at log snr FIRST: for noise and score models), shift:S (SD3's flow sigmas shifted by S), a tuned "
                    "grid's .json file (lazyflow "
                    f"tune-grid), or comma-separated times ending at 1 (default {DEFAULTS.GRID})"))
-    p.add_argument("--shape", default=None, help="data shape, e.g. 1,8,8 (default: the model's own)")
+    _shape_arg(p)
     p.add_argument("--data-stats", default=None, metavar="FILE", help="the data's statistics (a DataStats .safetensors "
                    "file) for the data-frame integrators (without it they integrate in N(E[X | c], I))")
     p.add_argument("--num-samples", "--n", dest="num_samples", type=int, default=64, help="number of samples")
@@ -272,8 +287,7 @@ def _model_bench_args(p: argparse.ArgumentParser) -> None:
     _sit_args(p)
     g = p.add_argument_group("a model file (--model-kind)", "every deterministic sampler's path error against the "
                              "model's own converged ODE solution from the same noise; no dataset")
-    g.add_argument("--shape", default=None, metavar="C,H,W", help="the data (latent) shape where the model does not "
-                   "say it (a TorchScript file without data_shape, FLUX's packed latents)")
+    _shape_arg(g)
     g.add_argument("--label-seed", type=int, default=0, help="without --class-labels, a SiT's labels are drawn "
                    "uniformly from this seed (default 0)")
     g.add_argument("--batch-size", type=int, default=32, help="samples per batch: every run and the reference go "

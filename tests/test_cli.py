@@ -225,3 +225,20 @@ def test_train_classifier_honours_steps(tmp_path, monkeypatch, capsys):
     assert card["steps"] == 3 and card["command"] == "lazyflow train classifier --steps 3"
     assert main(["train", "classifier", "--steps", "0", "--out-dir", str(tmp_path)]) == 2
     assert "--steps must be a positive integer" in capsys.readouterr().err
+
+
+def test_shape_is_one_flag_with_one_reading(capsys):
+    """``--shape`` of ``sample`` and of ``bench --model-kind`` is one declaration: the same type, help and refusal."""
+    from lazyflow.parsers import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    flags = [next(a for a in commands[name]._actions if "--shape" in a.option_strings) for name in ("sample", "bench")]
+    assert flags[0].type is flags[1].type and flags[0].help == flags[1].help and flags[0].metavar == "C,H,W"
+    assert commands["sample"].parse_args(["--shape", "1, 8,8", "--out", "x.npy"]).shape == (1, 8, 8)
+    for argv in (["sample", "--out", "x.npy"], ["bench", "--model", "m.pt", "--model-kind", "torchscript"]):
+        for bad in ("1,x", "0", "2,-1", ""):
+            with pytest.raises(SystemExit):
+                main([*argv, "--shape", bad])
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"argument --shape: cannot read {bad!r} as a data shape: comma-separated " \
+                                              "positive integers, e.g. 1,8,8" in err

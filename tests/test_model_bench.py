@@ -221,9 +221,12 @@ def test_model_file_refusals(tmp_path, capsys):
     base = ["bench", "--model", str(path), "--model-kind", "torchscript", "--shape", "6", *QUICK]
     for extra, said in ((["--metric", "fd"], "--metric"), (["--prediction", "x"], "--prediction"),
                         (["--class-labels", "1"], "--class-labels"), (["--schedule", "linear-sde"], "deterministic"),
-                        (["--reference-steps", "2"], "--reference-steps"), (["--shape", "0"], "--shape")):
+                        (["--reference-steps", "2"], "--reference-steps")):
         assert main([*base, *extra]) == 2
         assert said in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):                             # refused by the parser, in one line
+        main([*base, "--shape", "0"])
+    assert "argument --shape: cannot read '0' as a data shape" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not an archive")
     assert main(["bench", "--model", str(bad), "--model-kind", "torchscript", *QUICK]) == 2

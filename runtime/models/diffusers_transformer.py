@@ -17,8 +17,7 @@ from typing import Sequence
 import torch
 
 from ...errors import LazyflowError
-from .kind import LoadedModel, ModelKind
-from .torchscript import data_shape_option
+from .kind import LoadedModel, ModelKind, data_shape_option
 
 __all__ = ["DIFFUSERS_TRANSFORMER_KIND", "load_diffusers_transformer", "load_prompt_embeddings", "PromptConditioned"]
 

@@ -3,9 +3,27 @@ model brings to a run (:class:`LoadedModel`).  The registry of kinds is :mod:`la
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
-__all__ = ["ModelKind", "LoadedModel", "Scorer"]
+from ...errors import LazyflowError
+
+__all__ = ["ModelKind", "LoadedModel", "Scorer", "data_shape_option"]
+
+
+def data_shape_option(shape: str | Sequence[int] | None, flag: str | None = "--shape") -> tuple[int, ...] | None:
+    """``"4,32,32"`` (or a sequence of integers) as a data shape of positive integers; None stays None.  The one
+    reading of ``--shape``: the command line's type for the flag (``flag=None``: argparse names it) and the
+    loaders' for a shape given in Python; anything else is refused in one line, prefixed with ``flag``."""
+    if shape is None:
+        return None
+    try:
+        values = tuple(int(v) for v in (shape.split(",") if isinstance(shape, str) else shape))
+    except (TypeError, ValueError):
+        values = ()
+    if not values or min(values) < 1:
+        raise LazyflowError(f"{flag + ': ' if flag else ''}cannot read {shape!r} as a data shape: comma-separated "
+                            "positive integers, e.g. 1,8,8")
+    return values
 
 
 class Scorer(Protocol):

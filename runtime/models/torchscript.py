@@ -13,22 +13,9 @@ from typing import Sequence
 import torch
 
 from ...errors import LazyflowError
-from .kind import LoadedModel, ModelKind
+from .kind import LoadedModel, ModelKind, data_shape_option
 
-__all__ = ["TORCHSCRIPT_KIND", "load_torchscript", "data_shape_option"]
-
-
-def data_shape_option(shape: str | Sequence[int] | None, flag: str = "--shape") -> tuple[int, ...] | None:
-    """``"4,32,32"`` (or a sequence of ints) as a data shape of positive integers; None stays None."""
-    if shape is None:
-        return None
-    try:
-        values = tuple(int(v) for v in (shape.split(",") if isinstance(shape, str) else shape))
-    except ValueError:
-        raise LazyflowError(f"{flag}: cannot read {shape!r} as comma-separated integers") from None
-    if not values or min(values) < 1:
-        raise LazyflowError(f"{flag}: need positive integers, got {shape!r}")
-    return values
+__all__ = ["TORCHSCRIPT_KIND", "load_torchscript"]
 
 
 def load_torchscript(path: str, *, device: torch.device, num_samples: int,
