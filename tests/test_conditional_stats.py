@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lazyflow import DataStats, LazyflowError, sample
-from lazyflow.runtime.core.data_stats import ConditionalStats
+from lazyflow.runtime.core.data_stats import ConditionalStats, Directions
 from lazyflow.runtime.models.gmm import conditional_mixture
 from lazyflow.runtime.models.guidance import guided
 
@@ -200,5 +200,49 @@ def test_conditional_statistics_refusals():
         sample(model, (4, 6), model_kwargs={"y": torch.tensor([0, 1, 2, 2])}, capture=True, **run)
     with pytest.raises(LazyflowError, match="at least 2 samples per label"):
         ConditionalStats.from_samples(torch.randn(3, 2), torch.tensor([0, 0, 1]))
+    with pytest.raises(LazyflowError, match="data_stats are of shape \\(6,\\), the samples of shape \\(5,\\)"):
+        sample(lambda x, t, **kw: x, (4, 5), **run)
     with pytest.raises(LazyflowError, match="one kind, shape"):
         ConditionalStats("y", (0, 1), (stats.stats[0], DataStats.from_samples(torch.randn(5, 6), kind="full")))
+
+
+def test_the_k_diffusion_sampler_checks_statistics_as_sample_does():
+    """One check (data_stats.checked_data_stats) for sample and sample_lazyflow: shape, labels and unknown labels
+    are refused before any network call, with the same words (k-diffusion's conditioning is its extra_args)."""
+    from lazyflow.k_diffusion import sample_lazyflow
+
+    model = conditional_mixture(2, classes=3, dim=6)
+    stats = ConditionalStats.from_samples(model.exact_samples(60, 3), torch.arange(60) % 3, kind="diag")
+    calls = []
+
+    def denoiser(x, sigma, **kwargs):
+        calls.append(sigma)
+        return x
+
+    run = dict(integrator="data-multistep", data_stats=stats)
+    x = torch.zeros(4, 6, dtype=F64)
+    with pytest.raises(LazyflowError, match="per y: give extra_args={'y': one integer label per sample \\(4\\)}"):
+        sample_lazyflow(denoiser, x, [10.0, 1.0, 0.0], **run)
+    with pytest.raises(LazyflowError, match="per y: give extra_args"):
+        sample_lazyflow(denoiser, x, [10.0, 1.0, 0.0], extra_args={"y": torch.tensor([0.0, 1.0, 2.0, 2.0])}, **run)
+    with pytest.raises(LazyflowError, match="no y = 5"):
+        sample_lazyflow(denoiser, x, [10.0, 1.0, 0.0], extra_args={"y": torch.tensor([0, 1, 5, 5])}, **run)
+    with pytest.raises(LazyflowError, match="data_stats are of shape \\(6,\\), the samples of shape \\(5,\\)"):
+        sample_lazyflow(denoiser, torch.zeros(4, 5), [10.0, 1.0, 0.0], **run)
+    assert calls == []
+
+
+def test_directions_declare_their_layout():
+    """``Directions.layout`` is a declared field (not given, derived from data_shape and grid): a DctLayout for
+    dct statistics, None otherwise, and kept through dataclasses.replace."""
+    import dataclasses
+
+    from lazyflow.runtime.core.dct import DctLayout
+
+    field = {f.name: f for f in dataclasses.fields(Directions)}["layout"]
+    assert not field.init
+    dct = DataStats.from_samples(torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(0)), kind="dct")
+    directions = dct.directions()
+    assert directions.layout == DctLayout((2, 4, 4)) and directions.layout.plane == (4, 4)
+    assert dataclasses.replace(directions, grid=None).layout == DctLayout((2, 4, 4))
+    assert DataStats.from_samples(torch.randn(8, 3)).directions().layout is None

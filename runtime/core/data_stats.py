@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,7 +49,7 @@ from ...errors import LazyflowError
 from .dct import DctLayout, square_grid
 from .stats_kind import FULL_LIMIT, choose_kind
 
-__all__ = ["DataStats", "ConditionalStats", "KINDS", "Directions", "as_data_stats", "label_rows"]
+__all__ = ["DataStats", "ConditionalStats", "KINDS", "Directions", "as_data_stats", "checked_data_stats", "label_rows"]
 
 KINDS = ("scalar", "diag", "channel", "lowrank", "full", "dct")
 FORMAT = 1
@@ -410,6 +410,27 @@ def as_data_stats(value: Any) -> "DataStats | ConditionalStats | None":
                         f"lazyflow stats, got {type(value).__name__}")
 
 
+def checked_data_stats(value: Any, shape: tuple[int, ...], model_kwargs: dict[str, Any] | None, *,
+                       where: str = "model_kwargs") -> "DataStats | ConditionalStats | None":
+    """The statistics of a run of samples of ``shape`` (n, *data_shape): :func:`as_data_stats` of ``value``,
+    refused in one line unless of the samples' data shape; per-label statistics also need one integer label per
+    sample, each among theirs, in the conditioning ``model_kwargs`` (named ``where`` in the refusal).  The one
+    check of ``sample`` and of the k-diffusion sampler (and through it the ComfyUI node)."""
+    stats = as_data_stats(value)
+    if stats is None:
+        return None
+    if stats.data_shape != tuple(shape[1:]):
+        raise LazyflowError(f"data_stats are of shape {stats.data_shape}, the samples of shape {tuple(shape[1:])}")
+    if isinstance(stats, ConditionalStats):
+        labels = (model_kwargs or {}).get(stats.key)
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != shape[0] \
+                or labels.is_floating_point():
+            raise LazyflowError(f"the statistics are per {stats.key}: give {where}={{{stats.key!r}: one integer label "
+                                f"per sample ({shape[0]})}}")
+        label_rows(stats.labels, stats.key, labels.cpu())   # every label known (no tables built)
+    return stats
+
+
 @dataclass(frozen=True, eq=False)
 class Directions:
     """Coordinates y = R(w) of a centred state w (batch, *data_shape) with per-coordinate variances
@@ -430,10 +451,11 @@ class Directions:
     groups: tuple[tuple[int, torch.Tensor], ...] | None = None
     #: dct: the token grid of packed latents (None: the planes are the last two axes)
     grid: tuple[int, int] | None = None
+    #: dct: where the planes lie (from ``data_shape`` and ``grid``); None for the other kinds
+    layout: DctLayout | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
-        layout = DctLayout(self.data_shape, self.grid) if self.kind == "dct" else None
-        object.__setattr__(self, "layout", layout)
+        object.__setattr__(self, "layout", DctLayout(self.data_shape, self.grid) if self.kind == "dct" else None)
 
     def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Directions":
         """The same directions with ``fn`` applied to every tensor (a plan's cast)."""

@@ -20,7 +20,7 @@ from ...errors import LazyflowError, SamplingError
 from .grid_choice import choose_grid
 from .capture import captured_loop
 from .data_frame import frame_for_run
-from .data_stats import ConditionalStats, as_data_stats, label_rows
+from .data_stats import ConditionalStats, checked_data_stats
 from .distributed import Ranks, gather_batches, local_device, ranks_of, share
 from .integrators import build_plan
 from .options import SampleOptions
@@ -304,8 +304,7 @@ class SamplingRun:
         _check_run_memory(choice.steps, shape, min(batch_size or shape[0], shape[0]), dtype, o.data_stats is not None)
         times = choice.times(src)
         _check_grid_end(times, o.final_step)
-        data_stats = as_data_stats(o.data_stats)
-        _check_data_stats(data_stats, shape, o.model_kwargs)
+        data_stats = checked_data_stats(o.data_stats, shape, o.model_kwargs)
         if o.capture and isinstance(data_stats, ConditionalStats):
             raise LazyflowError("capture=True records one loop for every batch; per-label statistics change the "
                                 "tables with each batch's labels (sample without capture)")
@@ -424,22 +423,6 @@ def _checked_shape(model: Model, shape: Any) -> tuple[int, ...]:
         raise LazyflowError(f"shape {shape} does not fit the model: its samples have shape {tuple(data_shape)}, "
                             f"so shape must be (n, {', '.join(map(str, data_shape))})")
     return shape
-
-
-def _check_data_stats(data_stats: Any, shape: tuple[int, ...], model_kwargs: dict[str, Any] | None) -> None:
-    """Statistics, when given, are a :class:`DataStats` or :class:`ConditionalStats` of the samples' shape;
-    per-label statistics need that label for every sample in ``model_kwargs``, among their labels."""
-    if data_stats is None:
-        return
-    if data_stats.data_shape != shape[1:]:
-        raise LazyflowError(f"data_stats are of shape {data_stats.data_shape}, the samples of shape {shape[1:]}")
-    if isinstance(data_stats, ConditionalStats):
-        values = (model_kwargs or {}).get(data_stats.key)
-        if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.shape[0] != shape[0] \
-                or values.is_floating_point():
-            raise LazyflowError(f"the statistics are per {data_stats.key}: give model_kwargs={{{data_stats.key!r}: "
-                                f"one integer label per sample ({shape[0]})}}")
-        label_rows(data_stats.labels, data_stats.key, values.cpu())   # every label known (no tables built)
 
 
 def _count(value: Any, what: str) -> int:

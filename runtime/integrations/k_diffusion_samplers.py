@@ -32,7 +32,7 @@ import torch
 from ...errors import LazyflowError, SamplingError
 from ..core import defaults
 from ..core.data_frame import frame_for_run
-from ..core.data_stats import ConditionalStats, DataStats, as_data_stats
+from ..core.data_stats import ConditionalStats, DataStats, checked_data_stats
 from ..core.frames import conversion, times_of_equal_log_snr
 from ..core.grid_choice import choose_grid
 from ..core.integrators import build_plan
@@ -145,19 +145,15 @@ def resolved_target(schedule: Any, schedule_params: dict[str, float] | None, dif
     return target if diffusion_scale == 1 else target.with_diffusion_scale(diffusion_scale)
 
 
-def _resolved_integrator(integrator: str | Integrator, data_stats: Any, times: torch.Tensor, target: Schedule,
+def _resolved_integrator(integrator: str | Integrator, data_stats: DataStats | ConditionalStats | None,
+                         times: torch.Tensor, target: Schedule,
                          data_shape: tuple[int, ...]) -> tuple[Integrator, DataStats | ConditionalStats | None]:
     """The integrator on the caller's ``times`` (:func:`~lazyflow.runtime.core.grid_choice.choose_grid`: a
-    bespoke solver is refused) and its data statistics (a :class:`DataStats`, :class:`ConditionalStats` or the
-    path of one); a data frame that starts after t = 0, or reads its mean from its first call, makes that call
-    (it skips it only at t = 0, where its residual vanishes with the statistics' mean)."""
+    bespoke solver is refused) and its data statistics (checked by :func:`.checked_data_stats`); a data frame
+    that starts after t = 0, or reads its mean from its first call, makes that call (it skips it only at t = 0,
+    where its residual vanishes with the statistics' mean)."""
     method = choose_grid(times, None, target=target, integrator=integrator, times_of="sample_lazyflow").integrator
-    t0 = float(times[0])
-    data_stats = as_data_stats(data_stats)
-    if data_stats is not None and data_stats.data_shape != data_shape:
-        raise LazyflowError(f"data_stats are of shape {data_stats.data_shape}, the samples of shape {data_shape}")
-    method, data_stats = frame_for_run(method, data_stats, t0=t0, data_shape=data_shape)
-    return method, data_stats
+    return frame_for_run(method, data_stats, t0=float(times[0]), data_shape=data_shape)
 
 
 class _CallSequence:
@@ -282,6 +278,7 @@ def sample_lazyflow(model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas:
         raise LazyflowError(f"x must be a floating-point tensor of shape (batch, ...), got {type(x).__name__}")
     if sig.numel() == 1:
         return x
+    data_stats = checked_data_stats(data_stats, tuple(x.shape), extra_args, where="extra_args")
     run = _Run.prepare(x, sig, parameterization, resolved_target(schedule, schedule_params, diffusion_scale),
                        integrator, final_step, data_stats)
     given = sigmas if isinstance(sigmas, torch.Tensor) else sig
