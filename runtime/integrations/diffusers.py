@@ -66,7 +66,7 @@ except ImportError as _err:  # diffusers is an optional extra
 from ..core.grid_choice import choose_grid
 from ..core.bespoke import holds_solver
 from ..core.integrators import build_plan, check_plan_options, get_integrator
-from ..core.plan import Plan
+from ..core.plan import Integrator, Plan
 from ..core.data_frame import without_skip
 from ..core.data_stats import DataStats
 from ..core.frames import times_of_equal_log_snr
@@ -83,6 +83,43 @@ PIPELINE_GRID = "pipeline"
 _EULER_FIELDS = ("num_train_timesteps", "shift", "use_dynamic_shifting", "base_shift", "max_shift",
                  "base_image_seq_len", "max_image_seq_len", "shift_terminal", "use_karras_sigmas",
                  "use_exponential_sigmas", "use_beta_sigmas", "time_shift_type")
+
+
+def _refuse_flow_match_options(invert_sigmas: bool, stochastic_sampling: bool) -> None:
+    """FlowMatchEuler's own options that a lazyflow run does not take, refused in one line."""
+    if invert_sigmas:
+        raise LazyflowError("LazyFlowScheduler: invert_sigmas (Mochi's inverted sigmas) is not supported")
+    if stochastic_sampling:
+        raise LazyflowError("LazyFlowScheduler: stochastic_sampling is FlowMatchEuler's own SDE; choose a "
+                            "stochastic schedule instead (schedule='pointmass' or 'linear-sde')")
+
+
+def _target(schedule: str | os.PathLike, schedule_params: dict | None, diffusion_scale: float) -> Schedule:
+    """The target schedule: a name or a path (it is saved in the config) with ``schedule_params`` bound and
+    sigma = ``diffusion_scale`` * its sigma."""
+    if not isinstance(schedule, (str, os.PathLike)):
+        raise LazyflowError(f"LazyFlowScheduler: schedule must be a name or a path (it is saved in the config), "
+                            f"got {type(schedule).__name__}")
+    target = load_schedule(os.fspath(schedule), **(schedule_params or {}))
+    return target if diffusion_scale == 1 else target.with_diffusion_scale(diffusion_scale)
+
+
+def _frame_statistics(data_stats: str | None, integrator: Integrator) -> tuple[DataStats | None, Integrator]:
+    """The statistics in the file ``data_stats`` and the integrator that runs on them: a data frame needs them
+    and makes the call at the first sigma, as the pipeline does; per-label statistics are refused (a scheduler
+    never sees the labels)."""
+    stats = None if data_stats is None else DataStats.load(data_stats)
+    if not isinstance(stats, (DataStats, type(None))):
+        raise LazyflowError(f"LazyFlowScheduler: {data_stats} holds statistics per class label, which a "
+                            "scheduler cannot match to its samples (it never sees the labels); give statistics "
+                            "with the first call's mean (lazyflow stats --condition first-call), which read each "
+                            "sample's condition from the pipeline's first network call (prompts, guidance)")
+    if not integrator.needs_data_stats:
+        return stats, integrator
+    if stats is None:
+        raise LazyflowError(f"integrator {integrator.name!r} integrates in the data's frame: give "
+                            "data_stats (the path of a file written by lazyflow stats)")
+    return stats, without_skip(integrator)   # the pipeline makes the call at its first sigma: so does the frame
 
 
 @dataclass
@@ -131,32 +168,12 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
                  integrator: str = defaults.INTEGRATOR, grid: str = PIPELINE_GRID, final_step: str = defaults.FINAL_STEP,
                  seed: int = 0, diffusion_scale: float = 1.0,
                  data_stats: str | None = None):
-        if invert_sigmas:
-            raise LazyflowError("LazyFlowScheduler: invert_sigmas (Mochi's inverted sigmas) is not supported")
-        if stochastic_sampling:
-            raise LazyflowError("LazyFlowScheduler: stochastic_sampling is FlowMatchEuler's own SDE; choose a "
-                                "stochastic schedule instead (schedule='pointmass' or 'linear-sde')")
-        if not isinstance(schedule, (str, os.PathLike)):
-            raise LazyflowError(f"LazyFlowScheduler: schedule must be a name or a path (it is saved in the config), "
-                                f"got {type(schedule).__name__}")
-        self.target: Schedule = load_schedule(os.fspath(schedule), **(schedule_params or {}))
-        if diffusion_scale != 1:
-            self.target = self.target.with_diffusion_scale(diffusion_scale)
+        _refuse_flow_match_options(invert_sigmas, stochastic_sampling)
+        self.target: Schedule = _target(schedule, schedule_params, diffusion_scale)
         self.source: Schedule = load_schedule(SOURCE)
         self.integrator = get_integrator(integrator)
         check_plan_options(self.target, self.integrator, final_step)
-        self.data_stats = None if data_stats is None else DataStats.load(data_stats)
-        if not isinstance(self.data_stats, (DataStats, type(None))):
-            raise LazyflowError(f"LazyFlowScheduler: {data_stats} holds statistics per class label, which a "
-                                "scheduler cannot match to its samples (it never sees the labels); give statistics "
-                                "with the first call's mean (lazyflow stats --condition first-call), which read each "
-                                "sample's condition from the pipeline's first network call (prompts, guidance)")
-        if self.integrator.needs_data_stats:
-            if self.data_stats is None:
-                raise LazyflowError(f"integrator {self.integrator.name!r} integrates in the data's frame: give "
-                                    "data_stats (the path of a file written by lazyflow stats)")
-            # the pipeline makes the call at its first sigma, so the data frame makes it too
-            self.integrator = without_skip(self.integrator)
+        self.data_stats, self.integrator = _frame_statistics(data_stats, self.integrator)
         self._grid = None if grid == PIPELINE_GRID else self._chosen_grid(grid, diffusion_scale != 1)
         if self.integrator.needs_solver_file and not holds_solver(self.integrator):
             raise LazyflowError("LazyFlowScheduler: integrator 'bespoke' runs a fitted solver: give its file as "
