@@ -336,6 +336,7 @@ def _checked_stats_args(args: argparse.Namespace) -> Path:
     given = [f"--{key}" for key in MODEL_RUN_DEFAULTS if getattr(args, key) is not None]
     given += ["the schedule flags"] if schedule_given(args) else []
     given += ["--model-kind"] if args.model_kind else []
+    given += ["--shape"] if args.shape else []
     given += [f"--{key.replace('_', '-')}" for key in _model_options(args)]
     if args.samples is not None and given:
         raise LazyflowError(f"{', '.join(given)}: settings of --from-model, not of --from")
@@ -350,7 +351,7 @@ def run_stats(args: argparse.Namespace) -> int:
     kind = dict(kind=args.kind, rank=args.rank, floor=args.floor, packed=args.packed, grid=args.grid)
     stats, cost = stats_of_samples(args.samples, **kind) if args.samples is not None else \
         stats_of_model(args.model, model_kind=args.model_kind, model_options=_model_options(args), n=args.n,
-                       steps=args.steps, integrator=args.integrator, device=args.device, condition=args.condition,
+                       shape=args.shape, steps=args.steps, integrator=args.integrator, device=args.device, condition=args.condition,
                        schedule=schedule(args), seed=args.seed, **kind)
     print(f"wrote {stats.save(out)} ({stats.describe()} {cost})")
     return 0

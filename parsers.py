@@ -395,6 +395,7 @@ def _stats_parser(sub) -> None:
                    metavar="NAME", help="--from-model: the sampler's integrator (default multistep-pc)")
     p.add_argument("--seed", type=int, default=None, help="--from-model: the noise seed (default 0)")
     p.add_argument("--device", default=None, help="--from-model: where the model runs")
+    _shape_arg(p)
     p.add_argument("--condition", default=None, choices=("none", "label", "first-call"),
                    help="--from-model, a conditional model: one set for all samples (none, the default), one per "
                         "class label (label), or the covariance within the conditions with each sample's mean read "

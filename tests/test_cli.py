@@ -228,12 +228,14 @@ def test_train_classifier_honours_steps(tmp_path, monkeypatch, capsys):
 
 
 def test_shape_is_one_flag_with_one_reading(capsys):
-    """``--shape`` of ``sample`` and of ``bench --model-kind`` is one declaration: the same type, help and refusal."""
+    """``--shape`` of ``sample``, ``bench --model-kind`` and ``stats --from-model`` is one declaration: the same
+    type, help and refusal."""
     from lazyflow.parsers import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
-    flags = [next(a for a in commands[name]._actions if "--shape" in a.option_strings) for name in ("sample", "bench")]
-    assert flags[0].type is flags[1].type and flags[0].help == flags[1].help and flags[0].metavar == "C,H,W"
+    flags = [next(a for a in commands[name]._actions if "--shape" in a.option_strings)
+             for name in ("sample", "bench", "stats")]
+    assert len({(f.type, f.help, f.metavar) for f in flags}) == 1 and flags[0].metavar == "C,H,W"
     assert commands["sample"].parse_args(["--shape", "1, 8,8", "--out", "x.npy"]).shape == (1, 8, 8)
     for argv in (["sample", "--out", "x.npy"], ["bench", "--model", "m.pt", "--model-kind", "torchscript"]):
         for bad in ("1,x", "0", "2,-1", ""):

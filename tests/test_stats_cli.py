@@ -156,3 +156,18 @@ def test_from_a_model_file_of_any_kind(tmp_path, capsys):
     assert DataStats.load(out).data_shape == (1, 8, 8) and "3 steps of multistep-pc" in capsys.readouterr().out
     assert main(["stats", "--from", str(path), "--model-kind", "torchscript", "--out", str(out), "--force"]) == 2
     assert "--model-kind: settings of --from-model" in capsys.readouterr().err
+
+
+def test_a_model_file_without_its_data_shape_takes_shape(tmp_path, capsys):
+    """A traced TorchScript file records no data_shape: refused naming --shape, then run with it (the
+    statistics are of that shape, from the digits model's samples: means near the digits' own)."""
+    from lazyflow.runtime.models import embedded
+
+    net = embedded.load("digits").eval()
+    path, out = tmp_path / "traced.pt", tmp_path / "s.safetensors"
+    torch.jit.save(torch.jit.trace(net, (torch.zeros(2, 1, 8, 8), torch.full((2,), 0.5))), str(path))
+    argv = ["stats", "--from-model", str(path), "--model-kind", "torchscript", "--n", "20", "--steps", "3",
+            "--out", str(out)]
+    refused(capsys, argv, "the model does not record its data shape: give --shape")
+    assert main([*argv, "--shape", "1,8,8"]) == 0
+    assert DataStats.load(out).data_shape == (1, 8, 8)

@@ -76,20 +76,21 @@ def stats_of_samples(path: str | Path, **kind: Any) -> tuple[DataStats, str]:
 
 
 def stats_of_model(model: str, *, model_kind: str | None, model_options: Mapping[str, Any], n: int, steps: int,
-                   integrator: str, device: Any, condition: str,
+                   integrator: str, device: Any, condition: str, shape: tuple[int, ...] | None = None,
                    **stats: Any) -> tuple[DataStats | ConditionalStats, str]:
-    """The statistics of ``n`` of ``model``'s own samples (``steps`` of ``integrator`` in float64; ``stats``:
-    :func:`~lazyflow.runtime.core.model_stats.stats_from_model`'s kind, rank, floor, packed, grid, schedule,
-    seed), and what they cost (network evaluations, calls, seconds)."""
+    """The statistics of ``n`` of ``model``'s own samples (``steps`` of ``integrator`` in float64, of the data
+    shape ``shape`` or the model's own; ``stats``: :func:`~lazyflow.runtime.core.model_stats.stats_from_model`'s
+    kind, rank, floor, packed, grid, schedule, seed), and what they cost (network evaluations, calls, seconds)."""
     device = resolve_device(device)
     loaded = load_model(model, kind=model_kind, device=device, num_samples=n, **model_options)
-    if loaded.data_shape is None:
-        raise LazyflowError(f"--from-model {model}: the model does not record its data shape")
+    data_shape = shape or loaded.data_shape
+    if data_shape is None:
+        raise LazyflowError(f"--from-model {model}: the model does not record its data shape: give --shape")
     if condition == "label" and "y" not in loaded.model_kwargs:
         raise LazyflowError(f"--condition label: {model} has no class labels (a conditional or SiT model "
                             "with --class-labels has)")
     counted, start = CallCounter(loaded.model), time.perf_counter()   # called in the model's own dtype
-    found = stats_from_model(counted, (n, *loaded.data_shape), steps=steps, integrator=integrator, condition=condition,
+    found = stats_from_model(counted, (n, *data_shape), steps=steps, integrator=integrator, condition=condition,
                              source=loaded.source, prediction=loaded.prediction, device=device,
                              model_kwargs=loaded.model_kwargs or None, **stats)
     return found, (f"of {model}: {steps} steps of {integrator}, {counted.evaluations} network "
