@@ -382,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     except LazyflowError as err:
         print(f"lazyflow {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("lazyflow: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:   # one line: what a run keeps, where it says so, else that it stopped
+        print(f"lazyflow {args.command}: {err}" if str(err) else "lazyflow: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:   # the reader went away (``lazyflow derive ... | head``): stop quietly
         sys.stdout = open(os.devnull, "w")

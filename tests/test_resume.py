@@ -136,9 +136,10 @@ def test_keep_batches_says_what_is_kept(tmp_path, capsys):
                                             r".*x.npy.partial/\)$"):
         keep_batches(batches(SamplingError("the model returned NaN at step 3")), work)
     assert [work.load(r).mean().item() for r in (range(0, 2), range(2, 4))] == [0.0, 1.0]
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match=r"^interrupted; the 4 samples of 2 finished batches are kept in "
+                                                r".*x.npy.partial/: run it again with --resume to continue$"):
         keep_batches(batches(KeyboardInterrupt()), WorkDir.open(out, {"seed": 0}))
-    assert "interrupted; the 4 samples of 2 finished batches are kept" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""            # said once, by whoever catches it (the command line)
     with pytest.raises(SamplingError, match="rank 1 of 2 died; the 2 samples of 1 finished"):
         keep_batches(batches(AssertionError()), WorkDir.open(tmp_path / "y.npy", {}), why=lambda: "rank 1 of 2 died")
     assert not out.exists()
@@ -301,3 +302,25 @@ def test_shards_need_a_sample_for_every_rank(tmp_path, monkeypatch):
     with pytest.raises(LazyflowError, match="3 samples on 4 processes leave a rank without a shard"):
         sample_to_file("digits", tmp_path / "d.png", num_samples=3, shards=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_is_one_line_that_says_what_is_kept(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after a finished batch: ``lazyflow sample`` prints one line (what is kept, how to continue) and
+    exits 130; before any batch finished, the line says it was interrupted."""
+    keep = WorkDir.keep
+
+    def keep_then_stop(self, indices, x):
+        keep(self, indices, x)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(WorkDir, "keep", keep_then_stop)
+    argv = ["sample", "--model", "digits", "--steps", "2", "--n", "8", "--batch-size", "4", "--out", str(tmp_path / "x.npy")]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lazyflow sample: interrupted; the 4 samples of 1 finished batches ")
+    def stop(self, indices, x):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(WorkDir, "keep", stop)
+    assert main([*argv, "--force"]) == 130
+    assert capsys.readouterr().err == "lazyflow: interrupted\n"

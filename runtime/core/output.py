@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -110,10 +109,6 @@ def save_image_grid(x: torch.Tensor, path: str | Path, columns: int | None = Non
     image.imsave(path, np.kron(canvas, np.ones((zoom, zoom))), cmap="gray_r", vmin=0, vmax=1, format="png")
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
-
-
 def output_files(out: Path, *, ranks: Ranks, shards: bool, images: bool = False) -> list[Path]:
     """Every file a run writes (the same list on every rank): ``out``, or each rank's shard and the
     index; ``images``: also the decoded ``OUT.png`` beside ``out``."""
@@ -136,12 +131,11 @@ def kept(work: WorkDir, *, hint: bool = True) -> str:
         (": run it again with --resume to continue" if hint else "")
 
 
-def keep_batches(batches: Batches, work: WorkDir, *, note: Callable[[str], None] = _stderr,
-                 why: Callable[[], str | None] = lambda: None) -> None:
+def keep_batches(batches: Batches, work: WorkDir, *, why: Callable[[], str | None] = lambda: None) -> None:
     """Keep every batch in ``work`` as it finishes; a failure or an interrupt says what is kept and how
-    to continue (the failure raised again with that added, the interrupt told to ``note`` and raised;
-    ``why``, asked after every batch and on an interrupt, gives the reason to stop (a dead rank), raised
-    as a :class:`SamplingError`)."""
+    to continue (raised again with that added: the command line prints it as its one line); ``why``, asked
+    after every batch and on an interrupt, gives the reason to stop (a dead rank), raised as a
+    :class:`SamplingError`."""
     try:
         for indices, x in batches:
             work.keep(indices, x)
@@ -153,7 +147,7 @@ def keep_batches(batches: Batches, work: WorkDir, *, note: Callable[[str], None]
             raise SamplingError(f"{reason}; {kept(work)}") from None
         if work.finished:
             if isinstance(err, KeyboardInterrupt):
-                note(f"interrupted; {kept(work)}")
+                raise type(err)(f"interrupted; {kept(work)}") from None
             else:
                 raise type(err)(f"{err} ({kept(work, hint=False)})") from err
         raise

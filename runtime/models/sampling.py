@@ -122,7 +122,7 @@ def _finish(run: Any, work: WorkDir, out: Path, *, num_samples: int, data_shape:
     watchdog = Watchdog(run.ranks)
     try:
         with watchdog:
-            keep_batches(replace(run, chunks=pending).batches(), work, note=note, why=lambda: watchdog.failure)
+            keep_batches(replace(run, chunks=pending).batches(), work, why=lambda: watchdog.failure)
             try:
                 watchdog.finished()
             except SamplingError as err:
