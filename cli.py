@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from .atomic_write import write_text_atomic
 from .errors import LazyflowError
 from .parsers import build_parser, join_expressions, named_values, numbers_of, positive_ints
 
@@ -227,7 +228,7 @@ def run_bench(args: argparse.Namespace) -> int:
                                save=args.save)
     print(json.dumps(result, indent=1) if args.json else format_report(result, metrics, args.markdown))
     if args.save:
-        Path(args.save).write_text(json.dumps(result, indent=1))
+        write_text_atomic(args.save, json.dumps(result, indent=1))
     if args.plot:
         from .figures.plots import plot_bench, save_figure
 
@@ -261,7 +262,7 @@ def _run_model_bench(args: argparse.Namespace) -> int:
                              progress=not args.no_progress)
     print(json.dumps(result, indent=1) if args.json else format_model_report(result))
     if args.save:
-        Path(args.save).write_text(json.dumps(result, indent=1))
+        write_text_atomic(args.save, json.dumps(result, indent=1))
     return 0
 
 
