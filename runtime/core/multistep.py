@@ -46,7 +46,7 @@ class MultistepTables(Tables):
     STATE: ClassVar[tuple[str, ...]] = ("keep_x",)
 
     def extrapolated(self, k: int, eta: torch.Tensor, past: list[torch.Tensor]) -> torch.Tensor:
-        """sum_j extrapolation[j][k] eta_k-j (``past`` = [eta_k-1, eta_k-2, ...])."""
+        """``sum_j extrapolation[j][k] eta_k-j`` (``past`` = [eta_k-1, eta_k-2, ...])."""
         mix = self.extrapolation[0][k] * eta
         for weight, earlier in zip(self.extrapolation[1:], past):
             mix = mix + weight[k] * earlier
