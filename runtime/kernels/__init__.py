@@ -93,8 +93,9 @@ def _shipped() -> tuple[str, ...]:
     return tuple(sorted(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")))
 
 
+@functools.lru_cache(maxsize=None)
 def load_shipped(module_name: str) -> ModuleType:
-    """A shipped kernel by module name."""
+    """A shipped kernel by module name, checked once per process (a shipped kernel never changes under a run)."""
     if module_name not in shipped():
         raise KernelError(f"no shipped kernel {module_name!r}; shipped: {', '.join(shipped())}")
     return check(importlib.import_module(f"{__name__}.{module_name}"))
