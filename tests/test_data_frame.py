@@ -114,6 +114,7 @@ def test_convergence_order_against_an_independent_rk4(mixture_reference, name, l
     assert rates.mean() >= low, (errors, rates)
 
 
+@pytest.mark.slow   # 3 s: the 4,000-step RK4 reference of the module (shared with the order test)
 @pytest.mark.parametrize("grid", ["uniform", "logsnr", "source", "logsnr:-1,2.5"])
 def test_every_grid_converges_to_the_ode_solution(mixture_reference, grid):
     """The logsnr grid widens its range beyond 16 steps, so its first and last steps shrink: the error to

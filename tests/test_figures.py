@@ -185,6 +185,7 @@ def test_matplotlib_pin_is_the_series_of_the_figures():
     assert f"matplotlib>={major}.{minor},<{major}.{int(minor) + 1}" in test_extra
 
 
+@pytest.mark.slow   # 15 s: redraws every committed figure (the fixture)
 def test_tolerance_sees_the_old_drift_jump(tmp_path, redrawn, monkeypatch):
     """The tolerance is no blind spot: the drift figure with its old artefact (the ODE drift drawn at t = 0,
     one short segment of one series) fails it."""

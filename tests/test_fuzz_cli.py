@@ -201,6 +201,7 @@ def _fuzz(files, monkeypatch, data) -> None:
 
 @settings(max_examples=30, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@pytest.mark.slow   # 3-8 s of generated command lines (the long variant is slow too)
 @given(data=st.data())
 def test_no_traceback_for_user_errors(files, monkeypatch, data, one_torch_thread):
     _fuzz(files, monkeypatch, data)

@@ -136,6 +136,7 @@ def test_metrics_have_their_exact_values():
     assert P.shape == (256, 4096) and torch.allclose(P @ P.T, torch.eye(256, dtype=torch.float64), atol=1e-10)
 
 
+@pytest.mark.slow   # 3 x 1-3 s: converged runs per prediction
 @pytest.mark.parametrize("prediction", ["x", "noise", "velocity"])
 def test_sampling_the_exact_model_reproduces_exact_samples(prediction):
     """Many steps on the exact model reach the floor; one Euler step does not (the test can fail).  A noise

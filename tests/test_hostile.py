@@ -218,6 +218,7 @@ near_grammar = st.lists(st.sampled_from(_TOKENS), max_size=40).map("".join)
 _FUZZ = settings(max_examples=200, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow   # 2-5 s of generated expressions
 @_FUZZ
 @given(text=grammar)
 def test_fuzz_whitelist_grammar(text):

@@ -33,6 +33,7 @@ def _zero(expr) -> bool:
 
 # --- beta and the diffusion fixed: u = alpha^2 in closed form --------------------------------------------
 
+@pytest.mark.slow   # 2-4 s of SymPy
 def test_issue_9_optimal_sin_squared_with_v_4_is_the_point_mass_closed_form():
     beta = sp.sin(pi * t / 2) ** 2
     (spec, notes), elapsed = _timed(solve_lazy_with_notes, beta=beta, sigma="optimal", data_var=4)

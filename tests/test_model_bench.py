@@ -127,6 +127,7 @@ def test_sit_labels_drawn_from_the_label_seed(tmp_path, capsys):
                                                      "linear/multistep-pc/uniform"}
 
 
+@pytest.mark.slow   # 2-4 s: a model bench with every peer
 def test_torchscript_file_with_the_peers_batched(tmp_path, capsys):
     pytest.importorskip("flow_matching")
     path = tmp_path / "v.pt"

@@ -46,6 +46,7 @@ def test_frechet_distance_closed_form():
     assert frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([0.0]), np.array([[1.0]])) == pytest.approx(2.0)
 
 
+@pytest.mark.slow   # 2-5 s
 def test_quality_measure_separates_data_from_noise_and_is_deterministic(digits_model):
     images = data.digits()
     assert digits_fd(images) == pytest.approx(0, abs=1e-6)
@@ -61,6 +62,7 @@ def test_quality_measure_separates_data_from_noise_and_is_deterministic(digits_m
         digits_fd(torch.full((4, 1, 8, 8), float("nan")))
 
 
+@pytest.mark.slow   # 2-5 s: a sample per bench method
 def test_sample_command_for_every_bench_method(tmp_path, capsys):
     for method in our_methods(full=True):
         out = tmp_path / "x.npy"

@@ -78,6 +78,7 @@ def test_a_registered_kind_samples_through_the_command_line(gauss3, tmp_path, ca
     assert load_model("gauss3").data_shape == (3,)
 
 
+@pytest.mark.slow   # 1-4 s: a bench run
 def test_a_registered_kind_is_in_the_benchs_listing_and_runs_there(gauss3, tmp_path, capsys):
     from lazyflow.runtime.evaluation.bench import bench_models
 

@@ -129,6 +129,7 @@ def test_refusals_are_one_line(tmp_path, capsys):
     assert not Path(out).exists()
 
 
+@pytest.mark.slow   # 2-6 s: shell processes
 def test_a_refusal_from_the_shell_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lazyflow", "stats", "--from", str(tmp_path / "none.npy"),
                            "--out", str(tmp_path / "s.safetensors")], capture_output=True, text=True, cwd=ROOT)

@@ -178,6 +178,7 @@ def test_bench_reports_tuned_rows_apart_and_runs_noise_models_on_an_open_grid(tm
                           prediction="x", grid_files=[str(path)])
 
 
+@pytest.mark.slow   # 2-4 s: tunes and benches
 def test_a_grid_tuned_at_a_diffusion_scale_runs_at_it_in_sample_and_the_bench(tmp_path):
     """tune-grid --diffusion-scale: the file records the scale (field and schedule string); sample --grid FILE
     and the bench's tuned row run at it, and the row's sample_args reproduce its samples bit for bit."""

@@ -64,6 +64,7 @@ def test_beta_and_optimal_give_the_point_mass_for_symbolic_v():
     assert sp.simplify(derive(spec).eps_star - v / 2) == 0
 
 
+@pytest.mark.slow   # 3 s of SymPy
 def test_alpha_and_beta_give_sigma_squared_equal_r_prime():
     spec = solve_lazy(alpha=sp.sqrt(t * (1 - t)), beta=t)
     assert sp.simplify(derive(spec).sigma - 1) == 0
@@ -119,6 +120,7 @@ def test_optimal_diffusion_is_covariant(source, target):
     _same(conv.target_eps(derive(a).eps_star), derive(b).eps_star)
 
 
+@pytest.mark.slow   # 3 s: Monte Carlo in law
 def test_the_interpolants_match_in_law():
     """alpha_B = c alpha_A(tau) and beta_B = c beta_A(tau)."""
     for target in ("vp", "pointmass", "sd3", "score-vp"):
