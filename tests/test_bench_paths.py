@@ -52,6 +52,7 @@ def test_path_is_measured_against_a_converged_reference_from_the_same_noise():
     assert ode["path"] < 0.05 * midpoint["path"] and result["references"][1]["path"] is None
 
 
+@pytest.mark.slow   # 2-3 s: a bench run
 def test_the_gaussian_map_makes_no_call_and_has_the_samples_moments():
     result = bench([OurMethod("linear", "data-euler", "uniform", stats="diag")], nfes=(2, 4))
     rows = [r for r in result["rows"] if r["method"] == GAUSSIAN_MAP]
@@ -137,6 +138,7 @@ def test_digits_statistics_come_from_the_models_own_samples_with_their_cost():
     assert not any(r.get("baseline") for r in result["rows"])       # no exact samples: no Gaussian map
 
 
+@pytest.mark.slow   # 2-3 s: every peer
 def test_every_peer_row_starts_from_the_same_noise(monkeypatch):
     pytest.importorskip("diffusers")
     pytest.importorskip("flow_matching")

@@ -98,6 +98,7 @@ def test_a_fit_beats_its_start_on_held_out_noise_and_sample_reproduces_it(tmp_pa
 
 
 
+@pytest.mark.slow   # 2 s: two fits
 def test_a_rate_that_diverges_steps_back_to_the_best_iterate():
     """lr 0.5 throws the solver off; each check above 1.5x the best goes back to the best iterate with half the
     rate, so the fit ends no worse than its start and the log says so; without backtracking the last checks of

@@ -118,8 +118,8 @@ def check_kernel_against_sympy(kernel, spec, **params):
             _check(name, tensor, expr, (t, t_next), [ts, later])
 
 
-@pytest.mark.parametrize("schedule", [pytest.param(s, marks=pytest.mark.slow) if s == "score-vp" else s for s in SHIPPED])
-def test_kernel_values_match_sympy(schedule):   # score-vp: 2-4 s of SymPy, in the slow pass
+@pytest.mark.parametrize("schedule", [pytest.param(s, marks=pytest.mark.slow) if s in ("score-vp", "vp-sde") else s for s in SHIPPED])
+def test_kernel_values_match_sympy(schedule):   # score-vp, vp-sde: 2-4 s of SymPy each, in the slow pass
     check_kernel_against_sympy(load_kernel(KERNEL_DIR / f"{kernel_name(schedule)}.py"), preset(schedule))
 
 

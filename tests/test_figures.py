@@ -196,6 +196,7 @@ def test_tolerance_sees_the_old_drift_jump(tmp_path, redrawn, monkeypatch):
     assert differing > MAX_DIFFERING or mean > MAX_MEAN_DIFF
 
 
+@pytest.mark.slow   # 11 s: the redrawn-figures fixture (every committed figure)
 @pytest.mark.parametrize("spec", [pytest.param(spec, id=spec.file, marks=[] if spec.file in (
                                       "trajectories_gmm.png", "quality_vs_nfe.png") else [pytest.mark.slow])
                                   for spec in catalog.CATALOG])

@@ -44,8 +44,8 @@ def test_derivatives_snr_and_eps_star(spec):
         assert num(f.sigma, t=s) ** 2 / 2 == pytest.approx(num(f.eps, t=s), rel=1e-9, abs=1e-12)
 
 
-#: the schedules whose symbolic drift takes SymPy seconds (6, 2.6 and 1.8 s here): the slow pass
-HEAVY_DRIFT = {"exp-ish", "cubic", "cos2"}
+#: the schedules whose symbolic drift takes SymPy seconds (6, 2.6, 1.8 and 2.5 s here): the slow pass
+HEAVY_DRIFT = {"exp-ish", "cubic", "cos2", "score-vp"}
 
 
 @pytest.mark.parametrize("spec", [pytest.param(s, marks=pytest.mark.slow) if s.name in HEAVY_DRIFT else s for s in ALL],
@@ -111,6 +111,7 @@ def test_closed_forms_of_design_md():
     assert sp.simplify(pm.drift - (eta_X - x) / (1 - t)) == 0
 
 
+@pytest.mark.slow   # 11 s of SymPy
 def test_gaussian_drift_general_form():
     """b = (r'/2 - eps) / r x for any schedule (derive/MATH.md §4)."""
     for spec in ALL:

@@ -155,6 +155,7 @@ def test_propagator_solves_the_linear_ode(name, lam):
     assert prop(0.4, 0.4) == pytest.approx(1.0)
 
 
+@pytest.mark.slow   # 1-3 s per schedule: an ODE solve of the moments
 @pytest.mark.parametrize("name", ["linear", "cosine"])
 def test_sde_transition_moments_by_an_independent_solve(name):
     """The SDE per direction, dw = g w dt + sqrt(2 eps) dW with eps = s^2 eps*: Phi from an RK4 solve of
