@@ -208,6 +208,7 @@ def test_each_figure_command_draws_the_same_bytes(tmp_path, redrawn, spec, monke
     assert out.read_bytes() == (redrawn / spec.file).read_bytes()
 
 
+@pytest.mark.slow   # 9 s: draws every figure (the fixture of the redrawn figures)
 def test_png_carries_no_version_or_date(redrawn):
     data = (redrawn / "schedules.png").read_bytes()
     assert b"tEXt" not in data and b"iTXt" not in data and b"tIME" not in data
