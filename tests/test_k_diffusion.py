@@ -7,6 +7,7 @@ wandb, torchvision, ...), as a user of the README's environment loads it.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import types
 
@@ -103,6 +104,70 @@ def test_exponential_step_is_sample_euler_in_any_frame_and_stops_at_the_last_sig
         ours = sample_lazyflow(denoiser(p), x, sigmas, parameterization=p, schedule=schedule, integrator="exponential")
         theirs = K.sample_euler(denoiser(p), x, sigmas, disable=True)
         assert torch.allclose(ours, theirs, rtol=0, atol=1e-10), (schedule, p, (ours - theirs).abs().max())
+
+
+@pytest.mark.parametrize("schedule", ["linear", "vp"])
+def test_data_2m_in_a_vanishing_frame_is_dpmpp_2m(K, schedule):
+    """data-2m in the frame N(0, v I): as v -> 0 its residual is the denoiser and its rule DPM-Solver++(2M)'s
+    (q_eff = (1 + 1/(2 rho)) q_k - q_k-1 / (2 rho), first order on the step to 0), in any target schedule;
+    at v = 1 on this non-Gaussian mixture it is a different sampler."""
+    from lazyflow.k_diffusion import sample_lazyflow
+
+    sigmas = K.get_sigmas_karras(7, 0.002, 80.0).double()
+    x = start("diffusion", sigmas)
+    theirs = K.sample_dpmpp_2m(denoiser("diffusion"), x, sigmas, disable=True)
+    tiny = DataStats("scalar", torch.zeros(6, dtype=torch.float64), torch.tensor(1e-16, dtype=torch.float64))
+    ours = sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule=schedule, integrator="data-2m", data_stats=tiny)
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-7), (ours - theirs).abs().max()
+    unit = sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule=schedule, integrator="data-2m")
+    assert (unit - theirs).abs().max() > 1e-3
+
+
+def _frame_2m_loop(denoise, x, sigmas, mu, v):
+    """data-2m written in k-diffusion's variables, independently of the runtime's tables: y = (x - mu) /
+    sqrt(v + s^2), q = (D - D_G) (v + s^2) / s^2 with D_G = mu + v (x - mu) / (v + s^2), y += q_eff du with
+    u = 1 / sqrt(v + s^2); q_eff = (1 + 1/(2 rho)) q - q_old / (2 rho) in lambda = -log s, q on the first step
+    and on the step to 0."""
+    q_old = h_old = None
+    for i in range(len(sigmas) - 1):
+        s, s1 = float(sigmas[i]), float(sigmas[i + 1])
+        d = denoise(x, sigmas[i] * x.new_ones(len(x)))
+        q = (d - mu - v / (v + s * s) * (x - mu)) * (v + s * s) / (s * s)
+        h = math.log(s / s1) if s1 > 0 else math.inf
+        q_eff = q if q_old is None or s1 == 0 else (1 + h / (2 * h_old)) * q - h / (2 * h_old) * q_old
+        y = (x - mu) / math.sqrt(v + s * s) + q_eff * ((v + s1 * s1) ** -0.5 - (v + s * s) ** -0.5)
+        x, q_old, h_old = mu + math.sqrt(v + s1 * s1) * y, q, h
+    return x
+
+
+@pytest.mark.parametrize("schedule", ["linear", "vp"])
+def test_data_2m_is_its_formula_in_a_frame_of_any_variance(K, schedule):
+    """sample_lazyflow's data-2m (tables built in the target schedule's time) against the loop above, on the
+    non-Gaussian MIXTURE, in frames N(mu, v I) of three variances, on Karras sigmas from 80 and 14.6."""
+    from lazyflow.k_diffusion import sample_lazyflow
+
+    mu = torch.linspace(-0.5, 0.5, 6, dtype=torch.float64)
+    for sigma_max in (80.0, 14.6):
+        sigmas = K.get_sigmas_karras(6, 0.002, sigma_max).double()
+        x = start("diffusion", sigmas)
+        for v in (0.2, 1.0, 3.0):
+            stats = DataStats("scalar", mu, torch.tensor(v, dtype=torch.float64))
+            ours = sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule=schedule, integrator="data-2m",
+                                   data_stats=stats)
+            want = _frame_2m_loop(denoiser("diffusion"), x, sigmas, mu, v)
+            assert torch.allclose(ours, want, rtol=0, atol=1e-10), (sigma_max, v, (ours - want).abs().max())
+
+
+def test_data_2m_clock_rate_by_sympy():
+    """The rate of the frame's clock u = beta / sqrt(r), r = alpha^2 + v beta^2, that data-2m divides the
+    residual by: u' = alpha (alpha beta' - beta alpha') / r^(3/2), for any alpha(t), beta(t)."""
+    import sympy as sp
+
+    t, v = sp.symbols("t v", positive=True)
+    alpha, beta = sp.Function("alpha")(t), sp.Function("beta")(t)
+    r = alpha**2 + v * beta**2
+    claimed = alpha * (alpha * beta.diff(t) - beta * alpha.diff(t)) / r ** sp.Rational(3, 2)
+    assert sp.simplify(sp.diff(beta / sp.sqrt(r), t) - claimed) == 0
 
 
 @pytest.mark.parametrize("p", ["diffusion", "flow"])
@@ -269,7 +334,7 @@ def test_alias_does_not_shadow_the_real_package():
     assert not os.path.isdir(os.path.join(root, "k_diffusion"))
     sigmas, x = torch.tensor([30.0, 4.0, 0.7, 0.1, 0.0], dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
     assert torch.equal(sample_lazyflow_ode(denoiser("diffusion"), x, sigmas),
-                       sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule="linear", integrator="data-euler"))
+                       sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule="linear", integrator="data-2m"))
     sde = sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule="linear-sde", integrator="data-sde", seed=2)
     assert torch.equal(sample_lazyflow_sde(denoiser("diffusion"), x, sigmas, seed=2), sde)
     spec = importlib.util.find_spec("k_diffusion")

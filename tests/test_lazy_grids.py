@@ -25,7 +25,7 @@ MU = torch.tensor([0.7, -0.3, 0.1], dtype=torch.float64)
 S = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)          # unit variance: the default frame is exact
 S_DIAG = torch.tensor([0.5, 1.3, 2.0], dtype=torch.float64)     # any variances: the data's own statistics
 STARTS = torch.linspace(-2.5, 2.5, 5, dtype=torch.float64)[:, None] * torch.tensor([1.0, -0.6, 0.3])
-DATA_FRAMES = ("data-euler", "data-multistep", "data-multistep-pc", "data-multistep3", "data-multistep3-pc")
+DATA_FRAMES = ("data-euler", "data-multistep", "data-multistep-pc", "data-multistep3", "data-multistep3-pc", "data-2m")
 
 
 def _velocity(s: torch.Tensor):

@@ -28,6 +28,7 @@ Gaussian part has the exact transition
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
@@ -39,7 +40,7 @@ from ...errors import LazyflowError
 from .data_stats import ConditionalStats, DataStats, Directions
 from .plan import BuildContext, Call, Callback, Integrator, Loop, Ops, Plan, Tables, observe
 
-__all__ = ["DataFrameTables", "data_frame_integrator", "without_skip", "frame_for_run", "stochastic_data_frame", "ANCHORS_BELOW", "DATA_FRAME_INTEGRATORS", "QUADRATURE_NODES"]
+__all__ = ["DataFrameTables", "data_frame_integrator", "without_skip", "frame_for_run", "stochastic_data_frame", "ANCHORS_BELOW", "DATA_FRAME_INTEGRATORS", "DATA_2M", "QUADRATURE_NODES"]
 
 #: Gauss-Legendre nodes per step for the weights (64 vs 128 changes them by < 1e-13 on the tests' grids)
 QUADRATURE_NODES = 64
@@ -257,8 +258,39 @@ def _weights(ctx: BuildContext, kernel: torch.Tensor, points: torch.Tensor, gaus
     return pred, corr
 
 
+def _log_snr_2m_weights(ctx: BuildContext, r: torch.Tensor) -> tuple[list, list]:
+    """DPM-Solver++(2M)'s rule in the frame (MATH.md §10).  With y_n = (x - beta mu) / sqrt(r) per direction
+    and u = beta / sqrt(r), the ODE is dy_n = q du with q = f / (sqrt(r) u'), u' = alpha (alpha beta' - beta
+    alpha') / r^(3/2); q is bounded at t = 1 (where the velocity residual f is not).  Over a step, with the
+    log-snr steps h_k and rho = h_k-1 / h_k, q is taken as (1 + 1/(2 rho)) q_k - q_k-1 / (2 rho)
+    (DPM-Solver++(2M)'s coefficient; q_k alone on the first step and on a step to t = 1), so
+
+        W_0 = sqrt(r_k+1) (u_k+1 - u_k) (1 + 1/(2 rho)) / (sqrt(r_k) u'_k),
+        W_1 = -sqrt(r_k+1) (u_k+1 - u_k) / (2 rho) / (sqrt(r_k-1) u'_k-1).
+
+    With the frame's variance -> 0 and mu = 0 this is DPM-Solver++(2M) itself."""
+    values = ctx.target.values(ctx.t)
+    shape = (-1, *[1] * (r.dim() - 1))
+    alpha, beta, d_alpha, d_beta = (u.reshape(shape) for u in (values.alpha, values.beta, values.d_alpha,
+                                                                values.d_beta))
+    u = beta / torch.sqrt(r)
+    per_residual = torch.sqrt(r) * alpha * (alpha * d_beta - beta * d_alpha) / r**1.5   # sqrt(r) u'
+    lam, t = ctx.target.log_snr(ctx.t).tolist(), ctx.t.tolist()
+    pred, steps = [], ctx.h.numel()
+    for k in range(steps):
+        gain = torch.sqrt(r[k + 1]) * (u[k + 1] - u[k])
+        to_data = t[k + 1] >= 1 or not math.isfinite(lam[k + 1])     # (vp's alpha(1) is 6e-17, not 0)
+        first_order = k == 0 or to_data or not math.isfinite(lam[k - 1])
+        if first_order:
+            pred.append([gain / per_residual[k], torch.zeros_like(gain)])
+            continue
+        half_over_rho = (lam[k + 1] - lam[k]) / (lam[k] - lam[k - 1]) / 2
+        pred.append([gain * (1 + half_over_rho) / per_residual[k], -gain * half_over_rho / per_residual[k - 1]])
+    return pred, []
+
+
 def _build(ctx: BuildContext, *, history: int, corrector: bool, anchor_below: int,
-           stochastic: bool = False) -> DataFrameTables:
+           stochastic: bool = False, log_snr_2m: bool = False) -> DataFrameTables:
     """The data frame's tables on the grid ctx.t (float64); the t = 1 anchor on grids of fewer than
     ``anchor_below`` steps; ``stochastic``: the SDE of the target's (optimal) diffusion."""
     _check_frame(ctx, stochastic)
@@ -269,8 +301,11 @@ def _build(ctx: BuildContext, *, history: int, corrector: bool, anchor_below: in
     points, gauss_w, kernel = _quadrature_kernel(ctx, lam, r[1:], log_q[1:], scale2)
     D = _damping(log_q[:-1], log_q[1:], scale2)
     steps = ctx.h.numel()
-    pred, corr = _weights(ctx, kernel, points, gauss_w, history=history, corrector=corrector,
-                          anchored=steps < anchor_below)
+    if log_snr_2m:
+        pred, corr = _log_snr_2m_weights(ctx, r)
+    else:
+        pred, corr = _weights(ctx, kernel, points, gauss_w, history=history, corrector=corrector,
+                              anchored=steps < anchor_below)
     stack = lambda rows: tuple(torch.stack([row[j] for row in rows]) for j in range(history))  # noqa: E731
     values = ctx.target.values(ctx.t)
     ode = ctx.frame(ctx.t0, ode=torch.ones_like(ctx.ode)) if stochastic else ctx.now   # the probability-flow velocity
@@ -369,10 +404,17 @@ def frame_for_run(method: Integrator, data_stats: "DataStats | ConditionalStats 
     return method, data_stats
 
 
+#: DPM-Solver++(2M)'s rule in the data frame: the residual extrapolated in log snr (no skip, no anchor)
+DATA_2M = Integrator(name="data-2m", order=2,
+                     build=partial(_build, history=2, corrector=False, anchor_below=0, log_snr_2m=True),
+                     history=2, needs_data_stats=True,
+                     description="data frame, residual extrapolated in log snr with DPM-Solver++(2M)'s "
+                                 "coefficient (held on the first step and on a step to t = 1)")
+
 #: the registered data-frame integrators (the t = 0 skip and t = 1 anchor below ANCHORS_BELOW steps)
 DATA_FRAME_INTEGRATORS = tuple(data_frame_integrator(order=order, corrector=pc)
-                               for order, pc in ((1, False), (2, False), (2, True), (3, False), (3, True))) + tuple(
-    data_frame_integrator(order=order, corrector=False, stochastic=True) for order in (1, 2))
+                               for order, pc in ((1, False), (2, False), (2, True), (3, False), (3, True))) + (
+    DATA_2M,) + tuple(data_frame_integrator(order=order, corrector=False, stochastic=True) for order in (1, 2))
 #: the stochastic frames have no registered corrector: measured at 4 NFE on gmm:101/102 (1,000 samples,
 #: full statistics, uniform grid) data-sde-multistep-pc's nll_gap was 250 and 1069 nats at lambda = 1 and
 #: 23 and 90 at lambda = 0.25, against 28/103 and 2.2/8.2 without it; at 16 NFE still 11.9 against -0.17 (a
