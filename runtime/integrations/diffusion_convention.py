@@ -22,10 +22,36 @@ from ...errors import LazyflowError
 from ..core.discrete_schedule import timestep_of_time
 from ..core.schedule import Schedule
 
-__all__ = ["PREDICTION_TYPES", "prediction_of", "prediction_of_output", "from_diffusers_unet"]
+__all__ = ["PREDICTION_TYPES", "TIMESTEP_SPACINGS", "prediction_of", "prediction_of_output", "spaced_timesteps",
+           "from_diffusers_unet"]
 
 #: diffusers' prediction_type -> the lazyflow prediction the scheduler and adapter hand to the runtime
 PREDICTION_TYPES = {"epsilon": "noise", "sample": "x", "v_prediction": "x"}
+
+
+#: diffusers' ``timestep_spacing`` values (Lin et al. 2024, table 2), all read by :func:`spaced_timesteps`
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+def spaced_timesteps(num_train_timesteps: int, num_inference_steps: int, timestep_spacing: str,
+                     steps_offset: int = 0) -> torch.Tensor:
+    """The training timesteps of an n-step run, decreasing (float64 integers), as DDIM spaces them:
+
+        leading    k_i = i floor(N / n) + steps_offset          i = n-1 .. 0
+        trailing   k_i = round(N - i N / n) - 1                 i = 0 .. n-1
+        linspace   k_i = round(i (N - 1) / (n - 1))             i = n-1 .. 0
+    """
+    n, big = int(num_inference_steps), int(num_train_timesteps)
+    if n < 1 or n > big:
+        raise LazyflowError(f"num_inference_steps must be 1 .. num_train_timesteps ({big}), got {num_inference_steps}")
+    i = torch.arange(n, dtype=torch.float64)
+    if timestep_spacing == "leading":
+        return (i * (big // n) + steps_offset).flip(0)
+    if timestep_spacing == "trailing":
+        return torch.round(big - i * (big / n)) - 1
+    if timestep_spacing == "linspace":
+        return torch.round(i * (big - 1) / max(n - 1, 1)).flip(0)
+    raise LazyflowError(f"unknown timestep_spacing {timestep_spacing!r}; lazyflow reads {', '.join(TIMESTEP_SPACINGS)}")
 
 
 def prediction_of(prediction_type: str) -> str:
