@@ -38,9 +38,11 @@ DDIM_CONFIGS = {
 }
 
 
-def _quiet(pipe):
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def _quiet(*pipes):
+    """The pipelines without their progress bars."""
+    for pipe in pipes:
+        pipe.set_progress_bar_config(disable=True)
+    return pipes if len(pipes) > 1 else pipes[0]
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,7 @@ def sd(tmp_path_factory):
     parts = dict(vae=_vae(), text_encoder=_text_encoder(), tokenizer=_tokenizer(tmp_path_factory.mktemp("sd")), unet=unet,
                  scheduler=DDIMScheduler(**DDIM_CONFIGS["sd-epsilon"]), safety_checker=None, feature_extractor=None,
                  requires_safety_checker=False)
-    return _quiet(StableDiffusionPipeline(**parts)), _quiet(StableDiffusionImg2ImgPipeline(**parts))
+    return _quiet(StableDiffusionPipeline(**parts), StableDiffusionImg2ImgPipeline(**parts))
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +175,7 @@ def sdxl(tmp_path_factory):
     parts = dict(vae=_vae(), text_encoder=_text_encoder(), text_encoder_2=_text_encoder(projection=True),
                  tokenizer=_tokenizer(folder), tokenizer_2=_tokenizer(folder), unet=unet,
                  scheduler=DDIMScheduler(**DDIM_CONFIGS["sd-epsilon"]))
-    return _quiet(StableDiffusionXLPipeline(**parts)), _quiet(StableDiffusionXLImg2ImgPipeline(**parts))
+    return _quiet(StableDiffusionXLPipeline(**parts), StableDiffusionXLImg2ImgPipeline(**parts))
 
 
 def _stats_file(tmp_path) -> str:
@@ -258,3 +260,15 @@ def test_what_it_cannot_honour_is_refused_in_one_line(tmp_path):
         assert "\n" not in str(err.value), name
     with pytest.raises(LazyflowError, match="LazyDiffusionScheduler.from_config"):
         LazyFlowScheduler.from_config(ddim_config)
+
+
+def test_two_stage_calls_fall_between_timesteps_unless_rounded():
+    """midpoint's second call is between two pipeline timesteps: a float timestep, or its nearest integer."""
+    config = DDIMScheduler(**DDIM_CONFIGS["sd-epsilon"]).config
+    exact = LazyDiffusionScheduler.from_config(config, integrator="midpoint")
+    rounded = LazyDiffusionScheduler.from_config(config, integrator="midpoint", rounded_timesteps=True)
+    for scheduler in (exact, rounded):
+        scheduler.set_timesteps(4)
+    assert exact.order == 2 and exact.timesteps[0::2].tolist() == [751.0, 501.0, 251.0, 1.0]
+    assert (exact.timesteps != exact.timesteps.round()).any()
+    assert torch.equal(rounded.timesteps, exact.timesteps.round())

@@ -118,8 +118,8 @@ class LazyDiffusionScheduler(IntegratorLoop, SchedulerMixin, ConfigMixin):
         if trained_betas is not None and not isinstance(trained_betas, list):
             self.register_to_config(trained_betas=[float(b) for b in trained_betas])   # the config is saved as JSON
         self.source: Schedule = schedule_of_config(self.config)
-        self._prediction = "x" if clip_sample else prediction_of(prediction_type)
-        prediction_of(prediction_type)
+        prediction = prediction_of(prediction_type)
+        self._prediction = "x" if clip_sample else prediction
         self.target: Schedule = scheduler_target(WHO, schedule, schedule_params, diffusion_scale)
         self.integrator = get_integrator(integrator)
         check_plan_options(self.target, self.integrator, final_step)
