@@ -55,6 +55,9 @@ def test_the_path_at_its_knots_and_ends():
     assert float(time_of_timestep(zero, torch.tensor(999.0))) == 0                # M = N: the table ends at noise
     schedule.check_numerically()
     zero.check_numerically()
+    again = schedule_of_config(dict(SD))                  # one table, one identity (plans are cached by it)
+    assert again == schedule and again.same_path(schedule) and hash(again) == hash(schedule)
+    assert not zero.same_path(schedule) and schedule.kernel.digest in schedule.kernel.__name__
 
 
 def test_derivatives_log_snr_and_its_inverse():

@@ -79,11 +79,20 @@ class TableKernel:
         return self.label.replace("-", "_")
 
     @functools.cached_property
+    def digest(self) -> str:
+        """The table's identity: the SHA-256 of its float64 values (16 hex digits)."""
+        return hashlib.sha256(torch.tensor(self.alphas_cumprod, dtype=torch.float64).numpy().tobytes()).hexdigest()[:16]
+
+    @property
+    def __name__(self) -> str:
+        """What a run's manifest records for a kernel without a file: the label and the table's digest."""
+        return f"{self.label} table {self.digest}"
+
+    @functools.cached_property
     def SPEC(self) -> dict:  # noqa: N802
         """The schedule's identity: two kernels of one table have the same path (``Schedule.same_path``)."""
-        digest = hashlib.sha256(torch.tensor(self.alphas_cumprod, dtype=torch.float64).numpy().tobytes()).hexdigest()
-        return {"name": self.label, "alpha": f"sqrt(1 - abar(t)), table {digest[:16]}",
-                "beta": f"sqrt(abar(t)), table {digest[:16]}", "sigma": "ode", "data_var": "1", "params": {},
+        return {"name": self.label, "alpha": f"sqrt(1 - abar(t)), table {self.digest}",
+                "beta": f"sqrt(abar(t)), table {self.digest}", "sigma": "ode", "data_var": "1", "params": {},
                 "description": f"discrete diffusion schedule of {len(self.alphas_cumprod)} timesteps"}
 
     @property
