@@ -136,6 +136,20 @@ def test_lazy_multistep_converges_to_the_exact_map_as_on_vp():
     assert all((runs[n, "discrete"] - runs[n, "vp"]).abs().max() < 1e-10 for n in (64, 256))
 
 
+@pytest.mark.parametrize("prediction_type", ["sample", "v_prediction"])
+def test_lazy_point_mass_sde_is_exact_in_law(prediction_type):
+    """The point-mass schedule is lazy for N(0, I) data (zero drift): from x = 0 at t = 0 (the network called at
+    snr = 0, timestep N) its 4 Euler-Maruyama steps draw N(0, I) exactly; moments within 4 standard errors."""
+    source = schedule_of_config(SD)
+    model, prediction = from_diffusers_unet(_exact_unet(alphas_cumprod_of_config(SD), 1.0, prediction_type), source,
+                                            prediction_type)
+    n = 20000
+    out = sample(model, (n, 2), schedule="pointmass", source=source, prediction=prediction, integrator="euler",
+                 steps=4, dtype=F64, seed=3)
+    assert torch.isfinite(out).all()
+    assert (out.var(0) - 1).abs().max() < 4 * math.sqrt(2 / n) and out.mean(0).abs().max() < 4 / math.sqrt(n)
+
+
 def test_rounded_timesteps_are_integers():
     source = schedule_of_config(SD)
     seen = []
