@@ -1,4 +1,6 @@
-"""lazyflow inside diffusers pipelines: :class:`LazyFlowScheduler`, a drop-in for FlowMatchEuler.
+"""lazyflow inside diffusers pipelines: :class:`LazyFlowScheduler`, a drop-in for FlowMatchEuler (and, from
+:mod:`~lazyflow.runtime.integrations.diffusion_scheduler`, :class:`LazyDiffusionScheduler` for DDPM/DDIM and
+Stable Diffusion 1.x / 2.x / SDXL pipelines).
 
     from lazyflow.diffusers import LazyFlowScheduler
     pipe.scheduler = LazyFlowScheduler.from_config(pipe.scheduler.config)   # linear, multistep-pc
@@ -65,17 +67,17 @@ except ImportError as _err:  # diffusers is an optional extra
 
 from ..core.grid_choice import choose_grid
 from ..core.bespoke import holds_solver
-from ..core.integrators import build_plan, check_plan_options, get_integrator
-from ..core.plan import Integrator, Plan
-from ..core.data_frame import without_skip
-from ..core.data_stats import DataStats
+from ..core.integrators import check_plan_options, get_integrator
+from ..core.plan import Call
 from ..core.frames import times_of_equal_log_snr
-from ..core.noise import CounterNormal
 from ..core.sampler import check_seed
 from .flow_convention import sigma_of_time, time_of_sigma, timestep_of_time, velocity_of_output
 from ..core.schedule import Schedule, load_schedule
+from .diffusion_scheduler import LazyDiffusionScheduler, LazyDiffusionSchedulerOutput, refuse_diffusion_config
+from .scheduler_loop import IntegratorLoop, frame_statistics, scheduler_target
 
-__all__ = ["LazyFlowScheduler", "LazyFlowSchedulerOutput", "SOURCE"]
+__all__ = ["LazyFlowScheduler", "LazyFlowSchedulerOutput", "LazyDiffusionScheduler", "LazyDiffusionSchedulerOutput",
+           "SOURCE"]
 
 #: the network's own schedule: diffusers flow transformers are linear-schedule velocity models
 SOURCE = "linear"
@@ -94,34 +96,6 @@ def _refuse_flow_match_options(invert_sigmas: bool, stochastic_sampling: bool) -
                             "stochastic schedule instead (schedule='pointmass' or 'linear-sde')")
 
 
-def _target(schedule: str | os.PathLike, schedule_params: dict | None, diffusion_scale: float) -> Schedule:
-    """The target schedule: a name or a path (it is saved in the config) with ``schedule_params`` bound and
-    sigma = ``diffusion_scale`` * its sigma."""
-    if not isinstance(schedule, (str, os.PathLike)):
-        raise LazyflowError(f"LazyFlowScheduler: schedule must be a name or a path (it is saved in the config), "
-                            f"got {type(schedule).__name__}")
-    target = load_schedule(os.fspath(schedule), **(schedule_params or {}))
-    return target if diffusion_scale == 1 else target.with_diffusion_scale(diffusion_scale)
-
-
-def _frame_statistics(data_stats: str | None, integrator: Integrator) -> tuple[DataStats | None, Integrator]:
-    """The statistics in the file ``data_stats`` and the integrator that runs on them: a data frame needs them
-    and makes the call at the first sigma, as the pipeline does; per-label statistics are refused (a scheduler
-    never sees the labels)."""
-    stats = None if data_stats is None else DataStats.load(data_stats)
-    if not isinstance(stats, (DataStats, type(None))):
-        raise LazyflowError(f"LazyFlowScheduler: {data_stats} holds statistics per class label, which a "
-                            "scheduler cannot match to its samples (it never sees the labels); give statistics "
-                            "with the first call's mean (lazyflow stats --condition first-call), which read each "
-                            "sample's condition from the pipeline's first network call (prompts, guidance)")
-    if not integrator.needs_data_stats:
-        return stats, integrator
-    if stats is None:
-        raise LazyflowError(f"integrator {integrator.name!r} integrates in the data's frame: give "
-                            "data_stats (the path of a file written by lazyflow stats)")
-    return stats, without_skip(integrator)   # the pipeline makes the call at its first sigma: so does the frame
-
-
 @dataclass
 class LazyFlowSchedulerOutput(BaseOutput):
     """``prev_sample``: what the pipeline feeds the network next (the final samples after the last call)."""
@@ -129,7 +103,7 @@ class LazyFlowSchedulerOutput(BaseOutput):
     prev_sample: torch.Tensor
 
 
-class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
+class LazyFlowScheduler(IntegratorLoop, SchedulerMixin, ConfigMixin):
     """A diffusers scheduler that integrates a flow-matching pipeline in any lazyflow schedule.
 
     Config: FlowMatchEulerDiscreteScheduler's fields (``shift``, ``use_dynamic_shifting``, ``base_shift``,
@@ -169,11 +143,11 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
                  seed: int = 0, diffusion_scale: float = 1.0,
                  data_stats: str | None = None):
         _refuse_flow_match_options(invert_sigmas, stochastic_sampling)
-        self.target: Schedule = _target(schedule, schedule_params, diffusion_scale)
+        self.target: Schedule = scheduler_target("LazyFlowScheduler", schedule, schedule_params, diffusion_scale)
         self.source: Schedule = load_schedule(SOURCE)
         self.integrator = get_integrator(integrator)
         check_plan_options(self.target, self.integrator, final_step)
-        self.data_stats, self.integrator = _frame_statistics(data_stats, self.integrator)
+        self.data_stats, self.integrator = frame_statistics("LazyFlowScheduler", data_stats, self.integrator)
         self._grid = None if grid == PIPELINE_GRID else self._chosen_grid(grid, diffusion_scale != 1)
         if self.integrator.needs_solver_file and not holds_solver(self.integrator):
             raise LazyflowError("LazyFlowScheduler: integrator 'bespoke' runs a fitted solver: give its file as "
@@ -191,11 +165,14 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps: int | None = None
         self._times: torch.Tensor | None = None     # the target grid (float64, CPU)
         self._offsets: list[int] = []                # call index of each step's first call
-        self._step_index: int | None = None
-        self._begin_index: int | None = None
-        self._loop = None
-        self._last: torch.Tensor | None = None
-        self._first_shift: torch.Tensor | None = None
+        self._reset_run()
+
+    @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """diffusers' ``from_config``; a diffusion scheduler's config (DDIM's: betas, prediction_type) is refused
+        in one line naming :class:`LazyDiffusionScheduler`."""
+        refuse_diffusion_config(config, "LazyFlowScheduler")
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # --- what diffusers pipelines read ------------------------------------------------------------
     @property
@@ -204,46 +181,6 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
 
     def set_shift(self, shift: float) -> None:
         self._sigma_maker.set_shift(shift)
-
-    @property
-    def step_index(self) -> int | None:
-        """The index of the next network call (one per ``step``), or None before the first step."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        """The call index the run starts at, set by the pipeline with :meth:`set_begin_index`."""
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = int(begin_index)
-
-    @property
-    def seed(self) -> int:
-        return self._seed
-
-    def set_seed(self, seed: int) -> None:
-        """Seed the per-sample noise streams of the next runs (overrides the config's ``seed``)."""
-        check_seed(seed)
-        self._seed = int(seed)
-
-    @property
-    def times(self) -> torch.Tensor:
-        """The grid the run integrates, in the target schedule's time (float64; ends at 1)."""
-        if self._times is None:
-            raise LazyflowError("call set_timesteps first")
-        return self._times.clone()
-
-    @property
-    def nfe(self) -> int:
-        """Network calls of a whole run (one per timestep)."""
-        return len(self.timesteps)
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
-        return sample
 
     # --- timesteps -------------------------------------------------------------------------------
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
@@ -268,21 +205,10 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
         else:
             steps = num_inference_steps or len(sigmas if sigmas is not None else timesteps)
             times = choose_grid(self._grid, int(steps), target=self.target, integrator=self.integrator).times(self.source)
-        steps = times.numel() - 1
-        plan = self._plan(times, "cpu", torch.float64)
-        calls = plan.call_times()
-        self._offsets = [0]
-        for k in range(steps - 1):
-            self._offsets.append(self._offsets[-1] + 1 + int(plan.two_stage[k]))
-        self._times = times
-        self.num_inference_steps = steps
+        calls = self._set_run(times).call_times()
         self.timesteps = timestep_of_time(calls, cfg.num_train_timesteps).to(device=device, dtype=torch.float32)
         self.sigmas = torch.cat([sigma_of_time(calls), torch.zeros(1, dtype=torch.float64)]).to(torch.float32)
         self.sigma_min, self.sigma_max = float(self.sigmas[-2]), float(self.sigmas[0])
-        self._step_index = None
-        self._begin_index = None
-        self._loop = None
-        self._last = None
 
     def _chosen_grid(self, grid: Any, scale_given: bool) -> Any:
         """A lazyflow grid instead of the pipeline's (:func:`~lazyflow.runtime.core.grid_choice.choose_grid`, the
@@ -311,21 +237,6 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
                                 f"(got network times {t_src.tolist()})")
         return times
 
-    def _plan(self, times: torch.Tensor, device, dtype) -> Plan:
-        return build_plan(self.target, self.source, times, integrator=self.integrator,
-                          final_step=self.config.final_step, prediction="velocity", device=device, dtype=dtype,
-                          data_stats=self.data_stats)
-
-    def index_for_timestep(self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
-        """The call index of ``timestep``: of two equal timesteps (a two-stage step's end and the next
-        step's start) the second, as diffusers' schedulers choose; the nearest one if none is equal."""
-        schedule_timesteps = self.timesteps if schedule_timesteps is None else schedule_timesteps
-        timestep = torch.as_tensor(timestep, device=schedule_timesteps.device, dtype=schedule_timesteps.dtype)
-        indices = (schedule_timesteps == timestep).nonzero()
-        if len(indices) == 0:
-            return int((schedule_timesteps - timestep).abs().argmin())
-        return int(indices[1 if len(indices) > 1 else 0])
-
     def scale_noise(self, sample: torch.Tensor, timestep: float | torch.Tensor,
                     noise: torch.Tensor | None = None) -> torch.Tensor:
         """Img2img's forward process, as FlowMatchEuler's: sigma noise + (1 - sigma) sample at the
@@ -333,14 +244,7 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
         if noise is None:
             raise LazyflowError("scale_noise needs the noise tensor")
         sigmas = self.sigmas.to(device=sample.device, dtype=sample.dtype)
-        timestep = torch.as_tensor(timestep).reshape(-1)
-        if self.begin_index is None:
-            indices = [self.index_for_timestep(t.to(self.timesteps.device)) for t in timestep]
-        elif self.step_index is not None:
-            indices = [self.step_index] * timestep.shape[0]
-        else:
-            indices = [self.begin_index] * timestep.shape[0]
-        sigma = sigmas[indices].flatten()
+        sigma = sigmas[self._first_call_indices(timestep)].flatten()
         while sigma.dim() < sample.dim():
             sigma = sigma.unsqueeze(-1)
         return sigma * noise + (1.0 - sigma) * sample
@@ -355,60 +259,14 @@ class LazyFlowScheduler(SchedulerMixin, ConfigMixin):
         or the samples after the last call.  ``generator`` is not used (noise comes from ``seed``);
         ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise`` are accepted for FlowMatchEuler's signature and
         ignored; ``per_token_timesteps`` is refused."""
-        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
-            raise LazyflowError("step() takes one of scheduler.timesteps as timestep, not an integer index")
+        self._check_timestep(timestep)
         if per_token_timesteps is not None:
             raise LazyflowError("LazyFlowScheduler does not support per_token_timesteps")
-        if self._times is None:
-            raise LazyflowError("call set_timesteps before step")
-        first = self._step_index is None
-        if first:
-            self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
-            self._start(sample)
-        elif self._loop is None:
-            raise LazyflowError("the run has ended (every timestep was stepped); call set_timesteps again")
-        elif sample is not self._last and not torch.equal(sample, self._last):
-            raise LazyflowError("the latents passed to step() are not those the previous step returned: "
-                                "LazyFlowScheduler keeps the state of its integrator, so a pipeline that edits "
-                                "the latents between steps (inpainting, callbacks) is not supported")
-        m = velocity_of_output(model_output.to(self._dtype))
-        if first and self._first_shift is not None:
-            m = m + self._first_shift * sample.to(self._dtype)
-        try:
-            call = self._loop.send(m)
-            out = call.x * call.in_scale
-        except StopIteration as done:
-            out, self._loop = done.value, None
-        self._step_index += 1
-        out = out.to(model_output.dtype)
-        self._last = out
+        out = self._advance(model_output, timestep, sample)
         if not return_dict:
             return (out,)
         return LazyFlowSchedulerOutput(prev_sample=out)
 
-    def _start(self, sample: torch.Tensor) -> None:
-        """Start the integrator loop at the call ``step_index`` from the pipeline's latents ``sample``."""
-        begin = self._step_index
-        if begin not in self._offsets:
-            raise LazyflowError(f"the run starts at call {begin}, which is not the first call of a step "
-                                f"(steps start at calls {self._offsets}); with a two-stage integrator start at a "
-                                "step, or use a one-call integrator (euler, exponential, multistep, multistep-pc)")
-        k0 = self._offsets.index(begin)
-        self._dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
-        device = sample.device
-        plan = self._plan(self._times[k0:], device, self._dtype)
-        latents = sample.to(self._dtype)
-        t0 = float(self._times[k0])
-        draws = CounterNormal(self._seed, range(latents.shape[0]), tuple(latents.shape[1:]), device=device,
-                              dtype=self._dtype)
-        self._first_shift = None
-        if self.target.starts_at_point(t0):
-            # x = 0; the latents are the first noise draw (as sample(..., initial=latents)).  The pipeline
-            # called the network on the latents, not on 0: eta_X = p x_in + q m there
-            x = self.target.initial_state(t0, lambda: latents, latents)
-            p, q = self.source.eta("velocity", plan.tau[:1].to(torch.float64).cpu())
-            self._first_shift = (p / q).to(device=device, dtype=self._dtype)
-        else:            # the latents are the state in the network's frame at the first call: x = c(t_0) latents
-            x = latents / plan.in_scale[0]
-        self._loop = plan.loop(x, self.target.step_noise(t0, draws, latents, x))
-        next(self._loop)   # the first call: the pipeline has made it already
+    def _as_prediction(self, output: torch.Tensor, x_in: torch.Tensor, call: Call) -> torch.Tensor:
+        """Our velocity X - Z from the network's Z - X."""
+        return velocity_of_output(output)
