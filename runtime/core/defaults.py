@@ -21,12 +21,12 @@ STEPS = 8
 
 #: the integrator of a sampler over the caller's own sigmas (k-diffusion's ``sample_lazyflow``, the ComfyUI node),
 #: in the frame N(E[X | c], I) when no statistics are given (the mean read from the first call): exact on
-#: Gaussian data of unit variance on any grid.  ``data-2m`` is DPM-Solver++(2M)'s rule applied to the residual
-#: of that frame (the sampler itself as the frame's variance -> 0).  Chosen by measurement (path to the model's
-#: own ODE from the same start state; ``python -m lazyflow.runtime.evaluation.sigmas_study``) on gmm64, gmm:101,
-#: gmm:102 and gmm:2601,dim=1024 on k-diffusion's Karras sigmas (rho 7, 0.002 to 80 or 14.6) at 4, 6, 8 steps:
-#: below sample_dpmpp_2m in 22 of those 24 cells (gmm64 from 80: 3.45/1.32/0.76 against 4.49/2.97/1.49; the
-#: two losses gmm:2601 from 14.6 at 6 and 8 steps), and below the previous default ``data-euler`` (first order:
-#: 4.18/1.55/0.93 there); reported on other models in docs/k-diffusion.md.  On uniform grids from t = 0 its
-#: first two steps are first order, so ``sample()`` keeps :data:`INTEGRATOR`
-SIGMAS_INTEGRATOR = "data-2m"
+#: Gaussian data of unit variance on any grid.  Chosen by measurement (path to the model's own ODE from the same
+#: start state; ``python -m lazyflow.runtime.evaluation.sigmas_study``), on k-diffusion's Karras sigmas (rho 7,
+#: 0.002 to 80 or 14.6) at 4, 6, 8 steps: below sample_dpmpp_2m on gmm64 (4.18/1.55/0.93 against 4.49/2.97/1.49
+#: from 80).  ``data-2m`` (DPM-Solver++(2M)'s rule on the frame's residual) was chosen over it on gmm64, gmm:101,
+#: gmm:102 and gmm:2601,dim=1024 (below sample_dpmpp_2m in 22 of 24 cells) but lost to it without statistics
+#: on every learned model reported (digits, patches, cond-mlp, bn-unet; docs/k-diffusion.md), so the default
+#: stays; with statistics data-2m is the one to pass.  On uniform grids data-euler is first order and loses, so
+#: ``sample()`` keeps :data:`INTEGRATOR`
+SIGMAS_INTEGRATOR = "data-euler"

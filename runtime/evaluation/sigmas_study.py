@@ -2,7 +2,7 @@
 measurement behind the k-diffusion default, docs/k-diffusion.md "Which default").
 
     python -m lazyflow.runtime.evaluation.sigmas_study MODEL [--model-kind K] [--class-labels L] [--guidance G]
-                                                      [--n N] [--integrators I1,I2]
+                                                      [--n N] [--integrators I1,I2] [--data-stats FILE]
 
 Rows: pathwise error (mean |x - x*|, x* the model's own 800-step ODE solution from the sampler's start state
 x = sigma_max z at t0 = 1 / (1 + sigma_max)) at 4, 6, 8 steps on Karras sigmas (rho 7, 0.002 to 80 and to
@@ -13,11 +13,13 @@ conditional model's labels repeat ``--class-labels`` over the samples.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from ..core import defaults
+from ..core.integrators import INTEGRATORS
 from ..core.noise import standard_normal
 from ..integrations.k_diffusion_samplers import load_k_diffusion_sampling, sample_lazyflow
 from ..models.registry import load_model
@@ -37,9 +39,11 @@ def _denoiser(velocity: Callable[..., torch.Tensor], model_kwargs: dict[str, Any
     return denoiser
 
 
-def sigmas_study(model: str, *, kind: str | None = None, n: int = 256, integrators: tuple[str, ...] = ("data-euler",),
-                 log: Callable[[str], None] = print, **options: Any) -> dict[str, list[float]]:
-    """Print and return {row label: paths at STEPS} for each sigma_max in SIGMA_MAXES."""
+def sigmas_study(model: str, *, kind: str | None = None, n: int = 256, integrators: tuple[str, ...] = ("data-2m",),
+                 data_stats: str | None = None, log: Callable[[str], None] = print,
+                 **options: Any) -> dict[str, list[float]]:
+    """Print and return {row label: paths at STEPS} for each sigma_max in SIGMA_MAXES (``data_stats``: a
+    statistics file; each of ``integrators`` that takes statistics also runs with them)."""
     loaded = load_model(model, kind=kind, num_samples=n, source="linear", prediction="velocity", **options)
     start = standard_normal(0, range(n), 0, tuple(loaded.data_shape))
     sampling, denoiser = load_k_diffusion_sampling(), _denoiser(loaded.model, loaded.model_kwargs)
@@ -50,6 +54,10 @@ def sigmas_study(model: str, *, kind: str | None = None, n: int = 256, integrato
     for name in integrators:
         samplers[f"sample_lazyflow integrator={name}"] = \
             lambda x, s, name=name: sample_lazyflow(denoiser, x, s, disable=True, integrator=name)
+        if data_stats is not None and INTEGRATORS[name].needs_data_stats:
+            samplers[f"sample_lazyflow integrator={name} [{Path(data_stats).name}]"] = \
+                lambda x, s, name=name: sample_lazyflow(denoiser, x, s, disable=True, integrator=name,
+                                                        data_stats=data_stats)
     with torch.no_grad():
         for sigma_max in SIGMA_MAXES:
             reference = path_reference(loaded.model, "linear", start, t0=1 / (1 + sigma_max),
@@ -70,11 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--class-labels", default=None)
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--n", type=int, default=256)
-    parser.add_argument("--integrators", default="data-euler")
+    parser.add_argument("--integrators", default="data-2m")
+    parser.add_argument("--data-stats", default=None, help="a statistics file (lazyflow stats) for the data frames")
     args = parser.parse_args(argv)
     options = {k: v for k, v in (("class_labels", args.class_labels), ("guidance", args.guidance)) if v is not None}
     sigmas_study(args.model, kind=args.model_kind, n=args.n, integrators=tuple(args.integrators.split(",")),
-                 log=lambda line: print(line, flush=True), **options)
+                 data_stats=args.data_stats, log=lambda line: print(line, flush=True), **options)
 
 
 if __name__ == "__main__":

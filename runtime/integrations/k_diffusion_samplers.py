@@ -336,7 +336,7 @@ def sample_lazyflow_ode(model: Callable[..., torch.Tensor], x: torch.Tensor, sig
                         extra_args: dict[str, Any] | None = None, callback: KCallback | None = None,
                         disable: bool | None = None, **options: Any) -> torch.Tensor:
     """:func:`sample_lazyflow` with the deterministic defaults: the probability-flow ODE in the frame exact for
-    N(E[X | c], I) (``data-2m`` without statistics; exact on Gaussian data of unit variance on any sigmas)."""
+    N(E[X | c], I) (``data-euler`` without statistics; exact on Gaussian data of unit variance on any sigmas)."""
     options = {"schedule": "linear", "integrator": defaults.SIGMAS_INTEGRATOR, **options}
     return sample_lazyflow(model, x, sigmas, extra_args, callback, disable, **options)
 
