@@ -21,6 +21,7 @@ _WHERE = {
     "ScheduleValues": "runtime.core.schedule", "SamplingError": "errors", "LazyflowError": "errors",
     "INTEGRATORS": "runtime.core.integrators", "StepInfo": "runtime.core.plan", "DataStats": "runtime.core.data_stats",
     "ConditionalStats": "runtime.core.data_stats", "stats_from_model": "runtime.core.model_stats",
+    "discrete_schedule": "runtime.core.discrete_schedule", "schedule_of_config": "runtime.core.discrete_schedule",
 }
 __all__ = ["__version__", "derive", "runtime", "figures", *_WHERE]
 

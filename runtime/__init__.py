@@ -14,6 +14,7 @@ _WHERE = {"sample": ".core.sampler", "sample_batches": ".core.sampler", "Samplin
           "LazyflowError": "..errors", "load_schedule": ".core.schedule", "Schedule": ".core.schedule",
           "ScheduleValues": ".core.schedule", "INTEGRATORS": ".core.integrators", "StepInfo": ".core.plan",
           "DataStats": ".core.data_stats",
+          "discrete_schedule": ".core.discrete_schedule", "schedule_of_config": ".core.discrete_schedule",
           "guided": ".models.guidance", "make_grid": ".core.grids", "Uniform": ".core.grids",
           "SourceUniform": ".core.grids", "LogSNR": ".core.grids", "EDM": ".core.grids", "LogSNRRange": ".core.grids",
           "TunedGrid": ".core.gridfile", "load_grid_file": ".core.gridfile", "tune_grid": ".evaluation.tune"}

@@ -74,10 +74,11 @@ def invert_log_snr(log_snr_fn, target: torch.Tensor, iterations: int = 80) -> to
 class Schedule:
     """A kernel module with its parameters bound: the schedule's values and derivatives at any times.
 
-    Build it with :func:`load_schedule`.  Two schedules are equal when they use the same kernel with
+    Build it with :func:`load_schedule` (a discrete diffusion table: ``discrete_schedule``, whose kernel is a
+    table-backed object with the same functions).  Two schedules are equal when they use the same kernel with
     the same parameters."""
 
-    kernel: ModuleType
+    kernel: ModuleType | kernels.Kernel
     params: tuple[tuple[str, float], ...] = ()
     origin: str = ""
     #: lambda in sigma = lambda * sigma_kernel (run time; 1 = the kernel's own diffusion, 0 = its ODE)
