@@ -58,7 +58,7 @@ class PathReference:
                 "check_steps": self.check_steps, "check": self.check, "seconds": round(self.seconds, 3)}
 
 
-def _solve(model: Callable, x0: torch.Tensor, source: Any, steps: int, t0: float = 0.0,
+def _solve(model: Callable, x0: torch.Tensor, source: Any, steps: int, t0: float = 0.0, prediction: str = "velocity",
            **options: Any) -> tuple[torch.Tensor, int]:
     """x* at ``steps`` steps (uniform on [t0, 1]) and the network evaluations per sample; ``options`` (batch_size,
     model_kwargs, device) go to ``sample``."""
@@ -71,26 +71,27 @@ def _solve(model: Callable, x0: torch.Tensor, source: Any, steps: int, t0: float
     grid = PATH_REFERENCE_GRID if t0 == 0 else torch.linspace(t0, 1.0, steps + 1, dtype=torch.float64).tolist()
     with torch.no_grad():
         x = sample(counter, tuple(x0.shape), schedule=source, source=source, steps=steps,
-                   integrator=PATH_REFERENCE_INTEGRATOR, grid=grid, prediction="velocity",
+                   integrator=PATH_REFERENCE_INTEGRATOR, grid=grid, prediction=prediction,
                    dtype=torch.float64, initial=x0.to(torch.float64), **options)
     batches = math.ceil(len(x0) / (options.get("batch_size") or len(x0)))
     return x.cpu(), counter.calls // batches
 
 
 def path_reference(velocity: Callable, source: Any, x0: torch.Tensor, steps: int = PATH_REFERENCE_STEPS,
-                   *, t0: float = 0.0, **options: Any) -> PathReference:
+                   *, t0: float = 0.0, prediction: str = "velocity", **options: Any) -> PathReference:
     """x* from the start noise ``x0`` (n, *data_shape) for the ``velocity`` model on its ``source`` schedule,
     with its convergence check at steps // 2.  ``t0`` > 0: the solve starts at the source time t0 from
     alpha(t0) x0 (no data term; where a sampler that starts at t0 starts, e.g. a VE sampler from sigma_max:
     t0 = 1 / (1 + sigma_max) on the linear schedule) on the grid uniform on [t0, 1]; ``options``
     (``batch_size``, ``model_kwargs`` with per-sample conditioning, ``device``) go to ``sample``: the solve
-    runs batch by batch (bounded memory)."""
+    runs batch by batch (bounded memory); ``prediction``: what ``velocity`` returns where it is a trained network
+    of another prediction (a noise model needs t0 > 0)."""
     from ..core.schedule import load_schedule
 
     start = time.perf_counter()
     source = load_schedule(source)
-    samples, nfe = _solve(velocity, x0, source, steps, t0, **options)
-    coarse, _ = _solve(velocity, x0, source, steps // 2, t0, **options)
+    samples, nfe = _solve(velocity, x0, source, steps, t0, prediction, **options)
+    coarse, _ = _solve(velocity, x0, source, steps // 2, t0, prediction, **options)
     name = f"{source.name}/{PATH_REFERENCE_INTEGRATOR}/{PATH_REFERENCE_GRID}" + (f" from t = {t0:.6g}" if t0 else "")
     return PathReference(samples, name, steps, nfe, steps // 2, path_error(coarse, samples),
                          time.perf_counter() - start)

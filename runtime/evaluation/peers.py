@@ -23,7 +23,7 @@ from ...errors import LazyflowError
 from ..integrations.flow_convention import time_of_timestep, velocity_of_output
 from .peer_solvers import edm_sigmas, sample_deis_tab, sample_ipndm, uniform_t_sigmas, ve_denoiser
 
-__all__ = ["PEERS", "available_peers", "SKIPPED_SIGMA_OPTIONS", "PEER_GRIDS", "StartedPeer", "peer_start",
+__all__ = ["PEERS", "available_peers", "bench_peers", "SKIPPED_SIGMA_OPTIONS", "PEER_GRIDS", "StartedPeer", "peer_start",
            "DDPM_SIGMA_MAX"]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -120,8 +120,12 @@ class StartedPeer:
         return self.fn(model, x0, nfe, seed)
 
 
-def peer_start(fn: Callable) -> tuple[float, float]:
-    """(t0, scale): the peer starts at the flow time t0 from scale * x0; (0, 1) for one that starts from x0 at 0."""
+def peer_start(fn: Callable, nfe: int | None = None) -> tuple[float, float]:
+    """(t0, scale): the peer starts at the source time t0 from scale * x0; (0, 1) for one that starts from x0 at 0.
+    A peer whose start depends on its budget (a discrete network's scheduler: its first timestep) has
+    ``start_at(nfe)``."""
+    if callable(getattr(fn, "start_at", None)):
+        return fn.start_at(nfe)
     return (fn.t0, fn.scale) if isinstance(fn, StartedPeer) else (0.0, 1.0)
 
 
@@ -258,6 +262,16 @@ SKIPPED_SIGMA_OPTIONS = ("diffusers UniPC with use_exponential_sigmas or use_bet
                          "mode instead (the 'VP epsilon' rows)")
 
 
+def bench_peers(loaded) -> tuple[dict[str, tuple[bool, Callable]], list[str]]:
+    """:func:`available_peers` of a loaded model: a discrete diffusion network's (``loaded.diffusion``: the peers of
+    :mod:`.discrete_peers`, called on that network) or the flow peers (called on the velocity)."""
+    if getattr(loaded, "diffusion", None) is None:
+        return available_peers()
+    from .discrete_peers import SKIPPED_DISCRETE, discrete_peers
+
+    return available_peers(discrete_peers(loaded.diffusion), SKIPPED_DISCRETE)
+
+
 def _import(needs: str) -> None:
     """Import the package a peer needs (k-diffusion's samplers without its package's heavy imports)."""
     if needs == "k_diffusion":
@@ -268,10 +282,12 @@ def _import(needs: str) -> None:
         __import__(needs)
 
 
-def available_peers() -> tuple[dict[str, tuple[bool, Callable]], list[str]]:
-    """(peers whose package imports, names skipped with the reason, incl. :data:`SKIPPED_SIGMA_OPTIONS`)."""
-    usable, skipped = {}, [SKIPPED_SIGMA_OPTIONS]
-    for name, (stochastic, needs, fn) in PEERS.items():
+def available_peers(peers: dict[str, tuple[bool, str, Callable]] | None = None,
+                    note: str = SKIPPED_SIGMA_OPTIONS) -> tuple[dict[str, tuple[bool, Callable]], list[str]]:
+    """(the ``peers`` (default :data:`PEERS`) whose package imports, names skipped with the reason after ``note``,
+    by default :data:`SKIPPED_SIGMA_OPTIONS`)."""
+    usable, skipped = {}, [note]
+    for name, (stochastic, needs, fn) in (PEERS if peers is None else peers).items():
         if needs:
             try:
                 _import(needs)
