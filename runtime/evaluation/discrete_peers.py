@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from ..models.diffusion_net import DiffusionNetwork
-from .peer_solvers import edm_sigmas, sample_deis_tab, sample_ipndm
+from .peer_solvers import edm_sigmas, sample_deis_tab, sample_ipndm, sample_k_diffusion
 
 __all__ = ["DiscretePeer", "discrete_peers", "DDIM_SPACINGS", "DPM_OPTIONS", "UNIPC_OPTIONS", "SKIPPED_DISCRETE"]
 
@@ -121,21 +121,10 @@ def _ve_solver(net: Callable, z: torch.Tensor, nfe: int, seed: int, *, problem: 
 
 def _k_diffusion(net: Callable, z: torch.Tensor, nfe: int, seed: int, *, problem: DiffusionNetwork,
                  sampler: str) -> torch.Tensor:
-    """k-diffusion's ``sample_<sampler>`` on get_sigmas_karras(n, sigma_min, sigma_max, rho=7) of the schedule's
-    range from x_ve = sigma_max z (Heun: n = (nfe + 1) // 2 steps, 2n - 1 calls; the others n = nfe)."""
-    from ..integrations.k_diffusion_samplers import load_k_diffusion_sampling
-
-    k = load_k_diffusion_sampling()
+    """k-diffusion's ``sample_<sampler>`` on Karras sigmas (rho 7) of the schedule's own range from x_ve = sigma_max z
+    (:func:`.peer_solvers.sample_k_diffusion`)."""
     lo, hi = problem.sigma_range()
-    steps = (nfe + 1) // 2 if sampler == "heun" else nfe
-    sigmas = k.get_sigmas_karras(steps, lo, hi, rho=7.0).to(z.dtype)
-    denoise = _ve_denoiser(net, problem)
-    options = {}
-    if sampler == "dpmpp_2m_sde":
-        generator = torch.Generator().manual_seed(seed)
-        options["noise_sampler"] = lambda *_: torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
-    return getattr(k, f"sample_{sampler}")(lambda y, sigma: denoise(y, float(sigma.reshape(-1)[0])),
-                                           z * float(sigmas[0]), sigmas, disable=True, **options)
+    return sample_k_diffusion(_ve_denoiser(net, problem), z, nfe, seed, sampler=sampler, sigma_min=lo, sigma_max=hi)
 
 
 def _option_text(key: str, value) -> str:

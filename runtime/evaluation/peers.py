@@ -21,7 +21,7 @@ import torch
 
 from ...errors import LazyflowError
 from ..integrations.flow_convention import time_of_timestep, velocity_of_output
-from .peer_solvers import edm_sigmas, sample_deis_tab, sample_ipndm, uniform_t_sigmas, ve_denoiser
+from .peer_solvers import edm_sigmas, sample_deis_tab, sample_ipndm, sample_k_diffusion, uniform_t_sigmas, ve_denoiser
 
 __all__ = ["PEERS", "available_peers", "bench_peers", "SKIPPED_SIGMA_OPTIONS", "PEER_GRIDS", "StartedPeer", "peer_start",
            "DDPM_SIGMA_MAX"]
@@ -137,23 +137,9 @@ def _ve_solver(model: Model, x: torch.Tensor, nfe: int, seed: int, *, solver: Ca
 
 def _k_diffusion(model: Model, x: torch.Tensor, nfe: int, seed: int, *, sampler: str,
                  sigma_max: float) -> torch.Tensor:
-    """k-diffusion's ``sample_<sampler>`` on get_sigmas_karras(n, 0.002, sigma_max, rho=7) from x_ve = sigma_max z:
-    n = nfe steps of one call (dpmpp_2m, lms, dpmpp_2m_sde), Heun n = (nfe + 1) // 2 (2n - 1 calls: none at the
-    last step, to sigma = 0); dpmpp_2m_sde draws its noise from a generator seeded with ``seed``.  The sigmas are in
-    x's dtype (float64 sigmas would turn a float32 state into float64 in Heun and LMS, which a float32 module
-    refuses)."""
-    from ..integrations.k_diffusion_samplers import load_k_diffusion_sampling
-
-    k = load_k_diffusion_sampling()
-    steps = (nfe + 1) // 2 if sampler == "heun" else nfe
-    sigmas = k.get_sigmas_karras(steps, 0.002, sigma_max, rho=7.0).to(x.dtype)   # else its append_dims promotes x
-    denoise = ve_denoiser(model)
-    options = {}
-    if sampler == "dpmpp_2m_sde":
-        generator = torch.Generator().manual_seed(seed)
-        options["noise_sampler"] = lambda *_: torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    return getattr(k, f"sample_{sampler}")(lambda y, sigma: denoise(y, float(sigma.reshape(-1)[0])),
-                                           x * float(sigmas[0]), sigmas, disable=True, **options)
+    """k-diffusion's ``sample_<sampler>`` on get_sigmas_karras(n, 0.002, sigma_max, rho=7) from x_ve = sigma_max z
+    (:func:`.peer_solvers.sample_k_diffusion`) on the VE form of the velocity ``model``."""
+    return sample_k_diffusion(ve_denoiser(model), x, nfe, seed, sampler=sampler, sigma_min=0.002, sigma_max=sigma_max)
 
 
 def _ddpm_sigma_max() -> float:
