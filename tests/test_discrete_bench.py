@@ -212,3 +212,28 @@ def test_diffusers_unet_kind_refuses_in_one_line(tmp_path):
     (tmp_path / "n" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
     with pytest.raises(LazyflowError, match="reads UNet2DModel"):
         load_model(str(tmp_path / "n"), kind="diffusers-unet")
+
+
+@pytest.mark.parametrize("integrator", ["data-euler", "data-multistep"])
+def test_noise_network_runs_the_data_frame_from_pure_noise_exactly_on_gaussian_data(integrator):
+    """N(0, v I) data as a discrete noise network: a data frame that skips the call at t = 0 (where a noise output
+    says nothing) maps z to sqrt(v) z exactly; a classic integrator there is still refused."""
+    from lazyflow import sample
+    from lazyflow.runtime.core.data_stats import DataStats
+    from lazyflow.runtime.models.diffusion_net import DiffusionNetwork, RuntimeModel
+
+    var, dim = 0.3, 3
+    one = gmm.GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, dim, dtype=torch.float64),
+                              torch.tensor([math.sqrt(var)], dtype=torch.float64),
+                              torch.eye(dim, 1, dtype=torch.float64)[None], torch.zeros(1, 1, dtype=torch.float64))
+    network = DiffusionNetwork(gmm.DiscreteNoiseMixture(gmm.ExactMixtureModel(one, (dim,), "one")), gmm.SD_CONFIG)
+    model = RuntimeModel(network)
+    z = torch.randn(6, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for target in ("vp", network.schedule):
+        out = sample(model, (6, dim), schedule=target, source=network.schedule, prediction=model.prediction, steps=5,
+                     integrator=integrator, data_stats=DataStats.isotropic((dim,), var).with_first_call_mean(False),
+                     dtype=torch.float64, initial=z)
+        assert (out - math.sqrt(var) * z).abs().max() < 1e-10
+    with pytest.raises(LazyflowError, match="does not determine eta_X at snr = 0"):
+        sample(model, (6, dim), schedule="vp", source=network.schedule, prediction="noise", steps=4,
+               integrator="multistep")

@@ -152,10 +152,11 @@ def _document(run: BenchRunner, rows: list[BenchRow], tuned_rows: list[BenchRow]
         result["tuned_rows"] = [row.to_json() for row in tuned_rows]
     if open_grid and bench.loaded.diffusion is not None:
         result["grid_note"] = (f"{run.prediction} prediction is undefined at snr = 0: every run of ours starts at log "
-                               f"snr -5 (grid {OPEN_GRID}) from alpha z, the data frames too, the references at -12 "
+                               f"snr -5 (grid {OPEN_GRID}) from alpha z but the data frames on their own grids (they "
+                               "start at t = 0 without a call), the references at -12 "
                                f"({OPEN_REFERENCE_GRID}); point-mass frames are left out.  Every row's path is measured "
-                               "against the model's ODE from that row's own start (ours: log snr -5; each peer: its "
-                               "scheduler's first timestep)")
+                               "against the model's ODE from that row's own start (ours: t = 0 or the open grid's log "
+                               "snr; each peer: its scheduler's first timestep or sigma_max)")
     elif open_grid:
         result["grid_note"] = (f"{run.prediction} prediction is undefined at snr = 0: every run starts at log snr -5 "
                                f"(grid {OPEN_GRID}), the references at -12 ({OPEN_REFERENCE_GRID}); point-mass "
@@ -183,8 +184,8 @@ def _methods(run: BenchRunner, methods: list[OurMethod] | None, full: bool, open
     needed = tuple(dict.fromkeys((*kinds, *(m.stats for m in methods if m.stats))))
     if needed:
         run.prepare_stats(needed, save, log)
-    frames = data_frame_methods(full, kinds)
-    return methods + (open_start(frames) if open_grid else frames)
+    frames = data_frame_methods(full, kinds)   # from t = 0 without a call there, and (discrete) on the open grid
+    return methods + frames + (open_start(frames) if open_grid else [])
 
 
 def _floors(bench: BenchModel, n: int, seed: int) -> dict:

@@ -16,7 +16,7 @@ from ..core.data_frame import without_skip
 from ..core.integrators import INTEGRATORS
 from ..models.kind import LoadedModel, ModelKind, Scorer
 from .bench_methods import STATS_FILE_MISSING, OurMethod
-from .bench_references import PathReferences, open_start_state
+from .bench_references import PathReferences
 from .bench_report import GAUSSIAN_MAP, short_score
 from .bench_row import BenchRow
 from ..core.call_counter import CallCounter
@@ -140,7 +140,7 @@ class BenchRunner:
                        integrator=method.integrator, grid=method.grid, final_step=method.final_step,
                        prediction=self.prediction, data_stats=None if found is None else found.stats, seed=self.seed,
                        **self.options)
-            (scores, halves), error = self.score(x, stochastic, self.own_start(method)), ""
+            (scores, halves), error = self.score(x, stochastic, self.own_start(method, steps)), ""
         except LazyflowError as err:
             scores, halves, error = {}, None, str(err)
         file = None if found is None or found.file is None else str(found.file)
@@ -155,17 +155,24 @@ class BenchRunner:
             self.on_samples(row, x)
         return row
 
-    def own_start(self, method: OurMethod) -> PathReference | None:
-        """x* from where a run of ``method`` starts, for a discrete diffusion network (whose peers are measured so
-        too): on an open log-snr grid it starts at the first log snr lam_0, at the source time t_0 of lam_0, from
-        alpha(t_0) x0 in every frame (the frames meet at equal log snr, x scaled by alpha_source / alpha_target).
-        None (the bench's x*) for any other model or grid."""
-        from ..core.grids import LogSNRRange, parse_grid
+    def own_start(self, method: OurMethod, steps: int) -> PathReference | None:
+        """x* from where a run of ``method`` at ``steps`` starts, for a discrete diffusion network (whose peers are
+        measured so too): a grid that starts at t_0 > 0 (open log-snr grids, tuned grid files) starts at the log snr
+        lam_0 there, at the source time of lam_0, from alpha x0 in every frame (the frames meet at equal log snr,
+        x scaled by alpha_source / alpha_target).  None (the bench's x*) for any other model or grid."""
+        import torch
 
-        grid = None if method.grid.endswith(".json") else parse_grid(method.grid)
-        if self.bench.loaded.diffusion is None or not (isinstance(grid, LogSNRRange) and grid.open):
+        from ..core.grids import make_grid
+
+        if self.bench.loaded.diffusion is None or method.target().point_mass:
             return None
-        return self.references.from_start(*open_start_state(self.source, method.grid))
+        target = method.target()
+        first = make_grid(target, self.source, steps, method.grid)[:1].to(torch.float64)
+        lam = target.log_snr(first)
+        if bool(torch.isneginf(lam).all()):
+            return None
+        t0 = self.source.time_of_log_snr(lam)
+        return self.references.from_start(float(t0[0]), float(self.source.values(t0).alpha[0]))
 
     def tuned(self, path: str, model_name: str, prediction: str, log) -> BenchRow:
         """A tuned grid file's row at its own NFE, with the untuned starting grid's scores beside it."""
