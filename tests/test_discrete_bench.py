@@ -65,6 +65,8 @@ def test_discrete_kind_is_the_runtime_conversion_and_answers_exactly_elsewhere()
     assert torch.allclose(velocity(x, t), v.d_alpha[:, None] * eps + v.d_beta[:, None] * eta_x, rtol=1e-9, atol=1e-9)
     with pytest.raises(LazyflowError, match="not an exact mixture"):
         load_model("discrete:digits")
+    with pytest.raises(LazyflowError, match="fixed mixture: dim=8"):
+        load_model("discrete:gmm64", dim=8)
 
 
 def test_diffusion_network_ve_form_of_the_table():

@@ -392,7 +392,10 @@ def load_random(spec: str, source="linear", prediction: str = "velocity", **opti
 
 def load_any(spec: str, source="linear", prediction: str = "velocity", **options: int | None) -> ExactMixtureModel:
     """A named mixture (:data:`NAMES`, no options) or a random one ``gmm:SEED[,...]`` (:func:`load_random`)."""
-    if spec in NAMES and not any(v is not None for v in options.values()):
+    if spec in NAMES:
+        given = [f"{k}={v}" for k, v in options.items() if v is not None]
+        if given:
+            raise LazyflowError(f"{spec} is a fixed mixture: {', '.join(given)} apply to {RANDOM_KIND}:SEED only")
         return load(spec, source, prediction)
     if spec.partition(":")[0] != RANDOM_KIND:
         raise LazyflowError(f"{spec!r} is not an exact mixture: {', '.join(NAMES)} or {RANDOM_KIND}:SEED[,dim=D]"
