@@ -309,14 +309,23 @@ def _build(ctx: BuildContext, *, history: int, corrector: bool, anchor_below: in
     stack = lambda rows: tuple(torch.stack([row[j] for row in rows]) for j in range(history))  # noqa: E731
     values = ctx.target.values(ctx.t)
     ode = ctx.frame(ctx.t0, ode=torch.ones_like(ctx.ode)) if stochastic else ctx.now   # the probability-flow velocity
+    skip = ctx.integrator.skips_first_call(steps)
+    per_x, per_output = (_unread_start(v) if skip else v for v in (ode.drift_per_x, ode.drift_per_output))
     return DataFrameTables(propagator=torch.sqrt(r[1:] / r[:-1]) * D, residual_weights=stack(pred),
                            corrected_weights=stack(corr) if corrector else None, gaussian_rate=a,
-                           velocity_per_x=ode.drift_per_x, velocity_per_output=ode.drift_per_output,
+                           velocity_per_x=per_x, velocity_per_output=per_output,
                            beta=values.beta, d_beta=values.d_beta[:-1], directions=dirs,
-                           skip_first=ctx.integrator.skips_first_call(steps),
+                           skip_first=skip,
                            noise_scale=torch.sqrt(r[1:] * (1 - D * D)) if stochastic else None,
                            residual_scale=1 + scale2, first_call_mean=ctx.data_stats.first_call_mean,
                            first_gain=values.beta[0] * lam / r[0] if float(values.beta[0]) > 0 else None)
+
+
+def _unread_start(values: torch.Tensor) -> torch.Tensor:
+    """``values`` with a non-finite entry at t_0 set to 0: a run that skips the call at t = 0 never reads it (a noise
+    or score model's conversion at snr = 0, 1/beta); every other entry unchanged."""
+    first = values[:1]
+    return torch.cat([torch.where(torch.isfinite(first), first, torch.zeros_like(first)), values[1:]])
 
 
 def _check_frame(ctx: BuildContext, stochastic: bool = False) -> None:

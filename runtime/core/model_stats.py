@@ -25,7 +25,7 @@ from .data_stats import ConditionalStats, DataStats
 from .plan import Integrator, StepInfo
 from .sampler import sample
 
-__all__ = ["stats_from_model", "own_samples", "OwnSamples", "CONDITIONS"]
+__all__ = ["stats_from_model", "own_samples", "OwnSamples", "CONDITIONS", "OPEN_STATS_GRID"]
 
 #: how :func:`stats_from_model` treats a conditional model's condition
 CONDITIONS = ("none", "label", "first-call")
@@ -62,7 +62,9 @@ def own_samples(model: Callable[..., torch.Tensor], shape: Sequence[int], *, ste
                 **options: Any) -> OwnSamples:
     """``shape[0]`` of the model's own samples, drawn in float64 with a deterministic sampler (``integrator`` on
     ``schedule``, ``steps`` steps from t = 0; cost: ``shape[0]`` times its NFE network calls; ``options`` are
-    :func:`sample`'s, ``model_kwargs`` among them), with each sample's E[X | c_i] read at the first call."""
+    :func:`sample`'s, ``model_kwargs`` among them), with each sample's E[X | c_i] read at the first call.  A noise-
+    or score-prediction model (undefined at snr = 0) runs on :data:`OPEN_STATS_GRID` unless ``options`` give a
+    grid, its mean read at the first call there (E[X | x] = E[X] + O(snr), snr = e^-6)."""
     if options.get("callback") is not None:
         raise LazyflowError("the model's own samples read the run's callback themselves")
     labels = (options.get("model_kwargs") or {}).get(key)
@@ -70,8 +72,12 @@ def own_samples(model: Callable[..., torch.Tensor], shape: Sequence[int], *, ste
                                or labels.shape[0] != shape[0] or labels.is_floating_point()):
         labels = None   # not one integer label per sample: no per-label statistics
     means: list[torch.Tensor] = []
+    first = 0.0
+    if options.get("prediction") in ("noise", "score") and options.get("grid") is None:
+        options["grid"], first = OPEN_STATS_GRID, None
     x = sample(model, shape, schedule=schedule, steps=steps, integrator=integrator, seed=seed,
-               dtype=options.pop("dtype", torch.float64), callback=lambda info: _first_mean(info, means), **options)
+               dtype=options.pop("dtype", torch.float64), callback=lambda info: _first_mean(info, means, first),
+               **options)
     if sum(len(m) for m in means) != len(x):
         raise LazyflowError(f"the sampler {getattr(integrator, 'name', integrator)!r} made no call at t = 0, "
                             "where each sample's mean is read; use one that does (multistep-pc)")
@@ -93,7 +99,11 @@ def stats_from_model(model: Callable[..., torch.Tensor], shape: Sequence[int], *
     return found.stats(kind, condition, rank=rank, floor=floor, packed=packed, grid=grid)
 
 
-def _first_mean(info: StepInfo, means: list[torch.Tensor]) -> None:
-    """Keep eta_X at t = 0 (E[X | c] of each sample of the batch)."""
-    if info.step == 0 and info.t == 0.0:
+#: where a noise- or score-prediction model's own samples start (log snr -6 to 8; their grid for any schedule)
+OPEN_STATS_GRID = "logsnr-open:-6,8"
+
+
+def _first_mean(info: StepInfo, means: list[torch.Tensor], at: float | None = 0.0) -> None:
+    """Keep eta_X at the first step, at t = ``at`` (None: wherever the grid starts): E[X | c] of each sample."""
+    if info.step == 0 and (at is None or info.t == at):
         means.append(info.eta_x.detach().to(torch.float64).cpu())

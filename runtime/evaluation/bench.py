@@ -129,7 +129,7 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
         rows = run.ours(methods, nfes, log)
         rows += run.baseline_rows(nfes, log) if run.exact_samples is not None else []
         if include_peers:
-            rows += run.peers(bench.peer_model(), nfes, log)
+            rows += run.peers(bench.peer_network(), nfes, log)
     tuned_rows = [run.tuned(path, model_name, prediction, log) for path in grid_files or []]
     references = converged_references(run.one, bench.exact, open_grid, log)
     return _document(run, rows, tuned_rows, references, nfes, include_peers, open_grid)
@@ -138,19 +138,26 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
 def _document(run: BenchRunner, rows: list[BenchRow], tuned_rows: list[BenchRow], references: list[dict],
               nfes: list[int], include_peers: bool, open_grid: bool) -> dict:
     """The bench's JSON document: its rows, settings, references, floors and where it ran."""
-    from .peers import available_peers
+    from .peers import bench_peers
 
     bench = run.bench
     result = {"rows": [row.to_json() for row in rows], "model": bench.name, "n": run.shape[0], "seed": run.seed,
               "nfe_budgets": nfes, "metrics": [*bench.scorer.metrics, PATH_METRIC], "reference": references[0],
               "references": references, "path_reference": {**run.path.fields(), "scores": run.path_scores},
-              "skipped": available_peers()[1] if include_peers else [], "machine": machine(),
+              "skipped": bench_peers(bench.loaded)[1] if include_peers else [], "machine": machine(),
               "date": datetime.date.today().isoformat(), "command": "lazyflow " + " ".join(sys.argv[1:])}
     if run.stats:
         result["data_stats"] = {kind: s.info for kind, s in run.stats.items()}
     if tuned_rows:
         result["tuned_rows"] = [row.to_json() for row in tuned_rows]
-    if open_grid:
+    if open_grid and bench.loaded.diffusion is not None:
+        result["grid_note"] = (f"{run.prediction} prediction is undefined at snr = 0: every run of ours starts at log "
+                               f"snr -5 (grid {OPEN_GRID}) from alpha z but the data frames on their own grids (they "
+                               "start at t = 0 without a call), the references at -12 "
+                               f"({OPEN_REFERENCE_GRID}); point-mass frames are left out.  Every row's path is measured "
+                               "against the model's ODE from that row's own start (ours: t = 0 or the open grid's log "
+                               "snr; each peer: its scheduler's first timestep or sigma_max)")
+    elif open_grid:
         result["grid_note"] = (f"{run.prediction} prediction is undefined at snr = 0: every run starts at log snr -5 "
                                f"(grid {OPEN_GRID}), the references at -12 ({OPEN_REFERENCE_GRID}); point-mass "
                                "frames (which start at snr = 0) and the data-frame integrators (which skip the "
@@ -171,11 +178,14 @@ def _methods(run: BenchRunner, methods: list[OurMethod] | None, full: bool, open
         methods = open_start(methods)
     with torch.no_grad():
         run.prepare_path(log)
-    kinds = stats_kinds(math.prod(run.shape[1:]), data_shape=tuple(run.shape[1:])) if default and not open_grid else ()
+    discrete = run.bench.loaded.diffusion is not None   # its data frames start on the open grid with the others
+    kinds = stats_kinds(math.prod(run.shape[1:]), data_shape=tuple(run.shape[1:])) \
+        if default and (discrete or not open_grid) else ()
     needed = tuple(dict.fromkeys((*kinds, *(m.stats for m in methods if m.stats))))
     if needed:
         run.prepare_stats(needed, save, log)
-    return methods + data_frame_methods(full, kinds)
+    frames = data_frame_methods(full, kinds)   # from t = 0 without a call there, and (discrete) on the open grid
+    return methods + frames + (open_start(frames) if open_grid else [])
 
 
 def _floors(bench: BenchModel, n: int, seed: int) -> dict:

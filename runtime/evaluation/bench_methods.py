@@ -135,14 +135,16 @@ OPEN_REFERENCE_GRID = "logsnr-open:-12,12"
 
 
 def open_start(methods: list[OurMethod]) -> list[OurMethod]:
-    """Each method on :data:`OPEN_GRID` (once per schedule, integrator and final step); point-mass methods are
-    left out (a point mass starts at snr = 0, where a noise or score model says nothing)."""
+    """Each method on :data:`OPEN_GRID` (once per schedule, integrator and final step; a method already on an open
+    log-snr grid keeps it); point-mass methods are left out (a point mass starts at snr = 0, where a noise or score
+    model says nothing)."""
     from ..core.schedule import load_schedule
 
     out: dict = {}
     for method in methods:
         if not load_schedule(method.schedule).point_mass:
-            out.setdefault(replace(method, grid=OPEN_GRID), None)
+            grid = method.grid if method.grid.startswith("logsnr-open:") else OPEN_GRID
+            out.setdefault(replace(method, grid=grid), None)
     return list(out)
 
 

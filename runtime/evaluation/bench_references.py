@@ -8,12 +8,12 @@ from typing import Any, Callable
 
 import torch
 
-from .bench_methods import OPEN_REFERENCE_GRID, OurMethod
+from .bench_methods import OPEN_GRID, OPEN_REFERENCE_GRID, OurMethod
 from .bench_report import short_score
 from .bench_row import BenchRow
 from .paths import PATH_REFERENCE_STEPS, PathReference, path_reference
 
-__all__ = ["PathReferences", "converged_references", "REFERENCES", "EXACT_REFERENCE_STEPS"]
+__all__ = ["PathReferences", "converged_references", "open_start_state", "REFERENCES", "EXACT_REFERENCE_STEPS"]
 
 #: the converged references: kind -> (method, steps); the exact models' steps were measured to converge
 #: (MixtureScorer metrics unchanged to the printed digits between these and twice as many steps)
@@ -26,25 +26,44 @@ class PathReferences:
     :meth:`solve` or read from a cache), and the x* of each peer that starts later (:meth:`from_start`), solved
     once per bench; ``options`` (batch_size, model_kwargs, device) batch and condition them as the rows are."""
 
-    def __init__(self, velocity: Callable, source: Any, start: torch.Tensor, options: dict[str, Any]):
+    def __init__(self, velocity: Callable, source: Any, start: torch.Tensor, options: dict[str, Any],
+                 prediction: str = "velocity"):
         self.velocity, self.source, self.start, self.options = velocity, source, start, options
+        self.prediction = prediction
         self.main: PathReference | None = None
         self._started: dict[tuple[float, float], PathReference] = {}
+        self._main_start = (0.0, 1.0)
 
     def solve(self, steps: int = PATH_REFERENCE_STEPS) -> PathReference:
-        """x* from the start noise at ``steps`` steps, with its check at half of them (:func:`.paths.path_reference`)."""
-        return path_reference(self.velocity, self.source, self.start, steps, **self.options)
+        """x* from the start noise at ``steps`` steps, with its check at half of them (:func:`.paths.path_reference`);
+        a trained noise or score model (undefined at snr = 0) from where :data:`~.bench_methods.OPEN_GRID` starts."""
+        if self.prediction not in ("noise", "score"):
+            return path_reference(self.velocity, self.source, self.start, steps, **self.options)
+        self._main_start = open_start_state(self.source)
+        return path_reference(self.velocity, self.source, self.start, steps, t0=self._main_start[0],
+                              prediction=self.prediction, **self.options)
 
     def from_start(self, t0: float, scale: float) -> PathReference | None:
-        """x* of a peer that starts at the source time t0 from scale * x0 (:func:`.peers.peer_start`; a linear
-        source), with as many steps as ``main``: path_reference starts from alpha(t0) x0 = (1 - t0) x0."""
-        if t0 == 0 or self.main is None:
+        """x* of a peer that starts at the source time t0 from scale * x0 (:func:`.peers.peer_start`), with as many
+        steps as ``main``: path_reference starts from alpha(t0) x0 (the source's alpha; 1 - t0 on the linear one),
+        so its x0 is x0 scale / alpha(t0); ``main`` where that is the bench's own start (alpha(0) x0 at t = 0)."""
+        alpha = float(self.source.values(torch.tensor([float(t0)], dtype=torch.float64)).alpha[0])
+        if self.main is None or (t0 == 0 and scale == alpha) or (t0, scale) == self._main_start:
             return self.main
         if (t0, scale) not in self._started:
-            x0 = self.start * (scale / (1 - t0))
+            x0 = self.start * (scale / alpha)
             self._started[(t0, scale)] = path_reference(self.velocity, self.source, x0, self.main.steps, t0=t0,
-                                                        **self.options)
+                                                        prediction=self.prediction, **self.options)
         return self._started[(t0, scale)]
+
+
+def open_start_state(source: Any, grid: str = OPEN_GRID) -> tuple[float, float]:
+    """(t0, alpha(t0)): where a run on the open log-snr ``grid`` starts on ``source`` (its first log snr), and the
+    scale of its start state alpha(t0) x0 (in every frame: the frames meet at equal log snr)."""
+    from ..core.grids import parse_grid
+
+    t0 = source.time_of_log_snr(torch.tensor([parse_grid(grid).first], dtype=torch.float64))
+    return float(t0[0]), float(source.values(t0).alpha[0])
 
 
 def converged_references(run_one: Callable[[OurMethod, int, int], BenchRow], exact: bool, open_grid: bool,

@@ -42,9 +42,21 @@ class BenchModel:
         return self.kind.exact
 
     def peer_model(self):
-        """The velocity model the peers get (an exact model seen through its velocity)."""
+        """The velocity model the flow peers get and x* solves (an exact model seen through its velocity)."""
         loaded = self.loaded
         return loaded.model if loaded.prediction == "velocity" else loaded.answering(loaded.source, "velocity").model
+
+    def reference_model(self) -> tuple[Callable, str]:
+        """(model, prediction) x* solves: the velocity (:meth:`peer_model`) of an exact or velocity model; a trained
+        network of another prediction as it is (the runtime converts it)."""
+        loaded = self.loaded
+        if self.exact or loaded.prediction == "velocity":
+            return self.peer_model(), "velocity"
+        return loaded.model, loaded.prediction
+
+    def peer_network(self):
+        """What the peers call: a discrete diffusion network as diffusers calls it, else :meth:`peer_model`."""
+        return self.peer_model() if self.loaded.diffusion is None else self.loaded.diffusion.net
 
 
 class BenchRunner:
@@ -66,7 +78,8 @@ class BenchRunner:
         self.batches = math.ceil(shape[0] / self.size)
         self.options = {"batch_size": batch_size, "model_kwargs": bench.loaded.model_kwargs or None, "device": device}
         self.start = standard_normal(seed, range(shape[0]), 0, shape[1:], device=device)   # what sample() starts from
-        self.references = PathReferences(bench.peer_model(), self.source, self.start, self.options)
+        model, prediction = bench.reference_model()
+        self.references = PathReferences(model, self.source, self.start, self.options, prediction)
         self.path_scores: dict[str, float] = {}
         self.stats: dict[str, BenchStats] = {}
         self.exact_samples = None
@@ -127,7 +140,7 @@ class BenchRunner:
                        integrator=method.integrator, grid=method.grid, final_step=method.final_step,
                        prediction=self.prediction, data_stats=None if found is None else found.stats, seed=self.seed,
                        **self.options)
-            (scores, halves), error = self.score(x, stochastic), ""
+            (scores, halves), error = self.score(x, stochastic, self.own_start(method, steps)), ""
         except LazyflowError as err:
             scores, halves, error = {}, None, str(err)
         file = None if found is None or found.file is None else str(found.file)
@@ -141,6 +154,25 @@ class BenchRunner:
         if self.on_samples is not None and x is not None:
             self.on_samples(row, x)
         return row
+
+    def own_start(self, method: OurMethod, steps: int) -> PathReference | None:
+        """x* from where a run of ``method`` at ``steps`` starts, for a discrete diffusion network (whose peers are
+        measured so too): a grid that starts at t_0 > 0 (open log-snr grids, tuned grid files) starts at the log snr
+        lam_0 there, at the source time of lam_0, from alpha x0 in every frame (the frames meet at equal log snr,
+        x scaled by alpha_source / alpha_target).  None (the bench's x*) for any other model or grid."""
+        import torch
+
+        from ..core.grids import make_grid
+
+        if self.bench.loaded.diffusion is None or method.target().point_mass:
+            return None
+        target = method.target()
+        first = make_grid(target, self.source, steps, method.grid)[:1].to(torch.float64)
+        lam = target.log_snr(first)
+        if bool(torch.isneginf(lam).all()):
+            return None
+        t0 = self.source.time_of_log_snr(lam)
+        return self.references.from_start(float(t0[0]), float(self.source.values(t0).alpha[0]))
 
     def tuned(self, path: str, model_name: str, prediction: str, log) -> BenchRow:
         """A tuned grid file's row at its own NFE, with the untuned starting grid's scores beside it."""
@@ -185,8 +217,8 @@ class BenchRunner:
             if method.stats not in self.stats:
                 raise LazyflowError(f"{method.name}: this bench has no {method.stats} statistics (made with other "
                                     f"settings: {', '.join(self.stats) or 'none'})")
-            if self.stats[method.stats].stats.first_call_mean:
-                integrator = without_skip(integrator)   # the mean is read at t = 0: that call is made
+            if self.stats[method.stats].stats.first_call_mean or method.grid.startswith("logsnr-open:"):
+                integrator = without_skip(integrator)   # the mean is read at t = 0, or the grid starts later: a call
         return integrator.steps_for_nfe(budget)
 
     def ours(self, methods: list[OurMethod], nfes: list[int], log) -> list[BenchRow]:
@@ -237,7 +269,7 @@ class BenchRunner:
 
         from .peers import PEER_GRIDS, peer_start
 
-        t0, scale = peer_start(fn)
+        t0, scale = peer_start(fn, budget)
         reference = None if stochastic else self.references.from_start(t0, scale)
         counter = CallCounter(model)
         start = time.perf_counter()
@@ -252,8 +284,8 @@ class BenchRunner:
             error = f"{type(err).__name__}: {err}"
         row = self.row(name, peer=True, stochastic=stochastic, budget=budget, nfe=counter.calls // self.batches,
                        seconds=time.perf_counter() - start, scores=scores, halves=halves, error=error,
-                       grid=PEER_GRIDS.get(name))
-        if t0 > 0:
+                       grid=getattr(fn, "grid", None) or PEER_GRIDS.get(name))
+        if t0 > 0 or (reference is not None and reference is not self.path):
             row = row.with_details(start={"t": t0, "scale": scale, **({} if reference is None else {
                 "path_reference": reference.method, "path_reference_check": reference.check})})
         if self.on_samples is not None and x is not None:
@@ -261,12 +293,12 @@ class BenchRunner:
         return row
 
     def peers(self, model, nfes: list[int], log, stochastic_too: bool = True) -> list[BenchRow]:
-        """The installed peers on the velocity ``model``, each at each budget of ``nfes``; ``stochastic_too=False``
-        leaves the stochastic peers out."""
-        from .peers import available_peers
+        """The installed peers of the model (:func:`.peers.bench_peers`) on ``model`` (:meth:`BenchModel.peer_network`),
+        each at each budget of ``nfes``; ``stochastic_too=False`` leaves the stochastic peers out."""
+        from .peers import bench_peers
 
         rows = []
-        for name, (stochastic, fn) in available_peers()[0].items():
+        for name, (stochastic, fn) in bench_peers(self.bench.loaded)[0].items():
             if stochastic and not stochastic_too:
                 continue
             rows += [self.peer(name, stochastic, fn, model, budget) for budget in nfes]

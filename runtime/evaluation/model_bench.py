@@ -41,7 +41,7 @@ from ...errors import LazyflowError
 from ..core.gridfile import TunedGrid
 from ..core.sampler import per_sample_kwargs
 from ..models.kind import LoadedModel, ModelKind
-from .bench_methods import OurMethod, our_methods, sample_args
+from .bench_methods import OurMethod, open_start, our_methods, sample_args
 from .bench_report import format_table, machine, path_check
 from .bench_row import BenchRow
 from .bench_runner import BenchModel, BenchRunner
@@ -146,9 +146,9 @@ def load_bench_model(model: str, kind: str, n: int, *, options: dict[str, Any] |
     if loaded.data_shape is None:
         raise LazyflowError(f"the {found.name} model at {model} does not say its data shape: give --shape, "
                             "e.g. --shape 4,32,32")
-    if loaded.prediction != "velocity":
+    if loaded.prediction != "velocity" and loaded.diffusion is None:
         raise LazyflowError(f"{model} predicts {loaded.prediction}; the bench on a model file compares samplers "
-                            "on velocity models")
+                            "on velocity models and on diffusion networks (--model-kind diffusers-unet)")
     return found, loaded
 
 
@@ -208,6 +208,8 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
     found, loaded = load_bench_model(model, kind, n, options=options, label_seed=label_seed, device=device)
     keys = stats_keys(loaded, stats_samples) if data_frames and methods is None else []
     methods = (model_bench_methods(full) if methods is None else list(methods)) + data_frame_rows(keys, full)
+    if loaded.prediction in ("noise", "score"):   # undefined at snr = 0: every run starts on the open grid
+        methods = open_start(methods)
     if not methods:
         raise LazyflowError("no deterministic sampler of ours to run (a stochastic schedule has no pathwise target)")
     flags = _kind_flags(found.name, options, loaded) + (["--device", str(device)] if device.type != "cpu" else [])
@@ -215,7 +217,7 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
     def args_for(method: OurMethod, steps: int, stats: str | None) -> list[str]:
         return [*sample_args(model, method, steps, n, seed, data_stats=stats), *flags]
     spent = [0]   # every network evaluation the bench makes (reference, statistics, rows, tuning, peers)
-    total = _evaluations(n, len(methods), nfes, include_peers, reference_cache, reference_steps) + \
+    total = _evaluations(loaded, n, len(methods), nfes, include_peers, reference_cache, reference_steps) + \
         (stats_samples * STATS_STEPS if keys else 0)
     with progress_bar(total, enabled=progress, desc="model evaluations", unit="eval") as bar:
         def update(evaluations: int) -> None:
@@ -239,13 +241,13 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
     return _finished(result, run, tuned, picked, pilot)
 
 
-def _evaluations(n: int, methods: int, nfes: list[int], include_peers: bool, cache: str | Path | None,
-                 reference_steps: int) -> int:
+def _evaluations(loaded: LoadedModel, n: int, methods: int, nfes: list[int], include_peers: bool,
+                 cache: str | Path | None, reference_steps: int) -> int:
     """The progress bar's total: network evaluations of the rows, the reference (unless cached) and the references
     of the peers that start at t0 > 0 (never cached); tuning and statistics not included."""
-    from .peers import available_peers, peer_start
+    from .peers import bench_peers, peer_start
 
-    usable = available_peers()[0] if include_peers else {}
+    usable = bench_peers(loaded)[0] if include_peers else {}
     peers = sum(not stochastic for stochastic, _ in usable.values())
     starts = len({peer_start(fn) for stochastic, fn in usable.values() if not stochastic} - {(0.0, 1.0)})
     cached = cache is not None and Path(cache).exists()
@@ -266,9 +268,9 @@ def _path_solved(run: BenchRunner, cache: str | Path | None, settings: dict, ste
 def _document(run: BenchRunner, rows: list[BenchRow], nfes: list[int], *, kind: ModelKind,
               conditioning: dict[str, Any], reference: dict[str, Any], peers: bool, evaluations: int) -> dict:
     """The model bench's JSON document but for its statistics, tuned rows and recommendation (:func:`_finished`)."""
-    from .peers import available_peers
+    from .peers import bench_peers
 
-    skipped = available_peers()[1] if peers else []
+    skipped = bench_peers(run.bench.loaded)[1] if peers else []
     return {"rows": [row.to_json() for row in rows], "model": run.bench.name, "model_kind": kind.name,
             "n": run.shape[0], "seed": run.seed, "nfe_budgets": nfes, "metrics": [PATH_METRIC],
             "data_shape": list(run.shape[1:]), "batch_size": run.options["batch_size"], "conditioning": conditioning,
@@ -287,7 +289,8 @@ def _all_rows(run: BenchRunner, methods: list[OurMethod], nfes: list[int], meter
     tuned = tuned_rows(run, rows, methods, tune, metered, save, log) if tune else []
     tuned += bespoke_rows(run, nfes, metered, save, log) if bespoke else []
     picked = _pilot_rows(run, pilot, nfes, log) if pilot is not None else []
-    rows += run.peers(metered.model, nfes, log, stochastic_too=False) if peers else []
+    network = metered.model if metered.diffusion is None else CallCounter(metered.diffusion.net, metered.model.on_call)
+    rows += run.peers(network, nfes, log, stochastic_too=False) if peers else []
     return rows, tuned, picked
 
 

@@ -1,5 +1,6 @@
 """iPNDM and DEIS-tAB, written from Zhang & Chen (2023), "Fast sampling of diffusion models with exponential
-integrator", on the VE (EDM) form of our flow model; pure torch, peers of the bench (:mod:`.peers`).
+integrator", on the VE (EDM) form of our flow model; pure torch, peers of the bench (:mod:`.peers`); and the one
+call of k-diffusion's samplers on any VE denoiser (:func:`sample_k_diffusion`).
 
 The VE form of a velocity model v on the linear schedule x_t = t X + (1 - t) Z:
 
@@ -23,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 __all__ = ["ve_denoiser", "edm_sigmas", "uniform_t_sigmas", "ipndm_step", "sample_ipndm", "deis_coefficients",
-           "sample_deis_tab", "IPNDM_COEFFICIENTS"]
+           "sample_deis_tab", "sample_k_diffusion", "IPNDM_COEFFICIENTS"]
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -109,3 +110,23 @@ def sample_deis_tab(denoiser: Denoiser, x: torch.Tensor, sigmas: Sequence[float]
         nodes = [times[i - j] for j in range(len(history))]
         x = x + sum(c * eps for c, eps in zip(deis_coefficients(times[i], times[i + 1], nodes), history))
     return x
+
+
+def sample_k_diffusion(denoiser: Denoiser, x: torch.Tensor, nfe: int, seed: int, *, sampler: str, sigma_min: float,
+                       sigma_max: float) -> torch.Tensor:
+    """k-diffusion's ``sample_<sampler>`` with ``denoiser`` on get_sigmas_karras(n, sigma_min, sigma_max, rho=7) from
+    x_ve = sigma_max x: n = nfe steps of one call (dpmpp_2m, lms, dpmpp_2m_sde), Heun n = (nfe + 1) // 2 (2n - 1
+    calls: none at the last step, to sigma = 0); dpmpp_2m_sde draws its noise from a generator seeded with ``seed``.
+    The sigmas are in x's dtype (float64 sigmas would turn a float32 state into float64 in Heun and LMS, which a
+    float32 module refuses)."""
+    from ..integrations.k_diffusion_samplers import load_k_diffusion_sampling
+
+    k = load_k_diffusion_sampling()
+    steps = (nfe + 1) // 2 if sampler == "heun" else nfe
+    sigmas = k.get_sigmas_karras(steps, sigma_min, sigma_max, rho=7.0).to(x.dtype)   # else its append_dims promotes x
+    options = {}
+    if sampler == "dpmpp_2m_sde":
+        generator = torch.Generator().manual_seed(seed)
+        options["noise_sampler"] = lambda *_: torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    return getattr(k, f"sample_{sampler}")(lambda y, sigma: denoiser(y, float(sigma.reshape(-1)[0])),
+                                           x * float(sigmas[0]), sigmas, disable=True, **options)

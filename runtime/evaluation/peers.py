@@ -21,9 +21,9 @@ import torch
 
 from ...errors import LazyflowError
 from ..integrations.flow_convention import time_of_timestep, velocity_of_output
-from .peer_solvers import edm_sigmas, sample_deis_tab, sample_ipndm, uniform_t_sigmas, ve_denoiser
+from .peer_solvers import edm_sigmas, sample_deis_tab, sample_ipndm, sample_k_diffusion, uniform_t_sigmas, ve_denoiser
 
-__all__ = ["PEERS", "available_peers", "SKIPPED_SIGMA_OPTIONS", "PEER_GRIDS", "StartedPeer", "peer_start",
+__all__ = ["PEERS", "available_peers", "bench_peers", "SKIPPED_SIGMA_OPTIONS", "PEER_GRIDS", "StartedPeer", "peer_start",
            "DDPM_SIGMA_MAX"]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -120,8 +120,12 @@ class StartedPeer:
         return self.fn(model, x0, nfe, seed)
 
 
-def peer_start(fn: Callable) -> tuple[float, float]:
-    """(t0, scale): the peer starts at the flow time t0 from scale * x0; (0, 1) for one that starts from x0 at 0."""
+def peer_start(fn: Callable, nfe: int | None = None) -> tuple[float, float]:
+    """(t0, scale): the peer starts at the source time t0 from scale * x0; (0, 1) for one that starts from x0 at 0.
+    A peer whose start depends on its budget (a discrete network's scheduler: its first timestep) has
+    ``start_at(nfe)``."""
+    if callable(getattr(fn, "start_at", None)):
+        return fn.start_at(nfe)
     return (fn.t0, fn.scale) if isinstance(fn, StartedPeer) else (0.0, 1.0)
 
 
@@ -133,23 +137,9 @@ def _ve_solver(model: Model, x: torch.Tensor, nfe: int, seed: int, *, solver: Ca
 
 def _k_diffusion(model: Model, x: torch.Tensor, nfe: int, seed: int, *, sampler: str,
                  sigma_max: float) -> torch.Tensor:
-    """k-diffusion's ``sample_<sampler>`` on get_sigmas_karras(n, 0.002, sigma_max, rho=7) from x_ve = sigma_max z:
-    n = nfe steps of one call (dpmpp_2m, lms, dpmpp_2m_sde), Heun n = (nfe + 1) // 2 (2n - 1 calls: none at the
-    last step, to sigma = 0); dpmpp_2m_sde draws its noise from a generator seeded with ``seed``.  The sigmas are in
-    x's dtype (float64 sigmas would turn a float32 state into float64 in Heun and LMS, which a float32 module
-    refuses)."""
-    from ..integrations.k_diffusion_samplers import load_k_diffusion_sampling
-
-    k = load_k_diffusion_sampling()
-    steps = (nfe + 1) // 2 if sampler == "heun" else nfe
-    sigmas = k.get_sigmas_karras(steps, 0.002, sigma_max, rho=7.0).to(x.dtype)   # else its append_dims promotes x
-    denoise = ve_denoiser(model)
-    options = {}
-    if sampler == "dpmpp_2m_sde":
-        generator = torch.Generator().manual_seed(seed)
-        options["noise_sampler"] = lambda *_: torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    return getattr(k, f"sample_{sampler}")(lambda y, sigma: denoise(y, float(sigma.reshape(-1)[0])),
-                                           x * float(sigmas[0]), sigmas, disable=True, **options)
+    """k-diffusion's ``sample_<sampler>`` on get_sigmas_karras(n, 0.002, sigma_max, rho=7) from x_ve = sigma_max z
+    (:func:`.peer_solvers.sample_k_diffusion`) on the VE form of the velocity ``model``."""
+    return sample_k_diffusion(ve_denoiser(model), x, nfe, seed, sampler=sampler, sigma_min=0.002, sigma_max=sigma_max)
 
 
 def _ddpm_sigma_max() -> float:
@@ -258,6 +248,16 @@ SKIPPED_SIGMA_OPTIONS = ("diffusers UniPC with use_exponential_sigmas or use_bet
                          "mode instead (the 'VP epsilon' rows)")
 
 
+def bench_peers(loaded) -> tuple[dict[str, tuple[bool, Callable]], list[str]]:
+    """:func:`available_peers` of a loaded model: a discrete diffusion network's (``loaded.diffusion``: the peers of
+    :mod:`.discrete_peers`, called on that network) or the flow peers (called on the velocity)."""
+    if getattr(loaded, "diffusion", None) is None:
+        return available_peers()
+    from .discrete_peers import SKIPPED_DISCRETE, discrete_peers
+
+    return available_peers(discrete_peers(loaded.diffusion), SKIPPED_DISCRETE)
+
+
 def _import(needs: str) -> None:
     """Import the package a peer needs (k-diffusion's samplers without its package's heavy imports)."""
     if needs == "k_diffusion":
@@ -268,10 +268,12 @@ def _import(needs: str) -> None:
         __import__(needs)
 
 
-def available_peers() -> tuple[dict[str, tuple[bool, Callable]], list[str]]:
-    """(peers whose package imports, names skipped with the reason, incl. :data:`SKIPPED_SIGMA_OPTIONS`)."""
-    usable, skipped = {}, [SKIPPED_SIGMA_OPTIONS]
-    for name, (stochastic, needs, fn) in PEERS.items():
+def available_peers(peers: dict[str, tuple[bool, str, Callable]] | None = None,
+                    note: str = SKIPPED_SIGMA_OPTIONS) -> tuple[dict[str, tuple[bool, Callable]], list[str]]:
+    """(the ``peers`` (default :data:`PEERS`) whose package imports, names skipped with the reason after ``note``,
+    by default :data:`SKIPPED_SIGMA_OPTIONS`)."""
+    usable, skipped = {}, [note]
+    for name, (stochastic, needs, fn) in (PEERS if peers is None else peers).items():
         if needs:
             try:
                 _import(needs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..models.builtin import DIGITS_SHAPE, FILE_KIND
+from ..models.builtin import DIGITS_SHAPE, DISCRETE_MIXTURE_KIND, FILE_KIND
 from ..models.gmm import NAMES as MIXTURE_NAMES
 from ..models.gmm import RANDOM_KIND
 from ..models.kind import LoadedModel, ModelKind, Scorer
@@ -77,7 +77,7 @@ SCORERS: dict[str, ScorerEntry] = {
     "digits": ScorerEntry(_digits, ("fd",)),
     "patches": ScorerEntry(_patches, ("fd",)),
     FILE_KIND: ScorerEntry(_by_shape, ("fd",)),    # a digits or patches model file
-    **{name: ScorerEntry(_mixture, _MIXTURE_METRICS) for name in (*MIXTURE_NAMES, RANDOM_KIND)},
+    **{name: ScorerEntry(_mixture, _MIXTURE_METRICS) for name in (*MIXTURE_NAMES, RANDOM_KIND, DISCRETE_MIXTURE_KIND)},
 }
 
 

@@ -122,8 +122,8 @@ def tune_grid(model, *, model_name: str = "", schedule: Any = "pointmass", sourc
     if method.needs_solver_file:
         return _fit_solver(model, model_name, target, src, prediction, nfe, final_step, samples, seed, holdout_seed,
                            reference_steps, max_evals, model_kwargs, data_stats, data_shape, log)
-    if data_stats is not None and data_stats.first_call_mean:
-        method = without_skip(method)   # the mean is read at t = 0: that call is made
+    if (data_stats is not None and data_stats.first_call_mean) or str(init).startswith("logsnr-open:"):
+        method = without_skip(method)   # the mean is read at t = 0, or the grid starts later: that call is made
     check_budget(nfe, samples)
     steps = _steps_within(method, nfe, final_step)
     holdout_seed = checked_holdout_seed(seed, holdout_seed)

@@ -1,7 +1,9 @@
 """The model kinds lazyflow ships: the embedded models (``digits``, ``moons``, ``patches``), the exact Gaussian mixtures
 (``gmm64``, ``gmm4096``, and the random ``gmm:SEED[,dim=D][,components=K][,rank=R]``), model files (``file``:
 .safetensors with a .json config, TorchScript .pt), SiT checkpoints (``sit-s/2`` ... ``sit-xl/8``), TorchScript
-velocity models (``torchscript``) and diffusers flow transformers with prompt embeddings (``diffusers-transformer``).
+velocity models (``torchscript``), diffusers flow transformers with prompt embeddings (``diffusers-transformer``),
+diffusers UNets on discrete diffusion schedules (``diffusers-unet``) and the exact mixtures as such networks
+(``discrete:MIXTURE``).
 :mod:`lazyflow.runtime.models.registry` registers them.  How the bench scores each is the evaluation
 layer's business (:mod:`lazyflow.runtime.evaluation.scorers`)."""
 from __future__ import annotations
@@ -15,13 +17,15 @@ import torch
 from ...errors import LazyflowError
 from . import embedded, gmm, sit
 from .conditional import ConditionalVelocityNet
+from .diffusion_net import DiffusionNetwork, RuntimeModel
 from .diffusers_transformer import DIFFUSERS_TRANSFORMER_KIND
+from .diffusers_unet import DIFFUSERS_UNET_KIND
 from .guidance import guided
 from .kind import LoadedModel, ModelKind
 from .sit_checkpoint import SIT_OPTIONS, load_sit_checkpoint
 from .torchscript import TORCHSCRIPT_KIND
 
-__all__ = ["BUILTIN_KINDS", "FILE_KIND", "DIGITS_SHAPE", "RANDOM_MIXTURE_OPTIONS", "CONDITIONAL_OPTIONS",
+__all__ = ["BUILTIN_KINDS", "FILE_KIND", "DISCRETE_MIXTURE_KIND", "DIGITS_SHAPE", "RANDOM_MIXTURE_OPTIONS", "CONDITIONAL_OPTIONS",
            "load_conditional"]
 
 #: the kind that loads a ``--model`` path given without ``--model-kind``
@@ -90,6 +94,27 @@ def _load_random_mixture(spec: str, *, device: torch.device, num_samples: int, d
     return _exact(gmm.load_random(spec, dim=dim, components=components, rank=rank).to(device))
 
 
+#: the kind of the exact mixtures as noise-prediction networks on Stable Diffusion 1.x's discrete schedule
+DISCRETE_MIXTURE_KIND = "discrete"
+
+
+def _load_discrete_mixture(spec: str, *, device: torch.device, num_samples: int, dim: int | None = None,
+                           components: int | None = None, rank: int | None = None) -> LoadedModel:
+    """``discrete:MIXTURE`` (gmm64, gmm4096, gmm:SEED[,...]): :class:`~.gmm.DiscreteNoiseMixture` on
+    :data:`~.gmm.SD_CONFIG`'s schedule, run as the runtime converts it (:class:`~.diffusion_net.RuntimeModel`:
+    noise at the timestep k(t)); seen through another source or prediction, the mixture answers exactly."""
+    base = gmm.load_any(spec.partition(":")[2], dim=dim, components=components, rank=rank).to(device)
+    network = DiffusionNetwork(gmm.DiscreteNoiseMixture(base), gmm.SD_CONFIG)
+    model = RuntimeModel(network)
+
+    def view(source, prediction: str):
+        return model if (source, prediction) == (network.schedule, model.prediction) else base.view(source, prediction)
+    return LoadedModel(kind=DISCRETE_MIXTURE_KIND, model=model, data_shape=base.data_shape, source=network.schedule,
+                       prediction=model.prediction, metadata={**base.metadata, "schedule": network.schedule.name,
+                                                              "prediction": model.prediction, "scheduler": gmm.SD_CONFIG},
+                       view=view, diffusion=network)
+
+
 def _sit_kind(name: str) -> ModelKind:
     depth, width, heads = sit.SIZES[name.split("-")[1].split("/")[0]]
     return ModelKind(name=name, description=f"a SiT checkpoint (.pt state dict or .safetensors), {depth} blocks of "
@@ -111,6 +136,11 @@ BUILTIN_KINDS: tuple[ModelKind, ...] = (
                           "components with rank-{rank} covariances; no weights; any prediction)".format(
                               **gmm.RANDOM_DEFAULTS),
               load=_load_random_mixture, options=RANDOM_MIXTURE_OPTIONS, exact=True),
+    ModelKind(name=DISCRETE_MIXTURE_KIND, argument="MIXTURE",
+              description="an exact mixture (gmm64, gmm4096, gmm:SEED[,dim=D]...) as a noise-prediction network on "
+                          "Stable Diffusion 1.x's discrete scaled_linear schedule (1,000 timesteps, betas 0.00085 .. "
+                          "0.012), called at the timestep of each time; diffusers' schedulers are its peers",
+              load=_load_discrete_mixture, options=RANDOM_MIXTURE_OPTIONS, exact=True),
     ModelKind(name=FILE_KIND, description="a model file: .safetensors with its .json config, or TorchScript .pt",
               load=_load_file, takes_file=True),
     ModelKind(name="conditional", description="a class-conditional velocity network file (ConditionalVelocityNet "
@@ -119,4 +149,5 @@ BUILTIN_KINDS: tuple[ModelKind, ...] = (
     *(_sit_kind(name) for name in sit.KINDS),
     TORCHSCRIPT_KIND,
     DIFFUSERS_TRANSFORMER_KIND,
+    DIFFUSERS_UNET_KIND,
 )

@@ -22,7 +22,9 @@ the K r low-rank directions) and the outputs are assembled in one pass (see ``po
 O(n d + n K r) and d = 4096 at batch 2000 runs on a CPU.
 
 The named models are ``gmm64`` and ``gmm4096`` (:func:`load`); ``gmm:SEED[,dim=D][,components=K][,rank=R]``
-(:func:`load_random`) is a random mixture built from SEED, for problems nobody tuned on.
+(:func:`load_random`) is a random mixture built from SEED, for problems nobody tuned on.  Any of them is also a
+noise-prediction network on a discrete diffusion schedule (:class:`DiscreteNoiseMixture`, by default Stable
+Diffusion 1.x's: :data:`SD_CONFIG`), eps(x, k) = E[Z | x_k = x] at the schedule's abar(k), exact at any k.
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ from torch import nn
 from ...errors import LazyflowError
 from ...predictions import PREDICTIONS, check_prediction
 
-__all__ = ["GaussianMixture", "ExactMixtureModel", "ConditionalMixtureModel", "mixture", "random_mixture", "load", "load_random",
-           "parse_random", "NAMES", "PREDICTIONS", "RANDOM_KIND", "RANDOM_DEFAULTS"]
+__all__ = ["GaussianMixture", "ExactMixtureModel", "ConditionalMixtureModel", "DiscreteNoiseMixture", "mixture",
+           "random_mixture", "load", "load_random", "load_any", "parse_random", "NAMES", "PREDICTIONS", "RANDOM_KIND",
+           "RANDOM_DEFAULTS", "SD_CONFIG"]
 
 
 
@@ -186,6 +189,44 @@ class ExactMixtureModel(nn.Module):
         cx, cg = {"x": (one, zero), "noise": (zero, alpha), "score": (zero, -one),
                   "velocity": (v.d_beta[:, None], v.d_alpha[:, None] * alpha)}[self.prediction]
         return self.mixture.posterior(flat, alpha, beta, cx, cg).to(x.dtype).reshape(x.shape)
+
+
+#: Stable Diffusion 1.x's scheduler config (scaled_linear betas 0.00085 .. 0.012 on 1,000 training steps, noise
+#: prediction): the discrete schedule of the noise-prediction mixtures and of their diffusers peers
+SD_CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+             "prediction_type": "epsilon", "steps_offset": 1, "set_alpha_to_one": False, "clip_sample": False}
+
+
+class DiscreteNoiseMixture(nn.Module):
+    """eps(x, k): the mixture of ``base`` as a noise-prediction network on the discrete schedule of the diffusers
+    scheduler ``config`` (default :data:`SD_CONFIG`), called as diffusers calls a UNet: ``timestep`` (n,) a training
+    timestep k in [0, N - 1], continuous between steps.  eps = E[Z | x] at alpha = sqrt(1 - abar(k)),
+    beta = sqrt(abar(k)) (``base`` seen through the noise prediction on the schedule, at its time t(k)), exact at
+    any k: abar(k) is the schedule's own interpolant (:mod:`lazyflow.runtime.core.discrete_schedule`)."""
+
+    def __init__(self, base: ExactMixtureModel, config: dict | None = None):
+        super().__init__()
+        from ..core.discrete_schedule import schedule_of_config
+
+        self.config = dict(SD_CONFIG if config is None else config)
+        self.schedule = schedule_of_config(self.config)
+        self.base, self.noise = base, base.view(self.schedule, "noise")
+        self.mixture, self.data_shape, self.name = base.mixture, base.data_shape, base.name
+
+    def to(self, *args, **kwargs):   # a device move only, as the base's
+        self.base.to(*args, **kwargs)
+        self.noise.to(*args, **kwargs)
+        self.mixture = self.base.mixture
+        return self
+
+    def exact_samples(self, n: int, seed: int) -> torch.Tensor:
+        """The base's exact draws of the data."""
+        return self.base.exact_samples(n, seed)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        from ..core.discrete_schedule import time_of_timestep
+
+        return self.noise(x, time_of_timestep(self.schedule, timestep.reshape(-1).to(torch.float64)))
 
 
 class ConditionalMixtureModel(ExactMixtureModel):
@@ -347,3 +388,16 @@ def load_random(spec: str, source="linear", prediction: str = "velocity", **opti
     if key not in _CACHE:
         _CACHE[key] = random_mixture(seed, **settings)
     return ExactMixtureModel(_CACHE[key], (settings["dim"],), f"{RANDOM_KIND}:{seed}{extra}", source, prediction)
+
+
+def load_any(spec: str, source="linear", prediction: str = "velocity", **options: int | None) -> ExactMixtureModel:
+    """A named mixture (:data:`NAMES`, no options) or a random one ``gmm:SEED[,...]`` (:func:`load_random`)."""
+    if spec in NAMES:
+        given = [f"{k}={v}" for k, v in options.items() if v is not None]
+        if given:
+            raise LazyflowError(f"{spec} is a fixed mixture: {', '.join(given)} apply to {RANDOM_KIND}:SEED only")
+        return load(spec, source, prediction)
+    if spec.partition(":")[0] != RANDOM_KIND:
+        raise LazyflowError(f"{spec!r} is not an exact mixture: {', '.join(NAMES)} or {RANDOM_KIND}:SEED[,dim=D]"
+                            "[,components=K][,rank=R]")
+    return load_random(spec, source, prediction, **options)

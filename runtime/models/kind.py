@@ -45,7 +45,10 @@ class LoadedModel:
     of itself; ``note`` is what a run's printed line adds (e.g. the guidance).  ``view(source,
     prediction)``, for an exact model, returns the same model answering on another source schedule and
     prediction.  ``decode_images`` (latents to uint8 images (n, H, W, 3)) and ``decoder`` (its name, for
-    the printed line) are set where the samples can be shown as images beside them."""
+    the printed line) are set where the samples can be shown as images beside them.  ``diffusion`` is set for a
+    network trained on a discrete diffusion schedule: the network as diffusers calls it, with its scheduler
+    config (:class:`~lazyflow.runtime.models.diffusion_net.DiffusionNetwork`; the bench runs its peers on it),
+    while ``model`` is it converted to the runtime's time on ``source``, its discrete schedule."""
 
     kind: str
     model: Callable[..., Any]
@@ -58,6 +61,7 @@ class LoadedModel:
     view: Callable[[Any, str], Callable[..., Any]] | None = None
     decode_images: Callable[[Any], Any] | None = None
     decoder: str = ""
+    diffusion: Any = None
 
     def answering(self, source: Any, prediction: str) -> "LoadedModel":
         """This model run on ``source`` with ``prediction``: an exact model (``view``) answers on them; a

@@ -85,9 +85,11 @@ def _decoded(loaded: LoadedModel, written: Written) -> tuple[Path, int, int, int
 
 
 def _schedule_id(schedule: Any) -> dict[str, Any]:
-    """What makes a schedule's numbers: its kernel file's hash, parameters and diffusion scale."""
+    """What makes a schedule's numbers: its kernel file's hash (a table-backed kernel: its table's, in its SPEC),
+    parameters and diffusion scale."""
     kernel = Path(getattr(schedule.kernel, "__file__", "") or "")
-    return {"name": schedule.describe(), "kernel": file_hash(kernel) if kernel.is_file() else schedule.kernel.__name__,
+    named = getattr(schedule.kernel, "__name__", None) or schedule.kernel.SPEC["alpha"]
+    return {"name": schedule.describe(), "kernel": file_hash(kernel) if kernel.is_file() else named,
             "params": [list(p) for p in schedule.params], "diffusion_scale": schedule.diffusion_scale}
 
 
