@@ -246,9 +246,9 @@ def test_every_series_of_every_figure_has_its_own_style(drawn):
             styles = series_styles(axes)
             assert len(set(styles)) == len(styles), (file, axes["title"], styles)
     counts = [max(len(series_styles(axes)) for axes in figures[spec.file]) for spec in catalog.CATALOG]
-    assert counts == [6, 4, 0, 0, 0, 14, 0]           # the bench: 2 of ours + 8 peers (ODE), 9 + 3 (SDE), 2 lines
+    assert counts == [6, 4, 0, 0, 0, 30, 0]           # the bench: 2 of ours + 26 peers (ODE), 9 + 5 (SDE), 2 lines
     # the bench's SDE panel, whose six stochastic series of ours once shared three styles
-    assert len(series_styles(figures["quality_vs_nfe.png"][1])) == 14
+    assert len(series_styles(figures["quality_vs_nfe.png"][1])) == 16
 
 
 def test_bench_styles_are_unique_for_many_series():
