@@ -7,7 +7,9 @@ coefficients is a point of it; its (a, w) follow by running the solver on coeffi
 
 Starts: Euler and DPM-Solver++(2M) (Lu et al. 2022, data prediction, multistep) on the uniform, log-snr,
 EDM (sigma_max 80 and 14.6) and SD3-shifted (shift 3) grids, with the midpoint rule and RK4 on the uniform
-grid; the fit starts from the one of the lowest loss.  All start at t_0 = 0 from the noise itself.
+grid; the fit starts from the one of the lowest loss.  All start at t_0 = 0 from the noise itself, or, for a
+model that says nothing at snr = 0 (noise, score), at a later t_0 from alpha(t_0) times the noise: each grid then
+squeezed onto [t_0, 1], t -> t_0 + (1 - t_0) t (the midpoint rule's and RK4's weights times 1 - t_0).
 """
 from __future__ import annotations
 
@@ -62,24 +64,34 @@ def dpmpp_2m_weights(times: torch.Tensor, schedule: Schedule) -> tuple[torch.Ten
     return a, w
 
 
-def bespoke_starts(nfe: int, schedule: Schedule) -> dict[str, Start]:
-    """The starting solvers (times, a, w) of ``nfe`` calls for a velocity model of ``schedule``: Euler and
+def bespoke_starts(nfe: int, schedule: Schedule, t0: float = 0.0) -> dict[str, Start]:
+    """The starting solvers (times, a, w) of ``nfe`` calls for the velocity of ``schedule``'s ODE: Euler and
     DPM-Solver++(2M) on each of :data:`START_GRIDS`, the midpoint rule (even ``nfe``) and RK4 (a multiple of 4)
-    on the uniform grid.  A start whose a_k are not all positive (the fit's parameters are log a_k) is left out."""
+    on the uniform grid, from ``t0`` (the module's docstring).  A start whose a_k are not all positive (the fit's
+    parameters are log a_k) is left out."""
     out: dict[str, Start] = {}
     makers: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
         "euler": euler_weights, "dpm++2m": lambda t: dpmpp_2m_weights(t, schedule)}
     for grid_name, grid in START_GRIDS.items():
         try:
-            times = make_grid(schedule, schedule, nfe, grid)
+            times = _squeezed(make_grid(schedule, schedule, nfe, grid), t0)
         except LazyflowError:
             continue
         for name, weights in makers.items():
             a, w = weights(times)
             if bool((a > 0).all()) and bool(torch.isfinite(w).all()):
                 out[f"{name}, {grid_name}"] = (times, a, w)
-    if nfe % 2 == 0:
-        out["midpoint, uniform"] = midpoint_weights(nfe)
-    if nfe % 4 == 0:
-        out["rk4, uniform"] = rk4_weights(nfe)
+    for name, calls_per_step, weights_of in (("midpoint, uniform", 2, midpoint_weights), ("rk4, uniform", 4, rk4_weights)):
+        if nfe % calls_per_step == 0:
+            times, a, w = weights_of(nfe)
+            out[name] = (_squeezed(times, t0), a, w if t0 == 0 else (1 - t0) * w)
+    return out
+
+
+def _squeezed(times: torch.Tensor, t0: float) -> torch.Tensor:
+    """A grid of [0, 1] on [t_0, 1]: t -> t_0 + (1 - t_0) t, ending at 1 exactly (the grid itself at t_0 = 0)."""
+    if t0 == 0:
+        return times
+    out = t0 + (1 - t0) * times
+    out[-1] = 1.0
     return out
