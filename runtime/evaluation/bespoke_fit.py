@@ -31,6 +31,7 @@ from ..core.noise import CounterNormal
 from ..core.sampler import per_sample_kwargs
 from ..core.schedule import load_schedule
 from .bespoke_starts import bespoke_starts
+from .paths import reference_frame
 from ..core.call_counter import CallCounter
 from .fitting import check_budget, checked_holdout_seed, logits_from_times, reference_samples, \
     times_from_logits
@@ -186,13 +187,19 @@ def fit_bespoke(model, *, model_name: str = "", source: Any = "linear", predicti
     tuning = {"loss": "mean path |x - x*| to the ODE end points of the same noise", "init": init, "starts": tried,
               "samples": samples, "seed": seed, "loss_before": before, "loss_after": best,
               "holdout_seed": holdout_seed, "holdout_loss_before": held_before, "holdout_loss_after": held_after,
-              "reference": f"heun, {reference_steps} steps uniform in the source time",
+              "reference": f"heun, {reference_steps} steps uniform in the {_clock(src)} time",
               "optimiser": f"adam lr {settings.lr:g} ({settings.lr_schedule}, back at {settings.backtrack}), "
                            f"{settings.iterations} iterations of "
                            f"{min(settings.batch, samples)} samples", "model_calls": calls, "seconds": round(seconds, 2)}
     say(f"fitted in {seconds:.1f} s ({calls} model calls, each also differentiated): path {before:.6g} -> "
         f"{best:.6g}; held-out seed {holdout_seed}: {held_before:.6g} -> {held_after:.6g}")
     return _as_grid(solver, model_name, nfe, tuning)
+
+
+def _clock(src: Any) -> str:
+    """Whose time the reference's steps are uniform in (:func:`.fitting.reference_samples`)."""
+    clock = reference_frame(src)
+    return "source" if clock is src else f"{clock.describe()} (a discrete table's ODE)"
 
 
 def _start_time(src: Any, prediction: str) -> float:
