@@ -172,7 +172,8 @@ def run_sample(args: argparse.Namespace) -> int:
                          shape=args.shape, shards=args.shards,
                          force=args.force, resume=args.resume,
                          note=lambda line: print(f"lazyflow sample: {line}", file=sys.stderr),
-                         **{**given, "schedule": schedule(args), "grid": parse_grid(args.grid)})
+                         **{**given, "schedule": None if args.integrator == "bespoke" and not schedule_given(args)
+                            else schedule(args), "grid": parse_grid(args.grid)})   # None: a solver's own schedule
     for line in run.report(args.grid):
         print(line)
     return 0
@@ -191,14 +192,16 @@ def run_train(args: argparse.Namespace) -> int:
 def run_tune_grid(args: argparse.Namespace) -> int:
     from .runtime.evaluation.tune import tune_grid_file, tuned_summary
 
-    target = schedule(args) if args.diffusion_scale is None else schedule(args).with_diffusion_scale(args.diffusion_scale)
+    own = args.integrator == "bespoke" and not schedule_given(args)   # a solver: the model's own schedule
+    target = None if own else schedule(args) if args.diffusion_scale is None else \
+        schedule(args).with_diffusion_scale(args.diffusion_scale)
     path, grid = tune_grid_file(args.model, args.out, schedule=target, prediction=args.prediction,
                                 integrator=args.integrator, nfe=args.nfe, final_step=args.final_step,
                                 init=parse_grid(args.init), samples=args.samples, seed=args.seed,
                                 holdout_seed=args.holdout_seed, reference_steps=args.reference_steps,
                                 max_evals=args.max_evals, log=lambda line: print(line, file=sys.stderr))
     print(tuned_summary(path, grid))
-    words = ["lazyflow", "sample", "--model", args.model, *schedule_words(args), "--integrator", grid.integrator,
+    words = ["lazyflow", "sample", "--model", args.model, *([] if own else schedule_words(args)), "--integrator", grid.integrator,
              "--grid", str(path), "--out", "samples.npy"]
     print("use: " + " ".join(shlex.quote(w) for w in words))
     return 0

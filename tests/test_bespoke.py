@@ -139,8 +139,8 @@ def test_misuse_is_one_clear_line(tmp_path):
         sample(model, shape, integrator="bespoke", grid=tmp_path / "bad.json")
     with pytest.raises(LazyflowError, match="model's own schedule"):
         tune_grid(model, schedule="vp", integrator="bespoke", nfe=2, samples=4)
-    with pytest.raises(LazyflowError, match="velocity model"):
-        fit_bespoke(noise_model, prediction="x", nfe=2, samples=4)
+    with pytest.raises(LazyflowError, match="deterministic schedule"):
+        fit_bespoke(noise_model, source="linear-sde", prediction="x", nfe=2, samples=4)
 
 
 def test_the_cli_fits_and_samples_a_solver(tmp_path, capsys):

@@ -1,11 +1,13 @@
 """Bespoke solvers: a few-step solver fitted to one model (``lazyflow tune-grid --integrator bespoke``).
 
 N network calls at times t_0 < ... < t_{N-1} (t_N = 1 ends the grid), each on a state that is a free
-linear combination of the start and the outputs so far,
+linear combination of the start and the velocities so far,
 
-    m_k = model(x_k, t_k),        x_{k+1} = a_k x_0 + sum_{j <= k} w_kj m_j,        the sample is x_N,
+    v_k = F_k x_k + G_k model(x_k, t_k),        x_{k+1} = a_k x_0 + sum_{j <= k} w_kj v_j,        the sample is x_N,
 
-in the model's own frame (the schedule it was trained on, its own prediction).  Euler, the midpoint rule and
+in the model's own frame (the schedule it was trained on), v_k the velocity of that schedule's ODE read from
+the model's own prediction by the runtime's conversion (:func:`velocity_coefficients`; (F, G) = (0, 1) for a
+velocity model).  Euler, the midpoint rule and
 every explicit Adams or Runge-Kutta method on a grid are points of this family (with a_k = 1 and w their
 step weights for a velocity model); a fit moves the times, the a_k and the w_kj to bring x_N to the
 model's own converged ODE solution from the same noise (in the spirit of the bespoke non-stationary
@@ -20,26 +22,48 @@ from typing import Callable
 import torch
 
 from ...errors import LazyflowError
-from .frames import Frame
+from .discrete_schedule import is_discrete
+from .frames import Frame, frame
 from .gridfile import TunedGrid
 from .plan import BuildContext, Call, Callback, Integrator, Loop, Ops, Plan, Tables, observe
+from .schedule import Schedule
 
-__all__ = ["BespokeCoefficients", "bespoke_integrator", "integrator_for_grid", "holds_solver", "refuse_outside_sample", "midpoint_weights", "rk4_weights",
+__all__ = ["BespokeCoefficients", "velocity_coefficients", "fitted_source", "bespoke_integrator", "integrator_for_grid", "holds_solver", "refuse_outside_sample", "midpoint_weights", "rk4_weights",
            "euler_weights", "BESPOKE"]
 
 #: the name a bespoke solver runs under (``integrator="bespoke"`` with its grid file)
 BESPOKE = "bespoke"
 
 
+def velocity_coefficients(schedule: Schedule, prediction: str, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F, G) at times t with v = F x + G m the velocity of ``schedule``'s probability-flow ODE, m the output of a
+    ``prediction`` model trained on it: the drift of its own frame (:func:`.frames.frame`), F = K_x + K_e p,
+    G = K_e q with eta_X = p x + q m; (0, 1) exactly for a velocity model (its output is that velocity).
+    Differentiable in t (the fit moves the times)."""
+    if prediction == "velocity":
+        return torch.zeros_like(t), torch.ones_like(t)
+    own = frame(schedule, schedule, prediction, t, ode=torch.ones_like(t, dtype=torch.bool))
+    return own.drift_per_x, own.drift_per_output
+
+
+def fitted_source(schedule: Schedule) -> str:
+    """The source schedule a solver file records: ``describe()``, with the table's digest for a discrete one (its
+    name, e.g. ``discrete-scaled_linear``, does not identify the table; a run's manifest records it so too)."""
+    return f"{schedule.describe()} table {schedule.kernel.digest}" if is_discrete(schedule) else schedule.describe()
+
+
 @dataclass(frozen=True)
 class BespokeCoefficients(Tables):
-    """x_{k+1} = x0_weight[k] x_0 + sum_{j <= k} call_weight[k, j] m_j (``call_weight`` lower triangular;
-    ``call_weight[k, j]`` multiplies the output of call j in the state of call k + 1)."""
+    """v_k = velocity_per_x[k] x_k + velocity_per_output[k] m_k (the source ODE's velocity from call k's output),
+    x_{k+1} = x0_weight[k] x_0 + sum_{j <= k} call_weight[k, j] v_j (``call_weight`` lower triangular;
+    ``call_weight[k, j]`` multiplies the velocity of call j in the state of call k + 1)."""
 
     x0_weight: torch.Tensor          # (steps,)
     call_weight: torch.Tensor        # (steps, steps)
+    velocity_per_x: torch.Tensor     # (steps,)
+    velocity_per_output: torch.Tensor  # (steps,)
 
-    STATE = ("x0_weight",)
+    STATE = ("x0_weight", "velocity_per_x")
 
     def loop(self, x: torch.Tensor, plan: Plan, noise: Callable[[int], torch.Tensor], ops: Ops,
              callback: Callback | None, progress: Callable[[int], None] | None) -> Loop:
@@ -49,7 +73,7 @@ class BespokeCoefficients(Tables):
             m = yield Call.at(now, k, x)
             if callback is not None:
                 observe(callback, plan, k, x, now.eta(k, x, m))
-            calls.append(m)
+            calls.append(self.velocity_per_x[k] * x + self.velocity_per_output[k] * m)
             x = self.x0_weight[k] * x0
             for j, m_j in enumerate(calls):
                 x = x + self.call_weight[k, j] * m_j
@@ -69,12 +93,17 @@ class _SolverTables:
     x0_weights: tuple[float, ...]
     call_weights: tuple[tuple[float, ...], ...]
     prediction: str
+    source: str
 
     def __call__(self, context: BuildContext) -> BespokeCoefficients:
         t = context.t
         if t.numel() != len(self.times) or not torch.allclose(t.cpu(), torch.tensor(self.times, dtype=t.dtype), atol=1e-12):
             raise LazyflowError("a bespoke solver runs on the times it was fitted on (steps and grid from its file)")
-        now = context.now
+        now, source = context.now, fitted_source(context.source)
+        if self.source and source != self.source:
+            raise LazyflowError(f"a bespoke solver runs on the model it was fitted for: it was fitted on source "
+                                f"schedule {self.source}, prediction {self.prediction!r}; this model's source is "
+                                f"{source}, prediction {context.prediction!r}: fit one for it")
         if context.prediction != self.prediction or not (torch.allclose(now.tau, t[:-1]) and
                                                         torch.allclose(now.in_scale, torch.ones_like(now.in_scale))):
             raise LazyflowError(f"a bespoke solver runs in the frame it was fitted in: schedule = the model's source "
@@ -84,8 +113,9 @@ class _SolverTables:
         w = torch.zeros(steps, steps, dtype=t.dtype, device=t.device)
         for k, row in enumerate(self.call_weights):
             w[k, :k + 1] = torch.tensor(row, dtype=t.dtype)
+        per_x, per_output = velocity_coefficients(context.source, self.prediction, t[:-1])
         return BespokeCoefficients(x0_weight=torch.tensor(self.x0_weights, dtype=t.dtype, device=t.device),
-                                   call_weight=w)
+                                   call_weight=w, velocity_per_x=per_x, velocity_per_output=per_output)
 
 
 def _needs_file(context: BuildContext) -> BespokeCoefficients:
@@ -103,7 +133,8 @@ def bespoke_integrator(grid: TunedGrid) -> Integrator:
     if not grid.x0_weights:
         raise LazyflowError(f"{grid.describe()}: holds no bespoke solver (tuned for {grid.integrator!r})")
     return Integrator(name=BESPOKE, order=1, needs_solver_file=True, description=f"bespoke solver {grid.path or '(in memory)'}",
-                      build=_SolverTables(grid.times, grid.x0_weights, grid.call_weights, grid.prediction))
+                      build=_SolverTables(grid.times, grid.x0_weights, grid.call_weights, grid.prediction,
+                                                         grid.source))
 
 
 def integrator_for_grid(method: Integrator, grid: object) -> Integrator:

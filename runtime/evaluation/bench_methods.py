@@ -4,8 +4,9 @@ final step, a diffusion scale and the data frames' statistics), the default list
 ``lazyflow sample`` flags that reproduce a row (:func:`sample_args`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ..core.data_frame import stochastic_data_frame
 from ..core.integrators import INTEGRATORS
@@ -35,6 +36,9 @@ class OurMethod:
     final_step: str | None = None
     diffusion: float = 1.0      # sigma = diffusion * the schedule's sigma (Schedule.with_diffusion_scale)
     stats: str | None = None    # the data-frame integrators' statistics kind (full, diag, ...)
+    #: the schedule itself, where ``schedule`` (its ``describe()``) does not load it: a bespoke solver runs in the
+    #: model's own schedule, and a discrete diffusion table has no name
+    own: Any = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -49,7 +53,7 @@ class OurMethod:
         """The schedule this method integrates in, with its diffusion scale."""
         from ..core.schedule import load_schedule
 
-        schedule = load_schedule(self.schedule)
+        schedule = load_schedule(self.schedule if self.own is None else self.own)
         return schedule if self.diffusion == 1 else schedule.with_diffusion_scale(self.diffusion)
 
 
@@ -156,8 +160,8 @@ def sample_args(model_name: str, method: OurMethod, steps: int, n: int, seed: in
                 prediction: str | None = None, data_stats: str | None = None) -> list[str]:
     """The ``lazyflow sample`` flags that reproduce a bench run of ``method`` bit for bit (add ``--out``);
     ``data_stats``: the statistics file of a data-frame method."""
-    args = ["--model", model_name, "--schedule", method.schedule, "--integrator", method.integrator,
-            "--steps", str(steps), "--grid", method.grid]
+    own = [] if method.own is not None else ["--schedule", method.schedule]   # a solver's: the model's own
+    args = ["--model", model_name, *own, "--integrator", method.integrator, "--steps", str(steps), "--grid", method.grid]
     if method.stats:
         args += ["--data-stats", data_stats or STATS_FILE_MISSING]
     if method.final_step:

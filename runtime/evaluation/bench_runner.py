@@ -188,9 +188,10 @@ class BenchRunner:
         final = None if grid.final_step == "euler" else grid.final_step
         # the base schedule at the scale the grid was tuned at (refused unless the grid's times are its times)
         name = grid.base_schedule
-        scale = grid.schedule_for(load_schedule(name), scale_given=False).diffusion_scale
+        own = self.source if grid.x0_weights else None   # a solver runs in the model's own schedule (a table: no name)
+        scale = grid.schedule_for(load_schedule(name if own is None else own), scale_given=False).diffusion_scale
         with torch.no_grad():
-            row = self.one(OurMethod(name, grid.integrator, str(path), final, scale), grid.steps, grid.nfe)
+            row = self.one(OurMethod(name, grid.integrator, str(path), final, scale, own=own), grid.steps, grid.nfe)
             init = grid.tuning.get("init")   # a bespoke solver's start is a solver, not a grid: no untuned row
             base = self.one(OurMethod(name, grid.integrator, init, final, scale), grid.steps, grid.nfe) \
                 if init and not grid.x0_weights else None

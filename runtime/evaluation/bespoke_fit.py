@@ -1,7 +1,13 @@
 """Fitting a bespoke solver (:mod:`lazyflow.runtime.core.bespoke`) to one model: ``tune-grid --integrator bespoke``.
 
-Parameters: the interior call times (t_k = cumsum(softmax(theta, 0)) as in :mod:`.tune`, t_0 = 0 and
-t_N = 1 fixed), log a_k and the lower-triangular w_kj.  Start: of the solvers of :mod:`.bespoke_starts` (Euler and
+Any deterministic model the runtime converts: the solver combines the velocities of the source schedule's ODE,
+read from the model's own prediction by :func:`~lazyflow.runtime.core.bespoke.velocity_coefficients` (noise, x,
+score or velocity, on any deterministic source, a discrete diffusion table among them), and starts at t_0 = 0, or,
+for a noise or score model (which says nothing at snr = 0), at the time of log snr :data:`OPEN_START_LOG_SNR`
+from alpha(t_0) times the noise.
+
+Parameters: the interior call times (t_k = t_0 + (1 - t_0) cumsum(softmax(theta, 0)) as in :mod:`.tune`, t_0
+and t_N = 1 fixed), log a_k and the lower-triangular w_kj.  Start: of the solvers of :mod:`.bespoke_starts` (Euler and
 DPM-Solver++(2M) on five grids, the midpoint rule, RK4), the one of the lowest loss.  Loss: the path, mean_i |x_N,i - x*_i| (L2 over each sample), x* the model's
 own ODE solution from the same noise (Heun, ``reference_steps`` steps), on ``samples`` samples of ``seed``'s
 noise; Adam on minibatches of ``batch`` samples through the model (its parameters are not touched), keeping
@@ -18,17 +24,23 @@ from typing import Any, Callable
 import torch
 
 from ...errors import LazyflowError
-from ..core.bespoke import BESPOKE
+from ...predictions import check_prediction
+from ..core.bespoke import BESPOKE, fitted_source, velocity_coefficients
 from ..core.gridfile import TunedGrid
 from ..core.noise import CounterNormal
 from ..core.sampler import per_sample_kwargs
 from ..core.schedule import load_schedule
 from .bespoke_starts import bespoke_starts
+from .paths import reference_frame
 from ..core.call_counter import CallCounter
 from .fitting import check_budget, checked_holdout_seed, logits_from_times, reference_samples, \
     times_from_logits
 
-__all__ = ["fit_bespoke", "BespokeSettings"]
+__all__ = ["fit_bespoke", "BespokeSettings", "OPEN_START_LOG_SNR"]
+
+#: where a noise or score model's solver starts: the first log snr of the bench's open grid (``logsnr-open:-5,3``,
+#: where its classic integrators start on such a model)
+OPEN_START_LOG_SNR = -5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,24 +64,29 @@ class BespokeSettings:
 
 
 class _Solver(torch.nn.Module):
-    """The fitted parameters and the solver they define (differentiable through the model's calls)."""
+    """The fitted parameters and the solver they define (differentiable through the model's calls) on the velocity
+    of ``source``'s ODE read from a ``prediction`` model's output."""
 
-    def __init__(self, times: torch.Tensor, a: torch.Tensor, w: torch.Tensor):
+    def __init__(self, times: torch.Tensor, a: torch.Tensor, w: torch.Tensor, source: Any, prediction: str):
         super().__init__()
+        self.t0, self.source, self.prediction = float(times[0]), source, prediction
         self.theta = torch.nn.Parameter(logits_from_times(times).to(torch.float32))
         self.log_a = torch.nn.Parameter(torch.log(a).to(torch.float32))
         self.w = torch.nn.Parameter(w.to(torch.float32))
         self.register_buffer("mask", torch.tril(torch.ones_like(w, dtype=torch.bool)))
 
     def times(self) -> torch.Tensor:
-        return times_from_logits(self.theta, 0.0)
+        return times_from_logits(self.theta, self.t0)
 
     def forward(self, model: Callable, x0: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-        """x_{k+1} = a_k x_0 + sum_{j <= k} w_kj model(x_j, t_j)."""
-        t, a, w = self.times().to(x0.dtype), self.log_a.exp().to(x0.dtype), (self.w * self.mask).to(x0.dtype)
+        """v_k = F_k x_k + G_k model(x_k, t_k), x_{k+1} = a_k x_0 + sum_{j <= k} w_kj v_j."""
+        times = self.times()
+        per_x, per_output = (c.to(x0.dtype) for c in velocity_coefficients(self.source, self.prediction, times[:-1]))
+        t, a, w = times.to(x0.dtype), self.log_a.exp().to(x0.dtype), (self.w * self.mask).to(x0.dtype)
         x, calls = x0, []
         for k in range(a.numel()):
-            calls.append(model(x, t[k].expand(x0.shape[0]), **kwargs).to(x0.dtype))
+            m = model(x, t[k].expand(x0.shape[0]), **kwargs).to(x0.dtype)
+            calls.append(per_x[k] * x + per_output[k] * m)
             x = a[k] * x0 + sum(w[k, j] * m for j, m in enumerate(calls))
         return x
 
@@ -82,11 +99,11 @@ class _Problem:
     """The fit's data: per seed the start states x_0 and the reference end points x*, the conditioning, and
     the counted model; ``path(solver, seed)`` is the loss on every sample of that seed."""
 
-    def __init__(self, model, src, shape: tuple[int, ...], seeds: tuple[int, ...], reference_steps: int,
-                 model_kwargs: dict[str, Any] | None):
+    def __init__(self, model, src, prediction: str, t0: float, shape: tuple[int, ...], seeds: tuple[int, ...],
+                 reference_steps: int, model_kwargs: dict[str, Any] | None):
         self.counter, self.kwargs, self.samples = CallCounter(model), dict(model_kwargs or {}), shape[0]
-        alpha0 = float(src.values(torch.zeros(1, dtype=torch.float64)).alpha[0])
-        self.refs = {s: reference_samples(self.counter, shape, src, src, "velocity", 0.0, s, reference_steps,
+        alpha0 = float(src.values(torch.full((1,), t0, dtype=torch.float64)).alpha[0])
+        self.refs = {s: reference_samples(self.counter, shape, src, src, prediction, t0, s, reference_steps,
                                           model_kwargs=model_kwargs).to(torch.float32) for s in seeds}
         self.starts = {s: CounterNormal(s, range(shape[0]), shape[1:])(0) * alpha0 for s in seeds}
 
@@ -138,23 +155,26 @@ def fit_bespoke(model, *, model_name: str = "", source: Any = "linear", predicti
                 reference_steps: int = 200, model_kwargs: dict[str, Any] | None = None,
                 data_shape: tuple[int, ...] | None = None, settings: BespokeSettings = BespokeSettings(),
                 log: Callable[[str], None] | None = None) -> TunedGrid:
-    """Fit a bespoke solver of ``nfe`` calls to ``model`` (a velocity model of schedule ``source``) on
-    ``samples`` samples of ``seed``'s noise; returns it as a :class:`TunedGrid` (integrator ``bespoke``)."""
+    """Fit a bespoke solver of ``nfe`` calls to ``model`` (a ``prediction`` model of the deterministic schedule
+    ``source``, converted to that schedule's ODE velocity) on ``samples`` samples of ``seed``'s noise; returns it
+    as a :class:`TunedGrid` (integrator ``bespoke``) that records the source and prediction it was fitted for."""
     start = time.perf_counter()
     say = log or (lambda text: None)
     src = load_schedule(source)
-    if prediction != "velocity" or src.stochastic or bool(src.point_mass):
-        raise LazyflowError("a bespoke solver is fitted to a velocity model of a deterministic schedule "
+    check_prediction(prediction, known=src.kernel.PREDICTIONS)
+    if src.stochastic or bool(src.point_mass):
+        raise LazyflowError("a bespoke solver is fitted to a model of a deterministic schedule with alpha_0 = 1 "
                             f"(got {prediction!r} on {src.describe()})")
     check_budget(nfe, samples)
     holdout_seed = checked_holdout_seed(seed, holdout_seed)
+    t0 = _start_time(src, prediction)
     shape = (samples, *tuple(data_shape or model.data_shape))
-    problem = _Problem(model, src, shape, (seed, holdout_seed), reference_steps, model_kwargs)
+    problem = _Problem(model, src, prediction, t0, shape, (seed, holdout_seed), reference_steps, model_kwargs)
     ref_calls = problem.counter.calls
-    starts = bespoke_starts(nfe, src)
-    tried = {name: problem.path(_Solver(*tables), seed) for name, tables in starts.items()}
+    starts = bespoke_starts(nfe, src, t0)
+    tried = {name: problem.path(_Solver(*tables, src, prediction), seed) for name, tables in starts.items()}
     init = min(tried, key=lambda name: tried[name] if math.isfinite(tried[name]) else math.inf)
-    solver = _Solver(*starts[init])
+    solver = _Solver(*starts[init], src, prediction)
     before, held_before = tried[init], problem.path(solver, holdout_seed)
     if not math.isfinite(before):
         raise LazyflowError(f"the starting solver ({init}) does not give finite samples on this model")
@@ -167,21 +187,36 @@ def fit_bespoke(model, *, model_name: str = "", source: Any = "linear", predicti
     tuning = {"loss": "mean path |x - x*| to the ODE end points of the same noise", "init": init, "starts": tried,
               "samples": samples, "seed": seed, "loss_before": before, "loss_after": best,
               "holdout_seed": holdout_seed, "holdout_loss_before": held_before, "holdout_loss_after": held_after,
-              "reference": f"heun, {reference_steps} steps uniform in the source time",
+              "reference": f"heun, {reference_steps} steps uniform in the {_clock(src)} time",
               "optimiser": f"adam lr {settings.lr:g} ({settings.lr_schedule}, back at {settings.backtrack}), "
                            f"{settings.iterations} iterations of "
                            f"{min(settings.batch, samples)} samples", "model_calls": calls, "seconds": round(seconds, 2)}
     say(f"fitted in {seconds:.1f} s ({calls} model calls, each also differentiated): path {before:.6g} -> "
         f"{best:.6g}; held-out seed {holdout_seed}: {held_before:.6g} -> {held_after:.6g}")
-    return _as_grid(solver, src.describe(), model_name, nfe, tuning)
+    return _as_grid(solver, model_name, nfe, tuning)
 
 
-def _as_grid(solver: _Solver, schedule: str, model_name: str, nfe: int, tuning: dict[str, Any]) -> TunedGrid:
-    """The fitted solver as a grid file's contents: its times (t_N = 1), a_k and the rows w_k0 ... w_kk."""
+def _clock(src: Any) -> str:
+    """Whose time the reference's steps are uniform in (:func:`.fitting.reference_samples`)."""
+    clock = reference_frame(src)
+    return "source" if clock is src else f"{clock.describe()} (a discrete table's ODE)"
+
+
+def _start_time(src: Any, prediction: str) -> float:
+    """t_0: 0, or for a noise or score model the time of log snr :data:`OPEN_START_LOG_SNR`."""
+    if prediction not in ("noise", "score"):
+        return 0.0
+    return float(src.time_of_log_snr(torch.tensor([OPEN_START_LOG_SNR], dtype=torch.float64))[0])
+
+
+def _as_grid(solver: _Solver, model_name: str, nfe: int, tuning: dict[str, Any]) -> TunedGrid:
+    """The fitted solver as a grid file's contents: its times (t_N = 1), a_k and the rows w_k0 ... w_kk, in the
+    source schedule's time, with the source (its table's digest for a discrete one) and prediction it was fitted
+    for."""
     times = solver.times().detach().to(torch.float64)
     times[-1] = 1.0
     a = solver.log_a.detach().exp().to(torch.float64)
     w = (solver.w.detach() * solver.mask).to(torch.float64)
-    return TunedGrid(times=tuple(times.tolist()), schedule=schedule, integrator=BESPOKE, model=model_name,
-                     source=schedule, prediction="velocity", nfe=nfe, tuning=tuning, x0_weights=tuple(a.tolist()),
+    return TunedGrid(times=tuple(times.tolist()), schedule=solver.source.describe(), integrator=BESPOKE,
+                     model=model_name, source=fitted_source(solver.source), prediction=solver.prediction, nfe=nfe, tuning=tuning, x0_weights=tuple(a.tolist()),
                      call_weights=tuple(tuple(w[k, :k + 1].tolist()) for k in range(nfe)))

@@ -245,7 +245,7 @@ def _fit_interior_times(loss: _GridLoss, init_times: torch.Tensor, seed: int, be
 def tune_grid_file(model: str, out: str | Path, *, schedule: Any, prediction: str | None = None,
                    log: Callable[[str], None] | None = None, **tuning: Any) -> tuple[Path, TunedGrid]:
     """Tune a grid for ``model`` (from the model registry; ``prediction`` picks an exact model's output) in
-    ``schedule`` and write it to ``out`` (a ``.json`` file, refused before any work otherwise); ``tuning``
+    ``schedule`` (None: the model's own, where a bespoke solver is fitted) and write it to ``out`` (a ``.json`` file, refused before any work otherwise); ``tuning``
     are the settings of :func:`tune_grid` (integrator, nfe, init, ...)."""
     from ..core.gridfile import save_grid_file
     from ..models.registry import load_measured
@@ -253,7 +253,8 @@ def tune_grid_file(model: str, out: str | Path, *, schedule: Any, prediction: st
     if not str(out).endswith(".json"):
         raise LazyflowError(f"--out must end in .json, got {str(out)!r}")
     loaded = load_measured(model, prediction)[1]
-    grid = tune_grid(loaded.model, model_name=model, schedule=schedule, source=loaded.source,
+    grid = tune_grid(loaded.model, model_name=model, schedule=loaded.source if schedule is None else schedule,
+                     source=loaded.source,
                      prediction=loaded.prediction, log=log, **tuning)
     return save_grid_file(grid, out), grid
 

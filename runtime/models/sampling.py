@@ -189,12 +189,15 @@ def _check_run(num_samples: int, force: bool, resume: bool, shards: bool, ranks:
 
 
 def _target(found: Any, out: Path, schedule: Any, diffusion_scale: float | None) -> Any:
-    """The schedule asked for (at ``diffusion_scale``); a latent model's run refused into a ``.png``."""
+    """The schedule asked for (at ``diffusion_scale``; None: the model's own, read once it is loaded, where a
+    bespoke solver runs); a latent model's run refused into a ``.png``."""
     from ..core.schedule import load_schedule
 
     if found.latents and out.suffix == ".png":
         raise LazyflowError(f"a {found.name} run writes latents: --out must end in .pt or .npy (with a decoder, "
                             "e.g. --vae, the images go to the same name with .png)")
+    if schedule is None:
+        return None
     target = load_schedule(schedule)
     return target if diffusion_scale is None else target.with_diffusion_scale(diffusion_scale)
 
@@ -241,6 +244,7 @@ def sample_to_file(model: str, out: str | Path, *, kind: str | None = None,
     target = _target(found, out, opts.schedule, diffusion_scale)
     loaded = load_model(model, kind=kind, device=device, num_samples=num_samples, source=source,
                         source_params=source_params, prediction=prediction, **(model_options or {}))
+    target = loaded.source if target is None else target
     data_shape = _data_shape(shape, loaded)
     check_format(out, data_shape)
     choice = choose_grid(opts.grid, opts.steps, target=target, integrator=opts.integrator,
