@@ -93,6 +93,7 @@ def test_the_fit_starts_at_log_snr_minus_5_and_is_no_worse_than_its_start(loaded
     assert fitted.source == f"discrete-scaled_linear table {loaded.source.kernel.digest}"
 
 
+@pytest.mark.slow   # 4 s: a bench run
 def test_the_solver_file_samples_and_benches_as_the_fit_evaluated_it(loaded, fitted, tmp_path):
     """``sample`` on the file against the fit's own reference: the fit's held-out path to 1e-4 relative (both
     float32); the bench's path (its own 800-step reference from the file's start, 64 samples of the held-out seed)

@@ -239,6 +239,7 @@ def assert_unique_styles(fig) -> None:
         assert len(set(styles)) == len(styles), (axes["title"], styles)
 
 
+@pytest.mark.slow   # the drawn fixture draws every figure: 11 s
 def test_every_series_of_every_figure_has_its_own_style(drawn):
     figures = drawn[1]
     for file, axes_list in figures.items():
@@ -269,6 +270,7 @@ def test_line_styles_unique_up_to_32_then_refused():
         plots.line_style(32)
 
 
+@pytest.mark.slow   # the drawn fixture draws every figure: 11 s
 def test_drift_curves_are_continuous_at_t0(drawn):
     """Each drift-norm curve's first point lies on the log-linear extrapolation of the next two (within a
     factor e; at most 0.23 in log here): the old figure drew the ODE drift at t = 0 under linear-sde's SDE
