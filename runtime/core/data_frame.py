@@ -274,7 +274,7 @@ def _log_snr_2m_weights(ctx: BuildContext, r: torch.Tensor) -> tuple[list, list]
     alpha, beta, d_alpha, d_beta = (u.reshape(shape) for u in (values.alpha, values.beta, values.d_alpha,
                                                                 values.d_beta))
     u = beta / torch.sqrt(r)
-    per_residual = torch.sqrt(r) * alpha * (alpha * d_beta - beta * d_alpha) / r**1.5   # sqrt(r) u'
+    per_residual = alpha * (alpha * d_beta - beta * d_alpha) / r   # sqrt(r) u'
     lam, t = ctx.target.log_snr(ctx.t).tolist(), ctx.t.tolist()
     pred, steps = [], ctx.h.numel()
     for k in range(steps):
@@ -298,12 +298,12 @@ def _build(ctx: BuildContext, *, history: int, corrector: bool, anchor_below: in
     lam = dirs.lam
     scale2 = ctx.target.diffusion_scale**2 if stochastic and ctx.target.stochastic else 0.0
     r, a, log_q = _propagators(ctx, lam)
-    points, gauss_w, kernel = _quadrature_kernel(ctx, lam, r[1:], log_q[1:], scale2)
     D = _damping(log_q[:-1], log_q[1:], scale2)
     steps = ctx.h.numel()
-    if log_snr_2m:
+    if log_snr_2m:   # closed-form weights: no quadrature kernel (steps x nodes x directions) to build
         pred, corr = _log_snr_2m_weights(ctx, r)
     else:
+        points, gauss_w, kernel = _quadrature_kernel(ctx, lam, r[1:], log_q[1:], scale2)
         pred, corr = _weights(ctx, kernel, points, gauss_w, history=history, corrector=corrector,
                               anchored=steps < anchor_below)
     stack = lambda rows: tuple(torch.stack([row[j] for row in rows]) for j in range(history))  # noqa: E731

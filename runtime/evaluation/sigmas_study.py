@@ -24,19 +24,12 @@ from ..core.noise import standard_normal
 from ..integrations.k_diffusion_samplers import load_k_diffusion_sampling, sample_lazyflow
 from ..models.registry import load_model
 from .paths import path_reference
+from .peer_solvers import ve_denoiser
 
 __all__ = ["sigmas_study", "main"]
 
 STEPS = (4, 6, 8)
 SIGMA_MAXES = (80.0, 14.6)
-
-
-def _denoiser(velocity: Callable[..., torch.Tensor], model_kwargs: dict[str, Any]) -> Callable:
-    """D(x, sigma) = x_t + (1 - t) v(x_t, t) at t = 1 / (1 + sigma), x_t = t x (a linear-schedule velocity model)."""
-    def denoiser(x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
-        t = 1 / (1 + sigma.to(x.dtype).reshape(-1)[0])
-        return t * x + (1 - t) * velocity(t * x, t.expand(len(x)), **model_kwargs)
-    return denoiser
 
 
 def sigmas_study(model: str, *, kind: str | None = None, n: int = 256, integrators: tuple[str, ...] = ("data-2m",),
@@ -46,7 +39,12 @@ def sigmas_study(model: str, *, kind: str | None = None, n: int = 256, integrato
     statistics file; each of ``integrators`` that takes statistics also runs with them)."""
     loaded = load_model(model, kind=kind, num_samples=n, source="linear", prediction="velocity", **options)
     start = standard_normal(0, range(n), 0, tuple(loaded.data_shape))
-    sampling, denoiser = load_k_diffusion_sampling(), _denoiser(loaded.model, loaded.model_kwargs)
+    sampling = load_k_diffusion_sampling()
+    denoise = ve_denoiser(lambda x, t: loaded.model(x, t, **loaded.model_kwargs))
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:   # one sigma per call, as the peers'
+        return denoise(x, float(sigma.reshape(-1)[0]))
+
     rows: dict[str, list[float]] = {}
     samplers = {"k-diffusion sample_dpmpp_2m": lambda x, s: sampling.sample_dpmpp_2m(denoiser, x, s, disable=True),
                 f"sample_lazyflow defaults ({defaults.SIGMAS_INTEGRATOR})":
