@@ -116,3 +116,29 @@ def test_every_start_is_a_solver_that_sample_runs(nfe):
                          x0_weights=tuple(a.tolist()), call_weights=tuple(tuple(w[k, :k + 1].tolist()) for k in range(nfe)))
         ran = sample(model, (5, 3), integrator="bespoke", grid=grid, steps=nfe, dtype=F64, initial=z)
         assert torch.allclose(ran, _run(model, times, a, w, z), rtol=1e-12, atol=1e-12), name
+
+
+@pytest.mark.parametrize("noisier", [False, True])
+@pytest.mark.parametrize("nfe", [1, 4, 6])
+def test_a_tables_karras_start_lies_on_diffusers_karras_sigmas(nfe, noisier):
+    """The discrete table's Karras start: its noise levels sigma = alpha / beta are diffusers' ``use_karras_sigmas``
+    ones, written out here from the scaled_linear betas (rho = 7, n levels from sigma(999) to sigma(0), then 0),
+    to 1e-9 relative: n = nfe from timestep 999's time, or from a noisier t_0 (log snr -5) that t_0 and n = nfe - 1;
+    both starts on it are in the set."""
+    from lazyflow.runtime.core.discrete_schedule import discrete_schedule, noisiest_training_time
+    from lazyflow.runtime.evaluation.bespoke_starts import table_karras_times
+
+    abar = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=F64) ** 2, 0)
+    table = discrete_schedule(abar)
+    t0 = float(table.time_of_log_snr(torch.tensor([-5.0], dtype=F64))[0]) if noisier else noisiest_training_time(table)
+    times = table_karras_times(table, nfe, t0)
+    assert times.numel() == nfe + 1 and times[0] == t0 and times[-1] == 1.0 and bool((times[1:] > times[:-1]).all())
+    levels = nfe - 1 if noisier else nfe
+    if levels:
+        sigma = ((1 - abar) / abar).sqrt()
+        top, bottom = float(sigma[-1]) ** (1 / 7), float(sigma[0]) ** (1 / 7)
+        ramp = torch.linspace(0, 1, levels, dtype=F64) if levels > 1 else torch.zeros(1, dtype=F64)
+        v = table.values(times[nfe - levels:-1])
+        torch.testing.assert_close(v.alpha / v.beta, (top + ramp * (bottom - top)) ** 7, rtol=1e-9, atol=0)
+    starts = bespoke_starts(nfe, table, t0)
+    assert {"euler, karras, table", "dpm++2m, karras, table"} <= set(starts)

@@ -40,7 +40,7 @@ from .beta_schedules import alphas_cumprod_of_config
 from .schedule import Schedule
 
 __all__ = ["TableKernel", "discrete_schedule", "schedule_of_config", "is_discrete", "timestep_of_time",
-           "time_of_timestep"]
+           "time_of_timestep", "noisiest_training_time"]
 
 _VP = kernels.load_shipped("vp")
 
@@ -209,3 +209,10 @@ def timestep_of_time(schedule: Schedule, t: torch.Tensor, *, rounded: bool = Fal
 def time_of_timestep(schedule: Schedule, timestep: torch.Tensor) -> torch.Tensor:
     """t(k) = 1 - (k + 1) / M: the time of training timestep k (-1: the clean end t = 1)."""
     return _table(schedule).time(torch.as_tensor(timestep, dtype=torch.float64))
+
+
+def noisiest_training_time(schedule: Schedule) -> float:
+    """t(N - 1): the time of the table's noisiest training timestep, where diffusers' schedulers (and Karras
+    sigmas from the table's sigma_max) start."""
+    table = _table(schedule)
+    return float(table.time(torch.tensor(float(len(table.alphas_cumprod) - 1), dtype=torch.float64)))

@@ -2,13 +2,14 @@
 
 Any deterministic model the runtime converts: the solver combines the velocities of the source schedule's ODE,
 read from the model's own prediction by :func:`~lazyflow.runtime.core.bespoke.velocity_coefficients` (noise, x,
-score or velocity, on any deterministic source, a discrete diffusion table among them), and starts at t_0 = 0, or,
-for a noise or score model (which says nothing at snr = 0), at the time of log snr :data:`OPEN_START_LOG_SNR`
-from alpha(t_0) times the noise.
+score or velocity, on any deterministic source, a discrete diffusion table among them), and starts from alpha(t_0)
+times the noise at t_0 = 0, or at a discrete table's noisiest training timestep (where diffusers' schedulers start),
+or, for a noise or score model that would start at snr = 0 (it says nothing there), at the time of log snr
+:data:`OPEN_START_LOG_SNR`.
 
 Parameters: the interior call times (t_k = t_0 + (1 - t_0) cumsum(softmax(theta, 0)) as in :mod:`.tune`, t_0
 and t_N = 1 fixed), log a_k and the lower-triangular w_kj.  Start: of the solvers of :mod:`.bespoke_starts` (Euler and
-DPM-Solver++(2M) on five grids, the midpoint rule, RK4), the one of the lowest loss.  Loss: the path, mean_i |x_N,i - x*_i| (L2 over each sample), x* the model's
+DPM-Solver++(2M) on five grids, and on a discrete table its Karras sigmas; the midpoint rule, RK4), the one of the lowest loss.  Loss: the path, mean_i |x_N,i - x*_i| (L2 over each sample), x* the model's
 own ODE solution from the same noise (Heun, ``reference_steps`` steps), on ``samples`` samples of ``seed``'s
 noise; Adam on minibatches of ``batch`` samples through the model (its parameters are not touched), keeping
 the iterate of the lowest full-set loss (checked every ``check_every`` iterations).  The held-out seed's loss
@@ -33,6 +34,7 @@ from ..core.schedule import load_schedule
 from .bespoke_starts import bespoke_starts
 from .paths import reference_frame
 from ..core.call_counter import CallCounter
+from ..core.discrete_schedule import is_discrete, noisiest_training_time
 from .fitting import check_budget, checked_holdout_seed, logits_from_times, reference_samples, \
     times_from_logits
 
@@ -203,10 +205,14 @@ def _clock(src: Any) -> str:
 
 
 def _start_time(src: Any, prediction: str) -> float:
-    """t_0: 0, or for a noise or score model the time of log snr :data:`OPEN_START_LOG_SNR`."""
-    if prediction not in ("noise", "score"):
-        return 0.0
-    return float(src.time_of_log_snr(torch.tensor([OPEN_START_LOG_SNR], dtype=torch.float64))[0])
+    """t_0: a discrete table's noisiest training timestep (where diffusers' schedulers start; the table's
+    virtual pure-noise end before it was never a training input), else 0; for a noise or score model whose t_0
+    has snr 0 (they say nothing there), the time of log snr :data:`OPEN_START_LOG_SNR`."""
+    t0 = noisiest_training_time(src) if is_discrete(src) else 0.0
+    lam = src.log_snr(torch.tensor([t0], dtype=torch.float64))
+    if prediction in ("noise", "score") and not bool(torch.isfinite(lam).all()):
+        t0 = float(src.time_of_log_snr(torch.tensor([OPEN_START_LOG_SNR], dtype=torch.float64))[0])
+    return t0
 
 
 def _as_grid(solver: _Solver, model_name: str, nfe: int, tuning: dict[str, Any]) -> TunedGrid:

@@ -7,7 +7,9 @@ coefficients is a point of it; its (a, w) follow by running the solver on coeffi
 
 Starts: Euler and DPM-Solver++(2M) (Lu et al. 2022, data prediction, multistep) on the uniform, log-snr,
 EDM (sigma_max 80 and 14.6) and SD3-shifted (shift 3) grids, with the midpoint rule and RK4 on the uniform
-grid; the fit starts from the one of the lowest loss.  All start at t_0 = 0 from the noise itself, or, for a
+grid; on a discrete diffusion table also both on the table's Karras sigmas (diffusers' ``use_karras_sigmas``,
+k-diffusion's ``get_sigmas_karras``: rho = 7 from the noise level of t_0 to the table's smallest, then the data),
+the grid its strongest peers run on.  The fit starts from the one of the lowest loss.  All start at t_0 = 0 from the noise itself, or, for a
 model that says nothing at snr = 0 (noise, score), at a later t_0 from alpha(t_0) times the noise: each grid then
 squeezed onto [t_0, 1], t -> t_0 + (1 - t_0) t (the midpoint rule's and RK4's weights times 1 - t_0).
 """
@@ -19,10 +21,11 @@ import torch
 
 from ...errors import LazyflowError
 from ..core.bespoke import euler_weights, midpoint_weights, rk4_weights
+from ..core.discrete_schedule import is_discrete, noisiest_training_time, time_of_timestep
 from ..core.grids import EDM, LogSNR, Shifted, Uniform, make_grid
 from ..core.schedule import Schedule
 
-__all__ = ["dpmpp_2m_weights", "bespoke_starts", "START_GRIDS"]
+__all__ = ["dpmpp_2m_weights", "bespoke_starts", "table_karras_times", "START_GRIDS"]
 
 Start = tuple[torch.Tensor, torch.Tensor, torch.Tensor]   # (times, a, w)
 
@@ -72,11 +75,15 @@ def bespoke_starts(nfe: int, schedule: Schedule, t0: float = 0.0) -> dict[str, S
     out: dict[str, Start] = {}
     makers: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
         "euler": euler_weights, "dpm++2m": lambda t: dpmpp_2m_weights(t, schedule)}
+    grids: dict[str, torch.Tensor] = {}
     for grid_name, grid in START_GRIDS.items():
         try:
-            times = _squeezed(make_grid(schedule, schedule, nfe, grid), t0)
+            grids[grid_name] = _squeezed(make_grid(schedule, schedule, nfe, grid), t0)
         except LazyflowError:
             continue
+    if is_discrete(schedule):
+        grids["karras, table"] = table_karras_times(schedule, nfe, t0)
+    for grid_name, times in grids.items():
         for name, weights in makers.items():
             a, w = weights(times)
             if bool((a > 0).all()) and bool(torch.isfinite(w).all()):
@@ -86,6 +93,30 @@ def bespoke_starts(nfe: int, schedule: Schedule, t0: float = 0.0) -> dict[str, S
             times, a, w = weights_of(nfe)
             out[name] = (_squeezed(times, t0), a, w if t0 == 0 else (1 - t0) * w)
     return out
+
+
+def table_karras_times(schedule: Schedule, nfe: int, t0: float, rho: float = 7.0) -> torch.Tensor:
+    """The times of a discrete table's Karras sigmas for ``nfe`` calls, as diffusers' ``use_karras_sigmas`` lays them:
+
+        sigma_k = (sigma_max^(1/rho) + k / (n - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,   k = 0 .. n - 1
+
+    then sigma = 0 (t = 1); sigma = alpha / beta, sigma_max that of the noisiest training timestep (N - 1),
+    sigma_min that of timestep 0; n = ``nfe`` levels when ``t0`` is timestep N - 1's time, else (a start before
+    it, noisier) ``t0`` and n = ``nfe`` - 1 levels (one level, sigma_max, for n = 1)."""
+    first = noisiest_training_time(schedule)
+    levels = nfe if t0 >= first else nfe - 1
+    if levels < 1:
+        return torch.tensor([t0, 1.0], dtype=torch.float64)
+    ends = torch.cat([torch.tensor([first], dtype=torch.float64), time_of_timestep(schedule, torch.zeros(1))])
+    sigma_max, sigma_min = torch.exp(-schedule.log_snr(ends)).tolist()
+    k = torch.linspace(0.0, 1.0, levels, dtype=torch.float64) if levels > 1 else torch.zeros(1, dtype=torch.float64)
+    top, bottom = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    times = schedule.time_of_log_snr(-rho * torch.log(top + k * (bottom - top)))
+    if t0 >= first:
+        times[0] = t0
+    else:
+        times = torch.cat([torch.tensor([t0], dtype=torch.float64), times])
+    return torch.cat([times, torch.ones(1, dtype=torch.float64)])
 
 
 def _squeezed(times: torch.Tensor, t0: float) -> torch.Tensor:
