@@ -2,7 +2,8 @@
 grid (uniform, logsnr, flow sigmas shifted as SD3's pipeline does, k-diffusion's Karras sigmas from 80 and from
 14.6, exponential sigmas) at 1, 2, 4 and 8 steps, in float64 to 1e-10 (the scheduler: 1e-6, its timesteps are
 float32), through each entry point: ``sample``,
-k-diffusion's ``sample_lazyflow`` with its defaults (no statistics: the frame N(E[X | c], I)), the ComfyUI
+k-diffusion's ``sample_lazyflow`` with its defaults (no statistics: the frame N(E[X | c], v I), v the default frame
+variance), the ComfyUI
 sampler and the diffusers scheduler.  The integrators the docs list as not lazy are checked not to be (so the
 list is true).
 
@@ -17,12 +18,14 @@ import math
 import pytest
 import torch
 
+from lazyflow.runtime.core import defaults
 from lazyflow.runtime.core.data_stats import DataStats
 from lazyflow.runtime.core.sampler import sample
 from lazyflow.runtime.integrations.k_diffusion_samplers import sample_lazyflow
 
 MU = torch.tensor([0.7, -0.3, 0.1], dtype=torch.float64)
-S = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)          # unit variance: the default frame is exact
+S = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)          # unit variance: sample()'s frame without statistics
+S_SIGMAS = math.sqrt(defaults.SIGMAS_FRAME_VARIANCE) * S        # the frame of sample_lazyflow and the ComfyUI node
 S_DIAG = torch.tensor([0.5, 1.3, 2.0], dtype=torch.float64)     # any variances: the data's own statistics
 STARTS = torch.linspace(-2.5, 2.5, 5, dtype=torch.float64)[:, None] * torch.tensor([1.0, -0.6, 0.3])
 DATA_FRAMES = ("data-euler", "data-multistep", "data-multistep-pc", "data-multistep3", "data-multistep3-pc", "data-2m")
@@ -97,29 +100,28 @@ def test_sample_data_frames_are_exact_on_gaussian_data_on_every_grid(grid, integ
 
 
 @pytest.mark.parametrize("sigmas", ["karras from 80", "karras from 14.6", "exponential"])
-def test_k_diffusion_defaults_are_exact_on_unit_variance_gaussian_data(sigmas):
+def test_k_diffusion_defaults_are_exact_on_gaussian_data_of_the_frame_variance(sigmas):
     for steps in (1, 2, 4, 8):
         sig = {"karras from 80": lambda n: _karras(n, 80.0), "karras from 14.6": lambda n: _karras(n, 14.6),
                "exponential": _exponential}[sigmas](steps)
         x = STARTS * sig[0]
-        out = sample_lazyflow(_denoiser(S), x, sig, disable=True)     # defaults: no statistics given
+        out = sample_lazyflow(_denoiser(S_SIGMAS), x, sig, disable=True)     # defaults: no statistics given
         t0 = float(1 / (1 + sig[0]))
-        assert (out - _flow_of(t0 * x, t0, S)).abs().max() < 1e-10, (sigmas, steps)
+        assert (out - _flow_of(t0 * x, t0, S_SIGMAS)).abs().max() < 1e-10, (sigmas, steps)
         diag = DataStats("diag", MU.clone(), S_DIAG**2)
         out = sample_lazyflow(_denoiser(S_DIAG), x, sig, disable=True, data_stats=diag)
         assert (out - _flow_of(t0 * x, t0, S_DIAG)).abs().max() < 1e-10, (sigmas, steps, "diag")
 
 
-def test_comfyui_sampler_defaults_are_exact_on_unit_variance_gaussian_data():
-    from lazyflow.runtime.core import defaults
+def test_comfyui_sampler_defaults_are_exact_on_gaussian_data_of_the_frame_variance():
     from lazyflow.runtime.integrations.comfyui import sample_comfy, sampler_options
 
     options = sampler_options(defaults.SCHEDULE, defaults.SIGMAS_INTEGRATOR, 1.0, "diffusion")
     for steps in (1, 2, 4, 8):
         sig = _karras(steps, 14.6)
-        out = sample_comfy(_denoiser(S), STARTS * sig[0], sig, disable=True, **options)
+        out = sample_comfy(_denoiser(S_SIGMAS), STARTS * sig[0], sig, disable=True, **options)
         t0 = float(1 / (1 + sig[0]))
-        assert (out - _flow_of(t0 * STARTS * sig[0], t0, S)).abs().max() < 1e-10, steps
+        assert (out - _flow_of(t0 * STARTS * sig[0], t0, S_SIGMAS)).abs().max() < 1e-10, steps
 
 
 def test_diffusers_scheduler_data_frame_is_exact_on_the_shifted_pipeline_grid(tmp_path):

@@ -399,15 +399,16 @@ def without_skip(integrator: Integrator) -> Integrator:
 
 
 def frame_for_run(method: Integrator, data_stats: "DataStats | ConditionalStats | None", *, t0: float,
-                  data_shape: tuple[int, ...]) -> tuple[Integrator, "DataStats | ConditionalStats | None"]:
+                  data_shape: tuple[int, ...], variance: float = 1.0
+                  ) -> tuple[Integrator, "DataStats | ConditionalStats | None"]:
     """The integrator and statistics of a run from time ``t0`` on samples of ``data_shape``: a data frame given
-    no statistics integrates in N(E[X | c], I) (:meth:`DataStats.isotropic`: the mean read from the first call,
-    exact on any Gaussian data of unit variance, whatever the grid); one that starts after t = 0 or reads its
-    mean at its first call makes that call (:func:`without_skip`).  Other integrators pass through."""
+    no statistics integrates in N(E[X | c], ``variance`` I) (:meth:`DataStats.isotropic`: the mean read from the
+    first call, exact on any Gaussian data of that variance, whatever the grid); one that starts after t = 0 or
+    reads its mean at its first call makes that call (:func:`without_skip`).  Other integrators pass through."""
     if not method.needs_data_stats:
         return method, data_stats
     if data_stats is None:
-        data_stats = DataStats.isotropic(tuple(data_shape))
+        data_stats = DataStats.isotropic(tuple(data_shape), var=variance)
     if t0 > 0 or data_stats.first_call_mean:
         method = without_skip(method)
     return method, data_stats

@@ -19,14 +19,19 @@ FINAL_STEP = "euler"
 #: the number of steps
 STEPS = 8
 
-#: the integrator of a sampler over the caller's own sigmas (k-diffusion's ``sample_lazyflow``, the ComfyUI node),
-#: in the frame N(E[X | c], I) when no statistics are given (the mean read from the first call): exact on
-#: Gaussian data of unit variance on any grid.  Chosen by measurement (path to the model's own ODE from the same
-#: start state; ``python -m lazyflow.runtime.evaluation.sigmas_study``), on k-diffusion's Karras sigmas (rho 7,
-#: 0.002 to 80 or 14.6) at 4, 6, 8 steps: below sample_dpmpp_2m on gmm64 (4.18/1.55/0.93 against 4.49/2.97/1.49
-#: from 80).  ``data-2m`` (DPM-Solver++(2M)'s rule on the frame's residual) was chosen over it on gmm64, gmm:101,
-#: gmm:102 and gmm:2601,dim=1024 (below sample_dpmpp_2m in 22 of 24 cells) but lost to it without statistics
-#: on every learned model reported (digits, patches, cond-mlp, bn-unet; docs/k-diffusion.md), so the default
-#: stays; with statistics data-2m is the one to pass.  On uniform grids data-euler is first order and loses, so
-#: ``sample()`` keeps :data:`INTEGRATOR`
-SIGMAS_INTEGRATOR = "data-euler"
+#: the integrator of a sampler over the caller's own sigmas (k-diffusion's ``sample_lazyflow``, the ComfyUI node):
+#: DPM-Solver++(2M)'s rule on the residual of the frame N(E[X | c], SIGMAS_FRAME_VARIANCE I) when no statistics
+#: are given (the mean read from the first call), exact on Gaussian data of that variance on any grid.  Chosen by
+#: measurement (path to the model's own ODE from the same start state, ``python -m
+#: lazyflow.runtime.evaluation.sigmas_study``; k-diffusion's Karras sigmas, rho 7, 0.002 to 80 or 14.6, at 4, 6, 8
+#: steps) by a rule written before the report set was run (docs/k-diffusion.md, "Which default"): of ``data-2m``
+#: at frame variance 1, 0.3, 0.1, 0.03, 0.01 and ``data-euler`` at 1 (the default before), the lowest geometric
+#: mean of the ratio to sample_dpmpp_2m over the choice set (digits, patches, gmm64, gmm:101, gmm:102,
+#: gmm:2601,dim=1024; 36 cells): data-2m at 0.03, 0.757 (below sample_dpmpp_2m in 31 of 36 cells; data-euler
+#: 1.079, 23 of 36); on nine report models below it in 51 of 54 cells (behind by 0.3-4% from 14.6 at 4 steps on
+#: gmm4096, fourier-unet, sit-digits) and behind on patches (choice set, 5 of 6).  With statistics the frame is
+#: theirs.  ``sample()`` keeps :data:`INTEGRATOR`, chosen on the uniform grids it defaults to.
+SIGMAS_INTEGRATOR = "data-2m"
+#: the variance of the frame N(E[X | c], v I) that :data:`SIGMAS_INTEGRATOR` integrates in without statistics
+#: (pass ``data_stats=DataStats.isotropic(shape, var=...)`` for another)
+SIGMAS_FRAME_VARIANCE = 0.03

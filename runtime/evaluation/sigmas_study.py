@@ -7,17 +7,20 @@ measurement behind the k-diffusion default, docs/k-diffusion.md "Which default")
 Rows: pathwise error (mean |x - x*|, x* the model's own 800-step ODE solution from the sampler's start state
 x = sigma_max z at t0 = 1 / (1 + sigma_max)) at 4, 6, 8 steps on Karras sigmas (rho 7, 0.002 to 80 and to
 14.6) of ``sample_dpmpp_2m``, ``sample_lazyflow`` with its defaults, and ``sample_lazyflow`` with each of
-``--integrators`` (no statistics: the frame N(E[X | c], I)).  Start noise: seed 0, as the bench's; a
+``--integrators`` (no statistics: the frame of :data:`~lazyflow.runtime.core.defaults.SIGMAS_FRAME_VARIANCE`).  Start noise: seed 0, as the bench's; a
 conditional model's labels repeat ``--class-labels`` over the samples.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from ...errors import LazyflowError
+from ...parsers import named_values
 from ..core import defaults
 from ..core.integrators import INTEGRATORS
 from ..core.noise import standard_normal
@@ -32,7 +35,7 @@ STEPS = (4, 6, 8)
 SIGMA_MAXES = (80.0, 14.6)
 
 
-def sigmas_study(model: str, *, kind: str | None = None, n: int = 256, integrators: tuple[str, ...] = ("data-2m",),
+def sigmas_study(model: str, *, kind: str | None = None, n: int = 256, integrators: tuple[str, ...] = (),
                  data_stats: str | None = None, log: Callable[[str], None] = print,
                  **options: Any) -> dict[str, list[float]]:
     """Print and return {row label: paths at STEPS} for each sigma_max in SIGMA_MAXES (``data_stats``: a
@@ -68,7 +71,7 @@ def sigmas_study(model: str, *, kind: str | None = None, n: int = 256, integrato
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lazyflow.runtime.evaluation.sigmas_study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
@@ -76,13 +79,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--class-labels", default=None)
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--n", type=int, default=256)
-    parser.add_argument("--integrators", default="data-2m")
+    parser.add_argument("--integrators", default="none",
+                        help="more sample_lazyflow rows, comma-separated integrators (default none: the defaults' only)")
     parser.add_argument("--data-stats", default=None, help="a statistics file (lazyflow stats) for the data frames")
+    parser.add_argument("--model-param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a parameter of the model kind (repeatable; e.g. sit-s/2's hidden_size=64)")
     args = parser.parse_args(argv)
-    options = {k: v for k, v in (("class_labels", args.class_labels), ("guidance", args.guidance)) if v is not None}
-    sigmas_study(args.model, kind=args.model_kind, n=args.n, integrators=tuple(args.integrators.split(",")),
-                 data_stats=args.data_stats, log=lambda line: print(line, flush=True), **options)
+    try:
+        options = {k: v for k, v in (("class_labels", args.class_labels), ("guidance", args.guidance)) if v is not None}
+        if args.model_param:
+            options["model_params"] = named_values(args.model_param, "--model-param")
+        integrators = tuple(name for name in args.integrators.split(",") if name not in ("", "none"))
+        sigmas_study(args.model, kind=args.model_kind, n=args.n, integrators=integrators,
+                     data_stats=args.data_stats, log=lambda line: print(line, flush=True), **options)
+    except LazyflowError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -139,7 +139,7 @@ def sampler_options(schedule: str, integrator: str, diffusion_scale: float, para
         raise LazyflowError(f"{data_stats.strip()}: statistics per class label; ComfyUI conditions on prompts, so "
                             "give statistics with the first call's mean (lazyflow stats --condition first-call)")
     # the pairing of schedule and integrator, refused now rather than mid-sampling: a plan on a small grid (a data
-    # frame without a file integrates in N(E[X | c], I), of the latent's shape once it runs)
+    # frame without a file integrates in N(E[X | c], v I), of the latent's shape once it runs, as sample_lazyflow does)
     check, check_stats = frame_for_run(method, stats, t0=0.25, data_shape=(1,))
     build_plan(target, load_schedule(SOURCE), probe,
                integrator=check, final_step="euler", prediction="x", device="cpu", dtype=torch.float64,

@@ -151,9 +151,12 @@ def _resolved_integrator(integrator: str | Integrator, data_stats: DataStats | C
     """The integrator on the caller's ``times`` (:func:`~lazyflow.runtime.core.grid_choice.choose_grid`: a
     bespoke solver is refused) and its data statistics (checked by :func:`.checked_data_stats`); a data frame
     that starts after t = 0, or reads its mean from its first call, makes that call (it skips it only at t = 0,
-    where its residual vanishes with the statistics' mean)."""
+    where its residual vanishes with the statistics' mean).  Without statistics the frame is N(E[X | c], v I):
+    v = :data:`~lazyflow.runtime.core.defaults.SIGMAS_FRAME_VARIANCE` for the ODE (measured), 1 for an SDE (its
+    frame before that measurement, not re-measured)."""
     method = choose_grid(times, None, target=target, integrator=integrator, times_of="sample_lazyflow").integrator
-    return frame_for_run(method, data_stats, t0=float(times[0]), data_shape=data_shape)
+    variance = 1.0 if target.stochastic else defaults.SIGMAS_FRAME_VARIANCE
+    return frame_for_run(method, data_stats, t0=float(times[0]), data_shape=data_shape, variance=variance)
 
 
 class _CallSequence:
@@ -336,7 +339,8 @@ def sample_lazyflow_ode(model: Callable[..., torch.Tensor], x: torch.Tensor, sig
                         extra_args: dict[str, Any] | None = None, callback: KCallback | None = None,
                         disable: bool | None = None, **options: Any) -> torch.Tensor:
     """:func:`sample_lazyflow` with the deterministic defaults: the probability-flow ODE in the frame exact for
-    N(E[X | c], I) (``data-euler`` without statistics; exact on Gaussian data of unit variance on any sigmas)."""
+    N(E[X | c], v I) (``data-2m``; without statistics v = :data:`~lazyflow.runtime.core.defaults.SIGMAS_FRAME_VARIANCE`,
+    exact on Gaussian data of that variance on any sigmas)."""
     options = {"schedule": "linear", "integrator": defaults.SIGMAS_INTEGRATOR, **options}
     return sample_lazyflow(model, x, sigmas, extra_args, callback, disable, **options)
 
