@@ -1,9 +1,13 @@
-"""Every error lazyflow raises on purpose, for all layers (imports nothing).
+"""Every error lazyflow raises on purpose, for all layers (imports nothing of lazyflow), and the exit status a
+refusal gives a measurement module's entry point (:func:`exit_status`).
 
 ``LazyflowError`` is input that lazyflow refuses, with the reason; the command line prints it as one
 line on stderr and exits 2, and any other exception is a bug and keeps its traceback."""
 
-__all__ = ["LazyflowError", "SpecError", "ExpressionError", "SamplingError"]
+import sys
+from typing import Any, Callable
+
+__all__ = ["LazyflowError", "SpecError", "ExpressionError", "SamplingError", "exit_status"]
 
 
 class LazyflowError(ValueError):
@@ -20,3 +24,14 @@ class ExpressionError(SpecError):
 
 class SamplingError(LazyflowError, RuntimeError):
     """A sampling run that cannot go on or would return non-finite samples; the message names the step and time."""
+
+
+def exit_status(run: Callable[[], Any], prog: str) -> int:
+    """0 after ``run()``; refused input (:class:`LazyflowError`) one line ``prog: error: ...`` on stderr and 2 (the
+    measurement modules' ``python -m`` entry points; ``lazyflow`` itself has its own, with more cases)."""
+    try:
+        run()
+    except LazyflowError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

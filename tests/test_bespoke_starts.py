@@ -142,3 +142,31 @@ def test_a_tables_karras_start_lies_on_diffusers_karras_sigmas(nfe, noisier):
         torch.testing.assert_close(v.alpha / v.beta, (top + ramp * (bottom - top)) ** 7, rtol=1e-9, atol=0)
     starts = bespoke_starts(nfe, table, t0)
     assert {"euler, karras, table", "dpm++2m, karras, table"} <= set(starts)
+
+
+def test_no_karras_start_on_a_zero_snr_table_and_a_later_start_begins_at_its_own_level():
+    """A zero-terminal-snr table's timestep 999 has sigma = inf: no Karras start from there (a velocity model
+    starts there); from a t_0 after timestep 999 (a noise model's log snr -5 on that table, or any later t_0) the
+    levels run from t_0's own noise level, so the grid still increases; every start's times increase."""
+    from lazyflow.runtime.core.beta_schedules import alphas_cumprod_of_config
+    from lazyflow.runtime.core.discrete_schedule import discrete_schedule
+    from lazyflow.runtime.evaluation.bespoke_fit import start_time
+    from lazyflow.runtime.evaluation.bespoke_starts import table_karras_times
+
+    config = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    zero = discrete_schedule(alphas_cumprod_of_config({**config, "rescale_betas_zero_snr": True}))
+    assert table_karras_times(zero, 4, start_time(zero, "velocity")) is None
+    assert not any(name.endswith("karras, table") for name in bespoke_starts(4, zero, start_time(zero, "velocity")))
+    for prediction in ("noise", "velocity"):
+        starts = bespoke_starts(4, zero, start_time(zero, prediction))
+        assert all(bool((times[1:] > times[:-1]).all()) for times, _, _ in starts.values()), prediction
+    assert "dpm++2m, karras, table" in bespoke_starts(4, zero, start_time(zero, "noise"))
+    table = discrete_schedule(alphas_cumprod_of_config(config))
+    times = table_karras_times(table, 4, 0.5)
+    assert times[0] == 0.5 and bool((times[1:] > times[:-1]).all())
+    v = table.values(times[:1])
+    sigma_min = table.values(torch.tensor([1 - 1 / 1001], dtype=F64))   # timestep 0's time, 1 - 1 / M
+    top, bottom = float(v.alpha[0] / v.beta[0]) ** (1 / 7), float(sigma_min.alpha[0] / sigma_min.beta[0]) ** (1 / 7)
+    levels = table.values(times[:-1])
+    torch.testing.assert_close(levels.alpha / levels.beta, (top + torch.linspace(0, 1, 4, dtype=F64) * (bottom - top)) ** 7,
+                               rtol=1e-9, atol=0)

@@ -238,7 +238,7 @@ def test_node_refuses_bad_choices(comfy, tmp_path):
 
     node = LazyflowSampler()
     assert node.INPUT_TYPES()["required"]["schedule"][1]["default"] in node.INPUT_TYPES()["required"]["schedule"][0]
-    node.get_sampler("vp", "data-multistep-pc", 1.0)   # no file: the frame N(E[X | c], I) (tests/test_lazy_grids.py)
+    node.get_sampler("vp", "data-multistep-pc", 1.0)   # no file: the frame N(E[X | c], 0.03 I) (tests/test_lazy_grids.py)
     with pytest.raises(LazyflowError, match="no diffusion to scale"):
         node.get_sampler("vp", "euler", 0.5)
     with pytest.raises(LazyflowError, match="does not exist"):

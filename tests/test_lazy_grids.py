@@ -113,6 +113,26 @@ def test_k_diffusion_defaults_are_exact_on_gaussian_data_of_the_frame_variance(s
         assert (out - _flow_of(t0 * x, t0, S_DIAG)).abs().max() < 1e-10, (sigmas, steps, "diag")
 
 
+def test_the_sde_variant_keeps_the_unit_variance_frame():
+    """``sample_lazyflow_sde`` without statistics integrates in N(E[X | c], I) (its frame before the ODE default's
+    variance was measured): at diffusion scale 0 it is that frame's ODE, exact on unit-variance Gaussian data on
+    Karras sigmas (1e-10) and not on data of the ODE default's variance; at scale 1 its statistics are unit."""
+    from lazyflow.k_diffusion import sample_lazyflow_sde
+    from lazyflow.runtime.core.schedule import load_schedule
+    from lazyflow.runtime.integrations.k_diffusion_samplers import resolved_integrator
+
+    for steps in (2, 4):
+        sig = _karras(steps, 14.6)
+        t0 = float(1 / (1 + sig[0]))
+        out = sample_lazyflow_sde(_denoiser(S), STARTS * sig[0], sig, disable=True, diffusion_scale=0.0, seed=0)
+        assert (out - _flow_of(t0 * STARTS * sig[0], t0, S)).abs().max() < 1e-10, steps
+        off = sample_lazyflow_sde(_denoiser(S_SIGMAS), STARTS * sig[0], sig, disable=True, diffusion_scale=0.0, seed=0)
+        assert (off - _flow_of(t0 * STARTS * sig[0], t0, S_SIGMAS)).abs().max() > 1e-3, steps
+    _, stats = resolved_integrator("data-sde", None, torch.tensor([0.1, 0.5, 1.0], dtype=torch.float64),
+                                   load_schedule("linear-sde"), (3,))
+    assert float(stats.var) == 1.0
+
+
 def test_comfyui_sampler_defaults_are_exact_on_gaussian_data_of_the_frame_variance():
     from lazyflow.runtime.integrations.comfyui import sample_comfy, sampler_options
 

@@ -38,7 +38,7 @@ from ..core.discrete_schedule import is_discrete, noisiest_training_time
 from .fitting import check_budget, checked_holdout_seed, logits_from_times, reference_samples, \
     times_from_logits
 
-__all__ = ["fit_bespoke", "BespokeSettings", "OPEN_START_LOG_SNR"]
+__all__ = ["fit_bespoke", "BespokeSettings", "OPEN_START_LOG_SNR", "start_time"]
 
 #: where a noise or score model's solver starts: the first log snr of the bench's open grid (``logsnr-open:-5,3``,
 #: where its classic integrators start on such a model)
@@ -169,7 +169,7 @@ def fit_bespoke(model, *, model_name: str = "", source: Any = "linear", predicti
                             f"(got {prediction!r} on {src.describe()})")
     check_budget(nfe, samples)
     holdout_seed = checked_holdout_seed(seed, holdout_seed)
-    t0 = _start_time(src, prediction)
+    t0 = start_time(src, prediction)
     shape = (samples, *tuple(data_shape or model.data_shape))
     problem = _Problem(model, src, prediction, t0, shape, (seed, holdout_seed), reference_steps, model_kwargs)
     ref_calls = problem.counter.calls
@@ -204,15 +204,20 @@ def _clock(src: Any) -> str:
     return "source" if clock is src else f"{clock.describe()} (a discrete table's ODE)"
 
 
-def _start_time(src: Any, prediction: str) -> float:
-    """t_0: a discrete table's noisiest training timestep (where diffusers' schedulers start; the table's
-    virtual pure-noise end before it was never a training input), else 0; for a noise or score model whose t_0
-    has snr 0 (they say nothing there), the time of log snr :data:`OPEN_START_LOG_SNR`."""
-    t0 = noisiest_training_time(src) if is_discrete(src) else 0.0
-    lam = src.log_snr(torch.tensor([t0], dtype=torch.float64))
-    if prediction in ("noise", "score") and not bool(torch.isfinite(lam).all()):
-        t0 = float(src.time_of_log_snr(torch.tensor([OPEN_START_LOG_SNR], dtype=torch.float64))[0])
-    return t0
+def start_time(src: Any, prediction: str) -> float:
+    """t_0: on a discrete table its noisiest training timestep (where diffusers' schedulers start; the table's
+    virtual pure-noise end before it was never a training input), elsewhere 0; for a noise or score model
+    where that is snr 0 (it says nothing there; any continuous schedule's t = 0), the time of log snr
+    :data:`OPEN_START_LOG_SNR`."""
+    silent_at_snr_0 = prediction in ("noise", "score")
+    if is_discrete(src):
+        t0 = noisiest_training_time(src)
+        lam = src.log_snr(torch.tensor([t0], dtype=torch.float64))
+        if not (silent_at_snr_0 and not bool(torch.isfinite(lam).all())):
+            return t0
+    elif not silent_at_snr_0:
+        return 0.0
+    return float(src.time_of_log_snr(torch.tensor([OPEN_START_LOG_SNR], dtype=torch.float64))[0])
 
 
 def _as_grid(solver: _Solver, model_name: str, nfe: int, tuning: dict[str, Any]) -> TunedGrid:

@@ -7,14 +7,16 @@ coefficients is a point of it; its (a, w) follow by running the solver on coeffi
 
 Starts: Euler and DPM-Solver++(2M) (Lu et al. 2022, data prediction, multistep) on the uniform, log-snr,
 EDM (sigma_max 80 and 14.6) and SD3-shifted (shift 3) grids, with the midpoint rule and RK4 on the uniform
-grid; on a discrete diffusion table also both on the table's Karras sigmas (diffusers' ``use_karras_sigmas``,
-k-diffusion's ``get_sigmas_karras``: rho = 7 from the noise level of t_0 to the table's smallest, then the data),
-the grid its strongest peers run on.  The fit starts from the one of the lowest loss.  All start at t_0 = 0 from the noise itself, or, for a
-model that says nothing at snr = 0 (noise, score), at a later t_0 from alpha(t_0) times the noise: each grid then
-squeezed onto [t_0, 1], t -> t_0 + (1 - t_0) t (the midpoint rule's and RK4's weights times 1 - t_0).
+grid; on a discrete diffusion table also both on the table's Karras sigmas (diffusers' ``use_karras_sigmas``:
+rho = 7 from the noise level of training timestep N - 1 to that of timestep 0, then the data; not on a
+zero-terminal-snr table, whose timestep N - 1 has snr 0), the grid its strongest peers run on.  The fit starts
+from the one of the lowest loss.  All start from alpha(t_0) times the noise at the fit's t_0
+(:func:`.bespoke_fit.start_time`): each grid of [0, 1] squeezed onto [t_0, 1], t -> t_0 + (1 - t_0) t (the
+midpoint rule's and RK4's weights times 1 - t_0); a grid that is not strictly increasing is left out.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -24,6 +26,7 @@ from ..core.bespoke import euler_weights, midpoint_weights, rk4_weights
 from ..core.discrete_schedule import is_discrete, noisiest_training_time, time_of_timestep
 from ..core.grids import EDM, LogSNR, Shifted, Uniform, make_grid
 from ..core.schedule import Schedule
+from .peer_solvers import edm_sigmas
 
 __all__ = ["dpmpp_2m_weights", "bespoke_starts", "table_karras_times", "START_GRIDS"]
 
@@ -81,9 +84,12 @@ def bespoke_starts(nfe: int, schedule: Schedule, t0: float = 0.0) -> dict[str, S
             grids[grid_name] = _squeezed(make_grid(schedule, schedule, nfe, grid), t0)
         except LazyflowError:
             continue
-    if is_discrete(schedule):
-        grids["karras, table"] = table_karras_times(schedule, nfe, t0)
+    karras = table_karras_times(schedule, nfe, t0) if is_discrete(schedule) else None
+    if karras is not None:
+        grids["karras, table"] = karras
     for grid_name, times in grids.items():
+        if not bool((times[1:] > times[:-1]).all()):
+            continue
         for name, weights in makers.items():
             a, w = weights(times)
             if bool((a > 0).all()) and bool(torch.isfinite(w).all()):
@@ -95,26 +101,25 @@ def bespoke_starts(nfe: int, schedule: Schedule, t0: float = 0.0) -> dict[str, S
     return out
 
 
-def table_karras_times(schedule: Schedule, nfe: int, t0: float, rho: float = 7.0) -> torch.Tensor:
-    """The times of a discrete table's Karras sigmas for ``nfe`` calls, as diffusers' ``use_karras_sigmas`` lays them:
-
-        sigma_k = (sigma_max^(1/rho) + k / (n - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,   k = 0 .. n - 1
-
-    then sigma = 0 (t = 1); sigma = alpha / beta, sigma_max that of the noisiest training timestep (N - 1),
-    sigma_min that of timestep 0; n = ``nfe`` levels when ``t0`` is timestep N - 1's time, else (a start before
-    it, noisier) ``t0`` and n = ``nfe`` - 1 levels (one level, sigma_max, for n = 1)."""
+def table_karras_times(schedule: Schedule, nfe: int, t0: float, rho: float = 7.0) -> torch.Tensor | None:
+    """The times of a discrete table's Karras sigmas for ``nfe`` calls, as diffusers' ``use_karras_sigmas`` lays them
+    (:func:`.peer_solvers.edm_sigmas`): n levels rho-spaced from sigma_max down to sigma_min, then sigma = 0 (t = 1);
+    sigma = alpha / beta, sigma_min that of training timestep 0, sigma_max that of ``t0`` or, for a ``t0`` before
+    the noisiest training timestep (N - 1), that timestep's, with ``t0`` itself as one more call in front (then
+    n = ``nfe`` - 1).  None where sigma_max is not finite (a zero-terminal-snr table's timestep N - 1)."""
     first = noisiest_training_time(schedule)
+    top = max(t0, first)
+    ends = torch.cat([torch.tensor([top], dtype=torch.float64), time_of_timestep(schedule, torch.zeros(1))])
+    sigma_max, sigma_min = torch.exp(-schedule.log_snr(ends)).tolist()
     levels = nfe if t0 >= first else nfe - 1
+    if not math.isfinite(sigma_max) or not sigma_max > sigma_min:
+        return None
     if levels < 1:
         return torch.tensor([t0, 1.0], dtype=torch.float64)
-    ends = torch.cat([torch.tensor([first], dtype=torch.float64), time_of_timestep(schedule, torch.zeros(1))])
-    sigma_max, sigma_min = torch.exp(-schedule.log_snr(ends)).tolist()
-    k = torch.linspace(0.0, 1.0, levels, dtype=torch.float64) if levels > 1 else torch.zeros(1, dtype=torch.float64)
-    top, bottom = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    times = schedule.time_of_log_snr(-rho * torch.log(top + k * (bottom - top)))
-    if t0 >= first:
-        times[0] = t0
-    else:
+    sigmas = torch.tensor(edm_sigmas(levels, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)[:-1], dtype=torch.float64)
+    times = schedule.time_of_log_snr(-torch.log(sigmas))
+    times[0] = top
+    if t0 < first:
         times = torch.cat([torch.tensor([t0], dtype=torch.float64), times])
     return torch.cat([times, torch.ones(1, dtype=torch.float64)])
 

@@ -13,13 +13,12 @@ conditional model's labels repeat ``--class-labels`` over the samples.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ...errors import LazyflowError
+from ...errors import LazyflowError, exit_status
 from ...parsers import named_values
 from ..core import defaults
 from ..core.integrators import INTEGRATORS
@@ -40,6 +39,9 @@ def sigmas_study(model: str, *, kind: str | None = None, n: int = 256, integrato
                  **options: Any) -> dict[str, list[float]]:
     """Print and return {row label: paths at STEPS} for each sigma_max in SIGMA_MAXES (``data_stats``: a
     statistics file; each of ``integrators`` that takes statistics also runs with them)."""
+    unknown = [name for name in integrators if name not in INTEGRATORS]
+    if unknown:
+        raise LazyflowError(f"unknown integrator {', '.join(unknown)}; choose from {', '.join(INTEGRATORS)}")
     loaded = load_model(model, kind=kind, num_samples=n, source="linear", prediction="velocity", **options)
     start = standard_normal(0, range(n), 0, tuple(loaded.data_shape))
     sampling = load_k_diffusion_sampling()
@@ -85,17 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-param", action="append", default=[], metavar="NAME=VALUE",
                         help="a parameter of the model kind (repeatable; e.g. sit-s/2's hidden_size=64)")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         options = {k: v for k, v in (("class_labels", args.class_labels), ("guidance", args.guidance)) if v is not None}
         if args.model_param:
             options["model_params"] = named_values(args.model_param, "--model-param")
         integrators = tuple(name for name in args.integrators.split(",") if name not in ("", "none"))
         sigmas_study(args.model, kind=args.model_kind, n=args.n, integrators=integrators,
                      data_stats=args.data_stats, log=lambda line: print(line, flush=True), **options)
-    except LazyflowError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(run, "sigmas_study")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ A sampler that follows the model's ODE closely ends near that ODE's solution fro
 solution's FD, SW and NLL gap are what such a sampler can reach from there.  Starts (the bench's noise z, seed
 0, N samples): t = 0 (pure noise) where the model's prediction is defined there; the time of log snr
 :data:`~.bespoke_fit.OPEN_START_LOG_SNR` from alpha z; on a discrete table its noisiest training timestep
-from alpha z (where diffusers' schedulers start) and, with ``--data-stats`` (diag statistics: mean and
+from alpha z (where diffusers' schedulers start, and a bespoke fit: :func:`.bespoke_fit.start_time`) and, with ``--data-stats`` (diag statistics: mean and
 per-element variance), from that time's Gaussian marginal, beta mu + sqrt(alpha^2 + beta^2 var) z.  Each
 solution: the bench's path reference (:func:`.paths.path_reference`, S steps in float64).
 """
@@ -18,12 +18,12 @@ from typing import Callable
 
 import torch
 
-from ...errors import LazyflowError
+from ...errors import LazyflowError, exit_status
 from ..core.data_stats import DataStats
 from ..core.discrete_schedule import is_discrete, noisiest_training_time
 from ..core.noise import standard_normal
 from ..models.registry import load_measured
-from .bespoke_fit import OPEN_START_LOG_SNR
+from .bespoke_fit import OPEN_START_LOG_SNR, start_time
 from .paths import PATH_REFERENCE_STEPS, path_reference
 from .scorers import scorer_factory
 
@@ -45,9 +45,9 @@ def start_study(model: str, *, n: int = 256, steps: int = PATH_REFERENCE_STEPS, 
         starts["t = 0 (pure noise)"] = (0.0, z)
     lam = torch.tensor([OPEN_START_LOG_SNR], dtype=torch.float64)
     starts[f"log snr {OPEN_START_LOG_SNR:g}"] = (float(src.time_of_log_snr(lam)[0]), z)
-    if is_discrete(src):
-        t0 = noisiest_training_time(src)
-        starts["training timestep 999 (diffusers' start)"] = (t0, z)
+    if is_discrete(src) and start_time(src, prediction) == noisiest_training_time(src):
+        t0, last = noisiest_training_time(src), len(src.kernel.alphas_cumprod) - 1
+        starts[f"training timestep {last} (diffusers' start)"] = (t0, z)
         if data_stats is not None:
             stats = DataStats.load(data_stats)
             if stats.kind != "diag":
@@ -55,7 +55,7 @@ def start_study(model: str, *, n: int = 256, steps: int = PATH_REFERENCE_STEPS, 
             v = src.values(torch.tensor([t0], dtype=torch.float64))
             alpha, beta = float(v.alpha[0]), float(v.beta[0])
             marginal = beta * stats.mean + (alpha ** 2 + beta ** 2 * stats.var).sqrt() * z
-            starts["training timestep 999, Gaussian marginal"] = (t0, marginal / alpha)   # the solve starts at alpha x0
+            starts[f"training timestep {last}, Gaussian marginal"] = (t0, marginal / alpha)   # the solve starts at alpha x0
     out: dict[str, dict[str, float]] = {}
     log(f"{model}: the model's ODE ({steps} steps, float64) from the bench's noise (seed 0, {n} samples)")
     log("| start | log snr | " + " | ".join(scorer.metrics) + " |")
@@ -78,12 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=PATH_REFERENCE_STEPS, help="steps of each ODE solve")
     parser.add_argument("--data-stats", default=None, help="diag statistics: adds the Gaussian-marginal start")
     args = parser.parse_args(argv)
-    try:
-        start_study(args.model, n=args.n, steps=args.steps, data_stats=args.data_stats)
-    except LazyflowError as err:
-        print(f"error: {err}")
-        return 2
-    return 0
+    return exit_status(lambda: start_study(args.model, n=args.n, steps=args.steps, data_stats=args.data_stats),
+                       "start_study")
 
 
 if __name__ == "__main__":

@@ -27,13 +27,12 @@ import torch
 from ...atomic_write import write_text_atomic
 from ...errors import LazyflowError
 from ..core.data_stats import DataStats
-from ..core.data_frame import frame_for_run
 from ..core import defaults
 from ..core.grid_choice import choose_grid
 from ..core.integrators import INTEGRATORS, build_plan
 from ..core.schedule import load_schedule
 from .. import kernels
-from .k_diffusion_samplers import PARAMETERIZATIONS, SOURCE, resolved_target, sample_lazyflow
+from .k_diffusion_samplers import PARAMETERIZATIONS, SOURCE, resolved_integrator, resolved_target, sample_lazyflow
 
 __all__ = ["LazyflowSampler", "sample_comfy", "parameterization_of", "write_custom_node", "NODE_CLASS_MAPPINGS",
            "NODE_DISPLAY_NAME_MAPPINGS", "NODE_FILE"]
@@ -98,8 +97,8 @@ class LazyflowSampler:
     RETURN_TYPES = ("SAMPLER",)
     FUNCTION = "get_sampler"
     DESCRIPTION = ("Integrates the model in a lazyflow schedule with a lazyflow integrator over the sigmas it is given "
-                   "(default linear + multistep-pc, lazyflow's own default: the ODE; pointmass + multistep-pc: the "
-                   "optimal SDE).")
+                   "(default linear + data-2m: the ODE in a frame exact for N(E[X | c], 0.03 I) without statistics; "
+                   "pointmass + multistep-pc: the optimal SDE).")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
@@ -140,7 +139,7 @@ def sampler_options(schedule: str, integrator: str, diffusion_scale: float, para
                             "give statistics with the first call's mean (lazyflow stats --condition first-call)")
     # the pairing of schedule and integrator, refused now rather than mid-sampling: a plan on a small grid (a data
     # frame without a file integrates in N(E[X | c], v I), of the latent's shape once it runs, as sample_lazyflow does)
-    check, check_stats = frame_for_run(method, stats, t0=0.25, data_shape=(1,))
+    check, check_stats = resolved_integrator(method, stats, probe, target, (1,), times_of="the lazyflow ComfyUI node")
     build_plan(target, load_schedule(SOURCE), probe,
                integrator=check, final_step="euler", prediction="x", device="cpu", dtype=torch.float64,
                data_stats=check_stats)

@@ -43,6 +43,7 @@ from ..core.sampler import check_seed, run_plan
 from ..core.schedule import Schedule, load_schedule
 
 __all__ = ["sample_lazyflow", "sample_lazyflow_ode", "sample_lazyflow_sde", "from_denoiser", "load_k_diffusion_sampling",
+           "resolved_integrator",
            "PARAMETERIZATIONS",
            "SOURCE", "resolved_target", "source_time_of_sigma", "sigma_of_source_time", "state_scale"]
 
@@ -145,17 +146,17 @@ def resolved_target(schedule: Any, schedule_params: dict[str, float] | None, dif
     return target if diffusion_scale == 1 else target.with_diffusion_scale(diffusion_scale)
 
 
-def _resolved_integrator(integrator: str | Integrator, data_stats: DataStats | ConditionalStats | None,
-                         times: torch.Tensor, target: Schedule,
-                         data_shape: tuple[int, ...]) -> tuple[Integrator, DataStats | ConditionalStats | None]:
+def resolved_integrator(integrator: str | Integrator, data_stats: DataStats | ConditionalStats | None,
+                        times: torch.Tensor, target: Schedule, data_shape: tuple[int, ...],
+                        times_of: str = "sample_lazyflow") -> tuple[Integrator, DataStats | ConditionalStats | None]:
     """The integrator on the caller's ``times`` (:func:`~lazyflow.runtime.core.grid_choice.choose_grid`: a
     bespoke solver is refused) and its data statistics (checked by :func:`.checked_data_stats`); a data frame
     that starts after t = 0, or reads its mean from its first call, makes that call (it skips it only at t = 0,
     where its residual vanishes with the statistics' mean).  Without statistics the frame is N(E[X | c], v I):
-    v = :data:`~lazyflow.runtime.core.defaults.SIGMAS_FRAME_VARIANCE` for the ODE (measured), 1 for an SDE (its
-    frame before that measurement, not re-measured)."""
-    method = choose_grid(times, None, target=target, integrator=integrator, times_of="sample_lazyflow").integrator
-    variance = 1.0 if target.stochastic else defaults.SIGMAS_FRAME_VARIANCE
+    v = :data:`~lazyflow.runtime.core.defaults.SIGMAS_FRAME_VARIANCE` for an ODE data frame (measured), 1 for a
+    stochastic one (``data-sde*``: its frame before that measurement, not re-measured)."""
+    method = choose_grid(times, None, target=target, integrator=integrator, times_of=times_of).integrator
+    variance = 1.0 if method.stochastic else defaults.SIGMAS_FRAME_VARIANCE
     return frame_for_run(method, data_stats, t0=float(times[0]), data_shape=data_shape, variance=variance)
 
 
@@ -320,7 +321,7 @@ class _Run:
         source = load_schedule(SOURCE)
         t_src = source_time_of_sigma(sig, parameterization)
         times = _target_times(target, source, t_src)
-        method, stats = _resolved_integrator(integrator, data_stats, times, target, tuple(x.shape[1:]))
+        method, stats = resolved_integrator(integrator, data_stats, times, target, tuple(x.shape[1:]))
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         options = dict(integrator=method, final_step=final_step, prediction="x", data_stats=stats)
         exact = build_plan(target, source, times, device="cpu", dtype=torch.float64, **options)
