@@ -146,3 +146,24 @@ def test_a_resumable_run_keeps_its_batches_through_the_helper(tmp_path, monkeypa
                                                             "manifest.log"]
     assert json.loads((work.folder / "manifest.json").read_text())["settings"] == {"seed": 0}
     assert os.path.getsize(work.folder / "manifest.log") > 0
+
+
+def test_a_killed_writers_temporary_is_removed_and_a_live_ones_kept(tmp_path):
+    """``.NAME.PID.RANDOM.tmp`` of a process that has ended goes; this process's, another target's and a file of
+    another pattern stay."""
+    import subprocess
+    import sys
+
+    from lazyflow.atomic_write import remove_stale_temporaries
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    target = tmp_path / "x.npy"
+    dead = tmp_path / f".x.npy.{ended.pid}.0badc0de.tmp"
+    live = tmp_path / f".x.npy.{os.getpid()}.12345678.tmp"
+    other = tmp_path / f".y.npy.{ended.pid}.0badc0de.tmp"
+    for path in (dead, live, other, tmp_path / ".x.npy.notapid.tmp"):
+        path.write_bytes(b"partial")
+    assert remove_stale_temporaries(target) == [dead]
+    assert _files(tmp_path) == sorted([live.name, other.name, ".x.npy.notapid.tmp"])
+

@@ -73,6 +73,18 @@ def test_two_step_resume_gives_the_uninterrupted_bytes(tmp_path, monkeypatch, su
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, "ref"])
 
 
+def test_a_resumed_run_removes_what_a_killed_writer_of_its_output_left(tmp_path, monkeypatch):
+    """A run killed while writing OUT leaves ``.OUT.PID.RANDOM.tmp`` (a SIGKILL runs no cleanup); the resumed run
+    removes it, so that only OUT is left (what the SIGKILL test below checks at random moments)."""
+    out = tmp_path / "x.npy"
+    interrupted(monkeypatch, out, after=1)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    (tmp_path / f".x.npy.{ended.pid}.0badc0de.tmp").write_bytes(b"half an array")
+    sample_to_file("digits", out, resume=True, **RUN)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+
+
 def test_a_damaged_batch_is_run_again(tmp_path, monkeypatch):
     """A finished batch whose file no longer matches the manifest's hash is not trusted."""
     reference, out = tmp_path / "ref.npy", tmp_path / "x.npy"

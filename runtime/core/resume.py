@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from ...atomic_write import write_bytes_atomic, write_text_atomic
+from ...atomic_write import remove_stale_temporaries, write_bytes_atomic, write_text_atomic
 from ...errors import LazyflowError
 
 __all__ = ["WorkDir", "work_dir", "file_hash", "check_outputs", "settings_mismatch", "discard", "clear_leftovers"]
@@ -130,8 +130,11 @@ def check_outputs(out: Path, outputs: Iterable[Path], settings: Mapping[str, Any
     return None
 
 
-def clear_leftovers(out: Path, *, force: bool) -> None:
-    """Remove a cut-short removal's hidden folder, and with ``force`` the unfinished run's work folder."""
+def clear_leftovers(out: Path, *, force: bool, outputs: Iterable[Path] = ()) -> None:
+    """Remove a cut-short removal's hidden folder, the temporaries a killed writer of ``out`` or ``outputs`` left
+    beside them, and with ``force`` the unfinished run's work folder."""
+    for path in {out, *outputs}:
+        remove_stale_temporaries(path)
     if _trash(out).exists():
         shutil.rmtree(_trash(out), ignore_errors=True)
     if force and work_dir(out).is_dir():

@@ -210,7 +210,7 @@ def _open_work(out: Path, outputs: list[Path], settings: dict[str, Any], ranks: 
 
     agree(ranks, check_outputs(out, outputs, settings, force=force, resume=resume))
     if ranks.rank == 0:
-        clear_leftovers(out, force=force)
+        clear_leftovers(out, force=force, outputs=outputs)
     barrier(ranks)
     return WorkDir.open(out, settings, rank=ranks.rank, world=ranks.world)
 
