@@ -284,3 +284,52 @@ def test_two_stage_calls_fall_between_timesteps_unless_rounded():
     assert exact.order == 2 and exact.timesteps[0::2].tolist() == [751.0, 501.0, 251.0, 1.0]
     assert (exact.timesteps != exact.timesteps.round()).any()
     assert torch.equal(rounded.timesteps, exact.timesteps.round())
+
+
+def _karras_solver(source, tmp_path, name="solver.json", steps=4):
+    """A bespoke solver file on the table: DPM-Solver++(2M) on its Karras sigmas from timestep 999, one weight
+    changed so that the file's own weights are what runs."""
+    from lazyflow.runtime.core.bespoke import fitted_source
+    from lazyflow.runtime.core.discrete_schedule import noisiest_training_time
+    from lazyflow.runtime.core.gridfile import TunedGrid, save_grid_file
+    from lazyflow.runtime.evaluation.bespoke_starts import dpmpp_2m_weights, table_karras_times
+
+    times = table_karras_times(source, steps, noisiest_training_time(source))
+    a, w = dpmpp_2m_weights(times, source)
+    w[2, 1] *= 0.9
+    solver = TunedGrid(tuple(times.tolist()), source.describe(), "bespoke", source=fitted_source(source),
+                       prediction="noise", x0_weights=tuple(a.tolist()),
+                       call_weights=tuple(tuple(w[k, :k + 1].tolist()) for k in range(steps)))
+    return save_grid_file(solver, tmp_path / name)
+
+
+def test_a_bespoke_solver_file_runs_in_the_pipeline_as_in_sample(unet, tmp_path):
+    """A solver file fitted on the table (here DPM-Solver++(2M) on its Karras sigmas, one weight changed) runs in
+    the pipeline's loop as lazyflow.sample runs it (float64, 1e-10): its own 4 steps, its first call at training
+    timestep 999, from init_noise_sigma = alpha(t_0) times the noise; what it cannot honour is one line."""
+    config = DDIM_CONFIGS["sd-epsilon"]
+    source = schedule_of_config(DDIMScheduler(**config).config)
+    path = _karras_solver(source, tmp_path)
+    lazy = LazyDiffusionScheduler.from_config(DDIMScheduler(**config).config, integrator="bespoke", grid=str(path))
+    z = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    lazy.set_timesteps(4)
+    abar = float(alphas_cumprod_of_config(lazy.config)[-1])
+    assert lazy.timesteps[0] == 999 and lazy.init_noise_sigma == pytest.approx((1 - abar) ** 0.5, abs=1e-12)
+    ours = _denoise(unet, lazy, z * lazy.init_noise_sigma, 4)
+    model, prediction = from_diffusers_unet(unet, source, "epsilon")
+    with torch.no_grad():
+        theirs = sample(model, z.shape, schedule=source, source=source, prediction=prediction, integrator="bespoke",
+                        grid=path, initial=z, dtype=torch.float64)
+    assert (ours - theirs).abs().max() < 1e-10
+    refusals = {
+        "steps": lambda: lazy.set_timesteps(5),
+        "img2img": lambda: lazy.set_begin_index(2),
+        "integrator": lambda: LazyDiffusionScheduler.from_config(lazy.config, integrator="multistep-pc"),
+        "another table": lambda: LazyDiffusionScheduler.from_config(
+            {**lazy.config, **DDIM_CONFIGS["linear-epsilon"]}, integrator="bespoke").set_timesteps(4),
+        "not a file": lambda: LazyDiffusionScheduler(grid="uniform"),
+    }
+    for name, refuse in refusals.items():
+        with pytest.raises(LazyflowError) as err:
+            refuse()
+        assert "\n" not in str(err.value), name

@@ -23,6 +23,7 @@ timestep; ``step`` returns the next call's network input; a stochastic schedule 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from ..core import defaults
 from ..core.bespoke import holds_solver
 from ..core.discrete_schedule import schedule_of_config, time_of_timestep, timestep_of_time
 from ..core.frames import times_of_equal_log_snr
+from ..core.grid_choice import choose_grid
 from ..core.integrators import check_plan_options, get_integrator
 from ..core.plan import Call
 from ..core.sampler import check_seed
@@ -62,16 +64,13 @@ def refuse_diffusion_config(config: Any, who: str) -> None:
                             "(pipe.scheduler.config)")
 
 
-def _refuse_unsupported(thresholding: bool, timestep_type: str, grid: str) -> None:
+def _refuse_unsupported(thresholding: bool, timestep_type: str) -> None:
     """Config options a lazyflow run does not take, refused in one line."""
     if thresholding:
         raise LazyflowError(f"{WHO}: thresholding (dynamic thresholding of x0) is not supported; use clip_sample")
     if timestep_type != "discrete":
         raise LazyflowError(f"{WHO}: timestep_type {timestep_type!r} (a network called at log sigma) is not "
                             "supported; only discrete timesteps")
-    if grid != PIPELINE_GRID:
-        raise LazyflowError(f"{WHO}: grid must be {PIPELINE_GRID!r} (the pipeline's timesteps, by "
-                            f"timestep_spacing), got {grid!r}")
 
 
 @dataclass
@@ -95,7 +94,10 @@ class LazyDiffusionScheduler(IntegratorLoop, SchedulerMixin, ConfigMixin):
 
     - ``schedule``, ``schedule_params``, ``integrator``, ``final_step``, ``seed``, ``diffusion_scale``,
       ``data_stats``: as :class:`~lazyflow.runtime.integrations.diffusers.LazyFlowScheduler`;
-    - ``grid``: ``"pipeline"`` (the only one: the pipeline's timesteps);
+    - ``grid``: ``"pipeline"`` (default: the pipeline's timesteps) or a bespoke solver's ``.json`` file fitted on
+      this table (``lazyflow tune-grid --integrator bespoke``, with ``integrator="bespoke"``): its own steps and
+      times, its first call at its own start (the table's timestep 999 for the fits of ``tune-grid``) from
+      ``init_noise_sigma`` = alpha(t_0) times the pipeline's noise; img2img (a later start) is refused;
     - ``rounded_timesteps``: call the network at integer timesteps only (two-stage integrators' second calls).
     """
 
@@ -113,7 +115,7 @@ class LazyDiffusionScheduler(IntegratorLoop, SchedulerMixin, ConfigMixin):
                  integrator: str = defaults.INTEGRATOR, grid: str = PIPELINE_GRID, final_step: str = defaults.FINAL_STEP,
                  seed: int = 0, diffusion_scale: float = 1.0, data_stats: str | None = None,
                  rounded_timesteps: bool = False):
-        _refuse_unsupported(thresholding, timestep_type, grid)
+        _refuse_unsupported(thresholding, timestep_type)
         spaced_timesteps(num_train_timesteps, 1, timestep_spacing)            # refuses an unknown spacing
         if trained_betas is not None and not isinstance(trained_betas, list):
             self.register_to_config(trained_betas=[float(b) for b in trained_betas])   # the config is saved as JSON
@@ -124,9 +126,10 @@ class LazyDiffusionScheduler(IntegratorLoop, SchedulerMixin, ConfigMixin):
         self.integrator = get_integrator(integrator)
         check_plan_options(self.target, self.integrator, final_step)
         self.data_stats, self.integrator = frame_statistics(WHO, data_stats, self.integrator)
+        self._solver = None if grid == PIPELINE_GRID else self._solver_file(grid)
         if self.integrator.needs_solver_file and not holds_solver(self.integrator):
-            raise LazyflowError(f"{WHO}: integrator 'bespoke' runs a fitted solver, which needs a grid file; "
-                                "this scheduler runs on the pipeline's timesteps only")
+            raise LazyflowError(f"{WHO}: integrator 'bespoke' runs a fitted solver: give its file as "
+                                "grid='solver.json' (lazyflow tune-grid --integrator bespoke on this table)")
         check_seed(seed)
         self.order = self.integrator.calls_per_step
         self.init_noise_sigma = 1.0
@@ -147,6 +150,9 @@ class LazyDiffusionScheduler(IntegratorLoop, SchedulerMixin, ConfigMixin):
         """Build the run: the pipeline's timesteps (``timestep_spacing``, or ``timesteps`` given, decreasing),
         their end, the target grid by equal log snr, the plan, and the ``timesteps`` of its network calls."""
         cfg = self.config
+        if self._solver is not None:
+            self._set_solver_run(num_inference_steps, timesteps, device)
+            return
         if timesteps is not None:
             k = torch.as_tensor(timesteps, dtype=torch.float64).reshape(-1)
             if k.numel() < 1 or (k[1:] >= k[:-1]).any() or k[0] > cfg.num_train_timesteps - 1 or k[-1] < 0:
@@ -166,6 +172,45 @@ class LazyDiffusionScheduler(IntegratorLoop, SchedulerMixin, ConfigMixin):
         calls = timestep_of_time(self.source, self._calls, rounded=cfg.rounded_timesteps)
         calls = torch.where((calls - calls.round()).abs() < 1e-6, calls.round(), calls)   # training timesteps exactly
         self.timesteps = calls.to(device=device, dtype=torch.float32)
+
+    def _solver_file(self, grid: Any) -> Any:
+        """A bespoke solver file instead of the pipeline's timesteps (:func:`~lazyflow.runtime.core.grid_choice.
+        choose_grid`, the rules of every entry point): read now, run in the table itself with its own integrator;
+        anything else is refused (a tuned grid of another integrator: the pipeline's timesteps are the grid)."""
+        if not isinstance(grid, (str, os.PathLike)) or not str(grid).endswith(".json"):
+            raise LazyflowError(f"{WHO}: grid is {PIPELINE_GRID!r} (the pipeline's timesteps, by timestep_spacing) "
+                                f"or a bespoke solver's .json file, got {grid!r}")
+        if isinstance(grid, os.PathLike):
+            self.register_to_config(grid=os.fspath(grid))   # the config is saved as JSON
+        choice = choose_grid(os.fspath(grid), None, target=self.source, integrator=self.integrator)
+        if not holds_solver(choice.integrator):
+            raise LazyflowError(f"{WHO}: {choice.grid.describe()} holds no bespoke solver; other grids run on the "
+                                f"pipeline's timesteps (grid={PIPELINE_GRID!r})")
+        self.target, self.integrator = choice.target, choice.integrator
+        return choice
+
+    def _set_solver_run(self, num_inference_steps: int | None, timesteps: Any, device: Any) -> None:
+        """A bespoke solver's run: its own times and steps (``num_inference_steps`` must be its count), its first
+        call where it was fitted to start, from alpha(t_0) times the pipeline's noise (``init_noise_sigma``)."""
+        steps = self._solver.steps
+        if timesteps is not None or num_inference_steps != steps:
+            raise LazyflowError(f"{WHO}: the bespoke solver {self._solver.grid.path or ''} runs its own {steps} "
+                                f"steps at its own times: call set_timesteps({steps}) (num_inference_steps={steps}), "
+                                f"got {num_inference_steps if timesteps is None else 'timesteps'}")
+        times = self._solver.times(self.source)
+        self._calls = self._set_run(times).call_times().to(torch.float64)
+        self.init_noise_sigma = float(self.source.values(times[:1]).alpha[0])
+        calls = timestep_of_time(self.source, self._calls)
+        calls = torch.where((calls - calls.round()).abs() < 1e-6, calls.round(), calls)   # training timesteps exactly
+        self.timesteps = calls.to(device=device, dtype=torch.float32)
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """The call index the run starts at (img2img's strength); a bespoke solver starts at its first only."""
+        if self._solver is not None and begin_index:
+            raise LazyflowError(f"{WHO}: a bespoke solver runs from its first time (its steps combine the start "
+                                "state): img2img with strength < 1 is not for it; use an integrator on the "
+                                f"pipeline's timesteps (grid={PIPELINE_GRID!r})")
+        super().set_begin_index(begin_index)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """Img2img's forward process: x = sqrt(abar) X + sqrt(1 - abar) noise at the source time of the run's
