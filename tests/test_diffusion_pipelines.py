@@ -333,3 +333,20 @@ def test_a_bespoke_solver_file_runs_in_the_pipeline_as_in_sample(unet, tmp_path)
         with pytest.raises(LazyflowError) as err:
             refuse()
         assert "\n" not in str(err.value), name
+
+
+def test_stable_diffusion_runs_a_bespoke_solver_with_guidance(sd, tmp_path):
+    """The solver file in a guided StableDiffusionPipeline: its 4 calls at its own timesteps, the pipeline's
+    latents scaled by init_noise_sigma = alpha(t_0) (prepare_latents), finite latents; img2img is refused."""
+    source = schedule_of_config(DDIMScheduler(**DDIM_CONFIGS["sd-epsilon"]).config)
+    path = _karras_solver(source, tmp_path)
+    pipe, seen = sd[0], []
+    pipe.scheduler = LazyDiffusionScheduler.from_config(DDIMScheduler(**DDIM_CONFIGS["sd-epsilon"]).config,
+                                                        integrator="bespoke", grid=str(path))
+    latents = pipe(["a cat", "a dog"], num_inference_steps=4, guidance_scale=5.0, output_type="latent", height=8,
+                   width=8, generator=torch.Generator().manual_seed(0),
+                   callback_on_step_end=lambda pipe, i, t, kw: seen.append(float(t)) or kw).images
+    assert latents.shape == (2, 4, 8, 8) and torch.isfinite(latents).all() and sd[0].scheduler.nfe == 4
+    assert seen == sd[0].scheduler.timesteps.tolist() and seen[0] == 999.0
+    with pytest.raises(LazyflowError, match="img2img"):
+        _run(sd[1], steps=4, guidance=5.0, image=latents, integrator="bespoke", grid=str(path))
