@@ -262,3 +262,27 @@ def test_path_reference_of_a_discrete_source_is_solved_in_vp_and_exact_on_gaussi
     ref = path_reference(velocity, source, z, 200, t0=t0)   # from the source state alpha(t0) x0
     exact = math.sqrt(var) * z * start.alpha / torch.sqrt(start.alpha ** 2 + var * start.beta ** 2)
     assert (ref.samples - exact).abs().max() < 1e-3
+
+
+@pytest.mark.slow   # 10-20 s: a model bench with a fit
+def test_bench_fits_a_bespoke_solver_on_a_diffusers_unet_that_the_pipeline_runs(tmp_path):
+    """``lazyflow bench --model FOLDER --model-kind diffusers-unet --bespoke`` fits a solver on the UNet's table
+    (it once stopped at the row, naming the table's schedule unknown) and the DDIM pipeline of that folder runs
+    the solver file through LazyDiffusionScheduler at its own timesteps from 999."""
+    from markdown_blocks import run_lazyflow
+
+    from lazyflow.diffusers import LazyDiffusionScheduler
+
+    unet = _tiny_unet(tmp_path / "m", pipeline=True)
+    config = diffusers.DDIMScheduler.from_pretrained(tmp_path / "m", subfolder="scheduler").config
+    status, printed = run_lazyflow(f"lazyflow bench --model {tmp_path / 'm'} --model-kind diffusers-unet --nfe 2 "
+                                   f"--n 16 --bespoke --quick --no-peers --save {tmp_path / 'b.json'}")
+    assert status == 0, printed[-2000:]
+    solver = tmp_path / "b.bespoke-2.json"
+    assert "bespoke/tuned:b.bespoke-2.json" in printed
+    pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler.from_config(config))
+    pipe.scheduler = LazyDiffusionScheduler.from_config({**config, "clip_sample": False}, integrator="bespoke",
+                                                        grid=str(solver))   # DDIMPipeline's own makes it a DDIM one
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, 8, 8, 1) and pipe.scheduler.timesteps[0] == 999

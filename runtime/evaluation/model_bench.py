@@ -454,7 +454,8 @@ def bespoke_rows(run: BenchRunner, nfes: list[int], loaded: LoadedModel, save: s
                              prediction=loaded.prediction, nfe=budget, samples=count, seed=run.seed + 1,
                              reference_steps=TUNE_REFERENCE_STEPS, model_kwargs=kwargs or None,
                              data_shape=loaded.data_shape)
-        method = OurMethod(loaded.source if isinstance(loaded.source, str) else solver.schedule, "bespoke", "")
+        own = None if isinstance(loaded.source, str) else loaded.source   # a table has no name to load it by
+        method = OurMethod(solver.schedule if own is not None else loaded.source, "bespoke", "", own=own)
         scored = _scored_fit(run, method, solver, Path(save).with_name(f"{Path(save).stem}.bespoke-{budget}.json"),
                              budget, count, {"grid": f"its start ({solver.tuning['init']}; fitted path "
                                                      f"{_sig(solver.tuning['loss_before'])} -> "
