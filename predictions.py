@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from .errors import LazyflowError
 
-__all__ = ["PREDICTIONS", "check_prediction"]
+__all__ = ["PREDICTIONS", "SILENT_AT_SNR_0", "check_prediction"]
 
 #: velocity (alpha' eta_Z + beta' eta_X), x (eta_X), noise (eta_Z), score (-eta_Z / alpha): derive/MATH.md
 PREDICTIONS = ("velocity", "x", "noise", "score")
+#: the predictions that say nothing at snr = 0 (there I = alpha Z, so eta_X cannot be read from them): a run of such a
+#: model starts after t = 0
+SILENT_AT_SNR_0 = ("noise", "score")
 
 
 def check_prediction(prediction: str, *, known: tuple[str, ...] = PREDICTIONS,

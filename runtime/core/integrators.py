@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import LazyflowError, SamplingError
+from ...predictions import SILENT_AT_SNR_0
 from . import data_frame
 from .bespoke import BESPOKE_PLACEHOLDER
 from .data_stats import ConditionalStats, DataStats
@@ -121,7 +122,7 @@ def check_plan_options(target: Schedule, integrator: Integrator, final_step: str
 def _check_informative_start(target: Schedule, prediction: str, t: torch.Tensor) -> None:
     """Refuse a run whose first call is at snr = 0 with a noise or score model: there I = alpha Z, the
     output is a function of x alone and eta_X = E[X] cannot be read from it (p, q hold 1/beta; MATH.md §2)."""
-    if prediction not in ("noise", "score") or not bool(target.log_snr(t[:1]).isneginf().all()):
+    if prediction not in SILENT_AT_SNR_0 or not bool(target.log_snr(t[:1]).isneginf().all()):
         return
     if target.point_mass:
         fix = ("a point-mass schedule must start there, so sample this model with a standard schedule "

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ...errors import LazyflowError
+from ...predictions import SILENT_AT_SNR_0
 from .data_stats import ConditionalStats, DataStats
 from .plan import Integrator, StepInfo
 from .sampler import sample
@@ -73,7 +74,7 @@ def own_samples(model: Callable[..., torch.Tensor], shape: Sequence[int], *, ste
         labels = None   # not one integer label per sample: no per-label statistics
     means: list[torch.Tensor] = []
     first = 0.0
-    if options.get("prediction") in ("noise", "score") and options.get("grid") is None:
+    if options.get("prediction") in SILENT_AT_SNR_0 and options.get("grid") is None:
         options["grid"], first = OPEN_STATS_GRID, None
     x = sample(model, shape, schedule=schedule, steps=steps, integrator=integrator, seed=seed,
                dtype=options.pop("dtype", torch.float64), callback=lambda info: _first_mean(info, means, first),

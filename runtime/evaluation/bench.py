@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import LazyflowError
+from ...predictions import SILENT_AT_SNR_0
 from .bench_methods import OPEN_GRID, OPEN_REFERENCE_GRID, STATS_FILE_MISSING, OurMethod, data_frame_methods, \
     open_start, our_methods, sample_args
 from .bench_references import converged_references
@@ -123,7 +124,7 @@ def run_quality_bench(model_name: str, nfes: list[int], n: int, seed: int, inclu
     shown = prediction if bench.exact else None
     run = BenchRunner(bench, (n, *bench.loaded.data_shape), seed, lambda method, steps, stats_path: sample_args(
         model_name, method, steps, n, seed, shown, stats_path), on_samples)
-    open_grid = bench.exact and prediction in ("noise", "score")
+    open_grid = bench.exact and prediction in SILENT_AT_SNR_0
     methods = _methods(run, methods, full, open_grid, save, log)
     with torch.no_grad():
         rows = run.ours(methods, nfes, log)

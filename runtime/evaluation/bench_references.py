@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import torch
 
+from ...predictions import SILENT_AT_SNR_0
 from .bench_methods import OPEN_GRID, OPEN_REFERENCE_GRID, OurMethod
 from .bench_report import short_score
 from .bench_row import BenchRow
@@ -37,7 +38,7 @@ class PathReferences:
     def solve(self, steps: int = PATH_REFERENCE_STEPS) -> PathReference:
         """x* from the start noise at ``steps`` steps, with its check at half of them (:func:`.paths.path_reference`);
         a trained noise or score model (undefined at snr = 0) from where :data:`~.bench_methods.OPEN_GRID` starts."""
-        if self.prediction not in ("noise", "score"):
+        if self.prediction not in SILENT_AT_SNR_0:
             return path_reference(self.velocity, self.source, self.start, steps, **self.options)
         self._main_start = open_start_state(self.source)
         return path_reference(self.velocity, self.source, self.start, steps, t0=self._main_start[0],

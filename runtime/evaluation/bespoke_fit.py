@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 
 from ...errors import LazyflowError
-from ...predictions import check_prediction
+from ...predictions import SILENT_AT_SNR_0, check_prediction
 from ..core.bespoke import BESPOKE, fitted_source, velocity_coefficients
 from ..core.gridfile import TunedGrid
 from ..core.noise import CounterNormal
@@ -209,11 +209,10 @@ def start_time(src: Any, prediction: str) -> float:
     virtual pure-noise end before it was never a training input), elsewhere 0; for a noise or score model
     where that is snr 0 (it says nothing there; any continuous schedule's t = 0), the time of log snr
     :data:`OPEN_START_LOG_SNR`."""
-    silent_at_snr_0 = prediction in ("noise", "score")
+    silent_at_snr_0 = prediction in SILENT_AT_SNR_0
     if is_discrete(src):
         t0 = noisiest_training_time(src)
-        lam = src.log_snr(torch.tensor([t0], dtype=torch.float64))
-        if not (silent_at_snr_0 and not bool(torch.isfinite(lam).all())):
+        if not silent_at_snr_0 or bool(torch.isfinite(src.log_snr(torch.tensor([t0], dtype=torch.float64))).all()):
             return t0
     elif not silent_at_snr_0:
         return 0.0

@@ -38,6 +38,7 @@ from typing import Any, Callable
 import torch
 
 from ...errors import LazyflowError
+from ...predictions import SILENT_AT_SNR_0
 from ..core.gridfile import TunedGrid
 from ..core.sampler import per_sample_kwargs
 from ..models.kind import LoadedModel, ModelKind
@@ -208,7 +209,7 @@ def run_model_bench(model: str, kind: str, nfes: list[int], n: int, seed: int, *
     found, loaded = load_bench_model(model, kind, n, options=options, label_seed=label_seed, device=device)
     keys = stats_keys(loaded, stats_samples) if data_frames and methods is None else []
     methods = (model_bench_methods(full) if methods is None else list(methods)) + data_frame_rows(keys, full)
-    if loaded.prediction in ("noise", "score"):   # undefined at snr = 0: every run starts on the open grid
+    if loaded.prediction in SILENT_AT_SNR_0:   # undefined at snr = 0: every run starts on the open grid
         methods = open_start(methods)
     if not methods:
         raise LazyflowError("no deterministic sampler of ours to run (a stochastic schedule has no pathwise target)")

@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 import torch
 
-from ...errors import LazyflowError, exit_status
+from ...errors import exit_status
 from ...parsers import named_values
 from ..core import defaults
-from ..core.integrators import INTEGRATORS
+from ..core.integrators import INTEGRATORS, get_integrator
 from ..core.noise import standard_normal
 from ..integrations.k_diffusion_samplers import load_k_diffusion_sampling, sample_lazyflow
 from ..models.registry import load_model
@@ -39,9 +39,8 @@ def sigmas_study(model: str, *, kind: str | None = None, n: int = 256, integrato
                  **options: Any) -> dict[str, list[float]]:
     """Print and return {row label: paths at STEPS} for each sigma_max in SIGMA_MAXES (``data_stats``: a
     statistics file; each of ``integrators`` that takes statistics also runs with them)."""
-    unknown = [name for name in integrators if name not in INTEGRATORS]
-    if unknown:
-        raise LazyflowError(f"unknown integrator {', '.join(unknown)}; choose from {', '.join(INTEGRATORS)}")
+    for name in integrators:   # refused before any work
+        get_integrator(name)
     loaded = load_model(model, kind=kind, num_samples=n, source="linear", prediction="velocity", **options)
     start = standard_normal(0, range(n), 0, tuple(loaded.data_shape))
     sampling = load_k_diffusion_sampling()

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from ...errors import LazyflowError, exit_status
+from ...predictions import SILENT_AT_SNR_0
 from ..core.data_stats import DataStats
 from ..core.discrete_schedule import is_discrete, noisiest_training_time
 from ..core.noise import standard_normal
@@ -41,7 +42,7 @@ def start_study(model: str, *, n: int = 256, steps: int = PATH_REFERENCE_STEPS, 
     src, prediction = loaded.source, loaded.prediction
     z = standard_normal(0, range(n), 0, tuple(loaded.data_shape)).to(torch.float64)   # the bench's start noise
     starts: dict[str, tuple[float, torch.Tensor]] = {}
-    if prediction not in ("noise", "score"):
+    if prediction not in SILENT_AT_SNR_0:
         starts["t = 0 (pure noise)"] = (0.0, z)
     lam = torch.tensor([OPEN_START_LOG_SNR], dtype=torch.float64)
     starts[f"log snr {OPEN_START_LOG_SNR:g}"] = (float(src.time_of_log_snr(lam)[0]), z)

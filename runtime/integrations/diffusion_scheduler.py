@@ -168,10 +168,7 @@ class LazyDiffusionScheduler(IntegratorLoop, SchedulerMixin, ConfigMixin):
         if (times[1:] <= times[:-1]).any():
             raise LazyflowError(f"{WHO}: the timesteps {k.tolist()} do not give an increasing grid in "
                                 f"{self.target.describe()}")
-        self._calls = self._set_run(times).call_times().to(torch.float64)
-        calls = timestep_of_time(self.source, self._calls, rounded=cfg.rounded_timesteps)
-        calls = torch.where((calls - calls.round()).abs() < 1e-6, calls.round(), calls)   # training timesteps exactly
-        self.timesteps = calls.to(device=device, dtype=torch.float32)
+        self._run_on(times, device)
 
     def _solver_file(self, grid: Any) -> Any:
         """A bespoke solver file instead of the pipeline's timesteps (:func:`~lazyflow.runtime.core.grid_choice.
@@ -198,9 +195,14 @@ class LazyDiffusionScheduler(IntegratorLoop, SchedulerMixin, ConfigMixin):
                                 f"steps at its own times: call set_timesteps({steps}) (num_inference_steps={steps}), "
                                 f"got {num_inference_steps if timesteps is None else 'timesteps'}")
         times = self._solver.times(self.source)
-        self._calls = self._set_run(times).call_times().to(torch.float64)
+        self._run_on(times, device)
         self.init_noise_sigma = float(self.source.values(times[:1]).alpha[0])
-        calls = timestep_of_time(self.source, self._calls)
+
+    def _run_on(self, times: torch.Tensor, device: Any) -> None:
+        """The run on the source ``times``: its plan, the source times of its calls and their ``timesteps``
+        (k(tau), exact integers at training timesteps, rounded throughout with ``rounded_timesteps``)."""
+        self._calls = self._set_run(times).call_times().to(torch.float64)
+        calls = timestep_of_time(self.source, self._calls, rounded=self.config.rounded_timesteps)
         calls = torch.where((calls - calls.round()).abs() < 1e-6, calls.round(), calls)   # training timesteps exactly
         self.timesteps = calls.to(device=device, dtype=torch.float32)
 
