@@ -28,7 +28,8 @@ S = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)          # unit variance:
 S_SIGMAS = math.sqrt(defaults.SIGMAS_FRAME_VARIANCE) * S        # the frame of sample_lazyflow and the ComfyUI node
 S_DIAG = torch.tensor([0.5, 1.3, 2.0], dtype=torch.float64)     # any variances: the data's own statistics
 STARTS = torch.linspace(-2.5, 2.5, 5, dtype=torch.float64)[:, None] * torch.tensor([1.0, -0.6, 0.3])
-DATA_FRAMES = ("data-euler", "data-multistep", "data-multistep-pc", "data-multistep3", "data-multistep3-pc", "data-2m")
+DATA_FRAMES = ("data-euler", "data-multistep", "data-multistep-pc", "data-multistep3", "data-multistep3-pc", "data-2m",
+               "data-2m-pc")
 
 
 def _velocity(s: torch.Tensor):
@@ -150,15 +151,16 @@ def test_diffusers_scheduler_data_frame_is_exact_on_the_shifted_pipeline_grid(tm
 
     path = DataStats("diag", MU.clone(), S_DIAG**2).save(tmp_path / "stats.safetensors")
     velocity = _velocity(S_DIAG)
-    for steps in (1, 2, 4, 8):
-        scheduler = LazyFlowScheduler(shift=3.0, integrator="data-multistep-pc", data_stats=str(path))
-        scheduler.set_timesteps(steps)
-        x = STARTS.clone()
-        for timestep in scheduler.timesteps:
-            t = 1 - torch.full((len(x),), float(timestep) / 1000, dtype=torch.float64)
-            x = scheduler.step(-velocity(x, t), timestep, x, return_dict=False)[0]   # diffusers: noise - data
-        # diffusers hands the model float32 timesteps (t rounded to ~6e-8): the velocity is evaluated there
-        assert (x - _flow_of(STARTS, 0.0, S_DIAG)).abs().max() < 1e-6, steps
+    for integrator in ("data-multistep-pc", "data-2m-pc"):
+        for steps in (1, 2, 4, 8):
+            scheduler = LazyFlowScheduler(shift=3.0, integrator=integrator, data_stats=str(path))
+            scheduler.set_timesteps(steps)
+            x = STARTS.clone()
+            for timestep in scheduler.timesteps:
+                t = 1 - torch.full((len(x),), float(timestep) / 1000, dtype=torch.float64)
+                x = scheduler.step(-velocity(x, t), timestep, x, return_dict=False)[0]   # diffusers: noise - data
+            # diffusers hands the model float32 timesteps (t rounded to ~6e-8): the velocity is evaluated there
+            assert (x - _flow_of(STARTS, 0.0, S_DIAG)).abs().max() < 1e-6, (integrator, steps)
 
 
 @pytest.mark.parametrize("schedule,integrator", [("linear", "multistep-pc"), ("vp", "multistep-pc"),

@@ -20,18 +20,15 @@ FINAL_STEP = "euler"
 STEPS = 8
 
 #: the integrator of a sampler over the caller's own sigmas (k-diffusion's ``sample_lazyflow``, the ComfyUI node):
-#: DPM-Solver++(2M)'s rule on the residual of the frame N(E[X | c], SIGMAS_FRAME_VARIANCE I) when no statistics
-#: are given (the mean read from the first call), exact on Gaussian data of that variance on any grid.  Chosen by
-#: measurement (path to the model's own ODE from the same start state, ``python -m
-#: lazyflow.runtime.evaluation.sigmas_study``; k-diffusion's Karras sigmas, rho 7, 0.002 to 80 or 14.6, at 4, 6, 8
-#: steps) by a rule written before the report set was run (docs/k-diffusion.md, "Which default"): of ``data-2m``
-#: at frame variance 1, 0.3, 0.1, 0.03, 0.01 and ``data-euler`` at 1 (the default before), the lowest geometric
-#: mean of the ratio to sample_dpmpp_2m over the choice set (digits, patches, gmm64, gmm:101, gmm:102,
-#: gmm:2601,dim=1024; 36 cells): data-2m at 0.03, 0.757 (below sample_dpmpp_2m in 31 of 36 cells; data-euler
-#: 1.079, 23 of 36); on nine report models below it in 51 of 54 cells (behind by 0.3-4% from 14.6 at 4 steps on
-#: gmm4096, fourier-unet, sit-digits) and behind on patches (choice set, 5 of 6).  With statistics the frame is
-#: theirs.  ``sample()`` keeps :data:`INTEGRATOR`, chosen on the uniform grids it defaults to.
-SIGMAS_INTEGRATOR = "data-2m"
+#: DPM-Solver++(2M)'s rule with a corrector that reuses the next call (``data-2m-pc``) on the residual of the frame
+#: N(E[X | c], SIGMAS_FRAME_VARIANCE I) when no statistics are given (the mean read from the first call), exact on
+#: Gaussian data of that variance on any grid.  Chosen by measurement (path to the model's own ODE from the same
+#: start state, ``python -m lazyflow.runtime.evaluation.sigmas_study``; k-diffusion's Karras sigmas, rho 7, 0.002
+#: to 80 or 14.6, at 4, 6, 8 steps; docs/k-diffusion.md, "Which default"): the lowest geometric mean of the ratio
+#: to sample_dpmpp_2m over a choice set of eight models (48 cells): 0.618, below it in all 48 (``data-2m``, the
+#: default before, 0.748, 43 of 48).  With statistics the frame is theirs.  ``sample()`` keeps :data:`INTEGRATOR`,
+#: chosen on the uniform grids it defaults to.
+SIGMAS_INTEGRATOR = "data-2m-pc"
 #: the variance of the frame N(E[X | c], v I) that :data:`SIGMAS_INTEGRATOR` integrates in without statistics
 #: (pass ``data_stats=DataStats.isotropic(shape, var=...)`` for another)
 SIGMAS_FRAME_VARIANCE = 0.03

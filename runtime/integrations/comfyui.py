@@ -97,7 +97,7 @@ class LazyflowSampler:
     RETURN_TYPES = ("SAMPLER",)
     FUNCTION = "get_sampler"
     DESCRIPTION = ("Integrates the model in a lazyflow schedule with a lazyflow integrator over the sigmas it is given "
-                   "(default linear + data-2m: the ODE in a frame exact for N(E[X | c], 0.03 I) without statistics; "
+                   "(default linear + data-2m-pc: the ODE in a frame exact for N(E[X | c], 0.03 I) without statistics; "
                    "pointmass + multistep-pc: the optimal SDE).")
 
     @classmethod

@@ -340,7 +340,7 @@ def sample_lazyflow_ode(model: Callable[..., torch.Tensor], x: torch.Tensor, sig
                         extra_args: dict[str, Any] | None = None, callback: KCallback | None = None,
                         disable: bool | None = None, **options: Any) -> torch.Tensor:
     """:func:`sample_lazyflow` with the deterministic defaults: the probability-flow ODE in the frame exact for
-    N(E[X | c], v I) (``data-2m``; without statistics v = :data:`~lazyflow.runtime.core.defaults.SIGMAS_FRAME_VARIANCE`,
+    N(E[X | c], v I) (``data-2m-pc``; without statistics v = :data:`~lazyflow.runtime.core.defaults.SIGMAS_FRAME_VARIANCE`,
     exact on Gaussian data of that variance on any sigmas)."""
     options = {"schedule": "linear", "integrator": defaults.SIGMAS_INTEGRATOR, **options}
     return sample_lazyflow(model, x, sigmas, extra_args, callback, disable, **options)
