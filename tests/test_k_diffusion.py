@@ -140,24 +140,6 @@ def _frame_2m_loop(denoise, x, sigmas, mu, v):
     return x
 
 
-@pytest.mark.parametrize("schedule", ["linear", "vp"])
-def test_data_2m_is_its_formula_in_a_frame_of_any_variance(K, schedule):
-    """sample_lazyflow's data-2m (tables built in the target schedule's time) against the loop above, on the
-    non-Gaussian MIXTURE, in frames N(mu, v I) of three variances, on Karras sigmas from 80 and 14.6."""
-    from lazyflow.k_diffusion import sample_lazyflow
-
-    mu = torch.linspace(-0.5, 0.5, 6, dtype=torch.float64)
-    for sigma_max in (80.0, 14.6):
-        sigmas = K.get_sigmas_karras(6, 0.002, sigma_max).double()
-        x = start("diffusion", sigmas)
-        for v in (0.2, 1.0, 3.0):
-            stats = DataStats("scalar", mu, torch.tensor(v, dtype=torch.float64))
-            ours = sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule=schedule, integrator="data-2m",
-                                   data_stats=stats)
-            want = _frame_2m_loop(denoiser("diffusion"), x, sigmas, mu, v)
-            assert torch.allclose(ours, want, rtol=0, atol=1e-10), (sigma_max, v, (ours - want).abs().max())
-
-
 def _frame_2m_pc_loop(denoise, x, sigmas, mu, v):
     """data-2m-pc written in k-diffusion's variables with mpmath's quadrature, independently of the runtime's
     tables: _frame_2m_loop's predictor, then, after the call at the predicted state x', the step redone as
@@ -205,26 +187,30 @@ def _frame_2m_pc_loop(denoise, x, sigmas, mu, v):
 
 
 @pytest.mark.parametrize("schedule", ["linear", "vp"])
-def test_data_2m_pc_is_its_formula_in_a_frame_of_any_variance(K, schedule):
-    """sample_lazyflow's data-2m-pc (the corrector's weights by Gauss-Legendre in the target's time tables) against
-    the mpmath loop above on the non-Gaussian MIXTURE, in frames of three variances, Karras sigmas from 80 and
-    14.6 at 4 and 6 steps; and the corrector changes the result (it is not data-2m)."""
+@pytest.mark.parametrize("integrator", ["data-2m", "data-2m-pc"])
+def test_data_2m_and_its_corrector_are_their_formulas_in_a_frame_of_any_variance(K, schedule, integrator):
+    """sample_lazyflow's data-2m and data-2m-pc (tables built in the target schedule's time) against the loops
+    above (_frame_2m_loop; _frame_2m_pc_loop, its weights by mpmath) on the non-Gaussian MIXTURE, in frames
+    N(mu, v I) of four variances, on Karras sigmas from 80 and 14.6 at 4 and 6 steps; the corrector changes the
+    result."""
     from lazyflow.k_diffusion import sample_lazyflow
 
+    loop = {"data-2m": _frame_2m_loop, "data-2m-pc": _frame_2m_pc_loop}[integrator]
     mu = torch.linspace(-0.5, 0.5, 6, dtype=torch.float64)
     for sigma_max in (80.0, 14.6):
         for steps in (4, 6):
             sigmas = K.get_sigmas_karras(steps, 0.002, sigma_max).double()
             x = start("diffusion", sigmas)
-            for v in (0.03, 1.0, 3.0):
+            for v in (0.03, 0.2, 1.0, 3.0):
                 stats = DataStats("scalar", mu, torch.tensor(v, dtype=torch.float64))
-                ours = sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule=schedule, integrator="data-2m-pc",
+                ours = sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule=schedule, integrator=integrator,
                                        data_stats=stats)
-                want = _frame_2m_pc_loop(denoiser("diffusion"), x, sigmas, mu, v)
+                want = loop(denoiser("diffusion"), x, sigmas, mu, v)
                 assert torch.allclose(ours, want, rtol=0, atol=1e-9), (sigma_max, steps, v, (ours - want).abs().max())
-                plain = sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule=schedule, integrator="data-2m",
-                                        data_stats=stats)
-                assert (plain - ours).abs().max() > 1e-4
+                if integrator == "data-2m-pc":
+                    plain = sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule=schedule,
+                                            integrator="data-2m", data_stats=stats)
+                    assert (plain - ours).abs().max() > 1e-4
 
 
 def test_data_2m_clock_rate_by_sympy():
