@@ -102,7 +102,8 @@ def mixture_reference():
 
 
 @pytest.mark.parametrize("name,low", [("data-euler", 0.8), ("data-multistep", 1.7), ("data-multistep-pc", 1.7),
-                                      ("data-multistep3", 2.6), ("data-multistep3-pc", 2.6), ("data-2m", 1.7)])
+                                      ("data-multistep3", 2.6), ("data-multistep3-pc", 2.6), ("data-2m", 1.7),
+                                      ("data-2m-pc", 1.9)])
 @pytest.mark.slow   # 3 s and more: a 4,000-step RK4 reference
 def test_convergence_order_against_an_independent_rk4(mixture_reference, name, low):
     """Past ANCHORS_BELOW steps (no skip, no anchor) the error to an RK4 solve (4000 steps) falls at the
@@ -124,6 +125,55 @@ def test_every_grid_converges_to_the_ode_solution(mixture_reference, grid):
         errors = [(sample(MIXTURE, (32, 2), schedule="linear", integrator=name, steps=n, dtype=F64, initial=z, grid=grid,
                           **options) - ref).abs().max().item() for n in (16, 64, 256)]
         assert errors[2] < errors[1] < errors[0] and errors[2] < 2e-3, (name, errors)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "vp"])
+def test_data_2m_pc_corrector_weights_by_mpmath_in_t(schedule):
+    """data-2m-pc's corrected weights on a uniform grid from t = 0 (4 steps, diagonal statistics of three
+    variances) against their integral in t, written independently: dy_n = w K dl = w (alpha beta' - beta alpha') / r
+    dt, so W_j = sqrt(r(t_k+1)) alpha_j / (r_j u'_j) int L_j(l(s)) (alpha beta' - beta alpha')(s) / r(s) ds (mpmath).
+    Step 1 follows snr 0 (two nodes), step 2 has three; steps 0 (from snr 0) and 3 (to t = 1) keep the prediction."""
+    import mpmath
+
+    variances = [0.01, 0.3, 3.0]
+    stats = DataStats("diag", torch.zeros(3, dtype=F64), torch.tensor(variances, dtype=F64))
+    target = load_schedule(schedule)
+    plan = build_plan(target, target, make_grid(target, target, 4), integrator="data-2m-pc", final_step="euler",
+                      prediction="velocity", device="cpu", dtype=F64, data_stats=stats)
+    tables, times = plan.coefficients, [mpmath.mpf(v) for v in plan.times.tolist()]
+
+    def ab(s):   # alpha, beta, alpha', beta'
+        if schedule == "linear":
+            return 1 - s, s, mpmath.mpf(-1), mpmath.mpf(1)
+        c = mpmath.pi / 2
+        return mpmath.cos(c * s), mpmath.sin(c * s), -c * mpmath.sin(c * s), c * mpmath.cos(c * s)
+
+    def log_snr(s):
+        a, b, _, _ = ab(s)
+        return mpmath.log(b / a)
+
+    for i, v in enumerate(variances):
+        r = lambda s: ab(s)[0] ** 2 + v * ab(s)[1] ** 2   # noqa: E731
+        for k, used in ((1, [2, 1]), (2, [3, 2, 1])):
+            nodes = [log_snr(times[j]) for j in used]
+            for m, j in enumerate(used):
+                def basis(s):
+                    out = mpmath.mpf(1)
+                    for n, other in enumerate(nodes):
+                        if n != m:
+                            out *= (log_snr(s) - other) / (nodes[m] - other)
+                    return out
+                a, b, da, db = ab(times[j])
+                to_w = a / (a * (a * db - b * da) / mpmath.sqrt(r(times[j])))   # alpha / (r u'), u' = d(beta / sqrt(r))/dt
+                integral = mpmath.quad(lambda s: basis(s) * (ab(s)[0] * ab(s)[3] - ab(s)[1] * ab(s)[2]) / r(s),
+                                       [times[k], times[k + 1]])
+                want = float(mpmath.sqrt(r(times[k + 1])) * to_w * integral)
+                got = float(tables.corrected_weights[m][k][i])
+                assert abs(got - want) <= 1e-10 * abs(want), (schedule, v, k, m, got, want)
+        for k in (0, 3):   # the prediction, shifted to the corrected history [f_k+1, f_k, f_k-1]
+            assert float(tables.corrected_weights[0][k][i]) == 0
+            assert all(float(tables.corrected_weights[j + 1][k][i]) == float(tables.residual_weights[j][k][i])
+                       for j in range(2))
 
 
 def test_calls_are_what_the_registry_says():

@@ -206,7 +206,7 @@ def test_data_2m_and_its_corrector_are_their_formulas_in_a_frame_of_any_variance
                 ours = sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule=schedule, integrator=integrator,
                                        data_stats=stats)
                 want = loop(denoiser("diffusion"), x, sigmas, mu, v)
-                assert torch.allclose(ours, want, rtol=0, atol=1e-9), (sigma_max, steps, v, (ours - want).abs().max())
+                assert torch.allclose(ours, want, rtol=0, atol=1e-11), (sigma_max, steps, v, (ours - want).abs().max())
                 if integrator == "data-2m-pc":
                     plain = sample_lazyflow(denoiser("diffusion"), x, sigmas, schedule=schedule,
                                             integrator="data-2m", data_stats=stats)
@@ -227,8 +227,7 @@ def test_data_2m_clock_rate_by_sympy():
 
 def test_data_2m_pc_kernel_by_sympy():
     """data-2m-pc's corrector integrates w = q alpha / sqrt(r) against K = e^l / (1 + v e^2l) in l = log(beta /
-    alpha): q du/dl = w K for u = beta / sqrt(r), r = alpha^2 + v beta^2, any alpha(t), beta(t); and w -> D - D_G as
-    v -> 0 (in k-diffusion's variables q = (D - D_G)(v + s^2)/s^2, w = q s / sqrt(v + s^2))."""
+    alpha): q du/dl = w K for u = beta / sqrt(r), r = alpha^2 + v beta^2, any alpha(t), beta(t)."""
     import sympy as sp
 
     t, v = sp.symbols("t v", positive=True)
@@ -238,8 +237,6 @@ def test_data_2m_pc_kernel_by_sympy():
     du_dl = sp.diff(beta / sp.sqrt(r), t) / sp.diff(l, t)
     kernel = sp.exp(l) / (1 + v * sp.exp(2 * l))
     assert sp.simplify(du_dl - alpha / sp.sqrt(r) * kernel) == 0
-    s, g = sp.symbols("s g", positive=True)
-    assert sp.limit((g * (v + s**2) / s**2) * s / sp.sqrt(v + s**2), v, 0) == g
 
 
 @pytest.mark.parametrize("p", ["diffusion", "flow"])

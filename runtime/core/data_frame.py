@@ -259,7 +259,18 @@ def _weights(ctx: BuildContext, kernel: torch.Tensor, points: torch.Tensor, gaus
     return pred, corr
 
 
-def _log_snr_2m_weights(ctx: BuildContext, r: torch.Tensor) -> tuple[list, list]:
+def _frame_clock(ctx: BuildContext, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
+    """On the grid: alpha, the frame's clock u = beta / sqrt(r), sqrt(r) u' = alpha (alpha beta' - beta alpha') / r
+    (per direction: shaped like r) and the log snr l = log(beta / alpha) at each time."""
+    values = ctx.target.values(ctx.t)
+    shape = (-1, *[1] * (r.dim() - 1))
+    alpha, beta, d_alpha, d_beta = (u.reshape(shape) for u in (values.alpha, values.beta, values.d_alpha,
+                                                                values.d_beta))
+    per_residual = alpha * (alpha * d_beta - beta * d_alpha) / r
+    return alpha, beta / torch.sqrt(r), per_residual, ctx.target.log_snr(ctx.t).tolist()
+
+
+def _log_snr_2m_weights(ctx: BuildContext, r: torch.Tensor, history: int) -> list[list[torch.Tensor]]:
     """DPM-Solver++(2M)'s rule in the frame (MATH.md §10).  With y_n = (x - beta mu) / sqrt(r) per direction
     and u = beta / sqrt(r), the ODE is dy_n = q du with q = f / (sqrt(r) u'), u' = alpha (alpha beta' - beta
     alpha') / r^(3/2); q is bounded at t = 1 (where the velocity residual f is not).  Over a step, with the
@@ -267,61 +278,61 @@ def _log_snr_2m_weights(ctx: BuildContext, r: torch.Tensor) -> tuple[list, list]
     (DPM-Solver++(2M)'s coefficient; q_k alone on the first step and on a step to t = 1), so
 
         W_0 = sqrt(r_k+1) (u_k+1 - u_k) (1 + 1/(2 rho)) / (sqrt(r_k) u'_k),
-        W_1 = -sqrt(r_k+1) (u_k+1 - u_k) / (2 rho) / (sqrt(r_k-1) u'_k-1).
+        W_1 = -sqrt(r_k+1) (u_k+1 - u_k) / (2 rho) / (sqrt(r_k-1) u'_k-1)
 
-    With the frame's variance -> 0 and mu = 0 this is DPM-Solver++(2M) itself."""
-    values = ctx.target.values(ctx.t)
-    shape = (-1, *[1] * (r.dim() - 1))
-    alpha, beta, d_alpha, d_beta = (u.reshape(shape) for u in (values.alpha, values.beta, values.d_alpha,
-                                                                values.d_beta))
-    u = beta / torch.sqrt(r)
-    per_residual = alpha * (alpha * d_beta - beta * d_alpha) / r   # sqrt(r) u'
-    lam, t = ctx.target.log_snr(ctx.t).tolist(), ctx.t.tolist()
-    pred, steps = [], ctx.h.numel()
-    for k in range(steps):
+    (and W_j = 0 for j < ``history``).  With the frame's variance -> 0 and mu = 0 this is DPM-Solver++(2M)."""
+    _, u, per_residual, log_snr = _frame_clock(ctx, r)
+    t, pred = ctx.t.tolist(), []
+    for k in range(ctx.h.numel()):
         gain = torch.sqrt(r[k + 1]) * (u[k + 1] - u[k])
-        to_data = t[k + 1] >= 1 or not math.isfinite(lam[k + 1])     # (vp's alpha(1) is 6e-17, not 0)
-        first_order = k == 0 or to_data or not math.isfinite(lam[k - 1])
-        if first_order:
-            pred.append([gain / per_residual[k], torch.zeros_like(gain)])
+        zero = torch.zeros_like(gain)
+        to_data = t[k + 1] >= 1 or not math.isfinite(log_snr[k + 1])     # (vp's alpha(1) is 6e-17, not 0)
+        if k == 0 or to_data or not math.isfinite(log_snr[k - 1]):
+            pred.append([gain / per_residual[k]] + [zero] * (history - 1))
             continue
-        half_over_rho = (lam[k + 1] - lam[k]) / (lam[k] - lam[k - 1]) / 2
-        pred.append([gain * (1 + half_over_rho) / per_residual[k], -gain * half_over_rho / per_residual[k - 1]])
-    return pred, []
+        half_over_rho = (log_snr[k + 1] - log_snr[k]) / (log_snr[k] - log_snr[k - 1]) / 2
+        pred.append([gain * (1 + half_over_rho) / per_residual[k], -gain * half_over_rho / per_residual[k - 1]]
+                    + [zero] * (history - 2))
+    return pred
 
 
-def _log_snr_corrector_weights(ctx: BuildContext, r: torch.Tensor, variances: torch.Tensor, pred: list) -> list:
+#: Gauss-Legendre nodes the corrector's kernel is evaluated at together (bounds its temporaries to this many
+#: times the per-direction table)
+_KERNEL_BLOCK = 16
+
+
+def _log_snr_corrector_weights(ctx: BuildContext, r: torch.Tensor, lam: torch.Tensor,
+                               pred: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
     """The corrector of ``data-2m-pc``: step k redone, after the call at its predicted end, with the residual
     w = q alpha / sqrt(r) interpolated in log snr l through l_k+1, l_k and l_k-1 (from the second step), so
 
         dy_n = w K dl,   K = e^l / (1 + lam e^2l),   W_j = sqrt(r_k+1) alpha_j / (r_j u'_j) int_l_k^l_k+1 L_j K dl
 
-    per direction of variance lam (L_j the Lagrange basis through the nodes; Gauss-Legendre in l).  w is the
+    per direction of variance ``lam`` (L_j the Lagrange basis through the nodes; Gauss-Legendre in l).  w is the
     data-prediction residual D - D_G where the noise level s = e^-l has s^2 >> lam (DPM-Solver++'s variable) and
-    sqrt(lam) (D - x) / s, a noise-prediction residual, where s^2 << lam: O(1) in both, where q = O(lam / s) on data
-    with less variance than the frame's.  A step from snr 0 keeps its prediction; constant w is integrated exactly,
-    so on Gaussian data (w = 0) every step stays exact."""
-    values = ctx.target.values(ctx.t)
-    shape = (-1, *[1] * (r.dim() - 1))
-    alpha, beta, d_alpha, d_beta = (u.reshape(shape) for u in (values.alpha, values.beta, values.d_alpha,
-                                                                values.d_beta))
-    per_residual = alpha * (alpha * d_beta - beta * d_alpha) / r     # sqrt(r) u': q = f / per_residual
+    sqrt(lam) (D - x) / s, a noise-prediction residual, where s^2 << lam: O(1) in both, where q = O(lam / s) on
+    data with less variance than the frame's.  A step from snr 0 and the step to t = 1 keep their prediction
+    (``pred``, shifted to the corrected history [f_k+1, f_k, ...])."""
+    alpha, _, per_residual, log_snr = _frame_clock(ctx, r)
     to_w = alpha / torch.sqrt(r) / per_residual                       # w_j = to_w[j] f_j
-    lam, steps = ctx.target.log_snr(ctx.t).tolist(), ctx.h.numel()
     nodes, gauss = (torch.as_tensor(w, dtype=ctx.t.dtype, device=ctx.t.device)
                     for w in np.polynomial.legendre.leggauss(QUADRATURE_NODES))
-    corr = []
+    steps, corr = ctx.h.numel(), []
     for k in range(steps):
-        row = [torch.zeros_like(pred[k][0]), *pred[k][:-1]]   # the prediction, unchanged
-        if k + 1 < steps and math.isfinite(lam[k]) and math.isfinite(lam[k + 1]):
-            used = [k + 1, k] + ([k - 1] if k >= 1 and math.isfinite(lam[k - 1]) else [])
-            at = lam[k] + (nodes + 1) / 2 * (lam[k + 1] - lam[k])
-            basis = _lagrange(at, [lam[j] for j in used])                       # (G, nodes)
-            e = torch.exp(at).reshape(shape)
-            kernel = e / (1 + variances * e * e) * (gauss * (lam[k + 1] - lam[k]) / 2).reshape(shape)
-            row = [torch.sqrt(r[k + 1]) * (basis[:, j].reshape(shape) * kernel).sum(0) * to_w[node]
-                   for j, node in enumerate(used)]
-            row += [torch.zeros_like(row[0])] * (len(pred[k]) - len(row))
+        row = [torch.zeros_like(pred[k][0]), *pred[k][:-1]]
+        if k + 1 < steps and math.isfinite(log_snr[k]) and math.isfinite(log_snr[k + 1]):
+            used = [k + 1, k] + ([k - 1] if k >= 1 and math.isfinite(log_snr[k - 1]) else [])
+            at = log_snr[k] + (nodes + 1) / 2 * (log_snr[k + 1] - log_snr[k])
+            e = torch.exp(at)
+            step_weights = e * gauss * (log_snr[k + 1] - log_snr[k]) / 2
+            per_node = _lagrange(at, [log_snr[j] for j in used]) * step_weights[:, None]      # (G, nodes)
+            integrals = [torch.zeros_like(lam) for _ in used]          # int L_j K dl per direction
+            for g in range(0, len(at), _KERNEL_BLOCK):
+                inverse = 1 / (1 + lam * e[g:g + _KERNEL_BLOCK].reshape(-1, *[1] * lam.dim()) ** 2)
+                for j in range(len(used)):
+                    integrals[j] = integrals[j] + torch.einsum("g,g...->...", per_node[g:g + _KERNEL_BLOCK, j], inverse)
+            row = [torch.sqrt(r[k + 1]) * integrals[j] * to_w[node] for j, node in enumerate(used)]
+            row += [torch.zeros_like(row[0])] * (len(pred[k]) - len(used))
         corr.append(row)
     return corr
 
@@ -337,9 +348,8 @@ def _build(ctx: BuildContext, *, history: int, corrector: bool, anchor_below: in
     r, a, log_q = _propagators(ctx, lam)
     D = _damping(log_q[:-1], log_q[1:], scale2)
     steps = ctx.h.numel()
-    if log_snr_2m:   # no quadrature kernel (steps x nodes x directions) to build
-        pred, _ = _log_snr_2m_weights(ctx, r)
-        pred = [row + [torch.zeros_like(row[0])] * (history - 2) for row in pred]
+    if log_snr_2m:   # closed-form predictor weights; the corrector's quadrature runs per step, in blocks
+        pred = _log_snr_2m_weights(ctx, r, history)
         corr = _log_snr_corrector_weights(ctx, r, lam, pred) if corrector else []
     else:
         points, gauss_w, kernel = _quadrature_kernel(ctx, lam, r[1:], log_q[1:], scale2)
@@ -472,7 +482,8 @@ DATA_2M_PC = Integrator(name="data-2m-pc", order=2,
 #: the registered data-frame integrators (the t = 0 skip and t = 1 anchor below ANCHORS_BELOW steps)
 DATA_FRAME_INTEGRATORS = tuple(data_frame_integrator(order=order, corrector=pc)
                                for order, pc in ((1, False), (2, False), (2, True), (3, False), (3, True))) + (
-    DATA_2M, DATA_2M_PC) + tuple(data_frame_integrator(order=order, corrector=False, stochastic=True) for order in (1, 2))
+    DATA_2M, DATA_2M_PC) + tuple(data_frame_integrator(order=order, corrector=False, stochastic=True)
+                                 for order in (1, 2))
 #: the stochastic frames have no registered corrector: measured at 4 NFE on gmm:101/102 (1,000 samples,
 #: full statistics, uniform grid) data-sde-multistep-pc's nll_gap was 250 and 1069 nats at lambda = 1 and
 #: 23 and 90 at lambda = 0.25, against 28/103 and 2.2/8.2 without it; at 16 NFE still 11.9 against -0.17 (a
