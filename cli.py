@@ -182,7 +182,7 @@ def run_sample(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from .runtime.models.train import train
 
-    path = train(args.what, args.out_dir, steps=args.steps)
+    path = train(args.what, args.out_dir, steps=args.steps, seed=args.seed)
     print(f"wrote {path} and {path.with_suffix('.json').name}")
     card = json.loads(path.with_suffix(".json").read_text())
     print(json.dumps({k: v for k, v in card.items() if k in ("test_accuracy", "train_seconds")}))

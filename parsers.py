@@ -253,6 +253,8 @@ def _train_parser(sub) -> None:
                    help=_Lazy(lambda: ", ".join(_registry("models.train", "RECIPES"))))
     p.add_argument("--out-dir", default=".", help="folder for the weights (default: the current directory)")
     p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
+    p.add_argument("--seed", type=int, default=None, help="override the recipe's seed (another network from the "
+                   "same recipe)")
 
 
 def _bench_parser(sub) -> None:

@@ -90,6 +90,24 @@ def test_the_recipes_train_deterministically_with_label_dropout_and_batchnorm(tm
     assert torch.equal(x, data.digits28(copies=2))
 
 
+def test_train_seed_gives_another_network_and_the_card_says_how(tmp_path, capsys):
+    """``lazyflow train NAME --seed S``: the recipe with another seed (another network; the same seed the same
+    weights), recorded in the card's recipe and command; a bad seed is refused in one line."""
+    from safetensors.torch import load_file
+
+    for seed, folder in ((7, "a"), (7, "b"), (8, "c")):
+        assert main(["train", "bn-unet", "--steps", "2", "--seed", str(seed), "--out-dir", str(tmp_path / folder)]) == 0
+    card = json.loads((tmp_path / "a" / "bn-unet.json").read_text())
+    assert card["recipe"]["seed"] == 7 and card["command"] == "lazyflow train bn-unet --steps 2 --seed 7"
+    a, b, c = (load_file(tmp_path / folder / "bn-unet.safetensors") for folder in "abc")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert any(not torch.equal(a[key], c[key]) for key in a)
+    capsys.readouterr()
+    assert main(["train", "bn-unet", "--seed", "-1", "--out-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--seed must be an integer" in err[0]
+
+
 def test_the_conditional_kind_refuses_what_it_cannot_run(tmp_path, capsys):
     out = str(tmp_path / "x.pt")
     base = ["sample", "--model", str(shipped_testbed("cond-mlp")), "--model-kind", "conditional"]

@@ -179,7 +179,7 @@ def train_testbed(name: str, out_dir: Path, progress: bool = True, **overrides) 
     card = {"schedule": "linear", "prediction": "velocity", "data": _DATA_NOTES[recipe["data"]],
             "about": recipe["about"], "recipe": recipe, "train_seconds": round(time.time() - start, 1),
             "parameters": "float16 (run in float32)",
-            "command": f"lazyflow train {name}" + (f" --steps {overrides['steps']}" if "steps" in overrides else "")}
+            "command": _command(name, overrides)}
     if recipe["net"].get("arch") == "sit":   # a SiT checkpoint (official key names) with its card beside it
         from .sit import save_sit
 
@@ -215,7 +215,7 @@ def train_patches(out_dir: Path, progress: bool = True, **overrides) -> Path:
                     f"by {spec.downscale}; the bottom {spec.held_out:g} of each photograph held out",
             "recipe": recipe, "train_seconds": round(time.time() - start, 1), "threads": torch.get_num_threads(),
             "parameters": "float16 (run in float32)",
-            "command": "lazyflow train patches" + (f" --steps {overrides['steps']}" if "steps" in overrides else "")}
+            "command": _command("patches", overrides)}
     return save(model, Path(out_dir) / "patches.safetensors", card, half_parameters=True)
 
 
@@ -226,7 +226,7 @@ def train_digits(out_dir: Path, progress: bool = True, **overrides) -> Path:
     return save(model, Path(out_dir) / "digits.safetensors",
                 {"schedule": "linear", "prediction": "velocity", "data": "sklearn digits, 8x8, scaled to [-1, 1]",
                  "recipe": recipe, "train_seconds": round(time.time() - start, 1),
-                 "command": "lazyflow train digits"})
+                 "command": _command("digits", overrides)})
 
 
 def train_moons(out_dir: Path, progress: bool = True, **overrides) -> Path:
@@ -234,7 +234,7 @@ def train_moons(out_dir: Path, progress: bool = True, **overrides) -> Path:
     model = train_flow(data.two_moons(8000, seed=1), progress=progress, **recipe)
     return save(model, Path(out_dir) / "moons.safetensors",
                 {"schedule": "linear", "prediction": "velocity", "data": "two moons (sklearn), standardised",
-                 "recipe": recipe, "command": "lazyflow train moons"})
+                 "recipe": recipe, "command": _command("moons", overrides)})
 
 
 def train_classifier(out_dir: Path, seed: int = 0, epochs: int = 60, progress: bool = True,
@@ -267,9 +267,11 @@ def train_classifier(out_dir: Path, seed: int = 0, epochs: int = 60, progress: b
     model.eval()
     with torch.no_grad():
         accuracy = (model(images[test_idx]).argmax(1) == labels[test_idx]).float().mean().item()
-    card = {"test_accuracy": round(accuracy, 4), "split": "80/20, seed 0", "command": "lazyflow train classifier"}
+    given = {key: value for key, value in (("steps", steps), ("seed", seed or None)) if value is not None}
+    card = {"test_accuracy": round(accuracy, 4), "split": f"80/20, seed {seed}",
+            "command": _command("classifier", given)}
     if steps is not None:
-        card.update(steps=total, command=f"lazyflow train classifier --steps {steps}")
+        card["steps"] = total
     return save(model, Path(out_dir) / "digits_classifier.safetensors", card)
 
 
@@ -277,14 +279,25 @@ def train_classifier(out_dir: Path, seed: int = 0, epochs: int = 60, progress: b
 RECIPES = ("digits", "moons", "classifier", "patches", *TESTBED_RECIPES)
 
 
-def train(what: str, out_dir: str | Path, *, steps: int | None = None) -> Path:
+def _command(name: str, overrides: dict) -> str:
+    """The ``lazyflow train`` command line that reproduces a run with these overrides (the card records it)."""
+    return f"lazyflow train {name}" + "".join(f" --{key} {overrides[key]}" for key in ("steps", "seed")
+                                               if key in overrides)
+
+
+def train(what: str, out_dir: str | Path, *, steps: int | None = None, seed: int | None = None) -> Path:
     """Reproduce the embedded ``what`` (one of :data:`RECIPES`) into ``out_dir``; ``steps`` overrides a flow
-    model's number of steps, or the classifier's optimiser steps (default: its 60 epochs)."""
+    model's number of steps, or the classifier's optimiser steps (default: its 60 epochs); ``seed`` the recipe's
+    seed (a new network from the same recipe: the held-out test beds of docs/k-diffusion.md)."""
     from ...errors import LazyflowError
 
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise LazyflowError(f"--steps must be a positive integer, got {steps!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise LazyflowError(f"--seed must be an integer in [0, 2^63), got {seed!r}")
     overrides = {"steps": steps} if steps else {}
+    if seed is not None:
+        overrides["seed"] = seed
     if what == "digits":
         return train_digits(Path(out_dir), **overrides)
     if what == "moons":
