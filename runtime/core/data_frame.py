@@ -259,7 +259,10 @@ def _weights(ctx: BuildContext, kernel: torch.Tensor, points: torch.Tensor, gaus
     return pred, corr
 
 
-def _frame_clock(ctx: BuildContext, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
+Clock = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]
+
+
+def _frame_clock(ctx: BuildContext, r: torch.Tensor) -> Clock:
     """On the grid: alpha, the frame's clock u = beta / sqrt(r), sqrt(r) u' = alpha (alpha beta' - beta alpha') / r
     (per direction: shaped like r) and the log snr l = log(beta / alpha) at each time."""
     values = ctx.target.values(ctx.t)
@@ -270,7 +273,7 @@ def _frame_clock(ctx: BuildContext, r: torch.Tensor) -> tuple[torch.Tensor, torc
     return alpha, beta / torch.sqrt(r), per_residual, ctx.target.log_snr(ctx.t).tolist()
 
 
-def _log_snr_2m_weights(ctx: BuildContext, r: torch.Tensor, history: int) -> list[list[torch.Tensor]]:
+def _log_snr_2m_weights(ctx: BuildContext, r: torch.Tensor, clock: Clock, history: int) -> list[list[torch.Tensor]]:
     """DPM-Solver++(2M)'s rule in the frame (MATH.md §10).  With y_n = (x - beta mu) / sqrt(r) per direction
     and u = beta / sqrt(r), the ODE is dy_n = q du with q = f / (sqrt(r) u'), u' = alpha (alpha beta' - beta
     alpha') / r^(3/2); q is bounded at t = 1 (where the velocity residual f is not).  Over a step, with the
@@ -280,8 +283,9 @@ def _log_snr_2m_weights(ctx: BuildContext, r: torch.Tensor, history: int) -> lis
         W_0 = sqrt(r_k+1) (u_k+1 - u_k) (1 + 1/(2 rho)) / (sqrt(r_k) u'_k),
         W_1 = -sqrt(r_k+1) (u_k+1 - u_k) / (2 rho) / (sqrt(r_k-1) u'_k-1)
 
-    (and W_j = 0 for j < ``history``).  With the frame's variance -> 0 and mu = 0 this is DPM-Solver++(2M)."""
-    _, u, per_residual, log_snr = _frame_clock(ctx, r)
+    (and W_j = 0 for j < ``history``; ``clock``: :func:`_frame_clock`).  With the frame's variance -> 0 and mu = 0
+    this is DPM-Solver++(2M)."""
+    _, u, per_residual, log_snr = clock
     t, pred = ctx.t.tolist(), []
     for k in range(ctx.h.numel()):
         gain = torch.sqrt(r[k + 1]) * (u[k + 1] - u[k])
@@ -301,7 +305,7 @@ def _log_snr_2m_weights(ctx: BuildContext, r: torch.Tensor, history: int) -> lis
 _KERNEL_BLOCK = 16
 
 
-def _log_snr_corrector_weights(ctx: BuildContext, r: torch.Tensor, lam: torch.Tensor,
+def _log_snr_corrector_weights(ctx: BuildContext, r: torch.Tensor, lam: torch.Tensor, clock: Clock,
                                pred: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
     """The corrector of ``data-2m-pc``: step k redone, after the call at its predicted end, with the residual
     w = q alpha / sqrt(r) interpolated in log snr l through l_k+1, l_k and l_k-1 (from the second step), so
@@ -312,8 +316,8 @@ def _log_snr_corrector_weights(ctx: BuildContext, r: torch.Tensor, lam: torch.Te
     data-prediction residual D - D_G where the noise level s = e^-l has s^2 >> lam (DPM-Solver++'s variable) and
     sqrt(lam) (D - x) / s, a noise-prediction residual, where s^2 << lam: O(1) in both, where q = O(lam / s) on
     data with less variance than the frame's.  A step from snr 0 and the step to t = 1 keep their prediction
-    (``pred``, shifted to the corrected history [f_k+1, f_k, ...])."""
-    alpha, _, per_residual, log_snr = _frame_clock(ctx, r)
+    (``pred``, shifted to the corrected history [f_k+1, f_k, ...]; ``clock``: :func:`_frame_clock`)."""
+    alpha, _, per_residual, log_snr = clock
     to_w = alpha / torch.sqrt(r) / per_residual                       # w_j = to_w[j] f_j
     nodes, gauss = (torch.as_tensor(w, dtype=ctx.t.dtype, device=ctx.t.device)
                     for w in np.polynomial.legendre.leggauss(QUADRATURE_NODES))
@@ -349,8 +353,9 @@ def _build(ctx: BuildContext, *, history: int, corrector: bool, anchor_below: in
     D = _damping(log_q[:-1], log_q[1:], scale2)
     steps = ctx.h.numel()
     if log_snr_2m:   # closed-form predictor weights; the corrector's quadrature runs per step, in blocks
-        pred = _log_snr_2m_weights(ctx, r, history)
-        corr = _log_snr_corrector_weights(ctx, r, lam, pred) if corrector else []
+        clock = _frame_clock(ctx, r)
+        pred = _log_snr_2m_weights(ctx, r, clock, history)
+        corr = _log_snr_corrector_weights(ctx, r, lam, clock, pred) if corrector else []
     else:
         points, gauss_w, kernel = _quadrature_kernel(ctx, lam, r[1:], log_q[1:], scale2)
         pred, corr = _weights(ctx, kernel, points, gauss_w, history=history, corrector=corrector,
